@@ -1,0 +1,94 @@
+"""The ordered, unique queue of schedule names waiting to be planned.
+
+Every source of work (socket requests, full refreshes, finished enqueues) only
+says *which* schedule needs planning; the planner reads the row itself.  A name
+already waiting is therefore not added twice: a burst of refreshes for one
+schedule costs one SQL read, not a thousand (the Rust daemon's queue grew
+without bound, COMPAT.md 6.11).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+DEFAULT_MAX_NAMES = 1_000_000
+
+
+class ScheduleFifo:
+    """Insertion-ordered set of names with a Deferred-based ``get``.
+
+    Consumers sleep on ``get()`` while the set is empty instead of polling,
+    and ``take()`` drains a batch without waiting so that one SQL query can
+    serve many names.
+    """
+
+    log = Logger()
+
+    def __init__(self, max_names: int = DEFAULT_MAX_NAMES) -> None:
+        # dict keeps insertion order and gives O(1) membership and removal.
+        self._names: dict[str, None] = {}
+        self._waiters: list[Deferred[str]] = []
+        self._max_names = max_names
+        self._refused = 0
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def add(self, name: str) -> bool:
+        """Queue ``name`` unless it is already waiting; False only when full."""
+        if name in self._names:
+            return True
+        if self._waiters:
+            # A consumer is asleep: hand the name over directly.
+            self._waiters.pop(0).callback(name)
+            return True
+        if len(self._names) >= self._max_names:
+            self._refused += 1
+            if self._refused == 1 or self._refused % 10_000 == 0:
+                self.log.error(
+                    "schedule queue is full ({limit} names); refused {name} "
+                    "({refused} refused so far)",
+                    limit=self._max_names,
+                    name=name,
+                    refused=self._refused,
+                )
+            return False
+        self._names[name] = None
+        return True
+
+    def extend(self, names: Iterable[str]) -> int:
+        """Queue many names; returns how many were refused."""
+        return sum(1 for name in names if not self.add(name))
+
+    def discard(self, name: str) -> None:
+        self._names.pop(name, None)
+
+    def take(self, limit: int) -> list[str]:
+        """Remove and return up to ``limit`` names in FIFO order, without waiting."""
+        batch: list[str] = []
+        while self._names and len(batch) < limit:
+            name = next(iter(self._names))
+            del self._names[name]
+            batch.append(name)
+        if not self._names:
+            self._refused = 0
+        return batch
+
+    def get(self) -> Deferred[str]:
+        """Fire with the next name, now or as soon as one is added."""
+        if self._names:
+            return succeed(self.take(1)[0])
+        d: Deferred[str] = Deferred(self._cancel_waiter)
+        self._waiters.append(d)
+        return d
+
+    def _cancel_waiter(self, d: Deferred[str]) -> None:
+        if d in self._waiters:
+            self._waiters.remove(d)
+

@@ -1,0 +1,37 @@
+"""Plain records passed between the SQL layer, the planner and the builders.
+
+They are frozen dataclasses built inside the database thread, so nothing that
+crosses back to the reactor thread holds a cursor or a connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ScheduleRow:
+    """One ``tabBTU Task Schedule`` row joined with its ``tabBTU Task``.
+
+    ``cron_time_zone`` is the ``BTU Configuration`` single value, or ``None``
+    when the site has not set one (the daemon then falls back to
+    ``time_zone_string``).  Text columns that Frappe allows to be NULL are
+    ``None`` here rather than empty strings, so that callers can tell the two
+    apart in their error messages.
+    """
+
+    name: str
+    task: str
+    enabled: bool
+    cron_string: str | None
+    queue_name: str | None
+    argument_overrides: str | None
+    task_description: str | None
+    schedule_description: str | None
+    cron_time_zone: str | None
+    # From tabBTU Task (None when the task row is missing).
+    function_string: str | None
+    task_arguments: str | None
+    max_task_duration: int | None
+    task_queue_name: str | None
+    desc_short: str | None
