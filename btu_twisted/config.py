@@ -1,0 +1,409 @@
+"""Read and check ``btu_scheduler.toml``.
+
+The file is the Rust daemon's, key for key, so an existing install can switch
+daemons without editing it; every key btu_twisted adds is optional.  All the
+problems in a file are reported at once, because the daemon is usually started
+by systemd and fixing one mistake per restart is a slow loop.  Secrets never
+appear in an error, a warning or a repr: those end up in the journal, which
+more people can read than the file.
+
+The checks live beside the fields they check (in each field's metadata), so
+adding a key is one line and the table cannot drift from the dataclass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from twisted.logger import LogLevel
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "Config",
+    "ConfigError",
+    "load_config",
+    "log_level",
+    "masked",
+    "parse_config",
+    "permission_warning",
+]
+
+DEFAULT_CONFIG_PATH = "/etc/btu_scheduler/btu_scheduler.toml"
+
+_MASK = "********"
+
+# The Rust daemon's e-mail feature was compiled out; its users still have these keys.
+_EMAIL_KEYS = frozenset(
+    {
+        "email_address_from",
+        "email_host_name",
+        "email_host_port",
+        "email_account_name",
+        "email_account_password",
+        "email_addresses",
+        "email_on_level",
+        "email_when_queuing",
+    }
+)
+
+# tracing_level values the Rust daemon accepted, and what each means to twisted.logger.
+_LOG_LEVELS = {
+    "TRACE": LogLevel.debug,
+    "DEBUG": LogLevel.debug,
+    "INFO": LogLevel.info,
+    "WARN": LogLevel.warn,
+    "WARNING": LogLevel.warn,
+    "ERROR": LogLevel.error,
+}
+
+# Keys each job builder cannot work without, beyond the always-required ones.
+_BUILDER_NEEDS = {
+    "frappe": ("webserver_ip", "webserver_port", "webserver_token"),
+    "frappe_site": ("frappe_site_name",),
+    "function": (),
+}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used.
+
+    ``problems`` holds one line per mistake, each starting with the key it is
+    about, so an operator can fix them all in one pass; ``source`` is the file
+    (or ``"<config>"``) they were found in.
+    """
+
+    def __init__(self, problems: list[str], source: str = "<config>") -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+        self.source = source
+
+
+class _WrongType(Exception):
+    """The value has the wrong TOML type; the caller decides whether it may be shown."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+class _Invalid(Exception):
+    """The value has the right type but is unusable; the message follows ``KEY: ``.
+
+    Checks used on secret fields must not raise this with the value in it.
+    """
+
+
+Check = Callable[[Any], Any]
+
+
+# --- Checks: each takes the TOML value and returns the value to store. ------
+
+
+def _integer_value(value: Any) -> int:
+    # bool is an int subclass in Python, but `true` for a port is a mistake.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _WrongType("an integer")
+    return value
+
+
+def _number_value(value: Any) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _WrongType("a number")
+    if not math.isfinite(value):
+        raise _Invalid(f"must be a finite number, got {value!r}")
+    return value
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Check:
+    def check(value: Any) -> int:
+        number = _integer_value(value)
+        if maximum is not None and not minimum <= number <= maximum:
+            raise _Invalid(f"must be between {minimum} and {maximum}, got {number!r}")
+        if number < minimum:
+            raise _Invalid(f"must be at least {minimum}, got {number!r}")
+        return number
+
+    return check
+
+
+def _positive_integer(value: Any) -> int:
+    number = _integer_value(value)
+    if number <= 0:
+        raise _Invalid(f"must be greater than 0, got {number!r}")
+    return number
+
+
+def _positive_number(value: Any) -> int | float:
+    number = _number_value(value)
+    if number <= 0:
+        raise _Invalid(f"must be greater than 0, got {number!r}")
+    return number
+
+
+def _positive_float(value: Any) -> float:
+    return float(_positive_number(value))
+
+
+def _port(value: Any) -> int:
+    return _integer(1, 65535)(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _WrongType("a string")
+    return value
+
+
+def _non_empty_string(value: Any) -> str:
+    text = _string(value)
+    if not text:
+        raise _Invalid("must not be empty")
+    return text
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _WrongType("a boolean (true or false)")
+    return value
+
+
+def _one_of(choices: Mapping[str, object] | tuple[str, ...], *, upper: bool) -> Check:
+    """Case-insensitive choice, stored in the case the choices are written in."""
+
+    def check(value: Any) -> str:
+        text = _string(value)
+        folded = text.upper() if upper else text.lower()
+        if folded not in choices:
+            listed = ", ".join(repr(c) if not upper else c for c in choices)
+            raise _Invalid(f"must be one of {listed}, got {text!r}")
+        return folded
+
+    return check
+
+
+def _time_zone(value: Any) -> str:
+    name = _string(value)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise _Invalid(f"unknown time zone {name!r}") from None
+    return name
+
+
+def _octal_mode(value: Any) -> int:
+    """Read a file mode written the way chmod takes it.
+
+    A TOML string ("0660", "660", "0o660") is unambiguous.  A bare TOML integer
+    such as 660 is decimal to TOML but plainly meant as octal, so its digits
+    are read as octal text; one with an 8 or a 9 in it cannot be a mode.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _WrongType('an octal mode string such as "0660"')
+    text = str(value)
+    match = re.fullmatch(r"(?:0o)?([0-7]+)", text)
+    if match is None:
+        raise _Invalid(f'expected an octal mode such as "0660", got {value!r}')
+    mode = int(match.group(1), 8)
+    if mode > 0o777:
+        raise _Invalid(f"must be between 0000 and 0777, got {value!r}")
+    return mode
+
+
+def _key(check: Check, default: Any = MISSING, *, secret: bool = False) -> Any:
+    """Declare a config key: no default means the key is required."""
+    return field(default=default, metadata={"check": check, "secret": secret})
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class Config:
+    """The daemon's settings, checked; see ``etc/btu_scheduler.toml`` for each key's meaning."""
+
+    name: str | None = _key(_string, None)
+    environment_name: str | None = _key(_string, None)
+    full_refresh_internal_secs: int = _key(_positive_integer)
+    scheduler_polling_interval: int | float = _key(_positive_number)
+    time_zone_string: str = _key(_time_zone)
+    tracing_level: str = _key(_one_of(_LOG_LEVELS, upper=True), "INFO")
+    startup_without_database_connections: bool = _key(_boolean, False)
+
+    mysql_user: str = _key(_non_empty_string)
+    mysql_password: str = _key(_string, secret=True)
+    mysql_host: str = _key(_non_empty_string)
+    mysql_port: int = _key(_port, 3306)
+    mysql_database: str = _key(_non_empty_string)
+
+    rq_host: str = _key(_non_empty_string)
+    rq_port: int = _key(_port)
+    rq_password: str | None = _key(_string, None, secret=True)
+    rq_database: int = _key(_integer(0), 0)
+    rq_queue_prefix: str = _key(_string, "")
+
+    socket_path: str = _key(_non_empty_string)
+    socket_file_group_owner: str | None = _key(_string, None)
+    socket_mode: int = _key(_octal_mode, 0o660)
+
+    webserver_ip: str | None = _key(_string, None)
+    webserver_port: int | None = _key(_port, None)
+    webserver_host_header: str | None = _key(_string, None)
+    webserver_token: str | None = _key(_string, None, secret=True)
+    webserver_scheme: str | None = _key(_one_of(("http", "https"), upper=False), None)
+    webserver_ca_file: str | None = _key(_non_empty_string, None)
+    webserver_timeout_secs: float = _key(_positive_float, 30.0)
+
+    job_builder: str = _key(_one_of(tuple(_BUILDER_NEEDS), upper=False), "frappe")
+    frappe_site_name: str | None = _key(_string, None)
+    frappe_user: str = _key(_non_empty_string, "Administrator")
+
+    misfire_grace_secs: int | None = _key(_positive_integer, None)
+    metrics_port: int | None = _key(_port, None)
+    metrics_host: str = _key(_non_empty_string, "127.0.0.1")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{key}={value!r}" for key, value in masked(self).items())
+        return f"Config({shown})"
+
+
+def _shown(value: Any, secret: bool) -> str:
+    if secret:
+        return f"a value of type {type(value).__name__} (not shown: it is a secret)"
+    return repr(value)
+
+
+def _builder_problems(data: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
+    builder = values.get("job_builder", "frappe" if "job_builder" not in data else None)
+    if builder is None:  # job_builder itself was invalid and is already reported
+        return []
+    problems = []
+    for key in _BUILDER_NEEDS[builder]:
+        if key not in data:
+            problems.append(f"{key}: required when job_builder = '{builder}'")
+        elif values.get(key) == "":
+            problems.append(f"{key}: must not be empty when job_builder = '{builder}'")
+    return problems
+
+
+def _unknown_key_warning(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown key {key!r} ignored{hint}"
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config, list[str]]:
+    """Check parsed TOML and build a ``Config``, or raise one ``ConfigError`` listing every problem.
+
+    Unknown keys only warn: the Rust daemon ignored them, and a file that
+    worked there must keep working here.
+    """
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for spec in fields(Config):
+        if spec.name not in data:
+            if spec.default is MISSING:
+                problems.append(f"{spec.name}: required key is missing")
+            continue
+        raw = data[spec.name]
+        try:
+            values[spec.name] = spec.metadata["check"](raw)
+        except _WrongType as wrong:
+            shown = _shown(raw, spec.metadata["secret"])
+            problems.append(f"{spec.name}: expected {wrong.expected}, got {shown}")
+        except _Invalid as invalid:
+            problems.append(f"{spec.name}: {invalid}")
+    problems += _builder_problems(data, values)
+
+    warnings: list[str] = []
+    email = [key for key in data if key in _EMAIL_KEYS]
+    if email:
+        warnings.append(f"{', '.join(email)}: ignored: btu_twisted does not send e-mail")
+    known = [spec.name for spec in fields(Config)]
+    for key in data:
+        if key not in known and key not in _EMAIL_KEYS:
+            warnings.append(_unknown_key_warning(key, known))
+
+    if problems:
+        raise ConfigError(problems, source)
+    return Config(**values), warnings
+
+
+# TOML reads `socket_mode = 0o660` as the integer 432, which nothing downstream
+# can tell from a decimal 432; only the text shows what was meant.
+_PREFIXED_SOCKET_MODE = re.compile(r"^[ \t]*socket_mode[ \t]*=[ \t]*[+-]?0[oxb]", re.MULTILINE)
+
+
+def load_config(path: str) -> tuple[Config, list[str]]:
+    """Read, parse and check the file at ``path``; warnings include loose file permissions."""
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read()
+    except OSError as error:
+        raise ConfigError([f"cannot read config file {path}: {error.strerror or error}"], path)
+    try:
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"config file {path} is not UTF-8 (byte {error.start})"], path)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"config file {path}: TOML syntax error: {error}"], path)
+
+    problems = []
+    if _PREFIXED_SOCKET_MODE.search(text):
+        problems.append(
+            'socket_mode: write the mode as a string such as "0660", not a 0o/0x/0b integer'
+        )
+    try:
+        config, warnings = parse_config(data, source=path)
+    except ConfigError as error:
+        raise ConfigError(problems + error.problems, path) from None
+    if problems:
+        raise ConfigError(problems, path)
+
+    loose = permission_warning(path)
+    return config, ([loose] if loose else []) + warnings
+
+
+def masked(config: Config) -> dict[str, object]:
+    """Every setting, safe to print or log.
+
+    A secret that is set shows as ``********``; one that is unset stays
+    ``None`` so the reader can still tell the two apart.  ``socket_mode`` is
+    shown the way the file writes it ("0660"), so the output can be pasted back.
+    """
+    shown: dict[str, object] = {}
+    for spec in fields(config):
+        value = getattr(config, spec.name)
+        if spec.metadata["secret"] and value is not None:
+            value = _MASK
+        elif spec.name == "socket_mode":
+            value = f"{value:04o}"
+        shown[spec.name] = value
+    return shown
+
+
+def log_level(config: Config) -> LogLevel:
+    """twisted.logger has no TRACE, so TRACE shows what DEBUG shows."""
+    return _LOG_LEVELS[config.tracing_level]
+
+
+def permission_warning(path: str | os.PathLike[str]) -> str | None:
+    """Warn when other users can read (passwords leak) or write (anyone redirects jobs) the file."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None
+    bits = ((stat.S_IROTH, "readable"), (stat.S_IWOTH, "writable"))
+    loose = [word for bit, word in bits if mode & bit]
+    if not loose:
+        return None
+    return (
+        f"config file {os.fspath(path)} is {' and '.join(loose)} by other users "
+        f"(mode {mode:04o}); it holds passwords"
+    )
