@@ -1,0 +1,455 @@
+"""Requests and replies on the control socket.
+
+The BTU app's client (COMPAT.md section 1) sends one JSON object with no
+newline, keeps the connection open, sleeps half a second and reads once.  A
+request therefore ends where its top-level object ends; a newline ends it too,
+so line-oriented clients work (one request per line: a raw newline inside an
+object ends the request, and the JSON parser then rejects it).  Several
+requests may share a connection and are answered in order, one line each.
+
+The Rust daemon did a single 1024-byte ``read()`` (COMPAT.md 6.9) while
+holding a lock, so one idle or malformed client froze everything (6.10).
+Here every connection is framed incrementally, bounded in size, depth and
+time, and a bad request costs only its own connection: it gets one
+``Error: ...`` line, then the connection is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import struct
+from collections.abc import Callable
+from typing import Protocol as _TypingProtocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["ControlFactory", "ControlProtocol", "SchedulerControl"]
+
+# Frappe's name column is varchar(140); longer names are passed on anyway (the
+# lookup just finds nothing), but echoes of unknown input are kept short.
+_ECHO_CHARS = 140
+
+_NON_WHITESPACE = re.compile(rb"[^ \t\r\n]")
+# Outside a JSON string only brackets, quotes and newlines matter to framing;
+# UTF-8 continuation bytes are >= 0x80, so scanning bytes is safe.
+_OUTSIDE_STRING = re.compile(rb'[{}\[\]"\n]')
+_INSIDE_STRING = re.compile(rb'["\\\n]')
+# Characters that would break the one-line reply (or the UTF-8 encoding of
+# it) if echoed: C0/C1 controls, Unicode line separators and lone surrogates.
+_UNSAFE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+class SchedulerControl(_TypingProtocol):
+    """What the socket needs from the scheduler service (faked in tests)."""
+
+    def request_planning(self, name: str) -> bool:
+        """Put ``name`` on the planning FIFO; False if the FIFO is full."""
+
+    def cancel(self, name: str) -> Deferred[bool]:
+        """Remove the schedule's member: True if one was removed."""
+
+    def status(self) -> dict[str, object]:
+        """A JSON-able summary for the ``status`` request."""
+
+
+class _RequestError(Exception):
+    """A request we refuse; the message follows ``Error: `` in the reply."""
+
+
+class _Framer:
+    """Cuts a byte stream into requests without waiting for a newline.
+
+    Scanning state is kept between chunks, so every byte is looked at once,
+    and never more than ``max_bytes + 1`` bytes of one request are scanned.
+    """
+
+    def __init__(self, max_bytes: int, max_depth: int) -> None:
+        self._buffer = bytearray()
+        self._max_bytes = max_bytes
+        self._max_depth = max_depth
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pos = 0  # next byte of the current request to scan; 0: not started
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False  # the last scanned byte was a backslash in a string
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def clear(self) -> None:
+        self._buffer = bytearray()
+        self._reset()
+
+    def next_request(self) -> bytes | None:
+        """The next complete request, None if more bytes are needed.
+
+        Raises _RequestError when the stream cannot hold a valid request.
+        """
+        buf = self._buffer
+        if self._pos == 0:
+            start = _NON_WHITESPACE.search(buf)
+            if start is None:
+                buf.clear()  # whitespace between requests is skipped
+                return None
+            del buf[: start.start()]
+            if buf[0] not in b"{[":
+                # No scalar or garbage can become an object: say so now rather
+                # than wait for a newline a BTU client never sends.
+                raise _RequestError("request is not a JSON object")
+            self._depth = 1
+            self._pos = 1
+        limit = min(len(buf), self._max_bytes + 1)
+        pos = self._pos
+        while pos < limit:
+            if self._escaped:
+                self._escaped = False
+                if buf[pos] != 0x0A:  # a newline still ends the request
+                    pos += 1
+                continue
+            if self._in_string:
+                found = _INSIDE_STRING.search(buf, pos, limit)
+                if found is None:
+                    pos = limit
+                    break
+                pos = found.start()
+                char = buf[pos]
+                if char == 0x22:  # "
+                    self._in_string = False
+                elif char == 0x5C:  # backslash
+                    self._escaped = True
+                else:
+                    return self._take(pos, pos + 1)
+                pos += 1
+                continue
+            found = _OUTSIDE_STRING.search(buf, pos, limit)
+            if found is None:
+                pos = limit
+                break
+            pos = found.start()
+            char = buf[pos]
+            if char == 0x22:
+                self._in_string = True
+            elif char in b"{[":
+                self._depth += 1
+                if self._depth > self._max_depth:
+                    raise _RequestError(f"request nested deeper than {self._max_depth} levels")
+            elif char in b"}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    return self._take(pos + 1, pos + 1)
+            else:
+                return self._take(pos, pos + 1)
+            pos += 1
+        self._pos = pos
+        if len(buf) > self._max_bytes:
+            raise self.too_large()
+        return None
+
+    def too_large(self) -> _RequestError:
+        return _RequestError(f"request larger than {self._max_bytes} bytes")
+
+    def _take(self, end: int, consumed: int) -> bytes:
+        if end > self._max_bytes:
+            raise self.too_large()
+        request = bytes(self._buffer[:end])
+        del self._buffer[:consumed]
+        self._reset()
+        return request
+
+
+def _echo(value: str) -> str:
+    """``value`` quoted for a reply or log line, shortened and made safe."""
+    if len(value) > _ECHO_CHARS:
+        return repr(value[:_ECHO_CHARS]) + "..."
+    return repr(value)
+
+
+def _one_line(text: str) -> str:
+    return _UNSAFE_IN_LINE.sub(" ", text)
+
+
+def _short_reason(failure: Failure) -> str:
+    """The exception's type and first message line, for a one-line reply."""
+    assert failure.type is not None
+    name = getattr(failure.type, "__name__", "error")
+    lines = failure.getErrorMessage().strip().splitlines()
+    text = f"{name}: {lines[0]}" if lines else name
+    return _one_line(text[:200])
+
+
+def _describe_peer(transport: object, serial: int) -> str:
+    """Who is connected: the peer's pid/uid via SO_PEERCRED when available.
+
+    A Unix socket peer has no address worth logging; its credentials are what
+    an operator needs to find a misbehaving client.
+    """
+    try:
+        handle = transport.getHandle()  # type: ignore[attr-defined]
+        raw = handle.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+        return f"#{serial} pid={pid} uid={uid} gid={gid}"
+    except Exception:
+        try:
+            peer: IAddress = transport.getPeer()  # type: ignore[attr-defined]
+            return f"#{serial} {peer}"
+        except Exception:
+            return f"#{serial}"
+
+
+class ControlProtocol(Protocol):
+    """One client connection: frame, check and answer requests in order.
+
+    While a reply is outstanding (a ``cancel``), reading is paused and no
+    further request is handled, so replies can never overtake each other.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: ControlFactory, serial: int) -> None:
+        self._settings = factory
+        self._serial = serial
+        self._control = factory.control
+        self._framer = _Framer(factory.max_request_bytes, factory.max_depth)
+        self._peer = f"#{serial}"
+        self._connected = False
+        self._closing = False
+        self._pending = False  # a reply is awaited from the control
+        self._processing = False  # inside the request loop
+        self._final_error: str | None = None  # to write once the pending reply is out
+        self._idle_call: IDelayedCall | None = None
+        self._handlers: dict[str, Callable[[object], None]] = {
+            "ping": self._ping,
+            "status": self._status,
+            "create_task_schedule": self._create,
+            "cancel_task_schedule": self._cancel,
+        }
+
+    # -- connection life -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._connected = True
+        self._peer = _describe_peer(self.transport, self._serial)
+        self._start_idle_timer()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._connected = False
+        self._closing = True
+        self._stop_idle_timer()
+        self._framer.clear()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._framer.feed(data)
+        self._run(self._process)
+
+    # -- the request loop ------------------------------------------------
+
+    def _run(self, step: Callable[[], None]) -> None:
+        """Run ``step``, turning every exception into an error reply."""
+        self._processing = True
+        try:
+            step()
+        except _RequestError as error:
+            self._reject(str(error))
+        except Exception:
+            self.log.failure("control request from {peer} failed", peer=self._peer)
+            self._reject("internal error", warn=False)
+        finally:
+            self._processing = False
+
+    def _process(self) -> None:
+        while not self._pending and not self._closing:
+            request = self._framer.next_request()
+            if request is None:
+                break
+            self._start_idle_timer()
+            self._handle(request)
+        if self._pending and len(self._framer) > self._settings.max_request_bytes:
+            raise self._framer.too_large()
+
+    def _handle(self, raw: bytes) -> None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _RequestError("request is not valid UTF-8") from None
+        try:
+            request = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise _RequestError(
+                f"request is not valid JSON ({error.msg} at character {error.pos})"
+            ) from None
+        except ValueError:
+            raise _RequestError("request is not valid JSON") from None
+        if not isinstance(request, dict):
+            raise _RequestError("request is not a JSON object")
+        request_type = request.get("request_type")
+        if not isinstance(request_type, str):
+            raise _RequestError("request_type is missing or not a string")
+        handler = self._handlers.get(request_type)
+        if handler is None:
+            raise _RequestError(f"unhandled request_type {_echo(request_type)}")
+        handler(request.get("request_content"))
+
+    # -- request types ---------------------------------------------------
+
+    def _ping(self, content: object) -> None:
+        self._write("pong")
+
+    def _status(self, content: object) -> None:
+        status = self._control.status()
+        self._write(json.dumps(status, separators=(",", ":"), default=str))
+
+    def _create(self, content: object) -> None:
+        name = _schedule_name(content)
+        if self._control.request_planning(name):
+            self.log.info("{peer} asked to plan {schedule}", peer=self._peer, schedule=name)
+            self._write(f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ.")
+        else:
+            self.log.warn(
+                "{peer} asked to plan {schedule}, but the planning queue is full",
+                peer=self._peer,
+                schedule=name,
+            )
+            self._write(f"Error: the planning queue is full; Task Schedule {name} was not queued.")
+
+    def _cancel(self, content: object) -> None:
+        name = _schedule_name(content)
+        self.log.info("{peer} asked to cancel {schedule}", peer=self._peer, schedule=name)
+        result = self._control.cancel(name)
+        if not isinstance(result, Deferred):
+            raise TypeError(f"cancel() returned {result!r}, not a Deferred")
+        self._pending = True
+        result.addCallbacks(
+            self._cancelled, self._cancel_failed, callbackArgs=(name,), errbackArgs=(name,)
+        )
+        result.addCallback(self._finish_pending)
+        result.addErrback(self._internal_failure)
+        if self._pending:  # not answered synchronously: hold further requests
+            self._stop_idle_timer()
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _cancelled(self, removed: bool, name: str) -> str:
+        if removed:
+            return f"Successfully cancelled BTU Task Schedule {name} in Python RQ."
+        return f"BTU Task Schedule {name} was not scheduled in Python RQ; nothing to cancel."
+
+    def _cancel_failed(self, failure: Failure, name: str) -> str:
+        self.log.failure(
+            "could not cancel {schedule} for {peer}", failure, schedule=name, peer=self._peer
+        )
+        return f"Error: could not cancel Task Schedule {name}: {_short_reason(failure)}"
+
+    def _finish_pending(self, line: str) -> None:
+        self._pending = False
+        if not self._connected:
+            return  # the client left; the outcome is already logged
+        self._write(line)
+        if self._final_error is not None:
+            self._close_with_error(self._final_error)
+            return
+        if self._processing:
+            return  # answered synchronously: the running loop goes on
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._start_idle_timer()
+        self._run(self._process)
+
+    def _internal_failure(self, failure: Failure) -> None:
+        self.log.failure("control reply to {peer} failed", failure, peer=self._peer)
+        self._pending = False
+        if self._connected and not self.transport.disconnecting:  # type: ignore[union-attr]
+            self._closing = True
+            self._close_with_error("internal error")
+
+    # -- replies ---------------------------------------------------------
+
+    def _write(self, line: str) -> None:
+        self.transport.write(  # type: ignore[union-attr]
+            _one_line(line).encode("utf-8", "backslashreplace") + b"\n"
+        )
+
+    def _reject(self, reason: str, warn: bool = True) -> None:
+        """Answer a bad request with one error line, then close."""
+        if warn:
+            self.log.warn(
+                "rejected control request from {peer}: {reason}", peer=self._peer, reason=reason
+            )
+        self._closing = True
+        self._stop_idle_timer()
+        self._framer.clear()
+        if self._pending:
+            self._final_error = reason  # after the reply the client is waiting for
+        elif self._connected:
+            self._close_with_error(reason)
+
+    def _close_with_error(self, reason: str) -> None:
+        self._write("Error: " + reason)
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # -- idle timer ------------------------------------------------------
+
+    def _start_idle_timer(self) -> None:
+        self._stop_idle_timer()
+        self._idle_call = self._settings.clock.callLater(
+            self._settings.idle_timeout, self._idle_timed_out
+        )
+
+    def _stop_idle_timer(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+
+    def _idle_timed_out(self) -> None:
+        self._idle_call = None
+        self._reject(f"no complete request within {self._settings.idle_timeout:g} seconds")
+
+
+def _schedule_name(content: object) -> str:
+    """The Task Schedule name carried by ``request_content``."""
+    if content is None:
+        raise _RequestError("request_content is missing; a Task Schedule name is required")
+    if not isinstance(content, str):
+        raise _RequestError("request_content must be a string (a Task Schedule name)")
+    if not content.strip():
+        raise _RequestError("request_content is empty; a Task Schedule name is required")
+    if _UNSAFE_IN_LINE.search(content):
+        raise _RequestError("request_content contains control characters")
+    return content
+
+
+class ControlFactory(Factory):
+    """Builds a ControlProtocol per connection, sharing the limits and clock."""
+
+    noisy = False  # connections are logged by the protocol, with peer credentials
+
+    def __init__(
+        self,
+        control: SchedulerControl,
+        clock: IReactorTime,
+        idle_timeout: float = 30.0,
+        max_request_bytes: int = 65536,
+        max_depth: int = 32,
+    ) -> None:
+        self.control = control
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.max_request_bytes = max_request_bytes
+        self.max_depth = max_depth
+        self._serial = 0
+
+    def buildProtocol(self, addr: IAddress) -> ControlProtocol:
+        self._serial += 1
+        protocol = ControlProtocol(self, self._serial)
+        protocol.factory = self
+        return protocol
