@@ -1,0 +1,142 @@
+"""Real MariaDB and Redis for integration tests: a fresh database per test.
+
+Each test gets its own MariaDB database loaded from the Frappe schema fixture
+and a Redis database number of its own, flushed before and after, so tests
+never see each other's schedules.  These helpers are synchronous: they run in
+test set-up, never inside the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import redis
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+SCHEMA = FIXTURES / "frappe_schema.sql"
+
+MYSQL = dict(
+    host=os.environ.get("BTU_TEST_MYSQL_HOST", "127.0.0.1"),
+    port=int(os.environ.get("BTU_TEST_MYSQL_PORT", "3306")),
+    user=os.environ.get("BTU_TEST_MYSQL_USER", "root"),
+    password=os.environ.get("BTU_TEST_MYSQL_PASSWORD", ""),
+)
+REDIS_HOST = os.environ.get("BTU_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("BTU_TEST_REDIS_PORT", "6379"))
+# Redis database numbers by test module family, so suites never collide.
+REDIS_DB_DAEMON = 2
+
+
+def admin_connection(database: str | None = None, **extra: Any) -> pymysql.connections.Connection:
+    return pymysql.connect(
+        database=database, charset="utf8mb4", autocommit=True, **MYSQL, **extra
+    )
+
+
+class TestDatabase:
+    """A throw-away database holding the Frappe tables and sample rows."""
+
+    def __init__(self, load_samples: bool = True) -> None:
+        self.name = "btu_test_" + uuid.uuid4().hex[:12]
+        conn = admin_connection(client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    f"CREATE DATABASE `{self.name}` CHARACTER SET utf8mb4 "
+                    "COLLATE utf8mb4_unicode_ci"
+                )
+                cur.execute(f"USE `{self.name}`")
+                cur.execute(SCHEMA.read_text())
+                while cur.nextset():
+                    pass
+                if not load_samples:
+                    cur.execute("DELETE FROM `tabBTU Task Schedule`")
+                    cur.execute("DELETE FROM `tabBTU Task`")
+        finally:
+            conn.close()
+
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        conn = admin_connection(self.name)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        conn = admin_connection(self.name)
+        try:
+            with conn.cursor() as cur:
+                cur.executemany(sql, rows)
+        finally:
+            conn.close()
+
+    def add_task(self, name: str, function: str, arguments: str | None = None,
+                 queue: str = "default", max_duration: int = 600, desc: str | None = None) -> None:
+        self.execute(
+            "INSERT INTO `tabBTU Task` (name, docstatus, desc_short, function_string, arguments,"
+            " queue_name, max_task_duration) VALUES (%s, 1, %s, %s, %s, %s, %s)",
+            (name, desc or name, function, arguments, queue, max_duration),
+        )
+
+    def add_schedule(self, name: str, task: str, cron: str | None, enabled: bool = True,
+                     queue: str | None = "default", overrides: str | None = None) -> None:
+        self.add_schedules([(name, task, cron, enabled, queue, overrides)])
+
+    def add_schedules(self, rows: list[tuple[Any, ...]]) -> None:
+        self.executemany(
+            "INSERT INTO `tabBTU Task Schedule` (name, task, cron_string, enabled, queue_name,"
+            " argument_overrides, task_description) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(n, t, c, int(e), q, o, t) for n, t, c, e, q, o in rows],
+        )
+
+    def set_zone(self, zone: str | None) -> None:
+        self.execute(
+            "DELETE FROM `tabSingles` WHERE doctype = 'BTU Configuration' AND field = 'cron_time_zone'"
+        )
+        if zone is not None:
+            self.execute(
+                "INSERT INTO `tabSingles` (doctype, field, value) VALUES"
+                " ('BTU Configuration', 'cron_time_zone', %s)",
+                (zone,),
+            )
+
+    def drop(self) -> None:
+        conn = admin_connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
+        finally:
+            conn.close()
+
+
+def sync_redis(db: int = REDIS_DB_DAEMON) -> redis.Redis:
+    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+
+
+def config_values(database: str, redis_db: int = REDIS_DB_DAEMON, **overrides: Any) -> dict[str, Any]:
+    """A complete config dict (as TOML would give) for a daemon under test."""
+    values: dict[str, Any] = dict(
+        full_refresh_internal_secs=3600,
+        scheduler_polling_interval=5,
+        time_zone_string="UTC",
+        tracing_level="INFO",
+        startup_without_database_connections=False,
+        mysql_user=MYSQL["user"],
+        mysql_password=MYSQL["password"],
+        mysql_host=MYSQL["host"],
+        mysql_port=MYSQL["port"],
+        mysql_database=database,
+        rq_host=REDIS_HOST,
+        rq_port=REDIS_PORT,
+        rq_database=redis_db,
+        socket_path="/tmp/btu-test-" + uuid.uuid4().hex[:8] + ".sock",
+        job_builder="function",
+    )
+    values.update(overrides)
+    return values
