@@ -1,0 +1,169 @@
+"""The planner: turns schedule names from the FIFO into their next run in Redis.
+
+It is a single cooperative consumer: it sleeps on the FIFO while there is
+nothing to do, reads a whole batch of rows in one query, computes next runs in
+the schedule's zone and writes the batch in one script call.  Each step waits
+on I/O, so the reactor keeps serving the socket between batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from btu_twisted import cron
+from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.health import Backoff, Dependency
+from btu_twisted.records import ScheduleRow
+from btu_twisted.sql import BATCH_SIZE, Database
+from btu_twisted.store import ScheduleStore
+
+
+class Unplannable(Exception):
+    """The row exists but cannot be planned; the message says why."""
+
+
+def next_run_for(row: ScheduleRow, default_zone: str, after: float) -> int:
+    """The row's next run after ``after``, or Unplannable with the reason."""
+    if not row.cron_string or not row.cron_string.strip():
+        raise Unplannable("it has no cron string")
+    zone = row.cron_time_zone or default_zone
+    try:
+        return cron.next_run(row.cron_string, cron.get_zone(zone), after)
+    except cron.CronError as e:
+        raise Unplannable(str(e)) from None
+
+
+class Planner(Service):
+    """Consumes the FIFO; one batch in flight at a time."""
+
+    log = Logger()
+    name = "planner"
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        fifo: ScheduleFifo,
+        db: Database,
+        store: ScheduleStore,
+        default_zone: str,
+        on_planned: Callable[[int], None] = lambda when: None,
+        batch_size: int = BATCH_SIZE,
+        dependencies: Sequence[Dependency] = (),
+    ) -> None:
+        self._clock = clock
+        self._fifo = fifo
+        self._db = db
+        self._store = store
+        self._default_zone = default_zone
+        self._on_planned = on_planned
+        self._batch_size = batch_size
+        # During an outage the Dependency has logged it once already.
+        self._dependencies = dependencies
+        self._backoff = Backoff()
+        self._loop: Deferred[None] | None = None
+        self._waiting: Deferred[object] | None = None
+        # Broken schedules are logged when they break or their reason changes,
+        # not again at every refresh.
+        self._broken: dict[str, str] = {}
+        self.planned_total = 0
+        self.batches = 0
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = Deferred.fromCoroutine(self._run())
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._waiting is not None:
+            self._waiting.cancel()
+        loop, self._loop = self._loop, None
+        return loop
+
+    async def _run(self) -> None:
+        while self.running:
+            self._waiting = self._fifo.get()
+            try:
+                first = await self._waiting
+            except CancelledError:
+                return
+            finally:
+                self._waiting = None
+            names = [first] + self._fifo.take(self._batch_size - 1)
+            try:
+                await self.plan(names)
+            except Exception as e:
+                # Put the batch back; the outage itself is logged once by the
+                # service's Dependency, anything else here once per batch.
+                self._fifo.extend(names)
+                if all(dep.up for dep in self._dependencies):
+                    self.log.failure("planning {count} schedules failed", count=len(names))
+                else:
+                    self.log.debug("planning deferred: {error}", error=e)
+                self._waiting = deferLater(self._clock, self._backoff.next_delay(), lambda: None)
+                try:
+                    await self._waiting
+                except CancelledError:
+                    return
+                finally:
+                    self._waiting = None
+            else:
+                self._backoff.reset()
+
+    async def plan(self, names: Sequence[str]) -> dict[str, int]:
+        """Plan ``names`` now; returns what was planned (name -> unix time)."""
+        rows = await self._db.read_schedules(names)
+        now = self._clock.seconds()
+        plans: dict[str, int] = {}
+        unplans: list[str] = []
+        for name in names:
+            when = self._next_or_none(name, rows.get(name), now)
+            if when is None:
+                unplans.append(name)
+            else:
+                plans[name] = when
+        rejected = await self._store.plan(now, plans, unplans)
+        if rejected:
+            # Those times were already enqueued (another daemon, or a refresh
+            # that raced an enqueue): plan after the last enqueued run instead.
+            again = {}
+            for name, done in rejected.items():
+                when = self._next_or_none(name, rows.get(name), max(now, done))
+                if when is None:
+                    plans.pop(name, None)
+                else:
+                    again[name] = plans[name] = when
+            still = await self._store.plan(now, again)
+            for name in still:
+                plans.pop(name, None)
+        self.batches += 1
+        self.planned_total += len(plans)
+        if plans:
+            self._on_planned(min(plans.values()))
+        return plans
+
+    def _next_or_none(self, name: str, row: ScheduleRow | None, after: float) -> int | None:
+        if row is None:
+            self.log.info("schedule {schedule} does not exist; it has no run planned", schedule=name)
+            return None
+        if not row.enabled:
+            self.log.info("schedule {schedule} is disabled; it has no run planned", schedule=name)
+            return None
+        try:
+            when = next_run_for(row, self._default_zone, after)
+        except Unplannable as e:
+            reason = str(e)
+            if self._broken.get(name) != reason:
+                self._broken[name] = reason
+                self.log.error(
+                    "schedule {schedule} cannot be planned: {reason}", schedule=name, reason=reason
+                )
+            return None
+        self._broken.pop(name, None)
+        return when
+

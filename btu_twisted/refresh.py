@@ -1,0 +1,109 @@
+"""Full refresh: whatever happened to Redis, it heals within one period.
+
+At start and every ``full_refresh_internal_secs`` the names of all enabled
+schedules go onto the FIFO, and members of schedules that are no longer
+enabled (or stale duplicates) are removed.  A refresh that fails (MariaDB or
+Redis down) is retried with backoff rather than a whole period later, so a
+daemon started during an outage plans everything soon after it ends.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.health import Backoff
+from btu_twisted.sql import Database
+from btu_twisted.store import ScheduleStore
+
+
+class FullRefresh(Service):
+    log = Logger()
+    name = "refresh"
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        interval: float,
+        fifo: ScheduleFifo,
+        db: Database,
+        store: ScheduleStore,
+    ) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._fifo = fifo
+        self._db = db
+        self._store = store
+        self._backoff = Backoff(first=1.0, limit=min(60.0, interval))
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+        self._retry: IDelayedCall | None = None
+        self.last: dict[str, object] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=True)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._loop.running:
+            self._loop.stop()
+        return None
+
+    def _tick(self) -> Deferred[None]:
+        # Returning the Deferred keeps ticks from overlapping; it never fails,
+        # so the LoopingCall never stops.
+        return Deferred.fromCoroutine(self._refresh_logged())
+
+    async def _refresh_logged(self) -> None:
+        try:
+            await self.refresh()
+        except Exception:
+            if self._db.health.up and self._store_up():
+                self.log.failure("full refresh failed")
+            delay = self._backoff.next_delay()
+            if self.running and (self._retry is None or not self._retry.active()):
+                self._retry = self._clock.callLater(delay, self._retry_now)
+        else:
+            self._backoff.reset()
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        if self.running:
+            Deferred.fromCoroutine(self._refresh_logged())
+
+    def _store_up(self) -> bool:
+        health = self._store.health
+        return health is None or health.up
+
+    async def refresh(self) -> int:
+        """Queue every enabled schedule and prune the rest; returns the count."""
+        started = self._clock.seconds()
+        names = await self._db.enabled_names()
+        refused = self._fifo.extend(names)
+        removed = await self._store.prune(names)
+        # A name removed here may have been enabled (and planned) just after
+        # our SELECT; planning it again costs one read and settles it.
+        self._fifo.extend(removed)
+        duration = self._clock.seconds() - started
+        self.last = {
+            "at": started,
+            "duration": duration,
+            "schedules": len(names),
+            "removed": len(removed),
+            "refused": refused,
+        }
+        self.log.info(
+            "full refresh: {count} enabled schedules queued for planning, "
+            "{removed} stale members removed",
+            count=len(names),
+            removed=len(removed),
+        )
+        return len(names)

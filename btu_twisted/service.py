@@ -1,0 +1,255 @@
+"""The daemon as one ``MultiService``: what it owns and in which order it starts.
+
+Order matters: the database and Redis pools first (checked unless
+``startup_without_database_connections``), then the socket (so a second daemon
+on the same path stops before touching anything), then the timer, the planner
+and the full refresh that feeds them.  Stopping runs in reverse.  Names still
+waiting in the FIFO at stop are not saved: the next start's full refresh
+derives them again from MariaDB.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from btu_twisted import __version__
+from btu_twisted.builders import make_builder
+from btu_twisted.config import Config
+from btu_twisted.control_socket import ControlSocketService, SocketInUseError
+from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.planner import Planner
+from btu_twisted.protocol import ControlFactory
+from btu_twisted.redis_gateway import RedisGateway
+from btu_twisted.refresh import FullRefresh
+from btu_twisted.sql import Database
+from btu_twisted.stats import lateness_summary
+from btu_twisted.store import ScheduleStore
+from btu_twisted.timer import Timer
+
+STARTUP_CHECK_TIMEOUT = 10.0
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is the one line an admin sees."""
+
+
+def exit_on_fatal(reactor: Any) -> Callable[[str], None]:
+    """twistd has no way to stop with a failure status, so exit(1) after a clean shutdown."""
+
+    def fatal(message: str) -> None:
+        sys.stderr.write(f"btu: {message}\n")
+        sys.stderr.flush()
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        reactor.stop()
+
+    return fatal
+
+
+class BtuService(MultiService):
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        on_fatal: Callable[[str], None] | None = None,
+        warnings: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._reactor = reactor
+        self._on_fatal = on_fatal or exit_on_fatal(reactor)
+        self._warnings = warnings or []
+        self.started_at: float | None = None
+        self.fifo = ScheduleFifo()
+        self.db = Database(
+            reactor,
+            host=config.mysql_host,
+            port=config.mysql_port,
+            user=config.mysql_user,
+            password=config.mysql_password,
+            database=config.mysql_database,
+        )
+        self.redis = RedisGateway(
+            reactor,
+            config.rq_host,
+            config.rq_port,
+            database=config.rq_database,
+            password=config.rq_password,
+        )
+        self.store = ScheduleStore(self.redis)
+        self.builder = make_builder(config, reactor)
+        self.timer = Timer(
+            reactor,
+            self.store,
+            self.db,
+            self.builder,
+            self.fifo,
+            polling_interval=config.scheduler_polling_interval,
+            misfire_grace=config.misfire_grace_secs,
+        )
+        self.planner = Planner(
+            reactor,
+            self.fifo,
+            self.db,
+            self.store,
+            default_zone=config.time_zone_string,
+            on_planned=self.timer.planned,
+            dependencies=(self.db.health, self.redis.health),
+        )
+        self.refresh = FullRefresh(
+            reactor, config.full_refresh_internal_secs, self.fifo, self.db, self.store
+        )
+        self.socket = ControlSocketService(
+            reactor,
+            config.socket_path,
+            ControlFactory(self, reactor),
+            mode=config.socket_mode,
+            group=config.socket_file_group_owner,
+        )
+        self.started: Deferred[None] | None = None
+
+    # -- start and stop ------------------------------------------------------
+    def startService(self) -> Deferred[None]:  # type: ignore[override]
+        # Children are started by hand, in order, once the checks pass.
+        self.running = 1
+        self.started = Deferred.fromCoroutine(self._start())
+        self.started.addErrback(self._start_failed)
+        return self.started
+
+    async def _start(self) -> None:
+        for warning in self._warnings:
+            self.log.warn("config: {warning}", warning=warning)
+        self.log.info(
+            "btu_twisted {version} starting: builder {builder}, socket {socket}, "
+            "MariaDB {db_host}:{db_port}/{database}, Redis {rq_host}:{rq_port}/{rq_db}",
+            version=__version__,
+            builder=self.config.job_builder,
+            socket=self.config.socket_path,
+            db_host=self.config.mysql_host,
+            db_port=self.config.mysql_port,
+            database=self.config.mysql_database,
+            rq_host=self.config.rq_host,
+            rq_port=self.config.rq_port,
+            rq_db=self.config.rq_database,
+        )
+        self.db.start()
+        self.redis.start()
+        if not self.config.startup_without_database_connections:
+            await self._check_services()
+        try:
+            await self.socket.startService()
+        except SocketInUseError as e:
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            raise StartupError(f"cannot listen on {self.config.socket_path}: {e}") from None
+        for child in (self.timer, self.planner, self.refresh):
+            child.startService()
+        self.started_at = self._reactor.seconds()
+
+    async def _check_services(self) -> None:
+        c = self.config
+        try:
+            d = Deferred.fromCoroutine(self.db.check())
+            d.addTimeout(STARTUP_CHECK_TIMEOUT, self._reactor)
+            await d
+        except Exception as e:
+            raise StartupError(
+                f"cannot use MariaDB database {c.mysql_database!r} at "
+                f"{c.mysql_host}:{c.mysql_port} as {c.mysql_user!r}: {_reason(e)} "
+                "(set startup_without_database_connections = true to start anyway)"
+            ) from None
+        try:
+            await self.redis.command("PING")
+        except Exception as e:
+            raise StartupError(
+                f"cannot reach Redis at {c.rq_host}:{c.rq_port}: {_reason(e)} "
+                "(set startup_without_database_connections = true to start anyway)"
+            ) from None
+
+    def _start_failed(self, failure: Any) -> None:
+        if failure.check(StartupError):
+            message = str(failure.value)
+        else:
+            self.log.failure("start-up failed", failure)
+            message = f"start-up failed: {_reason(failure.value)}"
+        self.log.critical("{message}", message=message)
+        self._on_fatal(message)
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.running = 0
+        for child in (self.refresh, self.planner, self.timer, self.socket):
+            if child.running:
+                try:
+                    await _maybe(child.stopService())
+                except Exception:
+                    self.log.failure("stopping {service} failed", service=child.name)
+        await _maybe(self.builder.close())
+        await _maybe(self.redis.stop())
+        self.db.stop()
+        self.log.info("btu_twisted stopped")
+
+    # -- SchedulerControl, for the socket ------------------------------------------
+    def request_planning(self, name: str) -> bool:
+        return self.fifo.add(name)
+
+    def cancel(self, name: str) -> Deferred[bool]:
+        # A name still waiting to be planned would bring the member back.
+        self.fifo.discard(name)
+        return Deferred.fromCoroutine(self.store.cancel(name))
+
+    def status(self) -> dict[str, object]:
+        now = self._reactor.seconds()
+        stats = self.timer.stats
+        return {
+            "version": __version__,
+            "name": self.config.name,
+            "environment": self.config.environment_name,
+            "uptime_secs": None if self.started_at is None else round(now - self.started_at, 3),
+            "fifo_length": len(self.fifo),
+            "enqueued": stats.enqueued,
+            "skipped": stats.skipped,
+            "lost_to_other_daemons": stats.lost,
+            "last_enqueue": _iso(stats.last_enqueue),
+            "last_enqueued_schedule": stats.last_schedule,
+            "lateness": lateness_summary(stats.lateness),
+            "planned": self.planner.planned_total,
+            "last_full_refresh": self.refresh.last,
+            "services": {
+                "mariadb": self.db.health.snapshot(),
+                "redis": self.redis.health.snapshot(),
+                "site": getattr(getattr(self.builder, "health", None), "snapshot", dict)(),
+            },
+            "now": _iso(now),
+        }
+
+
+async def _maybe(result: Any) -> Any:
+    if isinstance(result, Deferred):
+        return await result
+    return result
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())[:300]
+
+
+def _iso(when: float | None) -> str | None:
+    if when is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+__all__ = ["BtuService", "StartupError"]

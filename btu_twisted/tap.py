@@ -1,0 +1,43 @@
+"""``twistd btu``: parse the options, build the (unstarted) service.
+
+Nothing here connects, listens or starts a thread: twistd may fork after
+``makeService``.  A config problem ends the process right here with one line
+on stderr and exit status 1, before twistd prints any usage text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python import usage
+
+from btu_twisted.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, log_level
+from btu_twisted.logsetup import apply_level
+from btu_twisted.service import BtuService
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH]"
+    longdesc = "Run the BTU scheduler: BTU Task Schedules in MariaDB become Python RQ jobs."
+    optParameters = [
+        ["config", "c", DEFAULT_CONFIG_PATH, "The btu_scheduler.toml file to read."],
+    ]
+
+    def postOptions(self) -> None:
+        path = self["config"]
+        try:
+            self.config, self.warnings = load_config(path)
+        except ConfigError as e:
+            problems = "; ".join(e.problems) if e.problems else str(e)
+            raise SystemExit(f"btu: bad config {path}: {problems}") from None
+
+
+def makeService(options: Options, reactor: Any = None) -> BtuService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    service = BtuService(options.config, reactor, warnings=list(options.warnings))
+    # twistd has set up its log observers by the time services start.
+    reactor.callWhenRunning(apply_level, log_level(options.config))
+    return service

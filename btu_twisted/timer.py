@@ -1,0 +1,325 @@
+"""The timer: due members become RQ jobs, each (schedule, time) exactly once.
+
+It sleeps until the earliest member is close (a ``callLater``, re-armed when
+the planner adds an earlier one), reads the rows and builds the jobs a little
+*before* they are due — which also hides the site's HTTP latency — and at the
+due instant claims and enqueues all of them in one script call.  Building
+before claiming means a crash at any instant loses nothing (the member is
+still there) and doubles nothing (the claim is atomic); several daemons all
+build, one claim wins and the others drop their copies.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from rq.utils import utcformat
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from btu_twisted.builders import BuildError, JobBuilder
+from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.health import Backoff
+from btu_twisted.records import ScheduleRow
+from btu_twisted.sql import Database
+from btu_twisted.store import CLAIMED, STALE, Claim, ScheduleStore, split_member
+
+LOOKAHEAD = 2.0          # seconds before a run is due to read its row and build its job
+FETCH_LIMIT = 5000       # members looked at per wake-up
+CLAIM_BATCH = 500        # members claimed per script call
+BUILD_CONCURRENCY = 16   # builds in flight at once (HTTP calls to the site)
+
+
+@dataclass
+class TimerStats:
+    enqueued: int = 0
+    skipped: int = 0
+    lost: int = 0
+    last_enqueue: float | None = None
+    last_schedule: str | None = None
+
+    def __post_init__(self) -> None:
+        self.lateness: deque[float] = deque(maxlen=1000)
+
+
+class Timer(Service):
+    log = Logger()
+    name = "timer"
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        store: ScheduleStore,
+        db: Database,
+        builder: JobBuilder,
+        fifo: ScheduleFifo,
+        polling_interval: float,
+        misfire_grace: float | None = None,
+        on_enqueued: Callable[[Claim, float], None] = lambda claim, lateness: None,
+        lookahead: float = LOOKAHEAD,
+    ) -> None:
+        self._clock = clock
+        self._store = store
+        self._db = db
+        self._builder = builder
+        self._fifo = fifo
+        self._polling = polling_interval
+        self._grace = misfire_grace
+        self._on_enqueued = on_enqueued
+        self._lookahead = lookahead
+        self._prepared: dict[str, Claim] = {}
+        self._building: set[str] = set()
+        self._retry_at: dict[str, float] = {}
+        self._delayed: dict[str, str] = {}      # schedule -> reason already logged
+        self._build_slots = DeferredSemaphore(BUILD_CONCURRENCY)
+        self._backoff = Backoff()
+        self._wake: IDelayedCall | None = None
+        self._ticking: Deferred[None] | None = None
+        self._again = False
+        self._truncated = False
+        self.stats = TimerStats()
+
+    # -- service ---------------------------------------------------------
+    def startService(self) -> None:
+        super().startService()
+        self._arm(0)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._wake is not None and self._wake.active():
+            self._wake.cancel()
+        self._wake = None
+        return self._ticking
+
+    def planned(self, when: float) -> None:
+        """The planner added a member at ``when``: wake earlier if needed."""
+        self._arm(when - self._lookahead - self._clock.seconds())
+
+    # -- wake-ups --------------------------------------------------------
+    def _arm(self, delay: float) -> None:
+        if not self.running:
+            return
+        delay = max(0.0, delay)
+        at = self._clock.seconds() + delay
+        if self._wake is not None and self._wake.active():
+            if self._wake.getTime() <= at:
+                return
+            self._wake.cancel()
+        self._wake = self._clock.callLater(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._wake = None
+        if self._ticking is not None:
+            self._again = True
+            return
+        self._ticking = Deferred.fromCoroutine(self._tick_safely())
+
+    async def _tick_safely(self) -> None:
+        next_delay = float(self._polling)
+        try:
+            next_delay = await self._step()
+            self._backoff.reset()
+        except Exception:
+            if self._store.health is None or self._store.health.up:
+                self.log.failure("timer step failed")
+            next_delay = self._backoff.next_delay()
+        finally:
+            self._ticking = None
+        if self._again:
+            self._again = False
+            next_delay = 0.0
+        self._arm(min(next_delay, float(self._polling)))
+
+    # -- one step ----------------------------------------------------------
+    async def _step(self) -> float:
+        """Claim what is due, prepare what is close; returns seconds until the next step."""
+        await self._claim_due()
+        now = self._clock.seconds()
+        members = await self._store.earliest(FETCH_LIMIT)
+        self._forget_vanished(members)
+        horizon = now + self._lookahead
+        todo: list[tuple[str, int]] = []
+        next_delay = float(self._polling)
+        for member, when in members:
+            if when > horizon:
+                next_delay = min(next_delay, when - self._lookahead - now)
+                break
+            if member in self._prepared:
+                next_delay = min(next_delay, when - now)
+            elif member not in self._building:
+                retry = self._retry_at.get(member, 0.0)
+                if retry > now:
+                    next_delay = min(next_delay, retry - now)
+                else:
+                    todo.append((member, when))
+        else:
+            # Every member we saw is close; if there were more than we looked
+            # at, look again once these builds are done (not in a busy loop).
+            self._truncated = len(members) >= FETCH_LIMIT
+        if todo:
+            self._start_builds(todo)
+        if any(c.when <= self._clock.seconds() for c in self._prepared.values()):
+            next_delay = 0.0
+        return next_delay
+
+    def _forget_vanished(self, members: list[tuple[str, int]]) -> None:
+        """Drop prepared jobs whose member is gone (cancelled, replanned, claimed elsewhere)."""
+        if not self._prepared:
+            return
+        alive = {m for m, _ in members}
+        complete = len(members) < FETCH_LIMIT
+        last_seen = members[-1][1] if members else 0
+        for member, claim in list(self._prepared.items()):
+            if member not in alive and (complete or claim.when < last_seen):
+                del self._prepared[member]
+
+    # -- building ----------------------------------------------------------
+    def _start_builds(self, todo: list[tuple[str, int]]) -> None:
+        for member, _ in todo:
+            self._building.add(member)
+        d = Deferred.fromCoroutine(self._build_all(todo))
+        d.addErrback(lambda f: self.log.failure("preparing jobs failed", f))
+        d.addBoth(lambda _: self._after_builds(todo))
+
+    def _after_builds(self, todo: list[tuple[str, int]]) -> None:
+        for member, _ in todo:
+            self._building.discard(member)
+        soonest = min((c.when for c in self._prepared.values()), default=None)
+        if self._truncated:
+            self._truncated = False
+            self._arm(0)
+        elif soonest is not None:
+            self._arm(soonest - self._clock.seconds())
+        elif self._retry_at:
+            self._arm(min(self._retry_at.values()) - self._clock.seconds())
+
+    async def _build_all(self, todo: list[tuple[str, int]]) -> None:
+        parsed = [(m, split_member(m), when) for m, when in todo]
+        unreadable = [m for m, p, _ in parsed if p is None]
+        if unreadable:
+            self.log.warn("removing unreadable members {members}", members=unreadable)
+            await self._store.discard(unreadable)
+        wanted = [(m, p[0], when) for m, p, when in parsed if p is not None]
+        try:
+            rows = await self._db.read_schedules([name for _, name, _ in wanted])
+        except Exception as e:
+            for member, _, _ in wanted:
+                self._retry_at[member] = self._clock.seconds() + self._backoff_for(member)
+            self.log.debug("rows for due runs unavailable: {error}", error=e)
+            return
+        builds = [
+            self._build_slots.run(self._prepare, member, name, when, rows.get(name))
+            for member, name, when in wanted
+        ]
+        for d in builds:
+            await d
+
+    async def _prepare(self, member: str, name: str, when: int, row: ScheduleRow | None) -> None:
+        now = self._clock.seconds()
+        skip = Claim(member=member, schedule=name, when=when)
+        if row is None or not row.enabled:
+            self.log.info(
+                "run of {schedule} at {when} dropped: the schedule is {state}",
+                schedule=name,
+                when=_iso(when),
+                state="deleted" if row is None else "disabled",
+            )
+            self._prepared[member] = skip
+            return
+        late = now - when
+        if self._grace is not None and late > self._grace:
+            self.log.warn(
+                "run of {schedule} at {when} skipped: missed by {late:.0f} s, "
+                "more than misfire_grace_secs ({grace})",
+                schedule=name, when=_iso(when), late=late, grace=self._grace,
+            )
+            self._prepared[member] = skip
+            return
+        try:
+            built = await self._builder.build(row, when)
+        except BuildError as e:
+            self._build_failed(member, name, when, e)
+            return
+        if late > 1:
+            self.log.warn(
+                "run of {schedule} at {when} is late by {late:.0f} s; enqueueing it once now",
+                schedule=name, when=_iso(when), late=late,
+            )
+        self._retry_at.pop(member, None)
+        if self._delayed.pop(name, None) is not None:
+            self.log.info("schedule {schedule} can be enqueued again", schedule=name)
+        self._prepared[member] = Claim(
+            member=member, schedule=name, when=when,
+            job_id=built.job_id, origin=built.origin, fields=built.fields,
+        )
+
+    def _build_failed(self, member: str, name: str, when: int, error: BuildError) -> None:
+        reason = str(error)
+        if not error.transient:
+            self.log.error(
+                "run of {schedule} at {when} skipped: {reason}",
+                schedule=name, when=_iso(when), reason=reason,
+            )
+            self._prepared[member] = Claim(member=member, schedule=name, when=when)
+            return
+        self._retry_at[member] = self._clock.seconds() + self._backoff_for(member)
+        if name not in self._delayed:
+            self._delayed[name] = reason
+            self.log.warn(
+                "run of {schedule} at {when} delayed, retrying with backoff: {reason}",
+                schedule=name, when=_iso(when), reason=reason,
+            )
+
+    def _backoff_for(self, member: str) -> float:
+        previous = self._retry_at.get(member)
+        now = self._clock.seconds()
+        if previous is None:
+            return 1.0
+        # Double the last wait (measured from when it was set), at most 30 s.
+        return min(30.0, max(1.0, 2 * (previous - now + 1.0)))
+
+    # -- claiming ------------------------------------------------------------
+    async def _claim_due(self) -> None:
+        now = self._clock.seconds()
+        due = [c for c in self._prepared.values() if c.when <= now]
+        if not due:
+            return
+        due.sort(key=lambda c: c.when)
+        for start in range(0, len(due), CLAIM_BATCH):
+            batch = due[start:start + CLAIM_BATCH]
+            enqueued_at = utcformat(datetime.now(timezone.utc))
+            results = await self._store.claim(batch, enqueued_at)
+            self._settle(batch, results, self._clock.seconds())
+
+    def _settle(self, batch: Iterable[Claim], results: list[int], now: float) -> None:
+        for claim, result in zip(batch, results):
+            self._prepared.pop(claim.member, None)
+            if not claim.schedule:
+                continue
+            if result == CLAIMED and claim.job_id:
+                lateness = now - claim.when
+                self.stats.enqueued += 1
+                self.stats.last_enqueue = now
+                self.stats.last_schedule = claim.schedule
+                self.stats.lateness.append(lateness)
+                self._on_enqueued(claim, lateness)
+                self.log.info(
+                    "enqueued {schedule} run at {when} as job {job_id} on {origin}",
+                    schedule=claim.schedule, when=_iso(claim.when),
+                    job_id=claim.job_id, origin=claim.origin,
+                )
+            elif result == CLAIMED:
+                self.stats.skipped += 1
+            else:
+                self.stats.lost += 1
+            if result in (CLAIMED, STALE):
+                self._fifo.add(claim.schedule)
+
+
+def _iso(when: int) -> str:
+    return datetime.fromtimestamp(when, timezone.utc).isoformat().replace("+00:00", "Z")
