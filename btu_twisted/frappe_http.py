@@ -1,0 +1,444 @@
+"""Fetch a BTU task's pickled RQ job data from the Frappe site over HTTP(S).
+
+This is the ``frappe`` job builder's only outside call, so every way it can go
+wrong has to end in a short, classified error instead of a hang or a crash:
+
+- one deadline covers connecting, sending, the response headers and the body;
+- the body is read with a running byte count and the connection is dropped as
+  soon as it passes the limit (or when Content-Length already announces more);
+- the answer must be Frappe's ``{"message": [128, 5, ...]}``; the bytes are
+  checked to look like a pickle but are never unpickled here;
+- redirects are not followed (they would carry the token elsewhere) and no
+  cookies are kept, so each request stands on its own;
+- HTTPS checks the certificate chain *and* the host name, where the name is the
+  site name sent in ``Host`` (not the address connected to), against either the
+  system trust store or a configured CA bundle.
+
+The module knows nothing about schedules: it raises :class:`FetchError` with a
+reason and a ``transient`` flag, and the builder adds the schedule's name.
+"""
+
+from __future__ import annotations
+
+import json
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import TYPE_CHECKING, Any
+
+from OpenSSL import SSL
+from service_identity import VerificationError
+from treq.client import HTTPClient
+from twisted.internet import defer, error
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.ssl import (
+    Certificate,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import client as web_client
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
+from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
+
+__all__ = [
+    "ENDPOINT_PATH",
+    "MAX_BODY_BYTES",
+    "FetchError",
+    "FixedNamePolicy",
+    "SiteClient",
+    "parse_pickled_task",
+    "read_bounded",
+    "load_trust_root",
+    "site_url",
+]
+
+#: BTU's whitelisted method that returns the pickled RQ job tuple of a task.
+ENDPOINT_PATH = "/api/method/btu.btu_api.endpoints.get_pickled_task"
+
+#: Largest response body accepted.  A BTU pickle is a few kilobytes; as a JSON
+#: array of byte values it grows about fourfold.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+#: How much of an error response is read, only to name Frappe's exception type.
+_ERROR_BODY_BYTES = 64 * 1024
+
+#: Status codes below 500 that still mean "try again later".
+_TRANSIENT_4XX = frozenset({408, 425, 429})
+
+
+class FetchError(Exception):
+    """The site did not give usable job data.
+
+    ``transient`` is True when asking again later may work (connection refused,
+    timeout, TLS failure, 5xx, 429) and False when the site's answer itself is
+    wrong (other 4xx, redirects, a body that is not Frappe's byte array).
+    ``str()`` is one short line and never contains the token.
+    """
+
+    def __init__(self, reason: str, *, transient: bool) -> None:
+        self.reason = " ".join(reason.split())
+        self.transient = transient
+        super().__init__(self.reason)
+
+
+def site_url(ip: str, port: int, scheme: str | None) -> str:
+    """Return the endpoint URL; without a scheme, HTTPS is used only on port 443.
+
+    The port is always written out and an IPv6 address gets brackets, so the
+    URL names exactly the socket the configuration names.
+    """
+    if scheme is None:
+        scheme = "https" if port == 443 else "http"
+    if scheme not in ("http", "https"):
+        raise ValueError(f"webserver_scheme must be 'http' or 'https', not {scheme!r}")
+    host = f"[{ip}]" if ":" in ip and not ip.startswith("[") else ip
+    return f"{scheme}://{host}:{port}{ENDPOINT_PATH}"
+
+
+def load_trust_root(path: str) -> IOpenSSLTrustRoot:
+    """Read a PEM bundle (one or more CA certificates) to trust instead of the system store.
+
+    Read once at construction, so a missing or malformed file stops the daemon
+    at startup instead of failing every request.
+    """
+    with open(path, "rb") as handle:
+        pem = handle.read()
+    end = b"-----END CERTIFICATE-----"
+    blocks = [block + end for block in pem.split(end) if b"-----BEGIN CERTIFICATE-----" in block]
+    if not blocks:
+        raise ValueError(f"{path}: no PEM certificate found")
+    return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+
+
+@implementer(IPolicyForHTTPS)
+class FixedNamePolicy:
+    """Verify every server against one configured name, whatever address the URL has.
+
+    The daemon connects to ``webserver_ip`` but the site is the name it sends in
+    ``Host``; the certificate must be valid for that name (which is also sent as
+    SNI so a multi-site server picks the right certificate).  The connection
+    creator is built once and shared by all connections.
+    """
+
+    def __init__(self, hostname: str, trust_root: IOpenSSLTrustRoot | None) -> None:
+        self._creator = optionsForClientTLS(
+            hostname, trustRoot=trust_root if trust_root is not None else platformTrust()
+        )
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        """Return the shared creator; the netloc is the address, not the name to check."""
+        return self._creator
+
+
+class _BoundedBody(Protocol):
+    """Collect a response body, giving up as soon as it grows past ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.finished: Deferred[bytes] = Deferred(lambda _: self._drop())
+        self._limit = limit
+        self._size = 0
+        self._chunks: list[bytes] = []
+        self._done = False
+
+    def _drop(self) -> None:
+        """Stop listening and drop the connection (overflow, or the deadline cancelled us)."""
+        self._done = True
+        self._chunks = []
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self._drop()
+            self.finished.errback(_too_large(self._limit))
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._done:
+            return
+        self._done = True
+        if reason.check(web_client.ResponseDone, PotentialDataLoss):
+            self.finished.callback(b"".join(self._chunks))
+        else:
+            self.finished.errback(
+                FetchError(
+                    f"connection lost while reading the response ({_describe(reason)})",
+                    transient=True,
+                )
+            )
+
+
+class _Discard(Protocol):
+    """Drop a response's connection without reading its body."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        pass
+
+
+def _too_large(limit: int) -> FetchError:
+    return FetchError(f"response body larger than {limit} bytes", transient=False)
+
+
+def read_bounded(response: IResponse, limit: int) -> Deferred[bytes]:
+    """Read the whole body of ``response``, failing with FetchError past ``limit`` bytes.
+
+    A declared Content-Length over the limit fails at once and the connection is
+    dropped unread.  Cancelling the returned Deferred drops the connection too.
+    """
+    if response.length is not UNKNOWN_LENGTH and response.length > limit:
+        response.deliverBody(_Discard())
+        return defer.fail(_too_large(limit))
+    if response.length == 0:
+        return defer.succeed(b"")
+    protocol = _BoundedBody(limit)
+    response.deliverBody(protocol)
+    return protocol.finished
+
+
+def _root(failure: Failure) -> Failure:
+    """The first underlying cause, looking inside Agent's ResponseFailed-style wrappers."""
+    reasons = getattr(failure.value, "reasons", None)
+    if reasons and isinstance(reasons[0], Failure):
+        return _root(reasons[0])
+    return failure
+
+
+def _describe(failure: Failure) -> str:
+    """One short phrase for a connection-level failure."""
+    root = _root(failure)
+    exc = root.value
+    if isinstance(exc, VerificationError):
+        return "TLS certificate does not match the expected host name"
+    if isinstance(exc, SSL.Error):
+        return f"TLS handshake failed: {_openssl_reason(exc)}"
+    text = " ".join(str(exc).split())
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _openssl_reason(exc: SSL.Error) -> str:
+    """OpenSSL's reason strings (e.g. 'certificate verify failed') without the tuple noise."""
+    try:
+        reasons = [entry[-1] for entry in exc.args[0] if entry and entry[-1]]
+    except (IndexError, TypeError):
+        reasons = []
+    return ", ".join(reasons) or str(exc)[:200]
+
+
+def _closed_before_answer(exc: web_client.ResponseNeverReceived) -> bool:
+    """True when the server just closed the connection: worth one immediate retry."""
+    return all(
+        reason.check(error.ConnectionDone, error.ConnectionLost) and not reason.check(SSL.Error)
+        for reason in exc.reasons
+    )
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _status_error(response: IResponse, body: bytes) -> FetchError:
+    """Classify a non-200 answer; Frappe's ``exc_type`` is named when present."""
+    code = response.code
+    phrase = response.phrase.decode("latin-1", "replace") if response.phrase else ""
+    detail = f"HTTP {code} {phrase}".strip()
+    document = _json_or_none(body)
+    if isinstance(document, dict) and isinstance(document.get("exc_type"), str):
+        detail += f" ({document['exc_type'][:80]})"
+    if 300 <= code < 400:
+        location = response.headers.getRawHeaders(b"location", [b""])[0]
+        detail += f", redirect to {location[:200].decode('latin-1', 'replace')!r} not followed"
+        return FetchError(detail + "; check webserver_scheme/port", transient=False)
+    if code in (401, 403):
+        detail += "; check webserver_token"
+    return FetchError(detail, transient=code >= 500 or code in _TRANSIENT_4XX)
+
+
+def parse_pickled_task(body: bytes, content_type: str) -> bytes:
+    """Return the pickle bytes from Frappe's ``{"message": [int, ...]}`` answer.
+
+    Frappe's JSON encoder turns the endpoint's ``bytes`` into a list of byte
+    values.  Anything else is refused with a short reason that describes, but
+    does not quote, the body.  The result must start like a protocol-2+ pickle
+    and end with the STOP opcode, a cheap check that catches a wrong endpoint
+    answering; it is never unpickled here.
+    """
+    document = _json_or_none(body)
+    what = f"{len(body)} bytes of {content_type or 'no Content-Type'}"
+    if document is None:
+        raise FetchError(f"response is not JSON ({what})", transient=False)
+    if not isinstance(document, dict) or "message" not in document:
+        raise FetchError(f"response has no 'message' ({what})", transient=False)
+    message = document["message"]
+    if not isinstance(message, list) or not message:
+        kind = type(message).__name__
+        raise FetchError(f"'message' is a {kind}, not a non-empty byte array", transient=False)
+    if set(map(type, message)) != {int}:
+        raise FetchError("'message' holds values that are not integers", transient=False)
+    try:
+        data = bytes(message)
+    except ValueError:
+        raise FetchError("'message' holds integers outside 0..255", transient=False) from None
+    if data[0] != 0x80 or data[-1] != 0x2E:
+        raise FetchError("'message' bytes are not a pickle (protocol 2 or later)", transient=False)
+    return data
+
+
+class SiteClient:
+    """POSTs to ``get_pickled_task`` over one persistent connection pool.
+
+    ``reactor`` must provide what twisted.web's Agent needs (TCP, SSL, time,
+    name resolution); it is injected so tests can use the real reactor with a
+    local stand-in site.  ``close()`` drops the cached connections.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        url: str,
+        token: str,
+        host_header: str | None,
+        tls_hostname: str,
+        trust_root: IOpenSSLTrustRoot | None,
+        timeout: float,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
+        self._reactor = reactor
+        self._url = url
+        self._tls_hostname = tls_hostname
+        self._timeout = timeout
+        self._max_body = max_body
+        self._headers: dict[str, str] = {
+            "Authorization": token,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        if host_header:
+            self._headers["Host"] = host_header
+        self._pool = web_client.HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = 4
+        # Below nginx's default keepalive_timeout (65 s), so idle connections are
+        # usually dropped by us first rather than found closed mid-request.
+        self._pool.cachedConnectionTimeout = 50
+        self._in_flight: set[Deferred[bytes]] = set()
+        agent = web_client.Agent(
+            reactor,
+            contextFactory=FixedNamePolicy(tls_hostname, trust_root),
+            connectTimeout=timeout,
+            pool=self._pool,
+        )
+        # No cookie is ever stored or sent: each request authenticates by token alone.
+        no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+        self._http = HTTPClient(agent, cookiejar=no_cookies)  # type: ignore[arg-type]
+
+    def fetch(self, task: str, schedule: str | None) -> Deferred[bytes]:
+        """Return the pickled job data for ``task``; fails with :class:`FetchError` only.
+
+        The deadline covers the whole exchange, including one immediate retry
+        when a kept-alive connection turns out to be closed (Agent retries only
+        idempotent methods by itself; this read-only endpoint is safe to ask
+        twice).  Cancelling the result, or ``close()``, aborts the connection
+        and fails it with CancelledError.
+        """
+        d = Deferred.fromCoroutine(self._fetch_with_retry(task, schedule))
+        d.addTimeout(self._timeout, self._reactor)
+        d.addErrback(self._classify)
+        self._in_flight.add(d)
+        d.addBoth(self._forget, d)
+        return d
+
+    def _forget(self, result: object, d: Deferred[bytes]) -> object:
+        self._in_flight.discard(d)
+        return result
+
+    def _classify(self, failure: Failure) -> Failure:
+        """Turn anything that is not already a FetchError into one."""
+        if failure.check(FetchError, defer.CancelledError):
+            return failure
+        if failure.check(defer.TimeoutError):
+            reason = f"no complete answer within {self._timeout:g} s"
+        elif _root(failure).check(VerificationError):
+            reason = f"TLS certificate is not valid for {self._tls_hostname}"
+        else:
+            reason = f"request failed ({_describe(failure)})"
+            if not failure.check(
+                error.ConnectError,
+                error.DNSLookupError,
+                web_client.ResponseNeverReceived,
+                web_client.ResponseFailed,
+                web_client.RequestTransmissionFailed,
+            ):
+                self.log.failure("unexpected error fetching a pickled task", failure)
+        return Failure(FetchError(reason, transient=True))
+
+    async def _fetch_with_retry(self, task: str, schedule: str | None) -> bytes:
+        try:
+            return await self._fetch(task, schedule)
+        except web_client.ResponseNeverReceived as exc:
+            if not _closed_before_answer(exc):
+                raise
+            self.log.debug("connection closed before an answer; asking again for {task}", task=task)
+        return await self._fetch(task, schedule)
+
+    async def _fetch(self, task: str, schedule: str | None) -> bytes:
+        body = json.dumps({"task_id": task, "task_schedule_id": schedule}).encode()
+        try:
+            response = await self._http.request(
+                "POST",
+                self._url,
+                data=body,
+                headers=self._headers,
+                allow_redirects=False,
+                unbuffered=True,
+                reactor=self._reactor,
+            )
+        except web_client.ResponseFailed as exc:
+            # Agent reports a cancelled in-flight request as ResponseNeverReceived
+            # wrapping CancelledError; unwrap it so the deadline is seen as such.
+            if any(reason.check(defer.CancelledError) for reason in exc.reasons):
+                raise defer.CancelledError() from None
+            raise
+        raw = response.original
+        if response.code != 200:
+            try:
+                error_body = await read_bounded(raw, _ERROR_BODY_BYTES)
+            except FetchError:
+                error_body = b""
+            raise _status_error(raw, error_body)
+        payload = await read_bounded(raw, self._max_body)
+        content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        data = parse_pickled_task(payload, content_type.decode("latin-1", "replace")[:60])
+        self.log.debug(
+            "fetched {size} pickle bytes for task {task} schedule {schedule}",
+            size=len(data),
+            task=task,
+            schedule=schedule,
+        )
+        return data
+
+    def close(self) -> Deferred[None]:
+        """Cancel requests in flight and close the cached connections (called on stop)."""
+        for d in list(self._in_flight):
+            d.cancel()
+        return self._pool.closeCachedConnections()
+
