@@ -1,0 +1,368 @@
+"""Job builders: turn one due (schedule, scheduled time) into an RQ job hash.
+
+The store writes the hash and pushes the id in one atomic step, so a builder
+only has to produce the fields, and produce them exactly as the installed
+``rq`` would: they come from rq's own ``Job.create(...).to_dict()``.  That
+keeps the hash readable by whatever rq version the workers run, instead of a
+hand-written copy of rq's format going stale (the Rust daemon's did).
+
+Three builders, chosen by ``job_builder``:
+
+- ``function``: the job calls ``function_string`` with the merged kwargs.
+- ``frappe_site``: the job calls Frappe's ``execute_job`` with the arguments
+  ``frappe.enqueue`` would have queued; no web server needed.
+- ``frappe``: the job's pickled data comes from the site's BTU endpoint (see
+  :mod:`btu_twisted.frappe_http`); it is stored, never unpickled.
+
+No builder touches Redis: rq's Job wants a connection object but
+``create``/``to_dict`` do no I/O, so they get :data:`NO_REDIS`, which fails
+loudly on any use (the daemon must never do synchronous Redis I/O).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+from rq.job import Job, JobStatus
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from btu_twisted.frappe_http import FetchError, SiteClient, load_trust_root, site_url
+from btu_twisted.records import ScheduleRow
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "FRAPPE_EXECUTE_JOB",
+    "NO_REDIS",
+    "BuildError",
+    "BuiltJob",
+    "JobBuilder",
+    "make_builder",
+    "merged_kwargs",
+    "queue_origin",
+]
+
+#: rq job timeout when the task has no positive ``max_task_duration`` (BTU's field default).
+DEFAULT_TIMEOUT = 600
+
+#: What ``frappe.enqueue`` puts on the queue: Frappe's job wrapper.
+FRAPPE_EXECUTE_JOB = "frappe.utils.background_jobs.execute_job"
+
+#: Placeholder function name for the ``frappe`` builder, whose data comes from the
+#: site and replaces it (BTU's pickle names ``btu.btu_api.execute_job``).
+_BTU_EXECUTE_JOB = "btu.btu_api.execute_job"
+
+
+@dataclass(frozen=True)
+class BuiltJob:
+    """An RQ job ready for the store to write.
+
+    ``fields`` is the job hash exactly as the installed rq's ``Job.to_dict()``
+    produces it, status ``queued``, with values narrowed to bytes/str/int/float
+    (rq's ``JobStatus`` enum becomes its plain value) so any Redis client writes
+    the same bytes.  The store adds ``enqueued_at`` when it claims the run.
+    """
+
+    job_id: str
+    schedule: str
+    when: int
+    origin: str
+    fields: dict[str, bytes | str | int | float]
+
+
+class BuildError(Exception):
+    """A job could not be built for a schedule.
+
+    ``transient`` True: retry later (site down, timeout, 5xx).  False: the
+    schedule's or task's data is wrong (bad arguments literal, missing
+    function_string, 4xx).  ``str()`` is one line naming the schedule and the
+    reason, and never contains the web server token.
+    """
+
+    def __init__(self, schedule: str, reason: str, *, transient: bool) -> None:
+        self.schedule = schedule
+        self.reason = " ".join(reason.split())
+        self.transient = transient
+        super().__init__(f"schedule {schedule}: {self.reason}")
+
+
+class JobBuilder(Protocol):
+    """What the scheduler calls for each due run."""
+
+    def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
+        """Build the job for ``row`` scheduled at unix time ``when``; fails with BuildError."""
+        ...
+
+    def close(self) -> Deferred[None]:
+        """Release connections; called when the service stops."""
+        ...
+
+
+class _NoRedis:
+    """Stands in for rq's Redis connection; any attribute use raises.
+
+    It is truthy (rq's Job checks ``if not connection``) and nothing else.
+    """
+
+    __slots__ = ()
+
+    def __getattribute__(self, name: str) -> Any:
+        raise RuntimeError(f"job builders must not do Redis I/O (rq tried connection.{name})")
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "<no Redis connection: builders do no I/O>"
+
+
+NO_REDIS: Any = _NoRedis()
+
+
+def _parse_arguments(text: str | None, schedule: str, column: str) -> dict[str, Any]:
+    """Parse one arguments column into a dict of keyword arguments.
+
+    JSON is tried first, then a Python literal, as BTU's own
+    ``BTUTask.built_in_arguments`` does (JSON since mid-2025, so ``true``/``null``
+    appear; older rows use ``True``/``None`` and single quotes).  Nothing is
+    ever evaluated as code: ``ast.literal_eval`` accepts literals only.
+    """
+    if text is None or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+            raise BuildError(
+                schedule,
+                f"{column} is not a JSON object or Python dict literal ({type(exc).__name__})",
+                transient=False,
+            ) from None
+    if not isinstance(value, dict):
+        raise BuildError(
+            schedule, f"{column} is a {type(value).__name__}, not a dict", transient=False
+        )
+    bad = [key for key in value if not isinstance(key, str)]
+    if bad:
+        raise BuildError(
+            schedule, f"{column} has non-string keys such as {bad[0]!r:.40}", transient=False
+        )
+    return value
+
+
+def merged_kwargs(row: ScheduleRow) -> dict[str, Any]:
+    """Return the task's arguments updated by the schedule's ``argument_overrides``.
+
+    Raises BuildError(transient=False) naming the schedule and the column when
+    either is not a dict literal.
+    """
+    kwargs = _parse_arguments(row.task_arguments, row.name, "task arguments")
+    kwargs.update(_parse_arguments(row.argument_overrides, row.name, "argument_overrides"))
+    return kwargs
+
+
+def queue_origin(row: ScheduleRow, prefix: str) -> str:
+    """Return ``prefix`` + the schedule's queue, else the task's queue, else ``default``."""
+    for name in (row.queue_name, row.task_queue_name):
+        if name and name.strip():
+            return prefix + name.strip()
+    return prefix + "default"
+
+
+def job_timeout(row: ScheduleRow) -> int:
+    """The task's ``max_task_duration``, or :data:`DEFAULT_TIMEOUT` when unset or not positive."""
+    duration = row.max_task_duration
+    return duration if duration is not None and duration > 0 else DEFAULT_TIMEOUT
+
+
+def job_description(row: ScheduleRow) -> str:
+    """What rq dashboards show, e.g. ``BTU Task BTU-00001 (Ping Now) for schedule TS-000001``."""
+    title = (row.desc_short or row.task_description or "").strip()
+    titled = f"{row.task} ({title})" if title else row.task
+    return f"BTU Task {titled} for schedule {row.name}"
+
+
+def rq_fields(
+    row: ScheduleRow,
+    when: int,
+    origin: str,
+    func: str,
+    kwargs: dict[str, Any] | None,
+    data: bytes | None = None,
+) -> BuiltJob:
+    """Let rq build the job hash; ``data`` (a pickled rq tuple) replaces func and kwargs.
+
+    The job id is a plain ``uuid4``: rq 2.x only accepts ids made of letters,
+    digits, ``_`` and ``-``, so Frappe's ``site::uuid`` / ``site||uuid`` ids
+    are refused by the rq this daemon runs with.
+    """
+    job = Job.create(
+        func,
+        kwargs=kwargs,
+        connection=NO_REDIS,
+        id=str(uuid.uuid4()),
+        origin=origin,
+        timeout=job_timeout(row),
+        description=job_description(row),
+        meta={"task_schedule": row.name, "task": row.task, "scheduled_time": when},
+        status=JobStatus.QUEUED,
+    )
+    if data is not None:
+        job.data = data  # to_dict() stores it zlib-compressed, as rq stores its own
+    fields = {
+        key: value.value if isinstance(value, Enum) else value
+        for key, value in job.to_dict().items()
+    }
+    return BuiltJob(job_id=job.id, schedule=row.name, when=when, origin=origin, fields=fields)
+
+
+def _function_string(row: ScheduleRow) -> str:
+    function = (row.function_string or "").strip()
+    if not function:
+        missing = "task row is missing" if row.function_string is None else "empty"
+        raise BuildError(
+            row.name, f"task {row.task} has no function_string ({missing})", transient=False
+        )
+    return function
+
+
+class _Builder:
+    """What the three builders share: a logger and the last-resort error conversion."""
+
+    log = Logger()
+
+    def _as_build_error(self, row: ScheduleRow, failure: Failure) -> Failure:
+        """Keep a BuildError; log anything else (a bug, or an rq change) and report it as one."""
+        if failure.check(BuildError):
+            return failure
+        self.log.failure("building a job for {schedule} failed", failure, schedule=row.name)
+        reason = f"unexpected {failure.type.__name__} while building the job"
+        return Failure(BuildError(row.name, reason, transient=False))
+
+    def close(self) -> Deferred[None]:
+        """Nothing to release."""
+        return defer.succeed(None)
+
+
+class FunctionBuilder(_Builder):
+    """``function``: the job calls the task's ``function_string`` with the merged kwargs."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+
+    def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
+        """Build synchronously; the Deferred has already fired."""
+        try:
+            origin = queue_origin(row, self._prefix)
+            job = rq_fields(row, when, origin, _function_string(row), merged_kwargs(row))
+        except Exception:
+            return defer.fail(self._as_build_error(row, Failure()))
+        return defer.succeed(job)
+
+
+class FrappeSiteBuilder(_Builder):
+    """``frappe_site``: the job is what ``frappe.enqueue(function_string, **kwargs)`` queues.
+
+    The kwargs of ``execute_job`` are those of Frappe v15/develop's ``enqueue``
+    (``site, user, method, event, job_name, is_async, kwargs``), with the site
+    and user from the configuration since the daemon has no Frappe session.
+    """
+
+    def __init__(self, prefix: str, site: str, user: str) -> None:
+        self._prefix = prefix
+        self._site = site
+        self._user = user
+
+    def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
+        """Build synchronously; the Deferred has already fired."""
+        try:
+            method = _function_string(row)
+            queue_args = {
+                "site": self._site,
+                "user": self._user,
+                "method": method,
+                "event": None,
+                "job_name": (row.desc_short or "").strip() or method,
+                "is_async": True,
+                "kwargs": merged_kwargs(row),
+            }
+            origin = queue_origin(row, self._prefix)
+            job = rq_fields(row, when, origin, FRAPPE_EXECUTE_JOB, queue_args)
+        except Exception:
+            return defer.fail(self._as_build_error(row, Failure()))
+        return defer.succeed(job)
+
+
+class FrappeBuilder(_Builder):
+    """``frappe``: the job's data is the pickle BTU's ``get_pickled_task`` returns.
+
+    The site's bytes become the job's ``data`` untouched (rq's hash holds them
+    zlib-compressed); the daemon never unpickles them.
+    """
+
+    def __init__(self, prefix: str, client: SiteClient) -> None:
+        self._prefix = prefix
+        self._client = client
+
+    def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
+        """Fetch the pickle, then build; cancelling the result aborts the request."""
+        origin = queue_origin(row, self._prefix)
+        d: Deferred[bytes] = self._client.fetch(row.task, row.name)
+
+        def built(data: bytes) -> BuiltJob:
+            return rq_fields(row, when, origin, _BTU_EXECUTE_JOB, None, data=data)
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(FetchError):
+                exc = failure.value
+                return Failure(BuildError(row.name, exc.reason, transient=exc.transient))
+            if failure.check(defer.CancelledError):
+                return failure
+            return self._as_build_error(row, failure)
+
+        return d.addCallback(built).addErrback(failed)
+
+    def close(self) -> Deferred[None]:
+        """Close the HTTP connection pool."""
+        return self._client.close()
+
+
+def make_builder(config: Any, reactor: Any) -> JobBuilder:
+    """Return the builder ``config.job_builder`` names; raise ValueError on a bad config.
+
+    Only the attributes documented in the project brief are read, so any
+    object with them works (tests use a SimpleNamespace).
+    """
+    kind = config.job_builder
+    prefix = config.rq_queue_prefix or ""
+    if kind == "function":
+        return FunctionBuilder(prefix)
+    if kind == "frappe_site":
+        if not config.frappe_site_name:
+            raise ValueError("job_builder 'frappe_site' needs frappe_site_name")
+        user = config.frappe_user or "Administrator"
+        return FrappeSiteBuilder(prefix, config.frappe_site_name, user)
+    if kind == "frappe":
+        if not config.webserver_ip or not config.webserver_port:
+            raise ValueError("job_builder 'frappe' needs webserver_ip and webserver_port")
+        ca_file = config.webserver_ca_file
+        client = SiteClient(
+            reactor,
+            url=site_url(config.webserver_ip, int(config.webserver_port), config.webserver_scheme),
+            token=config.webserver_token or "",
+            host_header=config.webserver_host_header,
+            tls_hostname=config.webserver_host_header or config.webserver_ip,
+            trust_root=load_trust_root(ca_file) if ca_file else None,
+            timeout=float(config.webserver_timeout_secs),
+        )
+        return FrappeBuilder(prefix, client)
+    raise ValueError(f"unknown job_builder {kind!r}")
