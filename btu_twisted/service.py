@@ -35,6 +35,7 @@ from btu_twisted.store import ScheduleStore
 from btu_twisted.timer import Timer
 
 STARTUP_CHECK_TIMEOUT = 10.0
+CANCEL_TIMEOUT = 5.0
 
 
 class StartupError(Exception):
@@ -207,7 +208,9 @@ class BtuService(MultiService):
     def cancel(self, name: str) -> Deferred[bool]:
         # A name still waiting to be planned would bring the member back.
         self.fifo.discard(name)
-        return Deferred.fromCoroutine(self.store.cancel(name))
+        d = Deferred.fromCoroutine(self.store.cancel(name))
+        # The socket holds the client's connection until this fires.
+        return d.addTimeout(CANCEL_TIMEOUT, self._reactor)
 
     def status(self) -> dict[str, object]:
         now = self._reactor.seconds()
