@@ -1,0 +1,219 @@
+"""The ``btu`` command: inspect and nudge the scheduler from a shell.
+
+It replaces the Rust ``btu`` CLI (same subcommand names) and adds commands
+that talk to the running daemon over its socket, plus a cron preview.  It
+reads the daemon's config file and is plain synchronous code: redis-py and
+PyMySQL directly, with a private reactor only where the daemon's own Twisted
+code is reused (see :mod:`btu_twisted.cli_site`).
+
+Exit codes: 0 ok; 1 not found, refused or invalid; 2 usage or config
+problems; 3 a service (MariaDB, Redis, the daemon, the site) cannot be
+reached.  Every error is one ``btu: ...`` line on stderr, never a traceback,
+and ``--json`` puts exactly one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TextIO
+
+import pymysql
+import redis
+
+from btu_twisted import __version__
+from btu_twisted.cli_common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
+from btu_twisted.cli_daemon import cmd_cancel, cmd_ping, cmd_reload, cmd_status
+from btu_twisted.cli_jobs import cmd_list_jobs, cmd_queue_job_now, cmd_show_job
+from btu_twisted.cli_schedule import MAX_RUNS, cmd_next_runs, cmd_show_scheduled, parse_after
+from btu_twisted.cli_site import PING_METHOD, cmd_queue_task_now, cmd_test_pickler, cmd_test_ping
+from btu_twisted.cli_sql import cmd_list_tasks
+from btu_twisted.config import DEFAULT_CONFIG_PATH, ConfigError, masked
+
+__all__ = ["build_parser", "main"]
+
+Command = Callable[[Context, argparse.Namespace], int]
+
+
+class _ParserExit(Exception):
+    """argparse wants to stop (help, version, usage error); main returns ``code``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that writes to the run's streams and reports usage errors in one line."""
+
+    out: TextIO = sys.stdout
+    err: TextIO = sys.stderr
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:
+            (self.err if file is sys.stderr else self.out).write(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            self.err.write(message)
+        raise _ParserExit(status)
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.partition(" ")[2]  # "btu show-job" -> "show-job"
+        where = f"{command}: " if command else ""
+        self.err.write(f"btu: {where}{message} (see '{self.prog} --help')\n")
+        raise _ParserExit(USAGE)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= MAX_RUNS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_RUNS}, got {value}")
+    return value
+
+
+def cmd_print_config(ctx: Context, args: argparse.Namespace) -> int:
+    """Show the settings in effect, secrets masked."""
+    settings = masked(ctx.config())
+    if ctx.json:
+        ctx.emit_json(settings)
+    else:
+        ctx.line(f"# {ctx.config_path}")
+        ctx.pairs(settings)
+    return OK
+
+
+def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
+    """The full command line; the streams are where help and usage errors go."""
+    parser_class = type("_BoundParser", (_Parser,), {"out": out, "err": err})
+    parser = parser_class(
+        prog="btu",
+        description="Inspect and nudge the BTU scheduler (btu_twisted).",
+        epilog="Exit codes: 0 ok, 1 not found/refused/invalid, 2 usage or config, "
+               "3 a service cannot be reached.",
+    )
+    parser.add_argument("--config", metavar="PATH",
+                        help=f"the daemon's TOML config (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    parser.add_argument("--version", action="version", version=f"btu {__version__}")
+    # --json is accepted after the subcommand too; SUPPRESS keeps the global value otherwise.
+    common = parser_class(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output on stdout")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Command, summary: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=summary, description=summary, parents=[common])
+        sub.set_defaults(func=func)
+        return sub
+
+    add("print-config", cmd_print_config, "show the configuration, secrets masked")
+    add("list-tasks", cmd_list_tasks, "list submitted, non-transient BTU Tasks")
+    add("list-jobs", cmd_list_jobs, "list the jobs waiting in the rq queues")
+    add("show-scheduled", cmd_show_scheduled, "list the planned runs, earliest first")
+    add("show-job", cmd_show_job, "show one rq job").add_argument("job_id", metavar="JOB_ID")
+    add("queue-job-now", cmd_queue_job_now,
+        "put an existing rq job back on its queue now").add_argument("job_id", metavar="JOB_ID")
+    add("queue-task-now", cmd_queue_task_now,
+        "build a job for a BTU Task and queue it now").add_argument("task", metavar="TASK")
+    ping = add("test-ping", cmd_test_ping, "call the site's ping method as the daemon would")
+    ping.add_argument("--method", default=PING_METHOD,
+                      help=f"whitelisted method to call (default {PING_METHOD}; "
+                           "frappe.ping needs no BTU app)")
+    add("test-pickler", cmd_test_pickler,
+        "fetch a task's pickled job from the site").add_argument("task", metavar="TASK")
+    add("ping", cmd_ping, "check that the daemon answers on its socket")
+    add("reload", cmd_reload, "ask the daemon to re-plan a Task Schedule").add_argument(
+        "name", metavar="SCHEDULE")
+    add("cancel", cmd_cancel, "ask the daemon to drop a Task Schedule's planned run").add_argument(
+        "name", metavar="SCHEDULE")
+    add("status", cmd_status, "show the daemon's status")
+    runs = add("next-runs", cmd_next_runs, "preview a cron string's next runs (no config needed)")
+    runs.add_argument("cron", metavar="CRON", help='e.g. "0 13 * * 1-5"')
+    runs.add_argument("--tz", metavar="ZONE",
+                      help="IANA zone (default: the config's time_zone_string, else UTC)")
+    runs.add_argument("--after", metavar="ISO-8601", type=parse_after,
+                      help="start after this time (default now; naive times are in --tz)")
+    runs.add_argument("-n", dest="count", metavar="N", type=_count, default=10,
+                      help="how many runs (default 10)")
+    return parser
+
+
+def _service_name(ctx: Context, kind: str) -> str:
+    config = ctx.loaded
+    if config is None:
+        return kind
+    if kind == "Redis":
+        return f"Redis at {config.rq_host}:{config.rq_port}"
+    return f"MariaDB at {config.mysql_host}:{config.mysql_port}"
+
+
+def _reason(error: BaseException) -> str:
+    args = getattr(error, "args", ())
+    # PyMySQL errors are (code, message); the message alone reads better.
+    text = args[1] if len(args) == 2 and isinstance(args[1], str) else str(error)
+    return " ".join(text.split())[:300] or type(error).__name__
+
+
+def _run(ctx: Context, args: argparse.Namespace) -> int:
+    """Run the command, turning each known failure into its exit code and one line."""
+    try:
+        return int(args.func(ctx, args))
+    except CliError as error:
+        ctx.err.write(f"btu: {error.message}\n")
+        return error.code
+    except ConfigError as error:
+        for problem in error.problems:
+            where = "" if error.source in problem else f"{error.source}: "
+            ctx.err.write(f"btu: {where}{' '.join(problem.split())}\n")
+        return USAGE
+    except redis.exceptions.ConnectionError as error:  # includes authentication failures
+        ctx.err.write(f"btu: cannot reach {_service_name(ctx, 'Redis')}: {_reason(error)}\n")
+        return UNREACHABLE
+    except redis.exceptions.TimeoutError as error:
+        ctx.err.write(f"btu: {_service_name(ctx, 'Redis')} did not answer in time: {_reason(error)}\n")
+        return UNREACHABLE
+    except redis.exceptions.RedisError as error:
+        ctx.err.write(f"btu: {_service_name(ctx, 'Redis')} refused: {_reason(error)}\n")
+        return FAILED
+    except pymysql.err.OperationalError as error:
+        ctx.err.write(f"btu: cannot use {_service_name(ctx, 'MariaDB')}: {_reason(error)}\n")
+        return UNREACHABLE
+    except pymysql.err.MySQLError as error:
+        ctx.err.write(f"btu: {_service_name(ctx, 'MariaDB')} refused: {_reason(error)}\n")
+        return FAILED
+    except BrokenPipeError:
+        return FAILED  # the reader went away (btu ... | head): nothing left to say
+    except OSError as error:
+        ctx.err.write(f"btu: {error.strerror or _reason(error)}\n")
+        return UNREACHABLE
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    """Run ``btu`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    try:
+        args = build_parser(out, err).parse_args(list(sys.argv[1:] if argv is None else argv))
+    except _ParserExit as stop:
+        return stop.code
+    ctx = Context(out=out, err=err, json=bool(args.json),
+                  config_path=args.config or DEFAULT_CONFIG_PATH,
+                  config_explicit=args.config is not None)
+    try:
+        return _run(ctx, args)
+    except KeyboardInterrupt:
+        err.write("btu: interrupted\n")
+        return 130
+    except Exception as error:  # a bug: still one line, and a code scripts can see
+        err.write(f"btu: internal error: {type(error).__name__}: {_reason(error)}\n")
+        return FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""What every ``btu`` subcommand shares: the run context, exit codes and output.
+
+The CLI is read by two audiences.  People get short aligned tables; scripts
+pass ``--json`` and get exactly one JSON document on stdout and nothing else
+there.  Errors always go to stderr as one line starting ``btu: `` and end in
+an exit code a script can branch on, so no code path may print a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import pymysql
+import redis
+
+from btu_twisted.config import Config, ConfigError, load_config
+
+__all__ = [
+    "FAILED",
+    "OK",
+    "UNREACHABLE",
+    "USAGE",
+    "CliError",
+    "Context",
+    "flatten",
+    "format_table",
+]
+
+#: Exit codes: success; not found / refused / invalid; usage (argparse's); a service unreachable.
+OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
+
+# Deadlines for the synchronous clients: an admin waiting at a prompt should
+# learn within seconds that a service is down.
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 15
+
+
+class CliError(Exception):
+    """End the command with one stderr line and ``code``."""
+
+    def __init__(self, message: str, code: int = FAILED) -> None:
+        super().__init__(message)
+        self.message = " ".join(message.split())
+        self.code = code
+
+
+@dataclass
+class Context:
+    """Streams, output mode and the lazily loaded configuration of one run.
+
+    The config is read only by commands that need it, so ``next-runs`` and
+    ``--help`` work on a machine without the daemon's file.
+    """
+
+    out: TextIO
+    err: TextIO
+    json: bool
+    config_path: str
+    config_explicit: bool
+    _config: Config | None = field(default=None, repr=False)
+
+    def config(self) -> Config:
+        """The checked config; ConfigError propagates to ``main`` (exit 2)."""
+        if self._config is None:
+            config, warnings = load_config(self.config_path)
+            for warning in warnings:
+                self.warn(warning)
+            self._config = config
+        return self._config
+
+    @property
+    def loaded(self) -> Config | None:
+        """The config if it was loaded, for naming services in error messages."""
+        return self._config
+
+    def optional_config(self) -> Config | None:
+        """The config when it can be used, else None (only for commands that work without it).
+
+        An explicitly given file must load.  The default file may be missing or
+        unreadable (a developer's machine) without a word; one that exists but
+        is broken earns a warning, because the operator would want to know.
+        """
+        if self.config_explicit:
+            return self.config()
+        if not os.access(self.config_path, os.R_OK):
+            return None
+        try:
+            return self.config()
+        except ConfigError as error:
+            self.warn(f"ignoring {self.config_path}: {error.problems[0]}")
+            return None
+
+    def warn(self, message: str) -> None:
+        self.err.write(f"btu: warning: {' '.join(message.split())}\n")
+
+    def line(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+
+    def emit_json(self, value: Any) -> None:
+        """Write one JSON document; ``default=str`` covers datetimes and enums."""
+        self.out.write(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
+
+    def table(self, headers: Sequence[str], rows: Iterable[Sequence[object]], empty: str) -> None:
+        """Print aligned columns, or ``empty`` when there is no row."""
+        rows = [list(row) for row in rows]
+        if not rows:
+            self.line(empty)
+            return
+        self.out.write(format_table(headers, rows))
+
+    def pairs(self, values: Mapping[str, object]) -> None:
+        """Print a two-column key/value table (one setting or field per line)."""
+        self.out.write(format_table(("KEY", "VALUE"), [[k, v] for k, v in values.items()]))
+
+    def redis(self) -> redis.Redis:
+        """A redis-py client for the config's Redis; it connects on first command."""
+        config = self.config()
+        return redis.Redis(
+            host=config.rq_host,
+            port=config.rq_port,
+            db=config.rq_database,
+            password=config.rq_password,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=READ_TIMEOUT,
+        )
+
+    def mariadb(self) -> pymysql.connections.Connection:
+        """A PyMySQL connection to the site's database (OperationalError: exit 3)."""
+        config = self.config()
+        return pymysql.connect(
+            host=config.mysql_host,
+            port=config.mysql_port,
+            user=config.mysql_user,
+            password=config.mysql_password,
+            database=config.mysql_database,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+            write_timeout=READ_TIMEOUT,
+        )
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if value == "":
+        return '""'
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    # One row per line: a newline or tab inside a value would break the columns.
+    return " ".join(str(value).split()) if isinstance(value, str) else str(value)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns separated by two spaces; the last column is not padded."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, text in enumerate(row):
+            widths[i] = max(widths[i], len(text))
+    lines = []
+    for row in [list(headers), *cells]:
+        padded = [text.ljust(widths[i]) for i, text in enumerate(row[:-1])] + [row[-1]]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def flatten(value: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    """Nested mappings as dotted keys (``services.redis.up``), for key/value tables."""
+    flat: dict[str, object] = {}
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(item, Mapping) and item:
+            flat.update(flatten(item, name + "."))
+        elif isinstance(item, (list, tuple)):
+            flat[name] = ", ".join(_cell(v) for v in item) if item else "-"
+        else:
+            flat[name] = item
+    return flat

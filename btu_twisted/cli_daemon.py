@@ -1,0 +1,109 @@
+"""``btu ping|reload|cancel|status``: talk to the running daemon over its Unix socket.
+
+The request is exactly what the BTU app sends (one JSON object), followed by a
+newline so the daemon need not wait for the object's end.  The reply is read
+up to its newline; a daemon that closes instead (the Rust one writes no
+terminator) still counts as having answered.  Every wait has a deadline, so a
+wedged daemon gives exit 3 instead of a hung terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+
+from btu_twisted.cli_common import FAILED, OK, UNREACHABLE, CliError, Context, flatten
+
+__all__ = ["REQUEST_TIMEOUT", "cmd_cancel", "cmd_ping", "cmd_reload", "cmd_status", "request"]
+
+#: Seconds allowed for connecting, sending and the whole reply (the BTU app uses 5 too).
+REQUEST_TIMEOUT = 5.0
+#: A reply longer than this is not one of the daemon's lines.
+_MAX_REPLY = 1024 * 1024
+
+
+def request(path: str, request_type: str, content: str | None,
+            timeout: float | None = None) -> str:
+    """Send one request and return the reply line (without its newline).
+
+    ``timeout`` (default :data:`REQUEST_TIMEOUT`) applies to each socket
+    operation; CliError with exit 3 when the daemon cannot be reached.
+    """
+    if timeout is None:
+        timeout = REQUEST_TIMEOUT
+
+    def unreachable(reason: str) -> CliError:
+        return CliError(f"cannot reach the btu daemon at {path}: {reason}", UNREACHABLE)
+
+    payload = json.dumps({"request_type": request_type, "request_content": content}) + "\n"
+    chunks: list[bytes] = []
+    size = 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+            sock.sendall(payload.encode("utf-8"))
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if b"\n" in chunk or size > _MAX_REPLY:
+                    break
+        except socket.timeout:
+            raise unreachable(f"no reply within {timeout:g} s") from None
+        except OSError as error:
+            raise unreachable(error.strerror or str(error) or type(error).__name__) from None
+    data = b"".join(chunks)
+    if not data:
+        raise unreachable("the daemon closed the connection without replying")
+    line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    return line.decode("utf-8", "replace")
+
+
+def _ask(ctx: Context, request_type: str, content: str | None) -> str:
+    reply = request(ctx.config().socket_path, request_type, content)
+    if reply.startswith("Error:"):
+        raise CliError(f"the daemon refused the request: {reply}", FAILED)
+    return reply
+
+
+def _show_reply(ctx: Context, reply: str) -> int:
+    if ctx.json:
+        ctx.emit_json({"reply": reply})
+    else:
+        ctx.line(reply)
+    return OK
+
+
+def cmd_ping(ctx: Context, args: argparse.Namespace) -> int:
+    """Check that the daemon answers (``pong``)."""
+    return _show_reply(ctx, _ask(ctx, "ping", None))
+
+
+def cmd_reload(ctx: Context, args: argparse.Namespace) -> int:
+    """Ask the daemon to re-read one schedule and plan its next run."""
+    return _show_reply(ctx, _ask(ctx, "create_task_schedule", args.name))
+
+
+def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    """Ask the daemon to drop one schedule's planned run."""
+    return _show_reply(ctx, _ask(ctx, "cancel_task_schedule", args.name))
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    """Show the daemon's status document; ``--json`` passes it through unchanged."""
+    reply = _ask(ctx, "status", None)
+    try:
+        status = json.loads(reply)
+    except ValueError:
+        raise CliError(f"the daemon's status reply is not JSON: {reply[:200]}", FAILED) from None
+    if not isinstance(status, dict):
+        raise CliError("the daemon's status reply is not a JSON object", FAILED)
+    if ctx.json:
+        ctx.line(reply)
+    else:
+        ctx.pairs(flatten(status))
+    return OK

@@ -1,0 +1,133 @@
+"""``btu show-scheduled|next-runs``: what the daemon has planned, and what a cron string means.
+
+``next-runs`` calls :func:`btu_twisted.cron.next_runs`, the very code the
+daemon plans with, so a preview can never disagree with what will happen;
+it needs no config file, so it also works on a laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+import pymysql
+
+from btu_twisted.cli_common import FAILED, OK, CliError, Context
+from btu_twisted.cli_sql import cron_time_zone
+from btu_twisted.cron import CronError, get_zone, next_runs
+from btu_twisted.store import SCHEDULE_SET, split_member
+
+__all__ = ["MAX_RUNS", "cmd_next_runs", "cmd_show_scheduled", "parse_after"]
+
+#: Upper bound for ``next-runs -n``: a preview, not a calendar export.
+MAX_RUNS = 1000
+
+
+def _relative(seconds: float) -> str:
+    """``in 4m 10s`` / ``5s ago``: how far a run is from now, to the second."""
+    whole = int(round(abs(seconds)))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
+    if secs or not parts:
+        parts.append(f"{secs}s")
+    text = " ".join(parts[:2])
+    return f"in {text}" if seconds >= 0 else f"{text} ago"
+
+
+def _display_zone(ctx: Context) -> ZoneInfo:
+    """The zone the daemon reads cron strings in: the site's cron_time_zone, else time_zone_string.
+
+    The database only names the zone here, so when it cannot be read the
+    listing still works, with a warning, in the config's zone.
+    """
+    config = ctx.config()
+    try:
+        site_zone = cron_time_zone(ctx)
+    except (pymysql.err.MySQLError, OSError) as error:
+        ctx.warn(f"cannot read cron_time_zone from MariaDB ({_one_line(error)}); "
+                 f"showing times in time_zone_string {config.time_zone_string}")
+        site_zone = None
+    if site_zone:
+        try:
+            return get_zone(site_zone)
+        except CronError:
+            ctx.warn(f"the site's cron_time_zone {site_zone!r} is not a known zone; "
+                     f"showing times in time_zone_string {config.time_zone_string}")
+    return get_zone(config.time_zone_string)
+
+
+def _one_line(error: BaseException) -> str:
+    args = getattr(error, "args", ())
+    text = args[1] if len(args) == 2 and isinstance(args[1], str) else str(error)
+    return " ".join(text.split())[:200] or type(error).__name__
+
+
+def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
+    """List every planned run in the sorted set, earliest first."""
+    entries = ctx.redis().zrange(SCHEDULE_SET, 0, -1, withscores=True)
+    zone = _display_zone(ctx)
+    now = time.time()
+    planned = []
+    for raw, score in entries:
+        member = raw.decode("utf-8", "replace")
+        parsed = split_member(member)
+        schedule, unix = parsed if parsed else (None, int(score))
+        planned.append({
+            "member": member,
+            "schedule": schedule,
+            "unix": unix,
+            "local": datetime.fromtimestamp(unix, zone).isoformat(),
+            "utc": datetime.fromtimestamp(unix, timezone.utc).isoformat(),
+        })
+    planned.sort(key=lambda p: (p["unix"], p["member"]))
+    if ctx.json:
+        ctx.emit_json({"zone": zone.key, "planned": planned})
+        return OK
+    rows = [
+        (p["schedule"] or f"(unreadable member {p['member']!r})",
+         _short(p["unix"], zone), _short(p["unix"], timezone.utc), _relative(p["unix"] - now))
+        for p in planned
+    ]
+    ctx.table(("SCHEDULE", f"NEXT RUN ({zone.key})", "NEXT RUN (UTC)", "WHEN"), rows,
+              "No runs are planned.")
+    return OK
+
+
+def _short(unix: float, zone: ZoneInfo | timezone) -> str:
+    return datetime.fromtimestamp(unix, zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def parse_after(text: str) -> datetime:
+    """argparse type for ``--after``: an ISO 8601 time (naive ones are read in ``--tz``)."""
+    try:
+        return datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time: {text!r} (e.g. 2025-03-30T01:30 or 2025-03-30T01:30:00+01:00)"
+        ) from None
+
+
+def cmd_next_runs(ctx: Context, args: argparse.Namespace) -> int:
+    """Preview the next runs of a cron string, computed as the daemon computes them."""
+    config = ctx.optional_config()  # an explicit --config must load even with --tz
+    zone_name = args.tz if args.tz is not None else (
+        config.time_zone_string if config is not None else "UTC")
+    try:
+        zone = get_zone(zone_name)
+        after = args.after or datetime.now(timezone.utc)
+        if after.tzinfo is None:
+            after = after.replace(tzinfo=zone)
+        runs = next_runs(args.cron, zone, after.timestamp(), args.count)
+    except CronError as error:
+        raise CliError(str(error), FAILED) from None
+    if ctx.json:
+        ctx.emit_json([run.isoformat() for run in runs])
+        return OK
+    rows = [(i, _short(run.timestamp(), zone), _short(run.timestamp(), timezone.utc))
+            for i, run in enumerate(runs, 1)]
+    ctx.table(("#", f"RUN ({zone.key})", "RUN (UTC)"), rows, "No runs.")
+    return OK
