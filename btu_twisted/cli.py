@@ -175,7 +175,8 @@ def _run(ctx: Context, args: argparse.Namespace) -> int:
         ctx.err.write(f"btu: cannot reach {_service_name(ctx, 'Redis')}: {_reason(error)}\n")
         return UNREACHABLE
     except redis.exceptions.TimeoutError as error:
-        ctx.err.write(f"btu: {_service_name(ctx, 'Redis')} did not answer in time: {_reason(error)}\n")
+        service = _service_name(ctx, "Redis")
+        ctx.err.write(f"btu: {service} did not answer in time: {_reason(error)}\n")
         return UNREACHABLE
     except redis.exceptions.RedisError as error:
         ctx.err.write(f"btu: {_service_name(ctx, 'Redis')} refused: {_reason(error)}\n")

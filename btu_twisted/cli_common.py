@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import pymysql
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from btu_twisted.config import Config, ConfigError, load_config
 
@@ -126,6 +128,9 @@ class Context:
             password=config.rq_password,
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=READ_TIMEOUT,
+            # redis-py retries a refused connection for seconds by default; a
+            # person at a prompt is better served by the answer at once.
+            retry=Retry(NoBackoff(), 0),
         )
 
     def mariadb(self) -> pymysql.connections.Connection:

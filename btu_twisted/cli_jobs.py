@@ -145,7 +145,8 @@ def _text(value: bytes | None) -> str | None:
 def _queues(connection: redis.Redis) -> list[Queue]:
     """The queues named in ``rq:queues``, sorted; stray members are skipped."""
     keys = sorted(_text(k) or "" for k in connection.smembers(RQ_QUEUES))
-    return [Queue.from_queue_key(k, connection=connection) for k in keys if k.startswith(QUEUE_PREFIX)]
+    return [Queue.from_queue_key(key, connection=connection)
+            for key in keys if key.startswith(QUEUE_PREFIX)]
 
 
 def cmd_list_jobs(ctx: Context, args: argparse.Namespace) -> int:
@@ -166,7 +167,8 @@ def cmd_list_jobs(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.json:
         ctx.emit_json(jobs)
     else:
-        rows = [(j["queue"], j["id"], j["status"], j["enqueued_at"], j["description"]) for j in jobs]
+        rows = [(j["queue"], j["id"], j["status"], j["enqueued_at"], j["description"])
+                for j in jobs]
         ctx.table(("QUEUE", "JOB ID", "STATUS", "ENQUEUED AT", "DESCRIPTION"), rows,
                   "No jobs are waiting in any rq queue.")
     return OK
@@ -254,5 +256,6 @@ def cmd_queue_job_now(ctx: Context, args: argparse.Namespace) -> int:
     elif action == "already_queued":
         ctx.line(f"rq job {job.id} is already waiting on queue {queue} at position {position}.")
     else:
-        ctx.line(f"rq job {job.id} {action} on queue {queue} (status {status.value}, position {position}).")
+        ctx.line(f"rq job {job.id} {action} on queue {queue}"
+                 f" (status {status.value}, position {position}).")
     return OK

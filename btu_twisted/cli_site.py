@@ -50,7 +50,7 @@ _T = TypeVar("_T")
 
 
 def run_private(work: Callable[[Any], Awaitable[_T]], timeout: float) -> _T:
-    """Run ``work(reactor)`` to completion on a fresh, uninstalled reactor; return or raise its outcome.
+    """Run ``work(reactor)`` on a fresh, uninstalled reactor; return or raise its outcome.
 
     ``timeout`` bounds the whole run (defer.TimeoutError).  The reactor does not
     claim the I/O thread or install signal handlers, so it can run in any
