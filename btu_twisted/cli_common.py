@@ -38,6 +38,9 @@ OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 # Deadlines for the synchronous clients: an admin waiting at a prompt should
 # learn within seconds that a service is down.
 CONNECT_TIMEOUT = 5
+# Aliases: inside Context the names ``redis`` and ``mariadb`` are its methods.
+RedisClient = redis.Redis
+MariaDBConnection = pymysql.connections.Connection
 READ_TIMEOUT = 15
 
 
@@ -108,17 +111,17 @@ class Context:
 
     def table(self, headers: Sequence[str], rows: Iterable[Sequence[object]], empty: str) -> None:
         """Print aligned columns, or ``empty`` when there is no row."""
-        rows = [list(row) for row in rows]
-        if not rows:
+        listed = [list(row) for row in rows]
+        if not listed:
             self.line(empty)
             return
-        self.out.write(format_table(headers, rows))
+        self.out.write(format_table(headers, listed))
 
     def pairs(self, values: Mapping[str, object]) -> None:
         """Print a two-column key/value table (one setting or field per line)."""
         self.out.write(format_table(("KEY", "VALUE"), [[k, v] for k, v in values.items()]))
 
-    def redis(self) -> redis.Redis:
+    def redis(self) -> RedisClient:
         """A redis-py client for the config's Redis; it connects on first command."""
         config = self.config()
         return redis.Redis(
@@ -133,7 +136,7 @@ class Context:
             retry=Retry(NoBackoff(), 0),
         )
 
-    def mariadb(self) -> pymysql.connections.Connection:
+    def mariadb(self) -> MariaDBConnection:
         """A PyMySQL connection to the site's database (OperationalError: exit 3)."""
         config = self.config()
         return pymysql.connect(

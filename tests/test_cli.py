@@ -22,7 +22,7 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
@@ -37,6 +37,7 @@ from twisted.web.server import Site
 from btu_twisted import cli, cli_daemon
 from btu_twisted.cli import main
 from btu_twisted.cli_jobs import read_job_call
+from btu_twisted.protocol import ControlFactory
 from btu_twisted.store import SCHEDULE_SET
 from tests.integration.support import TestDatabase, config_values, sync_redis
 
@@ -618,6 +619,26 @@ class _RustLikeDaemon(LineOnlyReceiver):
         self.transport.loseConnection()
 
 
+class _Control:
+    """The scheduler side of the real control protocol, recording what it was asked."""
+
+    def __init__(self) -> None:
+        self.planned: list[str] = []
+        self.full = False
+
+    def request_planning(self, name: str) -> bool:
+        if self.full:
+            return False
+        self.planned.append(name)
+        return True
+
+    def cancel(self, name: str) -> Deferred[bool]:
+        return succeed(False)
+
+    def status(self) -> dict[str, object]:
+        return {"fifo_length": len(self.planned)}
+
+
 class DaemonSocketTests(_Base):
     """ping, reload, cancel and status over a Unix socket served by a stand-in daemon."""
 
@@ -625,12 +646,16 @@ class DaemonSocketTests(_Base):
         """Listen on the config's socket path; returns the list of raw requests received."""
         factory = Factory.forProtocol(protocol)
         factory.requests = []  # type: ignore[attr-defined]
+        self.listen(factory)
+        return factory.requests  # type: ignore[attr-defined,no-any-return]
+
+    def listen(self, factory: Factory) -> None:
+        """Serve ``factory`` on the config's socket path until the test ends."""
         wrapper = WrappingFactory(factory)
         path = os.path.join(self.tmp, "d.sock")
         listening: Deferred[IListeningPort] = UNIXServerEndpoint(reactor, path).listen(wrapper)
         port = self.successResultOf(listening)
         self.addCleanup(_drain, wrapper, port)
-        return factory.requests  # type: ignore[attr-defined,no-any-return]
 
     async def btu_in_thread(self, *argv: str) -> tuple[int, str, str]:
         if getattr(self, "config", None) is None:
@@ -690,6 +715,23 @@ class DaemonSocketTests(_Base):
         code, _, err = await self.btu_in_thread("status")
         self.assertEqual(code, 1)
         self.assertOneErrorLine(err, "not JSON")
+
+    async def test_real_daemon_protocol(self) -> None:
+        """The daemon's own ControlProtocol understands every request the CLI sends."""
+        control = _Control()
+        self.listen(ControlFactory(control, reactor))
+        self.assertEqual(await self.btu_in_thread("ping"), (0, "pong\n", ""))
+        code, out, _ = await self.btu_in_thread("reload", "TS-000001")
+        self.assertEqual((code, control.planned), (0, ["TS-000001"]))
+        code, out, _ = await self.btu_in_thread("cancel", "TS-000009")
+        self.assertEqual(code, 0)
+        self.assertIn("TS-000009 was not scheduled", out)
+        code, out, _ = await self.btu_in_thread("--json", "status")
+        self.assertEqual((code, json.loads(out)), (0, {"fifo_length": 1}))
+        control.full = True
+        code, out, err = await self.btu_in_thread("reload", "TS-000002")
+        self.assertEqual((code, out), (1, ""))
+        self.assertOneErrorLine(err, "planning queue is full")
 
     def test_no_socket_file(self) -> None:
         """No daemon (no socket file): exit 3 naming the path."""
