@@ -11,7 +11,6 @@ derives them again from MariaDB.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,8 +45,9 @@ def exit_on_fatal(reactor: Any) -> Callable[[str], None]:
     """twistd has no way to stop with a failure status, so exit(1) after a clean shutdown."""
 
     def fatal(message: str) -> None:
-        sys.stderr.write(f"btu: {message}\n")
-        sys.stderr.flush()
+        # twistd has replaced sys.stderr with its log; the admin's terminal (or
+        # journald) is still file descriptor 2.
+        os.write(2, f"btu: {message}\n".encode("utf-8", "replace"))
         reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         reactor.stop()
 
