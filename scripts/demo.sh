@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The demo: a Frappe-shaped database with sample schedules, the btu daemon
+# under twistd, and a real `rq worker` printing the jobs as they run.
+# DEMO_SECONDS (default 70) bounds the run; Ctrl-C stops it early.
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+SECONDS_TO_RUN=${DEMO_SECONDS:-70}
+WORK=/tmp/btu_demo
+DB=btu_demo
+REDIS_DB=1
+bash scripts/services.sh || exit 1
+bash scripts/venv.sh || exit 1
+mkdir -p "$WORK"
+
+echo "== demo database '$DB' (Frappe's BTU tables, sample rows, demo schedules)"
+mysql -uroot -e "DROP DATABASE IF EXISTS $DB; CREATE DATABASE $DB CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+mysql -uroot "$DB" < tests/fixtures/frappe_schema.sql
+mysql -uroot "$DB" <<'SQL'
+-- The sample tasks call BTU's manual tests; point them at stand-ins a plain rq worker can import.
+UPDATE `tabBTU Task` SET function_string = REPLACE(function_string, 'btu.manual_tests.', 'btu_twisted.demo_tasks.');
+UPDATE `tabBTU Task Schedule` SET queue_name = 'default';
+INSERT INTO `tabBTU Task Schedule` (name, task, task_description, enabled, queue_name, argument_overrides, cron_string)
+VALUES ('DEMO-EVERY-5-SECONDS', 'BTU-00001', 'Ping Now', 1, 'default', NULL, '*/5 * * * * * *'),
+       ('DEMO-EVERY-MINUTE', 'BTU-00002', 'Ping With Wait', 1, 'default', '{''seconds_to_wait'': 1}', '* * * * *');
+SQL
+mysql -uroot "$DB" -e "SELECT name, cron_string, enabled, queue_name FROM \`tabBTU Task Schedule\` ORDER BY name"
+redis-cli -n $REDIS_DB FLUSHDB >/dev/null
+
+cat > "$WORK/btu_scheduler.toml" <<TOML
+name = "demo"
+environment_name = "demo"
+full_refresh_internal_secs = 600
+scheduler_polling_interval = 30
+time_zone_string = "UTC"
+tracing_level = "INFO"
+startup_without_database_connections = false
+mysql_user = "root"
+mysql_password = ""
+mysql_host = "127.0.0.1"
+mysql_port = 3306
+mysql_database = "$DB"
+rq_host = "127.0.0.1"
+rq_port = 6379
+rq_database = $REDIS_DB
+socket_path = "$WORK/btu_scheduler.sock"
+job_builder = "function"
+TOML
+chmod 600 "$WORK/btu_scheduler.toml"
+
+echo "== starting the daemon: twistd -n btu --config $WORK/btu_scheduler.toml (log: $WORK/daemon.log)"
+( cd "$WORK" && exec "$ROOT/.venv/bin/twistd" -n --pidfile= btu --config "$WORK/btu_scheduler.toml" ) >"$WORK/daemon.log" 2>&1 &
+DAEMON=$!
+echo "== starting a real rq worker on queue 'default' for ${SECONDS_TO_RUN} s"
+( cd "$WORK" && exec "$ROOT/.venv/bin/rq" worker --url "redis://127.0.0.1:6379/$REDIS_DB" default ) &
+WORKER=$!
+cleanup() { kill "$WORKER" "$DAEMON" 2>/dev/null; wait "$WORKER" "$DAEMON" 2>/dev/null; }
+trap cleanup EXIT INT TERM
+
+for _ in $(seq 1 50); do [ -S "$WORK/btu_scheduler.sock" ] && break; sleep 0.2; done
+echo "== ping over the socket, as the BTU app does: $("$ROOT/.venv/bin/btu" --config "$WORK/btu_scheduler.toml" ping)"
+"$ROOT/.venv/bin/btu" --config "$WORK/btu_scheduler.toml" show-scheduled || true
+sleep "$SECONDS_TO_RUN"
+echo "== daemon status"
+"$ROOT/.venv/bin/btu" --config "$WORK/btu_scheduler.toml" status || true
+echo "== last daemon log lines"
+tail -n 8 "$WORK/daemon.log"
