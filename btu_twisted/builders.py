@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from btu_twisted.frappe_http import FetchError, SiteClient, load_trust_root, site_url
+from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow
 
 __all__ = [
@@ -309,9 +310,12 @@ class FrappeBuilder(_Builder):
     zlib-compressed); the daemon never unpickles them.
     """
 
-    def __init__(self, prefix: str, client: SiteClient) -> None:
+    def __init__(self, prefix: str, client: SiteClient, clock: Any = None) -> None:
         self._prefix = prefix
         self._client = client
+        # The site's up/down state for ``status`` and metrics; a 4xx or a bad
+        # body means the site answered, so only transient errors count.
+        self.health = Dependency("Frappe site", clock) if clock is not None else None
 
     def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
         """Fetch the pickle, then build; cancelling the result aborts the request."""
@@ -319,11 +323,15 @@ class FrappeBuilder(_Builder):
         d: Deferred[bytes] = self._client.fetch(row.task, row.name)
 
         def built(data: bytes) -> BuiltJob:
+            if self.health is not None:
+                self.health.succeeded()
             return rq_fields(row, when, origin, _BTU_EXECUTE_JOB, None, data=data)
 
         def failed(failure: Failure) -> Failure:
             if failure.check(FetchError):
                 exc = failure.value
+                if self.health is not None and exc.transient:
+                    self.health.failed(exc.reason)
                 return Failure(BuildError(row.name, exc.reason, transient=exc.transient))
             if failure.check(defer.CancelledError):
                 return failure
@@ -364,5 +372,5 @@ def make_builder(config: Any, reactor: Any) -> JobBuilder:
             trust_root=load_trust_root(ca_file) if ca_file else None,
             timeout=float(config.webserver_timeout_secs),
         )
-        return FrappeBuilder(prefix, client)
+        return FrappeBuilder(prefix, client, clock=reactor)
     raise ValueError(f"unknown job_builder {kind!r}")

@@ -9,6 +9,8 @@ daemon started during an outage plans everything soon after it ends.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -32,12 +34,14 @@ class FullRefresh(Service):
         fifo: ScheduleFifo,
         db: Database,
         store: ScheduleStore,
+        on_refreshed: Callable[[float, float, int], None] = lambda at, duration, members: None,
     ) -> None:
         self._clock = clock
         self._interval = interval
         self._fifo = fifo
         self._db = db
         self._store = store
+        self._on_refreshed = on_refreshed
         self._backoff = Backoff(first=1.0, limit=min(60.0, interval))
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
@@ -93,6 +97,7 @@ class FullRefresh(Service):
         # our SELECT; planning it again costs one read and settles it.
         self._fifo.extend(removed)
         duration = self._clock.seconds() - started
+        self._on_refreshed(started, duration, await self._store.count())
         self.last = {
             "at": started,
             "duration": duration,

@@ -24,6 +24,8 @@ from btu_twisted.builders import make_builder
 from btu_twisted.config import Config
 from btu_twisted.control_socket import ControlSocketService, SocketInUseError
 from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.health import Dependency
+from btu_twisted.metrics import Metrics, MetricsService
 from btu_twisted.planner import Planner
 from btu_twisted.protocol import ControlFactory
 from btu_twisted.redis_gateway import RedisGateway
@@ -71,6 +73,7 @@ class BtuService(MultiService):
         self._warnings = warnings or []
         self.started_at: float | None = None
         self.fifo = ScheduleFifo()
+        self.metrics = Metrics()
         self.db = Database(
             reactor,
             host=config.mysql_host,
@@ -96,6 +99,8 @@ class BtuService(MultiService):
             self.fifo,
             polling_interval=config.scheduler_polling_interval,
             misfire_grace=config.misfire_grace_secs,
+            on_enqueued=lambda claim, lateness: self.metrics.job_enqueued(claim.origin, lateness),
+            on_failure=self.metrics.failure,
         )
         self.planner = Planner(
             reactor,
@@ -107,7 +112,17 @@ class BtuService(MultiService):
             dependencies=(self.db.health, self.redis.health),
         )
         self.refresh = FullRefresh(
-            reactor, config.full_refresh_internal_secs, self.fifo, self.db, self.store
+            reactor, config.full_refresh_internal_secs, self.fifo, self.db, self.store,
+            on_refreshed=self.metrics.refreshed,
+        )
+        self.metrics.watch(
+            lambda: len(self.fifo),
+            {"mariadb": self.db.health, "redis": self.redis.health, **self._site_health()},
+        )
+        self.metrics_service = (
+            MetricsService(reactor, self.metrics, config.metrics_host, config.metrics_port)
+            if config.metrics_port
+            else None
         )
         self.socket = ControlSocketService(
             reactor,
@@ -152,6 +167,14 @@ class BtuService(MultiService):
             raise StartupError(str(e)) from None
         except OSError as e:
             raise StartupError(f"cannot listen on {self.config.socket_path}: {e}") from None
+        if self.metrics_service is not None:
+            try:
+                await self.metrics_service.start()
+            except Exception as e:
+                raise StartupError(
+                    f"cannot serve metrics on {self.config.metrics_host}:"
+                    f"{self.config.metrics_port}: {_reason(e)}"
+                ) from None
         for child in (self.timer, self.planner, self.refresh):
             child.startService()
         self.started_at = self._reactor.seconds()
@@ -190,8 +213,9 @@ class BtuService(MultiService):
 
     async def _stop(self) -> None:
         self.running = 0
-        for child in (self.refresh, self.planner, self.timer, self.socket):
-            if child.running:
+        children = [self.refresh, self.planner, self.timer, self.socket, self.metrics_service]
+        for child in children:
+            if child is not None and child.running:
                 try:
                     await _maybe(child.stopService())
                 except Exception:
@@ -200,6 +224,10 @@ class BtuService(MultiService):
         await _maybe(self.redis.stop())
         self.db.stop()
         self.log.info("btu_twisted stopped")
+
+    def _site_health(self) -> dict[str, Dependency]:
+        health = getattr(self.builder, "health", None)
+        return {"site": health} if isinstance(health, Dependency) else {}
 
     # -- SchedulerControl, for the socket ------------------------------------------
     def request_planning(self, name: str) -> bool:
@@ -232,7 +260,7 @@ class BtuService(MultiService):
             "services": {
                 "mariadb": self.db.health.snapshot(),
                 "redis": self.redis.health.snapshot(),
-                "site": getattr(getattr(self.builder, "health", None), "snapshot", dict)(),
+                **{name: dep.snapshot() for name, dep in self._site_health().items()},
             },
             "now": _iso(now),
         }

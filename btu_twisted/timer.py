@@ -61,6 +61,7 @@ class Timer(Service):
         polling_interval: float,
         misfire_grace: float | None = None,
         on_enqueued: Callable[[Claim, float], None] = lambda claim, lateness: None,
+        on_failure: Callable[[str], None] = lambda reason: None,
         lookahead: float = LOOKAHEAD,
     ) -> None:
         self._clock = clock
@@ -71,6 +72,7 @@ class Timer(Service):
         self._polling = polling_interval
         self._grace = misfire_grace
         self._on_enqueued = on_enqueued
+        self._on_failure = on_failure
         self._lookahead = lookahead
         self._prepared: dict[str, Claim] = {}
         self._building: set[str] = set()
@@ -125,6 +127,7 @@ class Timer(Service):
             next_delay = await self._step()
             self._backoff.reset()
         except Exception:
+            self._on_failure("timer_step")
             if self._store.health is None or self._store.health.up:
                 self.log.failure("timer step failed")
             next_delay = self._backoff.next_delay()
@@ -230,6 +233,7 @@ class Timer(Service):
                 state="deleted" if row is None else "disabled",
             )
             self._prepared[member] = skip
+            self._on_failure("schedule_gone")
             return
         late = now - when
         if self._grace is not None and late > self._grace:
@@ -239,6 +243,7 @@ class Timer(Service):
                 schedule=name, when=_iso(when), late=late, grace=self._grace,
             )
             self._prepared[member] = skip
+            self._on_failure("misfire_skipped")
             return
         try:
             built = await self._builder.build(row, when)
@@ -260,6 +265,7 @@ class Timer(Service):
 
     def _build_failed(self, member: str, name: str, when: int, error: BuildError) -> None:
         reason = str(error)
+        self._on_failure("build_transient" if error.transient else "build_permanent")
         if not error.transient:
             self.log.error(
                 "run of {schedule} at {when} skipped: {reason}",

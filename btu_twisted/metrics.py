@@ -1,0 +1,103 @@
+"""Prometheus metrics, served by prometheus_client's Twisted resource.
+
+Each daemon has its own ``CollectorRegistry`` so several services in one
+process (tests) never share counters.  Gauges that mirror live state read it
+when scraped rather than being pushed on every change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.twisted import MetricsResource
+from twisted.application.service import Service
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from btu_twisted.health import Dependency
+
+LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.enqueued = Counter(
+            "btu_jobs_enqueued", "RQ jobs enqueued, by queue", ["queue"], registry=r
+        )
+        self.failures = Counter(
+            "btu_failures", "Runs delayed, skipped or dropped, by reason", ["reason"], registry=r
+        )
+        self.lateness = Histogram(
+            "btu_enqueue_lateness_seconds",
+            "Enqueue time minus scheduled time",
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.fifo_length = Gauge("btu_fifo_length", "Schedule names waiting to be planned", registry=r)
+        self.planned = Gauge(
+            "btu_planned_schedules", "Members in the sorted set at the last refresh", registry=r
+        )
+        self.refresh_duration = Gauge(
+            "btu_full_refresh_duration_seconds", "Duration of the last full refresh", registry=r
+        )
+        self.refresh_success = Gauge(
+            "btu_full_refresh_last_success_timestamp_seconds",
+            "Unix time of the last successful full refresh",
+            registry=r,
+        )
+        self.up = Gauge("btu_dependency_up", "1 when the service answers", ["service"], registry=r)
+
+    def watch(self, fifo_length: Callable[[], int], dependencies: Mapping[str, Dependency]) -> None:
+        self.fifo_length.set_function(lambda: float(fifo_length()))
+        for name, dependency in dependencies.items():
+            self.up.labels(service=name).set_function(lambda d=dependency: 1.0 if d.up else 0.0)
+
+    def job_enqueued(self, queue: str, lateness: float) -> None:
+        self.enqueued.labels(queue=queue).inc()
+        self.lateness.observe(max(0.0, lateness))
+
+    def failure(self, reason: str) -> None:
+        self.failures.labels(reason=reason).inc()
+
+    def refreshed(self, at: float, duration: float, members: int) -> None:
+        self.refresh_duration.set(duration)
+        self.refresh_success.set(at + duration)
+        self.planned.set(members)
+
+
+class MetricsService(Service):
+    """``/metrics`` on ``host:port``; off unless ``metrics_port`` is set."""
+
+    log = Logger()
+    name = "metrics"
+
+    def __init__(self, reactor: Any, metrics: Metrics, host: str, port: int) -> None:
+        self._reactor = reactor
+        self._metrics = metrics
+        self._host = host
+        self._port = port
+        self._listening: Any = None
+
+    async def start(self) -> None:
+        root = Resource()
+        root.putChild(b"metrics", MetricsResource(self._metrics.registry))
+        endpoint = TCP4ServerEndpoint(self._reactor, self._port, interface=self._host)
+        self._listening = await endpoint.listen(Site(root))
+        self.running = 1
+        self.log.info("metrics at http://{host}:{port}/metrics", host=self._host,
+                      port=self._listening.getHost().port)
+
+    @property
+    def port(self) -> int:
+        return int(self._listening.getHost().port)
+
+    def stopService(self) -> Any:
+        self.running = 0
+        listening, self._listening = self._listening, None
+        return listening.stopListening() if listening is not None else None
