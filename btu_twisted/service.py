@@ -249,6 +249,10 @@ class BtuService(MultiService):
             "environment": self.config.environment_name,
             "uptime_secs": None if self.started_at is None else round(now - self.started_at, 3),
             "fifo_length": len(self.fifo),
+            "members": stats.members_seen,
+            "next_due": None if stats.next_due is None else {
+                "member": stats.next_due[0], "at": _iso(stats.next_due[1]),
+            },
             "enqueued": stats.enqueued,
             "skipped": stats.skipped,
             "lost_to_other_daemons": stats.lost,

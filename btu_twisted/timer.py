@@ -42,6 +42,9 @@ class TimerStats:
     lost: int = 0
     last_enqueue: float | None = None
     last_schedule: str | None = None
+    # From the timer's latest look at the sorted set (exact below FETCH_LIMIT).
+    members_seen: int = 0
+    next_due: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         self.lateness: deque[float] = deque(maxlen=1000)
@@ -144,6 +147,8 @@ class Timer(Service):
         await self._claim_due()
         now = self._clock.seconds()
         members = await self._store.earliest(FETCH_LIMIT)
+        self.stats.members_seen = len(members)
+        self.stats.next_due = members[0] if members else None
         self._forget_vanished(members)
         horizon = now + self._lookahead
         todo: list[tuple[str, int]] = []
