@@ -1,0 +1,442 @@
+"""In-memory stand-ins for the daemon's outside services, for Clock-driven tests.
+
+* :class:`FakeStore` behaves like :class:`btu_twisted.store.ScheduleStore` over
+  real Redis: the same sorted set, member index and last-enqueued hash, with
+  the PLAN / CLAIM / PRUNE / CANCEL rules of the Lua scripts re-stated in Python.
+* :class:`FakeDatabase` behaves like :class:`btu_twisted.sql.Database`: exact-name
+  lookups, the enabled names in name order, a ``check``.
+* :class:`FlakyBuilder` wraps the real :class:`FunctionBuilder` and can fail
+  (transiently or for good) or hold a build until the test fires it.
+
+Both services can be switched ``down`` (every call fails with ConnectionError and
+feeds the ``health`` Dependency, as the Redis gateway and the adbapi layer do),
+``hold`` calls until :meth:`release`, or answer after a ``latency`` on the
+test's Clock (``latency=0.0`` answers on the next Clock turn at the same
+instant, as real Redis and adbapi always answer asynchronously; ``None``, the
+default, answers synchronously).  :func:`run_until` moves a Clock the way a
+reactor does, running each delayed call at its own time.  Every call is counted and timed so tests can assert batching,
+retry timing and overlap.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
+
+from btu_twisted.builders import BuildError, BuiltJob, FunctionBuilder
+from btu_twisted.health import Dependency
+from btu_twisted.records import ScheduleRow
+from btu_twisted.store import CLAIMED, LOST, QUEUE_PREFIX, STALE, Claim, member_for
+
+T = TypeVar("T")
+
+#: A realistic "now" for tests (2027-01-15T08:00:00Z, minute-aligned); a fresh
+#: Clock starts at 0.
+EPOCH = 1_800_000_000
+
+
+def make_row(
+    name: str,
+    cron: str | None = "* * * * *",
+    *,
+    enabled: bool = True,
+    task: str = "BTU-TASK-1",
+    function: str | None = "tests.jobfuncs.record",
+    arguments: str | None = "{'greeting': 'hello'}",
+    overrides: str | None = None,
+    queue: str | None = "default",
+    zone: str | None = None,
+    duration: int | None = 60,
+    desc_short: str | None = "Test task",
+) -> ScheduleRow:
+    """A ScheduleRow with sensible defaults: enabled, every minute, a real function."""
+    return ScheduleRow(
+        name=name,
+        task=task,
+        enabled=enabled,
+        cron_string=cron,
+        queue_name=queue,
+        argument_overrides=overrides,
+        task_description=desc_short,
+        schedule_description=None,
+        cron_time_zone=zone,
+        function_string=function,
+        task_arguments=arguments,
+        max_task_duration=duration,
+        task_queue_name=None,
+        desc_short=desc_short,
+    )
+
+
+def run_until(clock: Clock, when: float, max_calls: int = 100_000) -> None:
+    """Move ``clock`` to ``when`` running each delayed call at its own time.
+
+    ``Clock.advance(n)`` runs every call due within ``n`` seconds with the
+    clock already at the end; a reactor runs each at its time, which is what
+    the timer's "not before T" promises are about.  Fails on a busy loop.
+    """
+    for _ in range(max_calls):
+        due = [c.getTime() for c in clock.getDelayedCalls() if c.getTime() <= when]
+        if not due:
+            break
+        clock.rightNow = max(clock.rightNow, min(due))
+        clock.advance(0)
+    else:
+        raise AssertionError(f"more than {max_calls} delayed calls before {when}: busy loop?")
+    clock.rightNow = max(clock.rightNow, when)
+    clock.advance(0)
+
+
+@dataclass
+class Call:
+    """One call made to a fake: which operation, at what Clock time, with what."""
+
+    op: str
+    at: float
+    detail: Any = None
+
+
+class _FakeService:
+    """Shared switches: down, hold, latency, lost replies; counters and history."""
+
+    service_name = "fake"
+
+    def __init__(self, clock: IReactorTime, latency: float | None = None) -> None:
+        self._clock = clock
+        self.health = Dependency(self.service_name, clock)
+        self.down = False
+        #: Operations whose calls wait until ``release()``.
+        self.hold: set[str] = set()
+        self.held: list[tuple[str, Callable[[], None]]] = []
+        #: Seconds on the Clock before each answer (None: answer synchronously).
+        self.latency = latency
+        #: Operations whose next reply is lost *after* the operation took effect.
+        self.lose_reply: set[str] = set()
+        self.calls: Counter[str] = Counter()
+        self.history: list[Call] = []
+        self.in_flight: Counter[str] = Counter()
+        self.max_in_flight: Counter[str] = Counter()
+
+    def calls_of(self, op: str) -> list[Call]:
+        return [c for c in self.history if c.op == op]
+
+    def release(self, op: str | None = None) -> int:
+        """Let held calls (of ``op``, or all) run now; returns how many ran."""
+        ready = [h for h in self.held if op is None or h[0] == op]
+        self.held = [h for h in self.held if h not in ready]
+        for _, finish in ready:
+            finish()
+        return len(ready)
+
+    def _call(self, op: str, compute: Callable[[], T], detail: Any = None) -> Deferred[T]:
+        self.calls[op] += 1
+        self.history.append(Call(op, self._clock.seconds(), detail))
+        self.in_flight[op] += 1
+        self.max_in_flight[op] = max(self.max_in_flight[op], self.in_flight[op])
+        d: Deferred[T] = Deferred()
+
+        def finish() -> None:
+            self.in_flight[op] -= 1
+            if self.down:
+                error = ConnectionError(f"{self.service_name} is down (test)")
+                self.health.failed(error)
+                d.errback(error)
+                return
+            try:
+                result = compute()
+            except Exception as e:  # a bug in the caller's arguments
+                d.errback(e)
+                return
+            if op in self.lose_reply:
+                self.lose_reply.discard(op)
+                error = ConnectionError(f"{self.service_name}: reply to {op} lost (test)")
+                self.health.failed(error)
+                d.errback(error)
+                return
+            self.health.succeeded()
+            d.callback(result)
+
+        if op in self.hold:
+            self.held.append((op, finish))
+        elif self.latency is not None:
+            self._clock.callLater(self.latency, finish)
+        else:
+            finish()
+        return d
+
+
+@dataclass(frozen=True)
+class EnqueuedRun:
+    """One job the fake CLAIM wrote: its id, run, queue and exact hash."""
+
+    job_id: str
+    schedule: str
+    when: int
+    origin: str
+    fields: dict[str, Any]
+
+
+def _name_of(member: str) -> str | None:
+    """What the Lua pattern ``^(.*)|[^|]*$`` captures: all before the last "|"."""
+    name, bar, _ = member.rpartition("|")
+    return name if bar else None
+
+
+class FakeStore(_FakeService):
+    """ScheduleStore with the semantics of store.py's Lua scripts, in memory."""
+
+    service_name = "Redis"
+
+    def __init__(self, clock: IReactorTime, latency: float | None = None) -> None:
+        super().__init__(clock, latency)
+        self.zset: dict[str, int] = {}           # btu_scheduler:task_execution_times
+        self.index: dict[str, str] = {}          # btu_scheduler:schedule_members
+        self.last_enqueued: dict[str, int] = {}  # btu_scheduler:last_enqueued
+        self.jobs: dict[str, dict[str, Any]] = {}     # rq:job:<id> -> hash
+        self.queues: dict[str, list[str]] = {}        # rq:queue:<origin> -> job ids
+        self.rq_queues: set[str] = set()              # rq:queues
+        #: Every job enqueued, in order, with what it was enqueued for.
+        self.runs: list[EnqueuedRun] = []
+        #: Every claim call's batch and Clock time.
+        self.claim_batches: list[tuple[float, list[Claim]]] = []
+
+    # -- test helpers (synchronous, never fail) ------------------------------
+    def add(self, name: str, when: int) -> None:
+        """Plan ``name`` at ``when`` as PLAN would (now far in the past)."""
+        self._plan(-1, {name: when}, ())
+
+    def add_raw(self, member: str, score: int) -> None:
+        """A member not owned via the index (Rust daemon leftovers, garbage)."""
+        self.zset[member] = score
+
+    def remove(self, name: str) -> bool:
+        """Cancel ``name`` at once, as CANCEL would."""
+        return self._cancel(name)
+
+    def member_of(self, name: str) -> str | None:
+        return self.index.get(name)
+
+    def enqueued(self, schedule: str | None = None) -> list[EnqueuedRun]:
+        """Jobs enqueued, in order (optionally those of one schedule)."""
+        return [r for r in self.runs if schedule is None or r.schedule == schedule]
+
+    # -- the ScheduleStore API -------------------------------------------------
+    def plan(
+        self, now: float, plans: Mapping[str, int], unplans: Iterable[str] = ()
+    ) -> Deferred[dict[str, int]]:
+        plans = dict(plans)
+        unplans = list(unplans)
+        if not plans and not unplans:  # the real store makes no call at all
+            return succeed({})
+        return self._call(
+            "plan", lambda: self._plan(int(now), plans, unplans), (dict(plans), list(unplans))
+        )
+
+    def claim(self, claims: Sequence[Claim], enqueued_at: str) -> Deferred[list[int]]:
+        if not claims:
+            return succeed([])
+        claims = list(claims)
+        self.claim_batches.append((self._clock.seconds(), claims))
+        return self._call("claim", lambda: self._claim(claims, enqueued_at), len(claims))
+
+    def prune(self, enabled: Iterable[str]) -> Deferred[list[str]]:
+        keep = list(enabled)
+        return self._call("prune", lambda: self._prune(keep))
+
+    def cancel(self, schedule: str) -> Deferred[bool]:
+        return self._call("cancel", lambda: self._cancel(schedule), schedule)
+
+    def earliest(self, limit: int) -> Deferred[list[tuple[str, int]]]:
+        return self._call("earliest", lambda: self._ordered()[:limit], limit)
+
+    def discard(self, members: Sequence[str]) -> Deferred[None]:
+        members = list(members)
+        if not members:
+            return succeed(None)
+        return self._call("discard", lambda: self._discard(members), members)
+
+    def count(self) -> Deferred[int]:
+        return self._call("count", lambda: len(self.zset))
+
+    # -- the scripts -----------------------------------------------------------
+    def _ordered(self) -> list[tuple[str, int]]:
+        # ZRANGE order: by score, equal scores by member.
+        return sorted(self.zset.items(), key=lambda item: (item[1], item[0]))
+
+    def _plan(self, now: int, plans: Mapping[str, int], unplans: Iterable[str]) -> dict[str, int]:
+        rejected: dict[str, int] = {}
+        for name, when in plans.items():
+            when = int(when)
+            done = self.last_enqueued.get(name, -1)
+            if when <= done:
+                rejected[name] = done
+                continue
+            member = member_for(name, when)
+            old = self.index.get(name)
+            old_score = self.zset.get(old) if old is not None and old != member else None
+            # A member already due belongs to the timer: keep it.
+            if old_score is not None and old_score <= now:
+                continue
+            if old is not None and old != member:
+                self.zset.pop(old, None)
+            self.zset[member] = when
+            self.index[name] = member
+        for name in unplans:
+            old = self.index.pop(name, None)
+            if old is not None:
+                self.zset.pop(old, None)
+        return rejected
+
+    def _claim(self, claims: list[Claim], enqueued_at: str) -> list[int]:
+        out: list[int] = []
+        for c in claims:
+            if self.zset.pop(c.member, None) is None:
+                out.append(LOST)
+                continue
+            if self.index.get(c.schedule) == c.member:
+                del self.index[c.schedule]
+            done = self.last_enqueued.get(c.schedule, -1)
+            if int(c.when) <= done:
+                out.append(STALE)
+                continue
+            self.last_enqueued[c.schedule] = int(c.when)
+            if c.job_id:
+                fields = dict(c.fields or {})
+                fields["enqueued_at"] = enqueued_at
+                self.jobs[c.job_id] = fields
+                key = QUEUE_PREFIX + c.origin
+                self.queues.setdefault(key, []).append(c.job_id)
+                self.rq_queues.add(key)
+                self.runs.append(
+                    EnqueuedRun(c.job_id, c.schedule, int(c.when), c.origin, fields)
+                )
+            out.append(CLAIMED)
+        return out
+
+    def _prune(self, enabled: list[str]) -> list[str]:
+        keep = set(enabled)
+        removed: list[str] = []
+        for member, _ in self._ordered():
+            name = _name_of(member)
+            owned = self.index.get(name) if name is not None else None
+            if name is None or name not in keep or owned != member:
+                del self.zset[member]
+                if name is not None and owned == member:
+                    del self.index[name]
+                if name is not None:
+                    removed.append(name)
+        for name in list(self.index):
+            if name not in keep:
+                del self.index[name]
+        return sorted({n for n in removed if n})
+
+    def _cancel(self, schedule: str) -> bool:
+        removed = 0
+        for member in list(self.zset):
+            if _name_of(member) == schedule:
+                del self.zset[member]
+                removed += 1
+        self.index.pop(schedule, None)
+        return removed > 0
+
+    def _discard(self, members: list[str]) -> None:
+        for m in members:
+            self.zset.pop(m, None)
+
+
+class FakeDatabase(_FakeService):
+    """Database with rows in a dict; names are matched exactly."""
+
+    service_name = "MariaDB"
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        rows: Iterable[ScheduleRow] = (),
+        latency: float | None = None,
+    ) -> None:
+        super().__init__(clock, latency)
+        self.rows: dict[str, ScheduleRow] = {r.name: r for r in rows}
+
+    def put(self, *rows: ScheduleRow) -> None:
+        for row in rows:
+            self.rows[row.name] = row
+
+    def update(self, name: str, **changes: Any) -> None:
+        self.rows[name] = replace(self.rows[name], **changes)
+
+    def delete(self, name: str) -> None:
+        del self.rows[name]
+
+    def read_schedules(self, names: Sequence[str]) -> Deferred[dict[str, ScheduleRow]]:
+        names = list(names)
+        return self._call(
+            "read_schedules",
+            lambda: {n: self.rows[n] for n in dict.fromkeys(names) if n in self.rows},
+            names,
+        )
+
+    def enabled_names(self) -> Deferred[list[str]]:
+        return self._call(
+            "enabled_names", lambda: sorted(n for n, r in self.rows.items() if r.enabled)
+        )
+
+    def check(self) -> Deferred[int]:
+        return self._call("check", lambda: 42)
+
+
+@dataclass
+class BuildCall:
+    schedule: str
+    when: int
+    at: float
+
+
+@dataclass
+class FlakyBuilder:
+    """The real FunctionBuilder, with failures and held builds on demand."""
+
+    clock: IReactorTime
+    prefix: str = ""
+    #: Schedules whose builds fail with a transient / permanent BuildError.
+    transient: set[str] = field(default_factory=set)
+    permanent: set[str] = field(default_factory=set)
+    #: Schedules whose builds wait until ``fire()`` (``hold_all``: every one).
+    held: set[str] = field(default_factory=set)
+    hold_all: bool = False
+    builds: list[BuildCall] = field(default_factory=list)
+    pending: list[tuple[ScheduleRow, int, Deferred[BuiltJob]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._inner = FunctionBuilder(self.prefix)
+
+    def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
+        self.builds.append(BuildCall(row.name, when, self.clock.seconds()))
+        if row.name in self.permanent:
+            return fail(BuildError(row.name, "task is broken (test)", transient=False))
+        if row.name in self.transient:
+            return fail(BuildError(row.name, "site unavailable (test)", transient=True))
+        if self.hold_all or row.name in self.held:
+            d: Deferred[BuiltJob] = Deferred()
+            self.pending.append((row, when, d))
+            return d
+        return self._inner.build(row, when)
+
+    def builds_of(self, schedule: str) -> list[BuildCall]:
+        return [b for b in self.builds if b.schedule == schedule]
+
+    def fire(self) -> int:
+        """Finish every held build with the real builder's result."""
+        pending, self.pending = self.pending, []
+        for row, when, d in pending:
+            self._inner.build(row, when).chainDeferred(d)
+        return len(pending)
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
