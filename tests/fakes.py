@@ -14,8 +14,8 @@ feeds the ``health`` Dependency, as the Redis gateway and the adbapi layer do),
 test's Clock (``latency=0.0`` answers on the next Clock turn at the same
 instant, as real Redis and adbapi always answer asynchronously; ``None``, the
 default, answers synchronously).  :func:`run_until` moves a Clock the way a
-reactor does, running each delayed call at its own time.  Every call is counted and timed so tests can assert batching,
-retry timing and overlap.
+reactor does, running each delayed call at its own time.  Every call is
+counted and timed so tests can assert batching, retry timing and overlap.
 """
 
 from __future__ import annotations

@@ -245,10 +245,10 @@ class MisfireGraceTests(TimerCase):
         could be enqueued, so it is skipped like any other run missed by more
         than the grace.
 
-        DEFECT (btu_twisted/timer.py, Timer._claim_due): the grace is only
-        checked in ``_prepare`` (at T-LOOKAHEAD, when the run was not late);
-        the prepared job is enqueued at T+600 whatever the grace.  Expected:
-        no job, the run claimed as skipped; actual: one job 600 s late.
+        Guards a defect this test found (btu_twisted/timer.py,
+        Timer._claim_due): the grace was only checked in ``_prepare`` (at
+        T-LOOKAHEAD, when the run was not late), so the prepared job was
+        enqueued 600 s late whatever the grace.
         """
         self.schedule("TS-1", T)
         self.timer.startService()
@@ -458,12 +458,11 @@ class StoreOutageTests(TimerCase):
         claim must not enqueue again, and the schedule must still go back on
         the FIFO so its next run is planned.
 
-        DEFECT (btu_twisted/timer.py, Timer._settle): the retried claim
-        answers LOST (0) because our own first attempt removed the member, and
-        LOST never puts the name back on the FIFO.  Expected: "TS-1" on the
-        FIFO after the retry; actual: nothing queued, so the schedule has no
-        next run until the next full refresh (up to full_refresh_internal_secs
-        of missed runs for a schedule that runs every minute).
+        Guards a defect this test found (btu_twisted/timer.py, Timer._settle):
+        the retried claim answers LOST (0) because our own first attempt
+        removed the member, and LOST did not put the name back on the FIFO,
+        so the schedule had no next run until the next full refresh (up to
+        full_refresh_internal_secs of missed runs for a per-minute schedule).
         """
         self.schedule("TS-1", T)
         self.store.lose_reply.add("claim")

@@ -1,0 +1,307 @@
+"""The planner, driven by a Clock: FIFO names become each schedule's one next run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
+from twisted.trial import unittest
+
+from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.planner import Planner
+from tests.fakes import EPOCH, FakeDatabase, FakeStore, make_row, run_until
+
+S = EPOCH  # minute-aligned; "* * * * *" next runs at S + 60
+
+
+def texts(events: Iterable[LogEvent], level: LogLevel | None = None) -> list[str]:
+    return [formatEvent(e) for e in events if level is None or e.get("log_level") == level]
+
+
+def failures(events: Iterable[LogEvent]) -> list[LogEvent]:
+    return [e for e in events if "log_failure" in e]
+
+
+class PlannerCase(unittest.TestCase):
+    """A Clock at S, fakes answering synchronously, a Planner stopped at the end."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(S)
+        self.fifo = ScheduleFifo()
+        self.db = FakeDatabase(self.clock)
+        self.store = FakeStore(self.clock)
+        self.planned: list[int] = []
+        self.planner = Planner(
+            self.clock,
+            self.fifo,
+            self.db,  # type: ignore[arg-type]
+            self.store,  # type: ignore[arg-type]
+            default_zone="UTC",
+            on_planned=self.planned.append,
+            dependencies=(self.db.health, self.store.health),
+        )
+        self.addCleanup(self.stop_and_check)
+
+    def stop_and_check(self) -> None:
+        """Every test ends with the planner stopped and no delayed call left."""
+        if self.planner.running:
+            stopped = _deferred(self.planner.stopService())
+            run_until(self.clock, self.clock.seconds())
+            self.successResultOf(stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def advance_to(self, when: float) -> None:
+        run_until(self.clock, when)
+
+    def reads(self) -> list[list[str]]:
+        return [c.detail for c in self.db.calls_of("read_schedules")]
+
+
+def _deferred(result: Deferred[None] | None) -> Deferred[None]:
+    return result if isinstance(result, Deferred) else succeed(None)
+
+
+class ConsumeTests(PlannerCase):
+    def test_empty_fifo_reads_nothing_however_long(self) -> None:
+        """With nothing queued the planner waits on the FIFO: no query, no
+        Redis call and no timer, whatever the clock does."""
+        self.planner.startService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10**6)
+        self.clock.advance(10**6)
+        self.assertEqual(sum(self.db.calls.values()), 0)
+        self.assertEqual(sum(self.store.calls.values()), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_names_planned_as_they_arrive(self) -> None:
+        """Each name is planned as soon as it is queued, to its next run in
+        the schedule's zone, and the timer hears of the new time."""
+        self.db.put(make_row("TS-A"), make_row("TS-B", "30 9 * * *", zone="Europe/Paris"))
+        self.planner.startService()
+        self.clock.advance(10)
+        self.fifo.add("TS-A")
+        self.assertEqual(self.store.member_of("TS-A"), f"TS-A|{S + 60}")
+        self.assertEqual(self.planned, [S + 60])
+        self.clock.advance(100)
+        self.fifo.add("TS-B")
+        # 2027-01-15 09:30 in Paris (UTC+1) is 08:30 UTC, S + 30 min.
+        self.assertEqual(self.store.member_of("TS-B"), f"TS-B|{S + 1800}")
+        self.assertEqual(self.planned, [S + 60, S + 1800])
+        self.assertEqual([c.at for c in self.db.calls_of("read_schedules")], [S + 10, S + 110])
+        self.assertEqual(len(self.fifo), 0)
+
+    def test_replanning_replaces_the_one_member(self) -> None:
+        """A schedule whose cron changed has exactly one member afterwards,
+        at the new time."""
+        self.db.put(make_row("TS-A"))
+        self.planner.startService()
+        self.fifo.add("TS-A")
+        self.db.update("TS-A", cron_string="0 12 * * *")
+        self.fifo.add("TS-A")
+        self.assertEqual(self.store.zset, {f"TS-A|{S + 4 * 3600}": S + 4 * 3600})
+
+
+class BatchTests(PlannerCase):
+    def test_queued_names_read_in_batches(self) -> None:
+        """1,200 names waiting at start are read in ceil(1200 / 500) queries
+        and written in as many store calls."""
+        names = [f"TS-{i:04d}" for i in range(1200)]
+        self.db.put(*(make_row(n) for n in names))
+        self.fifo.extend(names)
+        self.planner.startService()
+        self.assertEqual([len(r) for r in self.reads()], [500, 500, 200])
+        self.assertEqual(self.store.calls["plan"], 3)
+        self.assertEqual(len(self.store.zset), 1200)
+        self.assertEqual(self.planner.planned_total, 1200)
+
+    def test_names_arriving_while_a_batch_is_read_wait_for_the_next(self) -> None:
+        """With MariaDB answering asynchronously, a burst of 1,200 names
+        arriving at a waiting planner costs the first name's query and then
+        full batches, not one query per name."""
+        self.db.latency = 0.0
+        names = [f"TS-{i:04d}" for i in range(1200)]
+        self.db.put(*(make_row(n) for n in names))
+        self.planner.startService()
+        self.fifo.extend(names)
+        self.advance_to(S)
+        self.assertEqual([len(r) for r in self.reads()], [1, 500, 500, 199])
+        self.assertEqual(len(self.store.zset), 1200)
+
+
+class UnplanTests(PlannerCase):
+    def test_disabled_deleted_and_broken_schedules_lose_their_member(self) -> None:
+        """Planning a disabled, a deleted or an unplannable schedule (bad
+        cron, no cron, unknown zone) removes its member; an enabled one gets
+        its next run."""
+        self.db.put(
+            make_row("TS-OFF", enabled=False),
+            make_row("TS-BROKEN", "61 * * * *"),
+            make_row("TS-EMPTY", ""),
+            make_row("TS-ZONE", zone="Mars/Olympus_Mons"),
+            make_row("TS-ON"),
+        )
+        names = ["TS-OFF", "TS-GONE", "TS-BROKEN", "TS-EMPTY", "TS-ZONE", "TS-ON"]
+        for name in names:
+            self.store.add(name, S + 3600)
+        self.fifo.extend(names)
+        self.planner.startService()
+        self.assertEqual(self.store.zset, {f"TS-ON|{S + 60}": S + 60})
+        self.assertEqual(self.store.index, {"TS-ON": f"TS-ON|{S + 60}"})
+
+    def test_broken_cron_logged_once_until_reason_changes(self) -> None:
+        """An unplannable schedule logs one error naming it and the reason;
+        replanning it with the same reason logs nothing more; a different
+        reason logs again; once fixed and broken again it logs again."""
+        self.db.put(make_row("TS-X", "61 * * * *"))
+        self.planner.startService()
+
+        def errors_after_planning() -> list[str]:
+            with capturedLogs() as events:
+                self.fifo.add("TS-X")
+            return texts(events, LogLevel.error)
+
+        first = errors_after_planning()
+        self.assertEqual(len(first), 1)
+        self.assertIn("TS-X", first[0])
+        self.assertIn("minute field '61' out of range", first[0])
+        self.assertEqual(errors_after_planning(), [])
+        self.assertEqual(errors_after_planning(), [])
+
+        self.db.update("TS-X", cron_string="* * *")
+        changed = errors_after_planning()
+        self.assertEqual(len(changed), 1)
+        self.assertIn("TS-X", changed[0])
+        self.assertIn("3 fields", changed[0])
+
+        self.db.update("TS-X", cron_string="* * * * *")
+        self.assertEqual(errors_after_planning(), [])
+        self.assertEqual(self.store.member_of("TS-X"), f"TS-X|{S + 60}")
+
+        self.db.update("TS-X", cron_string="61 * * * *")
+        self.assertEqual(len(errors_after_planning()), 1)
+        self.assertIsNone(self.store.member_of("TS-X"))
+
+
+class RejectedTests(PlannerCase):
+    def test_time_already_enqueued_is_replanned_after_last_enqueued_run(self) -> None:
+        """A next run at or before the schedule's last enqueued run (another
+        daemon got there first) is refused by the store; the planner plans
+        the run after that one instead, and tells the timer."""
+        self.db.put(make_row("TS-A"), make_row("TS-B"))
+        self.store.last_enqueued["TS-A"] = S + 60  # the very run we would plan
+        self.store.last_enqueued["TS-B"] = S + 300  # far ahead of us
+        self.fifo.extend(["TS-A", "TS-B"])
+        self.planner.startService()
+        self.assertEqual(self.store.member_of("TS-A"), f"TS-A|{S + 120}")
+        self.assertEqual(self.store.member_of("TS-B"), f"TS-B|{S + 360}")
+        self.assertEqual(self.planned, [S + 120])
+        self.assertEqual(self.store.calls["plan"], 2)
+
+    def test_member_already_due_is_kept(self) -> None:
+        """A member already due belongs to the timer: replanning the schedule
+        at that instant leaves it alone (the timer replans after its claim)."""
+        self.db.put(make_row("TS-A"))
+        self.store.add("TS-A", S)
+        self.fifo.add("TS-A")
+        self.planner.startService()
+        self.assertEqual(self.store.zset, {f"TS-A|{S}": S})
+
+
+class OutageTests(PlannerCase):
+    def test_database_down_names_retried_with_backoff_logged_once(self) -> None:
+        """MariaDB down: the batch goes back on the FIFO and is retried after
+        1, 2, 4 s ...; the outage is logged once (by the Dependency) and no
+        traceback is logged; when MariaDB is back everything is planned and
+        the backoff starts from 1 s again for the next outage."""
+        self.db.put(make_row("TS-A"), make_row("TS-B"))
+        self.db.down = True
+        self.fifo.extend(["TS-A", "TS-B"])
+        with capturedLogs() as events:
+            self.planner.startService()
+            self.advance_to(S + 8)
+            self.assertEqual(
+                [c.at for c in self.db.calls_of("read_schedules")], [S, S + 1, S + 3, S + 7]
+            )
+            self.assertEqual(self.store.zset, {})
+            self.assertEqual(len(self.fifo), 2)
+            self.db.down = False
+            self.advance_to(S + 20)
+        self.assertEqual(self.db.calls_of("read_schedules")[-1].at, S + 15)
+        self.assertEqual(sorted(self.store.index), ["TS-A", "TS-B"])
+        self.assertEqual(len(self.fifo), 0)
+        self.assertEqual(len(texts(events, LogLevel.error)), 1, texts(events))
+        self.assertIn("MariaDB is unavailable", texts(events, LogLevel.error)[0])
+        self.assertEqual(len([t for t in texts(events) if "available again" in t]), 1)
+        self.assertEqual(failures(events), [])
+        self.assertTrue(self.db.health.up)
+
+        # Recovered: a new name is planned at once, a new outage retries after 1 s.
+        self.db.put(make_row("TS-C"))
+        self.fifo.add("TS-C")
+        self.assertIsNotNone(self.store.member_of("TS-C"))
+        self.db.down = True
+        self.fifo.add("TS-A")
+        at = self.clock.seconds()
+        self.advance_to(at + 1)
+        self.assertEqual([c.at for c in self.db.calls_of("read_schedules")][-2:], [at, at + 1])
+        self.db.down = False
+        self.advance_to(at + 10)
+
+    def test_redis_down_names_retried_and_planned_after(self) -> None:
+        """Redis down when the batch is written: the names go back on the
+        FIFO, one line says Redis is unavailable, and they are planned once
+        it is back."""
+        self.db.put(make_row("TS-A"))
+        self.store.down = True
+        self.fifo.add("TS-A")
+        with capturedLogs() as events:
+            self.planner.startService()
+            self.advance_to(S + 30)
+            self.assertIn("TS-A", self.fifo)
+            self.store.down = False
+            self.advance_to(S + 60)
+        self.assertEqual(self.store.member_of("TS-A"), f"TS-A|{S + 60}")
+        self.assertEqual(len(texts(events, LogLevel.error)), 1, texts(events))
+        self.assertEqual(failures(events), [])
+
+
+class StopTests(PlannerCase):
+    def test_stop_while_waiting_on_fifo(self) -> None:
+        """Stopping a planner asleep on the FIFO finishes at once, leaves no
+        delayed call, and a name queued afterwards stays queued."""
+        self.planner.startService()
+        self.successResultOf(_deferred(self.planner.stopService()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.fifo.add("TS-A")
+        self.assertEqual(len(self.fifo), 1)
+        self.assertEqual(self.db.calls["read_schedules"], 0)
+
+    def test_stop_during_backoff(self) -> None:
+        """Stopping while waiting to retry after an outage cancels the wait;
+        the names stay queued for the next start."""
+        self.db.down = True
+        self.fifo.add("TS-A")
+        self.planner.startService()
+        self.assertTrue(self.clock.getDelayedCalls())
+        self.successResultOf(_deferred(self.planner.stopService()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertIn("TS-A", self.fifo)
+
+    def test_stop_during_a_read_waits_for_the_batch(self) -> None:
+        """Stopping while a batch is being read finishes after that batch is
+        written, and the planner takes nothing more from the FIFO."""
+        self.db.put(make_row("TS-A"), make_row("TS-B"))
+        self.db.hold.add("read_schedules")
+        self.planner.startService()
+        self.fifo.add("TS-A")
+        stopped = _deferred(self.planner.stopService())
+        self.assertNoResult(stopped)
+        self.fifo.add("TS-B")
+        self.assertEqual(self.db.release(), 1)
+        self.successResultOf(stopped)
+        self.assertIsNotNone(self.store.member_of("TS-A"))
+        self.assertEqual(self.fifo.take(5), ["TS-B"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
