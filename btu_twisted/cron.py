@@ -252,11 +252,13 @@ def _wall(instant: int, offset: int) -> datetime:
 def next_run(cron_string: str, zone: str | ZoneInfo, after: float) -> int:
     """Smallest instant (unix seconds) strictly greater than ``after`` at which it fires.
 
-    Walls map to instants in wall order, so the first matching wall after ``after``
-    gives the answer, with two exceptions handled on the side: during the second
-    pass of a repeated hour, walls up to the end of that hour already fired in the
-    first pass; and a schedule that follows real time also fires at the second-pass
-    instants of the repeated hour, which lie after walls that come later.
+    Matching wall-clock times reach their first instants in wall order, so the first
+    match after the wall time of ``after`` gives the answer, with two exceptions
+    dealt with on the side.  In the second pass of a stretch of wall time lived
+    twice, the walls up to the end of the stretch already fired in the first pass.
+    A schedule following real time also fires at second-pass instants, which come
+    after the first instants of walls later than themselves.  Either way croniter
+    is asked for one or two candidates, so per-second schedules stay cheap.
     """
     schedule = _schedule(cron_string)
     tz = get_zone(zone) if isinstance(zone, str) else zone
@@ -265,10 +267,16 @@ def next_run(cron_string: str, zone: str | ZoneInfo, after: float) -> int:
     first_offset = _offset(local.replace(fold=0))
     second_offset = _offset(local.replace(fold=1))
     walk_from = local.replace(tzinfo=None)
-    if local.fold == 1 and first_offset != second_offset:
+    repeated = first_offset != second_offset  # `after` is in wall time lived twice
+    jump = start  # the instant the clock is set back, if `repeated`
+    if repeated:
         shift = first_offset - second_offset
-        fold_end = _wall(_transition(tz, start - shift, start), first_offset)
-        walk_from = fold_end - _ONE_SECOND
+        if local.fold:
+            jump = _transition(tz, start - shift, start)
+            # Walls up to the end of the stretch fired in its first pass.
+            walk_from = _wall(jump, first_offset) - _ONE_SECOND
+        elif schedule.follows_real_time:
+            jump = _transition(tz, start, start + shift)
     best: int | None = None
     while best is None or best <= start:
         candidate = schedule.after(walk_from)
@@ -278,9 +286,12 @@ def next_run(cron_string: str, zone: str | ZoneInfo, after: float) -> int:
                 f" {local:%Y-%m-%d %H:%M:%S %Z}"
             )
         best, _ = _instants(tz, candidate)
-        walk_from = candidate
-    if schedule.follows_real_time and first_offset != second_offset:
-        candidate = schedule.after(_wall(start, second_offset))
+        walk_from = candidate  # only if a zone shifts twice within one shift's span
+    if repeated and schedule.follows_real_time:
+        # Second-pass instants after `start` belong to walls after this one, but no
+        # earlier than the start of the stretch (it can be shorter than an hour).
+        stretch_start = _wall(jump, second_offset) - _ONE_SECOND
+        candidate = schedule.after(max(_wall(start, second_offset), stretch_start))
         if candidate is not None:
             _, second_pass = _instants(tz, candidate)
             if second_pass is not None and start < second_pass < best:
