@@ -46,6 +46,7 @@ class FullRefresh(Service):
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
         self._retry: IDelayedCall | None = None
+        self._in_flight: Deferred[None] | None = None
         self.last: dict[str, object] = {}
 
     def startService(self) -> None:
@@ -64,7 +65,23 @@ class FullRefresh(Service):
     def _tick(self) -> Deferred[None]:
         # Returning the Deferred keeps ticks from overlapping; it never fails,
         # so the LoopingCall never stops.
-        return Deferred.fromCoroutine(self._refresh_logged())
+        return self._start_refresh()
+
+    def _start_refresh(self) -> Deferred[None]:
+        """One refresh at a time: a tick or retry during a refresh joins it."""
+        if self._in_flight is None:
+            d = Deferred.fromCoroutine(self._refresh_logged())
+            if not d.called:
+                self._in_flight = d
+                d.addBoth(self._finished)
+            return d
+        joined: Deferred[None] = Deferred()
+        self._in_flight.addBoth(lambda result: (joined.callback(None), result)[1])
+        return joined
+
+    def _finished(self, result: object) -> object:
+        self._in_flight = None
+        return result
 
     async def _refresh_logged(self) -> None:
         try:
@@ -81,7 +98,7 @@ class FullRefresh(Service):
     def _retry_now(self) -> None:
         self._retry = None
         if self.running:
-            Deferred.fromCoroutine(self._refresh_logged())
+            self._start_refresh()
 
     def _store_up(self) -> bool:
         health = self._store.health
