@@ -1,0 +1,475 @@
+"""Run every benchmark in one go: ``python -m bench.run [--quick] [--profile] [--only ...]``.
+
+Cases (N shrinks with ``--quick``):
+
+``plan``        startService() until all N=10,000 schedules (50 distinct cron
+                strings: 5-, 6- and 7-field) have a member in the sorted set.
+``burst``       1,000 schedules due at the same second S; lateness of each job's
+                landing on ``rq:queue:default`` after S.
+``spread``      1,000 schedules spread over the 60 seconds after S (16-17 per
+                second); lateness of each landing after its own due second.
+``burst10k``    10,000 due at the same second (throughput under a big burst).
+``anchor_burst`` / ``anchor_spread``
+                rq's own cron scheduler (``rq.cron.CronScheduler``, what
+                ``rq cron`` runs) with the same jobs at the same instants.
+
+Landing times come from :mod:`bench.watcher`, a separate process that polls
+``LLEN`` every millisecond; the job hashes' ``enqueued_at`` (set by each
+scheduler's own clock when it enqueues) is reported beside them.  Results are
+printed as a table and written to ``bench/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import fixtures
+from bench.fixtures import (
+    REDIS_DB_ANCHOR,
+    REDIS_DB_OURS,
+    BenchDatabase,
+    flush,
+    schedule_names,
+    sync_redis,
+)
+from bench.stats import ratio, summary
+
+ROOT = fixtures.ROOT
+RESULTS = ROOT / "bench" / "results"
+QUEUE = "default"
+QUEUE_KEY = "rq:queue:" + QUEUE
+
+# -- cron strings ------------------------------------------------------------
+
+def planning_crons(now: float, count: int = 50, quiet_secs: int = 30) -> list[str]:
+    """``count`` distinct cron strings (5-, 6- and 7-field), none firing in the next
+    ``quiet_secs`` seconds, so that no run is claimed (and its member briefly
+    removed) while planning is being timed."""
+    from btu_twisted.cron import next_run
+
+    pool: list[str] = ["*/5 * * * *", "0 13 * * *", "30 2 * * 1", "0 0 1 1 *", "15 4 * * sun"]
+    for h in range(24):
+        pool += [f"{(h * 7) % 60} {h} * * *", f"*/15 {h} * * 1-5", f"0 {h} 1,15 * *"]
+        pool += [f"{h} {h} * * * 2099", f"{(h * 11) % 60} {(h * 13) % 60} {h} * * * *"]
+        pool += [f"*/10 {(h * 17) % 60} {h} * * * *", f"0 30 {h} * * 6 *"]
+    chosen: list[str] = []
+    for cron in pool:
+        if next_run(cron, "UTC", now) > now + quiet_secs and cron not in chosen:
+            chosen.append(cron)
+    # Interleave the forms: take evenly from the whole pool rather than its head.
+    step = max(1, len(chosen) // count)
+    picked = chosen[::step][:count]
+    if len(picked) < count:
+        picked += [c for c in chosen if c not in picked][: count - len(picked)]
+    return picked
+
+
+def ours_cron(instant: int) -> str:
+    """btu_twisted's 7-field form: sec min hour dom mon dow year (UTC)."""
+    t = time.gmtime(instant)
+    return f"{t.tm_sec} {t.tm_min} {t.tm_hour} * * * *"
+
+
+def anchor_cron(instant: int) -> str:
+    """croniter's 6-field form used by rq cron: min hour dom mon dow sec (UTC)."""
+    t = time.gmtime(instant)
+    return f"{t.tm_min} {t.tm_hour} * * * {t.tm_sec}"
+
+
+# -- subprocesses --------------------------------------------------------------
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _spawn(module: str, *args: str, stderr: Any = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=str(ROOT), env=_env(), text=True,
+        stdout=subprocess.PIPE, stderr=stderr if stderr is not None else subprocess.PIPE,
+    )
+
+
+def _expect_ready(proc: subprocess.Popen[str], what: str) -> None:
+    line = proc.stdout.readline() if proc.stdout else ""
+    if line.strip() != "ready":
+        rest = proc.stderr.read() if proc.stderr else ""
+        raise RuntimeError(f"{what} did not start: {line!r} {rest[-2000:]}")
+
+
+def _json_line(proc: subprocess.Popen[str], what: str, timeout: float) -> dict[str, Any]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise RuntimeError(f"{what} timed out; stderr: {(err or '')[-2000:]}") from None
+    lines = [line for line in (out or "").splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{what} printed no result (exit {proc.returncode}): {(err or '')[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def start_watcher(db: int, expected: int, deadline: float, first_due: float) -> subprocess.Popen[str]:
+    proc = _spawn("bench.watcher", str(db), QUEUE_KEY, str(expected), repr(deadline),
+                  repr(first_due - 0.5))
+    _expect_ready(proc, "watcher")
+    return proc
+
+
+def daemon_config(database: str, redis_db: int, **overrides: Any) -> dict[str, Any]:
+    """What ``btu_scheduler.toml`` would hold (cf. tests/integration/support.config_values)."""
+    values: dict[str, Any] = dict(
+        full_refresh_internal_secs=3600,
+        scheduler_polling_interval=5,
+        time_zone_string="UTC",
+        tracing_level="INFO",
+        startup_without_database_connections=False,
+        mysql_user=fixtures.MYSQL["user"],
+        mysql_password=fixtures.MYSQL["password"],
+        mysql_host=fixtures.MYSQL["host"],
+        mysql_port=fixtures.MYSQL["port"],
+        mysql_database=database,
+        rq_host=fixtures.REDIS_HOST,
+        rq_port=fixtures.REDIS_PORT,
+        rq_database=redis_db,
+        socket_path=f"/tmp/btu-bench-{os.getpid()}.sock",
+        job_builder="function",
+    )
+    values.update(overrides)
+    return values
+
+
+def run_daemon(case: str, spec: dict[str, Any], opts: argparse.Namespace,
+               timeout: float) -> dict[str, Any]:
+    spec = dict(spec)
+    spec["log_file"] = str(RESULTS / f"{case}.log")
+    Path(spec["log_file"]).unlink(missing_ok=True)
+    if opts.profile:
+        spec["profile"] = str(RESULTS / f"{case}.prof")
+    if opts.trace:
+        spec["trace"] = str(RESULTS / f"{case}.trace.json")
+    spec_path = RESULTS / f"{case}.spec.json"
+    spec_path.write_text(json.dumps(spec))
+    proc = _spawn("bench.daemon_case", str(spec_path))
+    result = _json_line(proc, f"daemon ({case})", timeout)
+    if result.get("fatal"):
+        raise RuntimeError(f"daemon ({case}) could not start: {result['fatal']}")
+    return result
+
+
+# -- reading back the jobs -------------------------------------------------------
+
+def _parse_rq_time(raw: bytes | None) -> float | None:
+    if not raw:
+        return None
+    text = raw.decode()
+    dt = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def job_times(db: int, ids: list[str]) -> dict[str, tuple[float | None, float | None]]:
+    """id -> (scheduled unix time from meta, enqueued_at as unix time)."""
+    r = sync_redis(db)
+    pipe = r.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget("rq:job:" + job_id, "meta", "enqueued_at")
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for job_id, (meta, enqueued_at) in zip(ids, pipe.execute()):
+        # Our own benchmark jobs, written moments ago by the schedulers under test.
+        scheduled = pickle.loads(meta).get("scheduled_time") if meta else None  # noqa: S301
+        out[job_id] = (scheduled, _parse_rq_time(enqueued_at))
+    return out
+
+
+def lateness_report(case: str, db: int, watched: dict[str, Any], expected: int,
+                    first_due: float) -> dict[str, Any]:
+    landed: list[tuple[float, str]] = [(float(t), i) for t, i in watched["landed"]]
+    times = job_times(db, [i for _, i in landed])
+    # Raw samples for a closer look: [landed (watcher), scheduled, enqueued_at, id].
+    (RESULTS / f"{case}.samples.json").write_text(json.dumps(
+        [[t, *times[i], i] for t, i in landed]))
+    by_watcher: list[float] = []
+    by_hash: list[float] = []
+    for t, job_id in landed:
+        scheduled, enqueued_at = times[job_id]
+        if scheduled is None:
+            continue
+        by_watcher.append(t - scheduled)
+        if enqueued_at is not None:
+            by_hash.append(enqueued_at - scheduled)
+    stamps = sorted(t for t, _ in landed)
+    report: dict[str, Any] = {
+        "expected": expected,
+        "landed": len(landed),
+        "watcher": summary(by_watcher),
+        "enqueued_at": summary(by_hash),
+        "watcher_max_poll_gap_ms": watched.get("max_gap_ms"),
+        "early": sum(1 for x in by_watcher if x < 0),
+    }
+    if stamps:
+        report["first_landing_after_due_ms"] = round((stamps[0] - first_due) * 1000, 3)
+        report["last_landing_after_due_ms"] = round((stamps[-1] - first_due) * 1000, 3)
+        span = stamps[-1] - stamps[0]
+        report["distinct_landing_stamps"] = len(set(stamps))
+        report["rate_first_to_last_per_s"] = round(len(stamps) / span) if span > 0 else None
+        after_due = stamps[-1] - first_due
+        report["rate_due_to_last_per_s"] = round(len(stamps) / after_due) if after_due > 0 else None
+    return report
+
+
+# -- cases -------------------------------------------------------------------------
+
+def case_plan(opts: argparse.Namespace, n: int) -> dict[str, Any]:
+    flush(REDIS_DB_OURS)
+    db = BenchDatabase()
+    try:
+        crons = planning_crons(time.time())
+        db.add_schedules(zip(schedule_names(n), [crons[i % len(crons)] for i in range(n)]))
+        spec = {
+            "mode": "plan",
+            "expected": n,
+            "poll": 0.01,
+            "timeout": 120,
+            "config": daemon_config(db.name, REDIS_DB_OURS),
+        }
+        result = run_daemon("plan", spec, opts, timeout=180)
+        result["distinct_crons"] = len(set(crons))
+        result["crons"] = crons
+        return result
+    finally:
+        db.drop()
+        flush(REDIS_DB_OURS)
+
+
+def due_instants(n: int, first_due: int, spread: int) -> list[int]:
+    return [first_due + (i % spread) for i in range(n)] if spread > 1 else [first_due] * n
+
+
+def case_ours(opts: argparse.Namespace, case: str, n: int, spread: int) -> dict[str, Any]:
+    flush(REDIS_DB_OURS)
+    db = BenchDatabase()
+    try:
+        lead = 7 + n * 0.0004
+        first_due = math.ceil(time.time() + lead)
+        dues = due_instants(n, first_due, spread)
+        db.add_schedules(zip(schedule_names(n), [ours_cron(d) for d in dues]))
+        deadline = max(dues) + 10
+        watcher = start_watcher(REDIS_DB_OURS, n, deadline, first_due)
+        spec = {
+            "mode": "run",
+            "expected": n,
+            "first_due": first_due,
+            "deadline": deadline,
+            "queue": QUEUE,
+            "config": daemon_config(db.name, REDIS_DB_OURS),
+        }
+        daemon = run_daemon(case, spec, opts, timeout=deadline - time.time() + 60)
+        watched = _json_line(watcher, "watcher", timeout=max(5, deadline - time.time() + 5))
+        report = lateness_report(case, REDIS_DB_OURS, watched, n, first_due)
+        report["spread_secs"] = spread
+        report["daemon"] = daemon
+        return report
+    finally:
+        db.drop()
+        flush(REDIS_DB_OURS)
+
+
+def case_anchor(opts: argparse.Namespace, case: str, n: int, spread: int) -> dict[str, Any]:
+    flush(REDIS_DB_ANCHOR)
+    log_path = RESULTS / f"{case}.log"
+    lead = 5 + n * 0.0004
+    first_due = math.ceil(time.time() + lead)
+    dues = due_instants(n, first_due, spread)
+    spec = {
+        "db": REDIS_DB_ANCHOR,
+        "jobs": [[name, anchor_cron(d), d] for name, d in zip(schedule_names(n), dues)],
+    }
+    spec_path = RESULTS / f"{case}.spec.json"
+    spec_path.write_text(json.dumps(spec))
+    deadline = max(dues) + 15
+    watcher = start_watcher(REDIS_DB_ANCHOR, n, deadline, first_due)
+    with open(log_path, "w", encoding="utf-8") as log:
+        anchor = _spawn("bench.anchor", str(spec_path), stderr=log)
+        try:
+            _expect_ready(anchor, "rq cron anchor")
+            started = time.time()
+            watched = _json_line(watcher, "watcher", timeout=deadline - time.time() + 10)
+        finally:
+            anchor.terminate()
+            try:
+                anchor.wait(10)
+            except subprocess.TimeoutExpired:
+                anchor.kill()
+                anchor.wait()
+    try:
+        report = lateness_report(case, REDIS_DB_ANCHOR, watched, n, first_due)
+        report["spread_secs"] = spread
+        report["margin_secs"] = round(first_due - started, 3)
+        return report
+    finally:
+        flush(REDIS_DB_ANCHOR)
+
+
+# -- output ------------------------------------------------------------------------
+
+def machine() -> dict[str, Any]:
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    r = sync_redis(REDIS_DB_OURS)
+    info = r.info("server")
+    conn = fixtures._connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            mariadb = cur.fetchone()[0]
+    finally:
+        conn.close()
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "rq": version("rq"),
+        "Twisted": version("Twisted"),
+        "txredisapi": version("txredisapi"),
+        "croniter": version("croniter"),
+        "PyMySQL": version("PyMySQL"),
+        "redis_server": info.get("redis_version"),
+        "mariadb_server": mariadb,
+    }
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}{unit}" if abs(value) >= 10 else f"{value:.2f}{unit}"
+    return f"{value:,}{unit}" if isinstance(value, int) else f"{value}{unit}"
+
+
+def table(results: dict[str, Any]) -> str:
+    rows: list[tuple[str, ...]] = [("case", "N", "p50 ms", "p99 ms", "max ms", "last ms",
+                                     "jobs/s S->last", "jobs/s first->last", "notes")]
+    plan = results["cases"].get("plan")
+    if plan:
+        rows.append(("plan", _fmt(plan["expected"]), "", "", "", "", "", "",
+                     f"startService -> all in ZSET: {plan.get('plan_secs', float('nan')):.3f} s"
+                     f" (target < 2 s; {plan.get('distinct_crons')} crons,"
+                     f" {plan.get('planner_batches')} batches)"))
+    for case in ("burst", "anchor_burst", "spread", "anchor_spread", "burst10k"):
+        r = results["cases"].get(case)
+        if not r:
+            continue
+        w = r["watcher"]
+        note = f"landed {r['landed']}/{r['expected']}"
+        if r.get("early"):
+            note += f", {r['early']} EARLY"
+        if case.startswith("anchor"):
+            note += " (rq cron)"
+        else:
+            e = r["enqueued_at"]
+            note += f"; enqueued_at p99 {_fmt(e.get('p99_ms'))}"
+        burst = "burst" in case
+        rate = r.get("rate_due_to_last_per_s") if burst else None
+        rate2 = r.get("rate_first_to_last_per_s") if burst else None
+        rows.append((case, _fmt(r["expected"]), _fmt(w.get("p50_ms")), _fmt(w.get("p99_ms")),
+                     _fmt(w.get("max_ms")), _fmt(r.get("last_landing_after_due_ms")),
+                     _fmt(rate), _fmt(rate2), note))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for name, value in results.get("ratios", {}).items():
+        lines.append(f"ratio {name}: {value}")
+    m = results["machine"]
+    lines.append(
+        f"machine: {m['cpus']} CPUs, {m['date']}, Python {m['python']}, rq {m['rq']}, "
+        f"Twisted {m['Twisted']}, Redis {m['redis_server']}, MariaDB {m['mariadb_server']}"
+    )
+    return "\n".join(lines)
+
+
+def ratios(cases: dict[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for ours, anchor in (("burst", "anchor_burst"), ("spread", "anchor_spread")):
+        if ours in cases and anchor in cases:
+            for key in ("p50_ms", "p99_ms", "max_ms"):
+                out[f"{ours} {key} ours/rq-cron"] = ratio(
+                    cases[ours]["watcher"].get(key), cases[anchor]["watcher"].get(key))
+    if "burst" in cases and "anchor_burst" in cases:
+        out["burst jobs/s ours/rq-cron"] = ratio(
+            cases["burst"].get("rate_due_to_last_per_s"),
+            cases["anchor_burst"].get("rate_due_to_last_per_s"))
+    return out
+
+
+CASES = ("plan", "burst", "anchor_burst", "spread", "anchor_spread", "burst10k")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small N, short spread (smoke run)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the daemon under cProfile (bench/results/CASE.prof); "
+                             "figures are then slower than real")
+    parser.add_argument("--trace", action="store_true",
+                        help="record spans of the timer's, store's and planner's calls "
+                             "(bench/results/CASE.trace.json)")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(CASES)}")
+    opts = parser.parse_args(argv)
+    selected = [c for c in opts.only.split(",") if c] or list(CASES)
+    unknown = set(selected) - set(CASES)
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fixtures.drop_leftover_databases()
+    n_plan, n, n_big, spread = (2000, 200, 1000, 10) if opts.quick else (10000, 1000, 10000, 60)
+    runners = {
+        "plan": lambda: case_plan(opts, n_plan),
+        "burst": lambda: case_ours(opts, "burst", n, 1),
+        "anchor_burst": lambda: case_anchor(opts, "anchor_burst", n, 1),
+        "spread": lambda: case_ours(opts, "spread", n, spread),
+        "anchor_spread": lambda: case_anchor(opts, "anchor_spread", n, spread),
+        "burst10k": lambda: case_ours(opts, "burst10k", n_big, 1),
+    }
+    results: dict[str, Any] = {"machine": machine(), "quick": opts.quick,
+                               "profiled": opts.profile, "cases": {}}
+    began = time.time()
+    for case in CASES:
+        if case not in selected:
+            continue
+        t = time.time()
+        print(f"== {case} ...", flush=True)
+        results["cases"][case] = runners[case]()
+        results["cases"][case]["case_wall_secs"] = round(time.time() - t, 1)
+    results["ratios"] = ratios(results["cases"])
+    results["total_wall_secs"] = round(time.time() - began, 1)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(table(results))
+    print(f"total {results['total_wall_secs']} s; details in {RESULTS / 'latest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
