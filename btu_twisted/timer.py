@@ -27,7 +27,7 @@ from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
 from btu_twisted.records import ScheduleRow
 from btu_twisted.sql import Database
-from btu_twisted.store import CLAIMED, STALE, Claim, ScheduleStore, split_member
+from btu_twisted.store import CLAIMED, Claim, ScheduleStore, split_member
 
 LOOKAHEAD = 2.0          # seconds before a run is due to read its row and build its job
 FETCH_LIMIT = 5000       # members looked at per wake-up
@@ -255,11 +255,6 @@ class Timer(Service):
         except BuildError as e:
             self._build_failed(member, name, when, e)
             return
-        if late > 1:
-            self.log.warn(
-                "run of {schedule} at {when} is late by {late:.0f} s; enqueueing it once now",
-                schedule=name, when=_iso(when), late=late,
-            )
         self._retry_at.pop(member, None)
         if self._delayed.pop(name, None) is not None:
             self.log.info("schedule {schedule} can be enqueued again", schedule=name)
@@ -267,6 +262,22 @@ class Timer(Service):
             member=member, schedule=name, when=when,
             job_id=built.job_id, origin=built.origin, fields=built.fields,
         )
+
+    def _within_grace(self, claim: Claim, now: float) -> Claim:
+        """The claim to make for a due job: a job prepared in time whose claim
+        comes too late (Redis was away) is skipped, as misfire_grace_secs says,
+        not enqueued late."""
+        late = now - claim.when
+        if self._grace is None or not claim.job_id or late <= self._grace:
+            return claim
+        self.log.warn(
+            "run of {schedule} at {when} skipped: missed by {late:.0f} s, "
+            "more than misfire_grace_secs ({grace})",
+            schedule=claim.schedule, when=_iso(claim.when), late=late, grace=self._grace,
+        )
+        skip = Claim(member=claim.member, schedule=claim.schedule, when=claim.when)
+        self._prepared[claim.member] = skip
+        return skip
 
     def _build_failed(self, member: str, name: str, when: int, error: BuildError) -> None:
         reason = str(error)
@@ -297,7 +308,7 @@ class Timer(Service):
     # -- claiming ------------------------------------------------------------
     async def _claim_due(self) -> None:
         now = self._clock.seconds()
-        due = [c for c in self._prepared.values() if c.when <= now]
+        due = [self._within_grace(c, now) for c in list(self._prepared.values()) if c.when <= now]
         if not due:
             return
         due.sort(key=lambda c: c.when)
@@ -319,17 +330,29 @@ class Timer(Service):
                 self.stats.last_schedule = claim.schedule
                 self.stats.lateness.append(lateness)
                 self._on_enqueued(claim, lateness)
-                self.log.info(
-                    "enqueued {schedule} run at {when} as job {job_id} on {origin}",
-                    schedule=claim.schedule, when=_iso(claim.when),
-                    job_id=claim.job_id, origin=claim.origin,
-                )
+                if lateness > 1:
+                    self.log.warn(
+                        "run of {schedule} at {when} was late by {late:.0f} s; "
+                        "enqueued it once now as job {job_id} on {origin}",
+                        schedule=claim.schedule, when=_iso(claim.when), late=lateness,
+                        job_id=claim.job_id, origin=claim.origin,
+                    )
+                else:
+                    self.log.info(
+                        "enqueued {schedule} run at {when} as job {job_id} on {origin}",
+                        schedule=claim.schedule, when=_iso(claim.when),
+                        job_id=claim.job_id, origin=claim.origin,
+                    )
             elif result == CLAIMED:
                 self.stats.skipped += 1
             else:
                 self.stats.lost += 1
-            if result in (CLAIMED, STALE):
-                self._fifo.add(claim.schedule)
+            # LOST too: the winner normally plans the next run, but it may have
+            # been killed right after its claim, or the winner may be us (an
+            # earlier attempt of this claim ran but its reply was lost).  The
+            # store never brings back a run already enqueued, so planning
+            # again is always safe.
+            self._fifo.add(claim.schedule)
 
 
 def _iso(when: int) -> str:
