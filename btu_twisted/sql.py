@@ -13,9 +13,12 @@ from typing import Any
 import pymysql
 from twisted.enterprise import adbapi
 from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
 
 from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow
+
+_log = Logger()
 
 # One query reads a whole batch; MariaDB handles IN lists of this size easily.
 BATCH_SIZE = 500
@@ -61,6 +64,42 @@ def row_from(values: Sequence[Any]) -> ScheduleRow:
     )
 
 
+class _QuietPool(adbapi.ConnectionPool):
+    """adbapi's pool, without two tracebacks per dead connection.
+
+    After any error adbapi rolls back; on a connection that died (MariaDB
+    restarted, network cut) that rollback fails too and, with ``cp_reconnect``,
+    adbapi logs "Rollback failed" twice, with tracebacks, for every pooled
+    connection — an outage must be one log line (the ``Dependency``'s).  Our
+    queries are autocommit reads, so there is nothing to roll back: a
+    connection error just forgets this thread's connection (the next query
+    opens a new one) and goes to the caller.  Other errors keep adbapi's path.
+    """
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
+        conn = self.connectionFactory(self)
+        trans = self.transactionFactory(self, conn)
+        try:
+            result = interaction(trans, *args, **kw)
+            trans.close()
+            conn.commit()
+            return result
+        except Exception as e:
+            if _is_connection_error(e):
+                dead = self.connections.pop(self.threadID(), None)
+                if dead is not None:
+                    try:
+                        dead.close()
+                    except Exception:
+                        pass  # already closed by the driver
+            else:
+                try:
+                    conn.rollback()
+                except Exception:
+                    _log.failure("Rollback failed")
+            raise
+
+
 class Database:
     """The adbapi pool (its own small thread pool) and our queries."""
 
@@ -95,7 +134,7 @@ class Database:
 
     def start(self) -> None:
         """Start the thread pool; connections open on first use."""
-        self._pool = adbapi.ConnectionPool(
+        self._pool = _QuietPool(
             "pymysql",
             cp_reactor=self._reactor,
             cp_min=1,
