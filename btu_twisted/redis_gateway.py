@@ -56,7 +56,37 @@ class RedisGateway:
 
     def start(self) -> None:
         """Connect lazily: start-up must not wait for (or fail on) Redis."""
-        self._pool = txredisapi.lazyConnectionPool(**self._params)
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> Any:
+        pool = txredisapi.lazyConnectionPool(**self._params)
+        # A pool that never completes fails this Deferred; the outage is
+        # reported through ``health``, not as an unhandled error.
+        waiting = getattr(getattr(pool, "_factory", None), "deferred", None)
+        if isinstance(waiting, Deferred):
+            waiting.addErrback(lambda _: None)
+        return pool
+
+    def _live_pool(self) -> Any:
+        """The pool, replaced if txredisapi has given up on it.
+
+        txredisapi stops reconnecting for good when SELECT or AUTH fails while
+        a connection is being set up, even when the failure is only the
+        connection dropping (a restarting Redis, a proxy in front of it): with
+        ``rq_database`` or ``rq_password`` set, one such drop would leave the
+        daemon without Redis until restarted.  A fresh pool starts over; the
+        callers' backoff paces the attempts.
+        """
+        factory = getattr(self._pool, "_factory", None)
+        if (
+            factory is not None
+            and factory.stopped
+            and not factory.size
+            and not factory.disconnectCalled
+        ):
+            old, self._pool = self._pool, self._new_pool()
+            old.disconnect().addErrback(lambda _: None)
+        return self._pool
 
     def stop(self) -> Deferred[None]:
         pool, self._pool = self._pool, None
@@ -75,7 +105,7 @@ class RedisGateway:
     def _call(self, method: str, *args: Any) -> Deferred[Any]:
         if self._pool is None:
             raise RuntimeError("RedisGateway used before start()")
-        d: Deferred[Any] = getattr(self._pool, method)(*args)
+        d: Deferred[Any] = getattr(self._live_pool(), method)(*args)
         d.addTimeout(self._timeout, self._clock)
         d.addCallbacks(self._ok, self._failed)
         return d
