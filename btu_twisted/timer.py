@@ -80,6 +80,7 @@ class Timer(Service):
         self._prepared: dict[str, Claim] = {}
         self._building: set[str] = set()
         self._retry_at: dict[str, float] = {}
+        self._retry_wait: dict[str, float] = {}
         self._delayed: dict[str, str] = {}      # schedule -> reason already logged
         self._build_slots = DeferredSemaphore(BUILD_CONCURRENCY)
         self._backoff = Backoff()
@@ -122,7 +123,11 @@ class Timer(Service):
         if self._ticking is not None:
             self._again = True
             return
-        self._ticking = Deferred.fromCoroutine(self._tick_safely())
+        d = Deferred.fromCoroutine(self._tick_safely())
+        # A step that finished without waiting has already cleared _ticking;
+        # keeping its fired Deferred would make every later wake-up a no-op.
+        if not d.called:
+            self._ticking = d
 
     async def _tick_safely(self) -> None:
         next_delay = float(self._polling)
@@ -217,7 +222,7 @@ class Timer(Service):
             rows = await self._db.read_schedules([name for _, name, _ in wanted])
         except Exception as e:
             for member, _, _ in wanted:
-                self._retry_at[member] = self._clock.seconds() + self._backoff_for(member)
+                self._schedule_retry(member)
             self.log.debug("rows for due runs unavailable: {error}", error=e)
             return
         builds = [
@@ -229,7 +234,6 @@ class Timer(Service):
 
     async def _prepare(self, member: str, name: str, when: int, row: ScheduleRow | None) -> None:
         now = self._clock.seconds()
-        skip = Claim(member=member, schedule=name, when=when)
         if row is None or not row.enabled:
             self.log.info(
                 "run of {schedule} at {when} dropped: the schedule is {state}",
@@ -237,7 +241,7 @@ class Timer(Service):
                 when=_iso(when),
                 state="deleted" if row is None else "disabled",
             )
-            self._prepared[member] = skip
+            self._settle_without_job(member, name, when)
             self._on_failure("schedule_gone")
             return
         late = now - when
@@ -247,7 +251,7 @@ class Timer(Service):
                 "more than misfire_grace_secs ({grace})",
                 schedule=name, when=_iso(when), late=late, grace=self._grace,
             )
-            self._prepared[member] = skip
+            self._settle_without_job(member, name, when)
             self._on_failure("misfire_skipped")
             return
         try:
@@ -255,8 +259,7 @@ class Timer(Service):
         except BuildError as e:
             self._build_failed(member, name, when, e)
             return
-        self._retry_at.pop(member, None)
-        if self._delayed.pop(name, None) is not None:
+        if self._forget_retry(member, name):
             self.log.info("schedule {schedule} can be enqueued again", schedule=name)
         self._prepared[member] = Claim(
             member=member, schedule=name, when=when,
@@ -287,9 +290,9 @@ class Timer(Service):
                 "run of {schedule} at {when} skipped: {reason}",
                 schedule=name, when=_iso(when), reason=reason,
             )
-            self._prepared[member] = Claim(member=member, schedule=name, when=when)
+            self._settle_without_job(member, name, when)
             return
-        self._retry_at[member] = self._clock.seconds() + self._backoff_for(member)
+        self._schedule_retry(member)
         if name not in self._delayed:
             self._delayed[name] = reason
             self.log.warn(
@@ -297,13 +300,22 @@ class Timer(Service):
                 schedule=name, when=_iso(when), reason=reason,
             )
 
-    def _backoff_for(self, member: str) -> float:
-        previous = self._retry_at.get(member)
-        now = self._clock.seconds()
-        if previous is None:
-            return 1.0
-        # Double the last wait (measured from when it was set), at most 30 s.
-        return min(30.0, max(1.0, 2 * (previous - now + 1.0)))
+    def _schedule_retry(self, member: str) -> None:
+        """Retry this run after 1, 2, 4, ... seconds, at most 30."""
+        wait = min(30.0, 2 * self._retry_wait.get(member, 0.5))
+        self._retry_wait[member] = wait
+        self._retry_at[member] = self._clock.seconds() + wait
+
+    def _forget_retry(self, member: str, name: str) -> bool:
+        """The run is settled; True if its schedule had a delay logged."""
+        self._retry_at.pop(member, None)
+        self._retry_wait.pop(member, None)
+        return self._delayed.pop(name, None) is not None
+
+    def _settle_without_job(self, member: str, name: str, when: int) -> None:
+        """Claim this run with no job (skipped or dropped), ending any delay."""
+        self._forget_retry(member, name)
+        self._prepared[member] = Claim(member=member, schedule=name, when=when)
 
     # -- claiming ------------------------------------------------------------
     async def _claim_due(self) -> None:
