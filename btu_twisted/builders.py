@@ -313,6 +313,7 @@ class FrappeBuilder(_Builder):
     def __init__(self, prefix: str, client: SiteClient, clock: Any = None) -> None:
         self._prefix = prefix
         self._client = client
+        self._clock = clock
         # The site's up/down state for ``status`` and metrics; a 4xx or a bad
         # body means the site answered, so only transient errors count.
         self.health = Dependency("Frappe site", clock) if clock is not None else None
@@ -320,6 +321,7 @@ class FrappeBuilder(_Builder):
     def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
         """Fetch the pickle, then build; cancelling the result aborts the request."""
         origin = queue_origin(row, self._prefix)
+        started = self._clock.seconds() if self._clock is not None else None
         d: Deferred[bytes] = self._client.fetch(row.task, row.name)
 
         def built(data: bytes) -> BuiltJob:
@@ -331,7 +333,7 @@ class FrappeBuilder(_Builder):
             if failure.check(FetchError):
                 exc = failure.value
                 if self.health is not None and exc.transient:
-                    self.health.failed(exc.reason)
+                    self.health.failed(exc.reason, started=started)
                 return Failure(BuildError(row.name, exc.reason, transient=exc.transient))
             if failure.check(defer.CancelledError):
                 return failure

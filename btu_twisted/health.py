@@ -21,16 +21,24 @@ class Dependency:
         self._clock = clock
         self.down_since: float | None = None
         self.last_error: str | None = None
+        self.last_success: float | None = None
         self.outages = 0
 
     @property
     def up(self) -> bool:
         return self.down_since is None
 
-    def failed(self, reason: object) -> bool:
-        """Record a failure; True (and one log line) only when an outage starts."""
+    def failed(self, reason: object, started: float | None = None) -> bool:
+        """Record a failure; True (and one log line) only when an outage starts.
+
+        ``started`` is when the failed attempt began: an attempt begun before
+        the last success (a connect still failing from the outage that has
+        just ended) says nothing new and does not start another outage.
+        """
         self.last_error = _one_line(reason)
         if self.down_since is not None:
+            return False
+        if started is not None and self.last_success is not None and started < self.last_success:
             return False
         self.down_since = self._clock.seconds()
         self.outages += 1
@@ -42,6 +50,7 @@ class Dependency:
         return True
 
     def succeeded(self) -> None:
+        self.last_success = self._clock.seconds()
         if self.down_since is None:
             return
         downtime = self._clock.seconds() - self.down_since

@@ -105,19 +105,20 @@ class RedisGateway:
     def _call(self, method: str, *args: Any) -> Deferred[Any]:
         if self._pool is None:
             raise RuntimeError("RedisGateway used before start()")
+        started = self._clock.seconds()
         d: Deferred[Any] = getattr(self._live_pool(), method)(*args)
         d.addTimeout(self._timeout, self._clock)
-        d.addCallbacks(self._ok, self._failed)
+        d.addCallbacks(self._ok, self._failed, errbackArgs=(started,))
         return d
 
     def _ok(self, result: Any) -> Any:
         self.health.succeeded()
         return result
 
-    def _failed(self, failure: Any) -> Any:
+    def _failed(self, failure: Any, started: float | None = None) -> Any:
         # A script error (ResponseError) means Redis answered: it is up.
         if failure.check(txredisapi.ResponseError):
             self.health.succeeded()
         else:
-            self.health.failed(failure)
+            self.health.failed(failure, started=started)
         return failure

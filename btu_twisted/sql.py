@@ -177,11 +177,12 @@ class Database:
     async def _run(self, func: Any, *args: Any) -> Any:
         if self._pool is None:
             raise RuntimeError("Database used before start()")
+        started = self._reactor.seconds()  # type: ignore[attr-defined]
         try:
             result = await self._pool.runInteraction(func, *args)
         except Exception as e:
             if _is_connection_error(e):
-                self.health.failed(e)
+                self.health.failed(e, started=started)
             raise
         self.health.succeeded()
         return result
