@@ -21,7 +21,7 @@ class Dependency:
         self._clock = clock
         self.down_since: float | None = None
         self.last_error: str | None = None
-        self.last_success: float | None = None
+        self.recovered_at: float | None = None
         self.outages = 0
 
     @property
@@ -32,13 +32,14 @@ class Dependency:
         """Record a failure; True (and one log line) only when an outage starts.
 
         ``started`` is when the failed attempt began: an attempt begun before
-        the last success (a connect still failing from the outage that has
-        just ended) says nothing new and does not start another outage.
+        the end of the last outage (a connect still failing from it, reported
+        after another attempt already succeeded) says nothing new and does not
+        start another outage.
         """
         self.last_error = _one_line(reason)
         if self.down_since is not None:
             return False
-        if started is not None and self.last_success is not None and started < self.last_success:
+        if started is not None and self.recovered_at is not None and started < self.recovered_at:
             return False
         self.down_since = self._clock.seconds()
         self.outages += 1
@@ -50,9 +51,9 @@ class Dependency:
         return True
 
     def succeeded(self) -> None:
-        self.last_success = self._clock.seconds()
         if self.down_since is None:
             return
+        self.recovered_at = self._clock.seconds()
         downtime = self._clock.seconds() - self.down_since
         self.down_since = None
         self.log.info(
