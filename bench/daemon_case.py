@@ -25,13 +25,19 @@ With ``profile`` set, the whole run is under cProfile and the stats are
 written to that path.  With ``trace`` set, a few of the service's coroutine
 methods are wrapped (on the instances, the daemon's code is untouched) to
 record when each call started and ended; the spans are written to that path
-as JSON ``[[what, start, end, size], ...]``.
+as JSON ``[[what, start, end, size], ...]``.  With ``patch`` set (from the
+``BTU_BENCH_PATCH`` environment variable of :mod:`bench.run`), that Python file
+is run and its ``patch_service(service, reactor)`` is called on the new
+service before it starts: a way to measure a candidate daemon change without
+editing the tree.  Results of a patched run are marked as such.
 """
 
 from __future__ import annotations
 
 import cProfile
+import gc
 import json
+import runpy
 import sys
 import time
 from typing import Any
@@ -65,7 +71,34 @@ TRACED = (
 
 
 def install_trace(service: BtuService, spans: list[list[Any]]) -> None:
-    """Record (what, start, end, size) for each call of the TRACED methods."""
+    """Record (what, start, end, size) for each call of the TRACED methods,
+    and every garbage collection (``gc.genN``, size = objects collected)."""
+    gc_start: list[float] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_start[:] = [time.time()]
+        elif gc_start:
+            spans.append([f"gc.gen{info['generation']}", gc_start[0], time.time(),
+                          info.get("collected")])
+
+    gc.callbacks.append(on_gc)
+
+    # txredisapi turning a big command (a claim or a plan script) into bytes.
+    import txredisapi
+
+    build = txredisapi.BaseRedisProtocol._build_command
+
+    def traced_build(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(args) < 1000:
+            return build(self, *args, **kwargs)
+        start = time.time()
+        try:
+            return build(self, *args, **kwargs)
+        finally:
+            spans.append(["redis.encode", start, time.time(), len(args)])
+
+    txredisapi.BaseRedisProtocol._build_command = traced_build
     for owner_name, method_name in TRACED:
         owner = getattr(service, owner_name)
         original = getattr(owner, method_name)
@@ -106,6 +139,8 @@ async def run_case(reactor: Any, spec: dict[str, Any]) -> dict[str, Any]:
     fatal: list[str] = []
     service = BtuService(config, reactor, on_fatal=fatal.append, warnings=warnings)
     spans: list[list[Any]] = []
+    if spec.get("patch"):
+        runpy.run_path(spec["patch"])["patch_service"](service, reactor)
     if spec.get("trace"):
         install_trace(service, spans)
     expected = int(spec["expected"])

@@ -164,6 +164,8 @@ def run_daemon(case: str, spec: dict[str, Any], opts: argparse.Namespace,
         spec["profile"] = str(RESULTS / f"{case}.prof")
     if opts.trace:
         spec["trace"] = str(RESULTS / f"{case}.trace.json")
+    if os.environ.get("BTU_BENCH_PATCH"):
+        spec["patch"] = os.path.abspath(os.environ["BTU_BENCH_PATCH"])
     spec_path = RESULTS / f"{case}.spec.json"
     spec_path.write_text(json.dumps(spec))
     proc = _spawn("bench.daemon_case", str(spec_path))
@@ -344,7 +346,17 @@ def machine() -> dict[str, Any]:
             mariadb = cur.fetchone()[0]
     finally:
         conn.close()
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=str(ROOT), capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
     return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        # The daemon measured is the working tree; say so when it differs from the commit.
+        "btu_twisted_dirty": bool(git("status", "--porcelain", "--", "btu_twisted")),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -401,7 +413,12 @@ def table(results: dict[str, Any]) -> str:
     for name, value in results.get("ratios", {}).items():
         lines.append(f"ratio {name}: {value}")
     m = results["machine"]
+    if results.get("patched"):
+        lines.append(f"PATCHED daemon (BTU_BENCH_PATCH={results['patched']}): not the tree's figures")
+    if results.get("profiled"):
+        lines.append("PROFILED daemon (cProfile): slower than real")
     lines.append(
+        f"btu_twisted at {m['commit']}{' + uncommitted changes' if m['btu_twisted_dirty'] else ''}; "
         f"machine: {m['cpus']} CPUs, {m['date']}, Python {m['python']}, rq {m['rq']}, "
         f"Twisted {m['Twisted']}, Redis {m['redis_server']}, MariaDB {m['mariadb_server']}"
     )
@@ -454,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
         "burst10k": lambda: case_ours(opts, "burst10k", n_big, 1),
     }
     results: dict[str, Any] = {"machine": machine(), "quick": opts.quick,
-                               "profiled": opts.profile, "cases": {}}
+                               "profiled": opts.profile,
+                               "patched": os.environ.get("BTU_BENCH_PATCH") or None,
+                               "cases": {}}
     began = time.time()
     for case in CASES:
         if case not in selected:
