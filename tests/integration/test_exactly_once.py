@@ -38,6 +38,7 @@ from tests.integration.test_faults import (
     EVERY_3,
     collect_jobs,
     duplicates,
+    exclusive_redis_db,
     missing_runs,
     ping_once,
     sleep,
@@ -105,7 +106,8 @@ async def wait_answering(daemons: list[Daemon], timeout: float = 60) -> None:
 class ThreeDaemonsTests(unittest.TestCase):
     timeout = 180
 
-    def setUp(self) -> None:
+    async def setUp(self) -> None:
+        await exclusive_redis_db(self, DB, wait=170)
         self.dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="btu-once-"))
         self.db = TestDatabase(load_samples=False)
         self.addCleanup(self.db.drop)
@@ -177,7 +179,8 @@ class DyingWinnerTests(unittest.TestCase):
 
     timeout = 60
 
-    def setUp(self) -> None:
+    async def setUp(self) -> None:
+        await exclusive_redis_db(self, DB, wait=50)
         self.db = TestDatabase(load_samples=False)
         self.addCleanup(self.db.drop)
         self.redis = sync_redis(DB)

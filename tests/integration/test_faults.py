@@ -18,11 +18,13 @@ before the fault and every run after recovery is there exactly once.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import pickle
 import socket
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -174,6 +176,29 @@ async def sleep_until_fraction(fraction: float) -> float:
     return time.time()
 
 
+async def exclusive_redis_db(case: unittest.TestCase, db: int, wait: float = 80.0) -> None:
+    """Hold a machine-wide lock on Redis database ``db`` until ``case`` ends.
+
+    Two runs of these tests at once (several people sharing one machine and
+    its Redis) would flush and fill each other's database; with the lock they
+    take turns, test by test.  Register it before any other cleanup so it is
+    released last.
+    """
+    path = os.path.join(tempfile.gettempdir(), f"btu_twisted-test-redis-db{db}.lock")
+    handle = open(path, "w")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                raise AssertionError(f"Redis db {db} stayed locked by another test run") from None
+            await sleep(0.25)
+    case.addCleanup(handle.close)  # closing the file releases the lock
+
+
 # --- the test base -----------------------------------------------------------
 
 
@@ -182,7 +207,8 @@ class FaultCase(unittest.TestCase):
 
     timeout = 90
 
-    def setUp(self) -> None:
+    async def setUp(self) -> None:
+        await exclusive_redis_db(self, DB)
         self.db = TestDatabase(load_samples=False)
         self.addCleanup(self.db.drop)
         self.redis = sync_redis(DB)
