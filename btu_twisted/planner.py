@@ -94,6 +94,18 @@ class Planner(Service):
                 return
             finally:
                 self._waiting = None
+            if not self._fifo:
+                # Woken by the first name of what is usually a burst (a
+                # refresh, a claim round): let the rest arrive in this reactor
+                # turn so they share one query instead of costing two.
+                self._waiting = deferLater(self._clock, 0, lambda: None)
+                try:
+                    await self._waiting
+                except CancelledError:
+                    self._fifo.add(first)
+                    return
+                finally:
+                    self._waiting = None
             names = [first] + self._fifo.take(self._batch_size - 1)
             try:
                 await self.plan(names)

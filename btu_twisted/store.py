@@ -148,6 +148,31 @@ return removed
 """.replace("%s", _NAME_OF)
 
 
+# What the timer needs at each wake-up, in one round trip: how many members
+# there are, the members due by the horizon, and the first one after it (when
+# to wake next).  Reading only the near ones keeps a wake-up cheap however
+# many schedules there are.
+WINDOW = """
+local zset, horizon, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local out = {redis.call('ZCARD', zset)}
+local beyond = redis.call('ZRANGEBYSCORE', zset, '(' .. horizon, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+out[2] = beyond[1] or ''
+out[3] = beyond[2] or ''
+local near = redis.call('ZRANGEBYSCORE', zset, '-inf', horizon, 'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #near do out[#out + 1] = near[i] end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Window:
+    """The sorted set as the timer sees it at one wake-up."""
+
+    count: int
+    near: list[tuple[str, int]]
+    beyond: tuple[str, int] | None
+
+
 @dataclass(frozen=True)
 class Claim:
     """One due member to claim, with its job's hash (None: claim without a job)."""
@@ -238,6 +263,14 @@ class ScheduleStore:
         """Remove members that no schedule owns (unreadable, no ``|``)."""
         if members:
             await self._redis.command("ZREM", SCHEDULE_SET, *members)
+
+    async def window(self, horizon: float, limit: int) -> Window:
+        """Members due by ``horizon`` (at most ``limit``), and the next one after."""
+        reply = list(await self._redis.eval(WINDOW, [SCHEDULE_SET], [f"{horizon:.3f}", limit]))
+        beyond = (reply[1], int(float(reply[2]))) if reply[1] else None
+        flat = reply[3:]
+        near = [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+        return Window(int(reply[0]), near, beyond)
 
     async def count(self) -> int:
         return int(await self._redis.command("ZCARD", SCHEDULE_SET))

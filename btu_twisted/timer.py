@@ -12,7 +12,7 @@ build, one claim wins and the others drop their copies.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -30,9 +30,10 @@ from btu_twisted.sql import Database
 from btu_twisted.store import CLAIMED, Claim, ScheduleStore, split_member
 
 LOOKAHEAD = 2.0          # seconds before a run is due to read its row and build its job
-FETCH_LIMIT = 5000       # members looked at per wake-up
+FETCH_LIMIT = 20000      # due members looked at per wake-up
 CLAIM_BATCH = 500        # members claimed per script call
 BUILD_CONCURRENCY = 16   # builds in flight at once (HTTP calls to the site)
+BATCH_LOG_DETAIL = 20    # claim batches larger than this log one summary line at info
 
 
 @dataclass
@@ -150,45 +151,48 @@ class Timer(Service):
     async def _step(self) -> float:
         """Claim what is due, prepare what is close; returns seconds until the next step."""
         await self._claim_due()
+        window = await self._store.window(self._clock.seconds() + self._lookahead, FETCH_LIMIT)
+        # Read the clock after the round trip: a wake-up computed from before
+        # it would be late by however long Redis took.
         now = self._clock.seconds()
-        members = await self._store.earliest(FETCH_LIMIT)
-        self.stats.members_seen = len(members)
-        self.stats.next_due = members[0] if members else None
-        self._forget_vanished(members)
-        horizon = now + self._lookahead
+        self.stats.members_seen = window.count
+        self.stats.next_due = window.near[0] if window.near else window.beyond
+        truncated = len(window.near) >= FETCH_LIMIT
+        self._forget_vanished(window.near, truncated)
+        next_at = now + float(self._polling)
+        if window.beyond is not None:
+            next_at = min(next_at, window.beyond[1] - self._lookahead)
         todo: list[tuple[str, int]] = []
-        next_delay = float(self._polling)
-        for member, when in members:
-            if when > horizon:
-                next_delay = min(next_delay, when - self._lookahead - now)
-                break
+        for member, when in window.near:
             if member in self._prepared:
-                next_delay = min(next_delay, when - now)
+                next_at = min(next_at, when)
             elif member not in self._building:
                 retry = self._retry_at.get(member, 0.0)
                 if retry > now:
-                    next_delay = min(next_delay, retry - now)
+                    next_at = min(next_at, retry)
                 else:
                     todo.append((member, when))
-        else:
-            # Every member we saw is close; if there were more than we looked
-            # at, look again once these builds are done (not in a busy loop).
-            self._truncated = len(members) >= FETCH_LIMIT
+        # More were due than we looked at: look again once these are built
+        # (not in a busy loop).
+        self._truncated = truncated
         if todo:
             self._start_builds(todo)
         if any(c.when <= self._clock.seconds() for c in self._prepared.values()):
-            next_delay = 0.0
-        return next_delay
+            return 0.0
+        return next_at - self._clock.seconds()
 
-    def _forget_vanished(self, members: list[tuple[str, int]]) -> None:
-        """Drop prepared jobs whose member is gone (cancelled, replanned, claimed elsewhere)."""
+    def _forget_vanished(self, near: list[tuple[str, int]], truncated: bool) -> None:
+        """Drop prepared jobs whose member is gone (cancelled, replanned, claimed elsewhere).
+
+        Prepared members were all due by an earlier, smaller horizon, so a
+        complete window lists every one still there.
+        """
         if not self._prepared:
             return
-        alive = {m for m, _ in members}
-        complete = len(members) < FETCH_LIMIT
-        last_seen = members[-1][1] if members else 0
+        alive = {m for m, _ in near}
+        last_seen = near[-1][1] if near else 0
         for member, claim in list(self._prepared.items()):
-            if member not in alive and (complete or claim.when < last_seen):
+            if member not in alive and (not truncated or claim.when < last_seen):
                 del self._prepared[member]
 
     # -- building ----------------------------------------------------------
@@ -324,37 +328,26 @@ class Timer(Service):
         if not due:
             return
         due.sort(key=lambda c: c.when)
-        for start in range(0, len(due), CLAIM_BATCH):
-            batch = due[start:start + CLAIM_BATCH]
-            enqueued_at = utcformat(datetime.now(timezone.utc))
-            results = await self._store.claim(batch, enqueued_at)
-            self._settle(batch, results, self._clock.seconds())
+        replan: list[str] = []
+        try:
+            for start in range(0, len(due), CLAIM_BATCH):
+                batch = due[start:start + CLAIM_BATCH]
+                enqueued_at = utcformat(datetime.now(timezone.utc))
+                results = await self._store.claim(batch, enqueued_at)
+                replan += self._settle(batch, results, self._clock.seconds())
+        finally:
+            # Replanning waits for the whole round, so the planner's SQL and
+            # cron work does not run between two claim batches.
+            self._fifo.extend(replan)
 
-    def _settle(self, batch: Iterable[Claim], results: list[int], now: float) -> None:
+    def _settle(self, batch: list[Claim], results: list[int], now: float) -> list[str]:
+        """Record a claim batch's results; returns the schedules to plan again."""
+        enqueued: list[Claim] = []
+        replan: list[str] = []
         for claim, result in zip(batch, results):
             self._prepared.pop(claim.member, None)
-            if not claim.schedule:
-                continue
             if result == CLAIMED and claim.job_id:
-                lateness = now - claim.when
-                self.stats.enqueued += 1
-                self.stats.last_enqueue = now
-                self.stats.last_schedule = claim.schedule
-                self.stats.lateness.append(lateness)
-                self._on_enqueued(claim, lateness)
-                if lateness > 1:
-                    self.log.warn(
-                        "run of {schedule} at {when} was late by {late:.0f} s; "
-                        "enqueued it once now as job {job_id} on {origin}",
-                        schedule=claim.schedule, when=_iso(claim.when), late=lateness,
-                        job_id=claim.job_id, origin=claim.origin,
-                    )
-                else:
-                    self.log.info(
-                        "enqueued {schedule} run at {when} as job {job_id} on {origin}",
-                        schedule=claim.schedule, when=_iso(claim.when),
-                        job_id=claim.job_id, origin=claim.origin,
-                    )
+                enqueued.append(claim)
             elif result == CLAIMED:
                 self.stats.skipped += 1
             else:
@@ -364,8 +357,38 @@ class Timer(Service):
             # earlier attempt of this claim ran but its reply was lost).  The
             # store never brings back a run already enqueued, so planning
             # again is always safe.
-            self._fifo.add(claim.schedule)
+            replan.append(claim.schedule)
+        for claim in enqueued:
+            lateness = now - claim.when
+            self.stats.lateness.append(lateness)
+            self._on_enqueued(claim, lateness)
+            self._log_enqueued(claim, lateness, detail=len(enqueued) <= BATCH_LOG_DETAIL)
+        if enqueued:
+            self.stats.enqueued += len(enqueued)
+            self.stats.last_enqueue = now
+            self.stats.last_schedule = enqueued[-1].schedule
+        if len(enqueued) > BATCH_LOG_DETAIL:
+            self.log.info(
+                "enqueued {count} runs due {first} to {last} (each logged at debug level)",
+                count=len(enqueued), first=_iso(enqueued[0].when), last=_iso(enqueued[-1].when),
+            )
+        return replan
 
+    def _log_enqueued(self, claim: Claim, lateness: float, detail: bool) -> None:
+        if lateness > 1:
+            self.log.warn(
+                "run of {schedule} at {when} was late by {late:.0f} s; "
+                "enqueued it once now as job {job_id} on {origin}",
+                schedule=claim.schedule, when=_iso(claim.when), late=lateness,
+                job_id=claim.job_id, origin=claim.origin,
+            )
+            return
+        emit = self.log.info if detail else self.log.debug
+        emit(
+            "enqueued {schedule} run at {when} as job {job_id} on {origin}",
+            schedule=claim.schedule, when=_iso(claim.when),
+            job_id=claim.job_id, origin=claim.origin,
+        )
 
 def _iso(when: int) -> str:
     return datetime.fromtimestamp(when, timezone.utc).isoformat().replace("+00:00", "Z")

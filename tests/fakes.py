@@ -32,7 +32,7 @@ from twisted.internet.task import Clock
 from btu_twisted.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow
-from btu_twisted.store import CLAIMED, LOST, QUEUE_PREFIX, STALE, Claim, member_for
+from btu_twisted.store import CLAIMED, LOST, QUEUE_PREFIX, STALE, Claim, Window, member_for
 
 T = TypeVar("T")
 
@@ -254,6 +254,15 @@ class FakeStore(_FakeService):
 
     def earliest(self, limit: int) -> Deferred[list[tuple[str, int]]]:
         return self._call("earliest", lambda: self._ordered()[:limit], limit)
+
+    def window(self, horizon: float, limit: int) -> Deferred[Window]:
+        def read() -> Window:
+            ordered = self._ordered()
+            near = [(m, w) for m, w in ordered if w <= horizon][:limit]
+            beyond = next(((m, w) for m, w in ordered if w > horizon), None)
+            return Window(len(ordered), near, beyond)
+
+        return self._call("window", read, (horizon, limit))
 
     def discard(self, members: Sequence[str]) -> Deferred[None]:
         members = list(members)

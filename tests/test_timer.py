@@ -479,7 +479,7 @@ class StoreOutageTests(TimerCase):
         self.store.down = True
         self.timer.startService()
         self.advance_to(T)
-        self.assertLess(self.store.calls["earliest"], 10)
+        self.assertLess(self.store.calls["window"], 10)
         self.store.down = False
         self.advance_to(T + 60)
         self.assertEqual(self.job_count("TS-1"), 1)
