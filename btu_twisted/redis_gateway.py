@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Protocol, Sequence
 
 import txredisapi
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
@@ -119,6 +120,10 @@ class RedisGateway:
         # A script error (ResponseError) means Redis answered: it is up.
         if failure.check(txredisapi.ResponseError):
             self.health.succeeded()
+        elif failure.check(TimeoutError, defer.TimeoutError):
+            # addTimeout's own text is "(5.0, 'Deferred')"; say what happened.
+            reason = f"no reply within {self._timeout:g} s"
+            self.health.failed(reason, started=started)
         else:
             self.health.failed(failure, started=started)
         return failure
