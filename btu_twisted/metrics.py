@@ -39,7 +39,9 @@ class Metrics:
             buckets=LATENESS_BUCKETS,
             registry=r,
         )
-        self.fifo_length = Gauge("btu_fifo_length", "Schedule names waiting to be planned", registry=r)
+        self.fifo_length = Gauge(
+            "btu_fifo_length", "Schedule names waiting to be planned", registry=r
+        )
         self.planned = Gauge(
             "btu_planned_schedules", "Members in the sorted set at the last refresh", registry=r
         )

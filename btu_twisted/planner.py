@@ -161,7 +161,9 @@ class Planner(Service):
 
     def _next_or_none(self, name: str, row: ScheduleRow | None, after: float) -> int | None:
         if row is None:
-            self.log.info("schedule {schedule} does not exist; it has no run planned", schedule=name)
+            self.log.info(
+                "schedule {schedule} does not exist; it has no run planned", schedule=name
+            )
             return None
         if not row.enabled:
             self.log.info("schedule {schedule} is disabled; it has no run planned", schedule=name)

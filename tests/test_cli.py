@@ -39,7 +39,7 @@ from btu_twisted.cli import main
 from btu_twisted.cli_jobs import read_job_call
 from btu_twisted.protocol import ControlFactory
 from btu_twisted.store import SCHEDULE_SET
-from tests.integration.support import TestDatabase, config_values, sync_redis
+from tests.integration.support import TestDatabase, config_values, sync_redis, toml_text
 
 REDIS_DB = 5
 TOKEN = "token key123:secret456"
@@ -63,19 +63,6 @@ BTU_PICKLE = (b"\x80\x04(" + _pickled_text("btu.btu_api.execute_job") + b"N)"
               + b"t.")
 
 
-def _toml(values: dict[str, Any]) -> str:
-    """Just enough TOML for config_values() output (str, int, float, bool)."""
-    lines = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            lines.append(f"{key} = {'true' if value else 'false'}")
-        elif isinstance(value, (int, float)):
-            lines.append(f"{key} = {value}")
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(lines) + "\n"
-
-
 class _Base(TestCase):
     """A private temp directory, a Redis database flushed around each test, and a config writer."""
 
@@ -96,7 +83,7 @@ class _Base(TestCase):
         values.update(overrides)
         path = os.path.join(self.tmp, f"btu-{len(os.listdir(self.tmp))}.toml")
         with open(path, "w") as stream:
-            stream.write(_toml({k: v for k, v in values.items() if v is not None}))
+            stream.write(toml_text(values))
         os.chmod(path, 0o600)
         return path
 

@@ -8,6 +8,7 @@ test set-up, never inside the daemon.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -97,7 +98,8 @@ class TestDatabase:
 
     def set_zone(self, zone: str | None) -> None:
         self.execute(
-            "DELETE FROM `tabSingles` WHERE doctype = 'BTU Configuration' AND field = 'cron_time_zone'"
+            "DELETE FROM `tabSingles`"
+            " WHERE doctype = 'BTU Configuration' AND field = 'cron_time_zone'"
         )
         if zone is not None:
             self.execute(
@@ -119,7 +121,30 @@ def sync_redis(db: int = REDIS_DB_DAEMON) -> redis.Redis:
     return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
 
 
-def config_values(database: str, redis_db: int = REDIS_DB_DAEMON, **overrides: Any) -> dict[str, Any]:
+def toml_text(values: dict[str, Any]) -> str:
+    """Just enough TOML for config_values() output (str, int, float, bool); None is left out."""
+    lines = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, (int, float)):
+            lines.append(f"{key} = {value}")
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_config(path: str | os.PathLike[str], values: dict[str, Any]) -> None:
+    """Write a config file the way an admin should: readable by its owner only."""
+    Path(path).write_text(toml_text(values))
+    os.chmod(path, 0o600)
+
+
+def config_values(
+    database: str, redis_db: int = REDIS_DB_DAEMON, **overrides: Any
+) -> dict[str, Any]:
     """A complete config dict (as TOML would give) for a daemon under test."""
     values: dict[str, Any] = dict(
         full_refresh_internal_secs=3600,

@@ -31,7 +31,7 @@ from twisted.trial import unittest
 
 from btu_twisted.store import MEMBER_INDEX
 from tests.integration.daemon import ROOT, make_service, wait_for
-from tests.integration.support import TestDatabase, config_values, sync_redis
+from tests.integration.support import TestDatabase, config_values, sync_redis, write_config
 from tests.integration.test_faults import (
     EVERY,
     EVERY_2,
@@ -43,7 +43,7 @@ from tests.integration.test_faults import (
     ping_once,
     sleep,
 )
-from tests.integration.test_plugin import TWISTD, write_toml
+from tests.integration.test_plugin import TWISTD
 
 DB = 9
 # 200 schedules at 1, 2 and 3 s: about 120 runs a second for three daemons
@@ -61,7 +61,7 @@ class Daemon:
         self.index = index
         self.socket = str(directory / f"btu{index}.sock")
         self.config = directory / f"btu{index}.toml"
-        write_toml(self.config, dict(values, socket_path=self.socket))
+        write_config(self.config, dict(values, socket_path=self.socket))
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 

@@ -8,12 +8,12 @@ import socket
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from btu_twisted.protocol import ControlFactory
 from tests.integration.daemon import make_service, wait_for
 from tests.integration.support import TestDatabase, config_values, sync_redis
-from twisted.internet.testing import StringTransport
 
 DB = 13
 

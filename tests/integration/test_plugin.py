@@ -19,23 +19,13 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from tests.integration.daemon import ROOT, wait_for
-from tests.integration.support import TestDatabase, config_values
+from tests.integration.support import TestDatabase, config_values, write_config
 
 DB = 4
-TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
-
-
-def write_toml(path: Path, values: dict[str, object]) -> None:
-    lines = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            lines.append(f"{key} = {'true' if value else 'false'}")
-        elif isinstance(value, (int, float)):
-            lines.append(f"{key} = {value}")
-        else:
-            lines.append(f'{key} = "{value}"')
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)
+TWISTD = [
+    sys.executable, "-c",
+    "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
+]
 
 
 def btu_client(path: str, request: bytes) -> bytes:
@@ -67,7 +57,7 @@ class PluginTests(unittest.TestCase):
         self.addCleanup(db.drop)
         values = config_values(db.name, redis_db=DB, socket_path=str(self.dir / "btu.sock"))
         config = self.dir / "btu.toml"
-        write_toml(config, values)
+        write_config(config, values)
         proc = self.run_twistd(config)
         self.addCleanup(lambda: proc.poll() is None and proc.kill())
         sock = str(self.dir / "btu.sock")
@@ -90,7 +80,7 @@ class PluginTests(unittest.TestCase):
         """A config with a wrong value exits non-zero with one line naming the
         key on stderr, no traceback."""
         config = self.dir / "bad.toml"
-        write_toml(config, config_values("x", mysql_port="abc"))
+        write_config(config, config_values("x", mysql_port="abc"))
         proc = self.run_twistd(config)
         out, err = await deferToThread(proc.communicate, timeout=60)
         self.assertNotEqual(proc.returncode, 0)
@@ -104,7 +94,7 @@ class PluginTests(unittest.TestCase):
         values = config_values("nope", redis_db=DB, mysql_port=1,
                                socket_path=str(self.dir / "x.sock"))
         config = self.dir / "down.toml"
-        write_toml(config, values)
+        write_config(config, values)
         proc = self.run_twistd(config)
         out, err = await deferToThread(proc.communicate, timeout=60)
         self.assertEqual(proc.returncode, 1)

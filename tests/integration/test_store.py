@@ -96,7 +96,8 @@ class StoreTests(unittest.TestCase):
     async def test_claim_without_job_skips_the_run(self) -> None:
         """A claim with no job removes the member and records the run as done."""
         await self.store.plan(1000, {"TS-1": 2000})
-        result = await self.store.claim([Claim(member="TS-1|2000", schedule="TS-1", when=2000)], "x")
+        skip = Claim(member="TS-1|2000", schedule="TS-1", when=2000)
+        result = await self.store.claim([skip], "x")
         self.assertEqual(result, [CLAIMED])
         self.assertEqual(self.sync.hget(LAST_ENQUEUED, "TS-1"), b"2000")
         self.assertEqual(self.sync.keys("rq:*"), [])
