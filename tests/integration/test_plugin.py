@@ -104,3 +104,25 @@ class PluginTests(unittest.TestCase):
 
 
 del reactor
+
+
+class InstalledPluginTests(unittest.TestCase):
+    def test_installed_twistd_lists_btu(self) -> None:
+        """The plugin ships with a plain ``pip install .``: this venv's twistd,
+        run outside the checkout, lists ``btu`` and the ``btu`` script runs."""
+        bin_dir = Path(sys.executable).parent
+        if not (bin_dir / "twistd").exists():
+            raise unittest.SkipTest(f"no twistd beside {sys.executable}")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        listed = subprocess.run(
+            [str(bin_dir / "twistd"), "--help"], cwd="/", env=env,
+            capture_output=True, text=True, timeout=60,
+        )
+        self.assertIn("btu", [line.split()[0] for line in listed.stdout.splitlines()
+                              if line.startswith("    ") and line.split()])
+        version = subprocess.run(
+            [str(bin_dir / "btu"), "--version"], cwd="/", env=env,
+            capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(version.returncode, 0, version.stderr)
+        self.assertIn("0.1.0", version.stdout + version.stderr)
