@@ -19,6 +19,7 @@ before the fault and every run after recovery is there exactly once.
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import math
 import os
@@ -688,6 +689,15 @@ def _hostile_clients(path: str) -> list[bytes]:
     return replies
 
 
+def _rss_bytes() -> int:
+    """This process's resident set size (the daemon under test runs in it)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
 class HostileSocketTests(FaultCase):
     """Bad clients cost only their own connection."""
 
@@ -706,6 +716,8 @@ class HostileSocketTests(FaultCase):
 
         service.request_planning = spy
         await wait_for(lambda: service.refresh.last, timeout=10)
+        gc.collect()
+        baseline = _rss_bytes()
         silent = []
         for _ in range(200):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -736,3 +748,11 @@ class HostileSocketTests(FaultCase):
         # The silent ones are still connected and the daemon still serves.
         self.assertLess(await deferToThread(ping_once, self.socket_path), 0.1)
         self.assertTrue(service.running)
+        # Memory: no request was buffered past its limit, so once the silent
+        # clients are gone the daemon's footprint is back near its baseline.
+        for s in silent:
+            s.close()
+        await sleep(0.3)
+        gc.collect()
+        grown = _rss_bytes() - baseline
+        self.assertLess(grown, 16 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB")
