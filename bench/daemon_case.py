@@ -63,7 +63,7 @@ TRACED = (
     ("timer", "_claim_due"),
     ("timer", "_build_all"),
     ("store", "claim"),
-    ("store", "earliest"),
+    ("store", "window"),
     ("store", "plan"),
     ("db", "read_schedules"),
     ("planner", "plan"),

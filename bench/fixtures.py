@@ -6,9 +6,13 @@ imports this module.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import tempfile
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pymysql
@@ -133,6 +137,35 @@ def sync_redis(db: int) -> redis.Redis:
     if db not in (REDIS_DB_OURS, REDIS_DB_ANCHOR, REDIS_DB_SPARE):
         raise ValueError(f"benchmarks only use Redis databases 10-12, not {db}")
     return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+
+
+@contextlib.contextmanager
+def redis_dbs_locked(dbs: Sequence[int] = (REDIS_DB_OURS, REDIS_DB_ANCHOR, REDIS_DB_SPARE),
+                     wait: float = 600.0) -> Iterator[None]:
+    """Hold the machine-wide locks the integration tests take on their Redis
+    databases (``exclusive_redis_db`` in ``tests/integration/test_faults.py``:
+    ``flock`` on ``$TMPDIR/btu_twisted-test-redis-db<N>.lock``), so that a test
+    run using one of these databases and a benchmark case take turns instead
+    of flushing each other's data."""
+    handles = []
+    try:
+        for db in dbs:
+            path = os.path.join(tempfile.gettempdir(), f"btu_twisted-test-redis-db{db}.lock")
+            handle = open(path, "w")  # noqa: SIM115 - closed below, which releases the lock
+            handles.append(handle)
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"Redis db {db} stayed locked by another run") from None
+                    time.sleep(0.25)
+        yield
+    finally:
+        for handle in handles:
+            handle.close()
 
 
 def flush(db: int) -> None:

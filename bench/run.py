@@ -12,6 +12,15 @@ Cases (N shrinks with ``--quick``):
 ``anchor_burst`` / ``anchor_spread``
                 rq's own cron scheduler (``rq.cron.CronScheduler``, what
                 ``rq cron`` runs) with the same jobs at the same instants.
+``anchor_rqs_burst``
+                ``rqscheduler --interval 1`` (rq-scheduler, from its own venv
+                under /tmp) with the burst's jobs (:mod:`bench.rqscheduler`).
+``idle``        ``twistd -n btu`` with 10,000 schedules planned and nothing due:
+                CPU seconds and RSS over 60 s (15 s with ``--quick``).
+``ping``        on that idle daemon: 200 concurrent socket clients pinging in a
+                loop (p50/p99/max), beside 1 client alone.
+``anchor_idle`` rq cron with the same 10,000 cron strings, same readings
+                (:mod:`bench.idle`).
 
 Landing times come from :mod:`bench.watcher`, a separate process that polls
 ``LLEN`` every millisecond; the job hashes' ``enqueued_at`` (set by each
@@ -50,6 +59,8 @@ ROOT = fixtures.ROOT
 RESULTS = ROOT / "bench" / "results"
 QUEUE = "default"
 QUEUE_KEY = "rq:queue:" + QUEUE
+IDLE_SCHEDULES = 10_000  # idle, ping and anchor_idle, with or without --quick
+PING_CLIENTS = 200
 
 # -- cron strings ------------------------------------------------------------
 
@@ -330,6 +341,12 @@ def case_anchor(opts: argparse.Namespace, case: str, n: int, spread: int) -> dic
 
 # -- output ------------------------------------------------------------------------
 
+def _diff_sha1(diff: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(diff.encode()).hexdigest()[:12] if diff else ""
+
+
 def machine() -> dict[str, Any]:
     def version(dist: str) -> str | None:
         try:
@@ -357,6 +374,9 @@ def machine() -> dict[str, Any]:
         "commit": git("rev-parse", "--short", "HEAD"),
         # The daemon measured is the working tree; say so when it differs from the commit.
         "btu_twisted_dirty": bool(git("status", "--porcelain", "--", "btu_twisted")),
+        # Which uncommitted tree it was (empty when clean).
+        "btu_twisted_diff_sha1": _diff_sha1(git("diff", "HEAD", "--", "btu_twisted")),
+        "nproc": len(os.sched_getaffinity(0)),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -388,15 +408,24 @@ def table(results: dict[str, Any]) -> str:
                      f"startService -> all in ZSET: {plan.get('plan_secs', float('nan')):.3f} s"
                      f" (target < 2 s; {plan.get('distinct_crons')} crons,"
                      f" {plan.get('planner_batches')} batches)"))
-    for case in ("burst", "anchor_burst", "spread", "anchor_spread", "burst10k"):
+    for case in ("burst", "anchor_burst", "anchor_rqs_burst", "spread", "anchor_spread",
+                 "burst10k"):
         r = results["cases"].get(case)
         if not r:
+            continue
+        if r.get("error"):
+            rows.append((case, _fmt(r.get("expected")), "", "", "", "", "", "",
+                         f"NOT MEASURED: {r['error'][:160]}"))
             continue
         w = r["watcher"]
         note = f"landed {r['landed']}/{r['expected']}"
         if r.get("early"):
             note += f", {r['early']} EARLY"
-        if case.startswith("anchor"):
+        if case == "anchor_rqs_burst":
+            v = r.get("versions", {})
+            note += (f" (rqscheduler --interval {r.get('interval_secs'):g},"
+                     f" rq-scheduler {v.get('rq-scheduler')}, rq {v.get('rq')})")
+        elif case.startswith("anchor"):
             note += " (rq cron)"
         else:
             e = r["enqueued_at"]
@@ -410,6 +439,7 @@ def table(results: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += idle_lines(results["cases"])
     for name, value in results.get("ratios", {}).items():
         lines.append(f"ratio {name}: {value}")
     m = results["machine"]
@@ -418,8 +448,9 @@ def table(results: dict[str, Any]) -> str:
     if results.get("profiled"):
         lines.append("PROFILED daemon (cProfile): slower than real")
     lines.append(
-        f"btu_twisted at {m['commit']}{' + uncommitted changes' if m['btu_twisted_dirty'] else ''}; "
-        f"machine: {m['cpus']} CPUs, {m['date']}, Python {m['python']}, rq {m['rq']}, "
+        f"btu_twisted at {m['commit']}"
+        f"{' + uncommitted changes (diff ' + m['btu_twisted_diff_sha1'] + ')' if m['btu_twisted_dirty'] else ''}; "
+        f"machine: nproc {m['nproc']}, {m['date']}, Python {m['python']}, rq {m['rq']}, "
         f"Twisted {m['Twisted']}, Redis {m['redis_server']}, MariaDB {m['mariadb_server']}"
     )
     return "\n".join(lines)
@@ -436,10 +467,59 @@ def ratios(cases: dict[str, Any]) -> dict[str, float | None]:
         out["burst jobs/s ours/rq-cron"] = ratio(
             cases["burst"].get("rate_due_to_last_per_s"),
             cases["anchor_burst"].get("rate_due_to_last_per_s"))
+    rqs = cases.get("anchor_rqs_burst")
+    if "burst" in cases and rqs and not rqs.get("error"):
+        for key in ("p50_ms", "p99_ms", "max_ms"):
+            out[f"burst {key} ours/rq-scheduler"] = ratio(
+                cases["burst"]["watcher"].get(key), rqs["watcher"].get(key))
+        out["burst jobs/s ours/rq-scheduler"] = ratio(
+            cases["burst"].get("rate_due_to_last_per_s"), rqs.get("rate_due_to_last_per_s"))
+    idle, anchor = cases.get("idle"), cases.get("anchor_idle")
+    if idle and anchor:
+        out["idle CPU s/min ours/rq-cron"] = ratio(
+            idle.get("cpu_secs_per_min"), anchor.get("cpu_secs_per_min"))
+        out["idle CPU (schedstat) ours/rq-cron"] = ratio(
+            idle.get("cpu_schedstat_secs"), anchor.get("cpu_schedstat_secs"))
+        out["idle RSS ours/rq-cron"] = ratio(idle.get("rss_after_mib"), anchor.get("rss_after_mib"))
+    ping = cases.get("ping")
+    if ping and ping.get("baseline_1_client"):
+        base = ping["baseline_1_client"]
+        for key in ("p50_ms", "p99_ms", "max_ms"):
+            out[f"ping {key} 200 clients/1 client"] = ratio(ping.get(key), base.get(key))
     return out
 
 
-CASES = ("plan", "burst", "anchor_burst", "spread", "anchor_spread", "burst10k")
+def idle_lines(cases: dict[str, Any]) -> list[str]:
+    """The idle and ping cases, one line each, under the lateness table."""
+    lines: list[str] = []
+    for case, who in (("idle", "btu_twisted (twistd -n btu)"), ("anchor_idle", "rq cron")):
+        r = cases.get(case)
+        if not r:
+            continue
+        extra = (f", polling {r['scheduler_polling_interval']} s" if case == "idle" else "")
+        lines.append(
+            f"{case}: {who}, {r['schedules']:,} schedules, nothing due{extra}: "
+            f"CPU {r['cpu_secs']:.2f} s in {r['window_secs']:.0f} s "
+            f"(schedstat {r['cpu_schedstat_secs']:.4f} s) "
+            f"({r['cpu_secs_per_min']:.3f} s/min, {r['cpu_percent_of_one_core']:.2f}% of a core; "
+            f"user {r['cpu_user_secs']:.2f}, system {r['cpu_system_secs']:.2f}); "
+            f"RSS {r['rss_before_mib']:.1f} -> {r['rss_after_mib']:.1f} MiB")
+    p = cases.get("ping")
+    if p:
+        b = p.get("baseline_1_client", {})
+        lines.append(
+            f"ping: {p['clients']} clients x {p['rounds']} rounds = {p['samples']:,} pings on the "
+            f"idle daemon ({p['schedules']:,} schedules): p50 {_fmt(p.get('p50_ms'))} ms, "
+            f"p99 {_fmt(p.get('p99_ms'))} ms, max {_fmt(p.get('max_ms'))} ms, "
+            f"{_fmt(p.get('pings_per_s'))} pings/s, {p['errors']} errors, daemon CPU "
+            f"{_fmt(p.get('daemon_cpu_secs'))} s in {_fmt(p.get('wall_secs'))} s; 1 client alone: "
+            f"p50 {_fmt(b.get('p50_ms'))} ms, p99 {_fmt(b.get('p99_ms'))} ms, "
+            f"max {_fmt(b.get('max_ms'))} ms, {_fmt(b.get('pings_per_s'))} pings/s")
+    return lines
+
+
+CASES = ("plan", "burst", "anchor_burst", "anchor_rqs_burst", "spread", "anchor_spread",
+         "burst10k", "idle", "ping", "anchor_idle")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -462,13 +542,33 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     fixtures.drop_leftover_databases()
     n_plan, n, n_big, spread = (2000, 200, 1000, 10) if opts.quick else (10000, 1000, 10000, 60)
+    n_idle, idle_secs, ping_rounds = (IDLE_SCHEDULES, 15.0, 100) if opts.quick else \
+        (IDLE_SCHEDULES, 60.0, 500)
+    from bench.idle import case_anchor_idle, case_idle_and_ping
+    from bench.rqscheduler import case_rqscheduler_burst
+
+    def idle_and_ping(which: str) -> dict[str, Any]:
+        # One idle daemon serves both: the ping clients come after the idle window.
+        if which == "ping" and "ping" in shared:
+            return shared.pop("ping")
+        got = case_idle_and_ping(n_idle, idle_secs, "idle" in selected, "ping" in selected,
+                                 PING_CLIENTS, ping_rounds)
+        if which == "idle" and "ping" in got:
+            shared["ping"] = got["ping"]
+        return got[which]
+
+    shared: dict[str, Any] = {}
     runners = {
         "plan": lambda: case_plan(opts, n_plan),
         "burst": lambda: case_ours(opts, "burst", n, 1),
         "anchor_burst": lambda: case_anchor(opts, "anchor_burst", n, 1),
+        "anchor_rqs_burst": lambda: case_rqscheduler_burst("anchor_rqs_burst", n),
         "spread": lambda: case_ours(opts, "spread", n, spread),
         "anchor_spread": lambda: case_anchor(opts, "anchor_spread", n, spread),
         "burst10k": lambda: case_ours(opts, "burst10k", n_big, 1),
+        "idle": lambda: idle_and_ping("idle"),
+        "ping": lambda: idle_and_ping("ping"),
+        "anchor_idle": lambda: case_anchor_idle(n_idle, idle_secs),
     }
     results: dict[str, Any] = {"machine": machine(), "quick": opts.quick,
                                "profiled": opts.profile,
@@ -480,7 +580,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t = time.time()
         print(f"== {case} ...", flush=True)
-        results["cases"][case] = runners[case]()
+        # Integration tests that use a database of 10-12 wait for the case, and
+        # the case for them (they flush what they use).
+        with fixtures.redis_dbs_locked():
+            results["cases"][case] = runners[case]()
         results["cases"][case]["case_wall_secs"] = round(time.time() - t, 1)
     results["ratios"] = ratios(results["cases"])
     results["total_wall_secs"] = round(time.time() - began, 1)
