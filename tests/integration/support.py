@@ -121,6 +121,22 @@ def sync_redis(db: int = REDIS_DB_DAEMON) -> redis.Redis:
     return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
 
 
+def clean_redis(case: Any, db: int) -> redis.Redis:
+    """A client on Redis database ``db``, flushed now and again when ``case`` ends."""
+    client = sync_redis(db)
+    client.flushdb()
+    case.addCleanup(client.close)
+    case.addCleanup(client.flushdb)
+    return client
+
+
+def fresh_services(case: Any, redis_db: int) -> tuple[TestDatabase, redis.Redis]:
+    """An empty Frappe database and a flushed Redis database, both cleaned up after ``case``."""
+    db = TestDatabase(load_samples=False)
+    case.addCleanup(db.drop)
+    return db, clean_redis(case, redis_db)
+
+
 def toml_text(values: dict[str, Any]) -> str:
     """Just enough TOML for config_values() output (str, int, float, bool); None is left out."""
     lines = []

@@ -31,7 +31,11 @@ from twisted.trial import unittest
 
 from btu_twisted.store import MEMBER_INDEX
 from tests.integration.daemon import ROOT, make_service, wait_for
-from tests.integration.support import TestDatabase, config_values, sync_redis, write_config
+from tests.integration.support import (
+    config_values,
+    fresh_services,
+    write_config,
+)
 from tests.integration.test_faults import (
     EVERY,
     EVERY_2,
@@ -109,12 +113,7 @@ class ThreeDaemonsTests(unittest.TestCase):
     async def setUp(self) -> None:
         await exclusive_redis_db(self, DB, wait=170)
         self.dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="btu-once-"))
-        self.db = TestDatabase(load_samples=False)
-        self.addCleanup(self.db.drop)
-        self.redis = sync_redis(DB)
-        self.redis.flushdb()
-        self.addCleanup(self.redis.close)
-        self.addCleanup(self.redis.flushdb)
+        self.db, self.redis = fresh_services(self, DB)
         self.db.add_task("BTU-REC", "tests.jobfuncs.record")
         self.crons = {f"TS-{i:04d}": CRON_MIX[i % 3] for i in range(SCHEDULES)}
         self.db.add_schedules(
@@ -181,12 +180,7 @@ class DyingWinnerTests(unittest.TestCase):
 
     async def setUp(self) -> None:
         await exclusive_redis_db(self, DB, wait=50)
-        self.db = TestDatabase(load_samples=False)
-        self.addCleanup(self.db.drop)
-        self.redis = sync_redis(DB)
-        self.redis.flushdb()
-        self.addCleanup(self.redis.close)
-        self.addCleanup(self.redis.flushdb)
+        self.db, self.redis = fresh_services(self, DB)
         self.db.add_task("BTU-REC", "tests.jobfuncs.record")
         self.crons = {"TS-E1": EVERY, "TS-E2": EVERY, "TS-T2": EVERY_2, "TS-T3": EVERY_3}
         self.db.add_schedules(

@@ -48,9 +48,8 @@ from tests.integration.proxy import TcpProxy
 from tests.integration.support import (
     MYSQL,
     REDIS_PORT,
-    TestDatabase,
     config_values,
-    sync_redis,
+    fresh_services,
 )
 from tests.test_builders import FakeFrappe, TrackingFactory, ok_answer, status_answer
 
@@ -210,12 +209,7 @@ class FaultCase(unittest.TestCase):
 
     async def setUp(self) -> None:
         await exclusive_redis_db(self, DB)
-        self.db = TestDatabase(load_samples=False)
-        self.addCleanup(self.db.drop)
-        self.redis = sync_redis(DB)
-        self.redis.flushdb()
-        self.addCleanup(self.redis.close)
-        self.addCleanup(self.redis.flushdb)
+        self.db, self.redis = fresh_services(self, DB)
         self.service: Any = None
         self.events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(self.events.append)

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from btu_twisted.protocol import ControlFactory
 from tests.integration.daemon import make_service, wait_for
-from tests.integration.support import TestDatabase, config_values, sync_redis
+from tests.integration.support import config_values, fresh_services
 
 DB = 13
 
@@ -34,12 +34,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 class MetricsTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.db = TestDatabase(load_samples=False)
-        self.addCleanup(self.db.drop)
-        self.redis = sync_redis(DB)
-        self.redis.flushdb()
-        self.addCleanup(self.redis.close)
-        self.addCleanup(self.redis.flushdb)
+        self.db, self.redis = fresh_services(self, DB)
 
     async def test_metrics_and_status_move_after_enqueues(self) -> None:
         """After a few every-second runs, the enqueued counter, the lateness

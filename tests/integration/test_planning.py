@@ -10,7 +10,7 @@ from twisted.trial import unittest
 from btu_twisted import cron
 from btu_twisted.store import SCHEDULE_SET
 from tests.integration.daemon import make_service, wait_for
-from tests.integration.support import TestDatabase, config_values, sync_redis
+from tests.integration.support import config_values, fresh_services
 
 DB = 14
 
@@ -23,13 +23,8 @@ CRONS = [f"{m} {h} * * *" for m in (0, 15, 30, 45, 7) for h in (1, 5, 9, 13, 17)
 
 class PlanningTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.db = TestDatabase(load_samples=False)
+        self.db, self.redis = fresh_services(self, DB)
         self.db.set_zone("Europe/London")
-        self.addCleanup(self.db.drop)
-        self.redis = sync_redis(DB)
-        self.redis.flushdb()
-        self.addCleanup(self.redis.close)
-        self.addCleanup(self.redis.flushdb)
         self.db.add_task("BTU-1", "tests.jobfuncs.record")
 
     async def start(self):

@@ -53,7 +53,7 @@ from btu_twisted.records import ScheduleRow
 from btu_twisted.redis_gateway import RedisGateway
 from btu_twisted.store import CLAIMED, Claim, ScheduleStore, member_for
 from tests.integration import rq_venvs
-from tests.integration.support import REDIS_HOST, REDIS_PORT, sync_redis
+from tests.integration.support import REDIS_HOST, REDIS_PORT, clean_redis
 from tests.integration.test_faults import exclusive_redis_db
 
 DB = 11
@@ -144,10 +144,7 @@ class _WorkerMatrix:
     async def setUp(self) -> None:
         self.python, self.venv_error = await self.worker_python()
         await exclusive_redis_db(self, DB)  # registered first among cleanups: released last
-        self.redis = sync_redis(DB)
-        self.redis.flushdb()
-        self.addCleanup(self.redis.close)
-        self.addCleanup(self.redis.flushdb)
+        self.redis = clean_redis(self, DB)
         self.gateway = RedisGateway(reactor, REDIS_HOST, REDIS_PORT, database=DB)
         self.gateway.start()
         self.addCleanup(self.gateway.stop)
