@@ -20,7 +20,7 @@ and the queue are empty.
 path (``tests/fixtures/builders_fake_frappe``); ``frappe`` jobs take their pickle
 from a twisted.web stand-in of the site's ``get_pickled_task`` endpoint.
 
-Redis database 11, held with a machine-wide lock for each test.  The pinned-rq
+Redis database 7, held with a machine-wide lock for each test.  The pinned-rq
 venvs are made on first use (network: PyPI) and reused; without PyPI these
 tests fail, unless ``BTU_SKIP_RQ_MATRIX=1``, which skips them.
 """
@@ -56,7 +56,7 @@ from tests.integration import rq_venvs
 from tests.integration.support import REDIS_HOST, REDIS_PORT, clean_redis
 from tests.integration.test_faults import exclusive_redis_db
 
-DB = 11
+DB = 7  # 10-12 belong to bench/
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB}"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKE_FRAPPE = REPO_ROOT / "tests" / "fixtures" / "builders_fake_frappe"
