@@ -57,7 +57,6 @@ from btu_twisted.service import BtuService
 from btu_twisted.stats import lateness_summary
 from btu_twisted.store import SCHEDULE_SET
 
-
 TRACED = (
     ("timer", "_step"),
     ("timer", "_claim_due"),

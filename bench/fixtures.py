@@ -11,27 +11,19 @@ import fcntl
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-import pymysql
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_CANDIDATES = (
-    ROOT / "tests" / "fixtures" / "frappe_schema.sql",
-    ROOT.parent / "shared" / "frappe_schema.sql",
-)
+from tests.integration import support
 
-MYSQL = dict(
-    host=os.environ.get("BTU_BENCH_MYSQL_HOST", "127.0.0.1"),
-    port=int(os.environ.get("BTU_BENCH_MYSQL_PORT", "3306")),
-    user=os.environ.get("BTU_BENCH_MYSQL_USER", "root"),
-    password=os.environ.get("BTU_BENCH_MYSQL_PASSWORD", ""),
-)
-REDIS_HOST = os.environ.get("BTU_BENCH_REDIS_HOST", "127.0.0.1")
-REDIS_PORT = int(os.environ.get("BTU_BENCH_REDIS_PORT", "6379"))
+ROOT = Path(__file__).resolve().parent.parent
+
+# The same MariaDB and Redis the integration tests use (their BTU_TEST_* variables).
+MYSQL = support.MYSQL
+REDIS_HOST = support.REDIS_HOST
+REDIS_PORT = support.REDIS_PORT
 
 #: Redis database numbers reserved for the benchmarks.
 REDIS_DB_OURS = 10
@@ -42,85 +34,25 @@ TASK = "BTU-BENCH"
 FUNCTION = "bench.jobs.noop"
 
 
-def schema_sql() -> str:
-    for path in SCHEMA_CANDIDATES:
-        if path.exists():
-            return path.read_text()
-    raise FileNotFoundError("frappe_schema.sql not found in tests/fixtures or ../shared")
-
-
-def _connect(database: str | None = None, **extra: object) -> pymysql.connections.Connection:
-    return pymysql.connect(database=database, charset="utf8mb4", autocommit=True, **MYSQL, **extra)
-
-
-class BenchDatabase:
-    """A fresh database with the Frappe tables, no sample rows, zone UTC, one task."""
+class BenchDatabase(support.TestDatabase):
+    """A fresh database with the Frappe tables, no sample rows, one task, in ``zone``."""
 
     def __init__(self, zone: str = "UTC") -> None:
-        self.name = "btu_bench_" + uuid.uuid4().hex[:10]
-        conn = _connect(client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(
-                    f"CREATE DATABASE `{self.name}` CHARACTER SET utf8mb4 "
-                    "COLLATE utf8mb4_unicode_ci"
-                )
-                cur.execute(f"USE `{self.name}`")
-                cur.execute(schema_sql())
-                while cur.nextset():
-                    pass
-        finally:
-            conn.close()
-        self.execute("DELETE FROM `tabBTU Task Schedule`")
-        self.execute("DELETE FROM `tabBTU Task`")
-        self.execute(
-            "UPDATE `tabSingles` SET value = %s"
-            " WHERE doctype = 'BTU Configuration' AND field = 'cron_time_zone'",
-            (zone,),
-        )
-        self.execute(
-            "INSERT INTO `tabBTU Task` (name, docstatus, desc_short, function_string, arguments,"
-            " queue_name, max_task_duration) VALUES (%s, 1, %s, %s, %s, 'default', 600)",
-            (TASK, "Benchmark no-op", FUNCTION, "{'source': 'btu bench'}"),
-        )
+        super().__init__(load_samples=False, prefix="btu_bench_")
+        self.set_zone(zone)
+        self.add_task(TASK, FUNCTION, "{'source': 'btu bench'}", desc="Benchmark no-op")
 
-    def execute(self, sql: str, params: object = None) -> list[tuple[object, ...]]:
-        conn = _connect(self.name)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
-
-    def add_schedules(self, rows: Iterable[tuple[str, str]]) -> int:
+    def add_schedules(self, rows: Iterable[tuple[str, str]]) -> int:  # type: ignore[override]
         """Insert enabled schedules (name, cron string) on queue ``default``."""
-        values = [(name, TASK, cron, TASK) for name, cron in rows]
-        conn = _connect(self.name)
-        try:
-            with conn.cursor() as cur:
-                for start in range(0, len(values), 2000):
-                    cur.executemany(
-                        "INSERT INTO `tabBTU Task Schedule` (name, task, cron_string, enabled,"
-                        " queue_name, task_description) VALUES (%s, %s, %s, 1, 'default', %s)",
-                        values[start:start + 2000],
-                    )
-        finally:
-            conn.close()
+        values = [(name, TASK, cron, True, "default", None) for name, cron in rows]
+        for start in range(0, len(values), 2000):
+            super().add_schedules(values[start:start + 2000])
         return len(values)
-
-    def drop(self) -> None:
-        conn = _connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
-        finally:
-            conn.close()
 
 
 def drop_leftover_databases() -> list[str]:
     """Drop ``btu_bench_*`` databases a crashed earlier run left behind."""
-    conn = _connect()
+    conn = support.admin_connection()
     dropped = []
     try:
         with conn.cursor() as cur:

@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import fixtures
-from bench.fixtures import REDIS_DB_ANCHOR, REDIS_DB_OURS, BenchDatabase, flush, schedule_names
+from bench.fixtures import (
+    REDIS_DB_ANCHOR,
+    REDIS_DB_OURS,
+    BenchDatabase,
+    flush,
+    schedule_names,
+)
 
 ROOT = fixtures.ROOT
 RESULTS = ROOT / "bench" / "results"

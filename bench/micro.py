@@ -135,8 +135,14 @@ async def measure(reactor: Any) -> dict[str, float]:
         try:
             import txredisapi
             proto = txredisapi.RedisProtocol()
-            from btu_twisted.store import CLAIM, JOB_PREFIX, LAST_ENQUEUED, MEMBER_INDEX, \
-                QUEUE_PREFIX, RQ_QUEUES
+            from btu_twisted.store import (
+                CLAIM,
+                JOB_PREFIX,
+                LAST_ENQUEUED,
+                MEMBER_INDEX,
+                QUEUE_PREFIX,
+                RQ_QUEUES,
+            )
             b = batches[0]
             keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES]
             args: list[Any] = ["x", len(b)]

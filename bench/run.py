@@ -54,6 +54,7 @@ from bench.fixtures import (
     sync_redis,
 )
 from bench.stats import ratio, summary
+from tests.integration import support
 
 ROOT = fixtures.ROOT
 RESULTS = ROOT / "bench" / "results"
@@ -144,26 +145,9 @@ def start_watcher(db: int, expected: int, deadline: float, first_due: float) -> 
 
 
 def daemon_config(database: str, redis_db: int, **overrides: Any) -> dict[str, Any]:
-    """What ``btu_scheduler.toml`` would hold (cf. tests/integration/support.config_values)."""
-    values: dict[str, Any] = dict(
-        full_refresh_internal_secs=3600,
-        scheduler_polling_interval=5,
-        time_zone_string="UTC",
-        tracing_level="INFO",
-        startup_without_database_connections=False,
-        mysql_user=fixtures.MYSQL["user"],
-        mysql_password=fixtures.MYSQL["password"],
-        mysql_host=fixtures.MYSQL["host"],
-        mysql_port=fixtures.MYSQL["port"],
-        mysql_database=database,
-        rq_host=fixtures.REDIS_HOST,
-        rq_port=fixtures.REDIS_PORT,
-        rq_database=redis_db,
-        socket_path=f"/tmp/btu-bench-{os.getpid()}.sock",
-        job_builder="function",
-    )
-    values.update(overrides)
-    return values
+    """What ``btu_scheduler.toml`` would hold: the integration tests' config."""
+    overrides.setdefault("socket_path", f"/tmp/btu-bench-{os.getpid()}.sock")
+    return support.config_values(database, redis_db=redis_db, **overrides)
 
 
 def run_daemon(case: str, spec: dict[str, Any], opts: argparse.Namespace,
@@ -356,7 +340,7 @@ def machine() -> dict[str, Any]:
 
     r = sync_redis(REDIS_DB_OURS)
     info = r.info("server")
-    conn = fixtures._connect()
+    conn = support.admin_connection()
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT VERSION()")

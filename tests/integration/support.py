@@ -41,8 +41,8 @@ def admin_connection(database: str | None = None, **extra: Any) -> pymysql.conne
 class TestDatabase:
     """A throw-away database holding the Frappe tables and sample rows."""
 
-    def __init__(self, load_samples: bool = True) -> None:
-        self.name = "btu_test_" + uuid.uuid4().hex[:12]
+    def __init__(self, load_samples: bool = True, prefix: str = "btu_test_") -> None:
+        self.name = prefix + uuid.uuid4().hex[:12]
         conn = admin_connection(client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
         try:
             with conn.cursor() as cur:
