@@ -40,6 +40,7 @@ from bench.fixtures import (
     flush,
     schedule_names,
 )
+from tests.integration import support
 
 ROOT = fixtures.ROOT
 RESULTS = ROOT / "bench" / "results"
@@ -122,19 +123,7 @@ def _twistd() -> list[str]:
     script = Path(sys.executable).parent / "twistd"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
-
-
-def _toml(values: dict[str, Any]) -> str:
-    lines = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            lines.append(f"{key} = {'true' if value else 'false'}")
-        elif isinstance(value, (int, float)):
-            lines.append(f"{key} = {value}")
-        else:
-            lines.append(f'{key} = "{value}"')
-    return "\n".join(lines) + "\n"
+    return list(support.TWISTD)
 
 
 @contextlib.contextmanager
@@ -152,8 +141,7 @@ def idle_daemon(n: int, config: dict[str, Any]) -> Iterator[dict[str, Any]]:
         db.add_schedules(zip(schedule_names(n), [crons[i % len(crons)] for i in range(n)]))
         values = daemon_config(db.name, REDIS_DB_OURS, socket_path=f"{tmp}/btu.sock", **config)
         config_path = Path(tmp) / "btu_scheduler.toml"
-        config_path.write_text(_toml(values))
-        config_path.chmod(0o600)
+        support.write_config(config_path, values)
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         with open(log_path, "wb") as log:
             t0 = time.time()

@@ -32,7 +32,15 @@ from twisted.internet.task import Clock
 from btu_twisted.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow
-from btu_twisted.store import CLAIMED, LOST, QUEUE_PREFIX, STALE, Claim, Window, member_for
+from btu_twisted.store import (
+    CLAIMED,
+    LOST,
+    QUEUE_PREFIX,
+    STALE,
+    Claim,
+    Window,
+    member_for,
+)
 
 T = TypeVar("T")
 

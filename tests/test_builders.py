@@ -36,15 +36,21 @@ from twisted.internet.interfaces import IPullProducer
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import capturedLogs
-from twisted.python.failure import Failure
 from twisted.protocols.policies import WrappingFactory
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from btu_twisted import builders, frappe_http
-from btu_twisted.builders import BuildError, BuiltJob, make_builder, merged_kwargs, queue_origin
+from btu_twisted.builders import (
+    BuildError,
+    BuiltJob,
+    make_builder,
+    merged_kwargs,
+    queue_origin,
+)
 from btu_twisted.records import ScheduleRow
 from tests import jobfuncs
 

@@ -13,7 +13,14 @@ from twisted.trial import unittest
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.records import ScheduleRow
 from btu_twisted.timer import CLAIM_BATCH, LOOKAHEAD, Timer
-from tests.fakes import EPOCH, FakeDatabase, FakeStore, FlakyBuilder, make_row, run_until
+from tests.fakes import (
+    EPOCH,
+    FakeDatabase,
+    FakeStore,
+    FlakyBuilder,
+    make_row,
+    run_until,
+)
 
 S = EPOCH  # when each test's clock starts
 T = S + 30  # a run due half a minute later

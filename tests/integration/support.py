@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,12 @@ MYSQL = dict(
 )
 REDIS_HOST = os.environ.get("BTU_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("BTU_TEST_REDIS_PORT", "6379"))
+# ``twistd`` of this interpreter, as a command line that works without the script.
+TWISTD = [
+    sys.executable, "-c",
+    "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
+]
+
 # Redis database numbers by test module family, so suites never collide.
 REDIS_DB_DAEMON = 2
 

@@ -32,6 +32,7 @@ from twisted.trial import unittest
 from btu_twisted.store import MEMBER_INDEX
 from tests.integration.daemon import ROOT, make_service, wait_for
 from tests.integration.support import (
+    TWISTD,
     config_values,
     fresh_services,
     write_config,
@@ -47,7 +48,6 @@ from tests.integration.test_faults import (
     ping_once,
     sleep,
 )
-from tests.integration.test_plugin import TWISTD
 
 DB = 9
 # 200 schedules at 1, 2 and 3 s: about 120 runs a second for three daemons

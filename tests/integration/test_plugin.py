@@ -19,13 +19,9 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from tests.integration.daemon import ROOT, wait_for
-from tests.integration.support import TestDatabase, config_values, write_config
+from tests.integration.support import TWISTD, TestDatabase, config_values, write_config
 
 DB = 4
-TWISTD = [
-    sys.executable, "-c",
-    "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
-]
 
 
 def btu_client(path: str, request: bytes) -> bytes:
