@@ -34,9 +34,10 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from btu_twisted import cli, cli_daemon
+from btu_twisted import cli
+from btu_twisted.cli import daemon as cli_daemon
 from btu_twisted.cli import main
-from btu_twisted.cli_jobs import read_job_call
+from btu_twisted.cli.jobs import read_job_call
 from btu_twisted.protocol import ControlFactory
 from btu_twisted.store import SCHEDULE_SET
 from tests.integration.support import TestDatabase, config_values, sync_redis, toml_text

@@ -4,7 +4,7 @@ It replaces the Rust ``btu`` CLI (same subcommand names) and adds commands
 that talk to the running daemon over its socket, plus a cron preview.  It
 reads the daemon's config file and is plain synchronous code: redis-py and
 PyMySQL directly, with a private reactor only where the daemon's own Twisted
-code is reused (see :mod:`btu_twisted.cli_site`).
+code is reused (see :mod:`btu_twisted.cli.site`).
 
 Exit codes: 0 ok; 1 not found, refused or invalid; 2 usage or config
 problems; 3 a service (MariaDB, Redis, the daemon, the site) cannot be
@@ -23,12 +23,22 @@ import pymysql
 import redis
 
 from btu_twisted import __version__
-from btu_twisted.cli_common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
-from btu_twisted.cli_daemon import cmd_cancel, cmd_ping, cmd_reload, cmd_status
-from btu_twisted.cli_jobs import cmd_list_jobs, cmd_queue_job_now, cmd_show_job
-from btu_twisted.cli_schedule import MAX_RUNS, cmd_next_runs, cmd_show_scheduled, parse_after
-from btu_twisted.cli_site import PING_METHOD, cmd_queue_task_now, cmd_test_pickler, cmd_test_ping
-from btu_twisted.cli_sql import cmd_list_tasks
+from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
+from btu_twisted.cli.daemon import cmd_cancel, cmd_ping, cmd_reload, cmd_status
+from btu_twisted.cli.jobs import cmd_list_jobs, cmd_queue_job_now, cmd_show_job
+from btu_twisted.cli.schedule import (
+    MAX_RUNS,
+    cmd_next_runs,
+    cmd_show_scheduled,
+    parse_after,
+)
+from btu_twisted.cli.site import (
+    PING_METHOD,
+    cmd_queue_task_now,
+    cmd_test_pickler,
+    cmd_test_ping,
+)
+from btu_twisted.cli.sql import cmd_list_tasks
 from btu_twisted.config import DEFAULT_CONFIG_PATH, ConfigError, masked
 
 __all__ = ["build_parser", "main"]

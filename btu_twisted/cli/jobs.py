@@ -29,7 +29,7 @@ from rq.job import JOB_ID_PATTERN, Job, JobStatus
 from rq.queue import Queue
 from rq.registry import ScheduledJobRegistry
 
-from btu_twisted.cli_common import FAILED, OK, CliError, Context
+from btu_twisted.cli.common import FAILED, OK, CliError, Context
 from btu_twisted.store import QUEUE_PREFIX, RQ_QUEUES
 
 __all__ = ["cmd_list_jobs", "cmd_queue_job_now", "cmd_show_job", "fetch_job", "read_job_call"]

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 
 import pymysql
 
-from btu_twisted.cli_common import FAILED, OK, CliError, Context
-from btu_twisted.cli_sql import cron_time_zone
+from btu_twisted.cli.common import FAILED, OK, CliError, Context
+from btu_twisted.cli.sql import cron_time_zone
 from btu_twisted.cron import CronError, get_zone, next_runs
 from btu_twisted.store import SCHEDULE_SET, split_member
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from btu_twisted.cli_common import OK, Context
+from btu_twisted.cli.common import OK, Context
 from btu_twisted.records import ScheduleRow
 
 __all__ = ["MANUAL_SCHEDULE", "cmd_list_tasks", "cron_time_zone", "read_task"]

@@ -13,7 +13,7 @@ import argparse
 import json
 import socket
 
-from btu_twisted.cli_common import FAILED, OK, UNREACHABLE, CliError, Context, flatten
+from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, CliError, Context, flatten
 
 __all__ = ["REQUEST_TIMEOUT", "cmd_cancel", "cmd_ping", "cmd_reload", "cmd_status", "request"]
 
