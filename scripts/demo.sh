@@ -18,7 +18,7 @@ mysql -uroot -e "DROP DATABASE IF EXISTS $DB; CREATE DATABASE $DB CHARACTER SET 
 mysql -uroot "$DB" < tests/fixtures/frappe_schema.sql
 mysql -uroot "$DB" <<'SQL'
 -- The sample tasks call BTU's manual tests; point them at stand-ins a plain rq worker can import.
-UPDATE `tabBTU Task` SET function_string = REPLACE(function_string, 'btu.manual_tests.', 'btu_twisted.demo_tasks.');
+UPDATE `tabBTU Task` SET function_string = REPLACE(function_string, 'btu.manual_tests.', 'demo_tasks.');
 UPDATE `tabBTU Task Schedule` SET queue_name = 'default';
 INSERT INTO `tabBTU Task Schedule` (name, task, task_description, enabled, queue_name, argument_overrides, cron_string)
 VALUES ('DEMO-EVERY-5-SECONDS', 'BTU-00001', 'Ping Now', 1, 'default', NULL, '*/5 * * * * * *'),
@@ -52,7 +52,7 @@ echo "== starting the daemon: twistd -n btu --config $WORK/btu_scheduler.toml (l
 ( cd "$WORK" && exec "$ROOT/.venv/bin/twistd" -n --pidfile= btu --config "$WORK/btu_scheduler.toml" ) >"$WORK/daemon.log" 2>&1 &
 DAEMON=$!
 echo "== starting a real rq worker on queue 'default' for ${SECONDS_TO_RUN} s"
-( cd "$WORK" && exec "$ROOT/.venv/bin/rq" worker --url "redis://127.0.0.1:6379/$REDIS_DB" default ) &
+( cd "$WORK" && PYTHONPATH="$ROOT/scripts" exec "$ROOT/.venv/bin/rq" worker --url "redis://127.0.0.1:6379/$REDIS_DB" default ) &
 WORKER=$!
 cleanup() { kill "$WORKER" "$DAEMON" 2>/dev/null; wait "$WORKER" "$DAEMON" 2>/dev/null; }
 trap cleanup EXIT INT TERM
