@@ -83,6 +83,7 @@ class Timer(Service):
         self._retry_at: dict[str, float] = {}
         self._retry_wait: dict[str, float] = {}
         self._delayed: dict[str, str] = {}      # schedule -> reason already logged
+        self._unbuildable: dict[str, str] = {}  # schedule -> permanent reason already logged
         self._build_slots = DeferredSemaphore(BUILD_CONCURRENCY)
         self._backoff = Backoff()
         self._wake: IDelayedCall | None = None
@@ -263,7 +264,7 @@ class Timer(Service):
         except BuildError as e:
             self._build_failed(member, name, when, e)
             return
-        if self._forget_retry(member, name):
+        if self._forget_retry(member, name) or self._unbuildable.pop(name, None):
             self.log.info("schedule {schedule} can be enqueued again", schedule=name)
         self._prepared[member] = Claim(
             member=member, schedule=name, when=when,
@@ -290,7 +291,11 @@ class Timer(Service):
         reason = str(error)
         self._on_failure("build_transient" if error.transient else "build_permanent")
         if not error.transient:
-            self.log.error(
+            # Logged when the schedule breaks or its reason changes, not at
+            # every run: a per-second schedule would flood the journal.
+            emit = self.log.debug if self._unbuildable.get(name) == reason else self.log.error
+            self._unbuildable[name] = reason
+            emit(
                 "run of {schedule} at {when} skipped: {reason}",
                 schedule=name, when=_iso(when), reason=reason,
             )

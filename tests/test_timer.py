@@ -431,6 +431,35 @@ class BuildFailureTests(TimerCase):
         self.assertEqual(len(self.builder.builds), 2)
         self.assertEqual(sorted(self.fifo.take(5)), ["TS-BAD", "TS-BROKEN"])
 
+    def test_permanent_failure_logged_once_per_reason(self) -> None:
+        """The next runs of a schedule that still cannot be built are skipped
+        without another error line; when it builds again, that is logged and
+        a later breakage logs again."""
+        self.schedule("TS-BAD", T, make_row("TS-BAD", arguments="[1, 2]"))
+        with capturedLogs() as events:
+            self.timer.startService()
+            self.advance_to(T + 1)
+            for later in (T + 10, T + 20):
+                self.store.add("TS-BAD", later)
+                self.timer.planned(later)
+                self.advance_to(later + 1)
+        errors = [e for e in texts(events, LogLevel.error) if "TS-BAD" in e]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertEqual(self.store.last_enqueued["TS-BAD"], T + 20)
+        self.db.put(make_row("TS-BAD"))
+        with capturedLogs() as events:
+            self.store.add("TS-BAD", T + 30)
+            self.timer.planned(T + 30)
+            self.advance_to(T + 31)
+        self.assertEqual(self.job_count("TS-BAD"), 1)
+        self.assertTrue(any("can be enqueued again" in t for t in texts(events)))
+        self.db.put(make_row("TS-BAD", arguments="[1, 2]"))
+        with capturedLogs() as events:
+            self.store.add("TS-BAD", T + 40)
+            self.timer.planned(T + 40)
+            self.advance_to(T + 41)
+        self.assertEqual(len([e for e in texts(events, LogLevel.error) if "TS-BAD" in e]), 1)
+
 
 class StoreOutageTests(TimerCase):
     def test_store_down_during_claim_retried_nothing_doubled_or_lost(self) -> None:

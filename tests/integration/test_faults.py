@@ -619,7 +619,14 @@ class SiteOutageTests(FaultCase):
         for line in skipped:
             self.assertRegex(line, r"^run of TS-(E1|T2) at \S+ skipped: schedule TS-")
             self.assertNotIn("\n", line)
-        self.assertEqual(set(self.errors()), set(skipped))
+        # Error level when a schedule breaks or its reason changes; repeats of
+        # the same reason are debug lines, so per-second schedules don't flood.
+        errors = set(self.errors())
+        self.assertLessEqual(errors, set(skipped))
+        error_text = "\n".join(errors)
+        for phrase in ("larger than", "not JSON", "not a non-empty byte array"):
+            self.assertIn(phrase, error_text)
+        self.assertGreaterEqual(len([e for e in errors if e.startswith("run of TS-E1 ")]), 3)
         self.assertEqual(int(self.redis.hget(LAST_ENQUEUED, "TS-E1")), max(
             w for n, w, _ in jobs if n == "TS-E1"))
 
