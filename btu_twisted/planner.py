@@ -29,7 +29,11 @@ class Unplannable(Exception):
 
 
 def next_run_for(row: ScheduleRow, default_zone: str, after: float) -> int:
-    """The row's next run after ``after``, or Unplannable with the reason."""
+    """The row's next run after ``after``, or Unplannable with the reason.
+
+    Any failure is this row's alone: it must not send the whole batch back
+    to the FIFO to fail again forever.
+    """
     if not row.cron_string or not row.cron_string.strip():
         raise Unplannable("it has no cron string")
     zone = row.cron_time_zone or default_zone
@@ -37,6 +41,8 @@ def next_run_for(row: ScheduleRow, default_zone: str, after: float) -> int:
         return cron.next_run(row.cron_string, cron.get_zone(zone), after)
     except cron.CronError as e:
         raise Unplannable(str(e)) from None
+    except Exception as e:
+        raise Unplannable(f"unexpected {type(e).__name__} computing its next run: {e}") from None
 
 
 class Planner(Service):

@@ -312,3 +312,32 @@ class StopTests(PlannerCase):
         self.assertIsNotNone(self.store.member_of("TS-A"))
         self.assertEqual(self.fifo.take(5), ["TS-B"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class UnexpectedErrorTests(PlannerCase):
+    def test_an_unexpected_cron_error_stays_with_its_schedule(self) -> None:
+        """An exception the cron module did not foresee makes that schedule
+        unplannable (one error naming it), while the rest of its batch is
+        planned and nothing is retried forever."""
+        from btu_twisted import planner as planner_module
+
+        real = planner_module.cron.next_run
+
+        def next_run(cron_string: str, zone: object, after: float) -> int:
+            if cron_string == "13 13 13 * *":
+                raise OverflowError("date value out of range")
+            return real(cron_string, zone, after)
+
+        self.patch(planner_module.cron, "next_run", next_run)
+        self.db.put(make_row("TS-ODD", "13 13 13 * *"), make_row("TS-OK"))
+        self.planner.startService()
+        with capturedLogs() as events:
+            self.fifo.extend(["TS-ODD", "TS-OK"])
+            self.clock.advance(0)
+        self.assertIsNone(self.store.member_of("TS-ODD"))
+        self.assertIsNotNone(self.store.member_of("TS-OK"))
+        self.assertEqual(len(self.fifo), 0)
+        errors = texts(events, LogLevel.error)
+        self.assertEqual(len(errors), 1)
+        self.assertIn("TS-ODD", errors[0])
+        self.assertIn("OverflowError", errors[0])
