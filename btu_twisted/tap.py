@@ -37,7 +37,11 @@ def makeService(options: Options, reactor: Any = None) -> BtuService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    service = BtuService(options.config, reactor, warnings=list(options.warnings))
+    try:
+        service = BtuService(options.config, reactor, warnings=list(options.warnings))
+    except (ValueError, OSError) as e:
+        # e.g. a webserver_ca_file that holds no certificate: still a config problem.
+        raise SystemExit(f"btu: bad config {options['config']}: {e}") from None
     # twistd has set up its log observers by the time services start.
     reactor.callWhenRunning(apply_level, log_level(options.config))
     return service

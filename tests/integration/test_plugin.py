@@ -122,3 +122,25 @@ class InstalledPluginTests(unittest.TestCase):
         )
         self.assertEqual(version.returncode, 0, version.stderr)
         self.assertIn("0.1.0", version.stdout + version.stderr)
+
+
+class MakeServiceTests(unittest.TestCase):
+    def test_unusable_ca_file_is_a_config_error(self) -> None:
+        """A webserver_ca_file without a certificate ends makeService with one
+        'bad config' line (SystemExit), not a traceback."""
+        from btu_twisted import tap
+
+        directory = Path(tempfile.mkdtemp(dir="/tmp", prefix="btu-tap-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        (directory / "ca.pem").write_text("not a certificate\n")
+        config = directory / "btu.toml"
+        write_config(config, config_values(
+            "x", job_builder="frappe", webserver_ip="127.0.0.1", webserver_port=8000,
+            webserver_token="token a:b", webserver_ca_file=str(directory / "ca.pem"),
+        ))
+        options = tap.Options()
+        options.parseOptions(["--config", str(config)])
+        with self.assertRaises(SystemExit) as raised:
+            tap.makeService(options)
+        self.assertIn("bad config", str(raised.exception))
+        self.assertIn("ca.pem", str(raised.exception))
