@@ -249,15 +249,9 @@ class Timer(Service):
             self._settle_without_job(member, name, when)
             self._on_failure("schedule_gone")
             return
-        late = now - when
-        if self._grace is not None and late > self._grace:
-            self.log.warn(
-                "run of {schedule} at {when} skipped: missed by {late:.0f} s, "
-                "more than misfire_grace_secs ({grace})",
-                schedule=name, when=_iso(when), late=late, grace=self._grace,
-            )
+        if self._misfired(name, when, now):
+            # Too late already: don't build (or call the site) for nothing.
             self._settle_without_job(member, name, when)
-            self._on_failure("misfire_skipped")
             return
         try:
             built = await self._builder.build(row, when)
@@ -275,17 +269,24 @@ class Timer(Service):
         """The claim to make for a due job: a job prepared in time whose claim
         comes too late (Redis was away) is skipped, as misfire_grace_secs says,
         not enqueued late."""
-        late = now - claim.when
-        if self._grace is None or not claim.job_id or late <= self._grace:
+        if not claim.job_id or not self._misfired(claim.schedule, claim.when, now):
             return claim
-        self.log.warn(
-            "run of {schedule} at {when} skipped: missed by {late:.0f} s, "
-            "more than misfire_grace_secs ({grace})",
-            schedule=claim.schedule, when=_iso(claim.when), late=late, grace=self._grace,
-        )
         skip = Claim(member=claim.member, schedule=claim.schedule, when=claim.when)
         self._prepared[claim.member] = skip
         return skip
+
+    def _misfired(self, name: str, when: int, now: float) -> bool:
+        """True (logged and counted) when misfire_grace_secs says to skip this run."""
+        late = now - when
+        if self._grace is None or late <= self._grace:
+            return False
+        self.log.warn(
+            "run of {schedule} at {when} skipped: missed by {late:.0f} s, "
+            "more than misfire_grace_secs ({grace})",
+            schedule=name, when=_iso(when), late=late, grace=self._grace,
+        )
+        self._on_failure("misfire_skipped")
+        return True
 
     def _build_failed(self, member: str, name: str, when: int, error: BuildError) -> None:
         reason = str(error)
