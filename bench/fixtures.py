@@ -7,9 +7,6 @@ imports this module.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -82,18 +79,13 @@ def redis_dbs_locked(dbs: Sequence[int] = (REDIS_DB_OURS, REDIS_DB_ANCHOR, REDIS
     handles = []
     try:
         for db in dbs:
-            path = os.path.join(tempfile.gettempdir(), f"btu_twisted-test-redis-db{db}.lock")
-            handle = open(path, "w")  # noqa: SIM115 - closed below, which releases the lock
+            handle = support.open_redis_db_lock(db)
             handles.append(handle)
             deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"Redis db {db} stayed locked by another run") from None
-                    time.sleep(0.25)
+            while not support.try_lock(handle):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Redis db {db} stayed locked by another run")
+                time.sleep(0.25)
         yield
     finally:
         for handle in handles:

@@ -8,12 +8,14 @@ test set-up, never inside the daemon.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
+import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pymysql
 import redis
@@ -126,6 +128,26 @@ class TestDatabase:
 
 def sync_redis(db: int = REDIS_DB_DAEMON) -> redis.Redis:
     return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+
+
+def open_redis_db_lock(db: int) -> IO[str]:
+    """The machine-wide lock file of Redis database ``db``, shared by tests and benchmarks.
+
+    Concurrent runs (several people on one machine and its Redis) would flush
+    and fill each other's database; holding this file's flock they take turns.
+    Closing the file releases the lock.
+    """
+    path = os.path.join(tempfile.gettempdir(), f"btu_twisted-test-redis-db{db}.lock")
+    return open(path, "w")
+
+
+def try_lock(handle: IO[str]) -> bool:
+    """Take the flock on ``handle`` if it is free, without waiting."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def clean_redis(case: Any, db: int) -> redis.Redis:

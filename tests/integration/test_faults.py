@@ -18,14 +18,12 @@ before the fault and every run after recovery is there exactly once.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import json
 import math
 import os
 import pickle
 import socket
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -43,6 +41,7 @@ from twisted.web.server import Site
 
 from btu_twisted import frappe_http
 from btu_twisted.store import LAST_ENQUEUED, MEMBER_INDEX, SCHEDULE_SET
+from tests.integration import support
 from tests.integration.daemon import make_service, wait_for
 from tests.integration.proxy import TcpProxy
 from tests.integration.support import (
@@ -184,18 +183,13 @@ async def exclusive_redis_db(case: unittest.TestCase, db: int, wait: float = 80.
     take turns, test by test.  Register it before any other cleanup so it is
     released last.
     """
-    path = os.path.join(tempfile.gettempdir(), f"btu_twisted-test-redis-db{db}.lock")
-    handle = open(path, "w")
+    handle = support.open_redis_db_lock(db)
     deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                handle.close()
-                raise AssertionError(f"Redis db {db} stayed locked by another test run") from None
-            await sleep(0.25)
+    while not support.try_lock(handle):
+        if time.monotonic() > deadline:
+            handle.close()
+            raise AssertionError(f"Redis db {db} stayed locked by another test run")
+        await sleep(0.25)
     case.addCleanup(handle.close)  # closing the file releases the lock
 
 
