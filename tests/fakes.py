@@ -213,6 +213,8 @@ class FakeStore(_FakeService):
         self.runs: list[EnqueuedRun] = []
         #: Every claim call's batch and Clock time.
         self.claim_batches: list[tuple[float, list[Claim]]] = []
+        #: The full refresh's marker key (btu_scheduler:planned).
+        self.marked = False
 
     # -- test helpers (synchronous, never fail) ------------------------------
     def add(self, name: str, when: int) -> None:
@@ -280,6 +282,22 @@ class FakeStore(_FakeService):
 
     def count(self) -> Deferred[int]:
         return self._call("count", lambda: len(self.zset))
+
+    def mark_planned(self) -> Deferred[None]:
+        def mark() -> None:
+            self.marked = True
+
+        return self._call("mark_planned", mark)
+
+    def keys_present(self) -> Deferred[bool]:
+        return self._call("keys_present", lambda: self.marked)
+
+    def flush(self) -> None:
+        """FLUSHDB: every key of ours is gone."""
+        self.zset.clear()
+        self.index.clear()
+        self.last_enqueued.clear()
+        self.marked = False
 
     # -- the scripts -----------------------------------------------------------
     def _ordered(self) -> list[tuple[str, int]]:
