@@ -32,6 +32,7 @@ from twisted.internet.task import Clock
 from btu_twisted.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow
+from btu_twisted.sql import Changes
 from btu_twisted.store import (
     CLAIMED,
     LOST,
@@ -62,6 +63,7 @@ def make_row(
     zone: str | None = None,
     duration: int | None = 60,
     desc_short: str | None = "Test task",
+    task_docstatus: int | None = 1,
 ) -> ScheduleRow:
     """A ScheduleRow with sensible defaults: enabled, every minute, a real function."""
     return ScheduleRow(
@@ -79,6 +81,7 @@ def make_row(
         max_task_duration=duration,
         task_queue_name=None,
         desc_short=desc_short,
+        task_docstatus=task_docstatus,
     )
 
 
@@ -398,6 +401,12 @@ class FakeDatabase(_FakeService):
     ) -> None:
         super().__init__(clock, latency)
         self.rows: dict[str, ScheduleRow] = {r.name: r for r in rows}
+        #: The change feed's view: schedule name -> its (or its task's) modified.
+        self.modified: dict[str, Any] = {}
+        self.task_modified: dict[str, Any] = {}
+        self.zone: str | None = None
+        #: redis_job_id as written back.
+        self.job_ids: dict[str, str] = {}
 
     def put(self, *rows: ScheduleRow) -> None:
         for row in rows:
@@ -424,6 +433,32 @@ class FakeDatabase(_FakeService):
 
     def check(self) -> Deferred[int]:
         return self._call("check", lambda: 42)
+
+    def changes(self, since: Mapping[str, Any], overlap: Any) -> Deferred[Changes]:
+        """Rows of ``modified`` (name -> datetime) and ``task_modified`` at or after ``since``."""
+
+        def read() -> Changes:
+            found = {}
+            for kind, stamps in (("schedule", self.modified), ("task", self.task_modified)):
+                mark = since.get(kind)
+                if mark is None:
+                    latest = max(stamps.values(), default=None)
+                    if latest is None:
+                        found[kind] = []
+                        continue
+                    mark = latest - overlap
+                found[kind] = [(n, m) for n, m in stamps.items() if m >= mark]
+            return Changes(found["schedule"], found["task"], self.zone)
+
+        return self._call("changes", read, dict(since))
+
+    def write_job_ids(self, job_ids: Mapping[str, str]) -> Deferred[None]:
+        batch = dict(job_ids)
+
+        def write() -> None:
+            self.job_ids.update(batch)
+
+        return self._call("write_job_ids", write, batch)
 
 
 @dataclass

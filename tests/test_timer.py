@@ -295,6 +295,94 @@ class GoneScheduleTests(TimerCase):
         self.assertEqual(len(mentioning(events, "TS-OFF", "dropped", "disabled")), 1)
         self.assertEqual(sorted(self.fifo.take(5)), ["TS-GONE", "TS-OFF", "TS-ON"])
 
+    def test_runs_the_committed_row_no_longer_produces_are_dropped(self) -> None:
+        """Before a run is enqueued its row must still produce it: a cron
+        edited away from T, or a cancelled or deleted task, drops the run
+        (claimed without a job, logged, replanned); a draft task still runs."""
+        self.schedule("TS-EDITED", T)
+        self.schedule("TS-CANCELLED", T)
+        self.schedule("TS-NOTASK", T)
+        self.schedule("TS-DRAFT", T)
+        self.db.update("TS-EDITED", cron_string="0 0 0 1 1 * *")
+        self.db.update("TS-CANCELLED", task_docstatus=2)
+        self.db.update("TS-NOTASK", task_docstatus=None)
+        self.db.update("TS-DRAFT", task_docstatus=0)
+        with capturedLogs() as events:
+            self.timer.startService()
+            self.advance_to(T + 1)
+        self.assertEqual([r.schedule for r in self.store.enqueued()], ["TS-DRAFT"])
+        self.assertEqual(self.store.zset, {})
+        self.assertEqual(len(mentioning(events, "TS-EDITED", "dropped", "no longer runs")), 1)
+        self.assertEqual(len(mentioning(events, "TS-CANCELLED", "dropped", "is cancelled")), 1)
+        self.assertEqual(len(mentioning(events, "TS-NOTASK", "dropped", "does not exist")), 1)
+        self.assertEqual(
+            sorted(self.fifo.take(5)), ["TS-CANCELLED", "TS-DRAFT", "TS-EDITED", "TS-NOTASK"]
+        )
+
+    def test_claim_held_up_reads_the_row_again(self) -> None:
+        """A job built at T - 2 whose claim is held up (Redis away) is built
+        again from a fresh row before it is enqueued: an edit made while it
+        waited is honoured."""
+        self.schedule("TS-1", T)
+        self.timer.startService()
+        self.advance_to(T - 1)
+        self.assertEqual(len(self.builder.builds), 1)
+        self.store.down = True
+        self.advance_to(T + 5)
+        self.db.update("TS-1", cron_string="0 0 0 1 1 * *")
+        self.store.down = False
+        self.advance_to(T + 60)
+        self.assertEqual(self.job_count(), 0)
+        self.assertEqual(self.store.last_enqueued.get("TS-1"), T)
+
+    def test_unexpected_builder_exception_is_a_counted_retry(self) -> None:
+        """A builder failing with something other than BuildError (a
+        cancelled site request) is a transient build failure: counted,
+        retried, the run enqueued once; never an unhandled error."""
+        failures: list[str] = []
+        self.timer = Timer(
+            self.clock, self.store, self.db, self.builder, self.fifo,  # type: ignore[arg-type]
+            polling_interval=self.polling, on_failure=failures.append,
+        )
+        self.timers.append(self.timer)
+        self.schedule("TS-1", T)
+        real_build = self.builder.build
+        calls = []
+
+        def cancelled_once(row: ScheduleRow, when: int) -> Deferred[object]:
+            calls.append(when)
+            if len(calls) == 1:
+                d: Deferred[object] = Deferred()
+                d.cancel()
+                return d
+            return real_build(row, when)  # type: ignore[return-value]
+
+        self.builder.build = cancelled_once  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            self.timer.startService()
+            self.advance_to(T + 10)
+        self.assertEqual(self.job_count("TS-1"), 1)
+        self.assertIn("build_transient", failures)
+        self.assertEqual([e for e in events if "log_failure" in e], [])
+        self.assertEqual(texts(events, LogLevel.critical), [])
+
+    def test_job_ids_reported_after_each_claim_round(self) -> None:
+        """Each claim round reports (schedule, job id) of what it enqueued."""
+        reported: list[list[tuple[str, str]]] = []
+        self.timer = Timer(
+            self.clock, self.store, self.db, self.builder, self.fifo,  # type: ignore[arg-type]
+            polling_interval=self.polling, on_job_ids=reported.append,
+        )
+        self.timers.append(self.timer)
+        self.schedule("TS-1", T)
+        self.schedule("TS-2", T)
+        self.timer.startService()
+        self.advance_to(T + 1)
+        self.assertEqual(len(reported), 1)
+        self.assertEqual(
+            sorted(reported[0]), sorted((r.schedule, r.job_id) for r in self.store.enqueued())
+        )
+
     def test_cancelled_member_not_enqueued(self) -> None:
         """A member cancelled after its job was built but before its time
         (the BTU app's cancel_task_schedule) is not enqueued."""
