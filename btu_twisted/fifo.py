@@ -9,6 +9,7 @@ without bound, COMPAT.md 6.11).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from twisted.internet.defer import Deferred, succeed
@@ -28,8 +29,10 @@ class ScheduleFifo:
     log = Logger()
 
     def __init__(self, max_names: int = DEFAULT_MAX_NAMES) -> None:
-        # dict keeps insertion order and gives O(1) membership and removal.
-        self._names: dict[str, None] = {}
+        # O(1) membership, removal anywhere, and popping the oldest: a plain
+        # dict's next(iter()) after many deletions from its front scans the
+        # holes they leave (100,000 names took 5.6 s to take).
+        self._names: OrderedDict[str, None] = OrderedDict()
         self._waiters: list[Deferred[str]] = []
         self._max_names = max_names
         self._refused = 0
@@ -71,11 +74,9 @@ class ScheduleFifo:
 
     def take(self, limit: int) -> list[str]:
         """Remove and return up to ``limit`` names in FIFO order, without waiting."""
-        batch: list[str] = []
-        while self._names and len(batch) < limit:
-            name = next(iter(self._names))
-            del self._names[name]
-            batch.append(name)
+        count = min(limit, len(self._names))
+        pop = self._names.popitem
+        batch = [pop(last=False)[0] for _ in range(count)]
         if not self._names:
             self._refused = 0
         return batch
