@@ -380,16 +380,26 @@ class Timer(Service):
 
     def _fresh_due(self, now: float) -> list[Claim]:
         """Due claims whose row is recent; older ones are dropped to be built
-        again from a fresh read (the row may have been edited meanwhile)."""
+        again from a fresh read (the row may have been edited meanwhile).
+
+        A dropped claim's schedule is also planned again: if an earlier claim
+        attempt did go through (its reply lost), the member is gone and no
+        claim result will ever ask for the next run.  Replanning is always
+        safe: a member already due is left to us, an enqueued run never
+        comes back.
+        """
         due: list[Claim] = []
+        stale: list[str] = []
         for claim in list(self._prepared.values()):
             if claim.when > now:
                 continue
             if claim.job_id and now - self._read_at.get(claim.member, now) > ROW_FRESHNESS:
                 del self._prepared[claim.member]
                 self._read_at.pop(claim.member, None)
+                stale.append(claim.schedule)
                 continue
             due.append(claim)
+        self._fifo.extend(stale)
         return due
 
     def _settle(self, batch: list[Claim], results: list[int], now: float) -> list[str]:

@@ -335,6 +335,23 @@ class GoneScheduleTests(TimerCase):
         self.assertEqual(self.job_count(), 0)
         self.assertEqual(self.store.last_enqueued.get("TS-1"), T)
 
+    def test_stale_claim_whose_reply_was_lost_still_replans(self) -> None:
+        """The claim went through but its reply was lost, then Redis stayed
+        away until the prepared job went stale: dropping it must still plan
+        the schedule again (no claim result will), and nothing is doubled."""
+        self.schedule("TS-1", T)
+        self.timer.startService()
+        self.advance_to(T - 1)
+        self.store.lose_reply.add("claim")
+        self.advance_to(T + 0.5)
+        self.assertEqual(self.job_count("TS-1"), 1)
+        self.store.down = True
+        self.advance_to(T + 8)
+        self.store.down = False
+        self.advance_to(T + 20)
+        self.assertIn("TS-1", self.fifo)
+        self.assertEqual(self.job_count("TS-1"), 1)
+
     def test_unexpected_builder_exception_is_a_counted_retry(self) -> None:
         """A builder failing with something other than BuildError (a
         cancelled site request) is a transient build failure: counted,
