@@ -145,6 +145,34 @@ FRAPPE_FAILURE_TTL = 604800
 TTL_SLACK_SECS = 3600
 
 
+#: Run by a worker's interpreter: what ``frappe.enqueue`` (v15 and develop) has that
+#: rq's Queue write for execute_job, printed as JSON (``data`` as its pickle, in hex).
+FRAPPE_ENQUEUE_SCRIPT = """
+import json, sys, zlib
+import redis
+from rq import Queue
+from rq.job import Callback
+url, queue, job_id, kwargs, timeout = sys.argv[1:6]
+connection = redis.Redis.from_url(url)
+Queue(queue, connection=connection).enqueue_call(
+    "frappe.utils.background_jobs.execute_job",
+    on_success=None,
+    on_failure=Callback(func="frappe.utils.background_jobs.truncate_failed_registry"),
+    timeout=int(timeout),
+    kwargs=json.loads(kwargs),
+    at_front=False,
+    failure_ttl=604800,
+    result_ttl=600,
+    job_id=job_id,
+)
+stored = connection.hgetall("rq:job:" + job_id)
+data = zlib.decompress(stored.pop(b"data"))
+out = {key.decode(): value.decode() for key, value in stored.items()}
+out["data"] = data.hex()
+print(json.dumps(out))
+"""
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -382,6 +410,38 @@ class _WorkerMatrix:
         ttl = self.redis.ttl(f"rq:job:{built.job_id}")
         self.assertTrue(0 < ttl <= FRAPPE_RESULT_TTL, ttl)
         self.assert_frappe_fields(built)  # the worker kept them
+
+    async def test_frappe_site_hash_is_frappe_enqueue(self) -> None:
+        """The ``frappe_site`` hash is the one ``frappe.enqueue`` has this worker's rq write
+        (same call, TTLs, callback, timeout, queue), field for field, except the times,
+        our description and meta, and rq 2.x's ``group_id`` (older rq ignores it)."""
+        self.need_worker()
+        row = schedule_row("TS-COMPAT-HASH", function_string="myapp.tasks.nightly")
+        built = await self.enqueue(self.frappe_site_config(), row)
+        ours = self.redis.hgetall(f"rq:job:{built.job_id}")
+        data = zlib.decompress(ours.pop(b"data"))
+        theirs_id = built.job_id[:-36] + "0" * 8 + built.job_id[-28:]  # same style, another job
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
+        argv = [
+            self.python, "-c", FRAPPE_ENQUEUE_SCRIPT, REDIS_URL, built.origin, theirs_id,
+            json.dumps(pickle.loads(data)[3]), "321",
+        ]  # fmt: skip
+        done = await deferToThread(
+            subprocess.run, argv, env=env, capture_output=True, text=True,
+            timeout=WORKER_DEADLINE_SECS, check=False,
+        )  # fmt: skip
+        self.assertEqual(done.returncode, 0, done.stderr)
+        theirs = json.loads(done.stdout.strip().splitlines()[-1])
+        self.assertEqual(bytes.fromhex(theirs.pop("data")), data)  # the very same pickle
+        mine = {key.decode(): value.decode() for key, value in ours.items() if key != b"meta"}
+        for key in ("created_at", "enqueued_at", "description"):
+            self.assertIn(key, theirs)
+            self.assertTrue(mine.pop(key))
+            theirs.pop(key)
+        if "group_id" not in theirs:
+            self.assertEqual(mine.pop("group_id"), "")
+        self.assertEqual(mine, theirs)
+        self.assertEqual(mine["failure_ttl"], "604800")  # not empty on both sides
 
     async def test_frappe_site_failure(self) -> None:
         """A failing ``frappe_site`` job: the worker calls Frappe's truncate_failed_registry,
