@@ -359,8 +359,10 @@ class LocalBuilderTests(SynchronousTestCase):
         self.assertEqual((job.result_ttl, job.failure_ttl), (600, 604800))
         self.assertEqual(job._failure_callback_name, builders.FRAPPE_FAILURE_CALLBACK)
         self.assertEqual(job.failure_callback_timeout, 60)  # rq's default, as Frappe's Callback
-        self.assertEqual(builders.FRAPPE_FAILURE_CALLBACK,
-                         "frappe.utils.background_jobs.truncate_failed_registry")
+        self.assertEqual(
+            builders.FRAPPE_FAILURE_CALLBACK,
+            "frappe.utils.background_jobs.truncate_failed_registry",
+        )
         # The field names both rq 1.15 and 2.x read; no success or stopped callback.
         self.assertEqual(
             {key: built.fields[key] for key in built.fields if "callback" in key or "ttl" in key},

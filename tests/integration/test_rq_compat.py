@@ -314,7 +314,9 @@ class _WorkerMatrix:
         self.assertEqual(len(records), 1, records)
         return self.check_record(records[0], built, func_name)
 
-    def check_record(self, record: dict[str, Any], built: BuiltJob, func_name: str) -> dict[str, Any]:
+    def check_record(
+        self, record: dict[str, Any], built: BuiltJob, func_name: str
+    ) -> dict[str, Any]:
         """One call the worker made, checked against the job we wrote."""
         job = record["job"]
         self.assertEqual(job["id"], built.job_id)
