@@ -424,6 +424,12 @@ class LocalBuilderTests(SynchronousTestCase):
         differing = {k for k in first.fields if first.fields[k] != second.fields[k]}
         self.assertLessEqual(differing, {"created_at"})
 
+    def test_config_knows_the_id_styles(self) -> None:
+        """The config check accepts exactly the styles the builder can write."""
+        from btu_twisted import config
+
+        self.assertEqual(config._FRAPPE_JOB_ID_STYLES, tuple(builders.FRAPPE_JOB_ID_STYLES))
+
     def test_bad_id_style(self) -> None:
         """An unknown id style is refused when the builder is made, not at the first run."""
         config = make_config(job_builder="frappe_site", frappe_job_id_style="v99")
