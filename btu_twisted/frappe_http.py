@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client as web_client
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 if TYPE_CHECKING:
@@ -176,6 +176,34 @@ class _BoundedBody(Protocol):
                     transient=True,
                 )
             )
+
+
+@implementer(IBodyProducer)
+class _WholeBody:
+    """A request body written in one piece, on whichever reactor carries the connection.
+
+    treq turns ``bytes`` into a FileBodyProducer that writes through the
+    *global* reactor's cooperator.  The ``btu`` command runs this client on a
+    private reactor while the global one never runs, so the request went out
+    with its Content-Length and no body, and the site waited until the deadline.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self.body)
+        return defer.succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class _Discard(Protocol):
@@ -406,7 +434,7 @@ class SiteClient:
             response = await self._http.request(
                 "POST",
                 self._url,
-                data=body,
+                data=_WholeBody(body),
                 headers=self._headers,
                 allow_redirects=False,
                 unbuffered=True,

@@ -15,6 +15,9 @@ import pickle
 import shutil
 import socket
 import tempfile
+import threading
+import time
+import zlib
 from datetime import datetime
 from typing import Any
 
@@ -40,7 +43,14 @@ from btu_twisted.cli import main
 from btu_twisted.cli.jobs import read_job_call
 from btu_twisted.protocol import ControlFactory
 from btu_twisted.store import SCHEDULE_SET
-from tests.integration.support import TestDatabase, config_values, sync_redis, toml_text
+from tests.integration.support import (
+    TestDatabase,
+    config_values,
+    open_redis_db_lock,
+    sync_redis,
+    toml_text,
+    try_lock,
+)
 
 REDIS_DB = 5
 TOKEN = "token key123:secret456"
@@ -68,6 +78,14 @@ class _Base(TestCase):
     """A private temp directory, a Redis database flushed around each test, and a config writer."""
 
     def setUp(self) -> None:
+        # Other runs on this machine use Redis database 5 too: take turns (released last).
+        lock = open_redis_db_lock(REDIS_DB)
+        self.addCleanup(lock.close)
+        deadline = time.monotonic() + 120
+        while not try_lock(lock):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"Redis db {REDIS_DB} stayed locked by another test run")
+            time.sleep(0.1)
         self.tmp = tempfile.mkdtemp(dir="/tmp", prefix="btucli")
         self.addCleanup(shutil.rmtree, self.tmp, True)
         self.redis = sync_redis(REDIS_DB)
@@ -864,3 +882,136 @@ class SiteTests(_WithDatabase):
         self.assertEqual(job.data, PICKLE)
         self.assertEqual(job.func_name, "btu.btu_api.execute_job")
         self.assertEqual(self.redis.lrange("rq:queue:default", 0, -1), [job.id.encode()])
+
+
+class _RawSite:
+    """A real TCP server on its own thread that keeps each request's bytes exactly as received.
+
+    It runs outside Twisted on purpose: the ``btu`` command runs with no global
+    reactor spinning, and the test must see what a real site would see then.
+    A request whose announced body never arrives is recorded as it stands
+    when the client gives up or ``wait`` seconds pass, and gets no answer.
+    """
+
+    def __init__(self, body: bytes, wait: float = 10.0) -> None:
+        self.body = body
+        self.wait = wait
+        self.requests: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)  # so close() is seen promptly
+        self.port = self.listener.getsockname()[1]
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(self.wait + 5)
+        self.listener.close()
+
+    def received(self, count: int) -> list[bytes]:
+        """The requests, once ``count`` are recorded (or the wait is over: the test then fails)."""
+        deadline = time.monotonic() + self.wait + 2
+        while len(self.requests) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return list(self.requests)
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(self.wait)
+        raw = b""
+        try:
+            while b"\r\n\r\n" not in raw:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                raw += chunk
+            head, _, body = raw.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(body) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+                raw += chunk
+        except OSError:
+            pass
+        self.requests.append(raw)
+        if not raw or len(raw.partition(b"\r\n\r\n")[2]) < length:
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(self.body)).encode() + b"\r\n"
+                     b"Connection: close\r\n\r\n" + self.body)
+
+
+def _parse_request(raw: bytes) -> tuple[str, dict[str, list[str]], bytes]:
+    """Request line, headers (lower-case names, every value) and body of raw HTTP/1.1 bytes."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return lines[0], headers, body
+
+
+class SiteBytesTests(_WithDatabase):
+    """What a site receives from ``btu`` with the frappe builder, byte for byte.
+
+    ``btu`` is called synchronously here, so Twisted's global reactor does not
+    run meanwhile, exactly as in the ``btu`` process (issue 9 part 6: the
+    headers went out announcing a body that never followed).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.site = _RawSite(json.dumps({"message": list(PICKLE)}).encode())
+        self.addCleanup(self.site.close)
+
+    def site_config(self) -> str:
+        return self.write_config(webserver_ip="127.0.0.1", webserver_port=self.site.port,
+                                 webserver_host_header="site1.local", job_builder="frappe",
+                                 webserver_timeout_secs=4)
+
+    def assertPickledTaskRequest(self, raw: bytes, task: str, schedule: str | None) -> None:
+        """One complete POST to get_pickled_task with the daemon's headers and JSON body."""
+        request_line, headers, body = _parse_request(raw)
+        self.assertEqual(request_line,
+                         "POST /api/method/btu.btu_api.endpoints.get_pickled_task HTTP/1.1")
+        self.assertEqual(headers["host"], ["site1.local"])
+        self.assertEqual(headers["authorization"], [TOKEN])
+        self.assertEqual(headers["content-type"], ["application/json"])
+        self.assertEqual(headers["content-length"], [str(len(body))])
+        self.assertEqual(json.loads(body), {"task_id": task, "task_schedule_id": schedule})
+
+    def test_pickler_sends_the_whole_body(self) -> None:
+        """test-pickler's request carries its JSON body, and the site's pickle comes back."""
+        code, out, err = self.btu("test-pickler", "BTU-00001", config=self.site_config())
+        requests = self.site.received(1)
+        self.assertEqual(len(requests), 1, requests)
+        self.assertPickledTaskRequest(requests[0], "BTU-00001", None)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn(f"{len(PICKLE)} bytes", out)
+
+    def test_queue_task_now_sends_the_whole_body(self) -> None:
+        """queue-task-now (frappe builder) sends the full request and queues the site's pickle."""
+        code, out, err = self.btu("--json", "queue-task-now", "BTU-00001",
+                                  config=self.site_config())
+        requests = self.site.received(1)
+        self.assertEqual(len(requests), 1, requests)
+        self.assertPickledTaskRequest(requests[0], "BTU-00001", "manual")
+        self.assertEqual((code, err), (0, ""))
+        job_id = json.loads(out)["job_id"]
+        self.assertEqual(self.redis.hget(f"rq:job:{job_id}", "data"), zlib.compress(PICKLE))
