@@ -8,6 +8,7 @@ in a thread so the reactor stays free to answer.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -258,6 +259,35 @@ class UsageTests(_Base):
             code, _, err = self.run_plain("next-runs", "* * * * *", *argv)
             self.assertEqual(code, 2, argv)
             self.assertOneErrorLine(err, "next-runs")
+
+    def test_global_options_before_or_after_every_subcommand(self) -> None:
+        """--config and --json parse the same before and after each subcommand (issue 12.2)."""
+        parser = cli.build_parser(io.StringIO(), io.StringIO())
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        self.assertGreater(len(commands.choices), 10)
+        for name, sub in commands.choices.items():
+            positional = ["* * * * *" if name == "next-runs" else "X1"
+                          for action in sub._actions
+                          if not action.option_strings and action.nargs is None]
+            options = ["--config", "/c.toml", "--json"]
+            for argv in ([*options, name, *positional], [name, *positional, *options],
+                         ["--json", name, *positional, "--config", "/c.toml"],
+                         ["--config", "/c.toml", name, "--json", *positional]):
+                args = parser.parse_args(argv)
+                self.assertEqual((args.command, args.config, args.json),
+                                 (name, "/c.toml", True), argv)
+            args = parser.parse_args([name, *positional])
+            self.assertEqual((args.config, args.json), (None, False), name)
+
+    def test_print_config_with_options_after_the_command(self) -> None:
+        """'btu print-config --config FILE --json' runs (it exited 2 before)."""
+        path = self.write_config(name="after-the-command")
+        code, out, err = self.run_plain("print-config", "--config", path, "--json")
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(json.loads(out)["name"], "after-the-command")
+        code, out, err = self.run_plain("print-config", "--config", path)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn(f"# {path}", out)
 
     def test_read_job_call_never_imports(self) -> None:
         """A pickle naming unknown or dangerous code is described, never imported or run."""

@@ -97,6 +97,15 @@ def cmd_print_config(ctx: Context, args: argparse.Namespace) -> int:
     return OK
 
 
+def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """Options every subcommand takes, valid before or after the subcommand's name."""
+    parser.add_argument("--config", metavar="PATH", default=default,
+                        help=f"the daemon's TOML config (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--json", action="store_true",
+                        default=False if default is None else default,
+                        help="machine-readable output on stdout")
+
+
 def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     """The full command line; the streams are where help and usage errors go."""
     parser_class = type("_BoundParser", (_Parser,), {"out": out, "err": err})
@@ -106,14 +115,12 @@ def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 not found/refused/invalid, 2 usage or config, "
                "3 a service cannot be reached.",
     )
-    parser.add_argument("--config", metavar="PATH",
-                        help=f"the daemon's TOML config (default {DEFAULT_CONFIG_PATH})")
-    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    _add_global_options(parser, default=None)
     parser.add_argument("--version", action="version", version=f"btu {__version__}")
-    # --json is accepted after the subcommand too; SUPPRESS keeps the global value otherwise.
+    # The same options after the subcommand (where people type them).  SUPPRESS
+    # keeps a value given before the subcommand when none is given after it.
     common = parser_class(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable output on stdout")
+    _add_global_options(common, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Command, summary: str) -> argparse.ArgumentParser:
