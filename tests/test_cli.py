@@ -41,7 +41,7 @@ from twisted.web.server import Site
 from btu_twisted import cli
 from btu_twisted.cli import daemon as cli_daemon
 from btu_twisted.cli import main
-from btu_twisted.cli.jobs import read_job_call
+from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.protocol import ControlFactory
 from btu_twisted.store import SCHEDULE_SET
 from tests.integration.support import (
@@ -301,8 +301,8 @@ class UsageTests(_Base):
         call = read_job_call(data)
         self.assertNotIn("data_error", call)
         self.assertEqual(call["func_name"], "f")
-        self.assertEqual(call["args"], ["<not_a_module_x.run>"])
-        self.assertEqual(call["kwargs"], {"cmd": "<os.system>"})
+        self.assertEqual(call["args"], ["<not_a_module_x.run()>"])
+        self.assertEqual(call["kwargs"], {"cmd": f"<os.system('touch {marker}')>"})
         self.assertFalse(os.path.exists(marker))
         self.assertIsNone(read_job_call(b"not a pickle")["func_name"])
 
@@ -546,7 +546,7 @@ class JobTests(_Base):
         self.assertEqual(code, 0)
         shown = json.loads(out)
         self.assertEqual(shown["func_name"], "btu.btu_api.execute_job")
-        self.assertEqual(shown["kwargs"], {"method": "<btu.btu_core.task_runner.TaskRunner>",
+        self.assertEqual(shown["kwargs"], {"method": "<btu.btu_core.task_runner.TaskRunner()>",
                                            "job_name": "Ping Now"})
         self.assertEqual((shown["status"], shown["timeout"]), ("created", 3600))
         code, out, _ = self.btu("--json", "queue-job-now", "rust-1")
@@ -609,6 +609,53 @@ class JobTests(_Base):
         code, _, err = self.btu("queue-job-now", job.id)
         self.assertEqual(code, 1)
         self.assertOneErrorLine(err, "running")
+
+    def planted_job(self, marker: str) -> Job:
+        """A queued rq job whose ``meta`` and ``data`` were replaced by pickles that run a shell."""
+        job = self.enqueue()
+        self.redis.hset(job.key, "description", "planted")
+        shell = f"cos\nsystem\n({_pickled_text(f'touch {marker}').decode()}tR".encode()
+        self.redis.hset(job.key, mapping={
+            "meta": b"\x80\x02}" + _pickled_text("task_schedule") + shell + b"s.",
+            "data": zlib.compress(b"\x80\x02(" + _pickled_text("tests.jobfuncs.record")
+                                  + b"N)}" + _pickled_text("cmd") + shell + b"st."),
+        })
+        return job
+
+    def test_show_job_never_runs_a_planted_pickle(self) -> None:
+        """A job whose meta/data would run os.system is shown, summarized, and nothing runs."""
+        marker = os.path.join(self.tmp, "pwned")
+        job = self.planted_job(marker)
+        code, out, err = self.btu("--json", "show-job", job.id)
+        self.assertFalse(os.path.exists(marker))
+        self.assertEqual((code, err), (0, ""))
+        shown = json.loads(out)
+        self.assertEqual((shown["status"], shown["origin"], shown["description"]),
+                         ("queued", "default", "planted"))
+        self.assertEqual(shown["func_name"], "tests.jobfuncs.record")
+        self.assertEqual(shown["meta"], {"task_schedule": f"<os.system('touch {marker}')>"})
+        self.assertEqual(shown["kwargs"], {"cmd": f"<os.system('touch {marker}')>"})
+        code, out, _ = self.btu("show-job", job.id)
+        self.assertEqual(code, 0)
+        self.assertIn("os.system", out)
+        self.assertFalse(os.path.exists(marker))
+
+    def test_queue_job_now_copies_a_planted_pickle_untouched(self) -> None:
+        """queue-job-now re-queues a finished job without unpickling: data and meta stay bytes."""
+        marker = os.path.join(self.tmp, "pwned")
+        job = self.planted_job(marker)
+        Queue("default", connection=self.redis).remove(job)
+        self.redis.hset(job.key, "status", "finished")
+        self.redis.expire(job.key, 500)  # what result_ttl leaves on a finished job
+        before = self.redis.hmget(job.key, ["data", "meta"])
+        code, out, err = self.btu("--json", "queue-job-now", job.id)
+        self.assertFalse(os.path.exists(marker))
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(json.loads(out)["action"], "enqueued")
+        self.assertEqual(self.redis.hmget(job.key, ["data", "meta"]), before)
+        self.assertEqual(self.redis.hget(job.key, "status"), b"queued")
+        self.assertEqual(self.redis.ttl(job.key), -1)  # waits on the queue without expiring
+        self.assertEqual(self.redis.lrange("rq:queue:default", 0, -1), [job.id.encode()])
 
     def test_queue_job_now_unknown(self) -> None:
         """An unknown id exits 1 and creates nothing."""

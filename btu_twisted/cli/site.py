@@ -27,7 +27,7 @@ from twisted.web.http_headers import Headers
 
 from btu_twisted.builders import BuildError, BuiltJob, make_builder
 from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
-from btu_twisted.cli.jobs import read_job_call
+from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.cli.sql import read_task
 from btu_twisted.config import Config
 from btu_twisted.frappe_http import (
