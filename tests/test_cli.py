@@ -43,7 +43,7 @@ from btu_twisted.cli import daemon as cli_daemon
 from btu_twisted.cli import main
 from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.protocol import ControlFactory
-from btu_twisted.store import SCHEDULE_SET
+from btu_twisted.store import LAST_ENQUEUED, SCHEDULE_SET
 from tests.integration.support import (
     TestDatabase,
     config_values,
@@ -815,6 +815,58 @@ class DaemonSocketTests(_Base):
         code, out, err = await self.btu_in_thread("reload", "TS-000002")
         self.assertEqual((code, out), (1, ""))
         self.assertOneErrorLine(err, "planning queue is full")
+
+    def record_last_runs(self, **values: float) -> None:
+        """Write ``btu_scheduler:last_enqueued`` fields as the daemon does (unix seconds)."""
+        self.redis.hset(LAST_ENQUEUED, mapping={k.replace("_", "-"): str(int(v))
+                                                for k, v in values.items()})
+
+    async def test_clear_last_run_ahead_tells_the_daemon(self) -> None:
+        """A last run years ahead is deleted, other schedules' are kept, the daemon re-plans."""
+        requests = self.serve(_FakeDaemon)
+        ahead = time.time() + 10 * 365 * 86400
+        self.record_last_runs(TS_000001=ahead, TS_000002=time.time() - 60)
+        code, out, err = await self.btu_in_thread("clear-last-run", "TS-000001")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("Cleared the last run of TS-000001", out)
+        self.assertIn("re-processing Task Schedule TS-000001", out)
+        self.assertEqual(self.redis.hkeys(LAST_ENQUEUED), [b"TS-000002"])
+        self.assertEqual([json.loads(r) for r in requests],
+                         [{"request_type": "create_task_schedule", "request_content": "TS-000001"}])
+
+    def test_clear_last_run_without_a_daemon(self) -> None:
+        """With no daemon the field is still cleared, and the output says what happens next."""
+        ahead = int(time.time()) + 3600
+        self.record_last_runs(TS_000001=ahead)
+        code, out, err = self.btu("--json", "clear-last-run", "TS-000001")
+        self.assertEqual((code, err), (0, ""))
+        report = json.loads(out)
+        self.assertEqual((report["schedule"], report["cleared"], report["daemon_reply"]),
+                         ("TS-000001", ahead, None))
+        self.assertIn("cannot reach the btu daemon", report["daemon_error"])
+        self.assertFalse(self.redis.hexists(LAST_ENQUEUED, "TS-000001"))
+        self.record_last_runs(TS_000001=ahead)
+        code, out, _ = self.btu("clear-last-run", "TS-000001")
+        self.assertEqual(code, 0)
+        self.assertIn("next full refresh", out)
+
+    def test_clear_last_run_in_the_past_needs_force(self) -> None:
+        """A last run not ahead of now is normal: kept (exit 1) unless --force is given."""
+        self.record_last_runs(TS_000001=time.time() - 60)
+        code, out, err = self.btu("clear-last-run", "TS-000001")
+        self.assertEqual((code, out), (1, ""))
+        self.assertOneErrorLine(err, "not ahead of now", "--force")
+        self.assertTrue(self.redis.hexists(LAST_ENQUEUED, "TS-000001"))
+        code, _, _ = self.btu("clear-last-run", "--force", "TS-000001")
+        self.assertEqual(code, 0)
+        self.assertFalse(self.redis.hexists(LAST_ENQUEUED, "TS-000001"))
+
+    def test_clear_last_run_unknown_schedule(self) -> None:
+        """Nothing recorded: exit 1 and nothing written."""
+        code, _, err = self.btu("clear-last-run", "TS-404")
+        self.assertEqual(code, 1)
+        self.assertOneErrorLine(err, "TS-404", "nothing to clear")
+        self.assertEqual(self.redis.keys("*"), [])
 
     def test_no_socket_file(self) -> None:
         """No daemon (no socket file): exit 3 naming the path."""

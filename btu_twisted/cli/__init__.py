@@ -26,6 +26,7 @@ from btu_twisted import __version__
 from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
 from btu_twisted.cli.daemon import cmd_cancel, cmd_ping, cmd_reload, cmd_status
 from btu_twisted.cli.jobs import cmd_list_jobs, cmd_queue_job_now, cmd_show_job
+from btu_twisted.cli.lastrun import cmd_clear_last_run
 from btu_twisted.cli.schedule import (
     MAX_RUNS,
     cmd_next_runs,
@@ -149,6 +150,12 @@ def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     add("cancel", cmd_cancel, "ask the daemon to drop a Task Schedule's planned run").add_argument(
         "name", metavar="SCHEDULE")
     add("status", cmd_status, "show the daemon's status")
+    clear = add("clear-last-run", cmd_clear_last_run,
+                "forget a Task Schedule's last run recorded in the future (a clock that ran "
+                "ahead) and have the daemon plan it again")
+    clear.add_argument("name", metavar="SCHEDULE")
+    clear.add_argument("--force", action="store_true",
+                       help="clear it even when it is not ahead of now")
     runs = add("next-runs", cmd_next_runs, "preview a cron string's next runs (no config needed)")
     runs.add_argument("cron", metavar="CRON", help='e.g. "0 13 * * 1-5"')
     runs.add_argument("--tz", metavar="ZONE",
