@@ -35,7 +35,7 @@ class _Shell:
 PLAIN_VALUES = [
     None, True, False, 0, -7, 2**70, 1.5, "héllo", b"\x00bytes", (), (1,), (1, 2), (1, 2, 3),
     (1, 2, 3, 4), [], [1, [2, "x"]], {"a": {1: None}}, {1, 2}, frozenset({"f"}),
-    datetime.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=datetime.timezone.utc),
+    datetime.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=datetime.UTC),
     datetime.date(2024, 2, 29), datetime.timedelta(days=3, seconds=5), decimal.Decimal("1.25"),
 ]
 

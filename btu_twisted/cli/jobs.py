@@ -98,7 +98,7 @@ def _time(value: bytes | None) -> str | None:
     except ValueError:
         return text
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
+        stamp = stamp.replace(tzinfo=datetime.UTC)
     return stamp.isoformat()
 
 
@@ -184,7 +184,7 @@ def _requeue(connection: redis.Redis, job_id: str) -> tuple[str, str]:
                 pipe.hset(key, mapping={
                     "status": "queued",
                     "origin": queue,
-                    "enqueued_at": utcformat(datetime.datetime.now(datetime.timezone.utc)),
+                    "enqueued_at": utcformat(datetime.datetime.now(datetime.UTC)),
                     "started_at": "",
                     "ended_at": "",
                 })

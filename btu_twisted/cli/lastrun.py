@@ -18,7 +18,7 @@ let a run that already happened be planned again, so that needs ``--force``.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
 from btu_twisted.cli.daemon import request
@@ -40,7 +40,7 @@ def _when(raw: bytes) -> tuple[float | None, str]:
     text = raw.decode("utf-8", "replace")
     try:
         seconds = float(text)
-        shown = datetime.fromtimestamp(seconds, timezone.utc).isoformat()
+        shown = datetime.fromtimestamp(seconds, UTC).isoformat()
     except (ValueError, OverflowError, OSError):
         return None, repr(text)
     return seconds, shown
@@ -55,7 +55,7 @@ def cmd_clear_last_run(ctx: Context, args: argparse.Namespace) -> int:
     if raw is None:
         raise CliError(f"no last run is recorded for schedule {name!r}; nothing to clear", FAILED)
     seconds, shown = _when(raw)
-    now = datetime.now(timezone.utc).timestamp()
+    now = datetime.now(UTC).timestamp()
     if seconds is not None and seconds <= now and not args.force:
         raise CliError(f"the last run of {name} is {shown}, not ahead of now; nothing to clear "
                        "(--force clears it anyway, and may let that run be planned again)",

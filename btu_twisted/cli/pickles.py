@@ -110,7 +110,7 @@ def _short(value: Any, depth: int = 0) -> str:
         items = list(value.items())[:8]
         text = "{" + ", ".join(f"{_short(k, depth + 1)}: {_short(v, depth + 1)}"
                                for k, v in items) + "}"
-    elif isinstance(value, (Opaque, _Global)) or isinstance(value, _PLAIN_SCALARS):
+    elif isinstance(value, (Opaque, _Global, *_PLAIN_SCALARS)):
         text = repr(value)
     else:
         text = f"<{type(value).__name__}>"
@@ -137,7 +137,7 @@ def _call(func: Any, args: Any) -> Any:
         if safe is not None and isinstance(args, tuple) and _is_plain(args):
             try:
                 return safe(*args)
-            except Exception:  # noqa: BLE001 - odd arguments: fall through to a placeholder
+            except Exception:  # noqa: BLE001, S110 - odd arguments: shown as a placeholder
                 pass
         return Opaque(func.name, _short(args) if isinstance(args, tuple) else None)
     name = func.name if isinstance(func, Opaque) else type(func).__name__
