@@ -15,6 +15,7 @@ import os
 import pickle
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -44,6 +45,7 @@ from btu_twisted.cli import main
 from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.protocol import ControlFactory
 from btu_twisted.store import LAST_ENQUEUED, SCHEDULE_SET
+from tests.jobfuncs import read_redis_records, worker_argv
 from tests.integration.support import (
     TestDatabase,
     config_values,
@@ -54,6 +56,7 @@ from tests.integration.support import (
 )
 
 REDIS_DB = 5
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "token key123:secret456"
 SECRET_PARTS = ("secret456", "hunter2")
 PICKLE = pickle.dumps(("btu.btu_api.execute_job", None, (), {"site": "site1.local"}), protocol=5)
@@ -656,6 +659,22 @@ class JobTests(_Base):
         self.assertEqual(self.redis.hget(job.key, "status"), b"queued")
         self.assertEqual(self.redis.ttl(job.key), -1)  # waits on the queue without expiring
         self.assertEqual(self.redis.lrange("rq:queue:default", 0, -1), [job.id.encode()])
+
+    def test_queue_job_now_a_real_worker_runs_it_again(self) -> None:
+        """A finished job re-queued from its raw hash is run again by a real rq worker."""
+        url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+        job = self.enqueue(kwargs={"record_redis": url, "run": "again"})
+        argv = worker_argv(url, ["default"])
+        first = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=60, check=False)
+        self.assertEqual(first.returncode, 0, first.stderr)
+        self.assertEqual(self.redis.hget(job.key, "status"), b"finished")
+        code, out, err = self.btu("queue-job-now", job.id)
+        self.assertEqual((code, err), (0, ""))
+        second = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=60, check=False)
+        self.assertEqual(second.returncode, 0, second.stderr)
+        records = read_redis_records(url)
+        self.assertEqual([r["kwargs"]["run"] for r in records], ["again", "again"])
+        self.assertEqual(self.redis.hget(job.key, "status"), b"finished")
 
     def test_queue_job_now_unknown(self) -> None:
         """An unknown id exits 1 and creates nothing."""

@@ -31,6 +31,8 @@ __all__ = ["cmd_list_jobs", "cmd_queue_job_now", "cmd_show_job", "describe_job",
 _LISTED_FIELDS = ("status", "enqueued_at", "created_at", "description")
 _TIMES = ("created_at", "enqueued_at", "started_at", "ended_at")
 _NUMBERS = ("timeout", "result_ttl", "failure_ttl", "ttl")
+#: Tries of the WATCHed re-queue before giving up on a job that keeps changing.
+_REQUEUE_ATTEMPTS = 20
 #: rq's registries a job leaves when it is put back on its queue by hand; left
 #: in the scheduled registry rq's scheduler would enqueue it a second time.
 _REGISTRIES = ("rq:failed:", "rq:scheduled:", "rq:deferred:", "rq:canceled:", "rq:finished:")
@@ -113,7 +115,14 @@ def _number(value: bytes | None) -> int | str | None:
 
 
 def _position(connection: redis.Redis, queue: str | None, job_id: str) -> int | None:
-    return None if queue is None else connection.lpos(QUEUE_PREFIX + queue, job_id)
+    """Where the id waits in its queue (0 = next), or None when it is not there."""
+    if queue is None:
+        return None
+    try:
+        return connection.lpos(QUEUE_PREFIX + queue, job_id)  # type: ignore[no-any-return]
+    except redis.exceptions.ResponseError:  # Redis before 6.0.6 has no LPOS
+        ids = [_text(i) for i in connection.lrange(QUEUE_PREFIX + queue, 0, -1)]
+        return ids.index(job_id) if job_id in ids else None
 
 
 def describe_job(connection: redis.Redis, job_id: str, raw: dict[str, bytes]) -> dict[str, Any]:
@@ -165,7 +174,7 @@ def _requeue(connection: redis.Redis, job_id: str) -> tuple[str, str]:
     """
     key = JOB_PREFIX + job_id
     with connection.pipeline(transaction=True) as pipe:
-        while True:
+        for _attempt in range(_REQUEUE_ATTEMPTS):
             try:
                 pipe.watch(key)
                 if not pipe.exists(key):
@@ -176,7 +185,7 @@ def _requeue(connection: redis.Redis, job_id: str) -> tuple[str, str]:
                 queue_key = QUEUE_PREFIX + queue
                 if status_text == "started":
                     raise CliError(f"rq job {job_id} is running now; not queued again", FAILED)
-                if status_text == "queued" and pipe.lpos(queue_key, job_id) is not None:
+                if status_text == "queued" and _position(pipe, queue, job_id) is not None:
                     return "already_queued", queue
                 pipe.multi()
                 for registry in _REGISTRIES:
@@ -202,6 +211,7 @@ def _requeue(connection: redis.Redis, job_id: str) -> tuple[str, str]:
                 return ("requeued" if status_text == "failed" else "enqueued"), queue
             except redis.WatchError:
                 continue
+    raise CliError(f"rq job {job_id} kept changing while being queued; try again", FAILED)
 
 
 def cmd_queue_job_now(ctx: Context, args: argparse.Namespace) -> int:
