@@ -45,7 +45,6 @@ from btu_twisted.cli import main
 from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.protocol import ControlFactory
 from btu_twisted.store import LAST_ENQUEUED, SCHEDULE_SET
-from tests.jobfuncs import read_redis_records, worker_argv
 from tests.integration.support import (
     TestDatabase,
     config_values,
@@ -54,6 +53,7 @@ from tests.integration.support import (
     toml_text,
     try_lock,
 )
+from tests.jobfuncs import read_redis_records, worker_argv
 
 REDIS_DB = 5
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -668,7 +668,7 @@ class JobTests(_Base):
         first = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=60, check=False)
         self.assertEqual(first.returncode, 0, first.stderr)
         self.assertEqual(self.redis.hget(job.key, "status"), b"finished")
-        code, out, err = self.btu("queue-job-now", job.id)
+        code, _, err = self.btu("queue-job-now", job.id)
         self.assertEqual((code, err), (0, ""))
         second = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=60, check=False)
         self.assertEqual(second.returncode, 0, second.stderr)
