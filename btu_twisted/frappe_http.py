@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client as web_client
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IPolicyForHTTPS, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ __all__ = [
     "parse_pickled_task",
     "read_bounded",
     "load_trust_root",
+    "request_body",
+    "request_headers",
     "site_url",
 ]
 
@@ -70,6 +72,23 @@ _ERROR_BODY_BYTES = 64 * 1024
 
 #: Status codes below 500 that still mean "try again later".
 _TRANSIENT_4XX = frozenset({408, 425, 429})
+
+
+def request_headers(token: str, host_header: str | None) -> dict[str, str]:
+    """The headers of a request to the site, for the daemon and the ``btu`` command alike."""
+    headers = {
+        "Authorization": token,
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+    if host_header:
+        headers["Host"] = host_header
+    return headers
+
+
+def request_body(task: str, schedule: str | None) -> bytes:
+    """The JSON body BTU's ``get_pickled_task`` reads."""
+    return json.dumps({"task_id": task, "task_schedule_id": schedule}).encode()
 
 
 class FetchError(Exception):
@@ -176,34 +195,6 @@ class _BoundedBody(Protocol):
                     transient=True,
                 )
             )
-
-
-@implementer(IBodyProducer)
-class _WholeBody:
-    """A request body written in one piece, on whichever reactor carries the connection.
-
-    treq turns ``bytes`` into a FileBodyProducer that writes through the
-    *global* reactor's cooperator.  The ``btu`` command runs this client on a
-    private reactor while the global one never runs, so the request went out
-    with its Content-Length and no body, and the site waited until the deadline.
-    """
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.body)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 class _Discard(Protocol):
@@ -356,13 +347,7 @@ class SiteClient:
         self._tls_hostname = tls_hostname
         self._timeout = timeout
         self._max_body = max_body
-        self._headers: dict[str, str] = {
-            "Authorization": token,
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
-        if host_header:
-            self._headers["Host"] = host_header
+        self._headers = request_headers(token, host_header)
         self._pool = web_client.HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 4
         # Below nginx's default keepalive_timeout (65 s), so idle connections are
@@ -429,12 +414,12 @@ class SiteClient:
         return await self._fetch(task, schedule)
 
     async def _fetch(self, task: str, schedule: str | None) -> bytes:
-        body = json.dumps({"task_id": task, "task_schedule_id": schedule}).encode()
+        body = request_body(task, schedule)
         try:
             response = await self._http.request(
                 "POST",
                 self._url,
-                data=_WholeBody(body),
+                data=body,
                 headers=self._headers,
                 allow_redirects=False,
                 unbuffered=True,

@@ -15,12 +15,14 @@ import os
 import pickle
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
 import time
 import zlib
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from rq.job import Job, JobStatus
@@ -54,6 +56,7 @@ from tests.integration.support import (
     try_lock,
 )
 from tests.jobfuncs import read_redis_records, worker_argv
+from tests.test_builders import TLSFiles
 
 REDIS_DB = 5
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -1041,9 +1044,12 @@ class _RawSite:
     when the client gives up or ``wait`` seconds pass, and gets no answer.
     """
 
-    def __init__(self, body: bytes, wait: float = 10.0) -> None:
+    def __init__(self, body: bytes, wait: float = 10.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.body = body
         self.wait = wait
+        self.tls = tls
+        self.tls_errors: list[str] = []
         self.requests: list[bytes] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.1)  # so close() is seen promptly
@@ -1070,6 +1076,14 @@ class _RawSite:
                 conn, _ = self.listener.accept()
             except TimeoutError:
                 continue
+            if self.tls is not None:
+                try:
+                    conn.settimeout(self.wait)
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except (OSError, ssl.SSLError) as error:
+                    self.tls_errors.append(str(error))
+                    conn.close()
+                    continue
             with conn:
                 self._answer(conn)
 
@@ -1163,3 +1177,42 @@ class SiteBytesTests(_WithDatabase):
         self.assertEqual((code, err), (0, ""))
         job_id = json.loads(out)["job_id"]
         self.assertEqual(self.redis.hget(f"rq:job:{job_id}", "data"), zlib.compress(PICKLE))
+
+
+class SiteBytesHTTPSTests(SiteBytesTests):
+    """The same bytes over HTTPS, with the certificate checked against the configured CA."""
+
+    def setUp(self) -> None:
+        _WithDatabase.setUp(self)
+        self.tls_files = TLSFiles.get(Path(tempfile.gettempdir()) / "btu_cli_tls")
+        pem = os.path.join(self.tmp, "server.pem")
+        with open(pem, "wb") as stream:
+            stream.write(self.tls_files.server_pem)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pem)
+        self.site = _RawSite(json.dumps({"message": list(PICKLE)}).encode(), tls=context)
+        self.addCleanup(self.site.close)
+
+    def site_config(self, **overrides: Any) -> str:
+        values = dict(webserver_ip="127.0.0.1", webserver_port=self.site.port,
+                      webserver_host_header="site1.local", job_builder="frappe",
+                      webserver_timeout_secs=4, webserver_scheme="https",
+                      webserver_ca_file=str(self.tls_files.ca_file))
+        values.update(overrides)
+        return self.write_config(**values)
+
+    def test_pickler_refuses_an_untrusted_certificate(self) -> None:
+        """Without the CA file the site's certificate is not trusted: exit 3, nothing sent."""
+        code, out, err = self.btu("test-pickler", "BTU-00001",
+                                  config=self.site_config(webserver_ca_file=None))
+        self.assertEqual((code, out), (3, ""))
+        self.assertOneErrorLine(err, "BTU-00001", "TLS")
+        self.assertEqual(self.site.requests, [])
+
+    def test_pickler_refuses_a_certificate_for_another_name(self) -> None:
+        """The certificate is checked against webserver_host_header, not the address: exit 3."""
+        code, out, err = self.btu("test-pickler", "BTU-00001",
+                                  config=self.site_config(webserver_host_header="other.local"))
+        self.assertEqual((code, out), (3, ""))
+        self.assertOneErrorLine(err, "TLS certificate is not valid for other.local")
+        self.assertEqual(self.site.requests, [])

@@ -2,9 +2,10 @@
 
 It replaces the Rust ``btu`` CLI (same subcommand names) and adds commands
 that talk to the running daemon over its socket, plus a cron preview.  It
-reads the daemon's config file and is plain synchronous code: redis-py and
-PyMySQL directly, with a private reactor only where the daemon's own Twisted
-code is reused (see :mod:`btu_twisted.cli.site`).
+reads the daemon's config file and is plain synchronous code: redis-py,
+PyMySQL and the standard library's HTTP client, no reactor (see
+:mod:`btu_twisted.cli.site` for why), reusing the daemon's request building,
+job builders and cron code.
 
 Exit codes: 0 ok; 1 not found, refused or invalid; 2 usage or config
 problems; 3 a service (MariaDB, Redis, the daemon, the site) cannot be
