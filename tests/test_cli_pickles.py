@@ -67,6 +67,11 @@ class SummarizeTests(TestCase):
         self.assertEqual(repr(summarize(data)), "<btu_not_loaded_module_x.Thing()>")
         self.assertNotIn("btu_not_loaded_module_x", sys.modules)
 
+    def test_no_allocation_by_a_planted_number(self) -> None:
+        """bytearray(10**12) in a pickle is shown as that call, never made."""
+        data = b"\x80\x02c__builtin__\nbytearray\n\x8a\x06\x00\x10\xa5\xd4\xe8\x00\x85R."
+        self.assertEqual(repr(summarize(data)), f"<builtins.bytearray({10**12})>")
+
     def test_malformed_and_oversized_input_is_refused(self) -> None:
         """Junk, a truncated pickle and a decompression bomb give PickleSummaryError."""
         for junk in (b"", b"junk", pickle.dumps([1, 2, 3])[:-3]):
