@@ -149,11 +149,11 @@ class FullRefresh(Service):
         started = self._clock.seconds()
         await self._store.mark_planned()
         names = await self._db.enabled_names()
-        refused = self._fifo.extend(names)
+        refused = self._fifo.extend(names, bulk=True)
         removed = await self._store.prune(names)
         # A name removed here may have been enabled (and planned) just after
         # our SELECT; planning it again costs one read and settles it.
-        self._fifo.extend(removed)
+        self._fifo.extend(removed, bulk=True)
         duration = self._clock.seconds() - started
         self._on_refreshed(started, duration, await self._store.count())
         self.last = {
