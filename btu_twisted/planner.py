@@ -9,8 +9,8 @@ on I/O, so the reactor keeps serving the socket between batches.
 from __future__ import annotations
 
 from collections import OrderedDict
-from datetime import datetime, timezone
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
@@ -24,7 +24,6 @@ from btu_twisted.health import Backoff, Dependency
 from btu_twisted.records import ScheduleRow
 from btu_twisted.sql import BATCH_SIZE, Database
 from btu_twisted.store import ScheduleStore
-
 
 # A last enqueued run further ahead of now than this can only come from a
 # clock that ran ahead (runs are enqueued when due, never early).
