@@ -241,12 +241,23 @@ class BtuService(MultiService):
         return d.addTimeout(CANCEL_TIMEOUT, self._reactor)
 
     def status(self) -> dict[str, object]:
+        """Every time is ISO 8601 UTC, every duration seconds in a ``_secs`` field."""
         now = self._reactor.seconds()
         stats = self.timer.stats
+        last = self.refresh.last
+        refreshed: dict[str, object] | None = None
+        if last:
+            at, duration = last.get("at"), last.get("duration")
+            refreshed = {
+                "at": _iso(at) if isinstance(at, (int, float)) else None,
+                "duration_secs": round(duration, 3) if isinstance(duration, (int, float)) else None,
+                **{key: value for key, value in last.items() if key not in ("at", "duration")},
+            }
         return {
             "version": __version__,
             "name": self.config.name,
             "environment": self.config.environment_name,
+            "started_at": _iso(self.started_at),
             "uptime_secs": None if self.started_at is None else round(now - self.started_at, 3),
             "fifo_length": len(self.fifo),
             "members": stats.members_seen,
@@ -260,7 +271,7 @@ class BtuService(MultiService):
             "last_enqueued_schedule": stats.last_schedule,
             "lateness": lateness_summary(stats.lateness),
             "planned": self.planner.planned_total,
-            "last_full_refresh": self.refresh.last,
+            "last_full_refresh": refreshed,
             "services": {
                 "mariadb": self.db.health.snapshot(),
                 "redis": self.redis.health.snapshot(),
