@@ -104,6 +104,8 @@ class RedisCommands(Protocol):
 class RedisGateway:
     """A txredisapi pool with deadlines and an up/down state."""
 
+    log = Logger()
+
     def __init__(
         self,
         clock: IReactorTime,
@@ -174,8 +176,12 @@ class RedisGateway:
             reason = f"Redis wants a password and rq_password is not set ({reply})"
         else:
             reason = f"Redis refused to select database {database} ({reply})"
+        first = self._refusal is None
         self._refusal = (self._clock.seconds(), reason)
-        self.health.failed(reason)
+        if not self.health.failed(reason) and first:
+            # Already down for another reason (the connection dropped when Redis
+            # restarted with a new password): the refusal is the news, once.
+            self.log.error("Redis is still unavailable: {reason}", reason=reason)
 
     def _live_pool(self) -> Any:
         """The pool, replaced if txredisapi has given up on it.

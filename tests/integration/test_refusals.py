@@ -36,6 +36,7 @@ from twisted.trial import unittest
 from twisted.web.server import Site
 
 from btu_twisted.builders import BuildError, make_builder
+from btu_twisted.cli.daemon import request
 from btu_twisted.protocol import ControlFactory
 from btu_twisted.redis_gateway import RedisGateway, RedisRefusedError
 from tests.integration.daemon import ROOT, make_service, wait_for
@@ -203,6 +204,27 @@ class GatewayPasswordTests(unittest.TestCase):
         self.assertEqual(loud(own), [])
         self.assertTrue(any("Redis is available again" in line for line in loud(events)))
 
+    async def test_password_changed_under_a_running_daemon(self) -> None:
+        """Redis takes a new password and drops its clients: whatever the outage line
+        says first (the drop, or the refusal), one error line says Redis refused the
+        password, and it is said once however often the gateway tries again."""
+        gateway = self.gateway(PASSWORD)
+        self.assertEqual(await gateway.command("PING"), "PONG")
+        admin = self.server.client()
+        self.addCleanup(admin.close)
+        with capturedLogs() as events:
+            await deferToThread(admin.config_set, "requirepass", "a-new-password")
+            await deferToThread(admin.client_kill_filter, _type="normal", skipme=True)
+            for _ in range(4):
+                await error_of(gateway.command("PING"))
+                await sleep(0.3)
+        self.assertIn("refused the password", str(gateway.health.last_error))
+        errors = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+        self.assertLessEqual(len(errors), 2, errors)
+        refused = [line for line in errors if "Redis refused the password (WRONGPASS" in line]
+        self.assertEqual(len(refused), 1, errors)
+        self.assertEqual(loud(txredisapi_events(events)), [])
+
     async def test_missing_password_is_said(self) -> None:
         """No rq_password for a Redis that wants one: the reason says so (NOAUTH)."""
         gateway = self.gateway(None)
@@ -282,9 +304,9 @@ class TwistdPasswordTests(unittest.TestCase):
             self.fail(f"twistd exited: {proc.communicate()[1].decode()[-2000:]}")
         # Long enough for several reconnections and retries of the timer, planner, refresh.
         await sleep(6)
-        status = json.loads(await deferToThread(
-            _ask, str(self.dir / "btu.sock"), b'{"request_type": "status", "request_content": null}'
-        ))
+        # What ``btu status`` sends and reads.
+        reply = await deferToThread(request, str(self.dir / "btu.sock"), "status", None)
+        status = json.loads(reply)
         proc.send_signal(signal.SIGTERM)
         out, err = await deferToThread(proc.communicate, timeout=30)
         log = self.log()
@@ -298,21 +320,6 @@ class TwistdPasswordTests(unittest.TestCase):
             self.assertNotIn(word, log, log[-3000:])
         self.assertNotIn("Traceback", log)
         self.assertNotIn("wrong-password", log)
-
-
-def _ask(path: str, request: bytes) -> bytes:
-    """One request over the daemon's socket; the reply is one line."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(path)
-        s.sendall(request + b"\n")
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-    return reply
 
 
 # --- the Frappe site ------------------------------------------------------------------
