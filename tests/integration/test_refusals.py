@@ -144,9 +144,8 @@ def txredisapi_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def loud(events: list[dict[str, Any]]) -> list[str]:
-    """The events at info level or above, as text."""
-    return [formatEvent(e) for e in events
-            if e.get("log_level") not in (None, LogLevel.debug)]
+    """The events above debug level (or without one), as text."""
+    return [formatEvent(e) for e in events if e.get("log_level") != LogLevel.debug]
 
 
 def outage_lines(events: list[dict[str, Any]], service: str) -> list[str]:
