@@ -237,7 +237,11 @@ class RedisGateway:
         if failure.check(txredisapi.ResponseError):
             self._refusal = None
             self.health.succeeded()
-        elif self._refusal is not None and (started is None or self._refusal[0] >= started):
+        elif (
+            self._refusal is not None
+            and (started is None or self._refusal[0] >= started)
+            and not failure.check(defer.CancelledError)  # the caller's own cancel stays one
+        ):
             # Refused while this command waited for a connection: that is why it failed.
             reason = self._refusal[1]
             self.health.failed(reason, started=started)
