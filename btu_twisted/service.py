@@ -244,16 +244,7 @@ class BtuService(MultiService):
         """Every time is ISO 8601 UTC, every duration seconds in a ``_secs`` field."""
         now = self._reactor.seconds()
         stats = self.timer.stats
-        last = self.refresh.last
-        refreshed: dict[str, object] | None = None
-        if last:
-            at, duration = last.get("at"), last.get("duration")
-            refreshed = {
-                "at": _iso(at) if isinstance(at, (int, float)) else None,
-                "duration_secs": round(duration, 3) if isinstance(duration, (int, float)) else None,
-                **{key: value for key, value in last.items() if key not in ("at", "duration")},
-            }
-        return {
+        status: dict[str, object] = {
             "version": __version__,
             "name": self.config.name,
             "environment": self.config.environment_name,
@@ -271,7 +262,7 @@ class BtuService(MultiService):
             "last_enqueued_schedule": stats.last_schedule,
             "lateness": lateness_summary(stats.lateness),
             "planned": self.planner.planned_total,
-            "last_full_refresh": refreshed,
+            "last_full_refresh": self.refresh.last,
             "services": {
                 "mariadb": self.db.health.snapshot(),
                 "redis": self.redis.health.snapshot(),
@@ -279,6 +270,10 @@ class BtuService(MultiService):
             },
             "now": _iso(now),
         }
+        # Replaced here, not in the literal (which keeps the key's place in the JSON):
+        # refresh.py's record holds raw unix seconds.
+        status["last_full_refresh"] = _refresh_times(self.refresh.last)
+        return status
 
 
 async def _maybe(result: Any) -> Any:
@@ -296,6 +291,18 @@ def _iso(when: float | None) -> str | None:
     if when is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+def _refresh_times(last: dict[str, object]) -> dict[str, object] | None:
+    """The refresh's raw unix ``at`` and ``duration``, as ISO 8601 and ``duration_secs``."""
+    if not last:
+        return None
+    at, duration = last.get("at"), last.get("duration")
+    return {
+        "at": _iso(at) if isinstance(at, (int, float)) else None,
+        "duration_secs": round(duration, 3) if isinstance(duration, (int, float)) else None,
+        **{key: value for key, value in last.items() if key not in ("at", "duration")},
+    }
 
 
 __all__ = ["BtuService", "StartupError"]
