@@ -394,8 +394,9 @@ class FrappeBuilder(_Builder):
         self._prefix = prefix
         self._client = client
         self._clock = clock
-        # The site's up/down state for ``status`` and metrics; a 4xx or a bad
-        # body means the site answered, so only transient errors count.
+        # The site's state for ``status`` and metrics: transient errors are an
+        # outage, 401/403 a refusal (every run dropped), and any other answer
+        # (a job, a 404, a bad body) means it answered and accepted the token.
         self.health = Dependency("Frappe site", clock) if clock is not None else None
 
     def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
@@ -412,14 +413,24 @@ class FrappeBuilder(_Builder):
         def failed(failure: Failure) -> Failure:
             if failure.check(FetchError):
                 exc = failure.value
-                if self.health is not None and exc.transient:
-                    self.health.failed(exc.reason, started=started)
+                self._record_site_state(exc, started)
                 return Failure(BuildError(row.name, exc.reason, transient=exc.transient))
             if failure.check(defer.CancelledError):
                 return failure
             return self._as_build_error(row, failure)
 
         return d.addCallback(built).addErrback(failed)
+
+    def _record_site_state(self, error: FetchError, started: float | None) -> None:
+        """A 401/403 is a refusal, a transient error an outage, any other answer a working site."""
+        if self.health is None:
+            return
+        if error.refused:
+            self.health.refused(error.reason)
+        elif error.transient:
+            self.health.failed(error.reason, started=started)
+        else:
+            self.health.succeeded()
 
     def close(self) -> Deferred[None]:
         """Close the HTTP connection pool."""

@@ -97,12 +97,15 @@ class FetchError(Exception):
     ``transient`` is True when asking again later may work (connection refused,
     timeout, TLS failure, 5xx, 429) and False when the site's answer itself is
     wrong (other 4xx, redirects, a body that is not Frappe's byte array).
-    ``str()`` is one short line and never contains the token.
+    ``str()`` is one short line and never contains the token.  ``refused`` is
+    True when the site answered 401/403: it is up but will not serve this
+    daemon (wrong or revoked token), which the site's health shows as such.
     """
 
-    def __init__(self, reason: str, *, transient: bool) -> None:
+    def __init__(self, reason: str, *, transient: bool, refused: bool = False) -> None:
         self.reason = " ".join(reason.split())
         self.transient = transient
+        self.refused = refused
         super().__init__(self.reason)
 
 
@@ -285,9 +288,10 @@ def _status_error(response: IResponse, body: bytes) -> FetchError:
         location = response.headers.getRawHeaders(b"location", [b""])[0]
         detail += f", redirect to {location[:200].decode('latin-1', 'replace')!r} not followed"
         return FetchError(detail + "; check webserver_scheme/port", transient=False)
-    if code in (401, 403):
+    refused = code in (401, 403)
+    if refused:
         detail += "; check webserver_token"
-    return FetchError(detail, transient=code >= 500 or code in _TRANSIENT_4XX)
+    return FetchError(detail, transient=code >= 500 or code in _TRANSIENT_4XX, refused=refused)
 
 
 def parse_pickled_task(body: bytes, content_type: str) -> bytes:

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from btu_twisted.health import Dependency
+from btu_twisted.health import OK, STATES, Dependency
 
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300)
 
@@ -53,12 +53,30 @@ class Metrics:
             "Unix time of the last successful full refresh",
             registry=r,
         )
-        self.up = Gauge("btu_dependency_up", "1 when the service answers", ["service"], registry=r)
+        self.up = Gauge(
+            "btu_dependency_up",
+            "1 when the service answers and accepts the daemon's requests",
+            ["service"],
+            registry=r,
+        )
+        self.state = Gauge(
+            "btu_dependency_state",
+            "1 for the service's current state: ok, down, or refusing (answers 401/403)",
+            ["service", "state"],
+            registry=r,
+        )
 
     def watch(self, fifo_length: Callable[[], int], dependencies: Mapping[str, Dependency]) -> None:
         self.fifo_length.set_function(lambda: float(fifo_length()))
         for name, dependency in dependencies.items():
-            self.up.labels(service=name).set_function(lambda d=dependency: 1.0 if d.up else 0.0)
+            # A refusing site answers but every run is dropped: not "up" for an alert.
+            self.up.labels(service=name).set_function(
+                lambda d=dependency: 1.0 if d.state == OK else 0.0
+            )
+            for state in STATES:
+                self.state.labels(service=name, state=state).set_function(
+                    lambda d=dependency, s=state: 1.0 if d.state == s else 0.0
+                )
 
     def job_enqueued(self, queue: str, lateness: float) -> None:
         self.enqueued.labels(queue=queue).inc()

@@ -257,12 +257,14 @@ class BtuService(MultiService):
         return d.addTimeout(CANCEL_TIMEOUT, self._reactor)
 
     def status(self) -> dict[str, object]:
+        """Every time is ISO 8601 UTC, every duration seconds in a ``_secs`` field."""
         now = self._reactor.seconds()
         stats = self.timer.stats
-        return {
+        status: dict[str, object] = {
             "version": __version__,
             "name": self.config.name,
             "environment": self.config.environment_name,
+            "started_at": _iso(self.started_at),
             "uptime_secs": None if self.started_at is None else round(now - self.started_at, 3),
             "fifo_length": len(self.fifo),
             "members": stats.members_seen,
@@ -290,6 +292,10 @@ class BtuService(MultiService):
             },
             "now": _iso(now),
         }
+        # Replaced here, not in the literal (which keeps the key's place in the JSON):
+        # refresh.py's record holds raw unix seconds.
+        status["last_full_refresh"] = _refresh_times(self.refresh.last)
+        return status
 
 
 async def _maybe(result: Any) -> Any:
@@ -307,6 +313,18 @@ def _iso(when: float | None) -> str | None:
     if when is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+def _refresh_times(last: dict[str, object]) -> dict[str, object] | None:
+    """The refresh's raw unix ``at`` and ``duration``, as ISO 8601 and ``duration_secs``."""
+    if not last:
+        return None
+    at, duration = last.get("at"), last.get("duration")
+    return {
+        "at": _iso(at) if isinstance(at, (int, float)) else None,
+        "duration_secs": round(duration, 3) if isinstance(duration, (int, float)) else None,
+        **{key: value for key, value in last.items() if key not in ("at", "duration")},
+    }
 
 
 __all__ = ["BtuService", "StartupError"]
