@@ -111,13 +111,18 @@ class BuildError(Exception):
     ``transient`` True: retry later (site down, timeout, 5xx).  False: the
     schedule's or task's data is wrong (bad arguments literal, missing
     function_string, 4xx).  ``str()`` is one line naming the schedule and the
-    reason, and never contains the web server token.
+    reason, and never contains the web server token.  ``site_refused``: the
+    site refused the daemon itself (401/403), which the site's Dependency
+    logs once for every schedule.
     """
 
-    def __init__(self, schedule: str, reason: str, *, transient: bool) -> None:
+    def __init__(
+        self, schedule: str, reason: str, *, transient: bool, site_refused: bool = False
+    ) -> None:
         self.schedule = schedule
         self.reason = " ".join(reason.split())
         self.transient = transient
+        self.site_refused = site_refused
         super().__init__(f"schedule {schedule}: {self.reason}")
 
 
@@ -414,7 +419,9 @@ class FrappeBuilder(_Builder):
             if failure.check(FetchError):
                 exc = failure.value
                 self._record_site_state(exc, started)
-                return Failure(BuildError(row.name, exc.reason, transient=exc.transient))
+                return Failure(BuildError(
+                    row.name, exc.reason, transient=exc.transient, site_refused=exc.refused
+                ))
             if failure.check(defer.CancelledError):
                 return failure
             return self._as_build_error(row, failure)

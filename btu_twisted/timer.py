@@ -326,7 +326,10 @@ class Timer(Service):
         if not error.transient:
             # Logged when the schedule breaks or its reason changes, not at
             # every run: a per-second schedule would flood the journal.
-            emit = self.log.debug if self._unbuildable.get(name) == reason else self.log.error
+            # A site refusing the daemon (401/403) is one error line of the
+            # site's own, not one per schedule.
+            repeated = self._unbuildable.get(name) == reason or error.site_refused
+            emit = self.log.debug if repeated else self.log.error
             self._unbuildable[name] = reason
             emit(
                 "run of {schedule} at {when} skipped: {reason}",

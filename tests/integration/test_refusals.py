@@ -382,6 +382,7 @@ class DaemonRefusalTests(SiteRefusalCase):
         self.addCleanup(db.drop)
         db.add_task("BTU-REC", "tests.jobfuncs.record", repr({"k": 1}))
         db.add_schedule("TS-R1", "BTU-REC", "* * * * * * *")
+        db.add_schedule("TS-R2", "BTU-REC", "* * * * * * *")
         site = FakeFrappe(FORBIDDEN)
         values = config_values(
             db.name, redis_db=0, rq_port=server.port, job_builder="frappe",
@@ -413,6 +414,9 @@ class DaemonRefusalTests(SiteRefusalCase):
         self.assertIn('btu_dependency_state{service="site",state="ok"} 0.0', metrics)
         self.assertIn('btu_dependency_up{service="site"} 0.0', metrics)
         self.assertEqual(status["enqueued"], 0)
+        # One line for the site, none per schedule or per dropped run.
+        errors = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+        self.assertEqual(len(errors), 1, errors)
 
         site.respond = ok_answer({"k": 2})
         await wait_for(lambda: service.timer.stats.enqueued >= 1, timeout=20)
