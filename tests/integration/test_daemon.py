@@ -15,12 +15,15 @@ from twisted.trial import unittest
 from btu_twisted.store import LAST_ENQUEUED, SCHEDULE_SET
 from tests.integration.daemon import make_service, run_worker, wait_for
 from tests.integration.support import TestDatabase, config_values, sync_redis
+from tests.integration.test_faults import exclusive_redis_db
 
 DB = 2
 
 
 class DaemonTests(unittest.TestCase):
-    def setUp(self) -> None:
+    async def setUp(self) -> None:
+        # Another checkout testing at the same time would flush db 2 under us.
+        await exclusive_redis_db(self, DB)
         self.db = TestDatabase(load_samples=False)
         self.redis = sync_redis(DB)
         self.redis.flushdb()
