@@ -34,9 +34,13 @@ from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow
 from btu_twisted.store import (
     CLAIMED,
+    JOB_PREFIX,
     LOST,
     QUEUE_PREFIX,
+    RQ_QUEUES,
     STALE,
+    Blocked,
+    BlockedClaims,
     Claim,
     Window,
     member_for,
@@ -213,6 +217,11 @@ class FakeStore(_FakeService):
         self.runs: list[EnqueuedRun] = []
         #: Every claim call's batch and Clock time.
         self.claim_batches: list[tuple[float, list[Claim]]] = []
+        #: RQ keys holding another type than CLAIM writes (key -> Redis type
+        #: name, e.g. ``{"rq:queue:default": "string"}``): claims needing them
+        #: are BLOCKED, as the real script's checks make them.
+        self.wrong_type: dict[str, str] = {}
+        self.blocked = BlockedClaims()
 
     # -- test helpers (synchronous, never fail) ------------------------------
     def add(self, name: str, when: int) -> None:
@@ -251,7 +260,12 @@ class FakeStore(_FakeService):
             return succeed([])
         claims = list(claims)
         self.claim_batches.append((self._clock.seconds(), claims))
-        return self._call("claim", lambda: self._claim(claims, enqueued_at), len(claims))
+        def claim() -> list[int]:
+            results = self._claim(claims, enqueued_at)
+            self.blocked.record(claims, results)
+            return results
+
+        return self._call("claim", claim, len(claims))
 
     def prune(self, enabled: Iterable[str]) -> Deferred[list[str]]:
         keep = list(enabled)
@@ -313,9 +327,14 @@ class FakeStore(_FakeService):
     def _claim(self, claims: list[Claim], enqueued_at: str) -> list[int]:
         out: list[int] = []
         for c in claims:
-            if self.zset.pop(c.member, None) is None:
+            if c.member not in self.zset:
                 out.append(LOST)
                 continue
+            bad = self._wrong_keys(c)
+            if bad:
+                out.append(Blocked(bad))
+                continue
+            del self.zset[c.member]
             if self.index.get(c.schedule) == c.member:
                 del self.index[c.schedule]
             done = self.last_enqueued.get(c.schedule, -1)
@@ -335,6 +354,16 @@ class FakeStore(_FakeService):
                 )
             out.append(CLAIMED)
         return out
+
+    def _wrong_keys(self, c: Claim) -> str | None:
+        """The real CLAIM's reason for blocking a claim with a job, if any."""
+        if not c.job_id:
+            return None
+        for key, want in ((RQ_QUEUES, "set"), (JOB_PREFIX + c.job_id, "hash"),
+                          (QUEUE_PREFIX + c.origin, "list")):
+            if key in self.wrong_type:
+                return f"{key} holds a {self.wrong_type[key]}, not a {want}"
+        return None
 
     def _prune(self, enabled: list[str]) -> list[str]:
         keep = set(enabled)

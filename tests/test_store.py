@@ -1,0 +1,74 @@
+"""The store's claim results as the timer sees them, with the in-memory fake.
+
+The real scripts are tested against Redis in tests/integration/test_store.py;
+here, what a BLOCKED claim means for the timer: the run stays, is reported
+once, is retried, and is enqueued exactly once when the key is fixed.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
+from twisted.trial import unittest
+
+from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.store import BLOCKED, BLOCKED_RETRY_SECS, Blocked
+from btu_twisted.timer import Timer
+from tests.fakes import EPOCH, FakeDatabase, FakeStore, FlakyBuilder, make_row, run_until
+
+
+class BlockedCodeTests(unittest.SynchronousTestCase):
+    def test_blocked_is_the_code_with_a_reason(self) -> None:
+        """A Blocked result compares as BLOCKED and says why."""
+        result = Blocked("rq:queue:x holds a string, not a list")
+        self.assertEqual(result, BLOCKED)
+        self.assertEqual(int(result), 3)
+        self.assertIn("rq:queue:x", result.reason)
+
+
+class BlockedClaimTimerTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(EPOCH)
+        # Answers take a millisecond, so that a busy loop shows as one.
+        self.store = FakeStore(self.clock, latency=0.001)
+        self.db = FakeDatabase(self.clock, latency=0.001)
+        self.fifo = ScheduleFifo()
+        self.timer = Timer(self.clock, self.store, self.db,  # type: ignore[arg-type]
+                           FlakyBuilder(self.clock), self.fifo, polling_interval=60.0)
+        for name, queue in (("GOOD", "default"), ("BAD", "broken")):
+            self.db.put(make_row(name, queue=queue))
+            self.store.add(name, EPOCH + 30)
+
+    def tearDown(self) -> None:
+        self.timer.stopService()
+        run_until(self.clock, self.clock.seconds() + 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_blocked_claim_is_kept_logged_once_and_retried(self) -> None:
+        """With rq:queue:broken of the wrong type, BAD's run stays a member
+        while GOOD's is enqueued; one error line however many retries; once
+        the key is fixed the run is enqueued once, and planned again."""
+        self.store.wrong_type["rq:queue:broken"] = "string"
+        with capturedLogs() as events:
+            self.timer.startService()
+            run_until(self.clock, EPOCH + 31, max_calls=2000)
+            self.assertEqual([r.schedule for r in self.store.enqueued()], ["GOOD"])
+            self.assertEqual(self.store.member_of("BAD"), f"BAD|{EPOCH + 30}")
+            self.assertNotIn("BAD", self.store.last_enqueued)
+            self.assertNotIn("BAD", self.fifo)
+            run_until(self.clock, EPOCH + 30 + 5 * BLOCKED_RETRY_SECS, max_calls=2000)
+        claims_of_bad = [c for _, batch in self.store.claim_batches for c in batch
+                         if c.schedule == "BAD"]
+        self.assertGreaterEqual(len(claims_of_bad), 4)  # retried ...
+        self.assertLessEqual(len(claims_of_bad), 7)     # ... but not in a busy loop
+        errors = [e for e in events if e["log_level"] == LogLevel.error]
+        self.assertEqual([(e["schedule"], "rq:queue:broken" in e["reason"]) for e in errors],
+                         [("BAD", True)])
+
+        del self.store.wrong_type["rq:queue:broken"]
+        run_until(self.clock, self.clock.seconds() + BLOCKED_RETRY_SECS + 3)
+        bad_runs = self.store.enqueued("BAD")
+        self.assertEqual([(r.when, r.origin) for r in bad_runs], [(EPOCH + 30, "broken")])
+        self.assertEqual(self.store.last_enqueued["BAD"], EPOCH + 30)
+        self.assertIn("BAD", self.fifo)
