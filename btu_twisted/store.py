@@ -37,6 +37,10 @@ RQ_QUEUES = "rq:queues"
 JOB_PREFIX = "rq:job:"
 QUEUE_PREFIX = "rq:queue:"
 
+# How close to now a last run must be to be kept although its schedule seems
+# deleted (see PRUNE).
+RECENT_SECS = 3600
+
 # The member's name is everything before the last "|", so names containing "|"
 # (they are just names) still round-trip.
 _NAME_OF = r"^(.*)|[^|]*$"
@@ -163,10 +167,17 @@ return out
 # name, and stale duplicates (a Rust daemon added a new member after each cron
 # edit and kept the old one).  Returns the names whose members it removed, so
 # the caller can replan them if they were enabled a moment after its SQL read.
+#
+# ARGV: the number of enabled names, those names, then "1" and the names of all
+# schedules that exist (enabled or not) to also forget the last runs of deleted
+# schedules, or "0" to keep them all.  A last run within RECENT_SECS of now is
+# kept even so: it may belong to a schedule created after the caller's SQL
+# read, and it is what stops a slow planner bringing back a run just enqueued.
 PRUNE = """#!lua flags=allow-oom
-local zset, idx = KEYS[1], KEYS[2]
-local keep = {}
-for i = 1, #ARGV do keep[ARGV[i]] = true end
+local zset, idx, last = KEYS[1], KEYS[2], KEYS[3]
+local nkeep = tonumber(ARGV[1])
+local keep, exists = {}, {}
+for i = 2, nkeep + 1 do keep[ARGV[i]] = true end
 local removed = {}
 for _, m in ipairs(redis.call('ZRANGE', zset, 0, -1)) do
   local name = string.match(m, '%s')
@@ -180,8 +191,21 @@ end
 for _, name in ipairs(redis.call('HKEYS', idx)) do
   if not keep[name] then redis.call('HDEL', idx, name) end
 end
+if ARGV[nkeep + 2] == '1' then
+  for i = nkeep + 3, #ARGV do exists[ARGV[i]] = true end
+  local now = tonumber(redis.call('TIME')[1])
+  local recent = RECENT
+  local flat = redis.call('HGETALL', last)
+  for i = 1, #flat, 2 do
+    local name, when = flat[i], tonumber(flat[i + 1])
+    if not keep[name] and not exists[name]
+        and not (when and math.abs(when - now) <= recent) then
+      redis.call('HDEL', last, name)
+    end
+  end
+end
 return removed
-""".replace("%s", _NAME_OF)
+""".replace("%s", _NAME_OF).replace("RECENT", str(RECENT_SECS))
 
 # Cancel: every member whose name is exactly ARGV[1]; never a prefix match
 # (COMPAT.md 6.4: cancelling TS-1 also removed TS-10's runs).
@@ -355,8 +379,22 @@ class ScheduleStore:
         self.blocked.record(claims, results)
         return results
 
-    async def prune(self, enabled: Iterable[str]) -> list[str]:
-        reply = await self._redis.eval(PRUNE, [SCHEDULE_SET, MEMBER_INDEX], list(enabled))
+    async def prune(
+        self, enabled: Iterable[str], existing: Iterable[str] | None = None
+    ) -> list[str]:
+        """Remove the members of schedules not in ``enabled`` (and stale or
+        unreadable ones); returns the names whose members went.
+
+        With ``existing`` (the names of every schedule there is, enabled or
+        not), also forget the last runs of schedules not among them, so that
+        deleted schedules leave nothing behind; a disabled schedule keeps its
+        last run, which still guards its runs if it is enabled again.
+        """
+        keep = list(enabled)
+        args: list[object] = [len(keep), *keep]
+        args += ["0"] if existing is None else ["1", *existing]
+        reply = await self._redis.eval(PRUNE, [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED], args)
+        self.blocked.forget(keep)
         return sorted({name for name in reply or [] if name})
 
     async def cancel(self, schedule: str) -> bool:

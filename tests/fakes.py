@@ -37,6 +37,7 @@ from btu_twisted.store import (
     JOB_PREFIX,
     LOST,
     QUEUE_PREFIX,
+    RECENT_SECS,
     RQ_QUEUES,
     STALE,
     Blocked,
@@ -267,9 +268,18 @@ class FakeStore(_FakeService):
 
         return self._call("claim", claim, len(claims))
 
-    def prune(self, enabled: Iterable[str]) -> Deferred[list[str]]:
+    def prune(
+        self, enabled: Iterable[str], existing: Iterable[str] | None = None
+    ) -> Deferred[list[str]]:
         keep = list(enabled)
-        return self._call("prune", lambda: self._prune(keep))
+        exists = None if existing is None else set(existing)
+
+        def prune() -> list[str]:
+            removed = self._prune(keep, exists)
+            self.blocked.forget(keep)
+            return removed
+
+        return self._call("prune", prune)
 
     def cancel(self, schedule: str) -> Deferred[bool]:
         return self._call("cancel", lambda: self._cancel(schedule), schedule)
@@ -365,7 +375,7 @@ class FakeStore(_FakeService):
                 return f"{key} holds a {self.wrong_type[key]}, not a {want}"
         return None
 
-    def _prune(self, enabled: list[str]) -> list[str]:
+    def _prune(self, enabled: list[str], exists: set[str] | None = None) -> list[str]:
         keep = set(enabled)
         removed: list[str] = []
         for member, _ in self._ordered():
@@ -380,6 +390,11 @@ class FakeStore(_FakeService):
         for name in list(self.index):
             if name not in keep:
                 del self.index[name]
+        if exists is not None:
+            now = self._clock.seconds()
+            for name, when in list(self.last_enqueued.items()):
+                if name not in keep and name not in exists and abs(when - now) > RECENT_SECS:
+                    del self.last_enqueued[name]
         return sorted({n for n in removed if n})
 
     def _cancel(self, schedule: str) -> bool:

@@ -12,7 +12,7 @@ import time
 import redis
 import txredisapi
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
@@ -24,11 +24,13 @@ from btu_twisted.store import (
     LAST_ENQUEUED,
     LOST,
     MEMBER_INDEX,
+    RECENT_SECS,
     SCHEDULE_SET,
     STALE,
     Claim,
     ScheduleStore,
 )
+from tests.fakes import FakeStore
 from tests.integration.support import (
     REDIS_HOST,
     REDIS_PORT,
@@ -146,6 +148,44 @@ class StoreTests(unittest.TestCase):
         removed = await self.store.prune(["TS-1", "TS-3"])
         self.assertEqual(removed, ["TS-1", "TS-2", "TS-3"])
         self.assertEqual(self.members(), [("TS-1|2000", 2000.0)])
+
+    async def test_prune_forgets_last_runs_of_deleted_schedules(self) -> None:
+        """Given every existing name, prune drops the last runs of schedules
+        that no longer exist (long ago or far ahead), keeps those of enabled
+        and disabled ones, and keeps a recent one: its schedule may have been
+        created after the caller's SQL read."""
+        now = int(self.sync.time()[0])
+        old, recent = now - 2 * RECENT_SECS, now - 60
+        self.sync.hset(LAST_ENQUEUED, mapping={
+            "ON": old, "OFF": old, "GONE": old, "AHEAD": now + 2 * RECENT_SECS,
+            "BAD": "x", "NEW": recent,
+        })
+        await self.store.prune(["ON"])  # no existing names: every last run kept
+        self.assertEqual(len(self.sync.hkeys(LAST_ENQUEUED)), 6)
+        await self.store.prune(["ON"], existing=["ON", "OFF"])
+        self.assertEqual(sorted(self.sync.hkeys(LAST_ENQUEUED)), [b"NEW", b"OFF", b"ON"])
+
+    async def test_prune_agrees_with_the_fake(self) -> None:
+        """The fake store's prune leaves the same members and last runs as the script."""
+        now = int(self.sync.time()[0])
+        fake = FakeStore(Clock())
+        fake._clock.advance(now)  # type: ignore[attr-defined]
+        for target in (self.store, fake):
+            await target.plan(now, {"A": now + 60, "B": now + 60, "C": now + 60})
+        self.sync.zadd(SCHEDULE_SET, {"A|5": 5, "junk": 1})
+        fake.add_raw("A|5", 5)
+        fake.add_raw("junk", 1)
+        last = {"A": now - 9000, "B": now - 9000, "D": now - 9000, "E": now - 10}
+        self.sync.hset(LAST_ENQUEUED, mapping=last)
+        fake.last_enqueued.update(last)
+        real = await self.store.prune(["A"], existing=["A", "B"])
+        fake_removed = await fake.prune(["A"], existing=["A", "B"])
+        self.assertEqual(real, fake_removed)
+        self.assertEqual([(m, int(w)) for m, w in self.members()], fake._ordered())
+        last_runs = self.sync.hgetall(LAST_ENQUEUED)
+        self.assertEqual({k.decode(): int(v) for k, v in last_runs.items()}, fake.last_enqueued)
+        index = self.sync.hgetall(MEMBER_INDEX)
+        self.assertEqual({k.decode(): v.decode() for k, v in index.items()}, fake.index)
 
     async def test_cancel_matches_the_exact_name(self) -> None:
         """Cancelling TS-1 leaves TS-10 alone; names containing '|' work."""
