@@ -48,10 +48,18 @@ _NAME_OF = r"^(.*)|[^|]*$"
 PLAN = """#!lua
 local zset, idx, last = KEYS[1], KEYS[2], KEYS[3]
 local now, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- Checked before the first write, as in CLAIM.
+for _, k in ipairs({{zset, 'zset'}, {idx, 'hash'}, {last, 'hash'}}) do
+  local t = redis.call('TYPE', k[1])['ok']
+  if t ~= 'none' and t ~= k[2] then
+    return redis.error_reply('WRONGTYPE ' .. k[1] .. ' holds a ' .. t .. ', not a ' .. k[2])
+  end
+end
 local rejected = {}
 for i = 0, n - 1 do
   local name, when = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
-  local done = tonumber(redis.call('HGET', last, name) or '-1')
+  -- An unreadable last run does not stop planning: the claim reports it.
+  local done = tonumber(redis.call('HGET', last, name) or '-1') or -1
   if tonumber(when) <= done then
     rejected[#rejected + 1] = name
     rejected[#rejected + 1] = tostring(done)
@@ -112,6 +120,9 @@ local out, reasons, at = {}, {}, {}
 local a = 3
 for j = 0, njobs - 1 do
   local member, name, job_id = ARGV[a], ARGV[a + 1], ARGV[a + 3]
+  if not tonumber(ARGV[a + 2]) or not tonumber(ARGV[a + 4]) then
+    return redis.error_reply('ERR claim ' .. (j + 1) .. ': time or field count is not a number')
+  end
   at[j + 1] = a
   a = a + 5 + 2 * tonumber(ARGV[a + 4])
   if not redis.call('ZSCORE', zset, member) then

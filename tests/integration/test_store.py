@@ -149,6 +149,18 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(removed, ["TS-1", "TS-2", "TS-3"])
         self.assertEqual(self.members(), [("TS-1|2000", 2000.0)])
 
+    async def test_plan_with_an_unreadable_last_run_plans_the_others(self) -> None:
+        """A garbage last run does not stop a plan batch (the claim reports it);
+        a broken daemon key fails the batch before any write."""
+        self.sync.hset(LAST_ENQUEUED, "A", "garbage")
+        await self.store.plan(1000, {"A": 2000, "B": 2000})
+        self.assertEqual(self.members(), [("A|2000", 2000.0), ("B|2000", 2000.0)])
+        self.sync.delete(MEMBER_INDEX)
+        self.sync.set(MEMBER_INDEX, "x")
+        with self.assertRaises(txredisapi.ResponseError):
+            await self.store.plan(1000, {"C": 2000})
+        self.assertEqual(len(self.members()), 2)
+
     async def test_prune_forgets_last_runs_of_deleted_schedules(self) -> None:
         """Given every existing name, prune drops the last runs of schedules
         that no longer exist (long ago or far ahead), keeps those of enabled
