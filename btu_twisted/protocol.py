@@ -246,6 +246,7 @@ class ControlProtocol(Protocol):
         self._pending = False  # a reply is awaited from the control
         self._throttled = False  # the transport's write buffer is full
         self._registered = False  # we are the transport's producer
+        self._admitted = False  # counted in the factory's open connections
         self._processing = False  # inside the request loop
         self._final_error: str | None = None  # to write once the pending reply is out
         self._idle_call: IDelayedCall | None = None
@@ -261,11 +262,19 @@ class ControlProtocol(Protocol):
     def connectionMade(self) -> None:
         self._connected = True
         self._peer = _describe_peer(self.transport, self._serial)
+        self._admitted = self._settings.admit()
+        if not self._admitted:
+            self._closing = True
+            self._close_with_error("too many connections; try again later")
+            return
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._registered = True
         self._start_idle_timer()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._settings.release()
         self._connected = False
         self._closing = True
         self._stop_idle_timer()
@@ -505,8 +514,13 @@ def _schedule_name(content: object) -> str:
 
 
 class ControlFactory(Factory):
-    """Builds a ControlProtocol per connection, sharing the limits and clock."""
+    """Builds a ControlProtocol per connection, sharing the limits and clock.
 
+    Each connection's memory is bounded (one request, one write buffer); the
+    number of connections is bounded too, so that no client can multiply it.
+    """
+
+    log = Logger()
     noisy = False  # connections are logged by the protocol, with peer credentials
 
     def __init__(
@@ -516,13 +530,39 @@ class ControlFactory(Factory):
         idle_timeout: float = 30.0,
         max_request_bytes: int = 65536,
         max_depth: int = 32,
+        max_connections: int = 1024,
     ) -> None:
         self.control = control
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_request_bytes = max_request_bytes
         self.max_depth = max_depth
+        self.max_connections = max_connections
+        self.connections = 0
+        self._refusing = False
         self._serial = 0
+
+    def admit(self) -> bool:
+        """Count a new connection in, or False when there are too many.
+
+        Logged when refusing starts and when it ends, not per connection.
+        """
+        if self.connections >= self.max_connections:
+            if not self._refusing:
+                self._refusing = True
+                self.log.warn(
+                    "refusing control connections: {count} are open (the limit)",
+                    count=self.connections,
+                )
+            return False
+        self.connections += 1
+        return True
+
+    def release(self) -> None:
+        self.connections -= 1
+        if self._refusing and self.connections < self.max_connections:
+            self._refusing = False
+            self.log.info("accepting control connections again")
 
     def buildProtocol(self, addr: IAddress) -> ControlProtocol:
         self._serial += 1

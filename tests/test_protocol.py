@@ -674,6 +674,36 @@ class BackpressureTests(ProtocolTestCase):
         self.assertIsNone(self.transport.producer)
 
 
+class ConnectionLimitTests(ProtocolTestCase):
+    """No client can multiply the per-connection bounds without limit."""
+
+    def test_connections_over_the_limit_are_refused(self) -> None:
+        """Past max_connections a new connection gets one error line and is
+        closed; refusing is logged once, and a closed connection makes room."""
+        self.connect(max_connections=2)
+        second = self.factory.buildProtocol(None)  # type: ignore[arg-type]
+        second.makeConnection(StringTransport())
+        with capturedLogs() as events:
+            refused = []
+            for _ in range(3):
+                protocol = self.factory.buildProtocol(None)  # type: ignore[arg-type]
+                transport = StringTransport()
+                protocol.makeConnection(transport)
+                refused.append(transport)
+                protocol.connectionLost(Failure(Exception("closed")))
+        for transport in refused:
+            self.assertEqual(transport.value(), b"Error: too many connections; try again later\n")
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(events), 1)
+        self.assertEqual(self.factory.connections, 2)
+        second.transport.loseConnection()  # type: ignore[union-attr]
+        with capturedLogs() as events:
+            second.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(self.factory.connections, 1)
+        self.assertEqual(len(events), 1)  # accepting again
+        self.assertEqual(self.send(PING), b"pong\n")
+
+
 class InternalErrorTests(ProtocolTestCase):
     """Exceptions in the control become ``Error: internal error``, never a crash."""
 
