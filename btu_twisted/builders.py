@@ -24,11 +24,12 @@ from __future__ import annotations
 import ast
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
-from rq.job import Job, JobStatus
+from rq.job import Callback, Job, JobStatus
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -41,10 +42,15 @@ from btu_twisted.records import ScheduleRow
 __all__ = [
     "DEFAULT_TIMEOUT",
     "FRAPPE_EXECUTE_JOB",
+    "FRAPPE_FAILURE_CALLBACK",
+    "FRAPPE_FAILURE_TTL",
+    "FRAPPE_JOB_ID_STYLES",
+    "FRAPPE_RESULT_TTL",
     "NO_REDIS",
     "BuildError",
     "BuiltJob",
     "JobBuilder",
+    "frappe_job_id",
     "make_builder",
     "merged_kwargs",
     "queue_origin",
@@ -55,6 +61,27 @@ DEFAULT_TIMEOUT = 600
 
 #: What ``frappe.enqueue`` puts on the queue: Frappe's job wrapper.
 FRAPPE_EXECUTE_JOB = "frappe.utils.background_jobs.execute_job"
+
+#: The on-failure callback ``frappe.enqueue`` gives every job (v15 and develop):
+#: it keeps each failed registry at the site's ``rq_failed_jobs_limit``.
+FRAPPE_FAILURE_CALLBACK = "frappe.utils.background_jobs.truncate_failed_registry"
+
+#: Frappe's ``RQ_RESULTS_TTL`` (site conf ``rq_results_ttl``): a finished job's hash lives 10 minutes.
+FRAPPE_RESULT_TTL = 600
+
+#: Frappe's ``RQ_JOB_FAILURE_TTL`` (site conf ``rq_job_failure_ttl``): 7 days, not rq's year.
+FRAPPE_FAILURE_TTL = 7 * 24 * 60 * 60
+
+#: ``frappe_job_id_style`` -> the job id ``create_job_id`` would write for ``site``
+#: (COMPAT.md section 7): v15 ``{site}::{uuid4}`` for rq 1.x workers; develop
+#: ``{site}||{uuid4}``, since rq 2.x refuses ``:``; ``uuid`` a bare uuid4, the
+#: only one of the three that rq 2.12 and later accept (letters, digits, ``_``,
+#: ``-``), which Frappe's RQ Job list does not show.
+FRAPPE_JOB_ID_STYLES: dict[str, Callable[[str, str], str]] = {
+    "v15": lambda site, unique: f"{site}::{unique}",
+    "develop": lambda site, unique: f"{site}||{unique}",
+    "uuid": lambda site, unique: unique,
+}
 
 #: Placeholder function name for the ``frappe`` builder, whose data comes from the
 #: site and replaces it (BTU's pickle names ``btu.btu_api.execute_job``).
@@ -199,12 +226,20 @@ def rq_fields(
     func: str,
     kwargs: dict[str, Any] | None,
     data: bytes | None = None,
+    *,
+    job_id: str | None = None,
+    result_ttl: int | None = None,
+    failure_ttl: int | None = None,
+    on_failure: str | None = None,
 ) -> BuiltJob:
     """Let rq build the job hash; ``data`` (a pickled rq tuple) replaces func and kwargs.
 
-    The job id is a plain ``uuid4``: rq 2.x only accepts ids made of letters,
-    digits, ``_`` and ``-``, so Frappe's ``site::uuid`` / ``site||uuid`` ids
-    are refused by the rq this daemon runs with.
+    ``job_id`` defaults to a fresh uuid4.  The hash never holds the id (it
+    names the key), so rq's Job is made with a valid placeholder and the id
+    goes to the store only: Frappe's ``site::uuid`` ids, refused by the rq
+    this daemon runs with, still reach the workers that read them.  The TTLs
+    and the failure callback (a dotted name, run with rq's default callback
+    timeout) are stored as rq 1.15 and 2.x both read them.
     """
     job = Job.create(
         func,
@@ -216,6 +251,9 @@ def rq_fields(
         description=job_description(row),
         meta={"task_schedule": row.name, "task": row.task, "scheduled_time": when},
         status=JobStatus.QUEUED,
+        result_ttl=result_ttl,
+        failure_ttl=failure_ttl,
+        on_failure=Callback(on_failure) if on_failure else None,
     )
     if data is not None:
         job.data = data  # to_dict() stores it zlib-compressed, as rq stores its own
@@ -223,7 +261,14 @@ def rq_fields(
         key: value.value if isinstance(value, Enum) else value
         for key, value in job.to_dict().items()
     }
-    return BuiltJob(job_id=job.id, schedule=row.name, when=when, origin=origin, fields=fields)
+    return BuiltJob(
+        job_id=job_id or job.id, schedule=row.name, when=when, origin=origin, fields=fields
+    )
+
+
+def frappe_job_id(site: str, style: str) -> str:
+    """A new job id for ``site`` as Frappe's ``create_job_id`` writes it in ``style``."""
+    return FRAPPE_JOB_ID_STYLES[style](site, str(uuid.uuid4()))
 
 
 def _function_string(row: ScheduleRow) -> str:
@@ -255,16 +300,24 @@ class _Builder:
 
 
 class FunctionBuilder(_Builder):
-    """``function``: the job calls the task's ``function_string`` with the merged kwargs."""
+    """``function``: the job calls the task's ``function_string`` with the merged kwargs.
 
-    def __init__(self, prefix: str) -> None:
+    The TTLs are rq's own defaults unless configured: plain rq users expect rq's behaviour.
+    """
+
+    def __init__(
+        self, prefix: str, *, result_ttl: int | None = None, failure_ttl: int | None = None
+    ) -> None:
         self._prefix = prefix
+        self._ttls = {"result_ttl": result_ttl, "failure_ttl": failure_ttl}
 
     def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
         """Build synchronously; the Deferred has already fired."""
         try:
             origin = queue_origin(row, self._prefix)
-            job = rq_fields(row, when, origin, _function_string(row), merged_kwargs(row))
+            job = rq_fields(
+                row, when, origin, _function_string(row), merged_kwargs(row), **self._ttls
+            )
         except Exception:
             return defer.fail(self._as_build_error(row, Failure()))
         return defer.succeed(job)
@@ -276,12 +329,33 @@ class FrappeSiteBuilder(_Builder):
     The kwargs of ``execute_job`` are those of Frappe v15/develop's ``enqueue``
     (``site, user, method, event, job_name, is_async, kwargs``), with the site
     and user from the configuration since the daemon has no Frappe session.
+    So are the rest: a site-namespaced id (Frappe's RQ Job list and
+    ``remove_failed_jobs`` only see those), Frappe's result and failure TTLs,
+    and ``truncate_failed_registry`` on failure, so failed jobs are trimmed
+    like the site's own.
     """
 
-    def __init__(self, prefix: str, site: str, user: str) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        site: str,
+        user: str,
+        *,
+        id_style: str = "v15",
+        result_ttl: int = FRAPPE_RESULT_TTL,
+        failure_ttl: int = FRAPPE_FAILURE_TTL,
+    ) -> None:
+        if id_style not in FRAPPE_JOB_ID_STYLES:
+            raise ValueError(
+                f"frappe_job_id_style must be one of {', '.join(FRAPPE_JOB_ID_STYLES)},"
+                f" got {id_style!r}"
+            )
         self._prefix = prefix
         self._site = site
         self._user = user
+        self._id_style = id_style
+        self._result_ttl = result_ttl
+        self._failure_ttl = failure_ttl
 
     def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
         """Build synchronously; the Deferred has already fired."""
@@ -297,7 +371,13 @@ class FrappeSiteBuilder(_Builder):
                 "kwargs": merged_kwargs(row),
             }
             origin = queue_origin(row, self._prefix)
-            job = rq_fields(row, when, origin, FRAPPE_EXECUTE_JOB, queue_args)
+            job = rq_fields(
+                row, when, origin, FRAPPE_EXECUTE_JOB, queue_args,
+                job_id=frappe_job_id(self._site, self._id_style),
+                result_ttl=self._result_ttl,
+                failure_ttl=self._failure_ttl,
+                on_failure=FRAPPE_FAILURE_CALLBACK,
+            )  # fmt: skip
         except Exception:
             return defer.fail(self._as_build_error(row, Failure()))
         return defer.succeed(job)
@@ -354,13 +434,23 @@ def make_builder(config: Any, reactor: Any) -> JobBuilder:
     """
     kind = config.job_builder
     prefix = config.rq_queue_prefix or ""
+    # Keys added after the brief are optional on stand-in configs.
+    result_ttl = getattr(config, "result_ttl", None)
+    failure_ttl = getattr(config, "failure_ttl", None)
     if kind == "function":
-        return FunctionBuilder(prefix)
+        return FunctionBuilder(prefix, result_ttl=result_ttl, failure_ttl=failure_ttl)
     if kind == "frappe_site":
         if not config.frappe_site_name:
             raise ValueError("job_builder 'frappe_site' needs frappe_site_name")
         user = config.frappe_user or "Administrator"
-        return FrappeSiteBuilder(prefix, config.frappe_site_name, user)
+        return FrappeSiteBuilder(
+            prefix,
+            config.frappe_site_name,
+            user,
+            id_style=getattr(config, "frappe_job_id_style", None) or "v15",
+            result_ttl=FRAPPE_RESULT_TTL if result_ttl is None else result_ttl,
+            failure_ttl=FRAPPE_FAILURE_TTL if failure_ttl is None else failure_ttl,
+        )
     if kind == "frappe":
         if not config.webserver_ip or not config.webserver_port:
             raise ValueError("job_builder 'frappe' needs webserver_ip and webserver_port")

@@ -72,6 +72,9 @@ _BUILDER_NEEDS = {
     "function": (),
 }
 
+# frappe_job_id_style values: which Frappe's create_job_id the frappe_site ids copy.
+_FRAPPE_JOB_ID_STYLES = ("v15", "develop", "uuid")
+
 
 class ConfigError(Exception):
     """The configuration cannot be used.
@@ -262,6 +265,10 @@ class Config:
     job_builder: str = _key(_one_of(tuple(_BUILDER_NEEDS), upper=False), "frappe")
     frappe_site_name: str | None = _key(_string, None)
     frappe_user: str = _key(_non_empty_string, "Administrator")
+    frappe_job_id_style: str = _key(_one_of(_FRAPPE_JOB_ID_STYLES, upper=False), "v15")
+    # None: Frappe's 600 s / 7 days for frappe_site jobs, rq's own defaults for function jobs.
+    result_ttl: int | None = _key(_integer(-1), None)
+    failure_ttl: int | None = _key(_integer(-1), None)
 
     misfire_grace_secs: int | None = _key(_positive_integer, None)
     metrics_port: int | None = _key(_port, None)

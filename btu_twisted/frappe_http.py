@@ -55,6 +55,8 @@ __all__ = [
     "parse_pickled_task",
     "read_bounded",
     "load_trust_root",
+    "request_body",
+    "request_headers",
     "site_url",
 ]
 
@@ -70,6 +72,23 @@ _ERROR_BODY_BYTES = 64 * 1024
 
 #: Status codes below 500 that still mean "try again later".
 _TRANSIENT_4XX = frozenset({408, 425, 429})
+
+
+def request_headers(token: str, host_header: str | None) -> dict[str, str]:
+    """The headers of a request to the site, for the daemon and the ``btu`` command alike."""
+    headers = {
+        "Authorization": token,
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+    if host_header:
+        headers["Host"] = host_header
+    return headers
+
+
+def request_body(task: str, schedule: str | None) -> bytes:
+    """The JSON body BTU's ``get_pickled_task`` reads."""
+    return json.dumps({"task_id": task, "task_schedule_id": schedule}).encode()
 
 
 class FetchError(Exception):
@@ -328,13 +347,7 @@ class SiteClient:
         self._tls_hostname = tls_hostname
         self._timeout = timeout
         self._max_body = max_body
-        self._headers: dict[str, str] = {
-            "Authorization": token,
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
-        if host_header:
-            self._headers["Host"] = host_header
+        self._headers = request_headers(token, host_header)
         self._pool = web_client.HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 4
         # Below nginx's default keepalive_timeout (65 s), so idle connections are
@@ -401,7 +414,7 @@ class SiteClient:
         return await self._fetch(task, schedule)
 
     async def _fetch(self, task: str, schedule: str | None) -> bytes:
-        body = json.dumps({"task_id": task, "task_schedule_id": schedule}).encode()
+        body = request_body(task, schedule)
         try:
             response = await self._http.request(
                 "POST",

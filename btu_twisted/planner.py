@@ -8,7 +8,9 @@ on I/O, so the reactor keeps serving the socket between batches.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
@@ -22,6 +24,13 @@ from btu_twisted.health import Backoff, Dependency
 from btu_twisted.records import ScheduleRow
 from btu_twisted.sql import BATCH_SIZE, Database
 from btu_twisted.store import ScheduleStore
+
+# A last enqueued run further ahead of now than this can only come from a
+# clock that ran ahead (runs are enqueued when due, never early).
+AHEAD_LIMIT = 300
+# Inactive schedules are logged when their state changes, remembered for at
+# most this many names (deleted ones would otherwise be remembered forever).
+_REMEMBERED = 10_000
 
 
 class Unplannable(Exception):
@@ -61,6 +70,8 @@ class Planner(Service):
         on_planned: Callable[[int], None] = lambda when: None,
         batch_size: int = BATCH_SIZE,
         dependencies: Sequence[Dependency] = (),
+        on_unplanned: Callable[[list[str]], None] = lambda names: None,
+        on_failure: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self._clock = clock
         self._fifo = fifo
@@ -77,6 +88,12 @@ class Planner(Service):
         # Broken schedules are logged when they break or their reason changes,
         # not again at every refresh.
         self._broken: dict[str, str] = {}
+        self._inactive: OrderedDict[str, str] = OrderedDict()
+        self._on_unplanned = on_unplanned
+        self._on_failure = on_failure
+        # Schedules whose last enqueued run lies far in the future (a clock
+        # that ran ahead): name -> that run; shown in status until cleared.
+        self.ahead: dict[str, int] = {}
         self.planned_total = 0
         self.batches = 0
 
@@ -151,7 +168,9 @@ class Planner(Service):
             # that raced an enqueue): plan after the last enqueued run instead.
             again = {}
             for name, done in rejected.items():
-                when = self._next_or_none(name, rows.get(name), max(now, done))
+                when = None
+                if not self._ran_ahead(name, done, now):
+                    when = self._next_or_none(name, rows.get(name), max(now, done))
                 if when is None:
                     plans.pop(name, None)
                 else:
@@ -159,21 +178,49 @@ class Planner(Service):
             still = await self._store.plan(now, again)
             for name in still:
                 plans.pop(name, None)
+        for name in plans:
+            self.ahead.pop(name, None)
+        if unplans:
+            for name in unplans:
+                self.ahead.pop(name, None)
+            self._on_unplanned(unplans)
         self.batches += 1
         self.planned_total += len(plans)
         if plans:
             self._on_planned(min(plans.values()))
         return plans
 
-    def _next_or_none(self, name: str, row: ScheduleRow | None, after: float) -> int | None:
-        if row is None:
-            self.log.info(
-                "schedule {schedule} does not exist; it has no run planned", schedule=name
+    def _ran_ahead(self, name: str, done: int, now: float) -> bool:
+        """True (logged once, counted) when the last run lies far in the future."""
+        if done <= now + AHEAD_LIMIT:
+            return False
+        if self.ahead.get(name) != done:
+            self.ahead[name] = done
+            self._on_failure("last_run_ahead")
+            self.log.error(
+                "schedule {schedule} is not planned: its last enqueued run is {done}, "
+                "{ahead:.0f} s ahead of now (a clock that ran ahead?); clear it with "
+                "'btu clear-last-run {schedule}'",
+                schedule=name, done=_iso(done), ahead=done - now,
             )
+        return True
+
+    def _next_or_none(self, name: str, row: ScheduleRow | None, after: float) -> int | None:
+        inactive = "it does not exist" if row is None else row.inactive_reason()
+        if inactive is not None:
+            self._broken.pop(name, None)
+            if self._inactive.get(name) != inactive:
+                self.log.info(
+                    "schedule {schedule} has no run planned: {reason}",
+                    schedule=name, reason=inactive,
+                )
+            self._inactive[name] = inactive
+            self._inactive.move_to_end(name)
+            while len(self._inactive) > _REMEMBERED:
+                self._inactive.popitem(last=False)
             return None
-        if not row.enabled:
-            self.log.info("schedule {schedule} is disabled; it has no run planned", schedule=name)
-            return None
+        self._inactive.pop(name, None)
+        assert row is not None
         try:
             when = next_run_for(row, self._default_zone, after)
         except Unplannable as e:
@@ -187,3 +234,7 @@ class Planner(Service):
         self._broken.pop(name, None)
         return when
 
+
+
+def _iso(when: float) -> str:
+    return datetime.fromtimestamp(when, timezone.utc).isoformat().replace("+00:00", "Z")

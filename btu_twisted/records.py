@@ -35,3 +35,17 @@ class ScheduleRow:
     max_task_duration: int | None
     task_queue_name: str | None
     desc_short: str | None
+    # The task's docstatus: 0 draft, 1 submitted, 2 cancelled; None when the
+    # task row is missing.  BTU lets a schedule link a draft or submitted task
+    # (Frappe refuses links to cancelled documents), so 0 and 1 run.
+    task_docstatus: int | None = 1
+
+    def inactive_reason(self) -> str | None:
+        """Why this schedule must not run at all, or None when it may."""
+        if not self.enabled:
+            return "the schedule is disabled"
+        if self.task_docstatus is None:
+            return f"its task {self.task} does not exist"
+        if self.task_docstatus == 2:
+            return f"its task {self.task} is cancelled"
+        return None

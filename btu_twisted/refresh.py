@@ -5,6 +5,10 @@ schedules go onto the FIFO, and members of schedules that are no longer
 enabled (or stale duplicates) are removed.  A refresh that fails (MariaDB or
 Redis down) is retried with backoff rather than a whole period later, so a
 daemon started during an outage plans everything soon after it ends.
+
+Redis may also come back empty (no persistence, FLUSHDB, failover to an empty
+replica): every refresh sets a marker key, and every ``watch_interval``
+seconds a cheap EXISTS checks it; when it is gone, a refresh starts at once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from btu_twisted.health import Backoff
 from btu_twisted.sql import Database
 from btu_twisted.store import ScheduleStore
 
+WATCH_SECS = 2.0
+
 
 class FullRefresh(Service):
     log = Logger()
@@ -35,6 +41,7 @@ class FullRefresh(Service):
         db: Database,
         store: ScheduleStore,
         on_refreshed: Callable[[float, float, int], None] = lambda at, duration, members: None,
+        watch_interval: float = WATCH_SECS,
     ) -> None:
         self._clock = clock
         self._interval = interval
@@ -45,6 +52,10 @@ class FullRefresh(Service):
         self._backoff = Backoff(first=1.0, limit=min(60.0, interval))
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
+        self._watch_interval = watch_interval
+        self._watch = LoopingCall(self._check_keys)
+        self._watch.clock = clock
+        self.keys_lost = 0
         self._retry: IDelayedCall | None = None
         self._in_flight: Deferred[None] | None = None
         self.last: dict[str, object] = {}
@@ -52,15 +63,44 @@ class FullRefresh(Service):
     def startService(self) -> None:
         super().startService()
         self._loop.start(self._interval, now=True)
+        self._watch.start(self._watch_interval, now=False)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
-        if self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._watch):
+            if loop.running:
+                loop.stop()
         return None
+
+    def trigger(self) -> Deferred[None]:
+        """Plan everything again now (or join the refresh in flight)."""
+        return self._start_refresh()
+
+    def _check_keys(self) -> Deferred[None] | None:
+        if self._in_flight is not None:
+            return None
+        d = Deferred.fromCoroutine(self._keys_lost())
+        # Redis away: its Dependency has logged the outage; the next look
+        # after it returns finds out whether the keys survived.
+        d.addErrback(lambda failure: self.log.debug("key check failed: {f}", f=failure.value))
+        return d
+
+    async def _keys_lost(self) -> None:
+        if await self._store.keys_present():
+            return
+        self.keys_lost += 1
+        emit = self.log.warn if self.last else self.log.debug
+        emit(
+            "Redis has lost the scheduler's keys (restarted without persistence, flushed "
+            "or failed over); planning every enabled schedule again"
+        )
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()  # this refresh is the retry
+        self._retry = None
+        await self._start_refresh()
 
     def _tick(self) -> Deferred[None]:
         # Returning the Deferred keeps ticks from overlapping; it never fails,
@@ -107,12 +147,13 @@ class FullRefresh(Service):
     async def refresh(self) -> int:
         """Queue every enabled schedule and prune the rest; returns the count."""
         started = self._clock.seconds()
+        await self._store.mark_planned()
         names = await self._db.enabled_names()
-        refused = self._fifo.extend(names)
+        refused = self._fifo.extend(names, bulk=True)
         removed = await self._store.prune(names)
         # A name removed here may have been enabled (and planned) just after
         # our SELECT; planning it again costs one read and settles it.
-        self._fifo.extend(removed)
+        self._fifo.extend(removed, bulk=True)
         duration = self._clock.seconds() - started
         self._on_refreshed(started, duration, await self._store.count())
         self.last = {

@@ -21,10 +21,12 @@ from twisted.logger import Logger
 
 from btu_twisted import __version__
 from btu_twisted.builders import make_builder
+from btu_twisted.changes import ChangeFeed
 from btu_twisted.config import Config
 from btu_twisted.control_socket import ControlSocketService, SocketInUseError
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Dependency
+from btu_twisted.job_ids import JobIdRecorder
 from btu_twisted.metrics import Metrics, MetricsService
 from btu_twisted.planner import Planner
 from btu_twisted.protocol import ControlFactory
@@ -91,6 +93,7 @@ class BtuService(MultiService):
         )
         self.store = ScheduleStore(self.redis)
         self.builder = make_builder(config, reactor)
+        self.job_ids = JobIdRecorder(reactor, self.db)
         self.timer = Timer(
             reactor,
             self.store,
@@ -101,6 +104,8 @@ class BtuService(MultiService):
             misfire_grace=config.misfire_grace_secs,
             on_enqueued=lambda claim, lateness: self.metrics.job_enqueued(claim.origin, lateness),
             on_failure=self.metrics.failure,
+            default_zone=config.time_zone_string,
+            on_job_ids=self.job_ids.record,
         )
         self.planner = Planner(
             reactor,
@@ -110,11 +115,14 @@ class BtuService(MultiService):
             default_zone=config.time_zone_string,
             on_planned=self.timer.planned,
             dependencies=(self.db.health, self.redis.health),
+            on_unplanned=self.timer.forget,
+            on_failure=self.metrics.failure,
         )
         self.refresh = FullRefresh(
             reactor, config.full_refresh_internal_secs, self.fifo, self.db, self.store,
             on_refreshed=self.metrics.refreshed,
         )
+        self.changes = ChangeFeed(reactor, self.db, self.fifo, on_zone_changed=self.refresh.trigger)
         self.metrics.watch(
             lambda: len(self.fifo),
             {"mariadb": self.db.health, "redis": self.redis.health, **self._site_health()},
@@ -175,7 +183,7 @@ class BtuService(MultiService):
                     f"cannot serve metrics on {self.config.metrics_host}:"
                     f"{self.config.metrics_port}: {_reason(e)}"
                 ) from None
-        for child in (self.timer, self.planner, self.refresh):
+        for child in (self.timer, self.planner, self.refresh, self.changes):
             child.startService()
         self.started_at = self._reactor.seconds()
 
@@ -213,13 +221,17 @@ class BtuService(MultiService):
 
     async def _stop(self) -> None:
         self.running = 0
-        children = [self.refresh, self.planner, self.timer, self.socket, self.metrics_service]
+        children = [
+            self.changes, self.refresh, self.planner, self.timer, self.socket,
+            self.metrics_service,
+        ]
         for child in children:
             if child is not None and child.running:
                 try:
                     await _maybe(child.stopService())
                 except Exception:
                     self.log.failure("stopping {service} failed", service=child.name)
+        self.job_ids.stop()
         await _maybe(self.builder.close())
         await _maybe(self.redis.stop())
         self.db.stop()
@@ -231,7 +243,11 @@ class BtuService(MultiService):
 
     # -- SchedulerControl, for the socket ------------------------------------------
     def request_planning(self, name: str) -> bool:
-        return self.fifo.add(name)
+        # The BTU app asks before it commits: plan now and again shortly after.
+        if not self.fifo.add(name):
+            return False
+        self.changes.requested(name)
+        return True
 
     def cancel(self, name: str) -> Deferred[bool]:
         # A name still waiting to be planned would bring the member back.
@@ -260,6 +276,12 @@ class BtuService(MultiService):
             "last_enqueued_schedule": stats.last_schedule,
             "lateness": lateness_summary(stats.lateness),
             "planned": self.planner.planned_total,
+            "changes_seen": self.changes.changes_seen,
+            "redis_keys_lost": self.refresh.keys_lost,
+            "redis_job_ids_written": self.job_ids.written,
+            "last_run_ahead": {
+                name: _iso(when) for name, when in sorted(self.planner.ahead.items())
+            },
             "last_full_refresh": self.refresh.last,
             "services": {
                 "mariadb": self.db.health.snapshot(),

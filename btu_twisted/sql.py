@@ -7,7 +7,9 @@ daemon returned TS-000001 for the name ``x' OR '1'='1``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import pymysql
@@ -32,11 +34,61 @@ SELECT s.`name`, s.`task`, s.`enabled`, s.`cron_string`, s.`queue_name`,
          WHERE v.`doctype` = 'BTU Configuration' AND v.`field` = 'cron_time_zone'
          LIMIT 1) AS cron_time_zone,
        t.`function_string`, t.`arguments`, t.`max_task_duration`, t.`queue_name`,
-       t.`desc_short`
+       t.`desc_short`, t.`name`, t.`docstatus`
   FROM `tabBTU Task Schedule` s
   LEFT JOIN `tabBTU Task` t ON t.`name` = s.`task`
  WHERE s.`name` IN ({placeholders})
 """
+
+
+# The change feed: rows whose ``modified`` moved.  Both columns are indexed.
+_CHANGED_SCHEDULES = (
+    "SELECT `name`, `modified` FROM `tabBTU Task Schedule` WHERE `modified` >= %s"
+)
+_CHANGED_TASKS = """
+SELECT s.`name`, t.`modified`
+  FROM `tabBTU Task` t
+  JOIN `tabBTU Task Schedule` s ON s.`task` = t.`name`
+ WHERE t.`modified` >= %s
+"""
+_LATEST = {
+    "schedule": "SELECT MAX(`modified`) FROM `tabBTU Task Schedule`",
+    "task": "SELECT MAX(`modified`) FROM `tabBTU Task`",
+}
+_ZONE = (
+    "SELECT `value` FROM `tabSingles`"
+    " WHERE `doctype` = 'BTU Configuration' AND `field` = 'cron_time_zone' LIMIT 1"
+)
+
+# BTU's "Last Execution Results" reads redis_job_id.  `modified` is left
+# alone: the row did not change for Frappe (and our own change feed would see
+# every run as an edit).
+_WRITE_JOB_IDS = (
+    "UPDATE `tabBTU Task Schedule` SET `redis_job_id` = CASE `name` {cases} END"
+    " WHERE `name` IN ({placeholders})"
+)
+# A row locked by the BTU app's open transaction must not hold a pool thread
+# for innodb's default 50 s; the ids are written again with the next batch.
+_LOCK_WAIT_SECS = 2
+_LOCKED = (1205, 1213)  # lock wait timeout, deadlock
+
+
+class RowsLocked(Exception):
+    """The job-id write waited too long for rows another transaction holds."""
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What moved in MariaDB since the change feed's last look.
+
+    ``schedules``: (schedule name, modified) of edited schedule rows;
+    ``tasks``: (schedule name, task's modified) of schedules whose task row
+    was edited; ``zone``: BTU Configuration's cron_time_zone now.
+    """
+
+    schedules: list[tuple[str, datetime]]
+    tasks: list[tuple[str, datetime]]
+    zone: str | None
 
 
 def schedules_query(count: int) -> str:
@@ -45,7 +97,7 @@ def schedules_query(count: int) -> str:
 
 def row_from(values: Sequence[Any]) -> ScheduleRow:
     (name, task, enabled, cron, queue, overrides, task_desc, sched_desc, zone,
-     function, arguments, duration, task_queue, desc_short) = values
+     function, arguments, duration, task_queue, desc_short, task_found, task_docstatus) = values
     return ScheduleRow(
         name=name,
         task=task,
@@ -61,6 +113,7 @@ def row_from(values: Sequence[Any]) -> ScheduleRow:
         max_task_duration=None if duration is None else int(duration),
         task_queue_name=task_queue,
         desc_short=desc_short,
+        task_docstatus=None if task_found is None else int(task_docstatus or 0),
     )
 
 
@@ -174,6 +227,22 @@ class Database:
             found.update((row.name, row) for row in rows)
         return found
 
+    async def changes(
+        self, since: Mapping[str, datetime | None], overlap: timedelta
+    ) -> Changes:
+        """Rows modified at or after ``since[kind]`` ("schedule", "task").
+
+        A ``since`` of None means "the latest ``overlap``": the feed's first
+        look after start-up, when the full refresh plans everything anyway.
+        """
+        return await self._run(_read_changes, dict(since), overlap)
+
+    async def write_job_ids(self, job_ids: Mapping[str, str]) -> None:
+        """Set ``redis_job_id`` of each schedule, in one statement per batch."""
+        items = list(job_ids.items())
+        for start in range(0, len(items), BATCH_SIZE):
+            await self._run(_write_job_ids, items[start:start + BATCH_SIZE])
+
     async def _run(self, func: Any, *args: Any) -> Any:
         if self._pool is None:
             raise RuntimeError("Database used before start()")
@@ -202,3 +271,41 @@ def _is_connection_error(error: Exception) -> bool:
     if isinstance(error, pymysql.err.OperationalError):
         return True
     return isinstance(error, (pymysql.err.InterfaceError, OSError, ConnectionError))
+
+
+def _read_changes(
+    cursor: Any, since: dict[str, datetime | None], overlap: timedelta
+) -> Changes:
+    found: dict[str, list[tuple[str, datetime]]] = {}
+    for kind, query in (("schedule", _CHANGED_SCHEDULES), ("task", _CHANGED_TASKS)):
+        mark = since.get(kind)
+        if mark is None:
+            cursor.execute(_LATEST[kind])
+            latest = cursor.fetchone()[0]
+            if latest is None:
+                found[kind] = []
+                continue
+            mark = latest - overlap
+        cursor.execute(query, (mark,))
+        found[kind] = [(name, modified) for name, modified in cursor.fetchall()]
+    cursor.execute(_ZONE)
+    zone = cursor.fetchone()
+    return Changes(found["schedule"], found["task"], (zone[0] or None) if zone else None)
+
+
+def _write_job_ids(cursor: Any, items: list[tuple[str, str]]) -> None:
+    cases = " ".join(["WHEN %s THEN %s"] * len(items))
+    query = _WRITE_JOB_IDS.format(
+        cases=cases, placeholders=", ".join(["%s"] * len(items))
+    )
+    params: list[str] = []
+    for name, job_id in items:
+        params += [name, job_id]
+    params += [name for name, _ in items]
+    cursor.execute("SET SESSION innodb_lock_wait_timeout = %s", (_LOCK_WAIT_SECS,))
+    try:
+        cursor.execute(query, tuple(params))
+    except pymysql.err.OperationalError as e:
+        if e.args and e.args[0] in _LOCKED:
+            raise RowsLocked(str(e)) from None
+        raise

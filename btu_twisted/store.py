@@ -33,6 +33,9 @@ from btu_twisted.redis_gateway import RedisCommands
 SCHEDULE_SET = "btu_scheduler:task_execution_times"
 MEMBER_INDEX = "btu_scheduler:schedule_members"
 LAST_ENQUEUED = "btu_scheduler:last_enqueued"
+# Set by every full refresh; its absence means Redis lost our keys (restart
+# without persistence, FLUSHDB, failover to an empty replica).
+PLANNED_MARKER = "btu_scheduler:planned"
 RQ_QUEUES = "rq:queues"
 JOB_PREFIX = "rq:job:"
 QUEUE_PREFIX = "rq:queue:"
@@ -435,3 +438,11 @@ class ScheduleStore:
 
     async def count(self) -> int:
         return int(await self._redis.command("ZCARD", SCHEDULE_SET))
+
+    async def mark_planned(self) -> None:
+        """Note that a full refresh is (re)planning everything."""
+        await self._redis.command("SET", PLANNED_MARKER, "1")
+
+    async def keys_present(self) -> bool:
+        """False when the marker a full refresh sets is gone: our keys were lost."""
+        return bool(int(await self._redis.command("EXISTS", PLANNED_MARKER)))

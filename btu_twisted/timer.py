@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from btu_twisted.builders import BuildError, JobBuilder
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
+from btu_twisted.planner import Unplannable, next_run_for
 from btu_twisted.records import ScheduleRow
 from btu_twisted.sql import Database
 from btu_twisted.store import (
@@ -36,6 +37,9 @@ FETCH_LIMIT = 20000      # due members looked at per wake-up
 CLAIM_BATCH = 500        # members claimed per script call
 BUILD_CONCURRENCY = 16   # builds in flight at once (HTTP calls to the site)
 BATCH_LOG_DETAIL = 20    # claim batches larger than this log one summary line at info
+# A prepared job whose row was read longer ago than this is built again from a
+# fresh read before it is claimed (its claim was held up, e.g. Redis away).
+ROW_FRESHNESS = LOOKAHEAD + 1.0
 
 
 @dataclass
@@ -69,6 +73,8 @@ class Timer(Service):
         on_enqueued: Callable[[Claim, float], None] = lambda claim, lateness: None,
         on_failure: Callable[[str], None] = lambda reason: None,
         lookahead: float = LOOKAHEAD,
+        default_zone: str = "UTC",
+        on_job_ids: Callable[[list[tuple[str, str]]], None] = lambda pairs: None,
     ) -> None:
         self._clock = clock
         self._store = store
@@ -80,7 +86,10 @@ class Timer(Service):
         self._on_enqueued = on_enqueued
         self._on_failure = on_failure
         self._lookahead = lookahead
+        self._default_zone = default_zone
+        self._on_job_ids = on_job_ids
         self._prepared: dict[str, Claim] = {}
+        self._read_at: dict[str, float] = {}  # member -> when its row was read
         self._building: set[str] = set()
         self._retry_at: dict[str, float] = {}
         self._retry_wait: dict[str, float] = {}
@@ -190,13 +199,24 @@ class Timer(Service):
         Prepared members were all due by an earlier, smaller horizon, so a
         complete window lists every one still there.
         """
-        if not self._prepared:
-            return
         alive = {m for m, _ in near}
         last_seen = near[-1][1] if near else 0
         for member, claim in list(self._prepared.items()):
             if member not in alive and (not truncated or claim.when < last_seen):
                 del self._prepared[member]
+                self._read_at.pop(member, None)
+        # Runs waiting for a retry were due too: gone from a complete window,
+        # their schedule was cancelled or replanned, and the wait is forgotten.
+        if not truncated:
+            for member in [m for m in self._retry_at if m not in alive]:
+                self._retry_at.pop(member, None)
+                self._retry_wait.pop(member, None)
+
+    def forget(self, names: list[str]) -> None:
+        """The planner found these schedules gone or inactive: drop what we remember of them."""
+        for name in names:
+            self._delayed.pop(name, None)
+            self._unbuildable.pop(name, None)
 
     # -- building ----------------------------------------------------------
     def _start_builds(self, todo: list[tuple[str, int]]) -> None:
@@ -232,21 +252,26 @@ class Timer(Service):
                 self._schedule_retry(member)
             self.log.debug("rows for due runs unavailable: {error}", error=e)
             return
+        read_at = self._clock.seconds()
         builds = [
-            self._build_slots.run(self._prepare, member, name, when, rows.get(name))
+            self._build_slots.run(self._prepare, member, name, when, rows.get(name), read_at)
             for member, name, when in wanted
         ]
         for d in builds:
             await d
 
-    async def _prepare(self, member: str, name: str, when: int, row: ScheduleRow | None) -> None:
+    async def _prepare(
+        self, member: str, name: str, when: int, row: ScheduleRow | None, read_at: float
+    ) -> None:
         now = self._clock.seconds()
-        if row is None or not row.enabled:
+        refusal = refusal_of(row, self._default_zone, when)
+        if refusal is not None:
+            # The committed row no longer produces this run (edited, disabled,
+            # deleted, task cancelled): it must not be enqueued.  The claim
+            # below removes the member; replanning reads the row again.
             self.log.info(
-                "run of {schedule} at {when} dropped: the schedule is {state}",
-                schedule=name,
-                when=_iso(when),
-                state="deleted" if row is None else "disabled",
+                "run of {schedule} at {when} dropped: {reason}",
+                schedule=name, when=_iso(when), reason=refusal,
             )
             self._settle_without_job(member, name, when)
             self._on_failure("schedule_gone")
@@ -256,9 +281,15 @@ class Timer(Service):
             self._settle_without_job(member, name, when)
             return
         try:
-            built = await self._builder.build(row, when)
+            built = await self._builder.build(row, when)  # type: ignore[arg-type]
         except BuildError as e:
             self._build_failed(member, name, when, e)
+            return
+        except Exception as e:
+            # A cancelled site request, or a builder bug: this run's failure,
+            # counted and retried, never an unhandled error of the whole round.
+            reason = f"unexpected {type(e).__name__} while building the job: {e}"
+            self._build_failed(member, name, when, BuildError(name, reason, transient=True))
             return
         if self._forget_retry(member, name) or self._unbuildable.pop(name, None):
             self.log.info("schedule {schedule} can be enqueued again", schedule=name)
@@ -266,6 +297,7 @@ class Timer(Service):
             member=member, schedule=name, when=when,
             job_id=built.job_id, origin=built.origin, fields=built.fields,
         )
+        self._read_at[member] = read_at
 
     def _within_grace(self, claim: Claim, now: float) -> Claim:
         """The claim to make for a due job: a job prepared in time whose claim
@@ -332,7 +364,7 @@ class Timer(Service):
     # -- claiming ------------------------------------------------------------
     async def _claim_due(self) -> None:
         now = self._clock.seconds()
-        due = [self._within_grace(c, now) for c in list(self._prepared.values()) if c.when <= now]
+        due = [self._within_grace(c, now) for c in self._fresh_due(now)]
         if not due:
             return
         due.sort(key=lambda c: c.when)
@@ -348,12 +380,37 @@ class Timer(Service):
             # cron work does not run between two claim batches.
             self._fifo.extend(replan)
 
+    def _fresh_due(self, now: float) -> list[Claim]:
+        """Due claims whose row is recent; older ones are dropped to be built
+        again from a fresh read (the row may have been edited meanwhile).
+
+        A dropped claim's schedule is also planned again: if an earlier claim
+        attempt did go through (its reply lost), the member is gone and no
+        claim result will ever ask for the next run.  Replanning is always
+        safe: a member already due is left to us, an enqueued run never
+        comes back.
+        """
+        due: list[Claim] = []
+        stale: list[str] = []
+        for claim in list(self._prepared.values()):
+            if claim.when > now:
+                continue
+            if claim.job_id and now - self._read_at.get(claim.member, now) > ROW_FRESHNESS:
+                del self._prepared[claim.member]
+                self._read_at.pop(claim.member, None)
+                stale.append(claim.schedule)
+                continue
+            due.append(claim)
+        self._fifo.extend(stale)
+        return due
+
     def _settle(self, batch: list[Claim], results: list[int], now: float) -> list[str]:
         """Record a claim batch's results; returns the schedules to plan again."""
         enqueued: list[Claim] = []
         replan: list[str] = []
         for claim, result in zip(batch, results):
             self._prepared.pop(claim.member, None)
+            self._read_at.pop(claim.member, None)
             if result == BLOCKED:
                 # Untouched by the store, which logged why: claim it again later.
                 self._retry_at[claim.member] = now + BLOCKED_RETRY_SECS
@@ -376,6 +433,7 @@ class Timer(Service):
             self._on_enqueued(claim, lateness)
             self._log_enqueued(claim, lateness, detail=len(enqueued) <= BATCH_LOG_DETAIL)
         if enqueued:
+            self._on_job_ids([(c.schedule, c.job_id) for c in enqueued])
             self.stats.enqueued += len(enqueued)
             self.stats.last_enqueue = now
             self.stats.last_schedule = enqueued[-1].schedule
@@ -401,6 +459,22 @@ class Timer(Service):
             schedule=claim.schedule, when=_iso(claim.when),
             job_id=claim.job_id, origin=claim.origin,
         )
+
+def refusal_of(row: ScheduleRow | None, default_zone: str, when: int) -> str | None:
+    """Why the row as committed now must not run at ``when``; None when it may."""
+    if row is None:
+        return "the schedule is deleted"
+    inactive = row.inactive_reason()
+    if inactive is not None:
+        return inactive
+    try:
+        produced = next_run_for(row, default_zone, when - 1)
+    except Unplannable as e:
+        return f"it cannot be planned: {e}"
+    if produced != when:
+        return "its cron string or time zone no longer runs at that time"
+    return None
+
 
 def _iso(when: int) -> str:
     return datetime.fromtimestamp(when, timezone.utc).isoformat().replace("+00:00", "Z")

@@ -8,4 +8,7 @@ bash scripts/venv.sh || exit 1
 # Imported from the checkout (python -m puts it first on sys.path).
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(tests)
-exec .venv/bin/python -m twisted.trial --temp-directory=/tmp/btu_trial_temp "${args[@]}"
+# One trial temp directory per checkout: two checkouts testing at once would
+# otherwise refuse each other's busy directory.
+tmp="${TMPDIR:-/tmp}/btu_trial_temp-$(pwd | md5sum | cut -c1-8)"
+exec .venv/bin/python -m twisted.trial --temp-directory="$tmp" "${args[@]}"

@@ -32,6 +32,7 @@ from twisted.internet.task import Clock
 from btu_twisted.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow
+from btu_twisted.sql import Changes
 from btu_twisted.store import (
     CLAIMED,
     JOB_PREFIX,
@@ -67,6 +68,7 @@ def make_row(
     zone: str | None = None,
     duration: int | None = 60,
     desc_short: str | None = "Test task",
+    task_docstatus: int | None = 1,
 ) -> ScheduleRow:
     """A ScheduleRow with sensible defaults: enabled, every minute, a real function."""
     return ScheduleRow(
@@ -84,6 +86,7 @@ def make_row(
         max_task_duration=duration,
         task_queue_name=None,
         desc_short=desc_short,
+        task_docstatus=task_docstatus,
     )
 
 
@@ -223,6 +226,8 @@ class FakeStore(_FakeService):
         #: are BLOCKED, as the real script's checks make them.
         self.wrong_type: dict[str, str] = {}
         self.blocked = BlockedClaims()
+        #: The full refresh's marker key (btu_scheduler:planned).
+        self.marked = False
 
     # -- test helpers (synchronous, never fail) ------------------------------
     def add(self, name: str, when: int) -> None:
@@ -304,6 +309,22 @@ class FakeStore(_FakeService):
 
     def count(self) -> Deferred[int]:
         return self._call("count", lambda: len(self.zset))
+
+    def mark_planned(self) -> Deferred[None]:
+        def mark() -> None:
+            self.marked = True
+
+        return self._call("mark_planned", mark)
+
+    def keys_present(self) -> Deferred[bool]:
+        return self._call("keys_present", lambda: self.marked)
+
+    def flush(self) -> None:
+        """FLUSHDB: every key of ours is gone."""
+        self.zset.clear()
+        self.index.clear()
+        self.last_enqueued.clear()
+        self.marked = False
 
     # -- the scripts -----------------------------------------------------------
     def _ordered(self) -> list[tuple[str, int]]:
@@ -424,6 +445,12 @@ class FakeDatabase(_FakeService):
     ) -> None:
         super().__init__(clock, latency)
         self.rows: dict[str, ScheduleRow] = {r.name: r for r in rows}
+        #: The change feed's view: schedule name -> its (or its task's) modified.
+        self.modified: dict[str, Any] = {}
+        self.task_modified: dict[str, Any] = {}
+        self.zone: str | None = None
+        #: redis_job_id as written back.
+        self.job_ids: dict[str, str] = {}
 
     def put(self, *rows: ScheduleRow) -> None:
         for row in rows:
@@ -450,6 +477,32 @@ class FakeDatabase(_FakeService):
 
     def check(self) -> Deferred[int]:
         return self._call("check", lambda: 42)
+
+    def changes(self, since: Mapping[str, Any], overlap: Any) -> Deferred[Changes]:
+        """Rows of ``modified`` (name -> datetime) and ``task_modified`` at or after ``since``."""
+
+        def read() -> Changes:
+            found = {}
+            for kind, stamps in (("schedule", self.modified), ("task", self.task_modified)):
+                mark = since.get(kind)
+                if mark is None:
+                    latest = max(stamps.values(), default=None)
+                    if latest is None:
+                        found[kind] = []
+                        continue
+                    mark = latest - overlap
+                found[kind] = [(n, m) for n, m in stamps.items() if m >= mark]
+            return Changes(found["schedule"], found["task"], self.zone)
+
+        return self._call("changes", read, dict(since))
+
+    def write_job_ids(self, job_ids: Mapping[str, str]) -> Deferred[None]:
+        batch = dict(job_ids)
+
+        def write() -> None:
+            self.job_ids.update(batch)
+
+        return self._call("write_job_ids", write, batch)
 
 
 @dataclass

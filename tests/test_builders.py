@@ -97,6 +97,9 @@ def make_config(**changes: Any) -> SimpleNamespace:
         "webserver_timeout_secs": 5.0,
         "frappe_site_name": "site1.local",
         "frappe_user": "Administrator",
+        "frappe_job_id_style": "v15",
+        "result_ttl": None,
+        "failure_ttl": None,
     }
     values.update(changes)
     return SimpleNamespace(**values)
@@ -129,8 +132,12 @@ def as_stored(fields: dict[str, Any]) -> dict[bytes, bytes]:
 
 
 def restore(built: BuiltJob) -> Job:
-    """Load the built fields back with rq's own Job.restore."""
-    job = Job(built.job_id, connection=redis.Redis())  # never used: restore does no I/O
+    """Load the built fields back with rq's own Job.restore.
+
+    The Job gets no id: this rq refuses Frappe's ``site::uuid`` ids, and the
+    hash does not depend on the id anyway.
+    """
+    job = Job(connection=redis.Redis())  # never used: restore does no I/O
     job.restore(as_stored(built.fields))
     return job
 
@@ -344,8 +351,63 @@ class LocalBuilderTests(SynchronousTestCase):
         job = restore(build_now(make_builder(config, reactor), replace(row, desc_short=None)))
         self.assertEqual(job.kwargs["job_name"], "myapp.tasks.nightly")
 
-    def test_frappe_site_ids_are_plain_uuids(self) -> None:
-        """rq 2.x refuses Frappe's site-prefixed ids, so frappe_site uses a plain uuid4."""
+    def test_frappe_site_ttls_and_failure_callback(self) -> None:
+        """frappe_site jobs carry Frappe's TTLs and on-failure callback, as rq reads them back."""
+        config = make_config(job_builder="frappe_site")
+        built = build_now(make_builder(config, reactor), make_row())
+        job = restore(built)
+        self.assertEqual((job.result_ttl, job.failure_ttl), (600, 604800))
+        self.assertEqual(job._failure_callback_name, builders.FRAPPE_FAILURE_CALLBACK)
+        self.assertEqual(job.failure_callback_timeout, 60)  # rq's default, as Frappe's Callback
+        self.assertEqual(
+            builders.FRAPPE_FAILURE_CALLBACK,
+            "frappe.utils.background_jobs.truncate_failed_registry",
+        )
+        # The field names both rq 1.15 and 2.x read; no success or stopped callback.
+        self.assertEqual(
+            {key: built.fields[key] for key in built.fields if "callback" in key or "ttl" in key},
+            {
+                "failure_callback_name": builders.FRAPPE_FAILURE_CALLBACK,
+                "failure_callback_timeout": 60,
+                "success_callback_name": "",
+                "stopped_callback_name": "",
+                "result_ttl": 600,
+                "failure_ttl": 604800,
+            },
+        )
+
+    def test_configured_ttls(self) -> None:
+        """result_ttl/failure_ttl override Frappe's for frappe_site and rq's for function."""
+        for kind in ("frappe_site", "function"):
+            config = make_config(job_builder=kind, result_ttl=0, failure_ttl=-1)
+            job = restore(build_now(make_builder(config, reactor), make_row()))
+            self.assertEqual((job.result_ttl, job.failure_ttl), (0, -1), kind)
+        # Unset, function jobs keep rq's defaults (nothing in the hash) and no callback.
+        built = build_now(make_builder(make_config(job_builder="function"), reactor), make_row())
+        self.assertNotIn("result_ttl", built.fields)
+        self.assertNotIn("failure_ttl", built.fields)
+        self.assertEqual(built.fields["failure_callback_name"], "")
+
+    def test_frappe_site_id_styles(self) -> None:
+        """Each frappe_job_id_style is the id that Frappe's create_job_id writes, new per build."""
+        patterns = {
+            None: r"site1\.local::[0-9a-f-]{36}",  # Frappe v15 is the default
+            "v15": r"site1\.local::[0-9a-f-]{36}",
+            "develop": r"site1\.local\|\|[0-9a-f-]{36}",
+            "uuid": r"[0-9a-f-]{36}",
+        }
+        for style, pattern in patterns.items():
+            config = make_config(job_builder="frappe_site", frappe_job_id_style=style)
+            builder = make_builder(config, reactor)
+            first, second = build_now(builder, make_row()), build_now(builder, make_row())
+            self.assertRegex(first.job_id, rf"\A{pattern}\Z", style)
+            self.assertNotEqual(first.job_id, second.job_id)
+            unique = first.job_id[-36:]
+            self.assertEqual(str(uuid.UUID(unique)), unique)
+
+    def test_frappe_site_hash_does_not_depend_on_the_id(self) -> None:
+        """rq's Job refuses ':' ids, so the hash is built under a placeholder: nothing in it
+        names an id, and two builds differ only in created_at."""
         self.assertRaises(
             ValueError,
             Job.create,
@@ -353,8 +415,26 @@ class LocalBuilderTests(SynchronousTestCase):
             connection=builders.NO_REDIS,
             id=f"site1.local::{uuid.uuid4()}",
         )
-        built = build_now(make_builder(make_config(job_builder="frappe_site"), reactor), make_row())
-        self.assertEqual(str(uuid.UUID(built.job_id)), built.job_id)
+        builder = make_builder(make_config(job_builder="frappe_site"), reactor)
+        first, second = build_now(builder, make_row()), build_now(builder, make_row())
+        for built in (first, second):
+            unique = built.job_id.split("::")[1].encode()
+            for value in built.fields.values():
+                self.assertNotIn(unique, value if isinstance(value, bytes) else str(value).encode())
+        differing = {k for k in first.fields if first.fields[k] != second.fields[k]}
+        self.assertLessEqual(differing, {"created_at"})
+
+    def test_config_knows_the_id_styles(self) -> None:
+        """The config check accepts exactly the styles the builder can write."""
+        from btu_twisted import config
+
+        self.assertEqual(config._FRAPPE_JOB_ID_STYLES, tuple(builders.FRAPPE_JOB_ID_STYLES))
+
+    def test_bad_id_style(self) -> None:
+        """An unknown id style is refused when the builder is made, not at the first run."""
+        config = make_config(job_builder="frappe_site", frappe_job_id_style="v99")
+        exc = self.assertRaises(ValueError, make_builder, config, reactor)
+        self.assertIn("frappe_job_id_style", str(exc))
 
     def test_unexpected_errors_become_build_errors(self) -> None:
         """A bug (or an rq change) still fails the Deferred with a BuildError, and is logged."""
@@ -502,7 +582,10 @@ class RedisRoundTripTests(TestCase):
         """A worker with a stand-in frappe package calls execute_job as Frappe's workers would."""
         records = os.path.abspath(self.mktemp())
         config = make_config(
-            job_builder="frappe_site", frappe_site_name="site1.local", frappe_user="Administrator"
+            job_builder="frappe_site",
+            frappe_site_name="site1.local",
+            frappe_user="Administrator",
+            frappe_job_id_style="uuid",  # this worker's rq (2.12+) refuses Frappe's ids
         )
         row = make_row(
             function_string="myapp.tasks.ping",

@@ -158,6 +158,9 @@ class RustCompatibilityTests(ConfigTestCase):
         self.assertEqual(config.webserver_timeout_secs, 30.0)
         self.assertIsNone(config.frappe_site_name)
         self.assertEqual(config.frappe_user, "Administrator")
+        self.assertEqual(config.frappe_job_id_style, "v15")
+        self.assertIsNone(config.result_ttl)
+        self.assertIsNone(config.failure_ttl)
         self.assertIsNone(config.misfire_grace_secs)
         self.assertIsNone(config.metrics_port)
         self.assertEqual(config.metrics_host, "127.0.0.1")
@@ -403,6 +406,30 @@ class JobBuilderTests(ConfigTestCase):
         """The plain RQ builder needs no web server and no site."""
         config, _ = parse_config(minimal(job_builder="Function"))
         self.assertEqual(config.job_builder, "function")
+
+    def test_frappe_job_id_style(self) -> None:
+        """The id style is one of Frappe's, case-insensitive; anything else is named."""
+        for style in ("v15", "develop", "uuid"):
+            config, _ = parse_config(minimal(frappe_job_id_style=style.upper()))
+            self.assertEqual(config.frappe_job_id_style, style)
+        self.assertOneProblem(
+            minimal(frappe_job_id_style="v16"),
+            "frappe_job_id_style: must be one of 'v15', 'develop', 'uuid', got 'v16'",
+        )
+
+    def test_job_ttls(self) -> None:
+        """result_ttl and failure_ttl take rq's meanings: 0 drops at once, -1 keeps for ever."""
+        config, _ = parse_config(minimal(result_ttl=0, failure_ttl=-1))
+        self.assertEqual((config.result_ttl, config.failure_ttl), (0, -1))
+        config, _ = parse_config(minimal(result_ttl=86400, failure_ttl=3600))
+        self.assertEqual((config.result_ttl, config.failure_ttl), (86400, 3600))
+        self.assertEqual(
+            self.problems(minimal(result_ttl=-2, failure_ttl="7d")),
+            [
+                "result_ttl: must be at least -1, got -2",
+                "failure_ttl: expected an integer, got '7d'",
+            ],
+        )
 
     def test_unknown_builder(self) -> None:
         """An unknown builder is refused, with no follow-on requirement noise."""

@@ -71,3 +71,35 @@ class FifoTests(unittest.TestCase):
         errors = [e for e in events if e["log_level"].name == "error"]
         self.assertEqual(len(errors), 1)
         self.assertIn("c", errors[0]["name"])
+
+
+class LaneTests(unittest.TestCase):
+    def test_urgent_names_overtake_a_bulk_refresh(self) -> None:
+        """Names added normally (a run just enqueued, a request) are taken
+        before the bulk lane a full refresh filled, however long it is."""
+        fifo = ScheduleFifo()
+        fifo.extend([f"TS-{i}" for i in range(1000)], bulk=True)
+        fifo.add("TS-EVERY-SECOND")
+        self.assertEqual(fifo.take(3), ["TS-EVERY-SECOND", "TS-0", "TS-1"])
+        self.assertEqual(len(fifo), 998)
+
+    def test_urgent_request_moves_a_bulk_name_up_once(self) -> None:
+        """A name waiting in bulk and asked for urgently moves to the urgent
+        lane and is still queued once; a bulk add leaves an urgent name be."""
+        fifo = ScheduleFifo()
+        fifo.extend(["A", "B", "C"], bulk=True)
+        fifo.add("C")
+        fifo.add("A", bulk=True)
+        self.assertEqual(len(fifo), 3)
+        self.assertEqual(fifo.take(10), ["C", "A", "B"])
+
+    def test_discard_and_limit_cover_both_lanes(self) -> None:
+        """discard removes a name from whichever lane holds it; the limit counts both."""
+        fifo = ScheduleFifo(max_names=3)
+        fifo.extend(["A", "B"], bulk=True)
+        fifo.add("C")
+        self.assertFalse(fifo.add("D"))
+        fifo.discard("B")
+        fifo.discard("C")
+        self.assertNotIn("B", fifo)
+        self.assertEqual(fifo.take(10), ["A"])

@@ -215,6 +215,63 @@ class RejectedTests(PlannerCase):
         self.assertEqual(self.store.zset, {f"TS-A|{S}": S})
 
 
+class TaskStateTests(PlannerCase):
+    def test_cancelled_or_missing_task_unplanned_draft_planned(self) -> None:
+        """A schedule whose task is cancelled (docstatus 2) or missing has no
+        run (logged once per state, the timer told to forget it); a draft
+        task's schedule is planned, as BTU lets schedules link drafts."""
+        forgotten: list[list[str]] = []
+        self.planner._on_unplanned = forgotten.append
+        self.db.put(
+            make_row("TS-C", task_docstatus=2),
+            make_row("TS-M", task_docstatus=None),
+            make_row("TS-D", task_docstatus=0),
+        )
+        for name in ("TS-C", "TS-M", "TS-D"):
+            self.store.add(name, S + 3600)
+        self.planner.startService()
+        with capturedLogs() as events:
+            self.fifo.extend(["TS-C", "TS-M", "TS-D"])
+            self.clock.advance(0)
+            self.fifo.extend(["TS-C", "TS-M"])
+            self.clock.advance(0)
+        self.assertEqual(self.store.zset, {f"TS-D|{S + 60}": S + 60})
+        lines = texts(events, LogLevel.info)
+        self.assertEqual(len([t for t in lines if "TS-C" in t and "cancelled" in t]), 1, lines)
+        self.assertEqual(len([t for t in lines if "TS-M" in t and "does not exist" in t]), 1)
+        self.assertEqual(sorted(forgotten[0]), ["TS-C", "TS-M"])
+
+
+class ClockAheadTests(PlannerCase):
+    def test_last_run_far_ahead_is_reported_not_planned_years_ahead(self) -> None:
+        """A last enqueued run years ahead (a clock that ran ahead) leaves the
+        schedule unplanned with one error naming it and the way to clear it,
+        a counted failure, and an entry in ``ahead``; once cleared it is
+        planned normally."""
+        failures: list[str] = []
+        self.planner._on_failure = failures.append
+        self.db.put(make_row("TS-A"))
+        self.store.last_enqueued["TS-A"] = S + 7 * 365 * 86400
+        self.planner.startService()
+        with capturedLogs() as events:
+            self.fifo.add("TS-A")
+            self.clock.advance(0)
+            self.fifo.add("TS-A")
+            self.clock.advance(0)
+        self.assertEqual(self.store.zset, {})
+        errors = texts(events, LogLevel.error)
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("TS-A", errors[0])
+        self.assertIn("btu clear-last-run TS-A", errors[0])
+        self.assertEqual(failures, ["last_run_ahead"])
+        self.assertEqual(self.planner.ahead, {"TS-A": S + 7 * 365 * 86400})
+        del self.store.last_enqueued["TS-A"]
+        self.fifo.add("TS-A")
+        self.clock.advance(0)
+        self.assertEqual(self.store.member_of("TS-A"), f"TS-A|{S + 60}")
+        self.assertEqual(self.planner.ahead, {})
+
+
 class OutageTests(PlannerCase):
     def test_database_down_names_retried_with_backoff_logged_once(self) -> None:
         """MariaDB down: the batch goes back on the FIFO and is retried after

@@ -171,6 +171,39 @@ class FailureTests(RefreshCase):
         self.assertEqual(self.store.zset, {})
 
 
+class LostKeysTests(RefreshCase):
+    def test_flushed_redis_is_replanned_within_seconds(self) -> None:
+        """Redis comes back empty (restart without persistence, FLUSHDB): the
+        marker check sees it within 2 s and every enabled schedule is queued
+        again, long before the next period; a Redis that kept its keys costs
+        one EXISTS per check and no refresh."""
+        self.refresh.startService()
+        self.advance_to(S + 10)
+        self.fifo.take(10)
+        self.assertEqual(len(self.refreshed), 1)
+        self.store.flush()
+        with capturedLogs() as events:
+            self.advance_to(S + 13)
+        self.assertEqual(len(self.refreshed), 2)
+        self.assertEqual(sorted(self.fifo.take(10)), ["TS-A", "TS-B"])
+        self.assertEqual(len(texts(events, LogLevel.warn)), 1)
+        self.assertEqual(self.refresh.keys_lost, 1)
+        self.advance_to(S + 100)
+        self.assertEqual(len(self.refreshed), 2)
+        self.assertGreater(self.store.calls["keys_present"], 40)
+
+    def test_redis_down_then_back_empty(self) -> None:
+        """Redis away, then back without its keys: one refresh once it answers."""
+        self.refresh.startService()
+        self.advance_to(S + 10)
+        self.store.down = True
+        self.advance_to(S + 30)
+        self.store.flush()
+        self.store.down = False
+        self.advance_to(S + 33)
+        self.assertEqual(len(self.refreshed), 2)
+
+
 class OverlapTests(RefreshCase):
     interval = 10.0
 

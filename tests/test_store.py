@@ -16,6 +16,8 @@ from btu_twisted.store import BLOCKED, BLOCKED_RETRY_SECS, Blocked
 from btu_twisted.timer import Timer
 from tests.fakes import EPOCH, FakeDatabase, FakeStore, FlakyBuilder, make_row, run_until
 
+T = EPOCH + 60  # a run of the rows' "* * * * *", a minute after the clock starts
+
 
 class BlockedCodeTests(unittest.SynchronousTestCase):
     def test_blocked_is_the_code_with_a_reason(self) -> None:
@@ -38,7 +40,7 @@ class BlockedClaimTimerTests(unittest.TestCase):
                            FlakyBuilder(self.clock), self.fifo, polling_interval=60.0)
         for name, queue in (("GOOD", "default"), ("BAD", "broken")):
             self.db.put(make_row(name, queue=queue))
-            self.store.add(name, EPOCH + 30)
+            self.store.add(name, T)
 
     def tearDown(self) -> None:
         self.timer.stopService()
@@ -52,12 +54,12 @@ class BlockedClaimTimerTests(unittest.TestCase):
         self.store.wrong_type["rq:queue:broken"] = "string"
         with capturedLogs() as events:
             self.timer.startService()
-            run_until(self.clock, EPOCH + 31, max_calls=2000)
+            run_until(self.clock, T + 1, max_calls=2000)
             self.assertEqual([r.schedule for r in self.store.enqueued()], ["GOOD"])
-            self.assertEqual(self.store.member_of("BAD"), f"BAD|{EPOCH + 30}")
+            self.assertEqual(self.store.member_of("BAD"), f"BAD|{T}")
             self.assertNotIn("BAD", self.store.last_enqueued)
             self.assertNotIn("BAD", self.fifo)
-            run_until(self.clock, EPOCH + 30 + 5 * BLOCKED_RETRY_SECS, max_calls=2000)
+            run_until(self.clock, T + 5 * BLOCKED_RETRY_SECS, max_calls=2000)
         claims_of_bad = [c for _, batch in self.store.claim_batches for c in batch
                          if c.schedule == "BAD"]
         self.assertGreaterEqual(len(claims_of_bad), 4)  # retried ...
@@ -69,6 +71,6 @@ class BlockedClaimTimerTests(unittest.TestCase):
         del self.store.wrong_type["rq:queue:broken"]
         run_until(self.clock, self.clock.seconds() + BLOCKED_RETRY_SECS + 3)
         bad_runs = self.store.enqueued("BAD")
-        self.assertEqual([(r.when, r.origin) for r in bad_runs], [(EPOCH + 30, "broken")])
-        self.assertEqual(self.store.last_enqueued["BAD"], EPOCH + 30)
+        self.assertEqual([(r.when, r.origin) for r in bad_runs], [(T, "broken")])
+        self.assertEqual(self.store.last_enqueued["BAD"], T)
         self.assertIn("BAD", self.fifo)

@@ -24,6 +24,13 @@ from tests.fakes import (
 
 S = EPOCH  # when each test's clock starts
 T = S + 30  # a run due half a minute later
+# Rows of these tests run every second, so any whole second is a run their
+# cron produces (the timer refuses runs the committed row no longer produces).
+EVERY_SECOND = "* * * * * * *"
+
+
+def row_of(name: str, **fields: object) -> ScheduleRow:
+    return make_row(name, EVERY_SECOND, **fields)  # type: ignore[arg-type]
 
 
 def texts(events: Iterable[LogEvent], level: LogLevel | None = None) -> list[str]:
@@ -76,7 +83,7 @@ class TimerCase(unittest.TestCase):
 
     def schedule(self, name: str, when: int, row: ScheduleRow | None = None) -> None:
         """A row in the database and its member in the store."""
-        self.db.put(row or make_row(name))
+        self.db.put(row or row_of(name))
         self.store.add(name, when)
 
     def advance_to(self, when: float) -> None:
@@ -288,6 +295,111 @@ class GoneScheduleTests(TimerCase):
         self.assertEqual(len(mentioning(events, "TS-OFF", "dropped", "disabled")), 1)
         self.assertEqual(sorted(self.fifo.take(5)), ["TS-GONE", "TS-OFF", "TS-ON"])
 
+    def test_runs_the_committed_row_no_longer_produces_are_dropped(self) -> None:
+        """Before a run is enqueued its row must still produce it: a cron
+        edited away from T, or a cancelled or deleted task, drops the run
+        (claimed without a job, logged, replanned); a draft task still runs."""
+        self.schedule("TS-EDITED", T)
+        self.schedule("TS-CANCELLED", T)
+        self.schedule("TS-NOTASK", T)
+        self.schedule("TS-DRAFT", T)
+        self.db.update("TS-EDITED", cron_string="0 0 0 1 1 * *")
+        self.db.update("TS-CANCELLED", task_docstatus=2)
+        self.db.update("TS-NOTASK", task_docstatus=None)
+        self.db.update("TS-DRAFT", task_docstatus=0)
+        with capturedLogs() as events:
+            self.timer.startService()
+            self.advance_to(T + 1)
+        self.assertEqual([r.schedule for r in self.store.enqueued()], ["TS-DRAFT"])
+        self.assertEqual(self.store.zset, {})
+        self.assertEqual(len(mentioning(events, "TS-EDITED", "dropped", "no longer runs")), 1)
+        self.assertEqual(len(mentioning(events, "TS-CANCELLED", "dropped", "is cancelled")), 1)
+        self.assertEqual(len(mentioning(events, "TS-NOTASK", "dropped", "does not exist")), 1)
+        self.assertEqual(
+            sorted(self.fifo.take(5)), ["TS-CANCELLED", "TS-DRAFT", "TS-EDITED", "TS-NOTASK"]
+        )
+
+    def test_claim_held_up_reads_the_row_again(self) -> None:
+        """A job built at T - 2 whose claim is held up (Redis away) is built
+        again from a fresh row before it is enqueued: an edit made while it
+        waited is honoured."""
+        self.schedule("TS-1", T)
+        self.timer.startService()
+        self.advance_to(T - 1)
+        self.assertEqual(len(self.builder.builds), 1)
+        self.store.down = True
+        self.advance_to(T + 5)
+        self.db.update("TS-1", cron_string="0 0 0 1 1 * *")
+        self.store.down = False
+        self.advance_to(T + 60)
+        self.assertEqual(self.job_count(), 0)
+        self.assertEqual(self.store.last_enqueued.get("TS-1"), T)
+
+    def test_stale_claim_whose_reply_was_lost_still_replans(self) -> None:
+        """The claim went through but its reply was lost, then Redis stayed
+        away until the prepared job went stale: dropping it must still plan
+        the schedule again (no claim result will), and nothing is doubled."""
+        self.schedule("TS-1", T)
+        self.timer.startService()
+        self.advance_to(T - 1)
+        self.store.lose_reply.add("claim")
+        self.advance_to(T + 0.5)
+        self.assertEqual(self.job_count("TS-1"), 1)
+        self.store.down = True
+        self.advance_to(T + 8)
+        self.store.down = False
+        self.advance_to(T + 20)
+        self.assertIn("TS-1", self.fifo)
+        self.assertEqual(self.job_count("TS-1"), 1)
+
+    def test_unexpected_builder_exception_is_a_counted_retry(self) -> None:
+        """A builder failing with something other than BuildError (a
+        cancelled site request) is a transient build failure: counted,
+        retried, the run enqueued once; never an unhandled error."""
+        failures: list[str] = []
+        self.timer = Timer(
+            self.clock, self.store, self.db, self.builder, self.fifo,  # type: ignore[arg-type]
+            polling_interval=self.polling, on_failure=failures.append,
+        )
+        self.timers.append(self.timer)
+        self.schedule("TS-1", T)
+        real_build = self.builder.build
+        calls = []
+
+        def cancelled_once(row: ScheduleRow, when: int) -> Deferred[object]:
+            calls.append(when)
+            if len(calls) == 1:
+                d: Deferred[object] = Deferred()
+                d.cancel()
+                return d
+            return real_build(row, when)  # type: ignore[return-value]
+
+        self.builder.build = cancelled_once  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            self.timer.startService()
+            self.advance_to(T + 10)
+        self.assertEqual(self.job_count("TS-1"), 1)
+        self.assertIn("build_transient", failures)
+        self.assertEqual([e for e in events if "log_failure" in e], [])
+        self.assertEqual(texts(events, LogLevel.critical), [])
+
+    def test_job_ids_reported_after_each_claim_round(self) -> None:
+        """Each claim round reports (schedule, job id) of what it enqueued."""
+        reported: list[list[tuple[str, str]]] = []
+        self.timer = Timer(
+            self.clock, self.store, self.db, self.builder, self.fifo,  # type: ignore[arg-type]
+            polling_interval=self.polling, on_job_ids=reported.append,
+        )
+        self.timers.append(self.timer)
+        self.schedule("TS-1", T)
+        self.schedule("TS-2", T)
+        self.timer.startService()
+        self.advance_to(T + 1)
+        self.assertEqual(len(reported), 1)
+        self.assertEqual(
+            sorted(reported[0]), sorted((r.schedule, r.job_id) for r in self.store.enqueued())
+        )
+
     def test_cancelled_member_not_enqueued(self) -> None:
         """A member cancelled after its job was built but before its time
         (the BTU app's cancel_task_schedule) is not enqueued."""
@@ -416,7 +528,7 @@ class BuildFailureTests(TimerCase):
         """A task whose job cannot be built (arguments not a dict) skips that
         run with one error naming the schedule; nothing is enqueued, the run
         counts as done and the name goes back on the FIFO."""
-        self.schedule("TS-BAD", T, make_row("TS-BAD", arguments="[1, 2]"))
+        self.schedule("TS-BAD", T, row_of("TS-BAD", arguments="[1, 2]"))
         self.schedule("TS-BROKEN", T)
         self.builder.permanent.add("TS-BROKEN")
         with capturedLogs() as events:
@@ -435,7 +547,7 @@ class BuildFailureTests(TimerCase):
         """The next runs of a schedule that still cannot be built are skipped
         without another error line; when it builds again, that is logged and
         a later breakage logs again."""
-        self.schedule("TS-BAD", T, make_row("TS-BAD", arguments="[1, 2]"))
+        self.schedule("TS-BAD", T, row_of("TS-BAD", arguments="[1, 2]"))
         with capturedLogs() as events:
             self.timer.startService()
             self.advance_to(T + 1)
@@ -446,14 +558,14 @@ class BuildFailureTests(TimerCase):
         errors = [e for e in texts(events, LogLevel.error) if "TS-BAD" in e]
         self.assertEqual(len(errors), 1, errors)
         self.assertEqual(self.store.last_enqueued["TS-BAD"], T + 20)
-        self.db.put(make_row("TS-BAD"))
+        self.db.put(row_of("TS-BAD"))
         with capturedLogs() as events:
             self.store.add("TS-BAD", T + 30)
             self.timer.planned(T + 30)
             self.advance_to(T + 31)
         self.assertEqual(self.job_count("TS-BAD"), 1)
         self.assertTrue(any("can be enqueued again" in t for t in texts(events)))
-        self.db.put(make_row("TS-BAD", arguments="[1, 2]"))
+        self.db.put(row_of("TS-BAD", arguments="[1, 2]"))
         with capturedLogs() as events:
             self.store.add("TS-BAD", T + 40)
             self.timer.planned(T + 40)
@@ -463,9 +575,10 @@ class BuildFailureTests(TimerCase):
 
 class StoreOutageTests(TimerCase):
     def test_store_down_during_claim_retried_nothing_doubled_or_lost(self) -> None:
-        """Redis down at the due time: the claim is retried with backoff, the
-        outage is logged once, and the run is enqueued exactly once when
-        Redis is back."""
+        """Redis down at the due time: the claim is retried with backoff (once
+        the row read for it is stale, the retry first reads the window again
+        to rebuild it), the outage is logged once, and the run is enqueued
+        exactly once when Redis is back."""
         self.schedule("TS-1", T)
         self.timer.startService()
         self.advance_to(T - 1)
@@ -473,7 +586,9 @@ class StoreOutageTests(TimerCase):
         with capturedLogs() as events:
             self.advance_to(T + 10)
             self.assertEqual(self.job_count(), 0)
-            attempts = [c.at for c in self.store.calls_of("claim")]
+            attempts = sorted(
+                c.at for c in self.store.history if c.op in ("claim", "window") and c.at >= T
+            )
             self.assertGreaterEqual(len(attempts), 3)
             self.assertEqual(attempts[0], T)
             gaps = [b - a for a, b in zip(attempts, attempts[1:])]

@@ -2,9 +2,10 @@
 
 It replaces the Rust ``btu`` CLI (same subcommand names) and adds commands
 that talk to the running daemon over its socket, plus a cron preview.  It
-reads the daemon's config file and is plain synchronous code: redis-py and
-PyMySQL directly, with a private reactor only where the daemon's own Twisted
-code is reused (see :mod:`btu_twisted.cli.site`).
+reads the daemon's config file and is plain synchronous code: redis-py,
+PyMySQL and the standard library's HTTP client, no reactor (see
+:mod:`btu_twisted.cli.site` for why), reusing the daemon's request building,
+job builders and cron code.
 
 Exit codes: 0 ok; 1 not found, refused or invalid; 2 usage or config
 problems; 3 a service (MariaDB, Redis, the daemon, the site) cannot be
@@ -26,6 +27,7 @@ from btu_twisted import __version__
 from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
 from btu_twisted.cli.daemon import cmd_cancel, cmd_ping, cmd_reload, cmd_status
 from btu_twisted.cli.jobs import cmd_list_jobs, cmd_queue_job_now, cmd_show_job
+from btu_twisted.cli.lastrun import cmd_clear_last_run
 from btu_twisted.cli.schedule import (
     MAX_RUNS,
     cmd_next_runs,
@@ -97,6 +99,15 @@ def cmd_print_config(ctx: Context, args: argparse.Namespace) -> int:
     return OK
 
 
+def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """Options every subcommand takes, valid before or after the subcommand's name."""
+    parser.add_argument("--config", metavar="PATH", default=default,
+                        help=f"the daemon's TOML config (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--json", action="store_true",
+                        default=False if default is None else default,
+                        help="machine-readable output on stdout")
+
+
 def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     """The full command line; the streams are where help and usage errors go."""
     parser_class = type("_BoundParser", (_Parser,), {"out": out, "err": err})
@@ -106,14 +117,12 @@ def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 not found/refused/invalid, 2 usage or config, "
                "3 a service cannot be reached.",
     )
-    parser.add_argument("--config", metavar="PATH",
-                        help=f"the daemon's TOML config (default {DEFAULT_CONFIG_PATH})")
-    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    _add_global_options(parser, default=None)
     parser.add_argument("--version", action="version", version=f"btu {__version__}")
-    # --json is accepted after the subcommand too; SUPPRESS keeps the global value otherwise.
+    # The same options after the subcommand (where people type them).  SUPPRESS
+    # keeps a value given before the subcommand when none is given after it.
     common = parser_class(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable output on stdout")
+    _add_global_options(common, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Command, summary: str) -> argparse.ArgumentParser:
@@ -142,6 +151,12 @@ def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     add("cancel", cmd_cancel, "ask the daemon to drop a Task Schedule's planned run").add_argument(
         "name", metavar="SCHEDULE")
     add("status", cmd_status, "show the daemon's status")
+    clear = add("clear-last-run", cmd_clear_last_run,
+                "forget a Task Schedule's last run recorded in the future (a clock that ran "
+                "ahead) and have the daemon plan it again")
+    clear.add_argument("name", metavar="SCHEDULE")
+    clear.add_argument("--force", action="store_true",
+                       help="clear it even when it is not ahead of now")
     runs = add("next-runs", cmd_next_runs, "preview a cron string's next runs (no config needed)")
     runs.add_argument("cron", metavar="CRON", help='e.g. "0 13 * * 1-5"')
     runs.add_argument("--tz", metavar="ZONE",

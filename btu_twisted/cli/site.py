@@ -1,138 +1,219 @@
 """``btu test-ping|test-pickler|queue-task-now``: the site and the job builders, from a shell.
 
-These reuse the daemon's own Twisted code (``SiteClient``, the job builders),
-so a successful ``test-pickler`` proves the daemon's fetch works with this
-config, TLS name checks included.  That code wants a reactor; the CLI runs a
-private one (:func:`run_private`): a reactor object that is never installed as
-*the* reactor.  It is started and stopped once per call, and works the same in
-the ``btu`` process and inside a test whose global reactor is already running.
+The CLI makes its one HTTP request with the standard library, blocking, which
+a command may do.  It used to run the daemon's Twisted ``SiteClient`` on a
+private, uninstalled reactor, but Twisted reaches for the *global* reactor in
+places no parameter controls: treq's request body producer and the TLS
+layer's write buffering both schedule on it.  In the ``btu`` process that
+reactor never runs, so the site got headers announcing ``Content-Length: 50``
+and no body (issue 9 part 6), and over HTTPS not even the headers.
+
+What the site receives is still the daemon's request: URL, headers and body
+come from :mod:`btu_twisted.frappe_http` (``site_url``, ``request_headers``,
+``request_body``), the answer is checked by its ``parse_pickled_task`` and
+classified like the daemon's, and HTTPS verifies the certificate against the
+same name (``webserver_host_header``, else ``webserver_ip``, also sent as SNI)
+and the same trust (``webserver_ca_file``, else the system store).  The job is
+built by the daemon's own ``FrappeBuilder`` around this blocking client.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import ssl
 import time
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
 
 from rq.utils import utcformat
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.selectreactor import SelectReactor
 from twisted.python.failure import Failure
-from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 
-from btu_twisted.builders import BuildError, BuiltJob, make_builder
+from btu_twisted.builders import BuildError, BuiltJob, FrappeBuilder, make_builder
 from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
-from btu_twisted.cli.jobs import read_job_call
+from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.cli.sql import read_task
 from btu_twisted.config import Config
+
+# The two private names keep error wording and limits exactly the daemon's.
 from btu_twisted.frappe_http import (
+    _ERROR_BODY_BYTES,
     ENDPOINT_PATH,
+    MAX_BODY_BYTES,
     FetchError,
-    FixedNamePolicy,
-    SiteClient,
-    load_trust_root,
-    read_bounded,
+    _status_error,
+    parse_pickled_task,
+    request_body,
+    request_headers,
     site_url,
 )
 from btu_twisted.store import JOB_PREFIX, QUEUE_PREFIX, RQ_QUEUES
 
-__all__ = ["PING_METHOD", "cmd_queue_task_now", "cmd_test_pickler", "cmd_test_ping", "run_private"]
+__all__ = ["PING_METHOD", "BlockingSite", "cmd_queue_task_now", "cmd_test_pickler",
+           "cmd_test_ping"]
 
 #: BTU's whitelisted "are you there" method (``btu/btu_api/endpoints.py``); answers "pong".
 PING_METHOD = "btu.btu_api.endpoints.test_ping"
 
-_T = TypeVar("_T")
 
+class _NamedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to an address, with the certificate checked for (and SNI sent as) another name.
 
-def run_private(work: Callable[[Any], Awaitable[_T]], timeout: float) -> _T:
-    """Run ``work(reactor)`` on a fresh, uninstalled reactor; return or raise its outcome.
-
-    ``timeout`` bounds the whole run (defer.TimeoutError).  The reactor does not
-    claim the I/O thread or install signal handlers, so it can run in any
-    thread; its wake-up pipe is closed afterwards so repeated calls leak nothing.
+    The daemon connects to ``webserver_ip`` but the site is the name in ``Host``.
     """
-    reactor = SelectReactor()
-    reactor._registerAsIOThread = False
-    outcome: list[Any] = []
 
-    def start() -> None:
-        d: Deferred[_T] = defer.ensureDeferred(work(reactor))  # type: ignore[arg-type]
-        d.addTimeout(timeout, reactor)
-        d.addBoth(outcome.append)
-        d.addBoth(lambda _: reactor.stop())
+    def __init__(self, host: str, port: int, *, tls_name: str, context: ssl.SSLContext,
+                 timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._tls_name = tls_name
+        self._tls_context = context
 
-    reactor.callWhenRunning(start)
-    reactor.run(installSignalHandlers=False)
-    waker = reactor.waker
-    if waker is not None:
-        reactor._removeInternalReader(waker)
-        waker.connectionLost(None)
-    result = outcome[0]
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result  # type: ignore[no-any-return]
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._tls_context.wrap_socket(self.sock, server_hostname=self._tls_name)
 
 
-def _describe(failure_or_error: Failure | BaseException) -> str:
-    """One short phrase for a connection failure, looking inside the Agent's wrappers."""
-    exc = failure_or_error.value if isinstance(failure_or_error, Failure) else failure_or_error
-    reasons = getattr(exc, "reasons", None)
-    if reasons and isinstance(reasons[0], Failure):
-        return _describe(reasons[0])
-    text = " ".join(str(exc).split())[:200]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+class _Answer:
+    """The few parts of an HTTP answer that frappe_http's status classification reads."""
+
+    def __init__(self, response: http.client.HTTPResponse) -> None:
+        self.code = response.status
+        self.phrase = (response.reason or "").encode("latin-1", "replace")
+        self.headers = Headers()
+        for name, value in response.getheaders():
+            self.headers.addRawHeader(name, value)
 
 
-def _site(config: Config) -> tuple[str, dict[str, Any]]:
-    """The site's base URL and the TLS settings the daemon would use; exit 2 if unset."""
-    if not config.webserver_ip or not config.webserver_port:
-        raise CliError("webserver_ip and webserver_port must be set in the config", USAGE)
-    base = site_url(config.webserver_ip, config.webserver_port, config.webserver_scheme)
-    try:
-        trust = load_trust_root(config.webserver_ca_file) if config.webserver_ca_file else None
-    except (OSError, ValueError) as exc:
-        raise CliError(f"webserver_ca_file: {exc}", USAGE) from None
-    tls = {"tls_hostname": config.webserver_host_header or config.webserver_ip, "trust_root": trust}
-    return base.removesuffix(ENDPOINT_PATH), tls
+class BlockingSite:
+    """One blocking request at a time to the Frappe site, as the daemon's SiteClient makes it.
+
+    ``fetch``/``close`` have SiteClient's shape (a Deferred, here already fired),
+    so the daemon's FrappeBuilder takes it unchanged.  Errors are FetchError
+    with the daemon's wording; ``transient`` marks the site as unreachable.
+    """
+
+    def __init__(self, config: Config) -> None:
+        if not config.webserver_ip or not config.webserver_port:
+            raise CliError("webserver_ip and webserver_port must be set in the config", USAGE)
+        try:
+            self.url = site_url(config.webserver_ip, int(config.webserver_port),
+                                config.webserver_scheme)
+        except ValueError as exc:
+            raise CliError(str(exc), USAGE) from None
+        self.base = self.url.removesuffix(ENDPOINT_PATH)
+        self.timeout = float(config.webserver_timeout_secs)
+        self._headers = request_headers(config.webserver_token or "",
+                                        config.webserver_host_header)
+        self._tls_name = config.webserver_host_header or config.webserver_ip
+        self._tls: ssl.SSLContext | None = None
+        if self.url.startswith("https:"):
+            try:
+                self._tls = ssl.create_default_context(cafile=config.webserver_ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise CliError(f"webserver_ca_file: {exc}", USAGE) from None
+
+    def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
+                limit: int) -> tuple[_Answer, bytes]:
+        """Send one request; return the answer and its body (at most ``limit`` bytes).
+
+        One deadline covers connecting, sending and reading; redirects are not
+        followed.  Raises FetchError (transient) when the site cannot be reached.
+        """
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or 0
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        deadline = time.monotonic() + self.timeout
+        if self._tls is not None:
+            conn: http.client.HTTPConnection = _NamedHTTPSConnection(
+                host, port, tls_name=self._tls_name, context=self._tls, timeout=self.timeout)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            answer = _Answer(response)
+            if response.length is not None and response.length > limit:
+                raise FetchError(f"response body larger than {limit} bytes", transient=False)
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := response.read1(65536):
+                size += len(chunk)
+                if size > limit:
+                    raise FetchError(f"response body larger than {limit} bytes", transient=False)
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                chunks.append(chunk)
+            return answer, b"".join(chunks)
+        except ssl.SSLCertVerificationError as exc:
+            reason = exc.verify_message or exc.reason or "certificate verify failed"
+            raise FetchError(f"TLS certificate is not valid for {self._tls_name} ({reason})",
+                             transient=True) from None
+        except TimeoutError:
+            raise FetchError(f"no complete answer within {self.timeout:g} s",
+                             transient=True) from None
+        except (OSError, http.client.HTTPException) as exc:
+            text = " ".join(str(exc).split())[:200]
+            reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            raise FetchError(f"request failed ({reason})", transient=True) from None
+        finally:
+            conn.close()
+
+    def pickled_task(self, task: str, schedule: str | None) -> bytes:
+        """POST to get_pickled_task exactly as the daemon does; the pickle's bytes, unread."""
+        answer, body = self.request("POST", self.url, request_body(task, schedule),
+                                    self._headers, MAX_BODY_BYTES)
+        if answer.code != 200:
+            raise _status_error(answer, body[:_ERROR_BODY_BYTES])  # type: ignore[arg-type]
+        content_type = (answer.headers.getRawHeaders(b"content-type") or [b""])[0]
+        return parse_pickled_task(body, content_type.decode("latin-1", "replace")[:60])
+
+    def fetch(self, task: str, schedule: str | None) -> Deferred[bytes]:
+        """SiteClient's interface for FrappeBuilder; the Deferred has already fired."""
+        try:
+            return defer.succeed(self.pickled_task(task, schedule))
+        except FetchError:
+            return defer.fail()
+
+    def close(self) -> Deferred[None]:
+        return defer.succeed(None)
+
+
+def _fired(d: Deferred[Any]) -> Any:
+    """The result of a Deferred that has already fired (the builders here never wait)."""
+    box: list[Any] = []
+    d.addBoth(box.append)
+    if not box:
+        raise RuntimeError("the job builder did not finish synchronously")
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
 
 
 def cmd_test_ping(ctx: Context, args: argparse.Namespace) -> int:
     """Call a whitelisted method on the site (BTU's test_ping) with the daemon's headers."""
     config = ctx.config()
-    base, tls = _site(config)
-    url = f"{base}/api/method/{args.method}"
-    headers = Headers({"Accept": ["application/json"]})
-    if config.webserver_token:
-        headers.addRawHeader("Authorization", config.webserver_token)
-    if config.webserver_host_header:
-        headers.addRawHeader("Host", config.webserver_host_header)
-    timeout = config.webserver_timeout_secs
-
-    async def ping(reactor: Any) -> tuple[int, str, bytes]:
-        policy = FixedNamePolicy(tls["tls_hostname"], tls["trust_root"])
-        agent = Agent(reactor, contextFactory=policy, connectTimeout=timeout)
-        response = await agent.request(b"GET", url.encode("ascii"), headers)
-        body = await read_bounded(response, 64 * 1024)
-        return response.code, response.phrase.decode("latin-1", "replace"), body
-
+    site = BlockingSite(config)
+    url = f"{site.base}/api/method/{args.method}"
+    headers = request_headers(config.webserver_token or "", config.webserver_host_header)
+    del headers["Content-Type"]  # a GET without a body
+    if not config.webserver_token:
+        del headers["Authorization"]
     try:
-        code, phrase, body = run_private(ping, timeout)
+        answer, body = site.request("GET", url, None, headers, 64 * 1024)
     except FetchError as exc:
-        raise CliError(f"{url}: {exc.reason}", FAILED) from None
-    except defer.TimeoutError:
-        raise CliError(f"cannot reach the site at {url}: no answer within {timeout:g} s",
-                       UNREACHABLE) from None
-    except Exception as exc:  # connection-level: refused, DNS, TLS, reset
-        raise CliError(f"cannot reach the site at {url}: {_describe(exc)}", UNREACHABLE) from None
-    if code != 200:
-        hint = "; check webserver_token" if code in (401, 403) else ""
-        raise CliError(f"{url} answered HTTP {code} {phrase}{hint}",
-                       UNREACHABLE if code >= 500 else FAILED)
+        code = UNREACHABLE if exc.transient else FAILED
+        prefix = "cannot reach the site at " if exc.transient else ""
+        raise CliError(f"{prefix}{url}: {exc.reason}", code) from None
+    if answer.code != 200:
+        phrase = answer.phrase.decode("latin-1", "replace")
+        hint = "; check webserver_token" if answer.code in (401, 403) else ""
+        raise CliError(f"{url} answered HTTP {answer.code} {phrase}{hint}",
+                       UNREACHABLE if answer.code >= 500 else FAILED)
     try:
         message = json.loads(body).get("message")
     except (ValueError, AttributeError):
@@ -148,29 +229,17 @@ def cmd_test_ping(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_test_pickler(ctx: Context, args: argparse.Namespace) -> int:
     """Fetch a task's pickled job from get_pickled_task exactly as the daemon does."""
-    config = ctx.config()
-    base, tls = _site(config)
-    url = base + ENDPOINT_PATH
-
-    async def fetch(reactor: Any) -> bytes:
-        client = SiteClient(reactor, url=url, token=config.webserver_token or "",
-                            host_header=config.webserver_host_header,
-                            timeout=config.webserver_timeout_secs, **tls)
-        try:
-            return await client.fetch(args.task, None)
-        finally:
-            await client.close()
-
+    site = BlockingSite(ctx.config())
     try:
-        data = run_private(fetch, config.webserver_timeout_secs + 5)
+        data = site.pickled_task(args.task, None)
     except FetchError as exc:
         code = UNREACHABLE if exc.transient else FAILED
-        raise CliError(f"get_pickled_task for task {args.task}: {exc.reason}", code) from None
-    except defer.TimeoutError:
-        raise CliError(f"cannot reach the site at {url}: no answer in time", UNREACHABLE) from None
+        raise CliError(f"get_pickled_task for task {args.task} at {site.url}: {exc.reason}",
+                       code) from None
     func_name = read_job_call(data).get("func_name")
     if ctx.json:
-        ctx.emit_json({"task": args.task, "url": url, "bytes": len(data), "func_name": func_name})
+        ctx.emit_json({"task": args.task, "url": site.url, "bytes": len(data),
+                       "func_name": func_name})
     else:
         ctx.line(f"get_pickled_task returned {len(data)} bytes for task {args.task}"
                  f" (function {func_name or 'unreadable'}).")
@@ -179,27 +248,18 @@ def cmd_test_pickler(ctx: Context, args: argparse.Namespace) -> int:
 
 def _build(config: Config, row: Any, when: int) -> BuiltJob:
     """Build the job with the configured builder, as the daemon would for a due run."""
-
-    async def build(reactor: Any) -> BuiltJob:
-        try:
-            builder = make_builder(config, reactor)
-        except (ValueError, OSError) as exc:
-            raise CliError(f"job_builder {config.job_builder}: {exc}", USAGE) from None
-        try:
-            return await builder.build(row, when)
-        finally:
-            await builder.close()
-
     try:
-        return run_private(build, config.webserver_timeout_secs + 5)
+        if config.job_builder == "frappe":
+            builder: Any = FrappeBuilder(config.rq_queue_prefix or "", BlockingSite(config))
+        else:
+            builder = make_builder(config, None)
+    except (ValueError, OSError) as exc:
+        raise CliError(f"job_builder {config.job_builder}: {exc}", USAGE) from None
+    try:
+        return _fired(builder.build(row, when))  # type: ignore[no-any-return]
     except BuildError as exc:
         code = UNREACHABLE if exc.transient else FAILED
         raise CliError(f"cannot build a job for task {row.task}: {exc.reason}", code) from None
-    except defer.TimeoutError:
-        raise CliError(f"building a job for task {row.task} timed out", UNREACHABLE) from None
-    except error.ConnectError as exc:
-        raise CliError(f"cannot build a job for task {row.task}: {_describe(exc)}",
-                       UNREACHABLE) from None
 
 
 def cmd_queue_task_now(ctx: Context, args: argparse.Namespace) -> int:
@@ -210,7 +270,7 @@ def cmd_queue_task_now(ctx: Context, args: argparse.Namespace) -> int:
         raise CliError(f"no BTU Task named {args.task!r}", FAILED)
     job = _build(config, row, int(time.time()))
     fields = dict(job.fields)
-    fields["enqueued_at"] = utcformat(datetime.now(timezone.utc))
+    fields["enqueued_at"] = utcformat(datetime.now(UTC))
     queue_key = QUEUE_PREFIX + job.origin
     # One transaction, like the daemon's claim: a worker never sees the id before the hash.
     with ctx.redis().pipeline(transaction=True) as pipe:

@@ -18,7 +18,12 @@ and the queue are empty.
 
 ``frappe_site`` jobs run with a stand-in ``frappe`` package on the worker's
 path (``tests/fixtures/builders_fake_frappe``); ``frappe`` jobs take their pickle
-from a twisted.web stand-in of the site's ``get_pickled_task`` endpoint.
+from a twisted.web stand-in of the site's ``get_pickled_task`` endpoint.  Each
+worker gets the ``frappe_job_id_style`` meant for it: ``v15`` (``site::uuid``)
+on rq 1.15.1, ``develop`` (``site||uuid``) on rq 2.6.1, ``uuid`` on the
+daemon's own rq (2.12 and later accept no ``:``, ``|`` or ``.``).  A finished
+``frappe_site`` job then expires after Frappe's 600 s, and a failing one stays
+Frappe's 7 days and has the worker call ``truncate_failed_registry``.
 
 Redis database 7, held with a machine-wide lock for each test.  The pinned-rq
 venvs are made on first use (network: PyPI) and reused; without PyPI these
@@ -102,6 +107,9 @@ def builder_config(kind: str, **values: Any) -> SimpleNamespace:
         "webserver_token": "token compat:secret",
         "webserver_ca_file": None,
         "webserver_timeout_secs": 5.0,
+        "frappe_job_id_style": "v15",
+        "result_ttl": None,
+        "failure_ttl": None,
     }
     config.update(values)
     return SimpleNamespace(**config)
@@ -123,6 +131,48 @@ class PickleSite(Resource):
         return json.dumps({"message": list(self.payload)}).encode()
 
 
+#: Each id style as a pattern, with the site of builder_config().
+ID_PATTERNS = {
+    "v15": r"\Acompat\.example\.com::[0-9a-f-]{36}\Z",
+    "develop": r"\Acompat\.example\.com\|\|[0-9a-f-]{36}\Z",
+    "uuid": r"\A[0-9a-f-]{36}\Z",
+}
+#: The stand-in execute_job raises for this method (tests/fixtures/builders_fake_frappe).
+FAILING_METHOD = "myapp.tasks.fails"
+FRAPPE_RESULT_TTL = 600
+FRAPPE_FAILURE_TTL = 604800
+#: Slack for the TTL checks: the worker may start long after the build under load.
+TTL_SLACK_SECS = 3600
+
+
+#: Run by a worker's interpreter: what ``frappe.enqueue`` (v15 and develop) has that
+#: rq's Queue write for execute_job, printed as JSON (``data`` as its pickle, in hex).
+FRAPPE_ENQUEUE_SCRIPT = """
+import json, sys, zlib
+import redis
+from rq import Queue
+from rq.job import Callback
+url, queue, job_id, kwargs, timeout = sys.argv[1:6]
+connection = redis.Redis.from_url(url)
+Queue(queue, connection=connection).enqueue_call(
+    "frappe.utils.background_jobs.execute_job",
+    on_success=None,
+    on_failure=Callback(func="frappe.utils.background_jobs.truncate_failed_registry"),
+    timeout=int(timeout),
+    kwargs=json.loads(kwargs),
+    at_front=False,
+    failure_ttl=604800,
+    result_ttl=600,
+    job_id=job_id,
+)
+stored = connection.hgetall("rq:job:" + job_id)
+data = zlib.decompress(stored.pop(b"data"))
+out = {key.decode(): value.decode() for key, value in stored.items()}
+out["data"] = data.hex()
+print(json.dumps(out))
+"""
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -136,6 +186,8 @@ class _WorkerMatrix:
     """
 
     pin: rq_venvs.RqPin | None = None
+    #: The frappe_job_id_style meant for this worker's rq.
+    frappe_id_style = "uuid"
     # The first test of a pinned version may make its venv (PyPI downloads).
     timeout = 600
 
@@ -199,11 +251,12 @@ class _WorkerMatrix:
         return built
 
     async def run_worker(
-        self, built: BuiltJob, *extra_path: Path, fork: bool = False
+        self, built: BuiltJob, *extra_path: Path, fork: bool = False, outcome: str = "finished"
     ) -> dict[str, Any]:
         """One burst worker of this case's rq on the job's queue; its report of the job.
 
-        A SimpleWorker, or with ``fork`` rq's forking Worker.
+        A SimpleWorker, or with ``fork`` rq's forking Worker.  ``outcome`` is
+        the registry the job must end in: ``finished`` or ``failed``.
         """
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *map(str, extra_path)])
@@ -236,16 +289,19 @@ class _WorkerMatrix:
             f" {job}\n{output}"
         )
         self.assertIsNone(report["worker_error"], diagnosis)
-        # What the worker's own rq reads back: finished, with our meta, nothing failed or left.
-        self.assertEqual(queue["failed"], [], diagnosis)
+        # What the worker's own rq reads back: the outcome, with our meta, nothing left.
+        other = "failed" if outcome == "finished" else "finished"
+        self.assertEqual(queue[other], [], diagnosis)
         self.assertEqual(queue["left"], [], diagnosis)
-        self.assertEqual(queue["finished"], [built.job_id], diagnosis)
-        self.assertEqual(job.get("status"), "finished", diagnosis)
+        self.assertEqual(queue[outcome], [built.job_id], diagnosis)
+        self.assertEqual(job.get("status"), outcome, diagnosis)
         self.assertEqual(job.get("meta"), self.expected_meta(built), diagnosis)
-        self.assertEqual(done.returncode, 0, diagnosis)
+        self.assertEqual(done.returncode, 0 if outcome == "finished" else 1, diagnosis)
         # And the hash itself, read without rq.
-        self.assertEqual(self.redis.hget(f"rq:job:{built.job_id}", "status"), b"finished")
-        self.assertEqual(self.redis.zcard(f"rq:failed:{built.origin}"), 0)
+        self.assertEqual(self.redis.hget(f"rq:job:{built.job_id}", "status"), outcome.encode())
+        self.assertEqual(
+            self.redis.zcard(f"rq:failed:{built.origin}"), int(outcome == "failed"), diagnosis
+        )
         self.assertEqual(self.redis.llen(f"rq:queue:{built.origin}"), 0)
         return job
 
@@ -256,7 +312,13 @@ class _WorkerMatrix:
         """The single call the worker made, checked against the job we wrote."""
         records = read_records(self.records)
         self.assertEqual(len(records), 1, records)
-        job = records[0]["job"]
+        return self.check_record(records[0], built, func_name)
+
+    def check_record(
+        self, record: dict[str, Any], built: BuiltJob, func_name: str
+    ) -> dict[str, Any]:
+        """One call the worker made, checked against the job we wrote."""
+        job = record["job"]
         self.assertEqual(job["id"], built.job_id)
         self.assertEqual(job["origin"], built.origin)
         self.assertEqual(job["func_name"], func_name)
@@ -265,8 +327,29 @@ class _WorkerMatrix:
         self.assertEqual(
             job["description"], f"BTU Task BTU-COMPAT (Compat) for schedule {built.schedule}"
         )
-        self.assertEqual(records[0]["args"], [])
-        return records[0]
+        self.assertEqual(record["args"], [])
+        return record
+
+    def frappe_site_config(self) -> SimpleNamespace:
+        """frappe_site with the id style meant for this worker, other keys at their defaults."""
+        return builder_config("frappe_site", frappe_job_id_style=self.frappe_id_style)
+
+    def assert_frappe_fields(self, built: BuiltJob) -> None:
+        """The hash holds Frappe's TTLs and failure callback, as rq 1.15 and 2.x read them."""
+        self.assertRegex(built.job_id, ID_PATTERNS[self.frappe_id_style])
+        stored = self.redis.hgetall(f"rq:job:{built.job_id}")
+        self.assertEqual(
+            {key: stored.get(key) for key in (
+                b"result_ttl", b"failure_ttl", b"failure_callback_name",
+                b"failure_callback_timeout",
+            )},
+            {
+                b"result_ttl": str(FRAPPE_RESULT_TTL).encode(),
+                b"failure_ttl": str(FRAPPE_FAILURE_TTL).encode(),
+                b"failure_callback_name": b"frappe.utils.background_jobs.truncate_failed_registry",
+                b"failure_callback_timeout": b"60",
+            },
+        )  # fmt: skip
 
     # -- one test per builder -----------------------------------------------------
 
@@ -300,7 +383,8 @@ class _WorkerMatrix:
         self.assertEqual(record["kwargs"], {"forked": True})
 
     async def test_frappe_site(self) -> None:
-        """``frappe_site``: the worker calls Frappe's execute_job as frappe.enqueue queues it."""
+        """``frappe_site``: the worker calls Frappe's execute_job as frappe.enqueue queues it,
+        under the id this worker's Frappe writes, and the finished job expires after 600 s."""
         self.need_worker()
         row = schedule_row(
             "TS-COMPAT-SITE",
@@ -308,9 +392,10 @@ class _WorkerMatrix:
             task_arguments="{'days': 3}",
             argument_overrides="{'dry_run': True}",
         )
-        built = await self.enqueue(builder_config("frappe_site"), row)
+        built = await self.enqueue(self.frappe_site_config(), row)
+        self.assert_frappe_fields(built)
         await self.run_worker(built, FAKE_FRAPPE)
-        record = self.one_record(built, EXECUTE_JOB)
+        record = self.one_record(built, EXECUTE_JOB)  # and no failure callback
         self.assertEqual(
             record["kwargs"],
             {
@@ -323,6 +408,73 @@ class _WorkerMatrix:
                 "is_async": True,
                 "retry": 0,
             },
+        )
+        ttl = self.redis.ttl(f"rq:job:{built.job_id}")
+        self.assertTrue(0 < ttl <= FRAPPE_RESULT_TTL, ttl)
+        self.assert_frappe_fields(built)  # the worker kept them
+
+    async def test_frappe_site_hash_is_frappe_enqueue(self) -> None:
+        """The ``frappe_site`` hash is the one ``frappe.enqueue`` has this worker's rq write
+        (same call, TTLs, callback, timeout, queue), field for field, except the times,
+        our description and meta, and rq 2.x's ``group_id`` (older rq ignores it)."""
+        self.need_worker()
+        row = schedule_row("TS-COMPAT-HASH", function_string="myapp.tasks.nightly")
+        built = await self.enqueue(self.frappe_site_config(), row)
+        ours = self.redis.hgetall(f"rq:job:{built.job_id}")
+        data = zlib.decompress(ours.pop(b"data"))
+        theirs_id = built.job_id[:-36] + "0" * 8 + built.job_id[-28:]  # same style, another job
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
+        argv = [
+            self.python, "-c", FRAPPE_ENQUEUE_SCRIPT, REDIS_URL, built.origin, theirs_id,
+            json.dumps(pickle.loads(data)[3]), "321",
+        ]  # fmt: skip
+        done = await deferToThread(
+            subprocess.run, argv, env=env, capture_output=True, text=True,
+            timeout=WORKER_DEADLINE_SECS, check=False,
+        )  # fmt: skip
+        self.assertEqual(done.returncode, 0, done.stderr)
+        theirs = json.loads(done.stdout.strip().splitlines()[-1])
+        self.assertEqual(bytes.fromhex(theirs.pop("data")), data)  # the very same pickle
+        mine = {key.decode(): value.decode() for key, value in ours.items() if key != b"meta"}
+        for key in ("created_at", "enqueued_at", "description"):
+            self.assertIn(key, theirs)
+            self.assertTrue(mine.pop(key))
+            theirs.pop(key)
+        if "group_id" not in theirs:
+            self.assertEqual(mine.pop("group_id"), "")
+        self.assertEqual(mine, theirs)
+        self.assertEqual(mine["failure_ttl"], "604800")  # not empty on both sides
+
+    async def test_frappe_site_failure(self) -> None:
+        """A failing ``frappe_site`` job: the worker calls Frappe's truncate_failed_registry,
+        and the failed job is kept Frappe's 7 days, not rq's year."""
+        self.need_worker()
+        row = schedule_row("TS-COMPAT-SITE-FAIL", function_string=FAILING_METHOD)
+        built = await self.enqueue(self.frappe_site_config(), row)
+        await self.run_worker(built, FAKE_FRAPPE, outcome="failed")
+        records = read_records(self.records)
+        self.assertEqual(len(records), 2, records)
+        call, callback = records
+        self.check_record(call, built, EXECUTE_JOB)
+        self.assertEqual(call["kwargs"]["method"], FAILING_METHOD)
+        self.assertEqual(
+            callback["kwargs"],
+            {
+                "callback": "truncate_failed_registry",
+                "callback_job_id": built.job_id,
+                "site": "compat.example.com",
+                "exc_type": "RuntimeError",
+                "exc": f"{FAILING_METHOD} failed on purpose",
+            },
+        )
+        self.assert_frappe_fields(built)
+        ttl = self.redis.ttl(f"rq:job:{built.job_id}")
+        self.assertTrue(FRAPPE_FAILURE_TTL - TTL_SLACK_SECS < ttl <= FRAPPE_FAILURE_TTL, ttl)
+        [(member, score)] = self.redis.zrange(f"rq:failed:{built.origin}", 0, -1, withscores=True)
+        self.assertEqual(member, built.job_id.encode())
+        expires_in = score - time.time()
+        self.assertTrue(
+            FRAPPE_FAILURE_TTL - TTL_SLACK_SECS < expires_in <= FRAPPE_FAILURE_TTL + 5, expires_in
         )
 
     async def test_frappe(self) -> None:
@@ -348,15 +500,18 @@ class OwnRqWorkerTests(_WorkerMatrix, TestCase):
     """Workers of the rq installed with the daemon (this interpreter)."""
 
     pin = None
+    frappe_id_style = "uuid"  # rq 2.12 and later refuse Frappe's ids
 
 
 class FrappeV15RqWorkerTests(_WorkerMatrix, TestCase):
     """Workers of rq 1.15.1, as Frappe v15 pins (``rq~=1.15.1``, ``redis~=4.5.5``)."""
 
     pin = rq_venvs.PINS["1.15.1"]
+    frappe_id_style = "v15"
 
 
 class FrappeDevelopRqWorkerTests(_WorkerMatrix, TestCase):
     """Workers of rq 2.6.1, as Frappe develop pins (``rq==2.6.1``, ``redis~=7.1.0``)."""
 
     pin = rq_venvs.PINS["2.6.1"]
+    frappe_id_style = "develop"

@@ -1,0 +1,192 @@
+"""The change feed and the job-id write-back, driven by a Clock over fakes."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
+from twisted.trial import unittest
+
+from btu_twisted.changes import ChangeFeed
+from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.job_ids import JobIdRecorder
+from btu_twisted.sql import RowsLocked
+from tests.fakes import EPOCH, FakeDatabase, run_until
+
+T0 = datetime(2027, 1, 15, 8, 0, 0)
+
+
+class ChangeFeedCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(EPOCH)
+        self.db = FakeDatabase(self.clock)
+        self.fifo = ScheduleFifo()
+        self.zone_changes = 0
+        self.feed = ChangeFeed(
+            self.clock, self.db, self.fifo, on_zone_changed=self.zone_changed,  # type: ignore[arg-type]
+            interval=2.0, overlap=timedelta(seconds=120), follow_ups=(1.5, 4.0),
+        )
+        self.addCleanup(self.stop)
+
+    def zone_changed(self) -> None:
+        self.zone_changes += 1
+
+    def stop(self) -> None:
+        """Every test ends with the feed stopped and no delayed call left."""
+        if self.feed.running:
+            self.feed.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def look(self, seconds: float = 2.0) -> list[str]:
+        run_until(self.clock, self.clock.seconds() + seconds)
+        return self.fifo.take(1000)
+
+
+class FeedTests(ChangeFeedCase):
+    def test_edit_after_start_is_queued_once(self) -> None:
+        """A row whose modified moves is queued at the next look, and not
+        again at later looks while it stays the same."""
+        self.db.modified["TS-OLD"] = T0 - timedelta(days=3)
+        self.feed.startService()
+        # The first look takes the latest edits too (one more planning at
+        # start is harmless; an edit between the refresh's read and this look
+        # is not missed).
+        self.assertEqual(self.fifo.take(10), ["TS-OLD"])
+        self.db.modified["TS-1"] = T0
+        self.assertEqual(self.look(), ["TS-1"])
+        self.assertEqual(self.look(), [])
+        self.db.modified["TS-1"] = T0 + timedelta(seconds=1)
+        self.assertEqual(self.look(), ["TS-1"])
+
+    def test_late_commit_with_older_modified_is_not_missed(self) -> None:
+        """Frappe writes modified at save, not at commit: a row that appears
+        with a modified older than rows already seen is still queued."""
+        self.db.modified["TS-A"] = T0
+        self.feed.startService()
+        self.fifo.take(10)
+        self.db.modified["TS-B"] = T0 + timedelta(seconds=10)
+        self.assertEqual(self.look(), ["TS-B"])
+        self.db.modified["TS-LATE"] = T0 + timedelta(seconds=5)  # saved earlier, committed now
+        self.assertEqual(self.look(), ["TS-LATE"])
+
+    def test_task_edit_queues_its_schedules(self) -> None:
+        """A task row edit (e.g. cancelled) queues the schedules that use it."""
+        self.feed.startService()
+        self.db.task_modified["TS-1"] = T0
+        self.db.task_modified["TS-2"] = T0
+        self.assertEqual(sorted(self.look()), ["TS-1", "TS-2"])
+
+    def test_zone_change_calls_back_once(self) -> None:
+        """A changed cron_time_zone asks for a full re-plan once per change."""
+        self.db.zone = "UTC"
+        self.feed.startService()
+        self.look()
+        self.assertEqual(self.zone_changes, 0)
+        self.db.zone = "Asia/Kolkata"
+        self.look()
+        self.look()
+        self.assertEqual(self.zone_changes, 1)
+
+    def test_seen_pairs_are_forgotten_past_the_overlap(self) -> None:
+        """What the feed remembers stays bounded by the overlap window."""
+        self.feed.startService()
+        for i in range(100):
+            self.db.modified[f"TS-{i}"] = T0 + timedelta(seconds=i)
+        self.look()
+        self.db.modified["TS-NEW"] = T0 + timedelta(seconds=1000)
+        self.look()
+        self.assertEqual(len(self.feed._seen), 1)
+
+    def test_database_down_logged_once_then_heals(self) -> None:
+        """MariaDB away: no traceback per look (the Dependency logs the
+        outage once); the edits made meanwhile are queued after it returns."""
+        self.feed.startService()
+        self.db.down = True
+        with capturedLogs() as events:
+            self.db.modified["TS-1"] = T0
+            self.look(10.0)
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.critical], [])
+        self.assertEqual(len([e for e in events if "log_failure" in e]), 0)
+        self.db.down = False
+        self.assertEqual(self.look(), ["TS-1"])
+
+
+class FollowUpTests(ChangeFeedCase):
+    def test_request_is_planned_now_and_twice_after_the_commit(self) -> None:
+        """A socket request queues the name now, 1.5 s and 4 s later."""
+        self.feed.startService()
+        self.look()
+        self.feed.requested("TS-1")
+        self.assertEqual(self.fifo.take(10), ["TS-1"])
+        run_until(self.clock, self.clock.seconds() + 1.5)
+        self.assertEqual(self.fifo.take(10), ["TS-1"])
+        run_until(self.clock, self.clock.seconds() + 1.0)
+        self.assertEqual(self.fifo.take(10), [])
+        run_until(self.clock, self.clock.seconds() + 1.5)
+        self.assertEqual(self.fifo.take(10), ["TS-1"])
+
+    def test_stop_cancels_pending_follow_ups(self) -> None:
+        """Stopping leaves no follow-up behind (checked by the cleanup)."""
+        self.feed.startService()
+        self.feed.requested("TS-1")
+        self.feed.requested("TS-2")
+        self.feed.stopService()
+
+
+class JobIdRecorderTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.db = FakeDatabase(self.clock)
+        self.recorder = JobIdRecorder(self.clock, self.db)  # type: ignore[arg-type]
+        self.addCleanup(self.check_clean)
+
+    def check_clean(self) -> None:
+        self.recorder.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_one_write_per_round_newest_id_wins(self) -> None:
+        """Ids recorded while a write is in flight go in the next write, the
+        newest per schedule."""
+        self.db.hold.add("write_job_ids")
+        self.recorder.record([("TS-1", "a")])
+        self.recorder.record([("TS-1", "b"), ("TS-2", "c")])
+        self.recorder.record([("TS-1", "d")])
+        self.assertEqual(self.db.calls["write_job_ids"], 1)
+        self.db.hold.clear()
+        self.db.release()
+        self.assertEqual(self.db.calls["write_job_ids"], 2)
+        self.assertEqual(self.db.job_ids, {"TS-1": "d", "TS-2": "c"})
+        self.assertEqual(self.recorder.written, 3)
+
+    def test_failed_write_is_retried_without_losing_newer_ids(self) -> None:
+        """MariaDB away: the ids are kept and written when it returns; an id
+        recorded meanwhile wins over the failed batch's."""
+        self.db.down = True
+        self.recorder.record([("TS-1", "a"), ("TS-2", "b")])
+        self.recorder.record([("TS-1", "c")])
+        self.db.down = False
+        run_until(self.clock, 10)
+        self.assertEqual(self.db.job_ids, {"TS-1": "c", "TS-2": "b"})
+
+    def test_locked_rows_are_quiet_and_retried(self) -> None:
+        """A row locked by the BTU app's transaction logs nothing above debug."""
+        calls = []
+
+        def locked(job_ids: object) -> object:
+            calls.append(job_ids)
+            if len(calls) == 1:
+                from twisted.internet.defer import fail
+
+                return fail(RowsLocked("Lock wait timeout exceeded"))
+            return FakeDatabase.write_job_ids(self.db, job_ids)  # type: ignore[arg-type]
+
+        self.db.write_job_ids = locked  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            self.recorder.record([("TS-1", "a")])
+            run_until(self.clock, 10)
+        self.assertEqual(self.db.job_ids, {"TS-1": "a"})
+        self.assertEqual(
+            [e for e in events if e.get("log_level") not in (LogLevel.debug,)], []
+        )
