@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from datetime import datetime, timezone
 
 from twisted.logger import Logger
@@ -295,6 +296,12 @@ class Blocked(int):
         return code
 
 
+def _without_shebang(script: str) -> str:
+    """The script for Redis before 7.0: its "#!lua" line made a blank one, so
+    line numbers in error messages stay the same."""
+    return "\n" + script.partition("\n")[2] if script.startswith("#!") else script
+
+
 def member_for(schedule: str, when: int) -> str:
     return f"{schedule}|{when}"
 
@@ -345,11 +352,33 @@ class BlockedClaims:
 class ScheduleStore:
     """The scheduler's Redis operations, each one round trip."""
 
+    log = Logger()
+
     def __init__(self, redis: RedisCommands) -> None:
         self._redis = redis
         self.blocked = BlockedClaims()
+        # Redis before 7.0 reads the "#!lua" line as Lua and fails to compile
+        # it; such a server gets the scripts without it (and without flags).
+        self._shebangs = True
         # The gateway's up/down state, when it has one (fakes may not).
         self.health = getattr(redis, "health", None)
+
+    async def _eval(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
+        if not self._shebangs:
+            return await self._redis.eval(_without_shebang(script), keys, args)
+        try:
+            return await self._redis.eval(script, keys, args)
+        except Exception as error:
+            text = str(error)
+            if "compiling script" not in text or "'#'" not in text:
+                raise
+        # Nothing ran: the script did not compile.
+        self._shebangs = False
+        self.log.warn(
+            "Redis is older than 7.0: its scripts run without flags, so one that"
+            " runs out of memory may stop half-way; Redis 7 refuses it up front"
+        )
+        return await self._redis.eval(_without_shebang(script), keys, args)
 
     async def plan(
         self, now: float, plans: Mapping[str, int], unplans: Iterable[str] = ()
@@ -364,7 +393,7 @@ class ScheduleStore:
         args += list(unplans)
         if len(args) == 2:
             return {}
-        reply = await self._redis.eval(PLAN, [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED], args)
+        reply = await self._eval(PLAN, [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED], args)
         pairs = list(reply or [])
         return {pairs[i]: int(float(pairs[i + 1])) for i in range(0, len(pairs), 2)}
 
@@ -384,7 +413,7 @@ class ScheduleStore:
             args += [c.member, c.schedule, c.when, c.job_id, len(fields)]
             for key, value in fields.items():
                 args += [key, value]
-        reply = list(await self._redis.eval(CLAIM, keys, args))
+        reply = list(await self._eval(CLAIM, keys, args))
         reasons = iter(reply[len(claims):])
         results = [
             Blocked(str(next(reasons, "blocked"))) if int(r) == BLOCKED else int(r)
@@ -407,12 +436,12 @@ class ScheduleStore:
         keep = list(enabled)
         args: list[object] = [len(keep), *keep]
         args += ["0"] if existing is None else ["1", *existing]
-        reply = await self._redis.eval(PRUNE, [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED], args)
+        reply = await self._eval(PRUNE, [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED], args)
         self.blocked.forget(keep)
         return sorted({name for name in reply or [] if name})
 
     async def cancel(self, schedule: str) -> bool:
-        removed = await self._redis.eval(CANCEL, [SCHEDULE_SET, MEMBER_INDEX], [schedule])
+        removed = await self._eval(CANCEL, [SCHEDULE_SET, MEMBER_INDEX], [schedule])
         return int(removed) > 0
 
     async def earliest(self, limit: int) -> list[tuple[str, int]]:
@@ -430,7 +459,7 @@ class ScheduleStore:
 
     async def window(self, horizon: float, limit: int) -> Window:
         """Members due by ``horizon`` (at most ``limit``), and the next one after."""
-        reply = list(await self._redis.eval(WINDOW, [SCHEDULE_SET], [f"{horizon:.3f}", limit]))
+        reply = list(await self._eval(WINDOW, [SCHEDULE_SET], [f"{horizon:.3f}", limit]))
         beyond = (reply[1], int(float(reply[2]))) if reply[1] else None
         flat = reply[3:]
         near = [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]

@@ -7,12 +7,16 @@ once, is retried, and is enqueued exactly once when the key is fixed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.store import BLOCKED, BLOCKED_RETRY_SECS, Blocked
+from btu_twisted.store import BLOCKED, BLOCKED_RETRY_SECS, CANCEL, Blocked, ScheduleStore
 from btu_twisted.timer import Timer
 from tests.fakes import EPOCH, FakeDatabase, FakeStore, FlakyBuilder, make_row, run_until
 
@@ -26,6 +30,47 @@ class BlockedCodeTests(unittest.SynchronousTestCase):
         self.assertEqual(result, BLOCKED)
         self.assertEqual(int(result), 3)
         self.assertIn("rq:queue:x", result.reason)
+
+
+class Redis6:
+    """Answers EVAL as Redis 6 does: a "#!lua" first line does not compile."""
+
+    def __init__(self) -> None:
+        self.scripts: list[str] = []
+
+    def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
+        self.scripts.append(script)
+        if script.startswith("#!"):
+            return fail(Exception(
+                "ERR Error compiling script (new function): user_script:1:"
+                " unexpected symbol near '#'"
+            ))
+        return succeed(7)
+
+
+class OldRedisTests(unittest.TestCase):
+    async def test_scripts_lose_the_shebang_on_redis_6(self) -> None:
+        """Redis before 7 cannot compile "#!lua": the store says so once and
+        sends its scripts without that line from then on, same line numbers."""
+        redis = Redis6()
+        store = ScheduleStore(redis)  # type: ignore[arg-type]
+        with capturedLogs() as events:
+            self.assertTrue(await store.cancel("A"))
+            self.assertTrue(await store.cancel("B"))
+        self.assertEqual([s.startswith("#!") for s in redis.scripts], [True, False, False])
+        self.assertEqual(redis.scripts[1].count("\n"), CANCEL.count("\n"))
+        self.assertEqual(len(events), 1)
+        self.assertIn("older than 7.0", formatEvent(events[0]))
+
+    async def test_other_script_errors_are_not_retried(self) -> None:
+        """Any other error is the caller's, and the shebang stays."""
+        redis = Redis6()
+        redis.eval = lambda script, keys, args: fail(  # type: ignore[method-assign]
+            Exception("WRONGTYPE Operation against a key holding the wrong kind of value"))
+        store = ScheduleStore(redis)  # type: ignore[arg-type]
+        with self.assertRaises(Exception):
+            await store.cancel("A")
+        self.assertTrue(store._shebangs)
 
 
 class BlockedClaimTimerTests(unittest.TestCase):
