@@ -93,8 +93,8 @@ def _value(text: str, field: _Field) -> int:
 def _expand(text: str, field: _Field) -> str:
     """One field as croniter should see it: ``*`` only if written ``*``, else a list.
 
-    Keeping ``*`` exactly when the user wrote ``*`` is what makes croniter apply the
-    Vixie day-of-month/day-of-week OR rule in exactly the cases the contract names.
+    Which day rule applies (both or either) is decided from the text as written,
+    in ``_parse``, not from croniter's view of these lists.
     """
     if text == "*":
         return "*"
@@ -160,11 +160,17 @@ def _parse(cron_string: str) -> _Schedule:
         )
     expression = " ".join(_expand(text, field) for text, field in zip(fields, _FIELDS))
     years = _YEARS_WITH_YEAR_FIELD if fields[6] != "*" else _YEARS_WITHOUT_YEAR_FIELD
+    # cronie (DOM_STAR/DOW_STAR): a day field whose text starts with '*' is
+    # unrestricted, and then both fields must match; only when neither starts
+    # with '*' is either one enough.  So "*/2" with a weekday means odd days
+    # that are that weekday, not every odd day plus every such weekday.
+    either_day = not fields[3].startswith("*") and not fields[5].startswith("*")
     template = croniter(
         expression,
         _EPOCH,
         second_at_beginning=True,
         max_years_between_matches=years,
+        day_or=either_day,
     )
     schedule = _Schedule(template, fields[2].startswith("*"))
     if schedule.after(_EPOCH - _ONE_SECOND) is None:

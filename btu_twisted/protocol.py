@@ -12,6 +12,12 @@ holding a lock, so one idle or malformed client froze everything (6.10).
 Here every connection is framed incrementally, bounded in size, depth and
 time, and a bad request costs only its own connection: it gets one
 ``Error: ...`` line, then the connection is closed.
+
+A client that sends requests without reading the replies cannot make the
+daemon hold them: the protocol is the transport's streaming producer, so when
+the transport's write buffer is full it stops handling requests and stops
+reading until the buffer drains.  Every value a client chose is shortened
+before it reaches a log line or an error reply.
 """
 
 from __future__ import annotations
@@ -24,16 +30,19 @@ from collections.abc import Callable
 from typing import Protocol as _TypingProtocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 __all__ = ["ControlFactory", "ControlProtocol", "SchedulerControl"]
 
-# Frappe's name column is varchar(140); longer names are passed on anyway (the
-# lookup just finds nothing), but echoes of unknown input are kept short.
-_ECHO_CHARS = 140
+# Frappe's name column is varchar(140): a longer name cannot be a schedule.
+MAX_NAME_CHARS = 140
+# Client-chosen text in log lines and error replies is cut to this many
+# characters: names of up to 64 KiB once made 48 MB of log in two seconds.
+_ECHO_CHARS = 80
 
 _NON_WHITESPACE = re.compile(rb"[^ \t\r\n]")
 # Outside a JSON string only brackets, quotes and newlines matter to framing;
@@ -168,10 +177,17 @@ class _Framer:
         return request
 
 
+def _shorten(value: str) -> str:
+    """``value`` cut to ``_ECHO_CHARS`` characters, saying how much was cut."""
+    if len(value) > _ECHO_CHARS:
+        return f"{value[:_ECHO_CHARS]}...[{len(value) - _ECHO_CHARS} more characters]"
+    return value
+
+
 def _echo(value: str) -> str:
     """``value`` quoted for a reply or log line, shortened and made safe."""
     if len(value) > _ECHO_CHARS:
-        return repr(value[:_ECHO_CHARS]) + "..."
+        return f"{value[:_ECHO_CHARS]!r}...[{len(value) - _ECHO_CHARS} more characters]"
     return repr(value)
 
 
@@ -207,11 +223,14 @@ def _describe_peer(transport: object, serial: int) -> str:
             return f"#{serial}"
 
 
+@implementer(IPushProducer)
 class ControlProtocol(Protocol):
     """One client connection: frame, check and answer requests in order.
 
     While a reply is outstanding (a ``cancel``), reading is paused and no
     further request is handled, so replies can never overtake each other.
+    The same happens while the transport's write buffer is full (it calls
+    ``pauseProducing``): replies wait in the client's socket, not in our memory.
     """
 
     log = Logger()
@@ -225,6 +244,9 @@ class ControlProtocol(Protocol):
         self._connected = False
         self._closing = False
         self._pending = False  # a reply is awaited from the control
+        self._throttled = False  # the transport's write buffer is full
+        self._registered = False  # we are the transport's producer
+        self._admitted = False  # counted in the factory's open connections
         self._processing = False  # inside the request loop
         self._final_error: str | None = None  # to write once the pending reply is out
         self._idle_call: IDelayedCall | None = None
@@ -240,13 +262,44 @@ class ControlProtocol(Protocol):
     def connectionMade(self) -> None:
         self._connected = True
         self._peer = _describe_peer(self.transport, self._serial)
+        self._admitted = self._settings.admit()
+        if not self._admitted:
+            self._closing = True
+            self._close_with_error("too many connections; try again later")
+            return
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._registered = True
         self._start_idle_timer()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._admitted:
+            self._admitted = False
+            self._settings.release()
         self._connected = False
         self._closing = True
         self._stop_idle_timer()
         self._framer.clear()
+
+    # -- IPushProducer: the transport's write buffer is full / drained ------
+
+    def pauseProducing(self) -> None:
+        if self._throttled or self._closing:
+            return
+        self._throttled = True
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        if not self._throttled:
+            return
+        self._throttled = False
+        if self._closing or self._pending:
+            return
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if not self._processing:
+            self._run(self._process)
+
+    def stopProducing(self) -> None:
+        self._closing = True
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -270,7 +323,7 @@ class ControlProtocol(Protocol):
             self._processing = False
 
     def _process(self) -> None:
-        while not self._pending and not self._closing:
+        while not self._pending and not self._closing and not self._throttled:
             request = self._framer.next_request()
             if request is None:
                 break
@@ -314,19 +367,23 @@ class ControlProtocol(Protocol):
     def _create(self, content: object) -> None:
         name = _schedule_name(content)
         if self._control.request_planning(name):
-            self.log.info("{peer} asked to plan {schedule}", peer=self._peer, schedule=name)
+            self.log.info(
+                "{peer} asked to plan {schedule}", peer=self._peer, schedule=_shorten(name)
+            )
             self._write(f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ.")
         else:
             self.log.warn(
                 "{peer} asked to plan {schedule}, but the planning queue is full",
                 peer=self._peer,
-                schedule=name,
+                schedule=_shorten(name),
             )
             self._write(f"Error: the planning queue is full; Task Schedule {name} was not queued.")
 
     def _cancel(self, content: object) -> None:
         name = _schedule_name(content)
-        self.log.info("{peer} asked to cancel {schedule}", peer=self._peer, schedule=name)
+        self.log.info(
+            "{peer} asked to cancel {schedule}", peer=self._peer, schedule=_shorten(name)
+        )
         result = self._control.cancel(name)
         if not isinstance(result, Deferred):
             raise TypeError(f"cancel() returned {result!r}, not a Deferred")
@@ -347,7 +404,8 @@ class ControlProtocol(Protocol):
 
     def _cancel_failed(self, failure: Failure, name: str) -> str:
         self.log.failure(
-            "could not cancel {schedule} for {peer}", failure, schedule=name, peer=self._peer
+            "could not cancel {schedule} for {peer}", failure,
+            schedule=_shorten(name), peer=self._peer,
         )
         return f"Error: could not cancel Task Schedule {name}: {_short_reason(failure)}"
 
@@ -361,8 +419,10 @@ class ControlProtocol(Protocol):
             return
         if self._processing:
             return  # answered synchronously: the running loop goes on
-        self.transport.resumeProducing()  # type: ignore[union-attr]
         self._start_idle_timer()
+        if self._throttled:
+            return  # resumeProducing goes on once the reply buffer drains
+        self.transport.resumeProducing()  # type: ignore[union-attr]
         self._run(self._process)
 
     def _internal_failure(self, failure: Failure) -> None:
@@ -395,7 +455,15 @@ class ControlProtocol(Protocol):
 
     def _close_with_error(self, reason: str) -> None:
         self._write("Error: " + reason)
+        self._unregister()
         self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _unregister(self) -> None:
+        """Stop being the transport's producer: a transport whose producer is
+        paused would otherwise never finish closing."""
+        if self._registered:
+            self._registered = False
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
 
     # -- idle timer ------------------------------------------------------
 
@@ -412,6 +480,18 @@ class ControlProtocol(Protocol):
 
     def _idle_timed_out(self) -> None:
         self._idle_call = None
+        if self._throttled:
+            # It has read none of its replies for that long: an error line
+            # would only join them, and waiting to flush them may be forever.
+            self.log.warn(
+                "closing control connection {peer}: it read no reply for {timeout:g} seconds",
+                peer=self._peer, timeout=self._settings.idle_timeout,
+            )
+            self._closing = True
+            self._framer.clear()
+            self._unregister()
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
         self._reject(f"no complete request within {self._settings.idle_timeout:g} seconds")
 
 
@@ -423,14 +503,24 @@ def _schedule_name(content: object) -> str:
         raise _RequestError("request_content must be a string (a Task Schedule name)")
     if not content.strip():
         raise _RequestError("request_content is empty; a Task Schedule name is required")
+    if len(content) > MAX_NAME_CHARS:
+        raise _RequestError(
+            f"request_content is {len(content)} characters long; a Task Schedule name"
+            f" has at most {MAX_NAME_CHARS}"
+        )
     if _UNSAFE_IN_LINE.search(content):
         raise _RequestError("request_content contains control characters")
     return content
 
 
 class ControlFactory(Factory):
-    """Builds a ControlProtocol per connection, sharing the limits and clock."""
+    """Builds a ControlProtocol per connection, sharing the limits and clock.
 
+    Each connection's memory is bounded (one request, one write buffer); the
+    number of connections is bounded too, so that no client can multiply it.
+    """
+
+    log = Logger()
     noisy = False  # connections are logged by the protocol, with peer credentials
 
     def __init__(
@@ -440,13 +530,39 @@ class ControlFactory(Factory):
         idle_timeout: float = 30.0,
         max_request_bytes: int = 65536,
         max_depth: int = 32,
+        max_connections: int = 1024,
     ) -> None:
         self.control = control
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_request_bytes = max_request_bytes
         self.max_depth = max_depth
+        self.max_connections = max_connections
+        self.connections = 0
+        self._refusing = False
         self._serial = 0
+
+    def admit(self) -> bool:
+        """Count a new connection in, or False when there are too many.
+
+        Logged when refusing starts and when it ends, not per connection.
+        """
+        if self.connections >= self.max_connections:
+            if not self._refusing:
+                self._refusing = True
+                self.log.warn(
+                    "refusing control connections: {count} are open (the limit)",
+                    count=self.connections,
+                )
+            return False
+        self.connections += 1
+        return True
+
+    def release(self) -> None:
+        self.connections -= 1
+        if self._refusing and self.connections < self.max_connections:
+            self._refusing = False
+            self.log.info("accepting control connections again")
 
     def buildProtocol(self, addr: IAddress) -> ControlProtocol:
         self._serial += 1

@@ -13,13 +13,21 @@ Our extensions, both hashes keyed by schedule name:
   daemons there are, can bring back a run that already happened.
 
 Every change that must not be seen half-done is a single script call, which is
-what makes claiming exactly-once across daemons and crashes.
+what makes claiming exactly-once across daemons and crashes.  Each script starts
+with a ``#!lua`` shebang (Redis 7) declaring what it does: those that may add
+data are refused up front while Redis is out of memory (not stopped at their
+first write, half-done), those that only delete may run then, and the read-only
+one says so.  With a shebang every key a script touches must be in KEYS.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+from datetime import datetime, timezone
+
+from twisted.logger import Logger
 
 from btu_twisted.redis_gateway import RedisCommands
 
@@ -33,17 +41,29 @@ RQ_QUEUES = "rq:queues"
 JOB_PREFIX = "rq:job:"
 QUEUE_PREFIX = "rq:queue:"
 
+# How close to now a last run must be to be kept although its schedule seems
+# deleted (see PRUNE).
+RECENT_SECS = 3600
+
 # The member's name is everything before the last "|", so names containing "|"
 # (they are just names) still round-trip.
 _NAME_OF = r"^(.*)|[^|]*$"
 
-PLAN = """
+PLAN = """#!lua
 local zset, idx, last = KEYS[1], KEYS[2], KEYS[3]
 local now, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- Checked before the first write, as in CLAIM.
+for _, k in ipairs({{zset, 'zset'}, {idx, 'hash'}, {last, 'hash'}}) do
+  local t = redis.call('TYPE', k[1])['ok']
+  if t ~= 'none' and t ~= k[2] then
+    return redis.error_reply('WRONGTYPE ' .. k[1] .. ' holds a ' .. t .. ', not a ' .. k[2])
+  end
+end
 local rejected = {}
 for i = 0, n - 1 do
   local name, when = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
-  local done = tonumber(redis.call('HGET', last, name) or '-1')
+  -- An unreadable last run does not stop planning: the claim reports it.
+  local done = tonumber(redis.call('HGET', last, name) or '-1') or -1
   if tonumber(when) <= done then
     rejected[#rejected + 1] = name
     rejected[#rejected + 1] = tostring(done)
@@ -74,21 +94,66 @@ return rejected
 # Claim a due member and enqueue its job in one step.  An empty job id claims
 # without enqueueing: a run skipped on purpose (misfire grace, unbuildable task).
 # Results per job: 1 enqueued/skipped by us, 0 member gone (another daemon won,
-# or it was cancelled or replanned), 2 stale (that time was already enqueued).
-CLAIM = """
+# or it was cancelled or replanned), 2 stale (that time was already enqueued),
+# 3 blocked: a key it would write holds the wrong type (or its last run cannot
+# be read), so the claim is left untouched, member kept, to be retried; after
+# the codes comes one reason per blocked claim, in order.
+#
+# Redis does not undo the writes of a script that fails part-way, so every key
+# is checked before the first write: a string at rq:queue:X once cost each run
+# on X its member and last run while nothing was queued.  The shebang makes
+# Redis refuse the whole script up front when it is out of memory, rather
+# than fail at a write in the middle.
+CLAIM = """#!lua
 local zset, idx, last, queues = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local enqueued_at = ARGV[1]
 local njobs = tonumber(ARGV[2])
+local function wrong(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    return key .. ' holds a ' .. t .. ', not a ' .. want
+  end
+end
+for _, k in ipairs({{zset, 'zset'}, {idx, 'hash'}, {last, 'hash'}}) do
+  local bad = wrong(k[1], k[2])
+  if bad then return redis.error_reply('WRONGTYPE ' .. bad) end
+end
+local queues_bad = wrong(queues, 'set')
+-- Pass 1, no writes: what each claim will do.
+local out, reasons, at = {}, {}, {}
 local a = 3
-local out = {}
 for j = 0, njobs - 1 do
-  local member, name, when, job_id = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local nfields = tonumber(ARGV[a + 4])
-  local first = a + 5
-  a = first + 2 * nfields
-  if redis.call('ZREM', zset, member) == 0 then
+  local member, name, job_id = ARGV[a], ARGV[a + 1], ARGV[a + 3]
+  if not tonumber(ARGV[a + 2]) or not tonumber(ARGV[a + 4]) then
+    return redis.error_reply('ERR claim ' .. (j + 1) .. ': time or field count is not a number')
+  end
+  at[j + 1] = a
+  a = a + 5 + 2 * tonumber(ARGV[a + 4])
+  if not redis.call('ZSCORE', zset, member) then
     out[j + 1] = 0
   else
+    local done = redis.call('HGET', last, name)
+    local bad = nil
+    if done and not tonumber(done) then
+      bad = last .. ' field ' .. name .. ' holds "' .. string.sub(done, 1, 40)
+        .. '", not a unix time'
+    elseif job_id ~= '' then
+      bad = queues_bad or wrong(KEYS[5 + 2 * j], 'hash') or wrong(KEYS[6 + 2 * j], 'list')
+    end
+    if bad then
+      out[j + 1] = 3
+      reasons[#reasons + 1] = bad
+    end
+  end
+end
+-- Pass 2: the writes, only for claims that passed.
+for j = 0, njobs - 1 do
+  if out[j + 1] == nil then
+    local b = at[j + 1]
+    local member, name, when, job_id = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+    local first = b + 5
+    local stop = first + 2 * tonumber(ARGV[b + 4])
+    redis.call('ZREM', zset, member)
     if redis.call('HGET', idx, name) == member then redis.call('HDEL', idx, name) end
     local done = tonumber(redis.call('HGET', last, name) or '-1')
     if tonumber(when) <= done then
@@ -98,7 +163,7 @@ for j = 0, njobs - 1 do
       if job_id ~= '' then
         local job_key, queue_key = KEYS[5 + 2 * j], KEYS[6 + 2 * j]
         local fields = {}
-        for i = first, a - 1 do fields[#fields + 1] = ARGV[i] end
+        for i = first, stop - 1 do fields[#fields + 1] = ARGV[i] end
         fields[#fields + 1] = 'enqueued_at'
         fields[#fields + 1] = enqueued_at
         redis.call('HSET', job_key, unpack(fields))
@@ -109,6 +174,7 @@ for j = 0, njobs - 1 do
     end
   end
 end
+for _, r in ipairs(reasons) do out[#out + 1] = r end
 return out
 """
 
@@ -116,10 +182,17 @@ return out
 # name, and stale duplicates (a Rust daemon added a new member after each cron
 # edit and kept the old one).  Returns the names whose members it removed, so
 # the caller can replan them if they were enabled a moment after its SQL read.
-PRUNE = """
-local zset, idx = KEYS[1], KEYS[2]
-local keep = {}
-for i = 1, #ARGV do keep[ARGV[i]] = true end
+#
+# ARGV: the number of enabled names, those names, then "1" and the names of all
+# schedules that exist (enabled or not) to also forget the last runs of deleted
+# schedules, or "0" to keep them all.  A last run within RECENT_SECS of now is
+# kept even so: it may belong to a schedule created after the caller's SQL
+# read, and it is what stops a slow planner bringing back a run just enqueued.
+PRUNE = """#!lua flags=allow-oom
+local zset, idx, last = KEYS[1], KEYS[2], KEYS[3]
+local nkeep = tonumber(ARGV[1])
+local keep, exists = {}, {}
+for i = 2, nkeep + 1 do keep[ARGV[i]] = true end
 local removed = {}
 for _, m in ipairs(redis.call('ZRANGE', zset, 0, -1)) do
   local name = string.match(m, '%s')
@@ -133,12 +206,25 @@ end
 for _, name in ipairs(redis.call('HKEYS', idx)) do
   if not keep[name] then redis.call('HDEL', idx, name) end
 end
+if ARGV[nkeep + 2] == '1' then
+  for i = nkeep + 3, #ARGV do exists[ARGV[i]] = true end
+  local now = tonumber(redis.call('TIME')[1])
+  local recent = RECENT
+  local flat = redis.call('HGETALL', last)
+  for i = 1, #flat, 2 do
+    local name, when = flat[i], tonumber(flat[i + 1])
+    if not keep[name] and not exists[name]
+        and not (when and math.abs(when - now) <= recent) then
+      redis.call('HDEL', last, name)
+    end
+  end
+end
 return removed
-""".replace("%s", _NAME_OF)
+""".replace("%s", _NAME_OF).replace("RECENT", str(RECENT_SECS))
 
 # Cancel: every member whose name is exactly ARGV[1]; never a prefix match
 # (COMPAT.md 6.4: cancelling TS-1 also removed TS-10's runs).
-CANCEL = """
+CANCEL = """#!lua flags=allow-oom
 local zset, idx, name = KEYS[1], KEYS[2], ARGV[1]
 local removed = 0
 for _, m in ipairs(redis.call('ZRANGE', zset, 0, -1)) do
@@ -155,7 +241,7 @@ return removed
 # there are, the members due by the horizon, and the first one after it (when
 # to wake next).  Reading only the near ones keeps a wake-up cheap however
 # many schedules there are.
-WINDOW = """
+WINDOW = """#!lua flags=no-writes
 local zset, horizon, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local out = {redis.call('ZCARD', zset)}
 local beyond = redis.call('ZRANGEBYSCORE', zset, '(' .. horizon, '+inf',
@@ -189,7 +275,31 @@ class Claim:
     fields: Mapping[str, bytes | str | int | float] | None = None
 
 
-CLAIMED, LOST, STALE = 1, 0, 2
+CLAIMED, LOST, STALE, BLOCKED = 1, 0, 2, 3
+#: Seconds before a blocked claim is tried again: it waits for an operator to
+#: fix a key, so there is no point in trying every second.
+BLOCKED_RETRY_SECS = 10.0
+
+
+class Blocked(int):
+    """The BLOCKED result code, carrying why (which key holds what).
+
+    An int, so that callers comparing result codes need no second channel for
+    the one code that comes with a reason.
+    """
+
+    reason: str
+
+    def __new__(cls, reason: str) -> Blocked:
+        code = super().__new__(cls, BLOCKED)
+        code.reason = reason
+        return code
+
+
+def _without_shebang(script: str) -> str:
+    """The script for Redis before 7.0: its "#!lua" line made a blank one, so
+    line numbers in error messages stay the same."""
+    return "\n" + script.partition("\n")[2] if script.startswith("#!") else script
 
 
 def member_for(schedule: str, when: int) -> str:
@@ -207,13 +317,68 @@ def split_member(member: str) -> tuple[str, int] | None:
         return None
 
 
+class BlockedClaims:
+    """Logs blocked claims: one error line when a schedule becomes blocked (or
+    its reason changes), not one per retry, and one line when it goes through
+    again.  Shared with the tests' fake store so both log alike."""
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, str] = {}  # schedule -> reason logged
+
+    def record(self, claims: Sequence[Claim], results: Sequence[int]) -> None:
+        for claim, result in zip(claims, results):
+            if isinstance(result, Blocked):
+                if self.reasons.get(claim.schedule) == result.reason:
+                    continue
+                self.reasons[claim.schedule] = result.reason
+                self.log.error(
+                    "run of {schedule} at {when} not enqueued, kept and retried every "
+                    "{retry:.0f} s until fixed: {reason}",
+                    schedule=claim.schedule, reason=result.reason, retry=BLOCKED_RETRY_SECS,
+                    when=datetime.fromtimestamp(claim.when, timezone.utc).isoformat(),
+                )
+            elif self.reasons.pop(claim.schedule, None) is not None:
+                self.log.info("claims of {schedule} go through again", schedule=claim.schedule)
+
+    def forget(self, keep: Iterable[str]) -> None:
+        """Drop schedules not in ``keep`` (deleted while blocked)."""
+        wanted = set(keep)
+        for name in [n for n in self.reasons if n not in wanted]:
+            del self.reasons[name]
+
+
 class ScheduleStore:
     """The scheduler's Redis operations, each one round trip."""
 
+    log = Logger()
+
     def __init__(self, redis: RedisCommands) -> None:
         self._redis = redis
+        self.blocked = BlockedClaims()
+        # Redis before 7.0 reads the "#!lua" line as Lua and fails to compile
+        # it; such a server gets the scripts without it (and without flags).
+        self._shebangs = True
         # The gateway's up/down state, when it has one (fakes may not).
         self.health = getattr(redis, "health", None)
+
+    async def _eval(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
+        if not self._shebangs:
+            return await self._redis.eval(_without_shebang(script), keys, args)
+        try:
+            return await self._redis.eval(script, keys, args)
+        except Exception as error:
+            text = str(error)
+            if "compiling script" not in text or "'#'" not in text:
+                raise
+        # Nothing ran: the script did not compile.
+        self._shebangs = False
+        self.log.warn(
+            "Redis is older than 7.0: its scripts run without flags, so one that"
+            " runs out of memory may stop half-way; Redis 7 refuses it up front"
+        )
+        return await self._redis.eval(_without_shebang(script), keys, args)
 
     async def plan(
         self, now: float, plans: Mapping[str, int], unplans: Iterable[str] = ()
@@ -228,12 +393,16 @@ class ScheduleStore:
         args += list(unplans)
         if len(args) == 2:
             return {}
-        reply = await self._redis.eval(PLAN, [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED], args)
+        reply = await self._eval(PLAN, [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED], args)
         pairs = list(reply or [])
         return {pairs[i]: int(float(pairs[i + 1])) for i in range(0, len(pairs), 2)}
 
     async def claim(self, claims: Sequence[Claim], enqueued_at: str) -> list[int]:
-        """Claim due members and enqueue their jobs atomically; one result each."""
+        """Claim due members and enqueue their jobs atomically; one result each.
+
+        A claim whose keys hold the wrong type comes back as a :class:`Blocked`
+        (== BLOCKED) with its reason, untouched; the others go ahead.
+        """
         if not claims:
             return []
         keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES]
@@ -244,15 +413,35 @@ class ScheduleStore:
             args += [c.member, c.schedule, c.when, c.job_id, len(fields)]
             for key, value in fields.items():
                 args += [key, value]
-        reply = await self._redis.eval(CLAIM, keys, args)
-        return [int(r) for r in reply]
+        reply = list(await self._eval(CLAIM, keys, args))
+        reasons = iter(reply[len(claims):])
+        results = [
+            Blocked(str(next(reasons, "blocked"))) if int(r) == BLOCKED else int(r)
+            for r in reply[:len(claims)]
+        ]
+        self.blocked.record(claims, results)
+        return results
 
-    async def prune(self, enabled: Iterable[str]) -> list[str]:
-        reply = await self._redis.eval(PRUNE, [SCHEDULE_SET, MEMBER_INDEX], list(enabled))
+    async def prune(
+        self, enabled: Iterable[str], existing: Iterable[str] | None = None
+    ) -> list[str]:
+        """Remove the members of schedules not in ``enabled`` (and stale or
+        unreadable ones); returns the names whose members went.
+
+        With ``existing`` (the names of every schedule there is, enabled or
+        not), also forget the last runs of schedules not among them, so that
+        deleted schedules leave nothing behind; a disabled schedule keeps its
+        last run, which still guards its runs if it is enabled again.
+        """
+        keep = list(enabled)
+        args: list[object] = [len(keep), *keep]
+        args += ["0"] if existing is None else ["1", *existing]
+        reply = await self._eval(PRUNE, [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED], args)
+        self.blocked.forget(keep)
         return sorted({name for name in reply or [] if name})
 
     async def cancel(self, schedule: str) -> bool:
-        removed = await self._redis.eval(CANCEL, [SCHEDULE_SET, MEMBER_INDEX], [schedule])
+        removed = await self._eval(CANCEL, [SCHEDULE_SET, MEMBER_INDEX], [schedule])
         return int(removed) > 0
 
     async def earliest(self, limit: int) -> list[tuple[str, int]]:
@@ -270,7 +459,7 @@ class ScheduleStore:
 
     async def window(self, horizon: float, limit: int) -> Window:
         """Members due by ``horizon`` (at most ``limit``), and the next one after."""
-        reply = list(await self._redis.eval(WINDOW, [SCHEDULE_SET], [f"{horizon:.3f}", limit]))
+        reply = list(await self._eval(WINDOW, [SCHEDULE_SET], [f"{horizon:.3f}", limit]))
         beyond = (reply[1], int(float(reply[2]))) if reply[1] else None
         flat = reply[3:]
         near = [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]

@@ -28,7 +28,9 @@ from btu_twisted.health import Backoff
 from btu_twisted.planner import Unplannable, next_run_for
 from btu_twisted.records import ScheduleRow
 from btu_twisted.sql import Database
-from btu_twisted.store import CLAIMED, Claim, ScheduleStore, split_member
+from btu_twisted.store import (
+    BLOCKED, BLOCKED_RETRY_SECS, CLAIMED, Claim, ScheduleStore, split_member,
+)
 
 LOOKAHEAD = 2.0          # seconds before a run is due to read its row and build its job
 FETCH_LIMIT = 20000      # due members looked at per wake-up
@@ -412,6 +414,10 @@ class Timer(Service):
         for claim, result in zip(batch, results):
             self._prepared.pop(claim.member, None)
             self._read_at.pop(claim.member, None)
+            if result == BLOCKED:
+                # Untouched by the store, which logged why: claim it again later.
+                self._retry_at[claim.member] = now + BLOCKED_RETRY_SECS
+                continue
             if result == CLAIMED and claim.job_id:
                 enqueued.append(claim)
             elif result == CLAIMED:

@@ -35,9 +35,14 @@ from btu_twisted.records import ScheduleRow
 from btu_twisted.sql import Changes
 from btu_twisted.store import (
     CLAIMED,
+    JOB_PREFIX,
     LOST,
     QUEUE_PREFIX,
+    RECENT_SECS,
+    RQ_QUEUES,
     STALE,
+    Blocked,
+    BlockedClaims,
     Claim,
     Window,
     member_for,
@@ -216,6 +221,11 @@ class FakeStore(_FakeService):
         self.runs: list[EnqueuedRun] = []
         #: Every claim call's batch and Clock time.
         self.claim_batches: list[tuple[float, list[Claim]]] = []
+        #: RQ keys holding another type than CLAIM writes (key -> Redis type
+        #: name, e.g. ``{"rq:queue:default": "string"}``): claims needing them
+        #: are BLOCKED, as the real script's checks make them.
+        self.wrong_type: dict[str, str] = {}
+        self.blocked = BlockedClaims()
         #: The full refresh's marker key (btu_scheduler:planned).
         self.marked = False
 
@@ -256,11 +266,25 @@ class FakeStore(_FakeService):
             return succeed([])
         claims = list(claims)
         self.claim_batches.append((self._clock.seconds(), claims))
-        return self._call("claim", lambda: self._claim(claims, enqueued_at), len(claims))
+        def claim() -> list[int]:
+            results = self._claim(claims, enqueued_at)
+            self.blocked.record(claims, results)
+            return results
 
-    def prune(self, enabled: Iterable[str]) -> Deferred[list[str]]:
+        return self._call("claim", claim, len(claims))
+
+    def prune(
+        self, enabled: Iterable[str], existing: Iterable[str] | None = None
+    ) -> Deferred[list[str]]:
         keep = list(enabled)
-        return self._call("prune", lambda: self._prune(keep))
+        exists = None if existing is None else set(existing)
+
+        def prune() -> list[str]:
+            removed = self._prune(keep, exists)
+            self.blocked.forget(keep)
+            return removed
+
+        return self._call("prune", prune)
 
     def cancel(self, schedule: str) -> Deferred[bool]:
         return self._call("cancel", lambda: self._cancel(schedule), schedule)
@@ -334,9 +358,14 @@ class FakeStore(_FakeService):
     def _claim(self, claims: list[Claim], enqueued_at: str) -> list[int]:
         out: list[int] = []
         for c in claims:
-            if self.zset.pop(c.member, None) is None:
+            if c.member not in self.zset:
                 out.append(LOST)
                 continue
+            bad = self._wrong_keys(c)
+            if bad:
+                out.append(Blocked(bad))
+                continue
+            del self.zset[c.member]
             if self.index.get(c.schedule) == c.member:
                 del self.index[c.schedule]
             done = self.last_enqueued.get(c.schedule, -1)
@@ -357,7 +386,17 @@ class FakeStore(_FakeService):
             out.append(CLAIMED)
         return out
 
-    def _prune(self, enabled: list[str]) -> list[str]:
+    def _wrong_keys(self, c: Claim) -> str | None:
+        """The real CLAIM's reason for blocking a claim with a job, if any."""
+        if not c.job_id:
+            return None
+        for key, want in ((RQ_QUEUES, "set"), (JOB_PREFIX + c.job_id, "hash"),
+                          (QUEUE_PREFIX + c.origin, "list")):
+            if key in self.wrong_type:
+                return f"{key} holds a {self.wrong_type[key]}, not a {want}"
+        return None
+
+    def _prune(self, enabled: list[str], exists: set[str] | None = None) -> list[str]:
         keep = set(enabled)
         removed: list[str] = []
         for member, _ in self._ordered():
@@ -372,6 +411,11 @@ class FakeStore(_FakeService):
         for name in list(self.index):
             if name not in keep:
                 del self.index[name]
+        if exists is not None:
+            now = self._clock.seconds()
+            for name, when in list(self.last_enqueued.items()):
+                if name not in keep and name not in exists and abs(when - now) > RECENT_SECS:
+                    del self.last_enqueued[name]
         return sorted({n for n in removed if n})
 
     def _cancel(self, schedule: str) -> bool:

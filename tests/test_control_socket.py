@@ -21,6 +21,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
@@ -99,6 +100,35 @@ class PingClient(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.reply.callback(self._received)
+
+
+class SilentPipeliner(Protocol):
+    """Sends many requests at once and reads nothing until told to."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.received = bytearray()
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]  # no reading
+        self.transport.write(self.payload)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+def buffered(protocol: ControlProtocol) -> int:
+    """Bytes the server side holds for its client (Twisted's write buffer)."""
+    transport: Any = protocol.transport
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+async def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout} s")
+        await deferLater(reactor, 0.02, lambda: None)
 
 
 class ControlSocketTests(TestCase):
@@ -303,3 +333,38 @@ class ControlSocketTests(TestCase):
         [warning] = [e for e in events if e["log_level"] == LogLevel.warn]
         self.assertIn(f"pid={os.getpid()} uid={os.getuid()}", warning["peer"])
         self.assertEqual(await deferToThread(btu_client, self.path, PING), b"pong\n")
+
+    async def test_unread_replies_stay_bounded(self) -> None:
+        """A real client pipelining 5000 status requests (2 KB replies, 10 MB in
+        all) without reading: the daemon stops handling them once Twisted's
+        write buffer is full, holds at most about that much, and answers every
+        one, in order, once the client reads."""
+        await self.start()
+        control = self.factory.control
+        big = {"padding": "x" * 2000}
+
+        def status() -> dict[str, object]:
+            control.status_calls += 1
+            return {**big, "n": control.status_calls}
+
+        control.status = status  # type: ignore[method-assign]
+        count = 5000
+        client = SilentPipeliner(b'{"request_type":"status"}' * count)
+        await connectProtocol(UNIXClientEndpoint(reactor, self.path), client)
+        try:
+            await wait_for(lambda: self.factory.open, 10, "no server connection")
+            [server] = self.factory.open
+            await wait_for(lambda: server._throttled, 30, "reading was not paused")
+            handled, held = control.status_calls, buffered(server)
+            await deferLater(reactor, 0.3, lambda: None)
+            self.assertEqual(control.status_calls, handled, "requests handled while throttled")
+            self.assertLess(handled, count // 4)
+            self.assertLess(held, 2 * 65536 + 4096)
+            client.transport.resumeProducing()  # type: ignore[union-attr]
+            await wait_for(lambda: client.received.count(b"\n") >= count, 60,
+                           "not every request was answered")
+        finally:
+            # A server that still holds replies could not finish closing.
+            client.transport.abortConnection()  # type: ignore[union-attr]
+        lines = bytes(client.received).splitlines()
+        self.assertEqual([json.loads(line)["n"] for line in lines], list(range(1, count + 1)))

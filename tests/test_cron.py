@@ -121,6 +121,32 @@ class FieldFormTests(SynchronousTestCase):
         self.assertEqual(days("0 0 13 * *", "2025-06-01T00:00Z", 2), ["Fri 13", "Sun 13"])
         self.assertEqual(days("0 0 * * 5", "2025-06-01T00:00Z", 2), ["Fri 06", "Fri 13"])
 
+    def test_a_day_field_starting_with_star_needs_both(self) -> None:
+        """cronie's rule: ``*/2`` counts as unrestricted, so both day fields must
+        match (odd-day Mondays, not every odd day plus every Monday)."""
+
+        def days(text: str, start: str, count: int) -> list[str]:
+            return [r.strftime("%b %a %d") for r in cron.next_runs(text, UTC, _at(start), count)]
+
+        self.assertEqual(
+            days("0 0 */2 * 1", "2025-08-30T00:00Z", 4),
+            ["Sep Mon 01", "Sep Mon 15", "Sep Mon 29", "Oct Mon 13"],
+        )
+        self.assertEqual(
+            days("0 0 13 * */2", "2025-06-01T00:00Z", 3),
+            ["Jul Sun 13", "Sep Sat 13", "Nov Thu 13"],
+        )
+        # Neither starts with '*' (a '*' later in a list does not count): either.
+        self.assertEqual(
+            days("0 0 1,15 * 1", "2025-08-30T00:00Z", 7),
+            ["Sep Mon 01", "Sep Mon 08", "Sep Mon 15", "Sep Mon 22", "Sep Mon 29",
+             "Oct Wed 01", "Oct Mon 06"],
+        )
+        self.assertEqual(
+            days("0 0 13 * 6,*/7", "2025-06-01T00:00Z", 3),
+            ["Jun Sat 07", "Jun Sun 08", "Jun Fri 13"],
+        )
+
     def test_equal_range_is_one_value(self) -> None:
         """``5-5`` is minute 5; croniter alone would read it as every minute."""
         self.assertEqual(
@@ -531,7 +557,9 @@ class _Oracle:
         dows = _oracle_set(dow, 0, 7, {d: i for i, d in enumerate(_DAYS)})
         self.dows = None if dows is None else {d % 7 for d in dows}
         self.years = _oracle_set(year, 1970, 2099, {})
-        self.either_day = dom != "*" and dow != "*"
+        # cronie sets DOM_STAR/DOW_STAR when the field's first character is
+        # '*'; with either flag both day fields must match, else either one.
+        self.either_day = not dom.startswith("*") and not dow.startswith("*")
         self.both_passes = hour.startswith("*")
 
     def matches(self, wall: datetime) -> bool:

@@ -12,7 +12,7 @@ import json
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -72,6 +72,8 @@ class FakeControl:
 class ProtocolTestCase(SynchronousTestCase):
     """Shared set-up: one connection over a StringTransport."""
 
+    transport_class: type[StringTransport] = StringTransport
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.control = FakeControl()
@@ -84,7 +86,7 @@ class ProtocolTestCase(SynchronousTestCase):
             self.disconnect()
         self.factory = ControlFactory(self.control, self.clock, **limits)  # type: ignore[arg-type]
         self.protocol = self.factory.buildProtocol(None)  # type: ignore[arg-type]
-        self.transport = StringTransport()
+        self.transport = self.transport_class()
         self.protocol.makeConnection(self.transport)
         return self.protocol
 
@@ -159,12 +161,34 @@ class RequestTypeTests(ProtocolTestCase):
         )
         self.assertFalse(self.transport.disconnecting)
 
-    def test_create_long_name(self) -> None:
-        """A name longer than Frappe's 140 characters is still passed on as a name."""
-        name = "S" * 500
-        reply = self.send(request("create_task_schedule", name))
+    def test_create_name_of_140_characters(self) -> None:
+        """A name as long as Frappe allows (140 characters) is passed on whole;
+        the log line shows it shortened, saying how much was cut."""
+        name = "S" * 140
+        with capturedLogs() as events:
+            reply = self.send(request("create_task_schedule", name))
         self.assertEqual(self.control.planned, [name])
         self.assertIn(name.encode(), reply)
+        [event] = events
+        self.assertEqual(event["schedule"], "S" * 80 + "...[60 more characters]")
+
+    def test_longer_names_are_refused(self) -> None:
+        """A name over 140 characters cannot be a schedule: an error line, and
+        neither the planner nor the log sees it whole."""
+        for request_type in ("create_task_schedule", "cancel_task_schedule"):
+            self.connect()
+            name = "S" * 10000
+            with capturedLogs() as events:
+                reply = self.send(request(request_type, name))
+            self.assertEqual(
+                reply,
+                b"Error: request_content is 10000 characters long; a Task Schedule name"
+                b" has at most 140\n",
+            )
+            self.assertTrue(self.transport.disconnecting)
+            self.assertTrue(self.control.saw_nothing())
+            self.assertEqual(len(events), 1)
+            self.assertLess(len(formatEvent(events[0])), 200)
 
     def test_create_unicode_name(self) -> None:
         """Non-ASCII names travel as UTF-8 both ways."""
@@ -562,6 +586,122 @@ class PendingReplyTests(ProtocolTestCase):
         self.result.callback(True)
         self.assertEqual(self.transport.value(), b"")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class BufferingTransport(StringTransport):
+    """A StringTransport that, like Twisted's socket transports, pauses its
+    streaming producer once more than ``bound`` bytes wait to be written and
+    resumes it when they are flushed."""
+
+    bound = 100
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and len(self.value()) > self.bound:
+            self.producer.pauseProducing()
+
+    def flush(self) -> bytes:
+        """The client reads everything buffered."""
+        sent = self.value()
+        self.clear()
+        if self.producer is not None:
+            self.producer.resumeProducing()
+        return sent
+
+
+class BackpressureTests(ProtocolTestCase):
+    """A client that does not read its replies stops being read."""
+
+    transport_class = BufferingTransport
+    transport: BufferingTransport
+
+    def test_registered_as_streaming_producer(self) -> None:
+        """The protocol is the transport's push producer from the start."""
+        self.assertIs(self.transport.producer, self.protocol)
+        self.assertTrue(self.transport.streaming)
+
+    def test_pipelined_requests_wait_while_replies_pile_up(self) -> None:
+        """Of 50 pipelined status requests only those whose replies fit are
+        handled; reading stops; each flush lets a few more through, all in
+        order, none lost."""
+        self.send(request("status") * 50)
+        first = self.control.status_calls
+        self.assertLess(first, 5)
+        self.assertEqual(self.transport.producerState, "paused")
+        lines: list[bytes] = []
+        for _ in range(100):
+            lines += self.transport.flush().splitlines()
+            if self.control.status_calls == 50:
+                break
+        lines += self.transport.flush().splitlines()
+        self.assertEqual(self.control.status_calls, 50)
+        self.assertEqual(len(lines), 50)
+        self.assertEqual(len(set(lines)), 1)
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_pending_cancel_and_full_buffer_both_hold_reading(self) -> None:
+        """Reading resumes only when the cancel is answered and the buffer has drained."""
+        result: Deferred[bool] = Deferred()
+        self.control.cancel_results.append(result)
+        self.send(request("status") * 3 + request("cancel_task_schedule", TS) + PING)
+        self.assertEqual(self.control.status_calls, 3)
+        self.assertEqual(self.control.cancelled, [], "handled despite the full buffer")
+        self.transport.flush()
+        self.assertEqual(self.control.cancelled, [TS])
+        self.transport.producer.pauseProducing()  # the transport fills up again
+        result.callback(True)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertNotIn(b"pong", self.transport.value())
+        self.assertEqual(self.transport.flush(), CANCELLED)
+        self.assertEqual(self.transport.value(), b"pong\n")
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_client_reading_nothing_is_dropped_after_the_idle_timeout(self) -> None:
+        """A connection whose replies stay unread is aborted, not kept forever."""
+        self.send(request("status") * 50)
+        with capturedLogs() as events:
+            self.clock.advance(self.factory.idle_timeout)
+        self.assertTrue(self.transport.disconnected)  # aborted
+        self.assertIsNone(self.transport.producer)
+        self.assertNotIn(b"Error", self.transport.value())
+        self.assertIn("read no reply", formatEvent(events[0]))
+
+    def test_error_close_unregisters(self) -> None:
+        """Closing with an error line stops being the producer, so the close completes."""
+        with capturedLogs():
+            self.send(b"nonsense")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIsNone(self.transport.producer)
+
+
+class ConnectionLimitTests(ProtocolTestCase):
+    """No client can multiply the per-connection bounds without limit."""
+
+    def test_connections_over_the_limit_are_refused(self) -> None:
+        """Past max_connections a new connection gets one error line and is
+        closed; refusing is logged once, and a closed connection makes room."""
+        self.connect(max_connections=2)
+        second = self.factory.buildProtocol(None)  # type: ignore[arg-type]
+        second.makeConnection(StringTransport())
+        with capturedLogs() as events:
+            refused = []
+            for _ in range(3):
+                protocol = self.factory.buildProtocol(None)  # type: ignore[arg-type]
+                transport = StringTransport()
+                protocol.makeConnection(transport)
+                refused.append(transport)
+                protocol.connectionLost(Failure(Exception("closed")))
+        for transport in refused:
+            self.assertEqual(transport.value(), b"Error: too many connections; try again later\n")
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(events), 1)
+        self.assertEqual(self.factory.connections, 2)
+        second.transport.loseConnection()  # type: ignore[union-attr]
+        with capturedLogs() as events:
+            second.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(self.factory.connections, 1)
+        self.assertEqual(len(events), 1)  # accepting again
+        self.assertEqual(self.send(PING), b"pong\n")
 
 
 class InternalErrorTests(ProtocolTestCase):

@@ -3,27 +3,65 @@ exactly-once claims, pruning and exact-name cancel."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import redis
+import txredisapi
 from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
+from btu_twisted import store as store_module
 from btu_twisted.redis_gateway import RedisGateway
 from btu_twisted.store import (
+    BLOCKED,
     CLAIMED,
     LAST_ENQUEUED,
     LOST,
     MEMBER_INDEX,
+    RECENT_SECS,
     SCHEDULE_SET,
     STALE,
     Claim,
     ScheduleStore,
 )
-from tests.integration.support import REDIS_HOST, REDIS_PORT, sync_redis
+from tests.fakes import FakeStore
+from tests.integration.support import (
+    REDIS_HOST,
+    REDIS_PORT,
+    open_redis_db_lock,
+    sync_redis,
+    try_lock,
+)
 
 DB = 3
 
 
+async def hold_redis_db(case: unittest.TestCase, db: int, wait: float = 80.0) -> None:
+    """Hold the machine-wide lock of Redis database ``db`` until ``case`` ends."""
+    handle = open_redis_db_lock(db)
+    deadline = time.monotonic() + wait
+    while not try_lock(handle):
+        if time.monotonic() > deadline:
+            handle.close()
+            raise AssertionError(f"Redis db {db} stayed locked by another test run")
+        await deferLater(reactor, 0.25, lambda: None)
+    case.addCleanup(handle.close)  # closing the file releases the lock
+
+
+def job_claim(name: str, when: int, job_id: str, origin: str = "default") -> Claim:
+    return Claim(member=f"{name}|{when}", schedule=name, when=when, job_id=job_id,
+                 origin=origin, fields={"status": "queued", "origin": origin})
+
+
 class StoreTests(unittest.TestCase):
-    def setUp(self) -> None:
+    async def setUp(self) -> None:
+        await hold_redis_db(self, DB)
         self.sync = sync_redis(DB)
         self.sync.flushdb()
         self.gateway = RedisGateway(reactor, REDIS_HOST, REDIS_PORT, database=DB)
@@ -111,6 +149,56 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(removed, ["TS-1", "TS-2", "TS-3"])
         self.assertEqual(self.members(), [("TS-1|2000", 2000.0)])
 
+    async def test_plan_with_an_unreadable_last_run_plans_the_others(self) -> None:
+        """A garbage last run does not stop a plan batch (the claim reports it);
+        a broken daemon key fails the batch before any write."""
+        self.sync.hset(LAST_ENQUEUED, "A", "garbage")
+        await self.store.plan(1000, {"A": 2000, "B": 2000})
+        self.assertEqual(self.members(), [("A|2000", 2000.0), ("B|2000", 2000.0)])
+        self.sync.delete(MEMBER_INDEX)
+        self.sync.set(MEMBER_INDEX, "x")
+        with self.assertRaises(txredisapi.ResponseError):
+            await self.store.plan(1000, {"C": 2000})
+        self.assertEqual(len(self.members()), 2)
+
+    async def test_prune_forgets_last_runs_of_deleted_schedules(self) -> None:
+        """Given every existing name, prune drops the last runs of schedules
+        that no longer exist (long ago or far ahead), keeps those of enabled
+        and disabled ones, and keeps a recent one: its schedule may have been
+        created after the caller's SQL read."""
+        now = int(self.sync.time()[0])
+        old, recent = now - 2 * RECENT_SECS, now - 60
+        self.sync.hset(LAST_ENQUEUED, mapping={
+            "ON": old, "OFF": old, "GONE": old, "AHEAD": now + 2 * RECENT_SECS,
+            "BAD": "x", "NEW": recent,
+        })
+        await self.store.prune(["ON"])  # no existing names: every last run kept
+        self.assertEqual(len(self.sync.hkeys(LAST_ENQUEUED)), 6)
+        await self.store.prune(["ON"], existing=["ON", "OFF"])
+        self.assertEqual(sorted(self.sync.hkeys(LAST_ENQUEUED)), [b"NEW", b"OFF", b"ON"])
+
+    async def test_prune_agrees_with_the_fake(self) -> None:
+        """The fake store's prune leaves the same members and last runs as the script."""
+        now = int(self.sync.time()[0])
+        fake = FakeStore(Clock())
+        fake._clock.advance(now)  # type: ignore[attr-defined]
+        for target in (self.store, fake):
+            await target.plan(now, {"A": now + 60, "B": now + 60, "C": now + 60})
+        self.sync.zadd(SCHEDULE_SET, {"A|5": 5, "junk": 1})
+        fake.add_raw("A|5", 5)
+        fake.add_raw("junk", 1)
+        last = {"A": now - 9000, "B": now - 9000, "D": now - 9000, "E": now - 10}
+        self.sync.hset(LAST_ENQUEUED, mapping=last)
+        fake.last_enqueued.update(last)
+        real = await self.store.prune(["A"], existing=["A", "B"])
+        fake_removed = await fake.prune(["A"], existing=["A", "B"])
+        self.assertEqual(real, fake_removed)
+        self.assertEqual([(m, int(w)) for m, w in self.members()], fake._ordered())
+        last_runs = self.sync.hgetall(LAST_ENQUEUED)
+        self.assertEqual({k.decode(): int(v) for k, v in last_runs.items()}, fake.last_enqueued)
+        index = self.sync.hgetall(MEMBER_INDEX)
+        self.assertEqual({k.decode(): v.decode() for k, v in index.items()}, fake.index)
+
     async def test_cancel_matches_the_exact_name(self) -> None:
         """Cancelling TS-1 leaves TS-10 alone; names containing '|' work."""
         await self.store.plan(1000, {"TS-1": 2000, "TS-10": 2000, "a|b": 2000})
@@ -125,3 +213,126 @@ class StoreTests(unittest.TestCase):
         await self.store.plan(1000, {"B": 3000, "A": 2000, "123": 2500})
         self.assertEqual(await self.store.earliest(2), [("A|2000", 2000), ("123|2500", 2500)])
         self.assertEqual(await self.store.count(), 3)
+
+    async def test_a_queue_key_of_the_wrong_type_blocks_only_its_claim(self) -> None:
+        """With rq:queue:bad holding a string, the claim on it is BLOCKED and
+        left untouched (member, index and last run kept, no job written),
+        while the rest of the batch is enqueued; reported once, and claimed
+        normally once the key is fixed."""
+        await self.store.plan(1000, {"TS-1": 2000, "TS-2": 2000, "TS-3": 2000})
+        self.sync.hset(LAST_ENQUEUED, "TS-2", 1500)
+        self.sync.set("rq:queue:bad", "not a list")
+        batch = [job_claim("TS-1", 2000, "job-1"), job_claim("TS-2", 2000, "job-2", "bad"),
+                 job_claim("TS-3", 2000, "job-3")]
+        with capturedLogs() as events:
+            first = await self.store.claim(batch, "t")
+            again = await self.store.claim([batch[1]], "t")
+        self.assertEqual(first, [CLAIMED, BLOCKED, CLAIMED])
+        self.assertEqual(again, [BLOCKED])
+        self.assertIn("rq:queue:bad holds a string, not a list", first[1].reason)
+        self.assertEqual(self.sync.lrange("rq:queue:default", 0, -1), [b"job-1", b"job-3"])
+        self.assertEqual(self.members(), [("TS-2|2000", 2000.0)])
+        self.assertEqual(self.sync.hget(MEMBER_INDEX, "TS-2"), b"TS-2|2000")
+        self.assertEqual(self.sync.hget(LAST_ENQUEUED, "TS-2"), b"1500")
+        self.assertEqual(self.sync.exists("rq:job:job-2"), 0)
+        self.assertEqual(self.sync.get("rq:queue:bad"), b"not a list")
+        errors = [e for e in events if e["log_level"] == LogLevel.error]
+        self.assertEqual(len(errors), 1, errors)
+        self.assertEqual(errors[0]["schedule"], "TS-2")
+        self.assertIn("rq:queue:bad", errors[0]["reason"])
+
+        self.sync.delete("rq:queue:bad")
+        with capturedLogs() as events:
+            self.assertEqual(await self.store.claim([batch[1]], "t"), [CLAIMED])
+        self.assertEqual(self.sync.lrange("rq:queue:bad", 0, -1), [b"job-2"])
+        self.assertEqual(self.sync.hget(LAST_ENQUEUED, "TS-2"), b"2000")
+        self.assertEqual([e["schedule"] for e in events], ["TS-2"])
+
+    async def test_job_key_rq_queues_and_last_run_are_checked_too(self) -> None:
+        """A job key that is not a hash, an rq:queues that is not a set (only
+        claims with a job need it) and an unreadable last run each block just
+        the claims they concern."""
+        await self.store.plan(1000, {"A": 2000, "B": 2000, "C": 2000})
+        self.sync.rpush("rq:job:job-a", "x")
+        self.sync.hset(LAST_ENQUEUED, "B", "garbage")
+        results = await self.store.claim(
+            [job_claim("A", 2000, "job-a"), job_claim("B", 2000, "job-b"),
+             Claim(member="C|2000", schedule="C", when=2000)], "t")
+        self.assertEqual(results, [BLOCKED, BLOCKED, CLAIMED])
+        self.assertIn("rq:job:job-a holds a list, not a hash", results[0].reason)
+        self.assertIn("B", results[1].reason)
+        self.assertIn("not a unix time", results[1].reason)
+        self.assertEqual(self.members(), [("A|2000", 2000.0), ("B|2000", 2000.0)])
+
+        self.sync.delete("rq:job:job-a")
+        self.sync.set("rq:queues", "oops")
+        await self.store.plan(1000, {"C": 2100})
+        results = await self.store.claim(
+            [job_claim("A", 2000, "job-a"), Claim(member="C|2100", schedule="C", when=2100)],
+            "t")
+        self.assertEqual(results, [BLOCKED, CLAIMED])
+        self.assertIn("rq:queues holds a string, not a set", results[0].reason)
+        self.assertEqual(self.sync.exists("rq:job:job-a", "rq:queue:default"), 0)
+
+    async def test_a_broken_daemon_key_fails_the_batch_before_any_write(self) -> None:
+        """If the daemon's own hash of last runs is not a hash, the script
+        fails as a whole without touching any member or queue."""
+        await self.store.plan(1000, {"A": 2000})
+        self.sync.delete(LAST_ENQUEUED)
+        self.sync.set(LAST_ENQUEUED, "x")
+        with self.assertRaises(txredisapi.ResponseError) as caught:
+            await self.store.claim([job_claim("A", 2000, "job-a")], "t")
+        self.assertIn("not a hash", str(caught.exception))
+        self.assertEqual(self.members(), [("A|2000", 2000.0)])
+        self.assertEqual(self.sync.exists("rq:job:job-a", "rq:queue:default"), 0)
+
+
+class OutOfMemoryTests(unittest.TestCase):
+    """A private redis-server (the shared one must never be put out of memory)."""
+
+    def setUp(self) -> None:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise unittest.SkipTest("redis-server is not installed")
+        self.dir = tempfile.mkdtemp(prefix="btu-oom-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.socket = os.path.join(self.dir, "redis.sock")
+        self.server = subprocess.Popen(
+            [server, "--port", "0", "--unixsocket", self.socket, "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.addCleanup(self.server.wait)
+        self.addCleanup(self.server.terminate)
+        self.sync = redis.Redis(unix_socket_path=self.socket)
+        self.addCleanup(self.sync.close)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.sync.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def test_writing_scripts_are_refused_up_front(self) -> None:
+        """Out of memory, CLAIM and PLAN are refused before doing anything
+        (a script without the shebang ran its deletes, then failed or wrote
+        anyway); CANCEL, which only deletes, and WINDOW, which only reads, run."""
+        self.sync.zadd(SCHEDULE_SET, {"A|2000": 2000, "B|2000": 2000})
+        self.sync.hset(MEMBER_INDEX, mapping={"A": "A|2000", "B": "B|2000"})
+        self.sync.config_set("maxmemory", 1)
+        claim_keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, "rq:queues",
+                      "rq:job:j", "rq:queue:default"]
+        with self.assertRaisesRegex(redis.ResponseError, "maxmemory"):
+            self.sync.eval(store_module.CLAIM, len(claim_keys), *claim_keys,
+                           "t", 1, "A|2000", "A", 2000, "j", 0)
+        with self.assertRaisesRegex(redis.ResponseError, "maxmemory"):
+            self.sync.eval(store_module.PLAN, 3, SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED,
+                           1000, 1, "A", 3000)
+        self.assertEqual(self.sync.zrange(SCHEDULE_SET, 0, -1), [b"A|2000", b"B|2000"])
+        self.assertEqual(self.sync.exists(LAST_ENQUEUED, "rq:job:j"), 0)
+        window = self.sync.eval(store_module.WINDOW, 1, SCHEDULE_SET, "5000", 10)
+        self.assertEqual(window[0], 2)
+        self.assertEqual(self.sync.eval(store_module.CANCEL, 2, SCHEDULE_SET, MEMBER_INDEX, "B"), 1)
