@@ -72,7 +72,7 @@ def sync_redis(db: int) -> redis.Redis:
 def redis_dbs_locked(dbs: Sequence[int] = (REDIS_DB_OURS, REDIS_DB_ANCHOR, REDIS_DB_SPARE),
                      wait: float = 600.0) -> Iterator[None]:
     """Hold the machine-wide locks the integration tests take on their Redis
-    databases (``exclusive_redis_db`` in ``tests/integration/test_faults.py``:
+    databases (``exclusive_redis_db`` in ``tests/integration/support.py``:
     ``flock`` on ``$TMPDIR/btu_twisted-test-redis-db<N>.lock``), so that a test
     run using one of these databases and a benchmark case take turns instead
     of flushing each other's data."""

@@ -149,8 +149,11 @@ class FullRefresh(Service):
         started = self._clock.seconds()
         await self._store.mark_planned()
         names = await self._db.enabled_names()
+        existing = await self._db.all_names()
         refused = self._fifo.extend(names, bulk=True)
-        removed = await self._store.prune(names)
+        # The last runs of deleted schedules go too (those of disabled ones
+        # stay: they still guard the runs if the schedule is enabled again).
+        removed = await self._store.prune(names, existing)
         # A name removed here may have been enabled (and planned) just after
         # our SELECT; planning it again costs one read and settles it.
         self._fifo.extend(removed, bulk=True)

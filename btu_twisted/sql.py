@@ -26,6 +26,7 @@ _log = Logger()
 BATCH_SIZE = 500
 
 ENABLED_NAMES = "SELECT `name` FROM `tabBTU Task Schedule` WHERE `enabled` = 1 ORDER BY `name`"
+ALL_NAMES = "SELECT `name` FROM `tabBTU Task Schedule`"
 
 _SCHEDULES = """
 SELECT s.`name`, s.`task`, s.`enabled`, s.`cron_string`, s.`queue_name`,
@@ -210,6 +211,11 @@ class Database:
 
     async def enabled_names(self) -> list[str]:
         rows = await self._run(_fetch, ENABLED_NAMES, ())
+        return [r[0] for r in rows]
+
+    async def all_names(self) -> list[str]:
+        """Every schedule, enabled or not: what the store may keep last runs of."""
+        rows = await self._run(_fetch, ALL_NAMES, ())
         return [r[0] for r in rows]
 
     async def read_schedules(self, names: Sequence[str]) -> dict[str, ScheduleRow]:

@@ -478,6 +478,9 @@ class FakeDatabase(_FakeService):
     def check(self) -> Deferred[int]:
         return self._call("check", lambda: 42)
 
+    def all_names(self) -> Deferred[list[str]]:
+        return self._call("all_names", lambda: sorted(self.rows))
+
     def changes(self, since: Mapping[str, Any], overlap: Any) -> Deferred[Changes]:
         """Rows of ``modified`` (name -> datetime) and ``task_modified`` at or after ``since``."""
 

@@ -108,15 +108,16 @@ class PeriodTests(RefreshCase):
 
     def test_on_refreshed_gets_start_duration_and_member_count(self) -> None:
         """on_refreshed is called once per refresh with its start time, how
-        long it took (here MariaDB answers in 0.25 s) and the members left."""
+        long it took (here MariaDB answers each of its two queries, enabled
+        and all names, in 0.25 s) and the members left."""
         self.db.latency = 0.25
         self.store.add("TS-A", S + 60)
         self.store.add("TS-OFF", S + 60)
         self.refresh.startService()
         self.assertEqual(self.refreshed, [])
         self.advance_to(S + 1)
-        self.assertEqual(self.refreshed, [(S, 0.25, 1)])
-        self.assertEqual(self.refresh.last["duration"], 0.25)
+        self.assertEqual(self.refreshed, [(S, 0.5, 1)])
+        self.assertEqual(self.refresh.last["duration"], 0.5)
 
 
 class FailureTests(RefreshCase):
@@ -202,6 +203,18 @@ class LostKeysTests(RefreshCase):
         self.store.down = False
         self.advance_to(S + 33)
         self.assertEqual(len(self.refreshed), 2)
+
+
+class LastRunPruneTests(RefreshCase):
+    def test_deleted_schedules_last_runs_go_disabled_ones_stay(self) -> None:
+        """A full refresh forgets the last runs of schedules that no longer
+        exist (no slow leak), keeps those of disabled ones (they still guard
+        runs if re-enabled) and of enabled ones."""
+        old = S - 7200  # older than the store's grace for just-created schedules
+        self.store.last_enqueued.update({"TS-A": old, "TS-OFF": old, "TS-DELETED": old})
+        self.refresh.startService()
+        self.advance_to(S + 1)
+        self.assertEqual(self.store.last_enqueued, {"TS-A": old, "TS-OFF": old})
 
 
 class OverlapTests(RefreshCase):

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import IO, Any
@@ -148,6 +149,27 @@ def try_lock(handle: IO[str]) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+async def exclusive_redis_db(case: Any, db: int, wait: float = 80.0) -> None:
+    """Hold the machine-wide lock on Redis database ``db`` until ``case`` ends.
+
+    Two runs of the tests at once (several people sharing one machine and its
+    Redis) would flush and fill each other's database; with the lock they take
+    turns, test by test.  Register it before any other cleanup so it is
+    released last.  (Waiting is the one asynchronous helper here.)
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    handle = open_redis_db_lock(db)
+    deadline = time.monotonic() + wait
+    while not try_lock(handle):
+        if time.monotonic() > deadline:
+            handle.close()
+            raise AssertionError(f"Redis db {db} stayed locked by another test run")
+        await deferLater(reactor, 0.25, lambda: None)
+    case.addCleanup(handle.close)  # closing the file releases the lock
 
 
 def clean_redis(case: Any, db: int) -> redis.Redis:

@@ -34,6 +34,7 @@ from tests.integration.daemon import ROOT, make_service, wait_for
 from tests.integration.support import (
     TWISTD,
     config_values,
+    exclusive_redis_db,
     fresh_services,
     write_config,
 )
@@ -43,7 +44,6 @@ from tests.integration.test_faults import (
     EVERY_3,
     collect_jobs,
     duplicates,
-    exclusive_redis_db,
     missing_runs,
     ping_once,
     sleep,

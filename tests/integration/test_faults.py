@@ -41,13 +41,13 @@ from twisted.web.server import Site
 
 from btu_twisted import frappe_http
 from btu_twisted.store import LAST_ENQUEUED, MEMBER_INDEX, SCHEDULE_SET
-from tests.integration import support
 from tests.integration.daemon import make_service, wait_for
 from tests.integration.proxy import TcpProxy
 from tests.integration.support import (
     MYSQL,
     REDIS_PORT,
     config_values,
+    exclusive_redis_db,
     fresh_services,
 )
 from tests.test_builders import FakeFrappe, TrackingFactory, ok_answer, status_answer
@@ -173,24 +173,6 @@ async def sleep_until_fraction(fraction: float) -> float:
     target = math.floor(time.time()) + 1 + fraction
     await sleep(target - time.time())
     return time.time()
-
-
-async def exclusive_redis_db(case: unittest.TestCase, db: int, wait: float = 80.0) -> None:
-    """Hold a machine-wide lock on Redis database ``db`` until ``case`` ends.
-
-    Two runs of these tests at once (several people sharing one machine and
-    its Redis) would flush and fill each other's database; with the lock they
-    take turns, test by test.  Register it before any other cleanup so it is
-    released last.
-    """
-    handle = support.open_redis_db_lock(db)
-    deadline = time.monotonic() + wait
-    while not support.try_lock(handle):
-        if time.monotonic() > deadline:
-            handle.close()
-            raise AssertionError(f"Redis db {db} stayed locked by another test run")
-        await sleep(0.25)
-    case.addCleanup(handle.close)  # closing the file releases the lock
 
 
 # --- the test base -----------------------------------------------------------

@@ -26,8 +26,9 @@ from tests.integration.support import (
     admin_connection,
     clean_redis,
     config_values,
+    exclusive_redis_db,
 )
-from tests.integration.test_faults import exclusive_redis_db, sleep
+from tests.integration.test_faults import sleep
 
 DB = 8
 

@@ -58,8 +58,7 @@ from btu_twisted.records import ScheduleRow
 from btu_twisted.redis_gateway import RedisGateway
 from btu_twisted.store import CLAIMED, Claim, ScheduleStore, member_for
 from tests.integration import rq_venvs
-from tests.integration.support import REDIS_HOST, REDIS_PORT, clean_redis
-from tests.integration.test_faults import exclusive_redis_db
+from tests.integration.support import REDIS_HOST, REDIS_PORT, clean_redis, exclusive_redis_db
 
 DB = 7  # 10-12 belong to bench/
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB}"

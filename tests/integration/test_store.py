@@ -12,7 +12,7 @@ import time
 import redis
 import txredisapi
 from twisted.internet import reactor
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
@@ -34,24 +34,11 @@ from tests.fakes import FakeStore
 from tests.integration.support import (
     REDIS_HOST,
     REDIS_PORT,
-    open_redis_db_lock,
+    exclusive_redis_db,
     sync_redis,
-    try_lock,
 )
 
 DB = 3
-
-
-async def hold_redis_db(case: unittest.TestCase, db: int, wait: float = 80.0) -> None:
-    """Hold the machine-wide lock of Redis database ``db`` until ``case`` ends."""
-    handle = open_redis_db_lock(db)
-    deadline = time.monotonic() + wait
-    while not try_lock(handle):
-        if time.monotonic() > deadline:
-            handle.close()
-            raise AssertionError(f"Redis db {db} stayed locked by another test run")
-        await deferLater(reactor, 0.25, lambda: None)
-    case.addCleanup(handle.close)  # closing the file releases the lock
 
 
 def job_claim(name: str, when: int, job_id: str, origin: str = "default") -> Claim:
@@ -61,7 +48,7 @@ def job_claim(name: str, when: int, job_id: str, origin: str = "default") -> Cla
 
 class StoreTests(unittest.TestCase):
     async def setUp(self) -> None:
-        await hold_redis_db(self, DB)
+        await exclusive_redis_db(self, DB)
         self.sync = sync_redis(DB)
         self.sync.flushdb()
         self.gateway = RedisGateway(reactor, REDIS_HOST, REDIS_PORT, database=DB)
