@@ -142,8 +142,18 @@ class _Schedule:
 
 
 @functools.lru_cache(maxsize=4096)
+def _parse_or_error(cron_string: str) -> _Schedule | CronError:
+    """Parse once per distinct string, failures included: proving that an
+    impossible string (``0 0 30 2 *``) never matches searches years ahead, and
+    every refresh would search again."""
+    try:
+        return _parse(cron_string)
+    except CronError as e:
+        return e
+
+
 def _parse(cron_string: str) -> _Schedule:
-    """Parse once per distinct (whitespace-normalised) string; errors are not cached."""
+    """Parse one (whitespace-normalised) string; see :func:`_parse_or_error`."""
     fields = cron_string.split()
     if len(fields) == 1 and fields[0].startswith("@"):
         if fields[0].lower() not in _SHORTCUTS:
@@ -184,7 +194,10 @@ def _schedule(cron_string: object) -> _Schedule:
     normalised = " ".join(cron_string.split())
     if not normalised:
         raise CronError("cron string is empty")
-    return _parse(normalised)
+    parsed = _parse_or_error(normalised)
+    if isinstance(parsed, CronError):
+        raise CronError(str(parsed))
+    return parsed
 
 
 @functools.lru_cache(maxsize=None)

@@ -480,7 +480,7 @@ class CostTests(SynchronousTestCase):
             return real(expression, *args, **kwargs)
 
         self.patch(cron, "croniter", counting)
-        cron._parse.cache_clear()
+        cron._parse_or_error.cache_clear()
         strings = [f"{minute} {hour} * * *" for minute in range(0, 50, 5) for hour in range(5)]
         self.assertEqual(len(set(strings)), 50)
         after = _at("2025-06-01T00:00Z")
@@ -489,9 +489,27 @@ class CostTests(SynchronousTestCase):
             if i % 3 == 1:
                 text = f"  {text.replace(' ', '   ')}\t"
             cron.next_run(text, NEW_YORK, after + i)
-        info = cron._parse.cache_info()
+        info = cron._parse_or_error.cache_info()
         self.assertEqual((info.misses, info.hits), (50, 9_950))
         self.assertEqual(len(built), 50)
+
+    def test_impossible_strings_are_proven_impossible_once(self) -> None:
+        """A string that never matches (30 February) costs its search once;
+        asking again (every refresh) gets the same error from the cache."""
+        built: list[str] = []
+        real = cron.croniter
+
+        def counting(expression: str, *args: object, **kwargs: object) -> object:
+            built.append(expression)
+            return real(expression, *args, **kwargs)
+
+        self.patch(cron, "croniter", counting)
+        cron._parse_or_error.cache_clear()
+        for _ in range(3):
+            with self.assertRaises(cron.CronError) as caught:
+                cron.next_run("0 0 30 2 *", NEW_YORK, _at("2025-06-01T00:00Z"))
+            self.assertIn("never matches", str(caught.exception))
+        self.assertEqual(len(built), 1)
 
     def test_seconds_schedules_take_one_step(self) -> None:
         """A per-second schedule asks croniter for one or two candidates, even mid-fold."""
