@@ -1,0 +1,718 @@
+"""Soak: no slow leaks, no error left behind, every run exactly once (issue 12, part 6).
+
+``python -m bench.soak [--minutes 10]`` runs the daemon as an admin runs it
+(``twistd -n --pidfile= btu --config X``, a child process) against a private
+Redis and a private MariaDB (:mod:`bench.private_services`; the machine's shared
+ones are never touched) for ``--minutes`` of steady state:
+
+* 50 every-second schedules (``* * * * * * *``, queue ``default``) and 10
+  every-minute ones (``* * * * *``, queue ``short``) that live the whole run;
+* every 10 s: 3 schedules inserted (``modified`` = now; two every-second, one
+  every-minute), 1 disabled (``enabled = 0``, ``modified`` = now) and 2 removed
+  with a plain ``DELETE`` (no socket request for any of it);
+* Redis restarted twice (``SHUTDOWN NOSAVE``, 5 s down, started again empty: the
+  daemon must plan every enabled schedule again within ~10 s) and MariaDB
+  restarted twice (SIGTERM, 5 s down, started again), at 15 %, 35 %, 55 % and
+  75 % of the run; the churn pauses while a Redis restart is being timed;
+* a consumer reads every job off the queues every 0.5 s (id, ``meta`` with the
+  schedule and scheduled second, ``enqueued_at``), then deletes the job hashes
+  and trims the queues, so Redis memory stays flat;
+* the daemon's RSS, open file descriptors and threads are read every 10 s from
+  ``/proc``.
+
+At the end: the ``status`` reply of the control socket, the log's ERROR /
+CRITICAL / Traceback lines inside and outside the outage windows, what was left
+behind in Redis for schedules that are gone, runs enqueued twice, and seconds
+missing from the long-lived every-second schedules.  Everything goes to
+``bench/results/soak.json`` (the daemon's log to ``bench/results/soak.log``) and
+a short table is printed.  The run fails (exit 1) on a double, on an enabled
+schedule without a member at the end, or on errors outside the outage windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pickle
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import redis
+
+from bench.fixtures import FUNCTION, ROOT, TASK
+from bench.idle import _twistd, proc_sample
+from bench.private_services import PrivateMariaDB, PrivateRedis, remove_tree
+from tests.integration import support
+
+RESULTS = ROOT / "bench" / "results"
+SCHEMA = ROOT / "tests" / "fixtures" / "frappe_schema.sql"
+DATABASE = "btu_soak"
+
+SCHEDULE_SET = "btu_scheduler:task_execution_times"
+MEMBER_INDEX = "btu_scheduler:schedule_members"
+LAST_ENQUEUED = "btu_scheduler:last_enqueued"
+
+EVERY_SECOND = "* * * * * * *"
+EVERY_MINUTE = "* * * * *"
+CORE_SECONDS = 50
+CORE_MINUTES = 10
+CHURN_EVERY = 10.0        # seconds between churn rounds
+DRAIN_EVERY = 0.5         # seconds between consumer drains
+SAMPLE_EVERY = 10.0       # seconds between /proc readings
+DOWN_SECS = 5.0           # how long each restarted service stays down
+OUTAGE_GRACE = 15.0       # after a service is back, errors still count as the outage's
+REPLAN_LIMIT = 10.0       # the contract: every enabled schedule planned again within ~10 s
+FIT_FRACTION = 0.8        # slope over the last 80 % of the run (8 of 10 minutes)
+# (fraction of the run, service) of each restart
+RESTARTS = ((0.15, "redis"), (0.35, "mariadb"), (0.55, "redis"), (0.75, "mariadb"))
+CHURN_STOPS = 0.9         # no churn in the last 10 %: what is left then is left behind
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """``meta`` is a dict of str/int: a pickle naming any class or function is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"meta names {module}.{name}")
+
+
+def _meta(raw: bytes | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        value = _PlainUnpickler(io.BytesIO(raw)).load()
+    except Exception:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _rq_time(raw: bytes | None) -> float | None:
+    if not raw:
+        return None
+    text = raw.decode().rstrip("Z")
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return datetime.strptime(text + "+0000", fmt + "%z").timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+# -- the site's database ---------------------------------------------------------
+
+class SoakDatabase:
+    """The Frappe tables in the private MariaDB, one task, the schedules."""
+
+    def __init__(self, server: PrivateMariaDB) -> None:
+        self.server = server
+        conn = server.connection(client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE `{DATABASE}` CHARACTER SET utf8mb4 "
+                            "COLLATE utf8mb4_unicode_ci")
+                cur.execute(f"USE `{DATABASE}`")
+                cur.execute(SCHEMA.read_text())
+                while cur.nextset():
+                    pass
+                cur.execute("DELETE FROM `tabBTU Task Schedule`")
+                cur.execute("DELETE FROM `tabBTU Task`")
+                cur.execute("DELETE FROM `tabSingles` WHERE doctype = 'BTU Configuration'"
+                            " AND field = 'cron_time_zone'")
+                cur.execute("INSERT INTO `tabSingles` (doctype, field, value) VALUES"
+                            " ('BTU Configuration', 'cron_time_zone', 'UTC')")
+                cur.execute(
+                    "INSERT INTO `tabBTU Task` (name, docstatus, desc_short, function_string,"
+                    " arguments, queue_name, max_task_duration, modified)"
+                    " VALUES (%s, 1, %s, %s, %s, 'default', 600, NOW(6))",
+                    (TASK, "Soak no-op", FUNCTION, "{'source': 'btu soak'}"))
+        finally:
+            conn.close()
+
+    def execute(self, sql: str, params: Any = None, many: bool = False) -> list[tuple[Any, ...]]:
+        conn = self.server.connection(DATABASE)
+        try:
+            with conn.cursor() as cur:
+                if many:
+                    cur.executemany(sql, params)
+                else:
+                    cur.execute(sql, params)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def insert(self, rows: list[tuple[str, str, str]]) -> None:
+        """(name, cron, queue) rows, enabled, ``modified`` = now."""
+        self.execute(
+            "INSERT INTO `tabBTU Task Schedule` (name, task, cron_string, enabled, queue_name,"
+            " task_description, creation, modified) VALUES (%s, %s, %s, 1, %s, %s, NOW(6), NOW(6))",
+            [(name, TASK, cron, queue, TASK) for name, cron, queue in rows], many=True)
+
+    def names(self) -> tuple[set[str], set[str]]:
+        """(every schedule name, enabled ones)."""
+        rows = self.execute("SELECT name, enabled FROM `tabBTU Task Schedule`")
+        return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
+
+
+# -- the consumer: reads every job, then drops it ------------------------------------
+
+class Consumer:
+    """Drains the rq queues, remembering (schedule, second) -> job ids."""
+
+    def __init__(self, server: PrivateRedis) -> None:
+        self.client = server.client()
+        self.lock = threading.Lock()
+        self.runs: dict[tuple[str, int], set[str]] = defaultdict(set)
+        self.enqueued_at: dict[str, float] = {}
+        self.jobs = 0
+        self.unreadable = 0
+        self.drains = 0
+        self.failed_drains = 0
+        self.redis_memory: list[tuple[float, int]] = []
+
+    def drain(self) -> int:
+        r = self.client
+        taken = 0
+        for queue in sorted(r.smembers("rq:queues")):
+            ids = r.lrange(queue, 0, -1)
+            if not ids:
+                continue
+            pipe = r.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(b"rq:job:" + job_id, "meta", "enqueued_at")
+            for job_id, (meta_raw, at_raw) in zip(ids, pipe.execute()):
+                job = job_id.decode()
+                meta = _meta(meta_raw)
+                if meta is None or "task_schedule" not in meta or "scheduled_time" not in meta:
+                    self.unreadable += 1
+                    continue
+                self.runs[(str(meta["task_schedule"]), int(meta["scheduled_time"]))].add(job)
+                at = _rq_time(at_raw)
+                if at is not None:
+                    self.enqueued_at[job] = at
+            pipe = r.pipeline(transaction=False)
+            pipe.ltrim(queue, len(ids), -1)   # rq pushes on the right: drop what was read
+            pipe.delete(*[b"rq:job:" + job_id for job_id in ids])
+            pipe.execute()
+            taken += len(ids)
+        self.jobs += taken
+        self.drains += 1
+        return taken
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self.lock:
+                try:
+                    self.drain()
+                    if self.drains % 20 == 0:
+                        self.redis_memory.append(
+                            (time.time(), int(self.client.info("memory")["used_memory"])))
+                except redis.RedisError:
+                    self.failed_drains += 1
+            stop.wait(DRAIN_EVERY)
+
+
+# -- churn: schedules created, disabled and deleted ------------------------------------
+
+class Churn:
+    def __init__(self, db: SoakDatabase) -> None:
+        self.db = db
+        self.lock = threading.Lock()
+        self.serial = 0
+        self.alive: list[str] = []      # enabled churn schedules, oldest first
+        self.disabled: list[str] = []
+        self.deleted: set[str] = set()
+        self.inserted = 0
+        self.rounds = 0
+        self.failed_rounds = 0
+
+    def round(self) -> None:
+        new = []
+        for cron, queue in ((EVERY_SECOND, "default"), (EVERY_SECOND, "default"),
+                            (EVERY_MINUTE, "short")):
+            self.serial += 1
+            new.append((f"TS-C{self.serial:05d}", cron, queue))
+        self.db.insert(new)
+        self.inserted += len(new)
+        self.alive += [name for name, _, _ in new]
+        if len(self.alive) > 6:
+            victim = self.alive.pop(0)
+            self.db.execute("UPDATE `tabBTU Task Schedule` SET enabled = 0, modified = NOW(6)"
+                            " WHERE name = %s", (victim,))
+            self.disabled.append(victim)
+        doomed = []
+        if self.disabled:
+            doomed.append(self.disabled.pop(0))
+        if len(self.alive) > 6:
+            doomed.append(self.alive.pop(0))
+        if doomed:
+            self.db.execute("DELETE FROM `tabBTU Task Schedule` WHERE name IN %s", (doomed,))
+            self.deleted.update(doomed)
+        self.rounds += 1
+
+    def run(self, stop: threading.Event, until: float) -> None:
+        while not stop.is_set() and time.time() < until:
+            with self.lock:
+                try:
+                    self.round()
+                except pymysql.MySQLError:
+                    self.failed_rounds += 1   # MariaDB is being restarted
+                    self._resync()
+            stop.wait(CHURN_EVERY)
+
+    def _resync(self) -> None:
+        """After a failed round, believe the database, not our lists."""
+        try:
+            everything, enabled = self.db.names()
+        except pymysql.MySQLError:
+            return
+        self.alive = [n for n in self.alive if n in enabled]
+        self.disabled = [n for n in self.disabled if n in everything and n not in enabled]
+        mine = {f"TS-C{i:05d}" for i in range(1, self.serial + 1)}
+        self.deleted = {n for n in mine if n not in everything}
+
+
+# -- the daemon ---------------------------------------------------------------------
+
+def control_request(path: str, request_type: str, content: Any = None,
+                    timeout: float = 10.0) -> Any:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps({"request_type": request_type,
+                              "request_content": content}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    text = buf.decode(errors="replace").strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def _threads(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return -1
+
+
+def sampler(pid: int, t0: float, samples: list[dict[str, Any]], stop: threading.Event) -> None:
+    next_at = t0
+    while not stop.is_set():
+        try:
+            s = proc_sample(pid)
+        except OSError:
+            return
+        samples.append({"t": round(s["t"] - t0, 2), "rss_mib": round(s["rss_mib"], 2),
+                        "cpu_secs": round(s["cpu_secs"], 2), "fds": _fds(pid),
+                        "threads": _threads(pid)})
+        next_at += SAMPLE_EVERY
+        stop.wait(max(0.0, next_at - time.time()))
+
+
+def least_squares(points: list[tuple[float, float]]) -> float | None:
+    """Slope of y over x by least squares."""
+    if len(points) < 2:
+        return None
+    mx = statistics.fmean(p[0] for p in points)
+    my = statistics.fmean(p[1] for p in points)
+    sxx = sum((p[0] - mx) ** 2 for p in points)
+    if sxx == 0:
+        return None
+    return sum((p[0] - mx) * (p[1] - my) for p in points) / sxx
+
+
+# -- the log --------------------------------------------------------------------------
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?[+-]\d{4}) \[([^\]]*)\] ?(.*)$")
+
+
+def read_log(path: Path, windows: list[tuple[float, float]]) -> dict[str, Any]:
+    """ERROR/CRITICAL and Traceback lines, inside and outside the outage windows."""
+    counts = {"error_in_outage": 0, "error_outside": 0, "critical_in_outage": 0,
+              "critical_outside": 0, "traceback_in_outage": 0, "traceback_outside": 0}
+    outside: list[str] = []
+    inside: dict[str, int] = defaultdict(int)
+    lines = 0
+    when = 0.0
+    for line in path.read_text(errors="replace").splitlines():
+        lines += 1
+        m = _STAMP.match(line)
+        if m:
+            stamp = m.group(1)
+            fmt = "%Y-%m-%dT%H:%M:%S.%f%z" if "." in stamp else "%Y-%m-%dT%H:%M:%S%z"
+            when = datetime.strptime(stamp, fmt).timestamp()
+            system, text = m.group(2), m.group(3)
+            level = system.rsplit("#", 1)[1] if "#" in system else ""
+        else:
+            level, text = "", line
+        in_outage = any(a - 1 <= when <= b + 1 for a, b in windows)
+        where = "in_outage" if in_outage else "outside"
+        kind = None
+        if level in ("error", "critical"):
+            kind = level
+        elif "Traceback (most recent call last)" in line:
+            kind = "traceback"
+        if kind is None:
+            continue
+        counts[f"{kind}_{where}"] += 1
+        summary = re.sub(r"\d+", "N", text.strip())[:160]
+        if in_outage:
+            inside[f"{kind}: {summary}"] += 1
+        elif len(outside) < 40:
+            outside.append(line[:400])
+    return {"lines": lines, **counts, "outside_lines": outside,
+            "in_outage_kinds": dict(sorted(inside.items(), key=lambda kv: -kv[1])[:20])}
+
+
+# -- the run --------------------------------------------------------------------------
+
+def wait_planned(r: redis.Redis, expected: set[str], limit: float) -> float | None:
+    """Seconds until every name in ``expected`` has a member (None: not within ``limit``)."""
+    t = time.time()
+    while time.time() - t < limit:
+        try:
+            names = {m.decode().rsplit("|", 1)[0] for m in r.zrange(SCHEDULE_SET, 0, -1)}
+            if expected <= names:
+                return time.time() - t
+        except redis.RedisError:
+            pass
+        time.sleep(0.05)
+    return None
+
+
+def _mid_second() -> None:
+    """Sleep to the middle of a second: every-second runs are enqueued at its start."""
+    frac = time.time() % 1.0
+    time.sleep((1.5 - frac) % 1.0)
+
+
+def soak(minutes: float) -> dict[str, Any]:
+    duration = minutes * 60.0
+    tmp = Path(tempfile.mkdtemp(prefix="btu-soak-"))
+    rds = PrivateRedis(tmp)
+    mdb = PrivateMariaDB(tmp)
+    daemon: subprocess.Popen[bytes] | None = None
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    log_path = RESULTS / "soak.log"
+    RESULTS.mkdir(exist_ok=True)
+    out: dict[str, Any] = {"minutes": minutes, "private_redis_port": rds.port,
+                           "private_mariadb_port": mdb.port}
+    try:
+        rds.start()
+        mdb.install()
+        mdb.start()
+        db = SoakDatabase(mdb)
+        core_s = [f"TS-S{i:05d}" for i in range(1, CORE_SECONDS + 1)]
+        core_m = [f"TS-M{i:05d}" for i in range(1, CORE_MINUTES + 1)]
+        db.insert([(n, EVERY_SECOND, "default") for n in core_s]
+                  + [(n, EVERY_MINUTE, "short") for n in core_m])
+
+        values = support.config_values(
+            DATABASE, redis_db=0, mysql_host="127.0.0.1", mysql_port=mdb.port,
+            mysql_user="root", mysql_password="", rq_host="127.0.0.1", rq_port=rds.port,
+            socket_path=str(tmp / "btu.sock"), name="soak", environment_name="bench")
+        config_path = tmp / "btu_scheduler.toml"
+        support.write_config(config_path, values)
+        out["config"] = {k: v for k, v in values.items() if "password" not in k}
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        with open(log_path, "wb") as log:
+            spawned = time.time()
+            daemon = subprocess.Popen(
+                _twistd() + ["-n", "--pidfile=", "btu", "--config", str(config_path)],
+                cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT)
+        r = rds.client()
+        planned = wait_planned(r, set(core_s + core_m), 60)
+        if planned is None or daemon.poll() is not None:
+            raise RuntimeError(f"the daemon did not plan its schedules: "
+                               f"{log_path.read_text(errors='replace')[-2000:]}")
+        out["spawn_to_planned_secs"] = round(time.time() - spawned, 2)
+        time.sleep(5)   # settle: the first runs are out, the allocator warmed up
+
+        t0 = time.time()
+        end = t0 + duration
+        consumer = Consumer(rds)
+        churn = Churn(db)
+        samples: list[dict[str, Any]] = []
+        threads = [
+            threading.Thread(target=consumer.run, args=(stop,), daemon=True),
+            threading.Thread(target=churn.run, args=(stop, t0 + CHURN_STOPS * duration),
+                             daemon=True),
+            threading.Thread(target=sampler, args=(daemon.pid, t0, samples, stop), daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+
+        outages: list[dict[str, Any]] = []
+        for fraction, service in RESTARTS:
+            time.sleep(max(0.0, t0 + fraction * duration - time.time()))
+            if daemon.poll() is not None:
+                raise RuntimeError(f"the daemon exited ({daemon.returncode}) during the soak")
+            outage: dict[str, Any] = {"service": service}
+            if service == "redis":
+                with churn.lock:   # the set of enabled schedules holds still while timed
+                    _, enabled = db.names()
+                    _mid_second()
+                    with consumer.lock:
+                        consumer.drain()
+                        outage["down_at"] = time.time()
+                        rds.stop()
+                    time.sleep(DOWN_SECS)
+                    rds.start()
+                    outage["up_at"] = time.time()
+                    took = wait_planned(r, enabled, 60)
+                    outage["replanned_secs"] = None if took is None else round(took, 2)
+                    outage["replanned_schedules"] = len(enabled)
+            else:
+                outage["down_at"] = time.time()
+                mdb.stop()
+                time.sleep(DOWN_SECS)
+                mdb.start()
+                outage["up_at"] = time.time()
+            outage["t_down"] = round(outage["down_at"] - t0, 1)
+            outage["t_up"] = round(outage["up_at"] - t0, 1)
+            outages.append(outage)
+
+        time.sleep(max(0.0, end - time.time()))
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        with consumer.lock:
+            consumer.drain()
+        if daemon.poll() is not None:
+            raise RuntimeError(f"the daemon exited ({daemon.returncode}) during the soak")
+
+        # -- readings at the end ---------------------------------------------------
+        out["status"] = control_request(values["socket_path"], "status")
+        everything, enabled = db.names()
+        members = [(m.decode(), s) for m, s in r.zrange(SCHEDULE_SET, 0, -1, withscores=True)]
+        now = time.time()
+        gone = lambda name: name not in everything  # noqa: E731
+        member_names = {m.rsplit("|", 1)[0] for m, _ in members}
+        index = {k.decode() for k in r.hkeys(MEMBER_INDEX)}
+        last = {k.decode() for k in r.hkeys(LAST_ENQUEUED)}
+        out["leftovers"] = {
+            "members_total": len(members),
+            "members_of_deleted": sum(gone(m.rsplit("|", 1)[0]) for m, _ in members),
+            "members_of_deleted_overdue": sum(
+                gone(m.rsplit("|", 1)[0]) and s < now for m, s in members),
+            "members_of_disabled": sum(
+                m.rsplit("|", 1)[0] in everything - enabled for m, _ in members),
+            "enabled_without_member": sorted(enabled - member_names),
+            "member_index_of_deleted": sum(gone(n) for n in index),
+            "last_enqueued_total": len(last),
+            "last_enqueued_of_deleted": sum(gone(n) for n in last),
+            "keys": {k.decode(): r.type(k).decode() for k in r.scan_iter("btu_scheduler:*")},
+            "redis_used_memory": int(r.info("memory")["used_memory"]),
+        }
+        out["churn"] = {"rounds": churn.rounds, "failed_rounds": churn.failed_rounds,
+                        "inserted": churn.inserted, "deleted": len(churn.deleted),
+                        "disabled_left": len(churn.disabled), "enabled_left": len(churn.alive)}
+        out["outages"] = [{k: v for k, v in o.items() if k not in ("down_at", "up_at")}
+                          for o in outages]
+        windows = [(o["down_at"], o["up_at"] + OUTAGE_GRACE) for o in outages]
+        out["runs"] = runs_report(consumer, core_s, t0, end, windows)
+        out["rss"] = rss_report(samples, duration, out["outages"])
+        out["samples"] = samples
+        out["redis_memory"] = [(round(t - t0, 1), m) for t, m in consumer.redis_memory]
+        time.sleep(1)   # let the last lines reach the log
+        out["log"] = read_log(log_path, windows)
+        return out
+    finally:
+        stop.set()
+        if daemon is not None and daemon.poll() is None:
+            daemon.terminate()
+            try:
+                daemon.wait(20)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        rds.stop()
+        mdb.stop()
+        remove_tree(tmp)
+
+
+def runs_report(consumer: Consumer, core_s: list[str], t0: float, end: float,
+                windows: list[tuple[float, float]]) -> dict[str, Any]:
+    doubles = {f"{name}|{when}": sorted(ids) for (name, when), ids in consumer.runs.items()
+               if len(ids) > 1}
+    # Seconds the long-lived every-second schedules should have run, whole run.
+    first, last = int(t0) + 2, int(end) - 3
+    in_window = lambda s: any(a - 1 <= s <= b + 1 for a, b in windows)  # noqa: E731
+    missing_in = missing_out = 0
+    missing_by_outage = [0] * len(windows)
+    missing_examples: list[str] = []
+    for name in core_s:
+        for second in range(first, last + 1):
+            if (name, second) not in consumer.runs:
+                if in_window(second):
+                    missing_in += 1
+                    for k, (a, b) in enumerate(windows):
+                        if a - 1 <= second <= b + 1:
+                            missing_by_outage[k] += 1
+                else:
+                    missing_out += 1
+                    if len(missing_examples) < 10:
+                        missing_examples.append(f"{name}|{second}")
+    late = sorted(consumer.enqueued_at[job] - when
+                  for (name, when), ids in consumer.runs.items() for job in ids
+                  if job in consumer.enqueued_at and not in_window(when) and t0 <= when <= end)
+    pick = lambda q: round(late[min(len(late) - 1, int(q * len(late)))], 3) if late else None  # noqa: E731
+    return {"jobs_read": consumer.jobs, "distinct_runs": len(consumer.runs),
+            "unreadable_jobs": consumer.unreadable, "failed_drains": consumer.failed_drains,
+            "doubles": len(doubles), "double_examples": dict(list(doubles.items())[:10]),
+            "core_missing_seconds_in_outages": missing_in,
+            "core_missing_seconds_outside": missing_out,
+            "core_missing_seconds_by_outage": missing_by_outage,
+            "core_missing_examples": missing_examples,
+            "lateness_outside_outages_secs": {"p50": pick(0.5), "p99": pick(0.99),
+                                              "max": round(late[-1], 3) if late else None}}
+
+
+def rss_report(samples: list[dict[str, Any]], duration: float,
+               outages: list[dict[str, Any]]) -> dict[str, Any]:
+    fit = [s for s in samples if s["t"] >= duration * (1 - FIT_FRACTION) - 1]
+    slope = least_squares([(s["t"] / 60, s["rss_mib"]) for s in fit])
+    # After the last outage (and its grace) nothing but steady work and churn.
+    quiet_from = max((o["t_up"] for o in outages), default=0.0) + OUTAGE_GRACE
+    quiet = [s for s in samples if s["t"] >= quiet_from]
+    quiet_slope = least_squares([(s["t"] / 60, s["rss_mib"]) for s in quiet])
+    steps = []
+    for o in outages:   # RSS just before a restart and once its grace is over
+        before = [s["rss_mib"] for s in samples if s["t"] < o["t_down"]]
+        after = [s["rss_mib"] for s in samples if s["t"] >= o["t_up"] + OUTAGE_GRACE]
+        if before and after:
+            steps.append({"service": o["service"], "before_mib": before[-1],
+                          "after_mib": after[0], "step_mib": round(after[0] - before[-1], 2)})
+    fd_slope = least_squares([(s["t"] / 60, s["fds"]) for s in fit])
+    return {
+        "first_mib": samples[0]["rss_mib"] if samples else None,
+        "fit_start_mib": fit[0]["rss_mib"] if fit else None,
+        "end_mib": samples[-1]["rss_mib"] if samples else None,
+        "max_mib": max((s["rss_mib"] for s in samples), default=None),
+        "fit_window_secs": [fit[0]["t"], fit[-1]["t"]] if fit else None,
+        "slope_mib_per_min": None if slope is None else round(slope, 4),
+        "quiet_window_secs": [quiet[0]["t"], quiet[-1]["t"]] if len(quiet) > 1 else None,
+        "quiet_slope_mib_per_min": None if quiet_slope is None else round(quiet_slope, 4),
+        "outage_steps": steps,
+        "fds_first_end": [samples[0]["fds"], samples[-1]["fds"]] if samples else None,
+        "fds_slope_per_min": None if fd_slope is None else round(fd_slope, 3),
+        "threads_first_end": [samples[0]["threads"], samples[-1]["threads"]] if samples else None,
+        "cpu_secs": round(samples[-1]["cpu_secs"] - samples[0]["cpu_secs"], 2) if samples else None,
+    }
+
+
+def verdict(out: dict[str, Any]) -> list[str]:
+    problems = []
+    if out["runs"]["doubles"]:
+        problems.append(f"{out['runs']['doubles']} runs enqueued twice")
+    if out["leftovers"]["enabled_without_member"]:
+        problems.append(f"{len(out['leftovers']['enabled_without_member'])} enabled schedules "
+                        "without a member")
+    log = out["log"]
+    bad = log["error_outside"] + log["critical_outside"] + log["traceback_outside"]
+    if bad:
+        problems.append(f"{bad} error/critical/traceback lines outside the outage windows")
+    for o in out["outages"]:
+        if o["service"] == "redis" and (o["replanned_secs"] is None
+                                        or o["replanned_secs"] > REPLAN_LIMIT):
+            problems.append(f"Redis restart at t={o['t_down']} s: replanned in "
+                            f"{o['replanned_secs']} s")
+    status = out.get("status")
+    if isinstance(status, dict):
+        for name, svc in status.get("services", {}).items():
+            if svc.get("state") != "ok":
+                problems.append(f"status still shows {name} as {svc.get('state')}")
+        if status.get("last_run_ahead"):
+            problems.append(f"status lists last_run_ahead: {status['last_run_ahead']}")
+    return problems
+
+
+def print_table(out: dict[str, Any]) -> None:
+    rss, runs, left, log = out["rss"], out["runs"], out["leftovers"], out["log"]
+    rows = [
+        ("soak minutes", out["minutes"]),
+        ("RSS first / fit start / end / max (MiB)",
+         f"{rss['first_mib']} / {rss['fit_start_mib']} / {rss['end_mib']} / {rss['max_mib']}"),
+        ("RSS slope, last 80 % (MiB/min)", rss["slope_mib_per_min"]),
+        ("RSS slope after the last outage (MiB/min)",
+         f"{rss['quiet_slope_mib_per_min']} over {rss['quiet_window_secs']} s"),
+        ("RSS step across each restart (MiB)",
+         ", ".join(f"{x['service']} {x['step_mib']:+}" for x in rss["outage_steps"])),
+        ("fds first/end, slope per min", f"{rss['fds_first_end']}, {rss['fds_slope_per_min']}"),
+        ("threads first/end", rss["threads_first_end"]),
+        ("jobs read / distinct runs", f"{runs['jobs_read']} / {runs['distinct_runs']}"),
+        ("runs enqueued twice", runs["doubles"]),
+        ("core missing seconds in / outside outages",
+         f"{runs['core_missing_seconds_in_outages']} / {runs['core_missing_seconds_outside']}"
+         f" (by outage: {runs['core_missing_seconds_by_outage']})"),
+        ("lateness outside outages p50/p99/max (s)",
+         "{p50} / {p99} / {max}".format(**runs["lateness_outside_outages_secs"])),
+        ("restarts (service: t_down -> t_up, replanned)", "; ".join(
+            f"{o['service']}: {o['t_down']}->{o['t_up']}"
+            + (f", {o['replanned_secs']} s" if o["service"] == "redis" else "")
+            for o in out["outages"])),
+        ("churn rounds (failed) / inserted / deleted",
+         f"{out['churn']['rounds']} ({out['churn']['failed_rounds']}) / "
+         f"{out['churn']['inserted']} / {out['churn']['deleted']}"),
+        ("ERROR / CRITICAL / Traceback outside outages",
+         f"{log['error_outside']} / {log['critical_outside']} / {log['traceback_outside']}"),
+        ("ERROR / CRITICAL / Traceback in outages",
+         f"{log['error_in_outage']} / {log['critical_in_outage']} / {log['traceback_in_outage']}"),
+        ("members of deleted (overdue) / of disabled",
+         f"{left['members_of_deleted']} ({left['members_of_deleted_overdue']}) / "
+         f"{left['members_of_disabled']}"),
+        ("enabled without member", len(left["enabled_without_member"])),
+        ("last_enqueued of deleted / total",
+         f"{left['last_enqueued_of_deleted']} / {left['last_enqueued_total']}"),
+        ("member index of deleted", left["member_index_of_deleted"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    for problem in out["problems"]:
+        print(f"PROBLEM: {problem}")
+    for line in log["outside_lines"][:10]:
+        print(f"  log: {line[:200]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0,
+                        help="length of the steady state (default 10; 2 for a quick check)")
+    opts = parser.parse_args(argv)
+    out = soak(opts.minutes)
+    out["problems"] = verdict(out)
+    out["finished"] = datetime.now().astimezone().isoformat(timespec="seconds")
+    (RESULTS / "soak.json").write_text(json.dumps(out, indent=1, default=str))
+    print_table(out)
+    print(f"full figures: {RESULTS / 'soak.json'}; daemon log: {RESULTS / 'soak.log'}")
+    return 1 if out["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
