@@ -76,6 +76,10 @@ DOWN_SECS = 5.0           # how long each restarted service stays down
 OUTAGE_GRACE = 15.0       # after a service is back, errors still count as the outage's
 REPLAN_LIMIT = 10.0       # the contract: every enabled schedule planned again within ~10 s
 FIT_FRACTION = 0.8        # slope over the last 80 % of the run (8 of 10 minutes)
+# RSS growing faster than this after the last restart is a leak (360 MiB a day).
+# The slope over the whole fit window is only reported: the first MariaDB
+# restarts raise the worker threads' malloc arenas to a high-water mark once.
+QUIET_SLOPE_LIMIT = 0.25  # MiB per minute
 # (fraction of the run, service) of each restart
 RESTARTS = ((0.15, "redis"), (0.35, "mariadb"), (0.55, "redis"), (0.75, "mariadb"))
 CHURN_STOPS = 0.9         # no churn in the last 10 %: what is left then is left behind
@@ -93,7 +97,7 @@ def _meta(raw: bytes | None) -> dict[str, Any] | None:
         return None
     try:
         value = _PlainUnpickler(io.BytesIO(raw)).load()
-    except Exception:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -511,7 +515,10 @@ def soak(minutes: float) -> dict[str, Any]:
         everything, enabled = db.names()
         members = [(m.decode(), s) for m, s in r.zrange(SCHEDULE_SET, 0, -1, withscores=True)]
         now = time.time()
-        gone = lambda name: name not in everything  # noqa: E731
+
+        def gone(name: str) -> bool:
+            return name not in everything
+
         member_names = {m.rsplit("|", 1)[0] for m, _ in members}
         index = {k.decode() for k in r.hkeys(MEMBER_INDEX)}
         last = {k.decode() for k in r.hkeys(LAST_ENQUEUED)}
@@ -562,7 +569,10 @@ def runs_report(consumer: Consumer, core_s: list[str], t0: float, end: float,
                if len(ids) > 1}
     # Seconds the long-lived every-second schedules should have run, whole run.
     first, last = int(t0) + 2, int(end) - 3
-    in_window = lambda s: any(a - 1 <= s <= b + 1 for a, b in windows)  # noqa: E731
+
+    def in_window(second: float) -> bool:
+        return any(a - 1 <= second <= b + 1 for a, b in windows)
+
     missing_in = missing_out = 0
     missing_by_outage = [0] * len(windows)
     missing_examples: list[str] = []
@@ -581,7 +591,10 @@ def runs_report(consumer: Consumer, core_s: list[str], t0: float, end: float,
     late = sorted(consumer.enqueued_at[job] - when
                   for (name, when), ids in consumer.runs.items() for job in ids
                   if job in consumer.enqueued_at and not in_window(when) and t0 <= when <= end)
-    pick = lambda q: round(late[min(len(late) - 1, int(q * len(late)))], 3) if late else None  # noqa: E731
+
+    def pick(q: float) -> float | None:
+        return round(late[min(len(late) - 1, int(q * len(late)))], 3) if late else None
+
     return {"jobs_read": consumer.jobs, "distinct_runs": len(consumer.runs),
             "unreadable_jobs": consumer.unreadable, "failed_drains": consumer.failed_drains,
             "doubles": len(doubles), "double_examples": dict(list(doubles.items())[:10]),
@@ -642,6 +655,9 @@ def verdict(out: dict[str, Any]) -> list[str]:
                                         or o["replanned_secs"] > REPLAN_LIMIT):
             problems.append(f"Redis restart at t={o['t_down']} s: replanned in "
                             f"{o['replanned_secs']} s")
+    slope = out["rss"]["quiet_slope_mib_per_min"]
+    if slope is not None and slope > QUIET_SLOPE_LIMIT:
+        problems.append(f"RSS grows {slope} MiB/min after the last restart")
     status = out.get("status")
     if isinstance(status, dict):
         for name, svc in status.get("services", {}).items():
@@ -668,8 +684,8 @@ def print_table(out: dict[str, Any]) -> None:
         ("jobs read / distinct runs", f"{runs['jobs_read']} / {runs['distinct_runs']}"),
         ("runs enqueued twice", runs["doubles"]),
         ("core missing seconds in / outside outages",
-         f"{runs['core_missing_seconds_in_outages']} / {runs['core_missing_seconds_outside']}"
-         f" (by outage: {runs['core_missing_seconds_by_outage']})"),
+         (f"{runs['core_missing_seconds_in_outages']} / {runs['core_missing_seconds_outside']}"
+          f" (by outage: {runs['core_missing_seconds_by_outage']})")),
         ("lateness outside outages p50/p99/max (s)",
          "{p50} / {p99} / {max}".format(**runs["lateness_outside_outages_secs"])),
         ("restarts (service: t_down -> t_up, replanned)", "; ".join(
@@ -677,15 +693,15 @@ def print_table(out: dict[str, Any]) -> None:
             + (f", {o['replanned_secs']} s" if o["service"] == "redis" else "")
             for o in out["outages"])),
         ("churn rounds (failed) / inserted / deleted",
-         f"{out['churn']['rounds']} ({out['churn']['failed_rounds']}) / "
-         f"{out['churn']['inserted']} / {out['churn']['deleted']}"),
+         (f"{out['churn']['rounds']} ({out['churn']['failed_rounds']}) / "
+          f"{out['churn']['inserted']} / {out['churn']['deleted']}")),
         ("ERROR / CRITICAL / Traceback outside outages",
          f"{log['error_outside']} / {log['critical_outside']} / {log['traceback_outside']}"),
         ("ERROR / CRITICAL / Traceback in outages",
          f"{log['error_in_outage']} / {log['critical_in_outage']} / {log['traceback_in_outage']}"),
         ("members of deleted (overdue) / of disabled",
-         f"{left['members_of_deleted']} ({left['members_of_deleted_overdue']}) / "
-         f"{left['members_of_disabled']}"),
+         (f"{left['members_of_deleted']} ({left['members_of_deleted_overdue']}) / "
+          f"{left['members_of_disabled']}")),
         ("enabled without member", len(left["enabled_without_member"])),
         ("last_enqueued of deleted / total",
          f"{left['last_enqueued_of_deleted']} / {left['last_enqueued_total']}"),
