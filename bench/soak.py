@@ -1,0 +1,521 @@
+"""Soak: no slow leaks, no error left behind, every run exactly once (issue 12, part 6).
+
+``python -m bench.soak [--minutes 10]`` runs the daemon as an admin runs it
+(``twistd -n --pidfile= btu --config X``, a child process) against a private
+Redis and a private MariaDB (:mod:`bench.private_services`; the machine's shared
+ones are never touched) for ``--minutes`` of steady state:
+
+* 50 every-second schedules (``* * * * * * *``, queue ``default``) and 10
+  every-minute ones (``* * * * *``, queue ``short``) that live the whole run;
+* every 10 s: 3 schedules inserted (``modified`` = now; two every-second, one
+  every-minute), 1 disabled (``enabled = 0``, ``modified`` = now) and 2 removed
+  with a plain ``DELETE`` (no socket request for any of it);
+* Redis restarted twice (``SHUTDOWN NOSAVE``, 5 s down, started again empty: the
+  daemon must plan every enabled schedule again within ~10 s) and MariaDB
+  restarted twice (SIGTERM, 5 s down, started again), at 15 %, 35 %, 55 % and
+  75 % of the run; the churn pauses while a Redis restart is being timed;
+* a consumer reads every job off the queues every 0.5 s (id, ``meta`` with the
+  schedule and scheduled second, ``enqueued_at``), then deletes the job hashes
+  and trims the queues, so Redis memory stays flat;
+* the daemon's RSS, open file descriptors and threads are read every 10 s from
+  ``/proc``.
+
+At the end: the ``status`` reply of the control socket, the log's ERROR /
+CRITICAL / Traceback lines inside and outside the outage windows, what was left
+behind in Redis for schedules that are gone, runs enqueued twice, and seconds
+missing from the long-lived every-second schedules.  Everything goes to
+``bench/results/soak.json`` (the daemon's log to ``bench/results/soak.log``) and
+a short table is printed.  The run fails (exit 1) on a double, on an enabled
+schedule without a member at the end, or on errors outside the outage windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import redis
+
+from bench.fixtures import FUNCTION, ROOT, TASK
+from bench.idle import _twistd, proc_sample
+from bench.private_services import PrivateMariaDB, PrivateRedis, remove_tree
+from bench.soak_report import OUTAGE_GRACE, print_table, read_log, rss_report, runs_report, verdict
+from tests.integration import support
+
+RESULTS = ROOT / "bench" / "results"
+SCHEMA = ROOT / "tests" / "fixtures" / "frappe_schema.sql"
+DATABASE = "btu_soak"
+
+SCHEDULE_SET = "btu_scheduler:task_execution_times"
+MEMBER_INDEX = "btu_scheduler:schedule_members"
+LAST_ENQUEUED = "btu_scheduler:last_enqueued"
+
+EVERY_SECOND = "* * * * * * *"
+EVERY_MINUTE = "* * * * *"
+CORE_SECONDS = 50
+CORE_MINUTES = 10
+CHURN_EVERY = 10.0        # seconds between churn rounds
+DRAIN_EVERY = 0.5         # seconds between consumer drains
+SAMPLE_EVERY = 10.0       # seconds between /proc readings
+DOWN_SECS = 5.0           # how long each restarted service stays down
+# (fraction of the run, service) of each restart
+RESTARTS = ((0.15, "redis"), (0.35, "mariadb"), (0.55, "redis"), (0.75, "mariadb"))
+CHURN_STOPS = 0.9         # no churn in the last 10 %: what is left then is left behind
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """``meta`` is a dict of str/int: a pickle naming any class or function is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"meta names {module}.{name}")
+
+
+def _meta(raw: bytes | None) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        value = _PlainUnpickler(io.BytesIO(raw)).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _rq_time(raw: bytes | None) -> float | None:
+    if not raw:
+        return None
+    text = raw.decode().rstrip("Z")
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return datetime.strptime(text + "+0000", fmt + "%z").timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+# -- the site's database ---------------------------------------------------------
+
+class SoakDatabase:
+    """The Frappe tables in the private MariaDB, one task, the schedules."""
+
+    def __init__(self, server: PrivateMariaDB) -> None:
+        self.server = server
+        conn = server.connection(client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE `{DATABASE}` CHARACTER SET utf8mb4 "
+                            "COLLATE utf8mb4_unicode_ci")
+                cur.execute(f"USE `{DATABASE}`")
+                cur.execute(SCHEMA.read_text())
+                while cur.nextset():
+                    pass
+                cur.execute("DELETE FROM `tabBTU Task Schedule`")
+                cur.execute("DELETE FROM `tabBTU Task`")
+                cur.execute("DELETE FROM `tabSingles` WHERE doctype = 'BTU Configuration'"
+                            " AND field = 'cron_time_zone'")
+                cur.execute("INSERT INTO `tabSingles` (doctype, field, value) VALUES"
+                            " ('BTU Configuration', 'cron_time_zone', 'UTC')")
+                cur.execute(
+                    "INSERT INTO `tabBTU Task` (name, docstatus, desc_short, function_string,"
+                    " arguments, queue_name, max_task_duration, modified)"
+                    " VALUES (%s, 1, %s, %s, %s, 'default', 600, NOW(6))",
+                    (TASK, "Soak no-op", FUNCTION, "{'source': 'btu soak'}"))
+        finally:
+            conn.close()
+
+    def execute(self, sql: str, params: Any = None, many: bool = False) -> list[tuple[Any, ...]]:
+        conn = self.server.connection(DATABASE)
+        try:
+            with conn.cursor() as cur:
+                if many:
+                    cur.executemany(sql, params)
+                else:
+                    cur.execute(sql, params)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def insert(self, rows: list[tuple[str, str, str]]) -> None:
+        """(name, cron, queue) rows, enabled, ``modified`` = now."""
+        self.execute(
+            "INSERT INTO `tabBTU Task Schedule` (name, task, cron_string, enabled, queue_name,"
+            " task_description, creation, modified) VALUES (%s, %s, %s, 1, %s, %s, NOW(6), NOW(6))",
+            [(name, TASK, cron, queue, TASK) for name, cron, queue in rows], many=True)
+
+    def names(self) -> tuple[set[str], set[str]]:
+        """(every schedule name, enabled ones)."""
+        rows = self.execute("SELECT name, enabled FROM `tabBTU Task Schedule`")
+        return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
+
+
+# -- the consumer: reads every job, then drops it ------------------------------------
+
+class Consumer:
+    """Drains the rq queues, remembering (schedule, second) -> job ids."""
+
+    def __init__(self, server: PrivateRedis) -> None:
+        self.client = server.client()
+        self.lock = threading.Lock()
+        self.runs: dict[tuple[str, int], set[str]] = defaultdict(set)
+        self.enqueued_at: dict[str, float] = {}
+        self.jobs = 0
+        self.unreadable = 0
+        self.drains = 0
+        self.failed_drains = 0
+        self.redis_memory: list[tuple[float, int]] = []
+
+    def drain(self) -> int:
+        r = self.client
+        taken = 0
+        for queue in sorted(r.smembers("rq:queues")):
+            ids = r.lrange(queue, 0, -1)
+            if not ids:
+                continue
+            pipe = r.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(b"rq:job:" + job_id, "meta", "enqueued_at")
+            for job_id, (meta_raw, at_raw) in zip(ids, pipe.execute()):
+                job = job_id.decode()
+                meta = _meta(meta_raw)
+                if meta is None or "task_schedule" not in meta or "scheduled_time" not in meta:
+                    self.unreadable += 1
+                    continue
+                self.runs[(str(meta["task_schedule"]), int(meta["scheduled_time"]))].add(job)
+                at = _rq_time(at_raw)
+                if at is not None:
+                    self.enqueued_at[job] = at
+            pipe = r.pipeline(transaction=False)
+            pipe.ltrim(queue, len(ids), -1)   # rq pushes on the right: drop what was read
+            pipe.delete(*[b"rq:job:" + job_id for job_id in ids])
+            pipe.execute()
+            taken += len(ids)
+        self.jobs += taken
+        self.drains += 1
+        return taken
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self.lock:
+                try:
+                    self.drain()
+                    if self.drains % 20 == 0:
+                        self.redis_memory.append(
+                            (time.time(), int(self.client.info("memory")["used_memory"])))
+                except redis.RedisError:
+                    self.failed_drains += 1
+            stop.wait(DRAIN_EVERY)
+
+
+# -- churn: schedules created, disabled and deleted ------------------------------------
+
+class Churn:
+    def __init__(self, db: SoakDatabase) -> None:
+        self.db = db
+        self.lock = threading.Lock()
+        self.serial = 0
+        self.alive: list[str] = []      # enabled churn schedules, oldest first
+        self.disabled: list[str] = []
+        self.deleted: set[str] = set()
+        self.inserted = 0
+        self.rounds = 0
+        self.failed_rounds = 0
+
+    def round(self) -> None:
+        new = []
+        for cron, queue in ((EVERY_SECOND, "default"), (EVERY_SECOND, "default"),
+                            (EVERY_MINUTE, "short")):
+            self.serial += 1
+            new.append((f"TS-C{self.serial:05d}", cron, queue))
+        self.db.insert(new)
+        self.inserted += len(new)
+        self.alive += [name for name, _, _ in new]
+        if len(self.alive) > 6:
+            victim = self.alive.pop(0)
+            self.db.execute("UPDATE `tabBTU Task Schedule` SET enabled = 0, modified = NOW(6)"
+                            " WHERE name = %s", (victim,))
+            self.disabled.append(victim)
+        doomed = []
+        if self.disabled:
+            doomed.append(self.disabled.pop(0))
+        if len(self.alive) > 6:
+            doomed.append(self.alive.pop(0))
+        if doomed:
+            self.db.execute("DELETE FROM `tabBTU Task Schedule` WHERE name IN %s", (doomed,))
+            self.deleted.update(doomed)
+        self.rounds += 1
+
+    def run(self, stop: threading.Event, until: float) -> None:
+        while not stop.is_set() and time.time() < until:
+            with self.lock:
+                try:
+                    self.round()
+                except pymysql.MySQLError:
+                    self.failed_rounds += 1   # MariaDB is being restarted
+                    self._resync()
+            stop.wait(CHURN_EVERY)
+
+    def _resync(self) -> None:
+        """After a failed round, believe the database, not our lists."""
+        try:
+            everything, enabled = self.db.names()
+        except pymysql.MySQLError:
+            return
+        self.alive = [n for n in self.alive if n in enabled]
+        self.disabled = [n for n in self.disabled if n in everything and n not in enabled]
+        mine = {f"TS-C{i:05d}" for i in range(1, self.serial + 1)}
+        self.deleted = {n for n in mine if n not in everything}
+
+
+# -- the daemon ---------------------------------------------------------------------
+
+def control_request(path: str, request_type: str, content: Any = None,
+                    timeout: float = 10.0) -> Any:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps({"request_type": request_type,
+                              "request_content": content}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    text = buf.decode(errors="replace").strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def _threads(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return -1
+
+
+def sampler(pid: int, t0: float, samples: list[dict[str, Any]], stop: threading.Event) -> None:
+    next_at = t0
+    while not stop.is_set():
+        try:
+            s = proc_sample(pid)
+        except OSError:
+            return
+        samples.append({"t": round(s["t"] - t0, 2), "rss_mib": round(s["rss_mib"], 2),
+                        "cpu_secs": round(s["cpu_secs"], 2), "fds": _fds(pid),
+                        "threads": _threads(pid)})
+        next_at += SAMPLE_EVERY
+        stop.wait(max(0.0, next_at - time.time()))
+
+
+# -- the run --------------------------------------------------------------------------
+
+def wait_planned(r: redis.Redis, expected: set[str], limit: float) -> float | None:
+    """Seconds until every name in ``expected`` has a member (None: not within ``limit``)."""
+    t = time.time()
+    while time.time() - t < limit:
+        try:
+            names = {m.decode().rsplit("|", 1)[0] for m in r.zrange(SCHEDULE_SET, 0, -1)}
+            if expected <= names:
+                return time.time() - t
+        except redis.RedisError:
+            pass
+        time.sleep(0.05)
+    return None
+
+
+def _mid_second() -> None:
+    """Sleep to the middle of a second: every-second runs are enqueued at its start."""
+    frac = time.time() % 1.0
+    time.sleep((1.5 - frac) % 1.0)
+
+
+def soak(minutes: float) -> dict[str, Any]:
+    duration = minutes * 60.0
+    tmp = Path(tempfile.mkdtemp(prefix="btu-soak-"))
+    rds = PrivateRedis(tmp)
+    mdb = PrivateMariaDB(tmp)
+    daemon: subprocess.Popen[bytes] | None = None
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    log_path = RESULTS / "soak.log"
+    RESULTS.mkdir(exist_ok=True)
+    out: dict[str, Any] = {"minutes": minutes, "private_redis_port": rds.port,
+                           "private_mariadb_port": mdb.port}
+    try:
+        rds.start()
+        mdb.install()
+        mdb.start()
+        db = SoakDatabase(mdb)
+        core_s = [f"TS-S{i:05d}" for i in range(1, CORE_SECONDS + 1)]
+        core_m = [f"TS-M{i:05d}" for i in range(1, CORE_MINUTES + 1)]
+        db.insert([(n, EVERY_SECOND, "default") for n in core_s]
+                  + [(n, EVERY_MINUTE, "short") for n in core_m])
+
+        values = support.config_values(
+            DATABASE, redis_db=0, mysql_host="127.0.0.1", mysql_port=mdb.port,
+            mysql_user="root", mysql_password="", rq_host="127.0.0.1", rq_port=rds.port,
+            socket_path=str(tmp / "btu.sock"), name="soak", environment_name="bench")
+        config_path = tmp / "btu_scheduler.toml"
+        support.write_config(config_path, values)
+        out["config"] = {k: v for k, v in values.items() if "password" not in k}
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        with open(log_path, "wb") as log:
+            spawned = time.time()
+            daemon = subprocess.Popen(
+                _twistd() + ["-n", "--pidfile=", "btu", "--config", str(config_path)],
+                cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT)
+        r = rds.client()
+        planned = wait_planned(r, set(core_s + core_m), 60)
+        if planned is None or daemon.poll() is not None:
+            raise RuntimeError(f"the daemon did not plan its schedules: "
+                               f"{log_path.read_text(errors='replace')[-2000:]}")
+        out["spawn_to_planned_secs"] = round(time.time() - spawned, 2)
+        time.sleep(5)   # settle: the first runs are out, the allocator warmed up
+
+        t0 = time.time()
+        end = t0 + duration
+        consumer = Consumer(rds)
+        churn = Churn(db)
+        samples: list[dict[str, Any]] = []
+        threads = [
+            threading.Thread(target=consumer.run, args=(stop,), daemon=True),
+            threading.Thread(target=churn.run, args=(stop, t0 + CHURN_STOPS * duration),
+                             daemon=True),
+            threading.Thread(target=sampler, args=(daemon.pid, t0, samples, stop), daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+
+        outages: list[dict[str, Any]] = []
+        for fraction, service in RESTARTS:
+            time.sleep(max(0.0, t0 + fraction * duration - time.time()))
+            if daemon.poll() is not None:
+                raise RuntimeError(f"the daemon exited ({daemon.returncode}) during the soak")
+            outage: dict[str, Any] = {"service": service}
+            if service == "redis":
+                with churn.lock:   # the set of enabled schedules holds still while timed
+                    _, enabled = db.names()
+                    _mid_second()
+                    with consumer.lock:
+                        consumer.drain()
+                        outage["down_at"] = time.time()
+                        rds.stop()
+                    time.sleep(DOWN_SECS)
+                    rds.start()
+                    outage["up_at"] = time.time()
+                    took = wait_planned(r, enabled, 60)
+                    outage["replanned_secs"] = None if took is None else round(took, 2)
+                    outage["replanned_schedules"] = len(enabled)
+            else:
+                outage["down_at"] = time.time()
+                mdb.stop()
+                time.sleep(DOWN_SECS)
+                mdb.start()
+                outage["up_at"] = time.time()
+            outage["t_down"] = round(outage["down_at"] - t0, 1)
+            outage["t_up"] = round(outage["up_at"] - t0, 1)
+            outages.append(outage)
+
+        time.sleep(max(0.0, end - time.time()))
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        with consumer.lock:
+            consumer.drain()
+        if daemon.poll() is not None:
+            raise RuntimeError(f"the daemon exited ({daemon.returncode}) during the soak")
+
+        # -- readings at the end ---------------------------------------------------
+        out["status"] = control_request(values["socket_path"], "status")
+        everything, enabled = db.names()
+        members = [(m.decode(), s) for m, s in r.zrange(SCHEDULE_SET, 0, -1, withscores=True)]
+        now = time.time()
+
+        def gone(name: str) -> bool:
+            return name not in everything
+
+        member_names = {m.rsplit("|", 1)[0] for m, _ in members}
+        index = {k.decode() for k in r.hkeys(MEMBER_INDEX)}
+        last = {k.decode() for k in r.hkeys(LAST_ENQUEUED)}
+        out["leftovers"] = {
+            "members_total": len(members),
+            "members_of_deleted": sum(gone(m.rsplit("|", 1)[0]) for m, _ in members),
+            "members_of_deleted_overdue": sum(
+                gone(m.rsplit("|", 1)[0]) and s < now for m, s in members),
+            "members_of_disabled": sum(
+                m.rsplit("|", 1)[0] in everything - enabled for m, _ in members),
+            "enabled_without_member": sorted(enabled - member_names),
+            "member_index_of_deleted": sum(gone(n) for n in index),
+            "last_enqueued_total": len(last),
+            "last_enqueued_of_deleted": sum(gone(n) for n in last),
+            "keys": {k.decode(): r.type(k).decode() for k in r.scan_iter("btu_scheduler:*")},
+            "redis_used_memory": int(r.info("memory")["used_memory"]),
+        }
+        out["churn"] = {"rounds": churn.rounds, "failed_rounds": churn.failed_rounds,
+                        "inserted": churn.inserted, "deleted": len(churn.deleted),
+                        "disabled_left": len(churn.disabled), "enabled_left": len(churn.alive)}
+        out["outages"] = [{k: v for k, v in o.items() if k not in ("down_at", "up_at")}
+                          for o in outages]
+        windows = [(o["down_at"], o["up_at"] + OUTAGE_GRACE) for o in outages]
+        out["runs"] = runs_report(
+            consumer.runs, consumer.enqueued_at,
+            {"jobs_read": consumer.jobs, "unreadable_jobs": consumer.unreadable,
+             "failed_drains": consumer.failed_drains}, core_s, t0, end, windows)
+        out["rss"] = rss_report(samples, duration, out["outages"])
+        out["samples"] = samples
+        out["redis_memory"] = [(round(t - t0, 1), m) for t, m in consumer.redis_memory]
+        time.sleep(1)   # let the last lines reach the log
+        out["log"] = read_log(log_path, windows)
+        return out
+    finally:
+        stop.set()
+        if daemon is not None and daemon.poll() is None:
+            daemon.terminate()
+            try:
+                daemon.wait(20)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        rds.stop()
+        mdb.stop()
+        remove_tree(tmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0,
+                        help="length of the steady state (default 10; 2 for a quick check)")
+    opts = parser.parse_args(argv)
+    out = soak(opts.minutes)
+    out["problems"] = verdict(out)
+    out["finished"] = datetime.now().astimezone().isoformat(timespec="seconds")
+    (RESULTS / "soak.json").write_text(json.dumps(out, indent=1, default=str))
+    print_table(out)
+    print(f"full figures: {RESULTS / 'soak.json'}; daemon log: {RESULTS / 'soak.log'}")
+    return 1 if out["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
