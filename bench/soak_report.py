@@ -159,6 +159,9 @@ def verdict(out: dict[str, Any]) -> list[str]:
     if out["leftovers"]["enabled_without_member"]:
         problems.append(f"{len(out['leftovers']['enabled_without_member'])} enabled schedules "
                         "without a member")
+    if out["leftovers"]["last_enqueued_of_deleted_past_grace"]:
+        problems.append(f"{out['leftovers']['last_enqueued_of_deleted_past_grace']} last runs "
+                        "of deleted schedules kept past the store's grace")
     log = out["log"]
     bad = log["error_outside"] + log["critical_outside"] + log["traceback_outside"]
     if bad:
@@ -216,8 +219,9 @@ def print_table(out: dict[str, Any]) -> None:
          (f"{left['members_of_deleted']} ({left['members_of_deleted_overdue']}) / "
           f"{left['members_of_disabled']}")),
         ("enabled without member", len(left["enabled_without_member"])),
-        ("last_enqueued of deleted / total",
-         f"{left['last_enqueued_of_deleted']} / {left['last_enqueued_total']}"),
+        ("last_enqueued of deleted (past grace) / total",
+         f"{left['last_enqueued_of_deleted']} ({left['last_enqueued_of_deleted_past_grace']})"
+         f" / {left['last_enqueued_total']}"),
         ("member index of deleted", left["member_index_of_deleted"]),
     ]
     width = max(len(k) for k, _ in rows)
