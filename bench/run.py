@@ -172,14 +172,6 @@ def run_daemon(case: str, spec: dict[str, Any], opts: argparse.Namespace,
 
 # -- reading back the jobs -------------------------------------------------------
 
-def _parse_rq_time(raw: bytes | None) -> float | None:
-    if not raw:
-        return None
-    text = raw.decode()
-    dt = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-    return dt.timestamp()
-
-
 def job_times(db: int, ids: list[str]) -> dict[str, tuple[float | None, float | None]]:
     """id -> (scheduled unix time from meta, enqueued_at as unix time)."""
     r = sync_redis(db)
@@ -190,7 +182,7 @@ def job_times(db: int, ids: list[str]) -> dict[str, tuple[float | None, float | 
     for job_id, (meta, enqueued_at) in zip(ids, pipe.execute()):
         # Our own benchmark jobs, written moments ago by the schedulers under test.
         scheduled = pickle.loads(meta).get("scheduled_time") if meta else None  # noqa: S301
-        out[job_id] = (scheduled, _parse_rq_time(enqueued_at))
+        out[job_id] = (scheduled, support.parse_rq_time(enqueued_at))
     return out
 
 

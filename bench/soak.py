@@ -95,18 +95,6 @@ def _meta(raw: bytes | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _rq_time(raw: bytes | None) -> float | None:
-    if not raw:
-        return None
-    text = raw.decode().rstrip("Z")
-    for fmt in ("%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S"):
-        try:
-            return datetime.strptime(text + "+0000", fmt + "%z").timestamp()
-        except ValueError:
-            continue
-    return None
-
-
 # -- the site's database ---------------------------------------------------------
 
 class SoakDatabase:
@@ -195,7 +183,7 @@ class Consumer:
                     self.unreadable += 1
                     continue
                 self.runs[(str(meta["task_schedule"]), int(meta["scheduled_time"]))].add(job)
-                at = _rq_time(at_raw)
+                at = support.parse_rq_time(at_raw)
                 if at is not None:
                     self.enqueued_at[job] = at
             pipe = r.pipeline(transaction=False)

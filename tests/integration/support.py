@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -125,6 +126,19 @@ class TestDatabase:
                 cur.execute(f"DROP DATABASE IF EXISTS `{self.name}`")
         finally:
             conn.close()
+
+
+def parse_rq_time(value: bytes | None) -> float | None:
+    """rq's ``enqueued_at`` (``2026-01-01T00:00:00.123456Z``) as unix seconds."""
+    if not value:
+        return None
+    text = value.decode().rstrip("Z")
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            continue
+    return None
 
 
 def sync_redis(db: int = REDIS_DB_DAEMON) -> redis.Redis:

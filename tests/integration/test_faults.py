@@ -28,7 +28,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
 from typing import Any
 
 from twisted.internet import reactor
@@ -49,6 +48,7 @@ from tests.integration.support import (
     config_values,
     exclusive_redis_db,
     fresh_services,
+    parse_rq_time,
 )
 from tests.test_builders import FakeFrappe, TrackingFactory, ok_answer, status_answer
 
@@ -61,19 +61,6 @@ PING = b'{"request_type": "ping", "request_content": null}'
 
 
 # --- helpers shared with test_exactly_once -----------------------------------
-
-
-def parse_rq_time(value: bytes | None) -> float | None:
-    """rq's ``enqueued_at`` (``2026-01-01T00:00:00.123456Z``) as unix seconds."""
-    if not value:
-        return None
-    text = value.decode().rstrip("Z")
-    for fmt in ("%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S"):
-        try:
-            return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
-        except ValueError:
-            continue
-    return None
 
 
 def collect_jobs(client: Any) -> list[tuple[str, int, float | None]]:

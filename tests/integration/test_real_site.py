@@ -97,7 +97,9 @@ class RealSiteCase(unittest.TestCase):
         return self.redis.lrange(f"rq:queue:{queue}", 0, -1)
 
     async def btu_save(self, sql: str, params: Any, name: str) -> tuple[str | None, float]:
-        """Frappe's save of a schedule with BTU's before_save request; returns (reply, commit time)."""
+        """Frappe's save of a schedule with BTU's before_save request.
+
+        Returns the daemon's reply and the time of the commit."""
         txn = OpenTransaction(self.db.name)
         txn.execute(sql, params)
         reply = await deferToThread(
@@ -196,7 +198,8 @@ class ChangeFeedTests(RealSiteCase):
         self.assertIsNotNone(self.member("TS-2"))
 
     async def test_zone_change_replans_everything(self) -> None:
-        """Changing BTU Configuration's cron_time_zone plans every schedule again in the new zone."""
+        """Changing BTU Configuration's cron_time_zone plans every schedule
+        again, in the new zone."""
         self.db.add_schedule("TS-1", "BTU-1", "0 13 * * *")
         await self.start()
         before = await wait_for(lambda: self.member("TS-1"))
