@@ -282,10 +282,15 @@ class Timer(Service):
             return
         try:
             built = await self._builder.build(row, when)  # type: ignore[arg-type]
-        except BuildError as e:
-            self._build_failed(member, name, when, e)
-            return
         except Exception as e:
+            if not self.running:
+                # Stopping: the builder's close() cancelled this fetch.  The
+                # member is still in Redis; the next start builds it again.
+                self.log.debug("build of {schedule} abandoned: stopping", schedule=name)
+                return
+            if isinstance(e, BuildError):
+                self._build_failed(member, name, when, e)
+                return
             # A cancelled site request, or a builder bug: this run's failure,
             # counted and retried, never an unhandled error of the whole round.
             reason = f"unexpected {type(e).__name__} while building the job: {e}"
