@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -59,7 +60,7 @@ class TimerCase(unittest.TestCase):
         self.fifo = ScheduleFifo()
         self.timer = self.make_timer()
 
-    def make_timer(self, store: FakeStore | None = None) -> Timer:
+    def make_timer(self, store: FakeStore | None = None, **options: Any) -> Timer:
         timer = Timer(
             self.clock,
             store or self.store,  # type: ignore[arg-type]
@@ -68,6 +69,7 @@ class TimerCase(unittest.TestCase):
             self.fifo,
             polling_interval=self.polling,
             misfire_grace=self.grace,
+            **options,
         )
         self.timers.append(timer)
         return timer
@@ -357,11 +359,7 @@ class GoneScheduleTests(TimerCase):
         cancelled site request) is a transient build failure: counted,
         retried, the run enqueued once; never an unhandled error."""
         failures: list[str] = []
-        self.timer = Timer(
-            self.clock, self.store, self.db, self.builder, self.fifo,  # type: ignore[arg-type]
-            polling_interval=self.polling, on_failure=failures.append,
-        )
-        self.timers.append(self.timer)
+        self.timer = self.make_timer(on_failure=failures.append)
         self.schedule("TS-1", T)
         real_build = self.builder.build
         calls = []
@@ -386,11 +384,7 @@ class GoneScheduleTests(TimerCase):
     def test_job_ids_reported_after_each_claim_round(self) -> None:
         """Each claim round reports (schedule, job id) of what it enqueued."""
         reported: list[list[tuple[str, str]]] = []
-        self.timer = Timer(
-            self.clock, self.store, self.db, self.builder, self.fifo,  # type: ignore[arg-type]
-            polling_interval=self.polling, on_job_ids=reported.append,
-        )
-        self.timers.append(self.timer)
+        self.timer = self.make_timer(on_job_ids=reported.append)
         self.schedule("TS-1", T)
         self.schedule("TS-2", T)
         self.timer.startService()
@@ -697,11 +691,7 @@ class StopTests(TimerCase):
         counted), the member stays for the next start.  (Seen as a flaky
         'delayed' line in the site fault test on a loaded machine.)"""
         failures: list[str] = []
-        self.timer = Timer(
-            self.clock, self.store, self.db, self.builder, self.fifo,  # type: ignore[arg-type]
-            polling_interval=self.polling, on_failure=failures.append,
-        )
-        self.timers.append(self.timer)
+        self.timer = self.make_timer(on_failure=failures.append)
         self.schedule("TS-1", T)
         self.builder.hold_all = True
         self.timer.startService()
