@@ -42,7 +42,7 @@ JOB_PREFIX = "rq:job:"
 QUEUE_PREFIX = "rq:queue:"
 
 # How close to now a last run must be to be kept although its schedule seems
-# deleted (see PRUNE).
+# deleted (see FORGET_LAST_RUNS).
 RECENT_SECS = 3600
 
 # The member's name is everything before the last "|", so names containing "|"
@@ -183,16 +183,11 @@ return out
 # edit and kept the old one).  Returns the names whose members it removed, so
 # the caller can replan them if they were enabled a moment after its SQL read.
 #
-# ARGV: the number of enabled names, those names, then "1" and the names of all
-# schedules that exist (enabled or not) to also forget the last runs of deleted
-# schedules, or "0" to keep them all.  A last run within RECENT_SECS of now is
-# kept even so: it may belong to a schedule created after the caller's SQL
-# read, and it is what stops a slow planner bringing back a run just enqueued.
+# ARGV: the enabled names.
 PRUNE = """#!lua flags=allow-oom
-local zset, idx, last = KEYS[1], KEYS[2], KEYS[3]
-local nkeep = tonumber(ARGV[1])
-local keep, exists = {}, {}
-for i = 2, nkeep + 1 do keep[ARGV[i]] = true end
+local zset, idx = KEYS[1], KEYS[2]
+local keep = {}
+for i = 1, #ARGV do keep[ARGV[i]] = true end
 local removed = {}
 for _, m in ipairs(redis.call('ZRANGE', zset, 0, -1)) do
   local name = string.match(m, '%s')
@@ -206,21 +201,30 @@ end
 for _, name in ipairs(redis.call('HKEYS', idx)) do
   if not keep[name] then redis.call('HDEL', idx, name) end
 end
-if ARGV[nkeep + 2] == '1' then
-  for i = nkeep + 3, #ARGV do exists[ARGV[i]] = true end
-  local now = tonumber(redis.call('TIME')[1])
-  local recent = RECENT
-  local flat = redis.call('HGETALL', last)
-  for i = 1, #flat, 2 do
-    local name, when = flat[i], tonumber(flat[i + 1])
-    if not keep[name] and not exists[name]
-        and not (when and math.abs(when - now) <= recent) then
-      redis.call('HDEL', last, name)
-    end
+return removed
+""".replace("%s", _NAME_OF)
+
+# Forget the last runs of schedules that no longer exist: ARGV are candidates
+# (found by an HSCAN, one page at a time, so no call walks the whole hash).
+# Checked again here, atomically with any claim: a last run within RECENT_SECS
+# of now is kept, as it may belong to a schedule created after the caller's
+# SQL read, and it is what stops a slow planner bringing back a run just
+# enqueued.  Returns how many were forgotten.
+FORGET_LAST_RUNS = """#!lua flags=allow-oom
+local last = KEYS[1]
+local now = tonumber(redis.call('TIME')[1])
+local forgotten = 0
+for i = 1, #ARGV do
+  local when = tonumber(redis.call('HGET', last, ARGV[i]) or '')
+  if not (when and math.abs(when - now) <= RECENT) then
+    forgotten = forgotten + redis.call('HDEL', last, ARGV[i])
   end
 end
-return removed
-""".replace("%s", _NAME_OF).replace("RECENT", str(RECENT_SECS))
+return forgotten
+""".replace("RECENT", str(RECENT_SECS))
+
+# Last-run fields looked at per HSCAN page.
+SCAN_PAGE = 500
 
 # Cancel: every member whose name is exactly ARGV[1]; never a prefix match
 # (COMPAT.md 6.4: cancelling TS-1 also removed TS-10's runs).
@@ -434,11 +438,26 @@ class ScheduleStore:
         last run, which still guards its runs if it is enabled again.
         """
         keep = list(enabled)
-        args: list[object] = [len(keep), *keep]
-        args += ["0"] if existing is None else ["1", *existing]
-        reply = await self._eval(PRUNE, [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED], args)
+        reply = await self._eval(PRUNE, [SCHEDULE_SET, MEMBER_INDEX], keep)
         self.blocked.forget(keep)
+        if existing is not None:
+            await self._forget_last_runs({*keep, *existing})
         return sorted({name for name in reply or [] if name})
+
+    async def _forget_last_runs(self, existing: set[str]) -> int:
+        """Drop the last runs of names not in ``existing``, one HSCAN page per call."""
+        forgotten = 0
+        cursor = "0"
+        while True:
+            reply = await self._redis.command(
+                "HSCAN", LAST_ENQUEUED, cursor, "COUNT", SCAN_PAGE
+            )
+            cursor, flat = _text(reply[0]), [_text(v) for v in reply[1]]
+            gone = [name for name in flat[0::2] if name not in existing]
+            if gone:
+                forgotten += int(await self._eval(FORGET_LAST_RUNS, [LAST_ENQUEUED], gone))
+            if cursor == "0":
+                return forgotten
 
     async def cancel(self, schedule: str) -> bool:
         removed = await self._eval(CANCEL, [SCHEDULE_SET, MEMBER_INDEX], [schedule])
@@ -475,3 +494,7 @@ class ScheduleStore:
     async def keys_present(self) -> bool:
         """False when the marker a full refresh sets is gone: our keys were lost."""
         return bool(int(await self._redis.command("EXISTS", PLANNED_MARKER)))
+
+
+def _text(value: bytes | str | int) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 import redis
 import txredisapi
@@ -163,6 +164,28 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(len(self.sync.hkeys(LAST_ENQUEUED)), 6)
         await self.store.prune(["ON"], existing=["ON", "OFF"])
         self.assertEqual(sorted(self.sync.hkeys(LAST_ENQUEUED)), [b"NEW", b"OFF", b"ON"])
+
+    async def test_last_runs_forgotten_page_by_page(self) -> None:
+        """Thousands of deleted schedules' last runs are forgotten through
+        HSCAN pages, never one call over the whole hash: every call of the
+        forget script gets at most a page of names."""
+        now = int(self.sync.time()[0])
+        old = now - 2 * RECENT_SECS
+        self.sync.hset(LAST_ENQUEUED, mapping={f"GONE-{i}": old for i in range(2500)})
+        self.sync.hset(LAST_ENQUEUED, "KEPT", old)
+        sizes: list[int] = []
+        real_eval = self.store._eval
+
+        async def counting(script: str, keys: Any, args: Any) -> Any:
+            if script == store_module.FORGET_LAST_RUNS:
+                sizes.append(len(args))
+            return await real_eval(script, keys, args)
+
+        self.store._eval = counting  # type: ignore[method-assign]
+        await self.store.prune([], existing=["KEPT"])
+        self.assertEqual(self.sync.hkeys(LAST_ENQUEUED), [b"KEPT"])
+        self.assertGreaterEqual(len(sizes), 3)
+        self.assertLessEqual(max(sizes), 2 * store_module.SCAN_PAGE)
 
     async def test_prune_agrees_with_the_fake(self) -> None:
         """The fake store's prune leaves the same members and last runs as the script."""
