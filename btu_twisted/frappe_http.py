@@ -358,6 +358,7 @@ class SiteClient:
         # usually dropped by us first rather than found closed mid-request.
         self._pool.cachedConnectionTimeout = 50
         self._in_flight: set[Deferred[bytes]] = set()
+        self._closed = False
         agent = web_client.Agent(
             reactor,
             contextFactory=FixedNamePolicy(tls_hostname, trust_root),
@@ -377,6 +378,9 @@ class SiteClient:
         twice).  Cancelling the result, or ``close()``, aborts the connection
         and fails it with CancelledError.
         """
+        if self._closed:
+            # A connection opened now would outlive the daemon's stop.
+            return defer.fail(defer.CancelledError("the site client is closed"))
         d = Deferred.fromCoroutine(self._fetch_with_retry(task, schedule))
         d.addTimeout(self._timeout, self._reactor)
         d.addErrback(self._classify)
@@ -455,6 +459,7 @@ class SiteClient:
 
     def close(self) -> Deferred[None]:
         """Cancel requests in flight and close the cached connections (called on stop)."""
+        self._closed = True
         for d in list(self._in_flight):
             d.cancel()
         return self._pool.closeCachedConnections()

@@ -263,6 +263,11 @@ class Timer(Service):
     async def _prepare(
         self, member: str, name: str, when: int, row: ScheduleRow | None, read_at: float
     ) -> None:
+        if not self.running:
+            # Stopped while the rows were read (or a build slot awaited): the
+            # builder is closed next, and a fetch begun now would outlive it.
+            # The member stays in Redis for the next start.
+            return
         now = self._clock.seconds()
         refusal = refusal_of(row, self._default_zone, when)
         if refusal is not None:

@@ -887,6 +887,17 @@ class FrappeBuilderTests(TestCase):
         await builder.close()
         self.failureResultOf(d, defer.CancelledError)
 
+    async def test_build_after_close_opens_no_connection(self) -> None:
+        """A build asked for after close() fails at once and never reaches the
+        site: its connection attempt would outlive the daemon's stop."""
+        port = self.listen()
+        builder = self.builder(port)
+        await builder.close()
+        self.failureResultOf(builder.build(make_row(), WHEN), defer.CancelledError)
+        await deferLater(reactor, 0.05)
+        self.assertEqual(self.site.requests, [])
+        self.assertEqual(self.factory.connections_made, 0)
+
     async def test_job_runs_in_worker(self) -> None:
         """The site's pickle, stored by the daemon, is run by a real rq worker."""
         client = redis_db15()

@@ -706,6 +706,20 @@ class StopTests(TimerCase):
         self.assertEqual(failures, [])
         self.assertEqual(self.store.member_of("TS-1"), f"TS-1|{T}")
 
+    def test_no_build_starts_after_stop(self) -> None:
+        """Rows that arrive after stop start no build: the builder is closed
+        next, and a site fetch begun after its close() would outlive the daemon
+        (seen as a dirty reactor in the site refusal test on CI)."""
+        self.schedule("TS-1", T)
+        self.db.hold.add("read_schedules")
+        self.timer.startService()
+        self.advance_to(T - 1)
+        self.successResultOf(_deferred(self.timer.stopService()))
+        self.assertEqual(self.db.release("read_schedules"), 1)
+        self.settle()
+        self.assertEqual(self.builder.builds, [])
+        self.assertEqual(self.store.member_of("TS-1"), f"TS-1|{T}")
+
     def test_stop_waits_for_claim_in_flight(self) -> None:
         """stopService waits for a claim already sent, and arms nothing after it."""
         self.schedule("TS-1", T)
