@@ -26,15 +26,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from twisted.logger import LogLevel
 
+from btu_twisted.frappe_bench import FILLS, BenchDefaults, bench_defaults
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "Config",
     "ConfigError",
+    "from_bench",
     "load_config",
     "log_level",
     "masked",
     "parse_config",
     "permission_warning",
+    "value_sources",
 ]
 
 DEFAULT_CONFIG_PATH = "/etc/btu_scheduler/btu_scheduler.toml"
@@ -263,6 +267,8 @@ class Config:
     webserver_timeout_secs: float = _key(_positive_float, 30.0)
 
     job_builder: str = _key(_one_of(tuple(_BUILDER_NEEDS), upper=False), "frappe")
+    # Bench mode: keys the file leaves out are read from the bench (frappe_bench.py).
+    frappe_bench_path: str | None = _key(_non_empty_string, None)
     frappe_site_name: str | None = _key(_string, None)
     frappe_user: str = _key(_non_empty_string, "Administrator")
     frappe_job_id_style: str = _key(_one_of(_FRAPPE_JOB_ID_STYLES, upper=False), "v15")
@@ -312,9 +318,15 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
     """
     problems: list[str] = []
     values: dict[str, Any] = {}
+    unread: frozenset[str] = frozenset()  # keys a bench that could not be read would fill
+    if "frappe_bench_path" in data:
+        bench = from_bench(data)
+        problems += bench.problems
+        unread = FILLS if bench.problems else unread
+        data = {**bench.values, **data}
     for spec in fields(Config):
         if spec.name not in data:
-            if spec.default is MISSING:
+            if spec.default is MISSING and spec.name not in unread:
                 problems.append(f"{spec.name}: required key is missing")
             continue
         raw = data[spec.name]
@@ -325,7 +337,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
             problems.append(f"{spec.name}: expected {wrong.expected}, got {shown}")
         except _Invalid as invalid:
             problems.append(f"{spec.name}: {invalid}")
-    problems += _builder_problems(data, values)
+    named = {problem.split(":")[0] for problem in problems}
+    problems += [p for p in _builder_problems(data, values) if p.split(":")[0] not in named]
 
     warnings: list[str] = []
     email = [key for key in data if key in _EMAIL_KEYS]
@@ -339,6 +352,26 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
     if problems:
         raise ConfigError(problems, source)
     return Config(**values), warnings
+
+
+def from_bench(data: Mapping[str, Any]) -> BenchDefaults:
+    """What the bench named by ``frappe_bench_path`` proposes for the keys ``data`` leaves out."""
+    bench = bench_defaults(data["frappe_bench_path"], data.get("frappe_site_name"), data)
+    for key in [k for k in bench.values if k in data]:
+        del bench.values[key]
+        del bench.sources[key]
+    return bench
+
+
+def value_sources(path: str) -> dict[str, str]:
+    """Where each setting of the (already checked) file at ``path`` comes from."""
+    with open(path, "rb") as stream:
+        data = tomllib.load(stream)
+    bench = from_bench(data) if "frappe_bench_path" in data else BenchDefaults()
+    return {
+        spec.name: "config file" if spec.name in data else bench.sources.get(spec.name, "default")
+        for spec in fields(Config)
+    }
 
 
 # TOML reads `socket_mode = 0o660` as the integer 432, which nothing downstream

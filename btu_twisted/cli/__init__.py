@@ -41,7 +41,7 @@ from btu_twisted.cli.site import (
     cmd_test_ping,
 )
 from btu_twisted.cli.sql import cmd_list_tasks
-from btu_twisted.config import DEFAULT_CONFIG_PATH, ConfigError, masked
+from btu_twisted.config import DEFAULT_CONFIG_PATH, ConfigError, masked, value_sources
 
 __all__ = ["build_parser", "main"]
 
@@ -90,12 +90,19 @@ def _count(text: str) -> int:
 
 def cmd_print_config(ctx: Context, args: argparse.Namespace) -> int:
     """Show the settings in effect, secrets masked."""
-    settings = masked(ctx.config())
+    config = ctx.config()
+    settings = masked(config)
     if ctx.json:
         ctx.emit_json(settings)
-    else:
+    elif config.frappe_bench_path is None:
         ctx.line(f"# {ctx.config_path}")
         ctx.pairs(settings)
+    else:
+        # Bench mode: most values come from the bench's JSON files; say which.
+        ctx.line(f"# {ctx.config_path}, bench {config.frappe_bench_path}")
+        sources = value_sources(ctx.config_path)
+        ctx.table(("KEY", "VALUE", "FROM"),
+                  [(key, value, sources[key]) for key, value in settings.items()], "")
     return OK
 
 

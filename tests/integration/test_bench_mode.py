@@ -1,0 +1,112 @@
+"""Bench mode on real services: a three-line TOML, a bench directory, a site's own DB user.
+
+The bench directory is built here as ``bench new-site`` leaves it (the JSON
+part): the site's database belongs to its own MariaDB user with a password,
+``redis_queue`` names the test Redis, and ``bench_id`` names the queues.  The
+daemon reads all of that, plans the site's schedule and enqueues a Frappe job
+that a real rq worker (with the stand-in ``frappe`` package) runs.
+
+Redis database 1, held with the machine-wide lock.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+from twisted.trial.unittest import TestCase
+
+from tests.integration.daemon import make_service, run_worker, wait_for
+from tests.integration.support import (
+    MYSQL,
+    REDIS_HOST,
+    REDIS_PORT,
+    TestDatabase,
+    admin_connection,
+    clean_redis,
+    exclusive_redis_db,
+)
+from tests.jobfuncs import read_records
+from tests.test_frappe_bench import make_bench
+
+REDIS_DB = 1
+SITE = "site1.test"
+FAKE_FRAPPE = str(Path(__file__).resolve().parent.parent / "fixtures" / "builders_fake_frappe")
+
+
+class BenchModeDaemonTests(TestCase):
+    timeout = 90
+
+    def site_user(self, database: str) -> tuple[str, str]:
+        """A MariaDB user owning ``database``, as bench creates one per site."""
+        user, password = "btu_b_" + secrets.token_hex(4), secrets.token_hex(12)
+        conn = admin_connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (user, password))
+                cur.execute(f"GRANT ALL PRIVILEGES ON `{database}`.* TO %s@'%%'", (user,))
+        finally:
+            conn.close()
+        self.addCleanup(self._drop_user, user)
+        return user, password
+
+    @staticmethod
+    def _drop_user(user: str) -> None:
+        conn = admin_connection()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("DROP USER IF EXISTS %s@'%%'", (user,))
+        finally:
+            conn.close()
+
+    async def test_three_line_toml_runs_a_site(self) -> None:
+        await exclusive_redis_db(self, REDIS_DB)
+        redis = clean_redis(self, REDIS_DB)
+        db = TestDatabase(load_samples=False)
+        self.addCleanup(db.drop)
+        db.add_task("BTU-BENCH", "myapp.tasks.hello", repr({"n": 1}))
+        db.add_schedule("TS-BENCH", "BTU-BENCH", "* * * * * * *")
+        user, password = self.site_user(db.name)
+        tmp = Path(self.mktemp()).resolve()
+        bench = make_bench(
+            tmp / "frappe-bench",
+            common={"bench_id": "bench-it", "webserver_port": 8000,
+                    "redis_queue": f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"},
+            sites={SITE: {"db_name": db.name, "db_user": user, "db_password": password,
+                          "db_host": MYSQL["host"], "db_port": MYSQL["port"],
+                          "rq_results_ttl": 120}},
+        )
+        short = tempfile.mkdtemp(dir="/tmp", prefix="btubench")  # AF_UNIX paths are short
+        self.addCleanup(shutil.rmtree, short, True)
+        # Three lines, and a fourth because the worker here runs rq 2.12, which
+        # refuses Frappe v15's "site::uuid" ids (the default; rq 1.15 workers
+        # take them, see test_rq_compat).
+        values = {"frappe_bench_path": str(bench), "frappe_site_name": SITE,
+                  "socket_path": os.path.join(short, "btu.sock"), "frappe_job_id_style": "uuid"}
+        service, fatal = make_service(values)
+        await service.startService()
+        self.addCleanup(lambda: service.running and service.stopService())
+        self.assertEqual(fatal, [])
+        queue = "rq:queue:bench-it:default"
+        await wait_for(lambda: redis.llen(queue) >= 1, timeout=20)
+        await service.stopService()
+
+        job_id = redis.lindex(queue, 0).decode()
+        self.assertRegex(job_id, r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+        job = redis.hgetall(f"rq:job:{job_id}")
+        self.assertEqual(job[b"origin"], b"bench-it:default")
+        self.assertEqual(job[b"result_ttl"], b"120")
+        records = str(tmp / "records.jsonl")
+        os.environ["BTU_TEST_RECORD_FILE"] = records
+        self.addCleanup(os.environ.pop, "BTU_TEST_RECORD_FILE", None)
+        done = await run_worker(REDIS_DB, ["bench-it:default"], extra_path=FAKE_FRAPPE)
+        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+        ran = read_records(records)
+        self.assertGreaterEqual(len(ran), 1, (done.stdout + done.stderr)[-3000:])
+        calls = [r["kwargs"] for r in ran]
+        self.assertEqual({(c["site"], c["method"]) for c in calls}, {(SITE, "myapp.tasks.hello")})
+        self.assertEqual(calls[0]["kwargs"], {"n": 1})
+        self.assertEqual(ran[0]["job"]["origin"], "bench-it:default")
