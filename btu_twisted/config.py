@@ -253,6 +253,8 @@ class Config:
     rq_password: str | None = _key(_string, None, secret=True)
     rq_database: int = _key(_integer(0), 0)
     rq_queue_prefix: str = _key(_string, "")
+    # Every key of ours starts with it; one site's daemons per prefix (prefix_guard.py).
+    redis_key_prefix: str = _key(_non_empty_string, "btu_scheduler:")
 
     socket_path: str = _key(_non_empty_string)
     socket_file_group_owner: str | None = _key(_string, None)

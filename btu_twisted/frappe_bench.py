@@ -42,7 +42,7 @@ _FIXED = {
 # from the TOML is a consequence, not a mistake of its own to report.
 FILLS = frozenset({
     *_FIXED, "mysql_database", "mysql_user", "mysql_password", "mysql_host", "mysql_port",
-    "rq_host", "rq_port", "rq_database", "rq_password", "rq_queue_prefix",
+    "rq_host", "rq_port", "rq_database", "rq_password", "rq_queue_prefix", "redis_key_prefix",
     "webserver_port", "webserver_host_header", "result_ttl", "failure_ttl",
 })
 
@@ -116,6 +116,8 @@ def bench_defaults(bench_path: str, site: str | None, toml: Mapping[str, Any]) -
     port = lookup("webserver_port")
     found.propose("webserver_port", *(port or (8000, "Frappe's default webserver_port")))
     found.propose("webserver_host_header", site, "frappe_site_name (Frappe picks the site by Host)")
+    # The bench's sites share redis_queue and their schedule names: one prefix each.
+    found.propose("redis_key_prefix", f"btu_scheduler:{site}:", "frappe_site_name (one per site)")
     ttls = (("result_ttl", "rq_results_ttl"), ("failure_ttl", "rq_job_failure_ttl"))
     for key, frappe_key in ttls:
         ttl = lookup(frappe_key)

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from btu_twisted import __version__
@@ -29,6 +30,7 @@ from btu_twisted.health import Dependency
 from btu_twisted.job_ids import JobIdRecorder
 from btu_twisted.metrics import Metrics, MetricsService
 from btu_twisted.planner import Planner
+from btu_twisted.prefix_guard import PrefixGuard, PrefixTaken
 from btu_twisted.protocol import ControlFactory
 from btu_twisted.redis_gateway import RedisGateway
 from btu_twisted.refresh import FullRefresh
@@ -38,11 +40,17 @@ from btu_twisted.store import ScheduleStore
 from btu_twisted.timer import Timer
 
 STARTUP_CHECK_TIMEOUT = 10.0
+PREFIX_RETRY_SECS = 2.0
 CANCEL_TIMEOUT = 5.0
 
 
 class StartupError(Exception):
     """The daemon cannot start; the message is the one line an admin sees."""
+
+
+def site_of(config: Config) -> str:
+    """Who owns the key prefix: daemons of one site (high availability) share it."""
+    return config.frappe_site_name or f"{config.mysql_database}@{config.mysql_host}"
 
 
 def exit_on_fatal(reactor: Any) -> Callable[[str], None]:
@@ -92,6 +100,9 @@ class BtuService(MultiService):
             password=config.rq_password,
         )
         self.store = ScheduleStore(self.redis)
+        self.guard = PrefixGuard(
+            reactor, self.redis, config.redis_key_prefix, site_of(config), self._lost_prefix
+        )
         self.builder = make_builder(config, reactor)
         self.job_ids = JobIdRecorder(reactor, self.db)
         self.timer = Timer(
@@ -140,6 +151,7 @@ class BtuService(MultiService):
             group=config.socket_file_group_owner,
         )
         self.started: Deferred[None] | None = None
+        self._prefix_wait: Deferred[None] | None = None
 
     # -- start and stop ------------------------------------------------------
     def startService(self) -> Deferred[None]:  # type: ignore[override]
@@ -183,9 +195,42 @@ class BtuService(MultiService):
                     f"cannot serve metrics on {self.config.metrics_host}:"
                     f"{self.config.metrics_port}: {_reason(e)}"
                 ) from None
+        await self._take_prefix()
+        if not self.running:
+            return
         for child in (self.timer, self.planner, self.refresh, self.changes):
             child.startService()
         self.started_at = self._reactor.seconds()
+
+    async def _take_prefix(self) -> None:
+        """Hold the key prefix before anything plans, prunes or claims in it.
+
+        Redis was checked already unless startup_without_database_connections,
+        in which case the socket answers while we wait for Redis here.
+        """
+        while self.running:
+            try:
+                await self.guard.acquire()
+                return
+            except PrefixTaken as e:
+                raise StartupError(str(e)) from None
+            except Exception as e:
+                if not self.config.startup_without_database_connections:
+                    raise StartupError(
+                        f"cannot take the key prefix {self.config.redis_key_prefix!r} "
+                        f"in Redis: {_reason(e)}"
+                    ) from None
+            self._prefix_wait = deferLater(self._reactor, PREFIX_RETRY_SECS, lambda: None)
+            try:
+                await self._prefix_wait
+            except CancelledError:
+                return  # stopped while Redis was away
+            finally:
+                self._prefix_wait = None
+
+    def _lost_prefix(self, message: str) -> None:
+        self.log.critical("{message}", message=message)
+        self._on_fatal(message)
 
     async def _check_services(self) -> None:
         c = self.config
@@ -221,6 +266,8 @@ class BtuService(MultiService):
 
     async def _stop(self) -> None:
         self.running = 0
+        if self._prefix_wait is not None:
+            self._prefix_wait.cancel()
         children = [
             self.changes, self.refresh, self.planner, self.timer, self.socket,
             self.metrics_service,
@@ -232,6 +279,7 @@ class BtuService(MultiService):
                 except Exception:
                     self.log.failure("stopping {service} failed", service=child.name)
         self.job_ids.stop()
+        await self.guard.release()
         await _maybe(self.builder.close())
         await _maybe(self.redis.stop())
         self.db.stop()

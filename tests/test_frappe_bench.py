@@ -68,6 +68,7 @@ class BenchModeTests(TestCase):
         self.assertEqual(redis, ("127.0.0.1", 11000, 0))
         self.assertIsNone(config.rq_password)
         self.assertEqual(config.rq_queue_prefix, "prod-bench:")
+        self.assertEqual(config.redis_key_prefix, f"btu_scheduler:{SITE}:")
         self.assertEqual(config.job_builder, "frappe_site")
         self.assertEqual((config.webserver_port, config.webserver_host_header), (8001, SITE))
         self.assertEqual((config.result_ttl, config.failure_ttl), (300, 86400))

@@ -1,0 +1,119 @@
+"""One site per Redis key prefix: a lease that a second site's daemon cannot take.
+
+A bench's sites share one ``redis_queue`` and every site numbers its schedules
+``TS-000001``…, so two sites' daemons in one key prefix prune each other's
+members and claim each other's runs.  Each daemon therefore holds a lease,
+``<prefix>owner`` = its site, set with an expiry and renewed well before it.
+A daemon of another site finds the lease and refuses to start; daemons of the
+same site (high availability) share it, as they share the keys.  A daemon
+that dies without releasing the lease frees the prefix when it expires
+(:data:`LEASE_SECS`); a clean stop releases it at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from btu_twisted.redis_gateway import RedisCommands
+
+__all__ = ["LEASE_SECS", "PrefixGuard", "PrefixTaken"]
+
+#: How long a dead daemon keeps its prefix; renewed every third of it.
+LEASE_SECS = 30
+
+# Take the lease if it is free or already ours (another daemon of our site);
+# return the owner found otherwise.
+TAKE = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return owner end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+return ''
+"""
+
+# Release only our own lease: after an expiry it may be another site's.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class PrefixTaken(Exception):
+    """The prefix is leased to another site's live daemon; the message says what to do."""
+
+
+class PrefixGuard:
+    """Holds ``<prefix>owner`` for ``site`` while the daemon runs."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: Any,
+        redis: RedisCommands,
+        prefix: str,
+        site: str,
+        on_lost: Callable[[str], None],
+        lease_secs: float = LEASE_SECS,
+    ) -> None:
+        self._clock = clock
+        self._redis = redis
+        self._prefix = prefix
+        self.key = prefix + "owner"
+        self._site = site
+        self._on_lost = on_lost
+        self._lease = lease_secs
+        self._loop: LoopingCall | None = None
+
+    async def acquire(self) -> None:
+        """Take the lease now, or raise :class:`PrefixTaken`; then keep renewing it."""
+        other = await self._take()
+        if other:
+            raise PrefixTaken(self._taken_by(other))
+        self._loop = LoopingCall(self._renew)
+        self._loop.clock = self._clock
+        self._loop.start(self._lease / 3, now=False)
+
+    async def _take(self) -> str:
+        owner = await self._redis.eval(TAKE, [self.key], [self._site, int(self._lease * 1000)])
+        return owner.decode() if isinstance(owner, bytes) else str(owner or "")
+
+    async def _renew(self) -> None:
+        try:
+            other = await self._take()
+        except Exception as e:
+            # Redis away: the gateway logs the outage; the lease may lapse,
+            # and whoever holds it when Redis is back decides.
+            self.log.debug("could not renew the lease on {key}: {error}", key=self.key, error=e)
+            return
+        if other:
+            self.stop()
+            self._on_lost(self._taken_by(other))
+
+    def _taken_by(self, other: str) -> str:
+        return (
+            f"the Redis keys {self._prefix}* belong to the daemon of site {other!r} "
+            f"(its lease {self.key} is renewed every {self._lease / 3:g} s); this daemon "
+            f"serves {self._site!r}: give it a redis_key_prefix of its own, e.g. "
+            f"\"btu_scheduler:{self._site}:\""
+        )
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    async def release(self) -> None:
+        """Stop renewing and free the prefix for the next daemon, if it is still ours."""
+        held = self._loop is not None
+        self.stop()
+        if not held:
+            return
+        try:
+            await self._redis.eval(RELEASE, [self.key], [self._site])
+        except Exception as e:
+            self.log.info("lease {key} not released ({error}); it lapses in {secs:g} s",
+                          key=self.key, error=e, secs=self._lease)

@@ -1,0 +1,96 @@
+"""The key-prefix lease on a real Redis: one site per prefix, shared by one site's daemons.
+
+Short leases (1 s) keep the expiry cases quick.  Redis database 1, held with
+the machine-wide lock (shared with test_bench_mode, test by test).
+"""
+
+from __future__ import annotations
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from btu_twisted.prefix_guard import PrefixGuard, PrefixTaken
+from btu_twisted.redis_gateway import RedisGateway
+from tests.integration.daemon import wait_for
+from tests.integration.support import REDIS_HOST, REDIS_PORT, clean_redis, exclusive_redis_db
+
+DB = 1
+PREFIX = "btu_scheduler:"
+LEASE = 1.0
+
+
+class PrefixGuardTests(TestCase):
+    timeout = 30
+
+    async def setUp(self) -> None:
+        await exclusive_redis_db(self, DB)
+        self.sync = clean_redis(self, DB)
+        self.gateway = RedisGateway(reactor, REDIS_HOST, REDIS_PORT, database=DB)
+        self.gateway.start()
+        self.lost: list[str] = []
+
+    async def tearDown(self) -> None:
+        await self.gateway.stop()
+
+    def guard(self, site: str, prefix: str = PREFIX) -> PrefixGuard:
+        guard = PrefixGuard(reactor, self.gateway, prefix, site, self.lost.append,
+                            lease_secs=LEASE)
+        self.addCleanup(guard.stop)
+        return guard
+
+    async def test_another_site_is_refused_naming_the_owner(self) -> None:
+        await self.guard("a.example.com").acquire()
+        with self.assertRaises(PrefixTaken) as caught:
+            await self.guard("b.example.com").acquire()
+        message = str(caught.exception)
+        self.assertIn("site 'a.example.com'", message)
+        self.assertIn("redis_key_prefix", message)
+        self.assertIn('"btu_scheduler:b.example.com:"', message)
+        # Another prefix on the same Redis is no conflict.
+        await self.guard("b.example.com", "btu_scheduler:b.example.com:").acquire()
+
+    async def test_daemons_of_one_site_share_the_prefix(self) -> None:
+        """High availability: a second daemon of the same site starts, and both renew."""
+        first, second = self.guard("a.example.com"), self.guard("a.example.com")
+        await first.acquire()
+        await second.acquire()
+        await deferLater(reactor, LEASE * 1.5, lambda: None)
+        self.assertEqual(self.sync.get(PREFIX + "owner"), b"a.example.com")
+        self.assertEqual(self.lost, [])
+
+    async def test_a_dead_daemon_frees_the_prefix_when_its_lease_lapses(self) -> None:
+        dead = PrefixGuard(reactor, self.gateway, PREFIX, "a.example.com", self.lost.append,
+                           lease_secs=4.0)
+        await dead.acquire()
+        dead.stop()  # no release: as if killed
+        with self.assertRaises(PrefixTaken):
+            await self.guard("b.example.com").acquire()
+        ttl = self.sync.pttl(PREFIX + "owner")
+        self.assertTrue(0 < ttl <= 4000, ttl)  # it lapses by itself
+        await wait_for(lambda: self.sync.get(PREFIX + "owner") is None, timeout=10)
+        await self.guard("b.example.com").acquire()
+
+    async def test_a_clean_stop_frees_the_prefix_at_once(self) -> None:
+        first = self.guard("a.example.com")
+        await first.acquire()
+        await first.release()
+        self.assertIsNone(self.sync.get(PREFIX + "owner"))
+        await self.guard("b.example.com").acquire()
+
+    async def test_release_leaves_another_sites_lease(self) -> None:
+        first = self.guard("a.example.com")
+        await first.acquire()
+        self.sync.set(PREFIX + "owner", "b.example.com")  # first's lease lapsed; b took it
+        await first.release()
+        self.assertEqual(self.sync.get(PREFIX + "owner"), b"b.example.com")
+
+    async def test_a_lease_taken_while_running_is_reported_once(self) -> None:
+        """Redis was away longer than the lease and another site took the prefix:
+        the next renewal stops and reports it (the daemon then stops)."""
+        await self.guard("a.example.com").acquire()
+        self.sync.set(PREFIX + "owner", "b.example.com")
+        await wait_for(lambda: self.lost, timeout=10)
+        await deferLater(reactor, LEASE, lambda: None)  # renewals would have come by now
+        self.assertEqual(len(self.lost), 1, self.lost)
+        self.assertIn("site 'b.example.com'", self.lost[0])
