@@ -195,23 +195,26 @@ class BtuService(MultiService):
                     f"cannot serve metrics on {self.config.metrics_host}:"
                     f"{self.config.metrics_port}: {_reason(e)}"
                 ) from None
-        await self._take_prefix()
-        if not self.running:
-            return
-        for child in (self.timer, self.planner, self.refresh, self.changes):
-            child.startService()
         self.started_at = self._reactor.seconds()
+        if self.config.startup_without_database_connections:
+            # Started now, socket answering; the scheduling starts once Redis does.
+            later = Deferred.fromCoroutine(self._start_scheduling())
+            later.addErrback(self._start_failed)
+        else:
+            await self._start_scheduling()
 
-    async def _take_prefix(self) -> None:
-        """Hold the key prefix before anything plans, prunes or claims in it.
+    async def _start_scheduling(self) -> None:
+        """Hold the key prefix before anything plans, prunes or claims in it."""
+        if await self._take_prefix() and self.running:
+            for child in (self.timer, self.planner, self.refresh, self.changes):
+                child.startService()
 
-        Redis was checked already unless startup_without_database_connections,
-        in which case the socket answers while we wait for Redis here.
-        """
+    async def _take_prefix(self) -> bool:
+        """True once the prefix is ours; False when stopped while waiting for Redis."""
         while self.running:
             try:
                 await self.guard.acquire()
-                return
+                return True
             except PrefixTaken as e:
                 raise StartupError(str(e)) from None
             except Exception as e:
@@ -224,9 +227,10 @@ class BtuService(MultiService):
             try:
                 await self._prefix_wait
             except CancelledError:
-                return  # stopped while Redis was away
+                break
             finally:
                 self._prefix_wait = None
+        return False
 
     def _lost_prefix(self, message: str) -> None:
         self.log.critical("{message}", message=message)
