@@ -1,0 +1,148 @@
+"""What a command or a config loads: nothing it does not use.
+
+Each check runs in a fresh interpreter and reads ``sys.modules`` afterwards,
+so it sees exactly what that run imported.  ``btu ping`` and ``btu next-runs``
+must not load the daemon's machinery (Twisted's reactor, txredisapi), the
+clients of commands that were not asked for (redis-py, PyMySQL) or the TLS
+and HTTP stacks: those imports were most of their start-up time.  The daemon
+must not load the HTTP client (treq) for a builder that makes no HTTP call,
+nor prometheus_client and twisted.web without ``metrics_port``.
+
+pyOpenSSL and cryptography are not checked for the daemon: Twisted's reactor
+itself imports them (``twisted.internet.tcp`` and ``posixbase``), and so does
+txredisapi (``twisted.internet.ssl`` at module level).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.trial import unittest
+
+from tests.integration.support import config_values, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Never loaded by the CLI's light commands.
+CLI_HEAVY = ("twisted", "txredisapi", "pymysql", "redis", "rq", "treq", "OpenSSL",
+             "cryptography", "service_identity", "prometheus_client")
+
+#: Never loaded by a daemon whose config uses neither the frappe builder nor metrics.
+DAEMON_UNUSED = ("treq", "prometheus_client", "twisted.web", "btu_twisted.frappe_http",
+                 "btu_twisted.metrics", "hyperlink")
+
+
+def loaded_after(code: str, *args: str) -> dict[str, Any]:
+    """Run ``code`` in a new interpreter; its ``sys.modules`` (and its ``result``) afterwards."""
+    program = (
+        "import json, sys\n"
+        "result = None\n"
+        f"{code}\n"
+        "print(json.dumps({'modules': sorted(sys.modules), 'result': result}))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-c", program, *args], cwd=str(ROOT), env=env,
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"the child failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def present(modules: list[str], names: tuple[str, ...]) -> list[str]:
+    """Those of ``names`` loaded, as packages or any of their submodules."""
+    return sorted({name for name in names for module in modules
+                   if module == name or module.startswith(name + ".")})
+
+
+class _WithConfig(unittest.TestCase):
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="btu-imports-"))
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def config(self, **overrides: Any) -> str:
+        path = self.dir / f"btu-{len(list(self.dir.iterdir()))}.toml"
+        write_config(path, config_values("btu_imports_never_connected",
+                                         socket_path=str(self.dir / "none.sock"), **overrides))
+        return str(path)
+
+
+CLI = (
+    "import io\n"
+    "from btu_twisted.cli import main\n"
+    "out, err = io.StringIO(), io.StringIO()\n"
+    "result = [main(sys.argv[1:], out, err), out.getvalue(), err.getvalue()]\n"
+)
+
+
+class CliImportTests(_WithConfig):
+    def test_ping_loads_no_client_and_no_twisted(self) -> None:
+        """``btu ping`` (here refused: no daemon) reads the config and talks to a
+        socket; it loads none of the heavy packages."""
+        child = loaded_after(CLI, "ping", "--config", self.config())
+        code, _, err = child["result"]
+        self.assertEqual(code, 3, err)  # it ran: the socket is not there
+        self.assertIn("cannot reach the btu daemon", err)
+        self.assertEqual(present(child["modules"], CLI_HEAVY), [])
+
+    def test_next_runs_loads_croniter_only(self) -> None:
+        """``btu next-runs`` needs the cron code (croniter) and nothing heavier."""
+        child = loaded_after(CLI, "next-runs", "0 13 * * 1-5", "-n", "2", "--tz", "UTC")
+        code, out, err = child["result"]
+        self.assertEqual(code, 0, err)
+        self.assertIn("(UTC)", out)
+        self.assertIn("croniter", child["modules"])
+        self.assertEqual(present(child["modules"], CLI_HEAVY), [])
+
+    def test_a_client_command_still_reports_its_client_error(self) -> None:
+        """``list-jobs`` loads redis-py itself, and its connection error still maps
+        to exit 3 and one line (the error classes are found once loaded)."""
+        child = loaded_after(CLI, "list-jobs", "--config", self.config(rq_port=1))
+        code, _, err = child["result"]
+        self.assertEqual(code, 3, err)
+        self.assertIn("cannot reach Redis at", err)
+        self.assertIn("redis", child["modules"])
+        self.assertEqual(present(child["modules"], ("pymysql", "txredisapi", "treq")), [])
+
+
+MAKE_SERVICE = (
+    "from btu_twisted import tap\n"
+    "options = tap.Options()\n"
+    "options.parseOptions(['--config', sys.argv[1]])\n"
+    "service = tap.makeService(options)\n"
+    "result = [type(service.builder).__name__, service.metrics_service is not None]\n"
+)
+
+
+class DaemonImportTests(_WithConfig):
+    def test_function_builder_without_metrics(self) -> None:
+        """A ``function`` builder without ``metrics_port`` loads no HTTP client,
+        no prometheus_client and no twisted.web."""
+        child = loaded_after(MAKE_SERVICE, self.config(job_builder="function"))
+        self.assertEqual(child["result"], ["FunctionBuilder", False])
+        self.assertIn("btu_twisted.service", child["modules"])
+        self.assertEqual(present(child["modules"], DAEMON_UNUSED), [])
+
+    def test_frappe_site_builder_loads_no_http_client(self) -> None:
+        child = loaded_after(MAKE_SERVICE, self.config(job_builder="frappe_site",
+                                                       frappe_site_name="site1.local"))
+        self.assertEqual(child["result"], ["FrappeSiteBuilder", False])
+        self.assertEqual(present(child["modules"], DAEMON_UNUSED), [])
+
+    def test_what_a_config_uses_is_loaded(self) -> None:
+        """The frappe builder brings its HTTP client, metrics_port the exporter."""
+        child = loaded_after(MAKE_SERVICE, self.config(
+            job_builder="frappe", webserver_ip="127.0.0.1", webserver_port=8000,
+            webserver_token="token a:b", metrics_port=9464,
+        ))
+        self.assertEqual(child["result"], ["FrappeBuilder", True])
+        self.assertEqual(present(child["modules"], ("treq", "prometheus_client", "twisted.web")),
+                         ["prometheus_client", "treq", "twisted.web"])
