@@ -6,11 +6,10 @@ must not load the daemon's machinery (Twisted's reactor, txredisapi), the
 clients of commands that were not asked for (redis-py, PyMySQL) or the TLS
 and HTTP stacks: those imports were most of their start-up time.  The daemon
 must not load the HTTP client (treq) for a builder that makes no HTTP call,
-nor prometheus_client and twisted.web without ``metrics_port``.
-
-pyOpenSSL and cryptography are not checked for the daemon: Twisted's reactor
-itself imports them (``twisted.internet.tcp`` and ``posixbase``), and so does
-txredisapi (``twisted.internet.ssl`` at module level).
+nor prometheus_client and twisted.web without ``metrics_port``, nor
+pyOpenSSL and service_identity when no builder makes an HTTPS call
+(:mod:`btu_twisted.tls`).  cryptography itself is not checked: PyMySQL and
+redis-py (through rq) import it.
 """
 
 from __future__ import annotations
@@ -36,7 +35,8 @@ CLI_HEAVY = ("twisted", "txredisapi", "pymysql", "redis", "rq", "treq", "OpenSSL
 
 #: Never loaded by a daemon whose config uses neither the frappe builder nor metrics.
 DAEMON_UNUSED = ("treq", "prometheus_client", "twisted.web", "btu_twisted.frappe_http",
-                 "btu_twisted.metrics", "hyperlink")
+                 "btu_twisted.metrics", "hyperlink", "OpenSSL", "service_identity",
+                 "twisted.internet.ssl", "twisted.protocols.tls")
 
 
 def loaded_after(code: str, *args: str) -> dict[str, Any]:
@@ -125,11 +125,36 @@ MAKE_SERVICE = (
 class DaemonImportTests(_WithConfig):
     def test_function_builder_without_metrics(self) -> None:
         """A ``function`` builder without ``metrics_port`` loads no HTTP client,
-        no prometheus_client and no twisted.web."""
+        no prometheus_client, no twisted.web and no TLS."""
         child = loaded_after(MAKE_SERVICE, self.config(job_builder="function"))
         self.assertEqual(child["result"], ["FunctionBuilder", False])
         self.assertIn("btu_twisted.service", child["modules"])
         self.assertEqual(present(child["modules"], DAEMON_UNUSED), [])
+
+    def test_metrics_without_tls(self) -> None:
+        """metrics_port brings prometheus_client and twisted.web, still without TLS."""
+        child = loaded_after(MAKE_SERVICE, self.config(job_builder="function", metrics_port=9464))
+        self.assertEqual(child["result"], ["FunctionBuilder", True])
+        self.assertEqual(present(child["modules"], DAEMON_UNUSED),
+                         ["btu_twisted.metrics", "hyperlink", "prometheus_client", "twisted.web"])
+
+    def test_tls_can_still_be_loaded_afterwards(self) -> None:
+        """Built without TLS, the process can still import pyOpenSSL and the real
+        twisted.internet.ssl; only txredisapi holds the stand-ins, which refuse use."""
+        child = loaded_after(MAKE_SERVICE + (
+            "import txredisapi\n"
+            "stand_in = txredisapi.ssl\n"
+            "from twisted.internet import ssl\n"
+            "try:\n"
+            "    stand_in.ClientContextFactory()\n"
+            "except RuntimeError as error:\n"
+            "    refused = str(error)\n"
+            "result = [ssl.__name__, ssl is stand_in, hasattr(ssl, 'optionsForClientTLS'), refused]\n"
+        ), self.config(job_builder="function"))
+        name, same, real, refused = child["result"]
+        self.assertEqual((name, same, real), ("twisted.internet.ssl", False, True))
+        self.assertIn("TLS is not loaded", refused)
+        self.assertIn("OpenSSL", child["modules"])
 
     def test_frappe_site_builder_loads_no_http_client(self) -> None:
         child = loaded_after(MAKE_SERVICE, self.config(job_builder="frappe_site",
@@ -138,11 +163,14 @@ class DaemonImportTests(_WithConfig):
         self.assertEqual(present(child["modules"], DAEMON_UNUSED), [])
 
     def test_what_a_config_uses_is_loaded(self) -> None:
-        """The frappe builder brings its HTTP client, metrics_port the exporter."""
+        """The frappe builder brings its HTTP client and TLS, metrics_port the exporter."""
         child = loaded_after(MAKE_SERVICE, self.config(
             job_builder="frappe", webserver_ip="127.0.0.1", webserver_port=8000,
             webserver_token="token a:b", metrics_port=9464,
         ))
         self.assertEqual(child["result"], ["FrappeBuilder", True])
-        self.assertEqual(present(child["modules"], ("treq", "prometheus_client", "twisted.web")),
-                         ["prometheus_client", "treq", "twisted.web"])
+        self.assertEqual(
+            present(child["modules"], ("treq", "prometheus_client", "twisted.web", "OpenSSL",
+                                       "service_identity")),
+            ["OpenSSL", "prometheus_client", "service_identity", "treq", "twisted.web"],
+        )
