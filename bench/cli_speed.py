@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,12 +50,13 @@ from bench import fixtures
 from bench.fixtures import REDIS_DB_OURS, BenchDatabase, flush, redis_dbs_locked, schedule_names
 from bench.idle import proc_sample
 from bench.stats import percentile, ratio
+from btu_twisted.cli.common import CliError
+from btu_twisted.cli.daemon import request
 from tests.integration import support
 
 ROOT = fixtures.ROOT
 RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
-PING = b'{"request_type": "ping", "request_content": null}\n'
 NEXT_RUNS = ["next-runs", "0 13 * * 1-5"]
 
 
@@ -80,21 +80,12 @@ def timings(samples: Sequence[float]) -> dict[str, Any]:
 
 
 def try_ping(path: str) -> bool:
-    """One ping; True when ``pong`` came back, False while nobody listens yet."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(5)
-        try:
-            s.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            return False
-        s.sendall(PING)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = s.recv(1024)
-            if not chunk:
-                break
-            reply += chunk
-    if reply != b"pong\n":
+    """One ping (the ``btu`` command's own client); False while nobody listens yet."""
+    try:
+        reply = request(path, "ping", None)
+    except CliError:
+        return False
+    if reply != "pong":
         raise RuntimeError(f"the daemon answered {reply!r} to ping")
     return True
 
