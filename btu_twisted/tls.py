@@ -34,9 +34,19 @@ _TXREDISAPI_NEEDS = {
 
 
 def uses_tls(config: Any) -> bool:
-    """True when the config may open a TLS connection: only the ``frappe``
-    builder makes outside calls (HTTP or HTTPS); metrics are served over HTTP."""
-    return bool(config.job_builder == "frappe")
+    """True when the config may open a TLS connection.
+
+    Today only the ``frappe`` builder can (it calls the site over HTTP or
+    HTTPS); metrics are served over plain HTTP.  A Redis URL ``rediss://`` and
+    any setting named ``*tls*`` count too, so that a TLS feature added later
+    loads TLS instead of meeting the stand-ins.
+    """
+    if config.job_builder == "frappe":
+        return True
+    if str(getattr(config, "rq_url", None) or "").startswith("rediss:"):
+        return True
+    return any(getattr(config, name) for name in dir(config)
+               if "tls" in name and not name.startswith("_"))
 
 
 class _NoTLS:

@@ -21,10 +21,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.trial import unittest
 
+from btu_twisted.config import parse_config
+from btu_twisted.tls import uses_tls
 from tests.integration.support import config_values, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,3 +177,20 @@ class DaemonImportTests(_WithConfig):
                                        "service_identity")),
             ["OpenSSL", "prometheus_client", "service_identity", "treq", "twisted.web"],
         )
+
+
+class UsesTlsTests(unittest.TestCase):
+    def test_which_configs_keep_tls(self) -> None:
+        """The frappe builder keeps TLS; the others do not, unless a Redis URL
+        or a TLS setting (keys that may come later) asks for it."""
+        def config(**overrides: Any) -> Any:
+            return parse_config(config_values("x", **overrides))[0]
+
+        self.assertFalse(uses_tls(config(job_builder="function", metrics_port=9464)))
+        self.assertFalse(uses_tls(config(job_builder="frappe_site", frappe_site_name="s")))
+        self.assertTrue(uses_tls(config(job_builder="frappe", webserver_ip="127.0.0.1",
+                                        webserver_port=8000, webserver_token="token a:b")))
+        later = {"job_builder": "function", "rq_url": None, "rq_tls_ca_file": None}
+        self.assertFalse(uses_tls(SimpleNamespace(**later)))
+        self.assertTrue(uses_tls(SimpleNamespace(**{**later, "rq_url": "rediss://r:6380/0"})))
+        self.assertTrue(uses_tls(SimpleNamespace(**{**later, "rq_tls_ca_file": "/ca.pem"})))
