@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rq.job import Callback, Job, JobStatus
 from twisted.internet import defer
@@ -35,9 +35,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from btu_twisted.frappe_http import FetchError, SiteClient, load_trust_root, site_url
 from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow
+
+if TYPE_CHECKING:
+    # Loaded by the frappe builder only: the HTTP client and its TLS checks
+    # (treq, service_identity) are memory and start-up time other builders
+    # would spend for nothing.
+    from btu_twisted.frappe_http import FetchError, SiteClient
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -416,6 +421,8 @@ class FrappeBuilder(_Builder):
             return rq_fields(row, when, origin, _BTU_EXECUTE_JOB, None, data=data)
 
         def failed(failure: Failure) -> Failure:
+            from btu_twisted.frappe_http import FetchError  # loaded with the client
+
             if failure.check(FetchError):
                 exc = failure.value
                 self._record_site_state(exc, started)
@@ -470,6 +477,8 @@ def make_builder(config: Any, reactor: Any) -> JobBuilder:
             failure_ttl=FRAPPE_FAILURE_TTL if failure_ttl is None else failure_ttl,
         )
     if kind == "frappe":
+        from btu_twisted.frappe_http import SiteClient, load_trust_root, site_url
+
         if not config.webserver_ip or not config.webserver_port:
             raise ValueError("job_builder 'frappe' needs webserver_ip and webserver_port")
         ca_file = config.webserver_ca_file

@@ -21,10 +21,11 @@ import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from twisted.logger import LogLevel
+if TYPE_CHECKING:
+    from twisted.logger import LogLevel
 
 from btu_twisted.frappe_bench import FILLS, BenchDefaults, bench_defaults
 
@@ -59,14 +60,15 @@ _EMAIL_KEYS = frozenset(
     }
 )
 
-# tracing_level values the Rust daemon accepted, and what each means to twisted.logger.
+# tracing_level values the Rust daemon accepted, and the twisted.logger level
+# each means, by name: ``btu`` reads configs too, and should not load Twisted.
 _LOG_LEVELS = {
-    "TRACE": LogLevel.debug,
-    "DEBUG": LogLevel.debug,
-    "INFO": LogLevel.info,
-    "WARN": LogLevel.warn,
-    "WARNING": LogLevel.warn,
-    "ERROR": LogLevel.error,
+    "TRACE": "debug",
+    "DEBUG": "debug",
+    "INFO": "info",
+    "WARN": "warn",
+    "WARNING": "warn",
+    "ERROR": "error",
 }
 
 # Keys each job builder cannot work without, beyond the always-required ones.
@@ -432,7 +434,9 @@ def masked(config: Config) -> dict[str, object]:
 
 def log_level(config: Config) -> LogLevel:
     """twisted.logger has no TRACE, so TRACE shows what DEBUG shows."""
-    return _LOG_LEVELS[config.tracing_level]
+    from twisted.logger import LogLevel
+
+    return LogLevel.levelWithName(_LOG_LEVELS[config.tracing_level])
 
 
 def permission_warning(path: str | os.PathLike[str]) -> str | None:

@@ -1,22 +1,26 @@
 """The daemon as one ``MultiService``: what it owns and in which order it starts.
 
-Order matters: the database and Redis pools first (checked unless
-``startup_without_database_connections``), then the socket (so a second daemon
-on the same path stops before touching anything), then the timer, the planner
-and the full refresh that feeds them.  Stopping runs in reverse.  Names still
-waiting in the FIFO at stop are not saved: the next start's full refresh
-derives them again from MariaDB.
+Order matters: the database and Redis pools first, then the socket (so a
+second daemon on the same path stops before touching anything), then the
+check that MariaDB and Redis answer (unless
+``startup_without_database_connections``), then the timer, the planner and
+the full refresh that feeds them.  The socket does not wait for the check: it
+answers ``ping`` as soon as the process is up, and a schedule named on it
+waits in the FIFO until the planner starts (a failed check still ends the
+daemon, socket removed).  Stopping runs in reverse.  Names still waiting in
+the FIFO at stop are not saved: the next start's full refresh derives them
+again from MariaDB.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -28,7 +32,6 @@ from btu_twisted.control_socket import ControlSocketService, SocketInUseError
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Dependency
 from btu_twisted.job_ids import JobIdRecorder
-from btu_twisted.metrics import Metrics, MetricsService
 from btu_twisted.planner import Planner
 from btu_twisted.prefix_guard import PrefixGuard, PrefixTaken
 from btu_twisted.protocol import ControlFactory
@@ -38,6 +41,9 @@ from btu_twisted.sql import Database
 from btu_twisted.stats import lateness_summary
 from btu_twisted.store import ScheduleStore
 from btu_twisted.timer import Timer
+
+if TYPE_CHECKING:
+    from btu_twisted.metrics import Metrics, MetricsService
 
 STARTUP_CHECK_TIMEOUT = 10.0
 PREFIX_RETRY_SECS = 2.0
@@ -66,6 +72,22 @@ def exit_on_fatal(reactor: Any) -> Callable[[str], None]:
     return fatal
 
 
+class NoMetrics:
+    """What the parts report to when ``metrics_port`` is unset: nothing reads it."""
+
+    def watch(self, fifo_length: Callable[[], int], dependencies: Mapping[str, Dependency]) -> None:
+        pass
+
+    def job_enqueued(self, queue: str, lateness: float) -> None:
+        pass
+
+    def failure(self, reason: str) -> None:
+        pass
+
+    def refreshed(self, at: float, duration: float, members: int) -> None:
+        pass
+
+
 class BtuService(MultiService):
     log = Logger()
 
@@ -83,7 +105,16 @@ class BtuService(MultiService):
         self._warnings = warnings or []
         self.started_at: float | None = None
         self.fifo = ScheduleFifo()
-        self.metrics = Metrics()
+        self.metrics: Metrics | NoMetrics = NoMetrics()
+        self.metrics_service: MetricsService | None = None
+        if config.metrics_port:
+            # prometheus_client and twisted.web: loaded only when served.
+            from btu_twisted.metrics import Metrics, MetricsService
+
+            self.metrics = Metrics()
+            self.metrics_service = MetricsService(
+                reactor, self.metrics, config.metrics_host, config.metrics_port
+            )
         self.db = Database(
             reactor,
             host=config.mysql_host,
@@ -138,11 +169,6 @@ class BtuService(MultiService):
             lambda: len(self.fifo),
             {"mariadb": self.db.health, "redis": self.redis.health, **self._site_health()},
         )
-        self.metrics_service = (
-            MetricsService(reactor, self.metrics, config.metrics_host, config.metrics_port)
-            if config.metrics_port
-            else None
-        )
         self.socket = ControlSocketService(
             reactor,
             config.socket_path,
@@ -179,14 +205,14 @@ class BtuService(MultiService):
         )
         self.db.start()
         self.redis.start()
-        if not self.config.startup_without_database_connections:
-            await self._check_services()
         try:
             await self.socket.startService()
         except SocketInUseError as e:
             raise StartupError(str(e)) from None
         except OSError as e:
             raise StartupError(f"cannot listen on {self.config.socket_path}: {e}") from None
+        if not self.config.startup_without_database_connections:
+            await self._check_services()
         if self.metrics_service is not None:
             try:
                 await self.metrics_service.start()
@@ -237,24 +263,27 @@ class BtuService(MultiService):
         self._on_fatal(message)
 
     async def _check_services(self) -> None:
+        """Both at once, so start-up waits for the slower one, not their sum;
+        MariaDB's failure is the one reported when both fail."""
         c = self.config
-        try:
-            d = Deferred.fromCoroutine(self.db.check())
-            d.addTimeout(STARTUP_CHECK_TIMEOUT, self._reactor)
-            await d
-        except Exception as e:
+        mariadb = Deferred.fromCoroutine(self.db.check())
+        mariadb.addTimeout(STARTUP_CHECK_TIMEOUT, self._reactor)
+        redis = self.redis.command("PING")
+        (mariadb_ok, mariadb_result), (redis_ok, redis_result) = await DeferredList(
+            [mariadb, redis], consumeErrors=True
+        )
+        if not mariadb_ok:
             raise StartupError(
                 f"cannot use MariaDB database {c.mysql_database!r} at "
-                f"{c.mysql_host}:{c.mysql_port} as {c.mysql_user!r}: {_reason(e)} "
+                f"{c.mysql_host}:{c.mysql_port} as {c.mysql_user!r}: "
+                f"{_reason(mariadb_result.value)} "
                 "(set startup_without_database_connections = true to start anyway)"
-            ) from None
-        try:
-            await self.redis.command("PING")
-        except Exception as e:
+            )
+        if not redis_ok:
             raise StartupError(
-                f"cannot reach Redis at {c.rq_host}:{c.rq_port}: {_reason(e)} "
+                f"cannot reach Redis at {c.rq_host}:{c.rq_port}: {_reason(redis_result.value)} "
                 "(set startup_without_database_connections = true to start anyway)"
-            ) from None
+            )
 
     def _start_failed(self, failure: Any) -> None:
         if failure.check(StartupError):

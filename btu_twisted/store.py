@@ -25,21 +25,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from btu_twisted.redis_gateway import RedisCommands
+# The key names live in keys.py (importable without Twisted); store.py still exports them.
+from btu_twisted.keys import (
+    JOB_PREFIX,
+    LAST_ENQUEUED,
+    MEMBER_INDEX,
+    PLANNED_MARKER,
+    QUEUE_PREFIX,
+    RQ_QUEUES,
+    SCHEDULE_SET,
+)
 
-SCHEDULE_SET = "btu_scheduler:task_execution_times"
-MEMBER_INDEX = "btu_scheduler:schedule_members"
-LAST_ENQUEUED = "btu_scheduler:last_enqueued"
-# Set by every full refresh; its absence means Redis lost our keys (restart
-# without persistence, FLUSHDB, failover to an empty replica).
-PLANNED_MARKER = "btu_scheduler:planned"
-RQ_QUEUES = "rq:queues"
-JOB_PREFIX = "rq:job:"
-QUEUE_PREFIX = "rq:queue:"
+if TYPE_CHECKING:
+    from btu_twisted.redis_gateway import RedisCommands
 
 # How close to now a last run must be to be kept although its schedule seems
 # deleted (see FORGET_LAST_RUNS).

@@ -7,13 +7,15 @@ on stderr and exit status 1, before twistd prints any usage text.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.python import usage
 
 from btu_twisted.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, log_level
-from btu_twisted.logsetup import apply_level
-from btu_twisted.service import BtuService
+from btu_twisted.tls import without_tls
+
+if TYPE_CHECKING:
+    from btu_twisted.service import BtuService
 
 
 class Options(usage.Options):
@@ -33,15 +35,22 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: Any = None) -> BtuService:
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
+    # The daemon's modules are imported here, not when twistd lists its
+    # plugins, so that what they load can depend on the config (btu_twisted.tls).
+    with without_tls(options.config):
+        from btu_twisted.logsetup import apply_level
+        from btu_twisted.service import BtuService
 
-        reactor = default_reactor
-    try:
-        service = BtuService(options.config, reactor, warnings=list(options.warnings))
-    except (ValueError, OSError) as e:
-        # e.g. a webserver_ca_file that holds no certificate: still a config problem.
-        raise SystemExit(f"btu: bad config {options['config']}: {e}") from None
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        try:
+            # Built inside too: metrics_port loads twisted.web here.
+            service = BtuService(options.config, reactor, warnings=list(options.warnings))
+        except (ValueError, OSError) as e:
+            # e.g. a webserver_ca_file that holds no certificate: still a config problem.
+            raise SystemExit(f"btu: bad config {options['config']}: {e}") from None
     # twistd has set up its log observers by the time services start.
     reactor.callWhenRunning(apply_level, log_level(options.config))
     return service

@@ -16,36 +16,36 @@ and ``--json`` puts exactly one JSON document on stdout.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
-import pymysql
-import redis
-
 from btu_twisted import __version__
+from btu_twisted.cli.arguments import PING_METHOD, parse_after, run_count
 from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
-from btu_twisted.cli.daemon import cmd_cancel, cmd_ping, cmd_reload, cmd_status
-from btu_twisted.cli.jobs import cmd_list_jobs, cmd_queue_job_now, cmd_show_job
-from btu_twisted.cli.lastrun import cmd_clear_last_run
-from btu_twisted.cli.schedule import (
-    MAX_RUNS,
-    cmd_next_runs,
-    cmd_show_scheduled,
-    parse_after,
-)
-from btu_twisted.cli.site import (
-    PING_METHOD,
-    cmd_queue_task_now,
-    cmd_test_pickler,
-    cmd_test_ping,
-)
-from btu_twisted.cli.sql import cmd_list_tasks
 from btu_twisted.config import DEFAULT_CONFIG_PATH, ConfigError, masked, value_sources
 
 __all__ = ["build_parser", "main"]
 
 Command = Callable[[Context, argparse.Namespace], int]
+
+
+class _Lazy:
+    """A command whose module is imported only when the command runs.
+
+    Each command module loads what it talks to (redis-py, PyMySQL, croniter,
+    Twisted); importing them all to build the parser made ``btu ping`` spend
+    most of half a second loading clients it never used.
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = f"btu_twisted.cli.{module}"
+        self.name = name
+
+    def __call__(self, ctx: Context, args: argparse.Namespace) -> int:
+        command: Command = getattr(importlib.import_module(self.module), self.name)
+        return command(ctx, args)
 
 
 class _ParserExit(Exception):
@@ -76,16 +76,6 @@ class _Parser(argparse.ArgumentParser):
         where = f"{command}: " if command else ""
         self.err.write(f"btu: {where}{message} (see '{self.prog} --help')\n")
         raise _ParserExit(USAGE)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= MAX_RUNS:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_RUNS}, got {value}")
-    return value
 
 
 def cmd_print_config(ctx: Context, args: argparse.Namespace) -> int:
@@ -132,45 +122,48 @@ def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     _add_global_options(common, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, func: Command, summary: str) -> argparse.ArgumentParser:
+    def add(name: str, func: Command | str, summary: str) -> argparse.ArgumentParser:
+        """``func`` is a command, or ``"module:function"`` under btu_twisted.cli."""
         sub = commands.add_parser(name, help=summary, description=summary, parents=[common])
-        sub.set_defaults(func=func)
+        sub.set_defaults(func=_Lazy(*func.split(":")) if isinstance(func, str) else func)
         return sub
 
     add("print-config", cmd_print_config, "show the configuration, secrets masked")
-    add("list-tasks", cmd_list_tasks, "list submitted, non-transient BTU Tasks")
-    add("list-jobs", cmd_list_jobs, "list the jobs waiting in the rq queues")
-    add("show-scheduled", cmd_show_scheduled, "list the planned runs, earliest first")
-    add("show-job", cmd_show_job, "show one rq job").add_argument("job_id", metavar="JOB_ID")
-    add("queue-job-now", cmd_queue_job_now,
+    add("list-tasks", "sql:cmd_list_tasks", "list submitted, non-transient BTU Tasks")
+    add("list-jobs", "jobs:cmd_list_jobs", "list the jobs waiting in the rq queues")
+    add("show-scheduled", "schedule:cmd_show_scheduled", "list the planned runs, earliest first")
+    add("show-job", "jobs:cmd_show_job", "show one rq job").add_argument("job_id", metavar="JOB_ID")
+    add("queue-job-now", "jobs:cmd_queue_job_now",
         "put an existing rq job back on its queue now").add_argument("job_id", metavar="JOB_ID")
-    add("queue-task-now", cmd_queue_task_now,
+    add("queue-task-now", "site:cmd_queue_task_now",
         "build a job for a BTU Task and queue it now").add_argument("task", metavar="TASK")
-    ping = add("test-ping", cmd_test_ping, "call the site's ping method as the daemon would")
+    ping = add("test-ping", "site:cmd_test_ping", "call the site's ping method as the daemon would")
     ping.add_argument("--method", default=PING_METHOD,
                       help=f"whitelisted method to call (default {PING_METHOD}; "
                            "frappe.ping needs no BTU app)")
-    add("test-pickler", cmd_test_pickler,
+    add("test-pickler", "site:cmd_test_pickler",
         "fetch a task's pickled job from the site").add_argument("task", metavar="TASK")
-    add("ping", cmd_ping, "check that the daemon answers on its socket")
-    add("reload", cmd_reload, "ask the daemon to re-plan a Task Schedule").add_argument(
+    add("ping", "daemon:cmd_ping", "check that the daemon answers on its socket")
+    add("reload", "daemon:cmd_reload", "ask the daemon to re-plan a Task Schedule").add_argument(
         "name", metavar="SCHEDULE")
-    add("cancel", cmd_cancel, "ask the daemon to drop a Task Schedule's planned run").add_argument(
+    add("cancel", "daemon:cmd_cancel",
+        "ask the daemon to drop a Task Schedule's planned run").add_argument(
         "name", metavar="SCHEDULE")
-    add("status", cmd_status, "show the daemon's status")
-    clear = add("clear-last-run", cmd_clear_last_run,
+    add("status", "daemon:cmd_status", "show the daemon's status")
+    clear = add("clear-last-run", "lastrun:cmd_clear_last_run",
                 "forget a Task Schedule's last run recorded in the future (a clock that ran "
                 "ahead) and have the daemon plan it again")
     clear.add_argument("name", metavar="SCHEDULE")
     clear.add_argument("--force", action="store_true",
                        help="clear it even when it is not ahead of now")
-    runs = add("next-runs", cmd_next_runs, "preview a cron string's next runs (no config needed)")
+    runs = add("next-runs", "schedule:cmd_next_runs",
+               "preview a cron string's next runs (no config needed)")
     runs.add_argument("cron", metavar="CRON", help='e.g. "0 13 * * 1-5"')
     runs.add_argument("--tz", metavar="ZONE",
                       help="IANA zone (default: the config's time_zone_string, else UTC)")
     runs.add_argument("--after", metavar="ISO-8601", type=parse_after,
                       help="start after this time (default now; naive times are in --tz)")
-    runs.add_argument("-n", dest="count", metavar="N", type=_count, default=10,
+    runs.add_argument("-n", dest="count", metavar="N", type=run_count, default=10,
                       help="how many runs (default 10)")
     return parser
 
@@ -203,27 +196,44 @@ def _run(ctx: Context, args: argparse.Namespace) -> int:
             where = "" if error.source in problem else f"{error.source}: "
             ctx.err.write(f"btu: {where}{' '.join(problem.split())}\n")
         return USAGE
-    except redis.exceptions.ConnectionError as error:  # includes authentication failures
-        ctx.err.write(f"btu: cannot reach {_service_name(ctx, 'Redis')}: {_reason(error)}\n")
-        return UNREACHABLE
-    except redis.exceptions.TimeoutError as error:
+    except Exception as error:
+        code = _client_failure(ctx, error)
+        if code is None:
+            raise
+        return code
+
+
+def _client_failure(ctx: Context, error: Exception) -> int | None:
+    """The exit code for a redis-py, PyMySQL or OS error (after writing its line), else None.
+
+    The clients' exception classes are looked up, not imported: an error of
+    theirs can only come from a command that has loaded them already.
+    """
+    redis_errors = sys.modules.get("redis.exceptions")
+    mysql_errors = sys.modules.get("pymysql.err")
+    if redis_errors is not None and isinstance(error, redis_errors.RedisError):
         service = _service_name(ctx, "Redis")
-        ctx.err.write(f"btu: {service} did not answer in time: {_reason(error)}\n")
-        return UNREACHABLE
-    except redis.exceptions.RedisError as error:
-        ctx.err.write(f"btu: {_service_name(ctx, 'Redis')} refused: {_reason(error)}\n")
+        if isinstance(error, redis_errors.ConnectionError):  # includes authentication failures
+            ctx.err.write(f"btu: cannot reach {service}: {_reason(error)}\n")
+            return UNREACHABLE
+        if isinstance(error, redis_errors.TimeoutError):
+            ctx.err.write(f"btu: {service} did not answer in time: {_reason(error)}\n")
+            return UNREACHABLE
+        ctx.err.write(f"btu: {service} refused: {_reason(error)}\n")
         return FAILED
-    except pymysql.err.OperationalError as error:
-        ctx.err.write(f"btu: cannot use {_service_name(ctx, 'MariaDB')}: {_reason(error)}\n")
-        return UNREACHABLE
-    except pymysql.err.MySQLError as error:
-        ctx.err.write(f"btu: {_service_name(ctx, 'MariaDB')} refused: {_reason(error)}\n")
+    if mysql_errors is not None and isinstance(error, mysql_errors.MySQLError):
+        service = _service_name(ctx, "MariaDB")
+        if isinstance(error, mysql_errors.OperationalError):
+            ctx.err.write(f"btu: cannot use {service}: {_reason(error)}\n")
+            return UNREACHABLE
+        ctx.err.write(f"btu: {service} refused: {_reason(error)}\n")
         return FAILED
-    except BrokenPipeError:
+    if isinstance(error, BrokenPipeError):
         return FAILED  # the reader went away (btu ... | head): nothing left to say
-    except OSError as error:
+    if isinstance(error, OSError):
         ctx.err.write(f"btu: {error.strerror or _reason(error)}\n")
         return UNREACHABLE
+    return None
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,

@@ -12,14 +12,14 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
-
-import pymysql
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING, Any, TextIO
 
 from btu_twisted.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    # Aliases: inside Context the names ``redis`` and ``mariadb`` are its methods.
+    from pymysql.connections import Connection as MariaDBConnection
+    from redis import Redis as RedisClient
 
 __all__ = [
     "FAILED",
@@ -38,9 +38,6 @@ OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 # Deadlines for the synchronous clients: an admin waiting at a prompt should
 # learn within seconds that a service is down.
 CONNECT_TIMEOUT = 5
-# Aliases: inside Context the names ``redis`` and ``mariadb`` are its methods.
-RedisClient = redis.Redis
-MariaDBConnection = pymysql.connections.Connection
 READ_TIMEOUT = 15
 
 
@@ -121,8 +118,14 @@ class Context:
         """Print a two-column key/value table (one setting or field per line)."""
         self.out.write(format_table(("KEY", "VALUE"), [[k, v] for k, v in values.items()]))
 
+    # redis-py and PyMySQL are imported by the commands that use them: most of
+    # a short command's time would otherwise go to loading clients it never uses.
     def redis(self) -> RedisClient:
         """A redis-py client for the config's Redis; it connects on first command."""
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         config = self.config()
         return redis.Redis(
             host=config.rq_host,
@@ -138,6 +141,8 @@ class Context:
 
     def mariadb(self) -> MariaDBConnection:
         """A PyMySQL connection to the site's database (OperationalError: exit 3)."""
+        import pymysql
+
         config = self.config()
         return pymysql.connect(
             host=config.mysql_host,

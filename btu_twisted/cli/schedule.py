@@ -12,17 +12,13 @@ import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
-import pymysql
-
+from btu_twisted.cli.arguments import MAX_RUNS, parse_after
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
 from btu_twisted.cli.sql import cron_time_zone
 from btu_twisted.cron import CronError, get_zone, next_runs
-from btu_twisted.store import SCHEDULE_SET, split_member
+from btu_twisted.keys import SCHEDULE_SET
 
 __all__ = ["MAX_RUNS", "cmd_next_runs", "cmd_show_scheduled", "parse_after"]
-
-#: Upper bound for ``next-runs -n``: a preview, not a calendar export.
-MAX_RUNS = 1000
 
 
 def _relative(seconds: float) -> str:
@@ -44,6 +40,8 @@ def _display_zone(ctx: Context) -> ZoneInfo:
     The database only names the zone here, so when it cannot be read the
     listing still works, with a warning, in the config's zone.
     """
+    import pymysql
+
     config = ctx.config()
     try:
         site_zone = cron_time_zone(ctx)
@@ -68,6 +66,8 @@ def _one_line(error: BaseException) -> str:
 
 def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
     """List every planned run in the sorted set, earliest first."""
+    from btu_twisted.store import split_member  # Twisted: not for next-runs
+
     entries = ctx.redis().zrange(SCHEDULE_SET, 0, -1, withscores=True)
     zone = _display_zone(ctx)
     now = time.time()
@@ -99,16 +99,6 @@ def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
 
 def _short(unix: float, zone: ZoneInfo | timezone) -> str:
     return datetime.fromtimestamp(unix, zone).strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
-def parse_after(text: str) -> datetime:
-    """argparse type for ``--after``: an ISO 8601 time (naive ones are read in ``--tz``)."""
-    try:
-        return datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an ISO 8601 time: {text!r} (e.g. 2025-03-30T01:30 or 2025-03-30T01:30:00+01:00)"
-        ) from None
 
 
 def cmd_next_runs(ctx: Context, args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from btu_twisted.builders import BuildError, BuiltJob, FrappeBuilder, make_builder
+from btu_twisted.cli.arguments import PING_METHOD
 from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
 from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.cli.sql import read_task
@@ -52,13 +53,10 @@ from btu_twisted.frappe_http import (
     request_headers,
     site_url,
 )
-from btu_twisted.store import JOB_PREFIX, QUEUE_PREFIX, RQ_QUEUES
+from btu_twisted.keys import JOB_PREFIX, QUEUE_PREFIX, RQ_QUEUES
 
 __all__ = ["PING_METHOD", "BlockingSite", "cmd_queue_task_now", "cmd_test_pickler",
            "cmd_test_ping"]
-
-#: BTU's whitelisted "are you there" method (``btu/btu_api/endpoints.py``); answers "pong".
-PING_METHOD = "btu.btu_api.endpoints.test_ping"
 
 
 class _NamedHTTPSConnection(http.client.HTTPSConnection):
