@@ -7,8 +7,12 @@ and Twisted, which is most of its start-up time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 __all__ = [
+    "DEFAULT_PREFIX",
     "JOB_PREFIX",
+    "Keys",
     "LAST_ENQUEUED",
     "MEMBER_INDEX",
     "PLANNED_MARKER",
@@ -17,12 +21,48 @@ __all__ = [
     "SCHEDULE_SET",
 ]
 
-SCHEDULE_SET = "btu_scheduler:task_execution_times"
-MEMBER_INDEX = "btu_scheduler:schedule_members"
-LAST_ENQUEUED = "btu_scheduler:last_enqueued"
-# Set by every full refresh; its absence means Redis lost our keys (restart
-# without persistence, FLUSHDB, failover to an empty replica).
-PLANNED_MARKER = "btu_scheduler:planned"
+#: redis_key_prefix's default: the Rust daemon's key names.
+DEFAULT_PREFIX = "btu_scheduler:"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Our keys under one ``redis_key_prefix``: a bench's sites share a Redis."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def schedule_set(self) -> str:
+        """Sorted set of members ``name|unix time``, scored by that time."""
+        return self.prefix + "task_execution_times"
+
+    @property
+    def member_index(self) -> str:
+        """Hash: schedule name -> its one planned member."""
+        return self.prefix + "schedule_members"
+
+    @property
+    def last_enqueued(self) -> str:
+        """Hash: schedule name -> the scheduled time of its latest run enqueued."""
+        return self.prefix + "last_enqueued"
+
+    @property
+    def planned_marker(self) -> str:
+        """Set by every full refresh; its absence means Redis lost our keys
+        (restart without persistence, FLUSHDB, failover to an empty replica)."""
+        return self.prefix + "planned"
+
+    @property
+    def owner(self) -> str:
+        """The site whose daemons hold this prefix (prefix_guard.py)."""
+        return self.prefix + "owner"
+
+
+_DEFAULT = Keys()
+SCHEDULE_SET = _DEFAULT.schedule_set
+MEMBER_INDEX = _DEFAULT.member_index
+LAST_ENQUEUED = _DEFAULT.last_enqueued
+PLANNED_MARKER = _DEFAULT.planned_marker
 RQ_QUEUES = "rq:queues"
 JOB_PREFIX = "rq:job:"
 QUEUE_PREFIX = "rq:queue:"

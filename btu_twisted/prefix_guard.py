@@ -13,12 +13,15 @@ that dies without releasing the lease frees the prefix when it expires
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from btu_twisted.redis_gateway import RedisCommands
+from btu_twisted.keys import Keys
+
+if TYPE_CHECKING:
+    from btu_twisted.redis_gateway import RedisCommands
 
 __all__ = ["LEASE_SECS", "PrefixGuard", "PrefixTaken"]
 
@@ -62,7 +65,7 @@ class PrefixGuard:
         self._clock = clock
         self._redis = redis
         self._prefix = prefix
-        self.key = prefix + "owner"
+        self.key = Keys(prefix).owner
         self._site = site
         self._on_lost = on_lost
         self._lease = lease_secs

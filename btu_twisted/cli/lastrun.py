@@ -1,6 +1,6 @@
 """``btu clear-last-run NAME``: undo a last run recorded in the future.
 
-``btu_scheduler:last_enqueued`` keeps, per schedule, the latest scheduled time
+``<redis_key_prefix>last_enqueued`` keeps, per schedule, the latest scheduled time
 already enqueued, and the planner never plans at or before it: that is what
 stops a slow planner or a second daemon from bringing a run back.  A clock
 that once ran ahead (a VM restored from a snapshot, a bad NTP step) leaves a
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
 from btu_twisted.cli.daemon import request
-from btu_twisted.keys import LAST_ENQUEUED
+from btu_twisted.keys import Keys
 
 __all__ = ["cmd_clear_last_run"]
 
@@ -51,7 +51,8 @@ def cmd_clear_last_run(ctx: Context, args: argparse.Namespace) -> int:
     name: str = args.name
     config = ctx.config()
     connection = ctx.redis()
-    raw = connection.hget(LAST_ENQUEUED, name)
+    last_enqueued = Keys(config.redis_key_prefix).last_enqueued
+    raw = connection.hget(last_enqueued, name)
     if raw is None:
         raise CliError(f"no last run is recorded for schedule {name!r}; nothing to clear", FAILED)
     seconds, shown = _when(raw)
@@ -60,7 +61,7 @@ def cmd_clear_last_run(ctx: Context, args: argparse.Namespace) -> int:
         raise CliError(f"the last run of {name} is {shown}, not ahead of now; nothing to clear "
                        "(--force clears it anyway, and may let that run be planned again)",
                        FAILED)
-    if not connection.eval(_CLEAR, 1, LAST_ENQUEUED, name, raw):
+    if not connection.eval(_CLEAR, 1, last_enqueued, name, raw):
         raise CliError(f"the last run of {name} changed while clearing it; look again", FAILED)
     try:
         reply: str | None = request(config.socket_path, "create_task_schedule", name)
