@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from btu_twisted import cron
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff, Dependency
+from btu_twisted.plan_memory import PlanMemory, row_fingerprint
 from btu_twisted.records import ScheduleRow
 from btu_twisted.sql import BATCH_SIZE, Database
 from btu_twisted.store import ScheduleStore
@@ -96,6 +97,9 @@ class Planner(Service):
         self.ahead: dict[str, int] = {}
         self.planned_total = 0
         self.batches = 0
+        # What each schedule was planned from: the full refresh reads it to
+        # queue only the schedules that changed.
+        self.memory = PlanMemory()
 
     def startService(self) -> None:
         super().startService()
@@ -180,6 +184,8 @@ class Planner(Service):
                 plans.pop(name, None)
         for name in plans:
             self.ahead.pop(name, None)
+            self.memory.record(name, row_fingerprint(rows[name]), plans[name])
+        self.memory.forget(name for name in names if name not in plans)
         if unplans:
             for name in unplans:
                 self.ahead.pop(name, None)

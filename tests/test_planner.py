@@ -398,3 +398,27 @@ class UnexpectedErrorTests(PlannerCase):
         self.assertEqual(len(errors), 1)
         self.assertIn("TS-ODD", errors[0])
         self.assertIn("OverflowError", errors[0])
+
+
+class UrgentLaneTests(PlannerCase):
+    def test_a_replan_after_a_run_overtakes_100000_refresh_names(self) -> None:
+        """A full refresh has queued 100,000 names (the bulk lane) and the
+        planner is reading its first batch of them when a run is enqueued and
+        its schedule queued for its next run: the very next batch plans that
+        schedule first, not after the 99,500 others."""
+        names = [f"TS-{i:06d}" for i in range(100_000)]
+        self.db.put(make_row("EVERY-SECOND", "* * * * * * *"))
+        self.fifo.extend(names, bulk=True)
+        self.db.hold.add("read_schedules")
+        self.planner.startService()
+        self.assertEqual(len(self.db.held), 1)
+        self.fifo.add("EVERY-SECOND")
+        self.assertEqual(self.db.release(), 1)
+        self.assertEqual(self.db.release(), 1)
+        self.assertEqual(self.reads()[1][0], "EVERY-SECOND")
+        self.assertEqual(self.reads()[0][0], "TS-000000")
+        self.assertEqual(self.store.member_of("EVERY-SECOND"), f"EVERY-SECOND|{S + 1}")
+        self.assertEqual(len(self.reads()[1]), 500)  # the rest of its batch: refresh names
+        self.db.hold.clear()
+        self.fifo.take(len(self.fifo))
+        self.assertEqual(self.db.release(), 1)
