@@ -32,6 +32,7 @@ Result: one table on stdout, the details in ``bench/results/scale.json``.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import hashlib
 import json
 import os
@@ -99,7 +100,8 @@ class SlowLog:
     """The SLOWLOG entries of this process's own Redis connections, from a mark on."""
 
     def __init__(self, db: int) -> None:
-        self._redis = sync_redis(db)
+        self._redis = self.redis = sync_redis(db)
+        self._redis.client_setname("bench")
         self._db = db
         entries = self._redis.slowlog_get(1)
         self._after = entries[0]["id"] if entries else -1
@@ -209,19 +211,26 @@ async def run_case(reactor: Any, spec: dict[str, Any]) -> dict[str, Any]:
         await _idle(reactor, service)
         out["rss_mib_planned"] = _rss_mib()
         slow.note_clients()
+        profiler = cProfile.Profile() if spec.get("profile") else None
+        if profiler is not None:
+            profiler.enable()
         out["refresh_same"] = await _refresh(reactor, service)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(spec["profile"])
         changed = spec["changed"]
         await threads.deferToThread(_change_rows, spec["database"], changed)
         out["refresh_changed"] = await _refresh(reactor, service)
         out["refresh_changed"]["rows_changed"] = len(changed)
-        members = [m.decode() if isinstance(m, bytes) else m for m in
-                   await service.redis.command("ZRANGE", SCHEDULE_SET, 0, -1)]
-        out["members_after_refreshes"] = len(members)
-        out["changed_rows_planned_right"] = _check_changed(members, changed)
         out["cancel"] = await threads.deferToThread(
             _cancel_round_trips, config.socket_path, spec["cancel"])
         out["rss_mib_end"] = _rss_mib()
         out["slowlog"] = slow.read()
+        # Read after the slow log, by the bench's own client: a whole-set read.
+        members = [m.decode() for m in slow.redis.zrange(SCHEDULE_SET, 0, -1)]
+        out["members_after_refreshes"] = len(members)
+        out["changed_rows_planned_right"] = _check_changed(members, changed)
+        out["code_file"] = sys.modules[BtuService.__module__].__file__
     finally:
         await service.stopService()
     return out
@@ -284,7 +293,8 @@ def crons(now: float) -> tuple[list[str], list[str]]:
     return chosen[:50], chosen[50:]
 
 
-def run(n: int, code: str | None, changed_pct: float, cancels: int) -> dict[str, Any]:
+def run(n: int, code: str | None, changed_pct: float, cancels: int,
+        profile: bool = False) -> dict[str, Any]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with fixtures.redis_dbs_locked((REDIS_DB_OURS,)):
         flush(REDIS_DB_OURS)
@@ -311,6 +321,7 @@ def run(n: int, code: str | None, changed_pct: float, cancels: int) -> dict[str,
             spec = {
                 "n": n, "database": db.name, "changed": changed, "cancel": cancel,
                 "code": code, "timeout": 900,
+                "profile": str(RESULTS / "scale.refresh.prof") if profile else None,
                 "log_file": str(RESULTS / "scale.log"),
                 "config": daemon_config(db.name, REDIS_DB_OURS),
             }
@@ -322,9 +333,12 @@ def run(n: int, code: str | None, changed_pct: float, cancels: int) -> dict[str,
             if code:
                 path.insert(0, os.path.abspath(code))
             env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
+            # ``-m`` puts the working directory first on sys.path: with --code
+            # that is DIR, so its btu_twisted wins over this tree's.
             proc = subprocess.run(
                 [sys.executable, "-m", "bench.scale", "--case", str(spec_path)],
-                cwd=str(fixtures.ROOT), env=env, text=True, capture_output=True, timeout=1800,
+                cwd=os.path.abspath(code) if code else str(fixtures.ROOT), env=env, text=True,
+                capture_output=True, timeout=1800,
             )
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
             if not lines:
@@ -367,12 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", help="directory holding the btu_twisted package to measure")
     parser.add_argument("--changed-pct", type=float, default=1.0)
     parser.add_argument("--cancels", type=int, default=100)
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the unchanged refresh (reactor thread only): "
+                             "bench/results/scale.refresh.prof")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.case:
         case_main(opts.case)
         return 0
-    result = run(opts.n, opts.code, opts.changed_pct, opts.cancels)
+    result = run(opts.n, opts.code, opts.changed_pct, opts.cancels, opts.profile)
     (RESULTS / "scale.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(table(result))
     return 0
