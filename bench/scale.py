@@ -311,9 +311,9 @@ def run(n: int, code: str | None, changed_pct: float, cancels: int,
             insert_secs = time.time() - t
             step = max(1, round(100 / changed_pct))
             changed = {name: others[i % len(others)] for i, name in enumerate(names[::step])}
-            cancel = [names[len(names) * k // cancels] for k in range(cancels)]
-            # Never cancel a changed row: its member may still be being replanned.
-            cancel = [c for c in cancel if c not in changed] or cancel
+            # Never a changed row: those are checked after the cancels.
+            cancel = [names[(len(names) * k // cancels + 1) % n] for k in range(cancels)]
+            cancel = [c for c in cancel if c not in changed]
             admin.config_set("slowlog-log-slower-than", SLOW_USECS)
             admin.config_set("slowlog-max-len", max(1024, int(old_len)))
             from bench.run import daemon_config
