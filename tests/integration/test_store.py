@@ -195,6 +195,7 @@ class StoreTests(unittest.TestCase):
         now = int(self.sync.time()[0])
         old = now - 2 * RECENT_SECS
         self.sync.hset(LAST_ENQUEUED, mapping={f"GONE-{i}": old for i in range(2500)})
+        self.sync.hset(LAST_ENQUEUED, mapping={'q"\\\U0001F600\n': old, "KEPT|x": old})
         self.sync.hset(LAST_ENQUEUED, "KEPT", old)
         sizes: list[int] = []
         real_eval = self.store._eval
@@ -205,8 +206,8 @@ class StoreTests(unittest.TestCase):
             return await real_eval(script, keys, args)
 
         self.store._eval = counting  # type: ignore[method-assign]
-        await self.store.prune([], existing=["KEPT"])
-        self.assertEqual(self.sync.hkeys(LAST_ENQUEUED), [b"KEPT"])
+        await self.store.prune([], existing=["KEPT", "KEPT|x"])
+        self.assertEqual(sorted(self.sync.hkeys(LAST_ENQUEUED)), [b"KEPT", b"KEPT|x"])
         self.assertGreaterEqual(len(sizes), 3)
         self.assertLessEqual(max(sizes), 2 * store_module.SCAN_PAGE)
 
@@ -241,6 +242,8 @@ class StoreTests(unittest.TestCase):
         enabled: list[str] = []
         for i in range(1200):
             name = f"TS-{i}" if i % 7 else f"a|{i}|b"
+            if i % 11 == 0:  # what JSON must carry: quotes, backslashes, UTF-8, controls
+                name = f'q"{i}\\/\U0001F600\n\t'
             member = f"{name}|{5000 + i}"
             zset[member] = 5000 + i
             index[name] = member
