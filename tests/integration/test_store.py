@@ -322,15 +322,20 @@ class StoreTests(unittest.TestCase):
         names containing '|' work.  A stale duplicate the index does not know
         (a Rust daemon's) is not looked for (that would walk the whole set):
         the next prune removes it."""
-        await self.store.plan(1000, {"TS-1": 2000, "TS-10": 2000, "a|b": 2000, "a": 2100})
+        fake = FakeStore(Clock())
+        for store in (self.store, fake):
+            await store.plan(1000, {"TS-1": 2000, "TS-10": 2000, "a|b": 2000, "a": 2100})
         self.sync.zadd(SCHEDULE_SET, {"TS-1|1900": 1900})
-        self.assertTrue(await self.store.cancel("TS-1"))
-        self.assertFalse(await self.store.cancel("TS-1"))
-        self.assertTrue(await self.store.cancel("a|b"))
-        self.assertFalse(await self.store.cancel("TS"))
+        fake.add_raw("TS-1|1900", 1900)
+        for store in (self.store, fake):
+            self.assertTrue(await store.cancel("TS-1"))
+            self.assertFalse(await store.cancel("TS-1"))
+            self.assertTrue(await store.cancel("a|b"))
+            self.assertFalse(await store.cancel("TS"))
         self.assertEqual(
             self.members(), [("TS-1|1900", 1900.0), ("TS-10|2000", 2000.0), ("a|2100", 2100.0)]
         )
+        self.assertEqual([(m, int(w)) for m, w in self.members()], fake._ordered())
         self.assertEqual(self.sync.hkeys(MEMBER_INDEX), [b"TS-10", b"a"])
         self.assertEqual(await self.store.prune(["TS-1", "TS-10", "a"]), ["TS-1"])
         self.assertEqual(self.members(), [("TS-10|2000", 2000.0), ("a|2100", 2100.0)])
