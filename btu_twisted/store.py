@@ -92,6 +92,9 @@ end
 return rejected
 """
 
+#: Schedules planned (or unplanned) per PLAN call.
+PLAN_CHUNK = 200
+
 # Claim a due member and enqueue its job in one step.  An empty job id claims
 # without enqueueing: a run skipped on purpose (misfire grace, unbuildable task).
 # Results per job: 1 enqueued/skipped by us, 0 member gone (another daemon won,
@@ -444,16 +447,29 @@ class ScheduleStore:
         """Give each schedule in ``plans`` exactly that one member (unless its
         current member is already due at ``now``); remove the members of
         ``unplans``.  Returns the schedules whose planned time was not after
-        their last enqueued run, with that run's time."""
-        args: list[object] = [int(now), len(plans)]
-        for name, when in plans.items():
-            args += [name, int(when)]
-        args += list(unplans)
-        if len(args) == 2:
-            return {}
-        reply = await self._eval(PLAN, [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED], args)
-        pairs = list(reply or [])
-        return {pairs[i]: int(float(pairs[i + 1])) for i in range(0, len(pairs), 2)}
+        their last enqueued run, with that run's time.
+
+        At most PLAN_CHUNK schedules per script call: each is planned on its
+        own, so nothing needs a bigger one, and a smaller one keeps Redis
+        free for everyone else (500 took up to 11 ms at 100,000 schedules).
+        """
+        items = [(name, int(when)) for name, when in plans.items()]
+        gone = list(unplans)
+        rejected: dict[str, int] = {}
+        while items or gone:
+            part, items = items[:PLAN_CHUNK], items[PLAN_CHUNK:]
+            room = PLAN_CHUNK - len(part)
+            drop, gone = gone[:room], gone[room:]
+            args: list[object] = [int(now), len(part)]
+            for name, when in part:
+                args += [name, when]
+            args += drop
+            reply = await self._eval(PLAN, [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED], args)
+            pairs = list(reply or [])
+            rejected.update(
+                (pairs[i], int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)
+            )
+        return rejected
 
     async def claim(self, claims: Sequence[Claim], enqueued_at: str) -> list[int]:
         """Claim due members and enqueue their jobs atomically; one result each.

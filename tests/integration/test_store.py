@@ -93,6 +93,26 @@ class StoreTests(unittest.TestCase):
         await self.store.plan(1000, {"TS-1": 3000})
         self.assertEqual(self.members(), [("TS-10|2100", 2100.0), ("TS-1|3000", 3000.0)])
 
+    async def test_a_big_plan_goes_in_small_script_calls(self) -> None:
+        """450 plans and 30 unplans go to Redis as three calls of at most
+        PLAN_CHUNK schedules; rejections from every call come back."""
+        await self.store.plan(1000, {f"OLD-{i}": 2000 for i in range(30)})
+        self.sync.hset(LAST_ENQUEUED, mapping={"TS-7": 5000, "TS-444": 5000})
+        sizes: list[int] = []
+        real_eval = self.store._eval
+
+        async def counting(script: str, keys: Any, args: Any) -> Any:
+            sizes.append(int(args[1]) + len(args) - 2 - 2 * int(args[1]))
+            return await real_eval(script, keys, args)
+
+        self.store._eval = counting  # type: ignore[method-assign]
+        rejected = await self.store.plan(
+            1000, {f"TS-{i}": 3000 + i for i in range(450)}, [f"OLD-{i}" for i in range(30)])
+        self.assertEqual(sizes, [200, 200, 80])
+        self.assertEqual(rejected, {"TS-7": 5000, "TS-444": 5000})
+        self.assertEqual(self.sync.zcard(SCHEDULE_SET), 448)
+        self.assertEqual(self.sync.hlen(MEMBER_INDEX), 448)
+
     async def test_plan_never_brings_back_an_enqueued_run(self) -> None:
         """A time at or before the last enqueued run is refused and reported."""
         self.sync.hset(LAST_ENQUEUED, "TS-1", 2000)
