@@ -160,13 +160,16 @@ def _cancel_in_child(path: str, names: list[str]) -> dict[str, Any]:
 
 
 async def _idle(reactor: Any, service: Any, settle: float = 0.3) -> None:
-    """Until the FIFO is empty and the planner has planned nothing for ``settle`` s."""
+    """Until no refresh is in flight, the FIFO is empty and the planner has
+    planned nothing for ``settle`` s (the start's refresh may still be
+    forgetting last runs when every schedule is planned)."""
     from twisted.internet import task
 
     last, quiet_since = -1, time.time()
     while True:
         planned = service.planner.planned_total
-        if len(service.fifo) or planned != last:
+        busy = getattr(service.refresh, "_in_flight", None) is not None
+        if busy or len(service.fifo) or planned != last:
             last, quiet_since = planned, time.time()
         elif time.time() - quiet_since >= settle:
             return
