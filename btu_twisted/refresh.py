@@ -5,11 +5,12 @@ need planning go onto the FIFO (the bulk lane), and members of schedules that
 are no longer enabled (or stale duplicates) are removed.  Which ones need
 planning: those the planner has not planned from the row as it is now, or
 whose member is not the one it planned (plan_memory.py) — at start all of
-them, later only what changed, however many schedules there are.  The rows
-are read a chunk at a time and Redis a page at a time, so neither the
-reactor nor Redis is held up by the size of the whole.  A refresh that fails (MariaDB or
-Redis down) is retried with backoff rather than a whole period later, so a
-daemon started during an outage plans everything soon after it ends.
+them, later only what changed, however many schedules there are.  Rows are
+read a chunk at a time and Redis a page at a time, so neither the reactor
+nor Redis is held up by the size of the whole.  A refresh that fails
+(MariaDB or Redis down) is retried with backoff rather than a whole period
+later, so a daemon started during an outage plans everything soon after it
+ends.
 
 Redis may also come back empty (no persistence, FLUSHDB, failover to an empty
 replica): every refresh sets a marker key, and every ``watch_interval``

@@ -26,9 +26,6 @@ _log = Logger()
 # One query reads a whole batch; MariaDB handles IN lists of this size easily.
 BATCH_SIZE = 500
 
-ENABLED_NAMES = "SELECT `name` FROM `tabBTU Task Schedule` WHERE `enabled` = 1 ORDER BY `name`"
-ALL_NAMES = "SELECT `name` FROM `tabBTU Task Schedule`"
-
 _SCHEDULES = """
 SELECT s.`name`, s.`task`, s.`enabled`, s.`cron_string`, s.`queue_name`,
        s.`argument_overrides`, s.`task_description`, s.`schedule_description`,
@@ -228,15 +225,6 @@ class Database:
         """Count DocTypes, as the Rust daemon did, to prove this is a Frappe database."""
         rows = await self._run(_fetch, "SELECT count(*) FROM `tabDocType`", ())
         return int(rows[0][0])
-
-    async def enabled_names(self) -> list[str]:
-        rows = await self._run(_fetch, ENABLED_NAMES, ())
-        return [r[0] for r in rows]
-
-    async def all_names(self) -> list[str]:
-        """Every schedule, enabled or not: what the store may keep last runs of."""
-        rows = await self._run(_fetch, ALL_NAMES, ())
-        return [r[0] for r in rows]
 
     async def schedule_states(self, after: str, limit: int = STATES_CHUNK) -> list[ScheduleState]:
         """Up to ``limit`` schedules named after ``after`` (collation order):

@@ -4,7 +4,8 @@
   real Redis: the same sorted set, member index and last-enqueued hash, with
   the PLAN / CLAIM / PRUNE / CANCEL rules of the Lua scripts re-stated in Python.
 * :class:`FakeDatabase` behaves like :class:`btu_twisted.sql.Database`: exact-name
-  lookups, the enabled names in name order, a ``check``.
+  lookups, the full refresh's chunks of (name, enabled, fingerprint) in name
+  order, a ``check``.
 * :class:`FlakyBuilder` wraps the real :class:`FunctionBuilder` and can fail
   (transiently or for good) or hold a build until the test fires it.
 
@@ -480,11 +481,6 @@ class FakeDatabase(_FakeService):
             names,
         )
 
-    def enabled_names(self) -> Deferred[list[str]]:
-        return self._call(
-            "enabled_names", lambda: sorted(n for n, r in self.rows.items() if r.enabled)
-        )
-
     def check(self) -> Deferred[int]:
         return self._call("check", lambda: 42)
 
@@ -497,9 +493,6 @@ class FakeDatabase(_FakeService):
             return [(n, self.rows[n].enabled, row_fingerprint(self.rows[n])) for n in names]
 
         return self._call("schedule_states", read, after)
-
-    def all_names(self) -> Deferred[list[str]]:
-        return self._call("all_names", lambda: sorted(self.rows))
 
     def changes(self, since: Mapping[str, Any], overlap: Any) -> Deferred[Changes]:
         """Rows of ``modified`` (name -> datetime) and ``task_modified`` at or after ``since``."""
