@@ -204,6 +204,9 @@ async def run_case(reactor: Any, spec: dict[str, Any]) -> dict[str, Any]:
     fatal: list[str] = []
     service = BtuService(config, reactor, on_fatal=fatal.append, warnings=warnings)
     out: dict[str, Any] = {"n": n, "code": spec.get("code") or "worktree"}
+    profiler = cProfile.Profile() if spec.get("profile") else None
+    if profiler is not None:
+        profiler.enable()
     t0, cpu0 = time.time(), _cpu()
     await service.startService()
     if fatal:
@@ -219,6 +222,9 @@ async def run_case(reactor: Any, spec: dict[str, Any]) -> dict[str, Any]:
             await task.deferLater(reactor, 0.02, lambda: None)
         out["plan_secs"] = round(time.time() - t0, 3)
         out["plan_cpu_secs"] = round(_cpu() - cpu0, 3)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(spec["profile"].replace(".refresh.", ".plan."))
         out["zcard"] = count
         await _idle(reactor, service)
         out["rss_mib_planned"] = _rss_mib()
@@ -407,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changed-pct", type=float, default=1.0)
     parser.add_argument("--cancels", type=int, default=100)
     parser.add_argument("--profile", action="store_true",
-                        help="cProfile the unchanged refresh (reactor thread only): "
-                             "bench/results/scale.refresh.prof")
+                        help="cProfile the start's planning and the unchanged refresh "
+                             "(reactor thread only): bench/results/scale.{plan,refresh}.prof")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--cancel-client", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
