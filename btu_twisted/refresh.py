@@ -1,10 +1,16 @@
 """Full refresh: whatever happened to Redis, it heals within one period.
 
-At start and every ``full_refresh_internal_secs`` the names of all enabled
-schedules go onto the FIFO, and members of schedules that are no longer
-enabled (or stale duplicates) are removed.  A refresh that fails (MariaDB or
-Redis down) is retried with backoff rather than a whole period later, so a
-daemon started during an outage plans everything soon after it ends.
+At start and every ``full_refresh_internal_secs`` the enabled schedules that
+need planning go onto the FIFO (the bulk lane), and members of schedules that
+are no longer enabled (or stale duplicates) are removed.  Which ones need
+planning: those the planner has not planned from the row as it is now, or
+whose member is not the one it planned (plan_memory.py) — at start all of
+them, later only what changed, however many schedules there are.  Rows are
+read a chunk at a time and Redis a page at a time, so neither the reactor
+nor Redis is held up by the size of the whole.  A refresh that fails
+(MariaDB or Redis down) is retried with backoff rather than a whole period
+later, so a daemon started during an outage plans everything soon after it
+ends.
 
 Redis may also come back empty (no persistence, FLUSHDB, failover to an empty
 replica): every refresh sets a marker key, and every ``watch_interval``
@@ -23,7 +29,8 @@ from twisted.logger import Logger
 
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
-from btu_twisted.sql import Database
+from btu_twisted.plan_memory import PlanMemory
+from btu_twisted.sql import STATES_CHUNK, Database
 from btu_twisted.store import ScheduleStore
 
 WATCH_SECS = 2.0
@@ -42,6 +49,7 @@ class FullRefresh(Service):
         store: ScheduleStore,
         on_refreshed: Callable[[float, float, int], None] = lambda at, duration, members: None,
         watch_interval: float = WATCH_SECS,
+        memory: PlanMemory | None = None,
     ) -> None:
         self._clock = clock
         self._interval = interval
@@ -58,6 +66,9 @@ class FullRefresh(Service):
         self.keys_lost = 0
         self._retry: IDelayedCall | None = None
         self._in_flight: Deferred[None] | None = None
+        self._again: Deferred[None] | None = None
+        # The planner's; without it every enabled schedule is queued each time.
+        self._memory = memory if memory is not None else PlanMemory()
         self.last: dict[str, object] = {}
 
     def startService(self) -> None:
@@ -76,8 +87,27 @@ class FullRefresh(Service):
         return None
 
     def trigger(self) -> Deferred[None]:
-        """Plan everything again now (or join the refresh in flight)."""
-        return self._start_refresh()
+        """Look at every schedule again now, or, when a refresh is in flight,
+        as soon as it ends: it may have compared rows read before whatever
+        prompted this (a new ``cron_time_zone``)."""
+        if self._in_flight is None:
+            return self._start_refresh()
+        if self._again is None:
+            again: Deferred[None] = Deferred()
+            self._again = again
+
+            def then(result: object) -> object:
+                self._again = None
+                if self.running:
+                    self._start_refresh().chainDeferred(again)
+                else:
+                    again.callback(None)
+                return result
+
+            self._in_flight.addBoth(then)
+        joined: Deferred[None] = Deferred()
+        self._again.addBoth(lambda result: (joined.callback(None), result)[1])
+        return joined
 
     def _check_keys(self) -> Deferred[None] | None:
         if self._in_flight is not None:
@@ -145,31 +175,64 @@ class FullRefresh(Service):
         return health is None or health.up
 
     async def refresh(self) -> int:
-        """Queue every enabled schedule and prune the rest; returns the count."""
+        """Queue the enabled schedules that need planning and prune the rest;
+        returns how many are enabled."""
         started = self._clock.seconds()
         await self._store.mark_planned()
-        names = await self._db.enabled_names()
-        existing = await self._db.all_names()
-        refused = self._fifo.extend(names, bulk=True)
+        memory = self._memory
+        enabled: set[str] = set()
+        existing: set[str] = set()
+        # Enabled rows the planner planned as they are now: they are queued
+        # too unless the member index holds the very member it planned.
+        unchanged: set[str] = set()
+        refused = queued = 0
+        after = ""
+        while True:
+            chunk = await self._db.schedule_states(after)
+            changed = []
+            for name, on, fp in chunk:
+                existing.add(name)
+                if on:
+                    enabled.add(name)
+                    if memory.matches(name, fp):
+                        unchanged.add(name)
+                    else:
+                        changed.append(name)
+            queued += len(changed)
+            refused += self._fifo.extend(changed, bulk=True)
+            if len(chunk) < STATES_CHUNK:
+                break
+            after = chunk[-1][0]
+
+        def seen(name: str, member: str) -> None:
+            if name in unchanged and memory.holds(name, member):
+                unchanged.discard(name)
+
         # The last runs of deleted schedules go too (those of disabled ones
         # stay: they still guard the runs if the schedule is enabled again).
-        removed = await self._store.prune(names, existing)
+        removed = await self._store.prune(enabled, existing, seen=seen)
+        queued += len(unchanged)
+        refused += self._fifo.extend(sorted(unchanged), bulk=True)
         # A name removed here may have been enabled (and planned) just after
         # our SELECT; planning it again costs one read and settles it.
         self._fifo.extend(removed, bulk=True)
+        memory.forget(removed)
+        memory.retain(enabled)
         duration = self._clock.seconds() - started
         self._on_refreshed(started, duration, await self._store.count())
         self.last = {
             "at": started,
             "duration": duration,
-            "schedules": len(names),
+            "schedules": len(enabled),
+            "queued": queued,
             "removed": len(removed),
             "refused": refused,
         }
         self.log.info(
-            "full refresh: {count} enabled schedules queued for planning, "
+            "full refresh: {count} enabled schedules, {queued} queued for planning, "
             "{removed} stale members removed",
-            count=len(names),
+            count=len(enabled),
+            queued=queued,
             removed=len(removed),
         )
-        return len(names)
+        return len(enabled)

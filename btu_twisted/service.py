@@ -162,7 +162,7 @@ class BtuService(MultiService):
         )
         self.refresh = FullRefresh(
             reactor, config.full_refresh_internal_secs, self.fifo, self.db, self.store,
-            on_refreshed=self.metrics.refreshed,
+            on_refreshed=self.metrics.refreshed, memory=self.planner.memory,
         )
         self.changes = ChangeFeed(reactor, self.db, self.fifo, on_zone_changed=self.refresh.trigger)
         self.metrics.watch(

@@ -18,15 +18,13 @@ from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
 from btu_twisted.health import Dependency
+from btu_twisted.plan_memory import fingerprint
 from btu_twisted.records import ScheduleRow
 
 _log = Logger()
 
 # One query reads a whole batch; MariaDB handles IN lists of this size easily.
 BATCH_SIZE = 500
-
-ENABLED_NAMES = "SELECT `name` FROM `tabBTU Task Schedule` WHERE `enabled` = 1 ORDER BY `name`"
-ALL_NAMES = "SELECT `name` FROM `tabBTU Task Schedule`"
 
 _SCHEDULES = """
 SELECT s.`name`, s.`task`, s.`enabled`, s.`cron_string`, s.`queue_name`,
@@ -40,6 +38,21 @@ SELECT s.`name`, s.`task`, s.`enabled`, s.`cron_string`, s.`queue_name`,
   LEFT JOIN `tabBTU Task` t ON t.`name` = s.`task`
  WHERE s.`name` IN ({placeholders})
 """
+
+
+# The full refresh: every schedule, in name order, a chunk at a time (keyset
+# paging on the primary key, so each query is an index range however far in),
+# with just what a next run depends on (plan_memory.py).
+_STATES = """
+SELECT s.`name`, s.`enabled`, s.`cron_string`, t.`name`, t.`docstatus`
+  FROM `tabBTU Task Schedule` s
+  LEFT JOIN `tabBTU Task` t ON t.`name` = s.`task`
+ WHERE s.`name` > %s
+ ORDER BY s.`name`
+ LIMIT %s
+"""
+#: Rows per chunk of the full refresh's read.
+STATES_CHUNK = 5000
 
 
 # The change feed: rows whose ``modified`` moved.  Both columns are indexed.
@@ -72,6 +85,10 @@ _WRITE_JOB_IDS = (
 # for innodb's default 50 s; the ids are written again with the next batch.
 _LOCK_WAIT_SECS = 2
 _LOCKED = (1205, 1213)  # lock wait timeout, deadlock
+
+
+#: (name, enabled, fingerprint): a schedule as the full refresh compares it.
+ScheduleState = tuple[str, bool, int]
 
 
 class RowsLocked(Exception):
@@ -209,14 +226,10 @@ class Database:
         rows = await self._run(_fetch, "SELECT count(*) FROM `tabDocType`", ())
         return int(rows[0][0])
 
-    async def enabled_names(self) -> list[str]:
-        rows = await self._run(_fetch, ENABLED_NAMES, ())
-        return [r[0] for r in rows]
-
-    async def all_names(self) -> list[str]:
-        """Every schedule, enabled or not: what the store may keep last runs of."""
-        rows = await self._run(_fetch, ALL_NAMES, ())
-        return [r[0] for r in rows]
+    async def schedule_states(self, after: str, limit: int = STATES_CHUNK) -> list[ScheduleState]:
+        """Up to ``limit`` schedules named after ``after`` (collation order):
+        (name, enabled, fingerprint of what their next run depends on)."""
+        return await self._run(_read_states, after, limit)
 
     async def read_schedules(self, names: Sequence[str]) -> dict[str, ScheduleRow]:
         """Rows for ``names``, keyed by exact name.
@@ -271,6 +284,17 @@ def _fetch(cursor: Any, query: str, params: tuple[Any, ...]) -> list[tuple[Any, 
 def _fetch_rows(cursor: Any, query: str, params: tuple[Any, ...]) -> list[ScheduleRow]:
     cursor.execute(query, params)
     return [row_from(r) for r in cursor.fetchall()]
+
+
+def _read_states(cursor: Any, after: str, limit: int) -> list[ScheduleState]:
+    cursor.execute(_ZONE)
+    found = cursor.fetchone()
+    zone = (found[0] or None) if found else None
+    cursor.execute(_STATES, (after, limit))
+    return [
+        (name, bool(enabled), fingerprint(cron, zone, None if task is None else int(status or 0)))
+        for name, enabled, cron, task, status in cursor.fetchall()
+    ]
 
 
 def _is_connection_error(error: Exception) -> bool:

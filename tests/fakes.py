@@ -4,7 +4,8 @@
   real Redis: the same sorted set, member index and last-enqueued hash, with
   the PLAN / CLAIM / PRUNE / CANCEL rules of the Lua scripts re-stated in Python.
 * :class:`FakeDatabase` behaves like :class:`btu_twisted.sql.Database`: exact-name
-  lookups, the enabled names in name order, a ``check``.
+  lookups, the full refresh's chunks of (name, enabled, fingerprint) in name
+  order, a ``check``.
 * :class:`FlakyBuilder` wraps the real :class:`FunctionBuilder` and can fail
   (transiently or for good) or hold a build until the test fires it.
 
@@ -32,7 +33,8 @@ from twisted.internet.task import Clock
 from btu_twisted.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow
-from btu_twisted.sql import Changes
+from btu_twisted.plan_memory import row_fingerprint
+from btu_twisted.sql import STATES_CHUNK, Changes
 from btu_twisted.store import (
     CLAIMED,
     JOB_PREFIX,
@@ -274,13 +276,16 @@ class FakeStore(_FakeService):
         return self._call("claim", claim, len(claims))
 
     def prune(
-        self, enabled: Iterable[str], existing: Iterable[str] | None = None
+        self,
+        enabled: Iterable[str],
+        existing: Iterable[str] | None = None,
+        seen: Callable[[str, str], object] | None = None,
     ) -> Deferred[list[str]]:
-        keep = list(enabled)
+        keep = set(enabled)
         exists = None if existing is None else set(existing)
 
         def prune() -> list[str]:
-            removed = self._prune(keep, exists)
+            removed = self._prune(keep, exists, seen)
             self.blocked.forget(keep)
             return removed
 
@@ -396,21 +401,31 @@ class FakeStore(_FakeService):
                 return f"{key} holds a {self.wrong_type[key]}, not a {want}"
         return None
 
-    def _prune(self, enabled: list[str], exists: set[str] | None = None) -> list[str]:
-        keep = set(enabled)
+    def _prune(
+        self,
+        keep: set[str],
+        exists: set[str] | None = None,
+        seen: Callable[[str, str], object] | None = None,
+    ) -> list[str]:
         removed: list[str] = []
-        for member, _ in self._ordered():
-            name = _name_of(member)
-            owned = self.index.get(name) if name is not None else None
-            if name is None or name not in keep or owned != member:
+        # PRUNE_INDEX, then UNPLAN_IF_OWNED for names no longer enabled.
+        for name, member in list(self.index.items()):
+            if member not in self.zset:
+                del self.index[name]
+                removed.append(name)
+            elif name not in keep:
+                del self.index[name]
                 del self.zset[member]
-                if name is not None and owned == member:
-                    del self.index[name]
+                removed.append(name)
+            elif seen is not None:
+                seen(name, member)
+        # PRUNE_MEMBERS: unreadable members and those their schedule does not own.
+        for member in list(self.zset):
+            name = _name_of(member)
+            if name is None or self.index.get(name) != member:
+                del self.zset[member]
                 if name is not None:
                     removed.append(name)
-        for name in list(self.index):
-            if name not in keep:
-                del self.index[name]
         if exists is not None:
             now = self._clock.seconds()
             for name, when in list(self.last_enqueued.items()):
@@ -419,13 +434,9 @@ class FakeStore(_FakeService):
         return sorted({n for n in removed if n})
 
     def _cancel(self, schedule: str) -> bool:
-        removed = 0
-        for member in list(self.zset):
-            if _name_of(member) == schedule:
-                del self.zset[member]
-                removed += 1
-        self.index.pop(schedule, None)
-        return removed > 0
+        """CANCEL: the member the index says the schedule owns, nothing else."""
+        owned = self.index.pop(schedule, None)
+        return owned is not None and self.zset.pop(owned, None) is not None
 
     def _discard(self, members: list[str]) -> None:
         for m in members:
@@ -470,16 +481,18 @@ class FakeDatabase(_FakeService):
             names,
         )
 
-    def enabled_names(self) -> Deferred[list[str]]:
-        return self._call(
-            "enabled_names", lambda: sorted(n for n, r in self.rows.items() if r.enabled)
-        )
-
     def check(self) -> Deferred[int]:
         return self._call("check", lambda: 42)
 
-    def all_names(self) -> Deferred[list[str]]:
-        return self._call("all_names", lambda: sorted(self.rows))
+    def schedule_states(self, after: str, limit: int = STATES_CHUNK) -> Deferred[list[Any]]:
+        """As the real query: names after ``after`` in order, with the
+        fingerprint of the values the planner's rows carry."""
+
+        def read() -> list[Any]:
+            names = sorted(n for n in self.rows if n > after)[:limit]
+            return [(n, self.rows[n].enabled, row_fingerprint(self.rows[n])) for n in names]
+
+        return self._call("schedule_states", read, after)
 
     def changes(self, since: Mapping[str, Any], overlap: Any) -> Deferred[Changes]:
         """Rows of ``modified`` (name -> datetime) and ``task_modified`` at or after ``since``."""

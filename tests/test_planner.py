@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -10,6 +11,7 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from btu_twisted.fifo import ScheduleFifo
+from btu_twisted import planner as planner_module
 from btu_twisted.planner import Planner
 from tests.fakes import EPOCH, FakeDatabase, FakeStore, make_row, run_until
 
@@ -398,3 +400,59 @@ class UnexpectedErrorTests(PlannerCase):
         self.assertEqual(len(errors), 1)
         self.assertIn("TS-ODD", errors[0])
         self.assertIn("OverflowError", errors[0])
+
+
+class UrgentLaneTests(PlannerCase):
+    def test_a_replan_after_a_run_overtakes_100000_refresh_names(self) -> None:
+        """A full refresh has queued 100,000 names (the bulk lane) and the
+        planner is reading its first batch of them when a run is enqueued and
+        its schedule queued for its next run: the very next batch plans that
+        schedule first, not after the 99,500 others."""
+        names = [f"TS-{i:06d}" for i in range(100_000)]
+        self.db.put(make_row("EVERY-SECOND", "* * * * * * *"))
+        self.fifo.extend(names, bulk=True)
+        self.db.hold.add("read_schedules")
+        self.planner.startService()
+        self.assertEqual(len(self.db.held), 1)
+        self.fifo.add("EVERY-SECOND")
+        self.assertEqual(self.db.release(), 1)
+        self.assertEqual(self.db.release(), 1)
+        self.assertEqual(self.reads()[1][0], "EVERY-SECOND")
+        self.assertEqual(self.reads()[0][0], "TS-000000")
+        self.assertEqual(self.store.member_of("EVERY-SECOND"), f"EVERY-SECOND|{S + 1}")
+        self.assertEqual(len(self.reads()[1]), 500)  # the rest of its batch: refresh names
+        self.db.hold.clear()
+        self.fifo.take(len(self.fifo))
+        self.assertEqual(self.db.release(), 1)
+
+
+class SharedCronTests(PlannerCase):
+    def test_schedules_sharing_a_cron_string_cost_one_computation_per_second(self) -> None:
+        """1,000 schedules on two cron strings (one of them broken) and two
+        zones cost four next-run computations; the next second, the same
+        again; every schedule gets the run its own string and zone give."""
+        computed: list[tuple[str | None, str | None]] = []
+        real = planner_module.next_run_for
+
+        def counting(row: Any, default_zone: str, after: float) -> int:
+            computed.append((row.cron_string, row.cron_time_zone))
+            return real(row, default_zone, after)
+
+        self.patch(planner_module, "next_run_for", counting)
+        crons = ["0 12 * * *", "61 * * * *"]
+        rows = [make_row(f"TS-{i}", crons[i % 2], zone="Asia/Tokyo" if i % 3 else None)
+                for i in range(1000)]
+        self.db.put(*rows)
+        self.planner.startService()
+        with capturedLogs():
+            self.fifo.extend(r.name for r in rows)
+            self.clock.advance(0)
+            self.assertEqual(len(computed), 4)
+            self.clock.advance(1)
+            self.fifo.extend(r.name for r in rows[:10])
+            self.clock.advance(0)
+        self.assertEqual(len(computed), 8)
+        self.assertEqual(self.store.member_of("TS-0"), f"TS-0|{S + 4 * 3600}")  # noon UTC
+        tokyo_noon = S + 4 * 3600 - 9 * 3600 + 24 * 3600  # 08:00 UTC is 17:00 in Tokyo
+        self.assertEqual(self.store.member_of("TS-4"), f"TS-4|{tokyo_noon}")
+        self.assertEqual(len(self.store.zset), 500)

@@ -10,6 +10,7 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.planner import Planner
 from btu_twisted.refresh import FullRefresh
 from tests.fakes import EPOCH, FakeDatabase, FakeStore, make_row, run_until
 
@@ -61,7 +62,7 @@ class RefreshCase(unittest.TestCase):
         run_until(self.clock, when)
 
     def refresh_times(self) -> list[float]:
-        return [c.at for c in self.db.calls_of("enabled_names")]
+        return [c.at for c in self.db.calls_of("schedule_states")]
 
 
 def _deferred(result: Deferred[None] | None) -> Deferred[None]:
@@ -108,9 +109,9 @@ class PeriodTests(RefreshCase):
 
     def test_on_refreshed_gets_start_duration_and_member_count(self) -> None:
         """on_refreshed is called once per refresh with its start time, how
-        long it took (here MariaDB answers each of its two queries, enabled
-        and all names, in 0.25 s) and the members left."""
-        self.db.latency = 0.25
+        long it took (here MariaDB answers its one chunk of rows in 0.5 s)
+        and the members left."""
+        self.db.latency = 0.5
         self.store.add("TS-A", S + 60)
         self.store.add("TS-OFF", S + 60)
         self.refresh.startService()
@@ -223,15 +224,15 @@ class OverlapTests(RefreshCase):
     def test_slow_refresh_delays_the_next_tick(self) -> None:
         """A refresh still waiting on MariaDB when the period ends is not
         joined by a second one: one query in flight, however long."""
-        self.db.hold.add("enabled_names")
+        self.db.hold.add("schedule_states")
         self.refresh.startService()
         self.advance_to(S + 5 * self.interval)
-        self.assertEqual(self.db.calls["enabled_names"], 1)
+        self.assertEqual(self.db.calls["schedule_states"], 1)
         self.db.hold.clear()
         self.db.release()
         self.assertEqual(self.fifo.take(10), ["TS-A", "TS-B"])
         self.advance_to(S + 7 * self.interval)
-        self.assertEqual(self.db.max_in_flight["enabled_names"], 1)
+        self.assertEqual(self.db.max_in_flight["schedule_states"], 1)
 
     def test_retry_in_flight_does_not_overlap_the_regular_tick(self) -> None:
         """A retry after a failure, still running when the period ends, is not
@@ -242,17 +243,17 @@ class OverlapTests(RefreshCase):
         ``callLater``), so the LoopingCall does not wait for them and starts
         its tick while a retry is in flight (and a retry likewise fires while
         a slow regular tick is in flight).  Expected: at most one refresh in
-        flight; actual: two concurrent ``enabled_names`` queries at S + 10.
+        flight; actual: two concurrent ``schedule_states`` queries at S + 10.
         """
         self.db.down = True
         self.refresh.startService()
         self.advance_to(S + 6)  # failed at S, S + 1, S + 3
         self.db.down = False
-        self.db.hold.add("enabled_names")
+        self.db.hold.add("schedule_states")
         self.advance_to(S + self.interval + 1)  # retry at S + 7 hangs; tick at S + 10
         self.db.hold.clear()
         self.db.release()
-        self.assertEqual(self.db.max_in_flight["enabled_names"], 1)
+        self.assertEqual(self.db.max_in_flight["schedule_states"], 1)
 
 
 class StopTests(RefreshCase):
@@ -263,7 +264,7 @@ class StopTests(RefreshCase):
         self.assertIsNone(self.refresh.stopService())
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.advance_to(S + 3 * self.interval)
-        self.assertEqual(self.db.calls["enabled_names"], 1)
+        self.assertEqual(self.db.calls["schedule_states"], 1)
 
     def test_stop_while_retrying(self) -> None:
         """Stopping while a retry is scheduled cancels it."""
@@ -276,7 +277,7 @@ class StopTests(RefreshCase):
     def test_refresh_finishing_after_stop_schedules_nothing(self) -> None:
         """A refresh in flight at stop that then fails schedules no retry,
         and one that succeeds schedules no next tick."""
-        self.db.hold.add("enabled_names")
+        self.db.hold.add("schedule_states")
         self.refresh.startService()
         self.successResultOf(_deferred(self.refresh.stopService()))
         self.db.down = True
@@ -288,3 +289,83 @@ class StopTests(RefreshCase):
         self.successResultOf(_deferred(self.refresh.stopService()))
         self.assertEqual(self.db.release(), 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ChangedOnlyTests(unittest.TestCase):
+    """A refresh with the planner's memory queues only what needs planning."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(S)
+        self.fifo = ScheduleFifo()
+        self.db = FakeDatabase(self.clock, [make_row(n) for n in ("A", "B", "C", "D", "a|b")])
+        self.db.put(make_row("OFF", enabled=False))
+        self.store = FakeStore(self.clock)
+        self.planner = Planner(self.clock, self.fifo, self.db, self.store,  # type: ignore[arg-type]
+                               default_zone="UTC")
+        self.refresh = FullRefresh(self.clock, 3600.0, self.fifo, self.db,  # type: ignore[arg-type]
+                                   self.store, memory=self.planner.memory)  # type: ignore[arg-type]
+        self.addCleanup(self.refresh.stopService)
+        self.refresh.startService()  # the first refresh: nothing planned yet, all queued
+        self.assertEqual(self.fifo.take(10), ["A", "B", "C", "D", "a|b"])
+        self.successResultOf(self.planner.plan(["A", "B", "C", "D", "a|b"]))
+
+    def refresh_now(self) -> list[str]:
+        self.successResultOf(self.refresh.trigger())
+        return self.fifo.take(100)
+
+    def test_nothing_changed_nothing_queued(self) -> None:
+        """Rows as planned and every member in place: nothing is queued, and
+        the planner reads nothing."""
+        reads = self.db.calls["read_schedules"]
+        self.assertEqual(self.refresh_now(), [])
+        self.assertEqual(self.refresh.last["queued"], 0)
+        self.assertEqual(self.refresh.last["schedules"], 5)
+        self.assertEqual(self.db.calls["read_schedules"], reads)
+
+    def test_changed_rows_and_missing_or_foreign_members_are_queued(self) -> None:
+        """Queued: a cron edited behind ``modified``'s back, a task cancelled,
+        a new schedule, a member gone (claimed, cancelled) and a member some
+        other daemon replaced; not the schedule whose row and member are as
+        planned."""
+        self.db.update("A", cron_string="0 12 * * *")
+        self.db.update("a|b", task_docstatus=2)
+        self.db.put(make_row("NEW"))
+        self.store.remove("B")
+        self.store.add("C", S + 3600)
+        self.assertEqual(sorted(self.refresh_now()), ["A", "B", "C", "NEW", "a|b"])
+        self.assertEqual(self.refresh.last["queued"], 5)
+
+    def test_a_zone_change_plans_everything_again(self) -> None:
+        """A new cron_time_zone changes what every run means: all queued."""
+        for name in ("A", "B", "C", "D", "a|b"):
+            self.db.update(name, cron_time_zone="Asia/Tokyo")
+        self.assertEqual(self.refresh_now(), ["A", "B", "C", "D", "a|b"])
+
+    def test_disabled_then_enabled_again_is_planned(self) -> None:
+        """A schedule disabled (its member pruned) and enabled again without
+        any request is planned at the next refresh."""
+        self.db.update("D", enabled=False)
+        self.assertEqual(self.refresh_now(), ["D"])  # pruned: back to the planner
+        self.successResultOf(self.planner.plan(["D"]))
+        self.assertIsNone(self.store.member_of("D"))
+        self.db.update("D", enabled=True)
+        self.assertEqual(self.refresh_now(), ["D"])
+
+    def test_trigger_during_a_refresh_runs_another_after_it(self) -> None:
+        """The zone changes while a refresh is pruning, its rows read with
+        the old zone (nothing to plan): the change feed's trigger does not
+        join it, a second refresh follows and plans everything."""
+        self.store.hold.add("prune")
+        first = self.refresh.trigger()
+        self.assertEqual(self.db.calls["schedule_states"], 2)
+        for name in ("A", "B", "C", "D", "a|b"):
+            self.db.update(name, cron_time_zone="Asia/Tokyo")
+        second = self.refresh.trigger()
+        self.assertEqual(self.store.release(), 1)
+        self.successResultOf(first)
+        self.assertNoResult(second)
+        self.assertEqual(self.fifo.take(10), ["A", "B", "C", "D", "a|b"])
+        self.assertEqual(self.store.release(), 1)
+        self.successResultOf(second)
+        self.assertEqual(self.db.calls["schedule_states"], 3)

@@ -8,6 +8,9 @@ import time
 from twisted.trial import unittest
 
 from btu_twisted import cron
+from btu_twisted import refresh as refresh_module
+from btu_twisted import sql as sql_module
+from btu_twisted.plan_memory import row_fingerprint
 from btu_twisted.store import SCHEDULE_SET
 from tests.integration.daemon import make_service, wait_for
 from tests.integration.support import config_values, fresh_services
@@ -95,3 +98,46 @@ class PlanningTests(unittest.TestCase):
         self.db.execute("UPDATE `tabBTU Task Schedule` SET enabled = 0 WHERE name = 'TS-B'")
         await service.refresh.refresh()
         await wait_for(lambda: self.planned() == {})
+
+    async def test_refresh_plans_only_what_changed_on_the_real_database(self) -> None:
+        """The refresh's fingerprints (read 2 rows a chunk here) agree with
+        the planner's rows: after start a refresh queues nothing; a cron
+        string edited without touching ``modified``, a task cancelled, a
+        member lost and a new zone are each caught, and only they."""
+        self.db.add_task("BTU-2", "tests.jobfuncs.record")
+        self.db.add_schedules([
+            (f"TS-{i}", "BTU-2" if i == 4 else "BTU-1", "0 13 * * *", True, "default", None)
+            for i in range(7)
+        ] + [("TS-|x", "BTU-1", "0 14 * * *", True, "default", None),
+             ("TS-NOCRON", "BTU-1", None, True, "default", None),
+             ("TS-NOTASK", "NO-SUCH-TASK", "0 13 * * *", True, "default", None)])
+        self.patch(sql_module, "STATES_CHUNK", 2)
+        self.patch(refresh_module, "STATES_CHUNK", 2)
+        service = await self.start()
+        await wait_for(lambda: len(self.planned()) == 8 and not len(service.fifo))
+        rows = await service.db.read_schedules([f"TS-{i}" for i in range(7)] + ["TS-|x"])
+        states = await service.db.schedule_states("", 100)
+        prints = {name: fp for name, _, fp in states}
+        for name, row in rows.items():
+            self.assertEqual(prints[name], row_fingerprint(row), name)
+
+        async def queued_by_refresh() -> int:
+            await service.refresh.refresh()
+            return int(service.refresh.last["queued"])
+
+        # TS-NOCRON and TS-NOTASK have no member, so they are always queued.
+        self.assertEqual(await queued_by_refresh(), 2)
+        self.db.execute("UPDATE `tabBTU Task Schedule` SET cron_string = '0 15 * * *'"
+                        " WHERE name = 'TS-1'")
+        self.db.execute("UPDATE `tabBTU Task` SET docstatus = 2 WHERE name = 'BTU-2'")
+        self.redis.zrem(SCHEDULE_SET, "TS-|x|" + str(self.planned()["TS-|x"]))
+        self.assertEqual(await queued_by_refresh(), 2 + 3)
+        ts1 = cron.next_run("0 15 * * *", "Europe/London", time.time())
+        await wait_for(lambda: self.planned().get("TS-1") == ts1 and "TS-|x" in self.planned()
+                       and "TS-4" not in self.planned())
+        self.assertEqual(await queued_by_refresh(), 2 + 1)  # TS-4: its task may not run
+        await wait_for(lambda: not len(service.fifo))
+        self.db.set_zone("Asia/Tokyo")
+        self.assertEqual(await queued_by_refresh(), 10)
+        tokyo = cron.next_run("0 13 * * *", "Asia/Tokyo", time.time())
+        await wait_for(lambda: self.planned().get("TS-0") == tokyo)
