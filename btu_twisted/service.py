@@ -32,6 +32,7 @@ from btu_twisted.control_socket import ControlSocketService, SocketInUseError
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Dependency
 from btu_twisted.job_ids import JobIdRecorder
+from btu_twisted.keys import Keys
 from btu_twisted.planner import Planner
 from btu_twisted.prefix_guard import PrefixGuard, PrefixTaken
 from btu_twisted.protocol import ControlFactory
@@ -130,7 +131,7 @@ class BtuService(MultiService):
             database=config.rq_database,
             password=config.rq_password,
         )
-        self.store = ScheduleStore(self.redis)
+        self.store = ScheduleStore(self.redis, Keys(config.redis_key_prefix))
         self.guard = PrefixGuard(
             reactor, self.redis, config.redis_key_prefix, site_of(config), self._lost_prefix
         )

@@ -39,10 +39,13 @@ from btu_twisted.keys import (
     QUEUE_PREFIX,
     RQ_QUEUES,
     SCHEDULE_SET,
+    Keys,
 )
 
 if TYPE_CHECKING:
     from btu_twisted.redis_gateway import RedisCommands
+
+DEFAULT_KEYS = Keys()
 
 # How close to now a last run must be to be kept although its schedule seems
 # deleted (see FORGET_LAST_RUNS).
@@ -417,8 +420,11 @@ class ScheduleStore:
 
     log = Logger()
 
-    def __init__(self, redis: RedisCommands) -> None:
+    def __init__(self, redis: RedisCommands, keys: Keys = DEFAULT_KEYS) -> None:
         self._redis = redis
+        self.keys = keys
+        # The keys most scripts take, in their KEYS order.
+        self._three = [keys.schedule_set, keys.member_index, keys.last_enqueued]
         self.blocked = BlockedClaims()
         # Redis before 7.0 reads the "#!lua" line as Lua and fails to compile
         # it; such a server gets the scripts without it (and without flags).
@@ -466,7 +472,7 @@ class ScheduleStore:
             for name, when in part:
                 args += [name, when]
             args += drop
-            reply = await self._eval(PLAN, [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED], args)
+            reply = await self._eval(PLAN, self._three, args)
             pairs = list(reply or [])
             rejected.update(
                 (pairs[i], int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)
@@ -481,7 +487,7 @@ class ScheduleStore:
         """
         if not claims:
             return []
-        keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES]
+        keys = [*self._three, RQ_QUEUES]
         args: list[object] = [enqueued_at, len(claims)]
         for c in claims:
             fields = c.fields or {}
@@ -518,7 +524,7 @@ class ScheduleStore:
         enabled again.
         """
         keep = enabled if isinstance(enabled, (set, frozenset)) else set(enabled)
-        keys = [SCHEDULE_SET, MEMBER_INDEX]
+        keys = [self.keys.schedule_set, self.keys.member_index]
         removed: set[str] = set()
         cursor = "0"
         while True:
@@ -551,22 +557,23 @@ class ScheduleStore:
         forgotten = 0
         cursor = "0"
         while True:
-            reply = await self._eval(LAST_RUN_NAMES, [LAST_ENQUEUED], [cursor, SCAN_PAGE])
+            last = [self.keys.last_enqueued]
+            reply = await self._eval(LAST_RUN_NAMES, last, [cursor, SCAN_PAGE])
             cursor = _text(reply[0])
             gone = [name for name in json.loads(_text(reply[1])) if name not in existing]
             if gone:
-                forgotten += int(await self._eval(FORGET_LAST_RUNS, [LAST_ENQUEUED], gone))
+                forgotten += int(await self._eval(FORGET_LAST_RUNS, last, gone))
             if cursor == "0":
                 return forgotten
 
     async def cancel(self, schedule: str) -> bool:
-        removed = await self._eval(CANCEL, [SCHEDULE_SET, MEMBER_INDEX], [schedule])
+        removed = await self._eval(CANCEL, self._three[:2], [schedule])
         return int(removed) > 0
 
     async def earliest(self, limit: int) -> list[tuple[str, int]]:
         """The ``limit`` earliest members with their scores."""
         reply = await self._redis.command(
-            "ZRANGE", SCHEDULE_SET, 0, limit - 1, "WITHSCORES"
+            "ZRANGE", self.keys.schedule_set, 0, limit - 1, "WITHSCORES"
         )
         flat = list(reply or [])
         return [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
@@ -574,26 +581,27 @@ class ScheduleStore:
     async def discard(self, members: Sequence[str]) -> None:
         """Remove members that no schedule owns (unreadable, no ``|``)."""
         if members:
-            await self._redis.command("ZREM", SCHEDULE_SET, *members)
+            await self._redis.command("ZREM", self.keys.schedule_set, *members)
 
     async def window(self, horizon: float, limit: int) -> Window:
         """Members due by ``horizon`` (at most ``limit``), and the next one after."""
-        reply = list(await self._eval(WINDOW, [SCHEDULE_SET], [f"{horizon:.3f}", limit]))
+        horizon_arg = f"{horizon:.3f}"
+        reply = list(await self._eval(WINDOW, [self.keys.schedule_set], [horizon_arg, limit]))
         beyond = (reply[1], int(float(reply[2]))) if reply[1] else None
         flat = reply[3:]
         near = [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
         return Window(int(reply[0]), near, beyond)
 
     async def count(self) -> int:
-        return int(await self._redis.command("ZCARD", SCHEDULE_SET))
+        return int(await self._redis.command("ZCARD", self.keys.schedule_set))
 
     async def mark_planned(self) -> None:
         """Note that a full refresh is (re)planning everything."""
-        await self._redis.command("SET", PLANNED_MARKER, "1")
+        await self._redis.command("SET", self.keys.planned_marker, "1")
 
     async def keys_present(self) -> bool:
         """False when the marker a full refresh sets is gone: our keys were lost."""
-        return bool(int(await self._redis.command("EXISTS", PLANNED_MARKER)))
+        return bool(int(await self._redis.command("EXISTS", self.keys.planned_marker)))
 
 
 def _text(value: bytes | str | int) -> str:

@@ -875,6 +875,17 @@ class DaemonSocketTests(_Base):
         self.assertEqual(code, 0)
         self.assertIn("next full refresh", out)
 
+    def test_clear_last_run_follows_the_key_prefix(self) -> None:
+        """With redis_key_prefix set, the last run cleared is that prefix's, no other."""
+        ahead = str(int(time.time()) + 3600)
+        self.redis.hset("btu_scheduler:b.test:last_enqueued", "TS-000001", ahead)
+        self.redis.hset(LAST_ENQUEUED, "TS-000001", ahead)  # another site's
+        path = self.write_config(redis_key_prefix="btu_scheduler:b.test:")
+        code, _, err = self.btu("clear-last-run", "TS-000001", config=path)
+        self.assertEqual((code, err), (0, ""))
+        self.assertFalse(self.redis.hexists("btu_scheduler:b.test:last_enqueued", "TS-000001"))
+        self.assertTrue(self.redis.hexists(LAST_ENQUEUED, "TS-000001"))
+
     def test_clear_last_run_in_the_past_needs_force(self) -> None:
         """A last run not ahead of now is normal: kept (exit 1) unless --force is given."""
         self.record_last_runs(TS_000001=time.time() - 60)

@@ -110,3 +110,48 @@ class BenchModeDaemonTests(TestCase):
         self.assertEqual({(c["site"], c["method"]) for c in calls}, {(SITE, "myapp.tasks.hello")})
         self.assertEqual(calls[0]["kwargs"], {"n": 1})
         self.assertEqual(ran[0]["job"]["origin"], "bench-it:default")
+    async def test_two_sites_of_a_bench_keep_to_their_own_keys(self) -> None:
+        """Both sites number their schedules TS-0001: each daemon plans only its own, in
+        its own prefix; a daemon pointed at the other site's prefix refuses to start."""
+        await exclusive_redis_db(self, REDIS_DB)
+        redis = clean_redis(self, REDIS_DB)
+        sites = {}
+        for site in ("a.test", "b.test"):
+            db = TestDatabase(load_samples=False)
+            self.addCleanup(db.drop)
+            db.add_task("BTU-1", "myapp.tasks.hello", repr({"site": site}))
+            db.add_schedule("TS-0001", "BTU-1", "0 0 1 1 *")  # planned, far from due
+            user, password = self.site_user(db.name)
+            sites[site] = {"db_name": db.name, "db_user": user, "db_password": password,
+                           "db_host": MYSQL["host"], "db_port": MYSQL["port"]}
+        tmp = Path(self.mktemp()).resolve()
+        bench = make_bench(tmp / "frappe-bench", sites=sites, common={
+            "bench_id": "bench-it", "redis_queue": f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"})
+        short = tempfile.mkdtemp(dir="/tmp", prefix="btubench")
+        self.addCleanup(shutil.rmtree, short, True)
+
+        def values(site: str, **more: str) -> dict[str, str]:
+            return {"frappe_bench_path": str(bench), "frappe_site_name": site,
+                    "socket_path": os.path.join(short, f"{site}.sock"), **more}
+
+        services = []
+        for site in sites:
+            service, fatal = make_service(values(site))
+            await service.startService()
+            self.addCleanup(lambda s=service: s.running and s.stopService())
+            self.assertEqual(fatal, [])
+            services.append(service)
+        for site in sites:
+            members = f"btu_scheduler:{site}:task_execution_times"
+            await wait_for(lambda m=members: redis.zcard(m) == 1, timeout=20)
+        self.assertEqual(redis.get("btu_scheduler:a.test:owner"), b"a.test")
+        intruder, fatal = make_service(values("b.test", redis_key_prefix="btu_scheduler:a.test:",
+                                              socket_path=os.path.join(short, "c.sock")))
+        await intruder.startService()
+        await intruder.stopService()  # what the fatal exit does
+        self.assertEqual(len(fatal), 1, fatal)
+        self.assertIn("belong to the daemon of site 'a.test'", fatal[0])
+        for service in services:
+            await service.stopService()
+        self.assertEqual(redis.keys("btu_scheduler:*:owner"), [])
+
