@@ -28,6 +28,7 @@ class JobIdRecorder:
         self._writing: Deferred[None] | None = None
         self._retry: IDelayedCall | None = None
         self._backoff = Backoff(first=2.0, limit=60.0)
+        self._stopped = False
         self.written = 0
 
     def record(self, job_ids: Iterable[tuple[str, str]]) -> None:
@@ -36,12 +37,14 @@ class JobIdRecorder:
         self._start()
 
     def stop(self) -> None:
+        """No write starts or is retried after this: the database pool closes next."""
+        self._stopped = True
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
 
     def _start(self) -> None:
-        if self._writing is not None or not self._pending:
+        if self._stopped or self._writing is not None or not self._pending:
             return
         if self._retry is not None and self._retry.active():
             return  # waiting out a failure; the retry takes these too
@@ -51,7 +54,7 @@ class JobIdRecorder:
 
     async def _write(self) -> None:
         try:
-            while self._pending:
+            while self._pending and not self._stopped:
                 batch, self._pending = self._pending, {}
                 try:
                     await self._db.write_job_ids(batch)
@@ -66,6 +69,8 @@ class JobIdRecorder:
             self._writing = None
 
     def _failed(self, error: Exception) -> None:
+        if self._stopped:
+            return
         delay = self._backoff.next_delay()
         if isinstance(error, RowsLocked):
             self.log.debug("redis_job_id rows locked; writing again in {delay} s", delay=delay)

@@ -170,6 +170,18 @@ class JobIdRecorderTests(unittest.TestCase):
         run_until(self.clock, 10)
         self.assertEqual(self.db.job_ids, {"TS-1": "c", "TS-2": "b"})
 
+    def test_write_failing_after_stop_schedules_nothing(self) -> None:
+        """A write in flight at stop that then fails (MariaDB's pool is being
+        closed) leaves no retry behind (seen as a dirty reactor in a fault test)."""
+        self.db.hold.add("write_job_ids")
+        self.recorder.record([("TS-1", "a")])
+        self.recorder.stop()
+        self.db.down = True
+        self.assertEqual(self.db.release("write_job_ids"), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.recorder.record([("TS-2", "b")])  # a claim round finishing after stop
+        self.assertEqual(self.db.calls["write_job_ids"], 1)
+
     def test_locked_rows_are_quiet_and_retried(self) -> None:
         """A row locked by the BTU app's transaction logs nothing above debug."""
         calls = []
