@@ -8,8 +8,9 @@ and HTTP stacks: those imports were most of their start-up time.  The daemon
 must not load the HTTP client (treq) for a builder that makes no HTTP call,
 nor prometheus_client and twisted.web without ``metrics_port``, nor
 pyOpenSSL and service_identity when no builder makes an HTTPS call
-(:mod:`btu_twisted.tls`).  cryptography itself is not checked: PyMySQL and
-redis-py (through rq) import it.
+(:mod:`btu_twisted.tls`), nor cryptography's OpenSSL bindings, which PyMySQL
+wants only for RSA password logins that MariaDB never asks for.  (The
+``cryptography`` package itself is loaded, by redis-py, without its bindings.)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ CLI_HEAVY = ("twisted", "txredisapi", "pymysql", "redis", "rq", "treq", "OpenSSL
 #: Never loaded by a daemon whose config uses neither the frappe builder nor metrics.
 DAEMON_UNUSED = ("treq", "prometheus_client", "twisted.web", "btu_twisted.frappe_http",
                  "btu_twisted.metrics", "hyperlink", "OpenSSL", "service_identity",
-                 "twisted.internet.ssl", "twisted.protocols.tls")
+                 "twisted.internet.ssl", "twisted.protocols.tls", "cryptography.hazmat")
 
 
 def loaded_after(code: str, *args: str) -> dict[str, Any]:
