@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from btu_twisted.redis_target import ACL_RULE
+
 __all__ = ["FILLS", "BenchDefaults", "bench_defaults", "bench_id"]
 
 COMMON_CONFIG = os.path.join("sites", "common_site_config.json")
@@ -196,7 +198,7 @@ def _redis(found: BenchDefaults, lookup: Any, toml: Mapping[str, Any]) -> None:
         found.problems.append(
             "rq_username: the bench uses use_rq_auth, and its RQ user may touch only rq:* "
             "keys, not the btu_scheduler:* keys; set rq_username and rq_password to a Redis "
-            "user with the ACL rule '~btu_scheduler:* ~rq:* +@all -@dangerous +role' "
+            f"user with the ACL rule '{ACL_RULE.format(prefix='btu_scheduler:')}' "
             "(or rq_password to the default user's)"
         )
 

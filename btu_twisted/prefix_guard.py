@@ -23,8 +23,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from btu_twisted.redis_gateway import RedisCommands
+from btu_twisted.redis_target import ACL_RULE
 
-__all__ = ["ACL_RULE", "LEASE_SECS", "PrefixGuard", "PrefixRefused", "PrefixTaken"]
+__all__ = ["LEASE_SECS", "PrefixGuard", "PrefixRefused", "PrefixTaken"]
 
 #: How long a dead daemon keeps its prefix; renewed every third of it.
 LEASE_SECS = 30
@@ -43,10 +44,6 @@ RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-#: What the daemon's Redis user needs (README "Redis users"), ``{prefix}`` filled in.
-ACL_RULE = "~{prefix}* ~rq:* +@all -@dangerous +role"
 
 
 class PrefixRefused(Exception):

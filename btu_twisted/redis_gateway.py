@@ -195,6 +195,7 @@ class RedisGateway:
         self._password = self.target.password
         self._pool: Any = None
         self._sentinel: Any = None
+        self._tls: Any = None
         # (when, reason) of the last AUTH/SELECT that Redis refused, until a command succeeds.
         self._refusal: tuple[float, str] | None = None
 
@@ -239,7 +240,9 @@ class RedisGateway:
         common.update(reconnect=True, connectTimeout=self._timeout)
         if target.kind == "unix":
             return txredisapi.lazyUnixConnectionPool(path=target.path, **common)
-        tls = _tls_options(target) if target.tls else False
+        if target.tls and self._tls is None:
+            self._tls = _tls_options(target)  # read once: a replaced pool reuses it
+        tls = self._tls or False
         return txredisapi.lazyConnectionPool(
             host=target.host, port=target.port, ssl_context_factory=tls, **common
         )

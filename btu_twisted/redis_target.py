@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
-__all__ = ["RedisTarget", "mask_url", "parse_sentinel", "parse_url", "target_of"]
+__all__ = ["ACL_RULE", "RedisTarget", "mask_url", "parse_sentinel", "parse_url", "target_of"]
+
+#: The ACL rule the daemon's Redis user needs (README "Redis users"), ``{prefix}``
+#: being its redis_key_prefix: its own keys, RQ's, Lua scripts, and ROLE
+#: (txredisapi asks it of every master it reaches through Sentinel).
+ACL_RULE = "~{prefix}* ~rq:* +@all -@dangerous +role"
 
 _SCHEMES = ("redis", "rediss", "unix")
 

@@ -30,6 +30,7 @@ from btu_twisted.redis_gateway import RedisGateway, RedisRefusedError
 from btu_twisted.redis_target import target_of
 from tests.integration.daemon import ROOT, make_service, wait_for
 from tests.integration.redis_servers import (
+    free_port,
     make_certificates,
     server_directory,
     start_server,
@@ -137,9 +138,6 @@ class TlsTests(unittest.TestCase):
     async def setUp(self) -> None:
         directory = server_directory(self)
         self.certs = await deferToThread(make_certificates, directory)
-        self.tls_port = 0
-        from tests.integration.redis_servers import free_port
-
         self.tls_port = free_port()
         self.server = await start_server(
             self, directory, "tls", "--tls-port", str(self.tls_port),
@@ -273,6 +271,15 @@ class SentinelTests(unittest.TestCase):
         await gateway.stop()
         # txredisapi leaves the discovery in progress to time out on its own.
         await deferLater(reactor, 3.5, lambda: None)
+
+    async def test_refused_password_behind_sentinel_is_said(self) -> None:
+        """txredisapi's own Sentinel protocol would hang on a refused AUTH; ours says it."""
+        config = config_for(rq_sentinels=[f"127.0.0.1:{self.sentinel.port}"],
+                            rq_sentinel_service="mymaster", rq_password="not-this")
+        gateway = gateway_for(self, config)
+        error = await self.assertFailure(gateway.command("PING"), RedisRefusedError)
+        self.assertIn("Redis refused the password", str(error))
+        self.assertNotIn("not-this", str(error))
 
     async def test_daemon_follows_a_failover(self) -> None:
         """Every-second schedule; the master SIGKILLed: the daemon enqueues on the
