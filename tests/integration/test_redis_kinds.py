@@ -109,6 +109,23 @@ class AclTests(unittest.TestCase):
         self.assertIn(RULE, text)
         self.assertNotIn(PASSWORD, text)
 
+    async def test_daemon_runs_as_a_user_with_the_rule(self) -> None:
+        """The documented rule is enough for the whole daemon: it plans and enqueues."""
+        db = TestDatabase(load_samples=False)
+        self.addCleanup(db.drop)
+        db.add_task("BTU-REC", "tests.jobfuncs.record")
+        db.add_schedule("TS-1", "BTU-REC", EVERY)
+        values = config_values(db.name, rq_port=self.server.port, rq_database=0,
+                               rq_username="btu", rq_password=PASSWORD)
+        service, fatal = make_service(values)
+        await service.startService()
+        self.addCleanup(service.stopService)
+        admin = self.server.client(password=ADMIN)
+        self.addCleanup(admin.close)
+        await wait_for(lambda: len(collect_jobs(admin)) >= 2 or fatal, timeout=30)
+        self.assertEqual(fatal, [])
+        self.assertEqual(duplicates(collect_jobs(admin)), {})
+
     async def test_daemon_refuses_the_user_at_start(self) -> None:
         """The whole service: one fatal line, StartupError's, naming the rule."""
         db = TestDatabase(load_samples=False)
