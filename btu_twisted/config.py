@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from twisted.logger import LogLevel
 
 from btu_twisted.frappe_bench import FILLS, BenchDefaults, bench_defaults
+from btu_twisted.redis_target import mask_url, parse_sentinel, parse_url
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -227,9 +228,48 @@ def _octal_mode(value: Any) -> int:
     return mode
 
 
-def _key(check: Check, default: Any = MISSING, *, secret: bool = False) -> Any:
-    """Declare a config key: no default means the key is required."""
-    return field(default=default, metadata={"check": check, "secret": secret})
+def _redis_url(value: Any) -> str:
+    # The URL may hold a password: a mistake is described, the URL never shown.
+    try:
+        parse_url(_non_empty_string(value))
+    except ValueError as error:
+        raise _Invalid(str(error)) from None
+    return value
+
+
+def _sentinel_nodes(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _WrongType('a list of "host:port" strings')
+    if not value:
+        raise _Invalid('must name at least one Sentinel, e.g. ["127.0.0.1:26379"]')
+    for node in value:
+        try:
+            parse_sentinel(node)
+        except ValueError as error:
+            raise _Invalid(str(error)) from None
+    return tuple(value)
+
+
+def _readable_file(value: Any) -> str:
+    path = _non_empty_string(value)
+    if not os.access(path, os.R_OK) or not os.path.isfile(path):
+        raise _Invalid(f"cannot read {path}")
+    return path
+
+
+def _key(
+    check: Check,
+    default: Any = MISSING,
+    *,
+    secret: bool = False,
+    mask: Callable[[Any], Any] | None = None,
+) -> Any:
+    """Declare a config key: no default means the key is required.
+
+    ``mask`` shows a value that holds a secret in part (a URL's password).
+    """
+    metadata = {"check": check, "secret": secret, "mask": mask}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -250,10 +290,20 @@ class Config:
     mysql_port: int = _key(_port, 3306)
     mysql_database: str = _key(_non_empty_string)
 
-    rq_host: str = _key(_non_empty_string)
-    rq_port: int = _key(_port)
+    # One of rq_host (+ rq_port), rq_url or rq_sentinels names the Redis (_redis_problems).
+    rq_host: str | None = _key(_non_empty_string, None)
+    rq_port: int | None = _key(_port, None)
+    rq_url: str | None = _key(_redis_url, None, mask=mask_url)
+    rq_username: str | None = _key(_non_empty_string, None)
     rq_password: str | None = _key(_string, None, secret=True)
     rq_database: int = _key(_integer(0), 0)
+    rq_tls_ca_file: str | None = _key(_readable_file, None)
+    rq_tls_cert_file: str | None = _key(_readable_file, None)
+    rq_tls_key_file: str | None = _key(_readable_file, None)
+    rq_sentinels: tuple[str, ...] | None = _key(_sentinel_nodes, None)
+    rq_sentinel_service: str | None = _key(_non_empty_string, None)
+    rq_sentinel_username: str | None = _key(_non_empty_string, None)
+    rq_sentinel_password: str | None = _key(_string, None, secret=True)
     rq_queue_prefix: str = _key(_string, "")
     # Every key of ours starts with it; one site's daemons per prefix (prefix_guard.py).
     redis_key_prefix: str = _key(_non_empty_string, "btu_scheduler:")
@@ -293,6 +343,43 @@ def _shown(value: Any, secret: bool) -> str:
     if secret:
         return f"a value of type {type(value).__name__} (not shown: it is a secret)"
     return repr(value)
+
+
+def _redis_problems(data: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
+    """One line per contradiction among the keys that name the Redis."""
+    ways = [key for key in ("rq_host", "rq_url", "rq_sentinels") if key in data]
+    if not ways:
+        return ["rq_host: required key is missing"] + (
+            [] if "rq_port" in data else ["rq_port: required key is missing"]
+        )
+    if len(ways) > 1:
+        return [f"{ways[1]}: conflicts with {ways[0]}; name the Redis one way only "
+                "(rq_host and rq_port, rq_url, or rq_sentinels)"]
+    problems = []
+    way = ways[0]
+    if way == "rq_host" and "rq_port" not in data:
+        problems.append("rq_port: required key is missing")
+    if way != "rq_host" and "rq_port" in data:
+        problems.append(f"rq_port: only used with rq_host, not with {way}")
+    if way == "rq_url" and "rq_url" in values:
+        in_url = parse_url(values["rq_url"])
+        for key, part in (("rq_username", "username"), ("rq_password", "password"),
+                          ("rq_database", "database")):
+            if key in data and part in in_url:
+                problems.append(f"{key}: also given in rq_url; set it in one place only")
+    tls = [key for key in ("rq_tls_ca_file", "rq_tls_cert_file", "rq_tls_key_file") if key in data]
+    if tls and not str(values.get("rq_url") or "").startswith("rediss:"):
+        problems.append(f"{tls[0]}: only used with a rediss:// rq_url")
+    elif ("rq_tls_cert_file" in data) != ("rq_tls_key_file" in data):
+        problems.append("rq_tls_cert_file: the client certificate needs rq_tls_key_file too "
+                        "(set both or neither)")
+    sentinel_keys = [key for key in data if key.startswith("rq_sentinel_")]
+    if way == "rq_sentinels" and "rq_sentinel_service" not in data:
+        problems.append("rq_sentinel_service: required with rq_sentinels (the master's name, "
+                        "e.g. \"mymaster\")")
+    if way != "rq_sentinels" and sentinel_keys:
+        problems.append(f"{sentinel_keys[0]}: only used with rq_sentinels")
+    return problems
 
 
 def _builder_problems(data: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
@@ -337,12 +424,15 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
         try:
             values[spec.name] = spec.metadata["check"](raw)
         except _WrongType as wrong:
-            shown = _shown(raw, spec.metadata["secret"])
-            problems.append(f"{spec.name}: expected {wrong.expected}, got {shown}")
+            secret = spec.metadata["secret"] or spec.metadata["mask"] is not None
+            problems.append(f"{spec.name}: expected {wrong.expected}, got {_shown(raw, secret)}")
         except _Invalid as invalid:
             problems.append(f"{spec.name}: {invalid}")
     named = {problem.split(":")[0] for problem in problems}
     problems += [p for p in _builder_problems(data, values) if p.split(":")[0] not in named]
+    if not unread & {"rq_host", "rq_url", "rq_sentinels"}:
+        named = {problem.split(":")[0] for problem in problems}
+        problems += [p for p in _redis_problems(data, values) if p.split(":")[0] not in named]
 
     warnings: list[str] = []
     email = [key for key in data if key in _EMAIL_KEYS]
@@ -354,6 +444,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
             warnings.append(_unknown_key_warning(key, known))
 
     if problems:
+        # In field order, as the file is usually laid out; the cross-key checks come last.
+        order = {spec.name: i for i, spec in enumerate(fields(Config))}
+        problems.sort(key=lambda p: order.get(p.split(":")[0], len(order)))
         raise ConfigError(problems, source)
     return Config(**values), warnings
 
@@ -426,6 +519,8 @@ def masked(config: Config) -> dict[str, object]:
         value = getattr(config, spec.name)
         if spec.metadata["secret"] and value is not None:
             value = _MASK
+        elif spec.metadata["mask"] is not None and value is not None:
+            value = spec.metadata["mask"](value)
         elif spec.name == "socket_mode":
             value = f"{value:04o}"
         shown[spec.name] = value

@@ -8,9 +8,10 @@ from the bench's JSON files into the TOML by hand, nor copy them again when
 only proposes values, each with the file and key it came from, so
 ``btu print-config`` can say where a setting came from.
 
-Nothing here connects to anything: a bench that needs what the daemon cannot
-do yet (Sentinel, TLS Redis, an RQ ACL user) is reported as a problem naming
-the TOML keys to set instead, unless the TOML already sets them.
+Nothing here connects to anything.  A ``redis_queue`` reached through
+Sentinel, TLS (``rediss://``), a unix socket or an ACL user maps to the
+``rq_*`` keys for them; only ``use_rq_auth`` stays a problem until the TOML
+names a Redis user: Frappe's RQ user may touch ``rq:*`` keys only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from btu_twisted.redis_target import ACL_RULE
 
 __all__ = ["FILLS", "BenchDefaults", "bench_defaults", "bench_id"]
 
@@ -43,6 +46,8 @@ _FIXED = {
 FILLS = frozenset({
     *_FIXED, "mysql_database", "mysql_user", "mysql_password", "mysql_host", "mysql_port",
     "rq_host", "rq_port", "rq_database", "rq_password", "rq_queue_prefix", "redis_key_prefix",
+    "rq_url", "rq_username", "rq_sentinels", "rq_sentinel_service", "rq_sentinel_username",
+    "rq_sentinel_password",
     "webserver_port", "webserver_host_header", "result_ttl", "failure_ttl",
 })
 
@@ -166,17 +171,54 @@ def _database(found: BenchDefaults, lookup: Any, site_file: str) -> None:
     found.propose("mysql_port", *(port or (3306, "Frappe's default db_port")))
 
 
+# The TOML keys that name a Redis: with any of them, the bench's redis_queue does not apply.
+_OWN_REDIS = ("rq_host", "rq_url", "rq_sentinels")
+
+# Frappe's Sentinel keys (frappe.utils.redis_wrapper) and the keys they become.
+_SENTINEL_KEYS = (
+    ("redis_queue_master_service", "rq_sentinel_service"),
+    ("redis_queue_sentinel_username", "rq_sentinel_username"),
+    ("redis_queue_sentinel_password", "rq_sentinel_password"),
+    ("redis_queue_master_username", "rq_username"),
+    ("redis_queue_master_password", "rq_password"),
+)
+
+
 def _redis(found: BenchDefaults, lookup: Any, toml: Mapping[str, Any]) -> None:
-    """``redis_queue`` as the daemon's rq_* keys; what they cannot express is a problem."""
-    if "rq_host" in toml:
+    """``redis_queue`` (or Frappe's Sentinel keys) as the daemon's rq_* keys."""
+    if any(key in toml for key in _OWN_REDIS):
         return  # the TOML names its own Redis: nothing of the bench's applies
     sentinel = lookup("redis_queue_sentinel_enabled")
     if sentinel is not None and sentinel[0]:
+        _sentinel(found, lookup)
+    else:
+        _redis_url(found, lookup)
+    rq_auth = lookup("use_rq_auth")
+    if rq_auth is not None and rq_auth[0] and not {"rq_username", "rq_password"} & set(toml):
         found.problems.append(
-            "frappe_bench_path: the bench reaches redis_queue through Sentinel, which "
-            "btu_twisted cannot follow yet; set rq_host and rq_port to the current master"
+            "rq_username: the bench uses use_rq_auth, and its RQ user may touch only rq:* "
+            "keys, not the btu_scheduler:* keys; set rq_username and rq_password to a Redis "
+            f"user with the ACL rule '{ACL_RULE.format(prefix='btu_scheduler:')}' "
+            "(or rq_password to the default user's)"
+        )
+
+
+def _sentinel(found: BenchDefaults, lookup: Any) -> None:
+    nodes = lookup("redis_queue_sentinels")
+    if nodes is None:
+        found.problems.append(
+            "frappe_bench_path: redis_queue_sentinel_enabled is set but "
+            f"{COMMON_CONFIG} has no redis_queue_sentinels"
         )
         return
+    found.propose("rq_sentinels", *nodes)
+    for frappe_key, key in _SENTINEL_KEYS:
+        value = lookup(frappe_key)
+        if value is not None:
+            found.propose(key, *value)
+
+
+def _redis_url(found: BenchDefaults, lookup: Any) -> None:
     queue = lookup("redis_queue")
     if queue is None:
         found.problems.append(f"frappe_bench_path: {COMMON_CONFIG} has no redis_queue")
@@ -188,11 +230,12 @@ def _redis(found: BenchDefaults, lookup: Any, toml: Mapping[str, Any]) -> None:
     except ValueError as error:
         found.problems.append(f"frappe_bench_path: redis_queue is not a URL ({error})")
         return
-    if parts.scheme != "redis" or not parts.hostname:
-        found.problems.append(
-            f"frappe_bench_path: redis_queue uses {parts.scheme or 'no'}:// which btu_twisted "
-            "cannot connect to yet; set rq_host and rq_port (and rq_password) in the TOML"
-        )
+    if parts.scheme != "redis" or parts.query:
+        # rediss://, unix://, or what config.py will name the problem of: as it is.
+        found.propose("rq_url", str(url), source)
+        return
+    if not parts.hostname:
+        found.problems.append("frappe_bench_path: redis_queue names no host")
         return
     found.propose("rq_host", parts.hostname, source)
     found.propose("rq_port", port or 6379, source)
@@ -205,16 +248,6 @@ def _redis(found: BenchDefaults, lookup: Any, toml: Mapping[str, Any]) -> None:
             return
         found.propose("rq_database", int(database), source)
     if parts.username not in (None, "", "default"):
-        found.problems.append(
-            f"frappe_bench_path: redis_queue logs in as Redis user {parts.username!r}; "
-            "btu_twisted can log in only as the default user: set rq_host, rq_port and rq_password"
-        )
-        return
+        found.propose("rq_username", unquote(parts.username or ""), f"{source} (user)")
     if parts.password:
         found.propose("rq_password", unquote(parts.password), f"{source} (password)")
-    rq_auth = lookup("use_rq_auth")
-    if rq_auth is not None and rq_auth[0] and "rq_password" not in toml:
-        found.problems.append(
-            "rq_password: the bench uses use_rq_auth, and its RQ user may not touch the "
-            "btu_scheduler:* keys; set rq_password to the password of Redis's default user"
-        )

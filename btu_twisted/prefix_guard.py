@@ -8,6 +8,10 @@ A daemon of another site finds the lease and refuses to start; daemons of the
 same site (high availability) share it, as they share the keys.  A daemon
 that dies without releasing the lease frees the prefix when it expires
 (:data:`LEASE_SECS`); a clean stop releases it at once.
+
+Taking the lease is also the daemon's first write under its prefix, so a
+Redis ACL user that may not touch the prefix (Frappe's ``use_rq_auth`` user
+may touch only ``rq:*``) is found here, and refused with the rule it needs.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from btu_twisted.keys import Keys
+from btu_twisted.redis_target import ACL_RULE
 
 if TYPE_CHECKING:
     from btu_twisted.redis_gateway import RedisCommands
 
-__all__ = ["LEASE_SECS", "PrefixGuard", "PrefixTaken"]
+__all__ = ["LEASE_SECS", "PrefixGuard", "PrefixRefused", "PrefixTaken"]
 
 #: How long a dead daemon keeps its prefix; renewed every third of it.
 LEASE_SECS = 30
@@ -42,6 +47,10 @@ RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class PrefixRefused(Exception):
+    """Redis's ACL does not let the daemon's user write its own keys."""
 
 
 class PrefixTaken(Exception):
@@ -73,7 +82,18 @@ class PrefixGuard:
 
     async def acquire(self) -> None:
         """Take the lease now, or raise :class:`PrefixTaken`; then keep renewing it."""
-        other = await self._take()
+        try:
+            other = await self._take()
+        except Exception as e:
+            if "NOPERM" not in str(e):
+                raise
+            target = getattr(self._redis, "target", None)
+            user = getattr(target, "username", None) or "default"
+            raise PrefixRefused(
+                f"Redis user {user!r} may not write {self.key} ({' '.join(str(e).split())}); "
+                f"the daemon's Redis user needs the ACL rule "
+                f"'{ACL_RULE.format(prefix=self._prefix)}' (README, \"Redis users\")"
+            ) from None
         if other:
             raise PrefixTaken(self._taken_by(other))
         self._loop = LoopingCall(self._renew)

@@ -17,6 +17,17 @@ Two things txredisapi does on its own are taken over here:
   at info level, once per connection per attempt: dozens of lines a minute
   during an outage that the Dependency already reports once.  Those lines
   are turned into debug events (see :func:`quiet_txredisapi`).
+
+The Redis is a :class:`RedisTarget`: a host and port (optionally TLS), a
+unix socket, or the master of a Sentinel service.  Behind Sentinel,
+txredisapi asks the Sentinels for the master before every connection; two
+gaps are filled here.  Its master protocol sends AUTH without waiting for the
+answer, so a wrong password left the connection hanging: ours waits and
+reports the refusal like any other.  And a connection to a master that was
+demoted (not killed) stays open, its writes failing with READONLY: such a
+reply drops the pool's connections, so they reconnect to the new master.
+A Sentinel that names no master for the service is reported as the reason
+commands fail ("Sentinel ... knows no master ..."), not as a bare timeout.
 """
 
 from __future__ import annotations
@@ -34,12 +45,13 @@ from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 
 from btu_twisted.health import Dependency
+from btu_twisted.redis_target import RedisTarget
 
 __all__ = ["RedisCommands", "RedisGateway", "RedisRefusedError", "quiet_txredisapi"]
 
 # "Redis error: could not auth: WRONGPASS ..." / "... could not set dbid=3: NOAUTH ...",
 # as txredisapi words a refused AUTH or SELECT.
-_SETUP_ERROR = re.compile(r"could not (auth|set dbid=(\S*)): (.*)", re.DOTALL)
+_SETUP_ERROR = re.compile(r"could not (auth|set dbid=(\S*)|check role): (.*)", re.DOTALL)
 # A Redis error reply starts with its code in capitals ("ERR", "WRONGPASS", "NOAUTH");
 # "Lost connection" and the like are the connection failing, not Redis refusing.
 _REDIS_REPLY = re.compile(r"[A-Z][A-Z_]+ ")
@@ -101,6 +113,61 @@ class RedisCommands(Protocol):
     def command(self, name: str, *args: Any) -> Deferred[Any]: ...
 
 
+class _SentinelMasterProtocol(txredisapi.SentinelRedisProtocol):
+    """txredisapi's Sentinel master protocol, waiting for AUTH before asking ROLE.
+
+    The original sends AUTH and ROLE back to back and ignores AUTH's answer:
+    with a wrong password ROLE fails too, and the connection is never ready
+    nor closed.  Here a refusal is reported the way txredisapi reports one on
+    a plain connection, and the connection closed.
+    """
+
+    @defer.inlineCallbacks
+    def connectionMade(self) -> Any:
+        step = "auth"
+        try:
+            if self.password is not None:
+                reply = yield self.auth(self.password, self.username)
+                if isinstance(reply, Exception):
+                    raise reply
+            step = "check role"
+            role = yield self.role()
+            if isinstance(role, Exception):
+                raise role
+        except Exception as e:
+            self.transport.loseConnection()
+            self.factory.connectionError(f"Redis error: could not {step}: {e}")
+            return None
+        if self.factory.is_master and role[0] != b"master" and role[0] != "master":
+            self.transport.loseConnection()  # demoted meanwhile: ask the Sentinels again
+            return None
+        yield txredisapi.RedisProtocol.connectionMade(self)
+        return None
+
+
+class _SentinelMasterFactory(txredisapi.SentinelConnectionFactory):
+    protocol = _SentinelMasterProtocol
+
+
+def _tls_options(target: RedisTarget) -> Any:
+    """Certificate and host name checked against ``rq_tls_ca_file`` (else the system's CAs)."""
+    from twisted.internet import ssl
+
+    trust = None
+    if target.ca_file:
+        with open(target.ca_file, encoding="ascii") as stream:
+            pem = stream.read()
+        marker = "-----END CERTIFICATE-----"
+        blocks = [block + marker for block in pem.split(marker) if "-----BEGIN" in block]
+        trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
+    client = None
+    if target.cert_file and target.key_file:
+        with open(target.cert_file, encoding="ascii") as cert, \
+                open(target.key_file, encoding="ascii") as key:
+            client = ssl.PrivateCertificate.loadPEM(cert.read() + "\n" + key.read())
+    return ssl.optionsForClientTLS(str(target.host), trustRoot=trust, clientCertificate=client)
+
+
 class RedisGateway:
     """A txredisapi pool with deadlines and an up/down state."""
 
@@ -109,30 +176,26 @@ class RedisGateway:
     def __init__(
         self,
         clock: IReactorTime,
-        host: str,
-        port: int,
+        host: str = "127.0.0.1",
+        port: int = 6379,
         database: int = 0,
         password: str | None = None,
         timeout: float = 5.0,
         poolsize: int = 2,
+        *,
+        target: RedisTarget | None = None,
     ) -> None:
         self.health = Dependency("Redis", clock)
         self._clock = clock
-        self._params = dict(
-            host=host,
-            port=port,
-            dbid=database,
-            poolsize=poolsize,
-            reconnect=True,
-            password=password,
-            connectTimeout=timeout,
-            replyTimeout=timeout,
-            # A schedule named "123" must stay a string in ZRANGE replies.
-            convertNumbers=False,
+        self.target = target or RedisTarget(
+            kind="tcp", host=host, port=port, database=database, password=password
         )
+        self._poolsize = poolsize
         self._timeout = timeout
-        self._password = password
+        self._password = self.target.password
         self._pool: Any = None
+        self._sentinel: Any = None
+        self._tls: Any = None
         # (when, reason) of the last AUTH/SELECT that Redis refused, until a command succeeds.
         self._refusal: tuple[float, str] | None = None
 
@@ -142,7 +205,7 @@ class RedisGateway:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> Any:
-        pool = txredisapi.lazyConnectionPool(**self._params)
+        pool = self._connect()
         factory = getattr(pool, "_factory", None)
         # A pool that never completes fails this Deferred; the outage is
         # reported through ``health``, not as an unhandled error.
@@ -161,6 +224,70 @@ class RedisGateway:
             factory.connectionError = connection_error
         return pool
 
+    def _connect(self) -> Any:
+        target = self.target
+        common: dict[str, Any] = dict(
+            dbid=target.database,
+            poolsize=self._poolsize,
+            password=target.password,
+            username=target.username,
+            replyTimeout=self._timeout,
+            # A schedule named "123" must stay a string in ZRANGE replies.
+            convertNumbers=False,
+        )
+        if target.kind == "sentinel":
+            return self._sentinel_pool(common)
+        common.update(reconnect=True, connectTimeout=self._timeout)
+        if target.kind == "unix":
+            return txredisapi.lazyUnixConnectionPool(path=target.path, **common)
+        if target.tls and self._tls is None:
+            self._tls = _tls_options(target)  # read once: a replaced pool reuses it
+        tls = self._tls or False
+        return txredisapi.lazyConnectionPool(
+            host=target.host, port=target.port, ssl_context_factory=tls, **common
+        )
+
+    def _sentinel_pool(self, common: dict[str, Any]) -> Any:
+        target = self.target
+        if self._sentinel is not None:
+            self._sentinel.disconnect().addErrback(lambda _: None)
+        sentinel = txredisapi.Sentinel(
+            list(target.sentinels),
+            password=target.sentinel_password,
+            username=target.sentinel_username,
+            connectTimeout=self._timeout,
+            replyTimeout=self._timeout,
+        )
+        # Sentinels answer in milliseconds; waiting txredisapi's 10 s would
+        # outlast every command's deadline, hiding why they fail.
+        sentinel.discovery_timeout = self._timeout * 0.6
+        discover = sentinel.discover_master
+
+        def discover_master(service: str) -> Deferred[Any]:
+            return discover(service).addErrback(self._discovery_failed)
+
+        sentinel.discover_master = discover_master
+        self._sentinel = sentinel
+        return sentinel.master_for(target.service, factory_class=_SentinelMasterFactory, **common)
+
+    def _discovery_failed(self, failure: Failure) -> Failure:
+        nodes = ", ".join(f"{h}:{p}" for h, p in self.target.sentinels)
+        reason = (
+            f"no Sentinel of {nodes} names a master for service {self.target.service!r} "
+            f"within {self._timeout * 0.6:g} s (unknown service, master down, or "
+            "Sentinels unreachable)"
+        )
+        self._refuse(reason)
+        return failure
+
+    def _refuse(self, reason: str) -> None:
+        first = self._refusal is None
+        self._refusal = (self._clock.seconds(), reason)
+        if not self.health.failed(reason) and first:
+            # Already down for another reason (the connection dropped when Redis
+            # restarted with a new password): the refusal is the news, once.
+            self.log.error("Redis is still unavailable: {reason}", reason=reason)
+
     def _setup_failed(self, message: str) -> None:
         """A connection could not be set up; if Redis refused it, say so now."""
         found = _SETUP_ERROR.search(message)
@@ -170,18 +297,17 @@ class RedisGateway:
         reply = " ".join(reply.split())
         if self._password:
             reply = reply.replace(self._password, "***")
+        user = f" of user {self.target.username!r}" if self.target.username else ""
         if step == "auth":
-            reason = f"Redis refused the password ({reply})"
+            reason = f"Redis refused the password{user} ({reply})"
         elif reply.startswith("NOAUTH"):
             reason = f"Redis wants a password and rq_password is not set ({reply})"
+        elif step == "check role":
+            reason = (f"Redis refused ROLE, which following Sentinel needs ({reply}); "
+                      "the user's ACL rule needs +role")
         else:
             reason = f"Redis refused to select database {database} ({reply})"
-        first = self._refusal is None
-        self._refusal = (self._clock.seconds(), reason)
-        if not self.health.failed(reason) and first:
-            # Already down for another reason (the connection dropped when Redis
-            # restarted with a new password): the refusal is the news, once.
-            self.log.error("Redis is still unavailable: {reason}", reason=reason)
+        self._refuse(reason)
 
     def _live_pool(self) -> Any:
         """The pool, replaced if txredisapi has given up on it.
@@ -200,12 +326,16 @@ class RedisGateway:
             and not factory.size
             and not factory.disconnectCalled
         ):
-            old, self._pool = self._pool, self._new_pool()
+            old = self._pool
             old.disconnect().addErrback(lambda _: None)
+            self._pool = self._new_pool()
         return self._pool
 
     def stop(self) -> Deferred[None]:
         pool, self._pool = self._pool, None
+        sentinel, self._sentinel = self._sentinel, None
+        if sentinel is not None:
+            sentinel.disconnect().addErrback(lambda _: None)
         if pool is None:
             d: Deferred[None] = Deferred()
             d.callback(None)
@@ -227,6 +357,12 @@ class RedisGateway:
         d.addCallbacks(self._ok, self._failed, errbackArgs=(started,))
         return d
 
+    def _drop_connections(self) -> None:
+        """The master was demoted under us: reconnect, asking the Sentinels anew."""
+        factory = getattr(self._pool, "_factory", None)
+        for connection in list(getattr(factory, "pool", ())):
+            connection.transport.loseConnection()
+
     def _ok(self, result: Any) -> Any:
         self._refusal = None
         self.health.succeeded()
@@ -237,6 +373,8 @@ class RedisGateway:
         if failure.check(txredisapi.ResponseError):
             self._refusal = None
             self.health.succeeded()
+            if self._sentinel is not None and str(failure.value).startswith("READONLY"):
+                self._drop_connections()
         elif (
             self._refusal is not None
             and (started is None or self._refusal[0] >= started)

@@ -34,9 +34,10 @@ from btu_twisted.health import Dependency
 from btu_twisted.job_ids import JobIdRecorder
 from btu_twisted.keys import Keys
 from btu_twisted.planner import Planner
-from btu_twisted.prefix_guard import PrefixGuard, PrefixTaken
+from btu_twisted.prefix_guard import PrefixGuard, PrefixRefused, PrefixTaken
 from btu_twisted.protocol import ControlFactory
 from btu_twisted.redis_gateway import RedisGateway
+from btu_twisted.redis_target import target_of
 from btu_twisted.refresh import FullRefresh
 from btu_twisted.sql import Database
 from btu_twisted.stats import lateness_summary
@@ -124,13 +125,7 @@ class BtuService(MultiService):
             password=config.mysql_password,
             database=config.mysql_database,
         )
-        self.redis = RedisGateway(
-            reactor,
-            config.rq_host,
-            config.rq_port,
-            database=config.rq_database,
-            password=config.rq_password,
-        )
+        self.redis = RedisGateway(reactor, target=target_of(config))
         self.store = ScheduleStore(self.redis, Keys(config.redis_key_prefix))
         self.guard = PrefixGuard(
             reactor, self.redis, config.redis_key_prefix, site_of(config), self._lost_prefix
@@ -193,16 +188,14 @@ class BtuService(MultiService):
             self.log.warn("config: {warning}", warning=warning)
         self.log.info(
             "btu_twisted {version} starting: builder {builder}, socket {socket}, "
-            "MariaDB {db_host}:{db_port}/{database}, Redis {rq_host}:{rq_port}/{rq_db}",
+            "MariaDB {db_host}:{db_port}/{database}, Redis {redis}",
             version=__version__,
             builder=self.config.job_builder,
             socket=self.config.socket_path,
             db_host=self.config.mysql_host,
             db_port=self.config.mysql_port,
             database=self.config.mysql_database,
-            rq_host=self.config.rq_host,
-            rq_port=self.config.rq_port,
-            rq_db=self.config.rq_database,
+            redis=self.redis.target.describe(),
         )
         self.db.start()
         self.redis.start()
@@ -242,7 +235,7 @@ class BtuService(MultiService):
             try:
                 await self.guard.acquire()
                 return True
-            except PrefixTaken as e:
+            except (PrefixTaken, PrefixRefused) as e:
                 raise StartupError(str(e)) from None
             except Exception as e:
                 if not self.config.startup_without_database_connections:
@@ -282,7 +275,8 @@ class BtuService(MultiService):
             )
         if not redis_ok:
             raise StartupError(
-                f"cannot reach Redis at {c.rq_host}:{c.rq_port}: {_reason(redis_result.value)} "
+                f"cannot reach Redis at {self.redis.target.describe()}: "
+                f"{_reason(redis_result.value)} "
                 "(set startup_without_database_connections = true to start anyway)"
             )
 

@@ -112,24 +112,51 @@ class BenchModeTests(TestCase):
         self.assertEqual(config.rq_password, "p@ss")
         self.assertNotIn("p@ss", repr(config))
 
-    def test_what_it_cannot_follow_is_named(self) -> None:
-        """Sentinel, TLS, ACL users and use_rq_auth each give one line naming what to set."""
+    def test_any_redis_queue_maps_to_rq_keys(self) -> None:
+        """rediss://, unix://, ACL users and Sentinel become rq_url, rq_username, rq_sentinels."""
         cases = {
-            "Sentinel": {**COMMON, "redis_queue_sentinel_enabled": 1},
-            "rediss://": {**COMMON, "redis_queue": "rediss://127.0.0.1:11000"},
-            "Redis user 'bench'": {**COMMON, "redis_queue": "redis://bench:pw@127.0.0.1:11000"},
-            "use_rq_auth": {**COMMON, "use_rq_auth": 1},
+            "rediss": ({**COMMON, "redis_queue": "rediss://q.example.com:6380/2"},
+                       dict(rq_url="rediss://q.example.com:6380/2", rq_host=None)),
+            "unix": ({**COMMON, "redis_queue": "unix:///run/redis.sock?db=1"},
+                     dict(rq_url="unix:///run/redis.sock?db=1", rq_port=None)),
+            "acl user": ({**COMMON, "redis_queue": "redis://bench:pw@127.0.0.1:11000"},
+                         dict(rq_host="127.0.0.1", rq_username="bench", rq_password="pw")),
+            "sentinel": ({**COMMON, "redis_queue_sentinel_enabled": 1,
+                          "redis_queue_sentinels": ["10.0.0.1:26379", "10.0.0.2:26379"],
+                          "redis_queue_master_service": "rq-master",
+                          "redis_queue_sentinel_password": "sent-pw",
+                          "redis_queue_master_username": "rq-user",
+                          "redis_queue_master_password": "master-pw"},
+                         dict(rq_sentinels=("10.0.0.1:26379", "10.0.0.2:26379"),
+                              rq_sentinel_service="rq-master", rq_sentinel_password="sent-pw",
+                              rq_username="rq-user", rq_password="master-pw", rq_host=None)),
+        }
+        for name, (common, expected) in cases.items():
+            config, _ = parse_config(self.three_lines(self.bench(common)))
+            for key, value in expected.items():
+                self.assertEqual(getattr(config, key), value, (name, key))
+            for secret in ("pw", "sent-pw", "master-pw"):
+                self.assertNotIn(f"{secret}@", repr(config))
+                self.assertNotIn(f"'{secret}'", repr(config))
+
+    def test_what_it_cannot_follow_is_named(self) -> None:
+        """use_rq_auth (and Sentinel without its nodes) give one line naming what to set."""
+        cases = {
+            "redis_queue_sentinels": {**COMMON, "redis_queue_sentinel_enabled": 1},
+            "~btu_scheduler:* ~rq:*": {**COMMON, "use_rq_auth": 1},
         }
         for words, common in cases.items():
             problems = self.problems(self.three_lines(self.bench(common)))
             self.assertEqual(len(problems), 1, problems)
             self.assertIn(words, problems[0])
-            self.assertNotIn("pw", problems[0].replace("password", ""))
-        # Each goes once the TOML names its own Redis.
+        # Each goes once the TOML names its own Redis (or, for use_rq_auth, its user).
         for common in cases.values():
             data = self.three_lines(self.bench(common), rq_host="127.0.0.1", rq_port=6379,
                                     rq_password="x")
             self.assertEqual(parse_config(data)[0].rq_port, 6379)
+        data = self.three_lines(self.bench(cases["~btu_scheduler:* ~rq:*"]), rq_username="btu",
+                                rq_password="x")
+        self.assertEqual(parse_config(data)[0].rq_username, "btu")
 
     def test_a_wrong_bench_or_site_is_one_clear_line(self) -> None:
         bench = self.bench()

@@ -19,6 +19,7 @@ from twisted.trial import unittest
 
 from btu_twisted import redis_gateway
 from btu_twisted.redis_gateway import RedisGateway, RedisRefusedError
+from btu_twisted.redis_target import RedisTarget
 from tests.fakes import EPOCH
 
 WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."
@@ -178,3 +179,51 @@ class QuietTxredisapiTests(unittest.TestCase):
 
         self.assertTrue(issubclass(txredisapi.ClientService, ClientService))
         self.assertIsNot(txredisapi.ClientService, ClientService)
+
+
+class FakeSentinel:
+    """txredisapi.Sentinel's surface: master_for hands out a FakePool."""
+
+    def __init__(self, pools: list[FakePool]) -> None:
+        self.pools = pools
+        self.discovery_timeout = 10
+
+    def discover_master(self, service: str) -> Deferred[Any]:
+        return Deferred()
+
+    def master_for(self, service: str, **kwargs: Any) -> FakePool:
+        self.pools.append(FakePool())
+        return self.pools[-1]
+
+    def disconnect(self) -> Deferred[None]:
+        return defer.succeed(None)
+
+
+class DemotedMasterTests(unittest.TestCase):
+    """Behind Sentinel, a READONLY reply means the master was demoted under us."""
+
+    def test_readonly_reply_drops_the_connections(self) -> None:
+        pools: list[FakePool] = []
+        self.patch(txredisapi, "Sentinel", lambda *a, **k: FakeSentinel(pools))
+        target = RedisTarget(kind="sentinel", sentinels=(("127.0.0.1", 26379),), service="m")
+        gateway = RedisGateway(Clock(), target=target)
+        gateway.start()
+        closed: list[str] = []
+
+        class Connection:
+            class transport:  # noqa: N801  (what txredisapi's connections have)
+                @staticmethod
+                def loseConnection() -> None:
+                    closed.append("closed")
+
+        pools[-1]._factory.pool = [Connection(), Connection()]  # type: ignore[attr-defined]
+        d = gateway.command("SET", "k", "v")
+        pools[-1].waiting[0].errback(txredisapi.ResponseError("ERR wrong number of arguments"))
+        self.failureResultOf(d, txredisapi.ResponseError)
+        self.assertEqual(closed, [])
+        d = gateway.command("SET", "k", "v")
+        pools[-1].waiting[1].errback(
+            txredisapi.ResponseError("READONLY You can't write against a read only replica."))
+        self.failureResultOf(d, txredisapi.ResponseError)
+        self.assertEqual(closed, ["closed", "closed"])
+        self.assertEqual(gateway.health.state, "ok")

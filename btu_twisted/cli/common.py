@@ -121,23 +121,51 @@ class Context:
     # redis-py and PyMySQL are imported by the commands that use them: most of
     # a short command's time would otherwise go to loading clients it never uses.
     def redis(self) -> RedisClient:
-        """A redis-py client for the config's Redis; it connects on first command."""
+        """A redis-py client for the config's Redis; it connects on first command.
+
+        The same RedisTarget as the daemon's, so ``btu`` reaches the Redis the
+        daemon does: TLS, a unix socket, an ACL user or the Sentinels' master.
+        """
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        config = self.config()
-        return redis.Redis(
-            host=config.rq_host,
-            port=config.rq_port,
-            db=config.rq_database,
-            password=config.rq_password,
+        from btu_twisted.redis_target import target_of
+
+        target = target_of(self.config())
+        options: dict[str, Any] = dict(
+            db=target.database,
+            username=target.username,
+            password=target.password,
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=READ_TIMEOUT,
             # redis-py retries a refused connection for seconds by default; a
             # person at a prompt is better served by the answer at once.
             retry=Retry(NoBackoff(), 0),
         )
+        if target.kind == "sentinel":
+            from redis.sentinel import Sentinel
+
+            sentinel = Sentinel(
+                list(target.sentinels),
+                sentinel_kwargs=dict(
+                    username=target.sentinel_username,
+                    password=target.sentinel_password,
+                    socket_connect_timeout=CONNECT_TIMEOUT,
+                    socket_timeout=READ_TIMEOUT,
+                ),
+            )
+            return sentinel.master_for(str(target.service), **options)
+        if target.kind == "unix":
+            return redis.Redis(unix_socket_path=target.path, **options)
+        if target.tls:
+            options.update(
+                ssl=True,
+                ssl_ca_certs=target.ca_file,
+                ssl_certfile=target.cert_file,
+                ssl_keyfile=target.key_file,
+            )
+        return redis.Redis(host=target.host, port=target.port, **options)
 
     def mariadb(self) -> MariaDBConnection:
         """A PyMySQL connection to the site's database (OperationalError: exit 3)."""

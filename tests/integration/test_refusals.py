@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -39,6 +38,7 @@ from btu_twisted.cli.daemon import request
 from btu_twisted.protocol import ControlFactory
 from btu_twisted.redis_gateway import RedisGateway, RedisRefusedError
 from tests.integration.daemon import ROOT, make_service, wait_for
+from tests.integration.redis_servers import RedisServer, free_port
 from tests.integration.support import TWISTD, TestDatabase, config_values, write_config
 from tests.test_builders import (
     FakeFrappe,
@@ -58,12 +58,6 @@ TXREDISAPI_WORDS = ("could not auth", "could not set dbid", "Discarding dead con
                     "Scheduling retry", "txredisapi")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def error_of(d: Any) -> BaseException:
     """The exception ``d`` fails with (the test fails if it succeeds)."""
     try:
@@ -77,56 +71,23 @@ async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
-class ThrowawayRedis:
+class ThrowawayRedis(RedisServer):
     """A ``redis-server`` of this test's own on a free port; ``stop`` ends it."""
 
     def __init__(self, password: str | None = None) -> None:
+        directory = Path(tempfile.mkdtemp(dir="/tmp", prefix="btu-refusal-redis-"))
+        super().__init__(directory, "redis", ["--requirepass", password] if password else [])
         self.password = password
-        self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> ThrowawayRedis:
-        server = shutil.which("redis-server")
-        if server is None:
-            raise unittest.SkipTest("no redis-server on PATH")
-        for _ in range(5):  # a free port can be taken between the probe and the bind
-            self.port = free_port()
-            argv = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--logfile", ""]
-            if self.password:
-                argv += ["--requirepass", self.password]
-            self._proc = subprocess.Popen(
-                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                cwd=tempfile.gettempdir(),
-            )
-            for _ in range(200):
-                if self._proc.poll() is not None:
-                    break
-                if self._answers():
-                    return self
-                await sleep(0.05)
-            await self.stop()
-        raise AssertionError("could not start a throw-away redis-server")
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return bool(s.recv(64))
-        except OSError:
-            return False
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+    def client(self, **options: object) -> redis.Redis:
+        return super().client(password=self.password, **options)
 
     async def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            await deferToThread(proc.wait, 10)
+        await super().stop()
+        shutil.rmtree(self.directory, True)
 
 
-async def throwaway_redis(case: unittest.TestCase, password: str | None = None) -> ThrowawayRedis:
+async def throwaway_redis(case: unittest.TestCase, password: str | None = None) -> RedisServer:
     server = await ThrowawayRedis(password).start()
     case.addCleanup(server.stop)
     return server
