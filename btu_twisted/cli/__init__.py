@@ -173,7 +173,9 @@ def _service_name(ctx: Context, kind: str) -> str:
     if config is None:
         return kind
     if kind == "Redis":
-        return f"Redis at {config.rq_host}:{config.rq_port}"
+        from btu_twisted.redis_target import target_of  # stdlib only
+
+        return f"Redis at {target_of(config).describe()}"
     return f"MariaDB at {config.mysql_host}:{config.mysql_port}"
 
 
