@@ -173,6 +173,8 @@ def _service_name(ctx: Context, kind: str) -> str:
     if config is None:
         return kind
     if kind == "Redis":
+        if config.rq_host is not None:
+            return f"Redis at {config.rq_host}:{config.rq_port}"
         from btu_twisted.redis_target import target_of  # stdlib only
 
         return f"Redis at {target_of(config).describe()}"
