@@ -33,18 +33,21 @@ __all__ = ["LEASE_SECS", "PrefixGuard", "PrefixRefused", "PrefixTaken"]
 #: How long a dead daemon keeps its prefix; renewed every third of it.
 LEASE_SECS = 30
 
+# The lease's value is "<owner id> <site>": daemons are the same site when
+# their owner ids (their database) agree, whatever they call the site.
 # Take the lease if it is free or already ours (another daemon of our site);
-# return the owner found otherwise.
+# return the value found otherwise.
 TAKE = """
 local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] then return owner end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+if owner and string.match(owner, '^%S*') ~= ARGV[1] then return owner end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', tonumber(ARGV[3]))
 return ''
 """
 
 # Release only our own lease: after an expiry it may be another site's.
 RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local owner = redis.call('GET', KEYS[1])
+if owner and string.match(owner, '^%S*') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -58,7 +61,12 @@ class PrefixTaken(Exception):
 
 
 class PrefixGuard:
-    """Holds ``<prefix>owner`` for ``site`` while the daemon runs."""
+    """Holds ``<prefix>owner`` for ``site`` while the daemon runs.
+
+    ``owner_id`` says which daemons are one site (default: ``site``); the
+    daemon passes its database, as two daemons on one database are one site
+    however their configs name it.
+    """
 
     log = Logger()
 
@@ -70,12 +78,14 @@ class PrefixGuard:
         site: str,
         on_lost: Callable[[str], None],
         lease_secs: float = LEASE_SECS,
+        owner_id: str | None = None,
     ) -> None:
         self._clock = clock
         self._redis = redis
         self._prefix = prefix
         self.key = Keys(prefix).owner
         self._site = site
+        self._owner_id = "_".join((owner_id or site).split()) or "_"
         self._on_lost = on_lost
         self._lease = lease_secs
         self._loop: LoopingCall | None = None
@@ -101,7 +111,8 @@ class PrefixGuard:
         self._loop.start(self._lease / 3, now=False)
 
     async def _take(self) -> str:
-        owner = await self._redis.eval(TAKE, [self.key], [self._site, int(self._lease * 1000)])
+        args = [self._owner_id, self._site, int(self._lease * 1000)]
+        owner = await self._redis.eval(TAKE, [self.key], args)
         return owner.decode() if isinstance(owner, bytes) else str(owner or "")
 
     async def _renew(self) -> None:
@@ -116,7 +127,8 @@ class PrefixGuard:
             self.stop()
             self._on_lost(self._taken_by(other))
 
-    def _taken_by(self, other: str) -> str:
+    def _taken_by(self, owner: str) -> str:
+        other = owner.partition(" ")[2] or owner
         return (
             f"the Redis keys {self._prefix}* belong to the daemon of site {other!r} "
             f"(its lease {self.key} is renewed every {self._lease / 3:g} s); this daemon "
@@ -136,7 +148,7 @@ class PrefixGuard:
         if not held:
             return
         try:
-            await self._redis.eval(RELEASE, [self.key], [self._site])
+            await self._redis.eval(RELEASE, [self.key], [self._owner_id])
         except Exception as e:
             self.log.info("lease {key} not released ({error}); it lapses in {secs:g} s",
                           key=self.key, error=e, secs=self._lease)

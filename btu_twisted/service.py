@@ -57,8 +57,8 @@ class StartupError(Exception):
 
 
 def site_of(config: Config) -> str:
-    """Who owns the key prefix: daemons of one site (high availability) share it."""
-    return config.frappe_site_name or f"{config.mysql_database}@{config.mysql_host}"
+    """The site, as the prefix lease names it to another site's daemon."""
+    return config.frappe_site_name or config.mysql_database
 
 
 def exit_on_fatal(reactor: Any) -> Callable[[str], None]:
@@ -128,7 +128,9 @@ class BtuService(MultiService):
         self.redis = RedisGateway(reactor, target=target_of(config))
         self.store = ScheduleStore(self.redis, Keys(config.redis_key_prefix))
         self.guard = PrefixGuard(
-            reactor, self.redis, config.redis_key_prefix, site_of(config), self._lost_prefix
+            reactor, self.redis, config.redis_key_prefix, site_of(config), self._lost_prefix,
+            # Daemons of one database are one site (high availability): they share it.
+            owner_id=config.mysql_database,
         )
         self.builder = make_builder(config, reactor)
         self.job_ids = JobIdRecorder(reactor, self.db)

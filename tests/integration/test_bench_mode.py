@@ -144,7 +144,8 @@ class BenchModeDaemonTests(TestCase):
         for site in sites:
             members = f"btu_scheduler:{site}:task_execution_times"
             await wait_for(lambda m=members: redis.zcard(m) == 1, timeout=20)
-        self.assertEqual(redis.get("btu_scheduler:a.test:owner"), b"a.test")
+        owner = redis.get("btu_scheduler:a.test:owner").decode()
+        self.assertEqual(owner, f"{sites['a.test']['db_name']} a.test")
         intruder, fatal = make_service(values("b.test", redis_key_prefix="btu_scheduler:a.test:",
                                               socket_path=os.path.join(short, "c.sock")))
         await intruder.startService()

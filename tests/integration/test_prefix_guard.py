@@ -56,8 +56,24 @@ class PrefixGuardTests(TestCase):
         await first.acquire()
         await second.acquire()
         await deferLater(reactor, LEASE * 1.5, lambda: None)
-        self.assertEqual(self.sync.get(PREFIX + "owner"), b"a.example.com")
+        self.assertEqual(self.sync.get(PREFIX + "owner"), b"a.example.com a.example.com")
         self.assertEqual(self.lost, [])
+
+    async def test_one_database_is_one_site_whatever_its_name(self) -> None:
+        """Two daemons on one database are one site even if only one config
+        names the site; another database is another site."""
+        def guard(site: str, database: str) -> PrefixGuard:
+            made = PrefixGuard(reactor, self.gateway, PREFIX, site, self.lost.append,
+                               lease_secs=LEASE, owner_id=database)
+            self.addCleanup(made.stop)
+            return made
+
+        await guard("erp.example.com", "_a1b2").acquire()
+        await guard("_a1b2", "_a1b2").acquire()
+        with self.assertRaises(PrefixTaken) as caught:
+            await guard("erp.example.com", "_c3d4").acquire()
+        # Named as the daemon that renewed the lease last called it.
+        self.assertRegex(str(caught.exception), r"of site '(erp\.example\.com|_a1b2)'")
 
     async def test_a_dead_daemon_frees_the_prefix_when_its_lease_lapses(self) -> None:
         dead = PrefixGuard(reactor, self.gateway, PREFIX, "a.example.com", self.lost.append,
@@ -81,15 +97,15 @@ class PrefixGuardTests(TestCase):
     async def test_release_leaves_another_sites_lease(self) -> None:
         first = self.guard("a.example.com")
         await first.acquire()
-        self.sync.set(PREFIX + "owner", "b.example.com")  # first's lease lapsed; b took it
+        self.sync.set(PREFIX + "owner", "b.example.com b.example.com")  # a's lapsed; b took it
         await first.release()
-        self.assertEqual(self.sync.get(PREFIX + "owner"), b"b.example.com")
+        self.assertEqual(self.sync.get(PREFIX + "owner"), b"b.example.com b.example.com")
 
     async def test_a_lease_taken_while_running_is_reported_once(self) -> None:
         """Redis was away longer than the lease and another site took the prefix:
         the next renewal stops and reports it (the daemon then stops)."""
         await self.guard("a.example.com").acquire()
-        self.sync.set(PREFIX + "owner", "b.example.com")
+        self.sync.set(PREFIX + "owner", "b.example.com b.example.com")
         await wait_for(lambda: self.lost, timeout=10)
         await deferLater(reactor, LEASE, lambda: None)  # renewals would have come by now
         self.assertEqual(len(self.lost), 1, self.lost)

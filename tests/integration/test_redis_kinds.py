@@ -94,7 +94,7 @@ class AclTests(unittest.TestCase):
         await guard.acquire()
         self.addCleanup(guard.stop)
         admin = self.server.client(password=ADMIN)
-        self.assertEqual(admin.get("btu_scheduler:owner"), b"site")
+        self.assertEqual(admin.get("btu_scheduler:owner"), b"site site")
         admin.close()
         self.assertTrue(await deferToThread(cli_ping, config))
 
