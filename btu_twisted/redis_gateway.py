@@ -17,10 +17,16 @@ Two things txredisapi does on its own are taken over here:
   at info level, once per connection per attempt: dozens of lines a minute
   during an outage that the Dependency already reports once.  Those lines
   are turned into debug events (see :func:`quiet_txredisapi`).
+
+And one thing it does slowly: framing a command of many thousand arguments
+(a burst's claims) in Python when it is sent.  :meth:`RedisGateway.eval_encoded`
+sends a script call whose arguments were framed ahead of time
+(:mod:`btu_twisted.resp`), through txredisapi's own reply and timeout handling.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, Protocol, Sequence
 
@@ -34,6 +40,7 @@ from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 
 from btu_twisted.health import Dependency
+from btu_twisted.resp import Encoded, command, encode
 
 __all__ = ["RedisCommands", "RedisGateway", "RedisRefusedError", "quiet_txredisapi"]
 
@@ -95,8 +102,33 @@ def quiet_txredisapi() -> None:
         txredisapi.ClientService = _QuietClientService
 
 
+class _Framed(bytes):
+    """A whole command already framed: sent as it is."""
+
+
+class _Protocol(txredisapi.RedisProtocol):
+    """txredisapi's protocol, passing a command framed ahead of time through."""
+
+    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        if len(args) == 1 and isinstance(args[0], _Framed):
+            return args[0]
+        return super()._build_command(*args, **kwargs)
+
+
+_SHAS: dict[str, str] = {}
+
+
+def _sha1(script: str) -> str:
+    sha = _SHAS.get(script)
+    if sha is None:
+        sha = _SHAS[script] = hashlib.sha1(script.encode()).hexdigest()
+    return sha
+
+
 class RedisCommands(Protocol):
     def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]: ...
+
+    def eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Deferred[Any]: ...
 
     def command(self, name: str, *args: Any) -> Deferred[Any]: ...
 
@@ -144,6 +176,9 @@ class RedisGateway:
     def _new_pool(self) -> Any:
         pool = txredisapi.lazyConnectionPool(**self._params)
         factory = getattr(pool, "_factory", None)
+        # Connections are made on later reactor turns, so they all get it.
+        if factory is not None:
+            factory.protocol = _Protocol
         # A pool that never completes fails this Deferred; the outage is
         # reported through ``health``, not as an unhandled error.
         waiting = getattr(factory, "deferred", None)
@@ -214,6 +249,20 @@ class RedisGateway:
 
     def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
         return self._call("eval", script, list(keys), list(args))
+
+    def eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Deferred[Any]:
+        """EVALSHA (EVAL if Redis does not know the script) of arguments framed ahead of time."""
+        head = encode(("EVALSHA", _sha1(script), keys.count))
+        d = self._call("execute_command", _Framed(command(head, keys, args)))
+
+        def unknown_script(failure: Failure) -> Any:
+            if not (failure.check(txredisapi.ResponseError)
+                    and str(failure.value).startswith("NOSCRIPT")):
+                return failure
+            head = encode(("EVAL", script, keys.count))
+            return self._call("execute_command", _Framed(command(head, keys, args)))
+
+        return d.addErrback(unknown_script)
 
     def command(self, name: str, *args: Any) -> Deferred[Any]:
         return self._call("execute_command", name, *args)

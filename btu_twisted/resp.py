@@ -1,0 +1,55 @@
+"""Redis protocol (RESP) framing of command arguments, done ahead of time.
+
+A claim of 500 jobs is some 18,000 arguments.  txredisapi frames them one by
+one in Python at the moment the command is sent: about 12 ms per batch, which
+capped a 10,000-run burst at ~15,000 jobs/s however fast Redis was.  The timer
+frames each job's arguments when it builds the job, seconds before it is due,
+so at the due second a claim costs one join of bytes.
+
+Values are framed exactly as txredisapi frames them (``_encode_value``), so a
+framed command and an ordinary one reach Redis byte for byte the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """``count`` arguments framed as RESP bulk strings, one after the other."""
+
+    count: int
+    data: bytes
+
+
+def _bytes_of(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, float):
+        return format(value, "f").encode()
+    if isinstance(value, bytearray):
+        return bytes(value)
+    return str(value).encode()
+
+
+def encode(values: Iterable[object]) -> Encoded:
+    parts = []
+    for value in values:
+        raw = _bytes_of(value)
+        parts.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+    return Encoded(len(parts), b"".join(parts))
+
+
+def join(pieces: Iterable[Encoded]) -> Encoded:
+    pieces = list(pieces)
+    return Encoded(sum(p.count for p in pieces), b"".join(p.data for p in pieces))
+
+
+def command(*pieces: Encoded) -> bytes:
+    """The whole command: its argument count, then the framed arguments."""
+    whole = join(pieces)
+    return b"*%d\r\n%b" % (whole.count, whole.data)
