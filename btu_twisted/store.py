@@ -23,13 +23,14 @@ one says so.  With a shebang every key a script touches must be in KEYS.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from twisted.logger import Logger
 
 from btu_twisted.redis_gateway import RedisCommands
+from btu_twisted.resp import Encoded, encode, join
 
 SCHEDULE_SET = "btu_scheduler:task_execution_times"
 MEMBER_INDEX = "btu_scheduler:schedule_members"
@@ -100,10 +101,17 @@ return rejected
 # the codes comes one reason per blocked claim, in order.
 #
 # Redis does not undo the writes of a script that fails part-way, so every key
-# is checked before the first write: a string at rq:queue:X once cost each run
-# on X its member and last run while nothing was queued.  The shebang makes
-# Redis refuse the whole script up front when it is out of memory, rather
-# than fail at a write in the middle.
+# is checked before its first write: a string at rq:queue:X once cost each run
+# on X its member and last run while nothing was queued.  A job key is checked
+# by its own HSET, the first write of its claim (a job id is new, so a wrong
+# type there is next to impossible, and a TYPE per job is a tenth of the cost).
+# The shebang makes Redis refuse the whole script up front when it is out of
+# memory, rather than fail at a write in the middle.
+#
+# Cost: the reads and the writes of the daemon's own keys are one call per
+# batch (ZMSCORE, HMGET, ZREM, HDEL, HSET), and so are RPUSH and SADD per
+# queue; per job there is only its HSET.  The claims are decided one after the
+# other as if each ran alone (a name twice in a batch sees its first claim).
 CLAIM = """#!lua
 local zset, idx, last, queues = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local enqueued_at = ARGV[1]
@@ -118,62 +126,111 @@ for _, k in ipairs({{zset, 'zset'}, {idx, 'hash'}, {last, 'hash'}}) do
   local bad = wrong(k[1], k[2])
   if bad then return redis.error_reply('WRONGTYPE ' .. bad) end
 end
-local queues_bad = wrong(queues, 'set')
--- Pass 1, no writes: what each claim will do.
-local out, reasons, at = {}, {}, {}
+local at, members, names = {}, {}, {}
 local a = 3
-for j = 0, njobs - 1 do
-  local member, name, job_id = ARGV[a], ARGV[a + 1], ARGV[a + 3]
+for j = 1, njobs do
   if not tonumber(ARGV[a + 2]) or not tonumber(ARGV[a + 4]) then
-    return redis.error_reply('ERR claim ' .. (j + 1) .. ': time or field count is not a number')
+    return redis.error_reply('ERR claim ' .. j .. ': time or field count is not a number')
   end
-  at[j + 1] = a
+  at[j], members[j], names[j] = a, ARGV[a], ARGV[a + 1]
   a = a + 5 + 2 * tonumber(ARGV[a + 4])
-  if not redis.call('ZSCORE', zset, member) then
-    out[j + 1] = 0
+end
+local CHUNK = 1000
+-- One reply value per item (false when missing), the command sent in chunks.
+local function read(cmd, key, items)
+  local out = {}
+  for i = 1, #items, CHUNK do
+    local part = redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
+    for k = 1, #part do out[#out + 1] = part[k] end
+  end
+  return out
+end
+local function write(cmd, key, items)
+  for i = 1, #items, CHUNK do
+    redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
+  end
+end
+local scores
+local ok, got = pcall(read, 'ZMSCORE', zset, members)
+if ok then
+  scores = got
+else  -- Redis before 6.2
+  scores = {}
+  for j = 1, njobs do scores[j] = redis.call('ZSCORE', zset, members[j]) end
+end
+local lasts, owners = read('HMGET', last, names), read('HMGET', idx, names)
+local done, owner = {}, {}
+for j = 1, njobs do
+  if done[names[j]] == nil then done[names[j]] = lasts[j] end
+  if owner[names[j]] == nil then owner[names[j]] = owners[j] end
+end
+local queues_bad = wrong(queues, 'set')
+local queue_bad, pushed, queue_order = {}, {}, {}
+local removed, zrem, hdel, hset = {}, {}, {}, {}
+local out, reasons = {}, {}
+for j = 1, njobs do
+  local b = at[j]
+  local member, name, when, job_id = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local bad, code = nil, nil
+  if not scores[j] or removed[member] then
+    code = 0
+  elseif done[name] and not tonumber(done[name]) then
+    bad = last .. ' field ' .. name .. ' holds "' .. string.sub(done[name], 1, 40)
+      .. '", not a unix time'
   else
-    local done = redis.call('HGET', last, name)
-    local bad = nil
-    if done and not tonumber(done) then
-      bad = last .. ' field ' .. name .. ' holds "' .. string.sub(done, 1, 40)
-        .. '", not a unix time'
-    elseif job_id ~= '' then
-      bad = queues_bad or wrong(KEYS[5 + 2 * j], 'hash') or wrong(KEYS[6 + 2 * j], 'list')
-    end
-    if bad then
-      out[j + 1] = 3
-      reasons[#reasons + 1] = bad
-    end
-  end
-end
--- Pass 2: the writes, only for claims that passed.
-for j = 0, njobs - 1 do
-  if out[j + 1] == nil then
-    local b = at[j + 1]
-    local member, name, when, job_id = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-    local first = b + 5
-    local stop = first + 2 * tonumber(ARGV[b + 4])
-    redis.call('ZREM', zset, member)
-    if redis.call('HGET', idx, name) == member then redis.call('HDEL', idx, name) end
-    local done = tonumber(redis.call('HGET', last, name) or '-1')
-    if tonumber(when) <= done then
-      out[j + 1] = 2
-    else
-      redis.call('HSET', last, name, when)
-      if job_id ~= '' then
-        local job_key, queue_key = KEYS[5 + 2 * j], KEYS[6 + 2 * j]
-        local fields = {}
-        for i = first, stop - 1 do fields[#fields + 1] = ARGV[i] end
-        fields[#fields + 1] = 'enqueued_at'
-        fields[#fields + 1] = enqueued_at
-        redis.call('HSET', job_key, unpack(fields))
-        redis.call('RPUSH', queue_key, job_id)
-        redis.call('SADD', queues, queue_key)
+    local queue_key = KEYS[4 + 2 * j]
+    if job_id ~= '' then
+      if queue_bad[queue_key] == nil then
+        queue_bad[queue_key] = queues_bad or wrong(queue_key, 'list') or false
       end
-      out[j + 1] = 1
+      bad = queue_bad[queue_key] or nil
+    end
+    if not bad and tonumber(when) <= tonumber(done[name] or '-1') then
+      code = 2
+      if job_id ~= '' then bad = wrong(KEYS[3 + 2 * j], 'hash') end
+    elseif not bad and job_id ~= '' then
+      local first = b + 5
+      local set = redis.pcall('HSET', KEYS[3 + 2 * j], 'enqueued_at', enqueued_at,
+                              unpack(ARGV, first, first + 2 * tonumber(ARGV[b + 4]) - 1))
+      if type(set) == 'table' and set.err then
+        bad = wrong(KEYS[3 + 2 * j], 'hash')
+        if not bad then return set end
+      end
+    end
+    if not bad then
+      removed[member] = true
+      zrem[#zrem + 1] = member
+      if owner[name] == member then
+        hdel[#hdel + 1] = name
+        owner[name] = false
+      end
+      if code == nil then
+        code = 1
+        done[name] = when
+        hset[#hset + 1] = name
+        hset[#hset + 1] = when
+        if job_id ~= '' then
+          if not pushed[queue_key] then
+            pushed[queue_key] = {}
+            queue_order[#queue_order + 1] = queue_key
+          end
+          local ids = pushed[queue_key]
+          ids[#ids + 1] = job_id
+        end
+      end
     end
   end
+  if bad then
+    code = 3
+    reasons[#reasons + 1] = bad
+  end
+  out[j] = code
 end
+write('ZREM', zset, zrem)
+write('HDEL', idx, hdel)
+write('HSET', last, hset)
+for _, queue_key in ipairs(queue_order) do write('RPUSH', queue_key, pushed[queue_key]) end
+write('SADD', queues, queue_order)
 for _, r in ipairs(reasons) do out[#out + 1] = r end
 return out
 """
@@ -269,7 +326,11 @@ class Window:
 
 @dataclass(frozen=True)
 class Claim:
-    """One due member to claim, with its job's hash (None: claim without a job)."""
+    """One due member to claim, with its job's hash (None: claim without a job).
+
+    ``wire``: its CLAIM keys and arguments framed ahead of time (:func:`framed`);
+    a claim without is framed when it is sent.
+    """
 
     member: str
     schedule: str
@@ -277,6 +338,32 @@ class Claim:
     job_id: str = ""
     origin: str = ""
     fields: Mapping[str, bytes | str | int | float] | None = None
+    wire: ClaimWire | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimWire:
+    keys: Encoded
+    args: Encoded
+
+
+def framed(claim: Claim) -> Claim:
+    """The claim with its keys and arguments framed for CLAIM, so that sending
+    it at the due second costs no encoding.  The job's own ``enqueued_at``
+    field, if its builder set one, gives way to the claim's."""
+    fields = [
+        item for pair in (claim.fields or {}).items() if pair[0] != "enqueued_at"
+        for item in pair
+    ]
+    wire = ClaimWire(
+        keys=encode((JOB_PREFIX + claim.job_id, QUEUE_PREFIX + claim.origin)),
+        args=encode((claim.member, claim.schedule, claim.when, claim.job_id,
+                     len(fields) // 2, *fields)),
+    )
+    return replace(claim, wire=wire)
+
+
+_CLAIM_KEYS = encode((SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES))
 
 
 CLAIMED, LOST, STALE, BLOCKED = 1, 0, 2, 3
@@ -376,13 +463,29 @@ class ScheduleStore:
             text = str(error)
             if "compiling script" not in text or "'#'" not in text:
                 raise
+        self._old_redis()
+        return await self._redis.eval(_without_shebang(script), keys, args)
+
+    async def _eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Any:
+        """:meth:`_eval` of arguments framed ahead of time."""
+        if not self._shebangs:
+            return await self._redis.eval_encoded(_without_shebang(script), keys, args)
+        try:
+            return await self._redis.eval_encoded(script, keys, args)
+        except Exception as error:
+            text = str(error)
+            if "compiling script" not in text or "'#'" not in text:
+                raise
+        self._old_redis()
+        return await self._redis.eval_encoded(_without_shebang(script), keys, args)
+
+    def _old_redis(self) -> None:
         # Nothing ran: the script did not compile.
         self._shebangs = False
         self.log.warn(
             "Redis is older than 7.0: its scripts run without flags, so one that"
             " runs out of memory may stop half-way; Redis 7 refuses it up front"
         )
-        return await self._redis.eval(_without_shebang(script), keys, args)
 
     async def plan(
         self, now: float, plans: Mapping[str, int], unplans: Iterable[str] = ()
@@ -409,15 +512,11 @@ class ScheduleStore:
         """
         if not claims:
             return []
-        keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES]
-        args: list[object] = [enqueued_at, len(claims)]
-        for c in claims:
-            fields = c.fields or {}
-            keys += [JOB_PREFIX + c.job_id, QUEUE_PREFIX + c.origin]
-            args += [c.member, c.schedule, c.when, c.job_id, len(fields)]
-            for key, value in fields.items():
-                args += [key, value]
-        reply = list(await self._eval(CLAIM, keys, args))
+        wires = [(c.wire or framed(c).wire) for c in claims]
+        keys = join([_CLAIM_KEYS, *(w.keys for w in wires)])  # type: ignore[union-attr]
+        args = join([encode((enqueued_at, len(claims))),
+                     *(w.args for w in wires)])  # type: ignore[union-attr]
+        reply = list(await self._eval_encoded(CLAIM, keys, args))
         reasons = iter(reply[len(claims):])
         results = [
             Blocked(str(next(reasons, "blocked"))) if int(r) == BLOCKED else int(r)
