@@ -198,6 +198,40 @@ class EnqueuedRun:
     fields: dict[str, Any]
 
 
+def decode_resp(data: bytes) -> list[bytes]:
+    """The bulk strings of RESP-framed arguments (what Redis reads)."""
+    out: list[bytes] = []
+    at = 0
+    while at < len(data):
+        if data[at:at + 1] != b"$":
+            raise AssertionError(f"not a bulk string at {at}: {data[at:at + 20]!r}")
+        end = data.index(b"\r\n", at)
+        size = int(data[at + 1:end])
+        out.append(data[end + 2:end + 2 + size])
+        if data[end + 2 + size:end + 4 + size] != b"\r\n":
+            raise AssertionError(f"bulk string at {at} does not end where its length says")
+        at = end + 4 + size
+    return out
+
+
+def check_wire(claim: Claim) -> None:
+    """A claim framed ahead of time carries exactly the keys and arguments the
+    store would send for it (CLAIM's layout), so the fake may read the claim's
+    fields while Redis reads the wire."""
+    if claim.wire is None:
+        return
+    keys, args = decode_resp(claim.wire.keys.data), decode_resp(claim.wire.args.data)
+    fields = {k: v for k, v in (claim.fields or {}).items() if k != "enqueued_at"}
+    expected = [claim.member, claim.schedule, claim.when, claim.job_id, len(fields)]
+    for key, value in fields.items():
+        expected += [key, value]
+    as_bytes = [v if isinstance(v, bytes) else str(v).encode() for v in expected]
+    if keys != [(JOB_PREFIX + claim.job_id).encode(), (QUEUE_PREFIX + claim.origin).encode()]:
+        raise AssertionError(f"wire keys of {claim.member}: {keys}")
+    if args != as_bytes or claim.wire.args.count != len(args):
+        raise AssertionError(f"wire arguments of {claim.member}: {args} != {as_bytes}")
+
+
 def _name_of(member: str) -> str | None:
     """What the Lua pattern ``^(.*)|[^|]*$`` captures: all before the last "|"."""
     name, bar, _ = member.rpartition("|")
@@ -266,6 +300,9 @@ class FakeStore(_FakeService):
             return succeed([])
         claims = list(claims)
         self.claim_batches.append((self._clock.seconds(), claims))
+        for c in claims:
+            check_wire(c)
+
         def claim() -> list[int]:
             results = self._claim(claims, enqueued_at)
             self.blocked.record(claims, results)
