@@ -36,11 +36,30 @@ def _bytes_of(value: object) -> bytes:
     return str(value).encode()
 
 
+# Short strings come back job after job (field names, "", the queue, the
+# status): framed once.  Bounded: unique ones (times, ids) only pass through.
+_SHORT = 64
+_CACHE_SIZE = 8192
+_framed_strings: dict[str, bytes] = {}
+
+
 def encode(values: Iterable[object]) -> Encoded:
     parts = []
+    cache = _framed_strings
     for value in values:
-        raw = _bytes_of(value)
-        parts.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
+        if type(value) is str:
+            framed = cache.get(value)
+            if framed is None:
+                raw = value.encode("utf-8")
+                framed = b"$%d\r\n%b\r\n" % (len(raw), raw)
+                if len(raw) <= _SHORT:
+                    if len(cache) >= _CACHE_SIZE:
+                        cache.clear()
+                    cache[value] = framed
+        else:
+            raw = _bytes_of(value)
+            framed = b"$%d\r\n%b\r\n" % (len(raw), raw)
+        parts.append(framed)
     return Encoded(len(parts), b"".join(parts))
 
 
