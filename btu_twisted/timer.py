@@ -315,7 +315,7 @@ class Timer(Service):
                     return  # the members stay in Redis for the next start
                 if k + 1 < len(chunks):
                     reading = self._read_rows(chunks[k + 1])
-                await self._build_chunk(chunk, rows, self._clock.seconds(), last=reading is None)
+                await self._build_chunk(chunk, rows, self._clock.seconds(), reading is None)
         finally:
             if reading is not None:
                 # Read ahead for a loop that ended early: nobody awaits it.
