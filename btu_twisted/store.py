@@ -116,11 +116,13 @@ return rejected
 # queue; per job there is only its HSET.  The claims are decided one after the
 # other as if each ran alone (a name twice in a batch sees its first claim).
 CLAIM = """#!lua
+local KEYS, ARGV, tonumber, unpack = KEYS, ARGV, tonumber, unpack
+local call, pcall_ = redis.call, redis.pcall
 local zset, idx, last, queues = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local enqueued_at = ARGV[1]
 local njobs = tonumber(ARGV[2])
 local function wrong(key, want)
-  local t = redis.call('TYPE', key)['ok']
+  local t = call('TYPE', key)['ok']
   if t ~= 'none' and t ~= want then
     return key .. ' holds a ' .. t .. ', not a ' .. want
   end
@@ -132,25 +134,27 @@ end
 local at, members, names = {}, {}, {}
 local a = 3
 for j = 1, njobs do
-  if not tonumber(ARGV[a + 2]) or not tonumber(ARGV[a + 4]) then
+  local nfields = tonumber(ARGV[a + 4])
+  if not tonumber(ARGV[a + 2]) or not nfields then
     return redis.error_reply('ERR claim ' .. j .. ': time or field count is not a number')
   end
   at[j], members[j], names[j] = a, ARGV[a], ARGV[a + 1]
-  a = a + 5 + 2 * tonumber(ARGV[a + 4])
+  a = a + 5 + 2 * nfields
 end
 local CHUNK = 1000
 -- One reply value per item (false when missing), the command sent in chunks.
 local function read(cmd, key, items)
-  local out = {}
+  if #items <= CHUNK then return call(cmd, key, unpack(items)) end
+  local out, n = {}, 0
   for i = 1, #items, CHUNK do
-    local part = redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
-    for k = 1, #part do out[#out + 1] = part[k] end
+    local part = call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
+    for k = 1, #part do n = n + 1; out[n] = part[k] end
   end
   return out
 end
-local function write(cmd, key, items)
-  for i = 1, #items, CHUNK do
-    redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
+local function write(cmd, key, items, n)
+  for i = 1, n, CHUNK do
+    call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, n)))
   end
 end
 local scores
@@ -159,42 +163,48 @@ if ok then
   scores = got
 else  -- Redis before 6.2
   scores = {}
-  for j = 1, njobs do scores[j] = redis.call('ZSCORE', zset, members[j]) end
+  for j = 1, njobs do scores[j] = call('ZSCORE', zset, members[j]) end
 end
 local lasts, owners = read('HMGET', last, names), read('HMGET', idx, names)
 local done, owner = {}, {}
-for j = 1, njobs do
-  if done[names[j]] == nil then done[names[j]] = lasts[j] end
-  if owner[names[j]] == nil then owner[names[j]] = owners[j] end
-end
 local queues_bad = wrong(queues, 'set')
-local queue_bad, pushed, queue_order = {}, {}, {}
+local queue_bad, pushed, queue_order, nqueues = {}, {}, {}, 0
 local removed, zrem, hdel, hset = {}, {}, {}, {}
-local out, reasons = {}, {}
+local nzrem, nhdel, nhset = 0, 0, 0
+local out, reasons, nreasons = {}, {}, 0
 for j = 1, njobs do
   local b = at[j]
-  local member, name, when, job_id = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local member, name = members[j], names[j]
+  local d = done[name]
+  if d == nil then
+    d = lasts[j]
+    done[name] = d
+    owner[name] = owners[j]
+  end
   local bad, code = nil, nil
   if not scores[j] or removed[member] then
     code = 0
-  elseif done[name] and not tonumber(done[name]) then
-    bad = last .. ' field ' .. name .. ' holds "' .. string.sub(done[name], 1, 40)
+  elseif d and not tonumber(d) then
+    bad = last .. ' field ' .. name .. ' holds "' .. string.sub(d, 1, 40)
       .. '", not a unix time'
   else
+    local when, job_id = ARGV[b + 2], ARGV[b + 3]
     local queue_key = KEYS[4 + 2 * j]
     if job_id ~= '' then
-      if queue_bad[queue_key] == nil then
-        queue_bad[queue_key] = queues_bad or wrong(queue_key, 'list') or false
+      local qb = queue_bad[queue_key]
+      if qb == nil then
+        qb = queues_bad or wrong(queue_key, 'list') or false
+        queue_bad[queue_key] = qb
       end
-      bad = queue_bad[queue_key] or nil
+      if qb then bad = qb end
     end
-    if not bad and tonumber(when) <= tonumber(done[name] or '-1') then
+    if not bad and tonumber(when) <= tonumber(d or '-1') then
       code = 2
       if job_id ~= '' then bad = wrong(KEYS[3 + 2 * j], 'hash') end
     elseif not bad and job_id ~= '' then
       local first = b + 5
-      local set = redis.pcall('HSET', KEYS[3 + 2 * j], 'enqueued_at', enqueued_at,
-                              unpack(ARGV, first, first + 2 * tonumber(ARGV[b + 4]) - 1))
+      local set = pcall_('HSET', KEYS[3 + 2 * j], 'enqueued_at', enqueued_at,
+                         unpack(ARGV, first, first + 2 * tonumber(ARGV[b + 4]) - 1))
       if type(set) == 'table' and set.err then
         bad = wrong(KEYS[3 + 2 * j], 'hash')
         if not bad then return set end
@@ -202,22 +212,26 @@ for j = 1, njobs do
     end
     if not bad then
       removed[member] = true
-      zrem[#zrem + 1] = member
+      nzrem = nzrem + 1
+      zrem[nzrem] = member
       if owner[name] == member then
-        hdel[#hdel + 1] = name
+        nhdel = nhdel + 1
+        hdel[nhdel] = name
         owner[name] = false
       end
       if code == nil then
         code = 1
         done[name] = when
-        hset[#hset + 1] = name
-        hset[#hset + 1] = when
+        hset[nhset + 1], hset[nhset + 2] = name, when
+        nhset = nhset + 2
         if job_id ~= '' then
-          if not pushed[queue_key] then
-            pushed[queue_key] = {}
-            queue_order[#queue_order + 1] = queue_key
-          end
           local ids = pushed[queue_key]
+          if not ids then
+            ids = {}
+            pushed[queue_key] = ids
+            nqueues = nqueues + 1
+            queue_order[nqueues] = queue_key
+          end
           ids[#ids + 1] = job_id
         end
       end
@@ -225,17 +239,21 @@ for j = 1, njobs do
   end
   if bad then
     code = 3
-    reasons[#reasons + 1] = bad
+    nreasons = nreasons + 1
+    reasons[nreasons] = bad
   end
   out[j] = code
 end
-write('ZREM', zset, zrem)
-write('HDEL', idx, hdel)
-write('HSET', last, hset)
-for _, queue_key in ipairs(queue_order) do write('RPUSH', queue_key, pushed[queue_key]) end
-write('SADD', queues, queue_order)
+write('ZREM', zset, zrem, nzrem)
+write('HDEL', idx, hdel, nhdel)
+write('HSET', last, hset, nhset)
+for q = 1, nqueues do
+  local ids = pushed[queue_order[q]]
+  write('RPUSH', queue_order[q], ids, #ids)
+end
+write('SADD', queues, queue_order, nqueues)
 local reply = {table.concat(out)}
-for _, r in ipairs(reasons) do reply[#reply + 1] = r end
+for r = 1, nreasons do reply[r + 1] = reasons[r] end
 return reply
 """
 

@@ -47,8 +47,8 @@ from btu_twisted.store import (
 
 LOOKAHEAD = 2.0          # seconds before a run is due to read its row and build its job
 FETCH_LIMIT = 20000      # due members looked at per wake-up
-CLAIM_BATCH = 500        # members claimed per script call (Redis: ~6 ms per 500 jobs)
-CLAIMS_IN_FLIGHT = 3     # claim calls sent before the first one's reply is read
+CLAIM_BATCH = 250        # members claimed per script call (Redis: ~3 ms per 250 jobs)
+CLAIMS_IN_FLIGHT = 4     # claim calls sent before the first one's reply is read
 BUILD_CHUNK = 500        # rows read per query; the next chunk's are read meanwhile
 BUILD_SLICE = 100        # builds between two reactor turns (~10 ms of CPU)
 BUILD_CONCURRENCY = 16   # builds in flight at once (HTTP calls to the site)

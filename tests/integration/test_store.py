@@ -284,6 +284,25 @@ class StoreTests(unittest.TestCase):
         self.assertIn("rq:queues holds a string, not a set", results[0].reason)
         self.assertEqual(self.sync.exists("rq:job:job-a", "rq:queue:default"), 0)
 
+    async def test_a_claim_call_larger_than_the_scripts_chunks(self) -> None:
+        """CLAIM reads and writes the daemon's keys in commands of at most 1,000
+        items: a call of 2,500 claims (some lost, some stale) still gives each
+        its own result, in order, and queues the jobs in claim order."""
+        names = [f"TS-{i:04d}" for i in range(2500)]
+        await self.store.plan(1000, {name: 2000 for name in names})
+        self.sync.zrem(SCHEDULE_SET, "TS-0007|2000")
+        self.sync.hset(LAST_ENQUEUED, "TS-2222", 2000)
+        claims = [job_claim(name, 2000, f"job-{name}") for name in names]
+        results = await self.store.claim(claims, "t")
+        expected = [CLAIMED] * 2500
+        expected[7], expected[2222] = LOST, STALE
+        self.assertEqual(results, expected)
+        queued = [j.decode() for j in self.sync.lrange("rq:queue:default", 0, -1)]
+        self.assertEqual(queued, [f"job-{n}" for n in names if n not in ("TS-0007", "TS-2222")])
+        self.assertEqual(self.sync.zcard(SCHEDULE_SET), 0)
+        self.assertEqual(self.sync.hlen(MEMBER_INDEX), 1)  # TS-0007's, whose member went
+        self.assertEqual(self.sync.hget(LAST_ENQUEUED, "TS-2499"), b"2000")
+
     async def test_a_broken_daemon_key_fails_the_batch_before_any_write(self) -> None:
         """If the daemon's own hash of last runs is not a hash, the script
         fails as a whole without touching any member or queue."""
