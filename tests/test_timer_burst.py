@@ -128,6 +128,25 @@ class PipelineTests(TimerCase):
         self.assertEqual(self.fifo.take(5), [burst[-1]])
         self.assertEqual(self.job_count(), N)
 
+    def test_a_burst_longer_than_hold_secs_replans_as_it_goes(self) -> None:
+        """Claims that take longer than HOLD_SECS (Redis slow: 0.2 s a call)
+        let go of the schedules claimed so far without waiting for the rest."""
+        store = FakeStore(self.clock, latency=0.2)
+        timer = self.make_timer(store=store)
+        burst = names(4 * N)
+        for name in burst:
+            self.db.put(self.row(name))
+            store.add(name, T)
+        timer.startService()
+        # The first replies come at T + 0.2; HOLD_SECS after those, the
+        # schedules claimed by then are let go while the rest are claimed.
+        self.advance_to(T + 0.2 + HOLD_SECS + 0.3)
+        self.assertLess(len(store.enqueued()), 4 * N)
+        self.assertGreater(len(self.fifo), 0)
+        self.advance_to(T + 5)
+        self.assertEqual(len(store.enqueued()), 4 * N)
+        self.assertEqual(sorted(self.fifo.take(8 * N)), burst)
+
     def row(self, name: str):  # type: ignore[no-untyped-def]
         from tests.test_timer import row_of
 
