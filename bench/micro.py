@@ -136,23 +136,11 @@ async def measure(reactor: Any) -> dict[str, float]:
         encode_times = []
         try:
             import txredisapi
+
+            from bench.burst import script_call
+            from btu_twisted.store import CLAIM
             proto = txredisapi.RedisProtocol()
-            from btu_twisted.store import (
-                CLAIM,
-                JOB_PREFIX,
-                LAST_ENQUEUED,
-                MEMBER_INDEX,
-                QUEUE_PREFIX,
-                RQ_QUEUES,
-            )
-            b = batches[0]
-            keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES]
-            args: list[Any] = ["x", len(b)]
-            for c in b:
-                keys += [JOB_PREFIX + c.job_id, QUEUE_PREFIX + c.origin]
-                args += [c.member, c.schedule, c.when, c.job_id, len(c.fields)]
-                for k, v in c.fields.items():
-                    args += [k, v]
+            keys, args = script_call(batches[0], daemon_keys=True)
             out["claim_args"] = len(keys) + len(args)
             encode_times.append(best(lambda: proto._build_command(
                 "EVAL", CLAIM, len(keys), *keys, *args), number=3))

@@ -23,11 +23,12 @@ one says so.  With a shebang every key a script touches must be in KEYS.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from btu_twisted.redis_gateway import RedisCommands
@@ -479,37 +480,30 @@ class ScheduleStore:
         self.health = getattr(redis, "health", None)
 
     async def _eval(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
-        if not self._shebangs:
-            return await self._redis.eval(_without_shebang(script), keys, args)
-        try:
-            return await self._redis.eval(script, keys, args)
-        except Exception as error:
-            text = str(error)
-            if "compiling script" not in text or "'#'" not in text:
-                raise
-        self._old_redis()
-        return await self._redis.eval(_without_shebang(script), keys, args)
+        return await self._scripted(script, lambda text: self._redis.eval(text, keys, args))
 
     async def _eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Any:
         """:meth:`_eval` of arguments framed ahead of time."""
+        return await self._scripted(
+            script, lambda text: self._redis.eval_encoded(text, keys, args))
+
+    async def _scripted(self, script: str, send: Callable[[str], Deferred[Any]]) -> Any:
+        """``send(script)``, without its shebang on Redis before 7.0."""
         if not self._shebangs:
-            return await self._redis.eval_encoded(_without_shebang(script), keys, args)
+            return await send(_without_shebang(script))
         try:
-            return await self._redis.eval_encoded(script, keys, args)
+            return await send(script)
         except Exception as error:
             text = str(error)
             if "compiling script" not in text or "'#'" not in text:
                 raise
-        self._old_redis()
-        return await self._redis.eval_encoded(_without_shebang(script), keys, args)
-
-    def _old_redis(self) -> None:
         # Nothing ran: the script did not compile.
         self._shebangs = False
         self.log.warn(
             "Redis is older than 7.0: its scripts run without flags, so one that"
             " runs out of memory may stop half-way; Redis 7 refuses it up front"
         )
+        return await send(_without_shebang(script))
 
     async def plan(
         self, now: float, plans: Mapping[str, int], unplans: Iterable[str] = ()
