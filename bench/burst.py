@@ -43,6 +43,7 @@ from bench.fixtures import (
 )
 from btu_twisted.builders import FunctionBuilder
 from btu_twisted.records import ScheduleRow
+from btu_twisted.resp import decode
 from btu_twisted.store import (
     CLAIM,
     JOB_PREFIX,
@@ -52,6 +53,8 @@ from btu_twisted.store import (
     RQ_QUEUES,
     SCHEDULE_SET,
     Claim,
+    claim_arguments,
+    framed,
     member_for,
 )
 from btu_twisted.timer import CLAIM_BATCH
@@ -102,9 +105,15 @@ def built_claims(n: int, when: int) -> list[Claim]:
 
 
 def script_call(claims: list[Claim], daemon_keys: bool) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of one call, in CLAIM's layout (MINIMAL has no member index)."""
-    keys = ([SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES] if daemon_keys
-            else [SCHEDULE_SET, LAST_ENQUEUED, RQ_QUEUES])
+    """KEYS and ARGV of one call: CLAIM's layout (``daemon_keys``, field names
+    once per call) or MINIMAL's (no member index, field names per job)."""
+    if daemon_keys:
+        wires: list[Any] = [framed(c).wire for c in claims]
+        keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES]
+        for w in wires:
+            keys += [k.decode() for k in decode(w.keys.data)]
+        return keys, decode(claim_arguments(wires, ENQUEUED_AT).data)
+    keys = [SCHEDULE_SET, LAST_ENQUEUED, RQ_QUEUES]
     args: list[Any] = [ENQUEUED_AT, len(claims)]
     for c in claims:
         fields = c.fields or {}
@@ -132,24 +141,22 @@ def time_script(r: Any, script: str, claims: list[Claim], daemon_keys: bool) -> 
     r.zadd(SCHEDULE_SET, {c.member: c.when for c in claims})
     if daemon_keys:
         r.hset(MEMBER_INDEX, mapping={c.schedule: c.member for c in claims})
-    calls = [script_call(claims[i:i + CLAIM_BATCH], daemon_keys)
-             for i in range(0, len(claims), CLAIM_BATCH)]
+    batches = [claims[i:i + CLAIM_BATCH] for i in range(0, len(claims), CLAIM_BATCH)]
     per_call: list[int] = []
     retried = 0
-    for keys, args in calls:
+    for batch in batches:
+        keys, args = script_call(batch, daemon_keys)
         for attempt in range(TRIES):
             retried += bool(attempt)
             before = _evalsha_stats(r)
             r.evalsha(sha, len(keys), *keys, *args)
             after = _evalsha_stats(r)
             if after[0] - before[0] == 1:
-                per_call.append(after[1] - before[1])
                 break
             # Someone else's script ran between the two readings: measure this
             # call again on a fresh copy of its members.
-            _restore(r, keys, args, daemon_keys)
-        else:
-            per_call.append(after[1] - before[1])
+            _restore(r, batch, daemon_keys)
+        per_call.append(after[1] - before[1])
     landed = r.llen(QUEUE_PREFIX + QUEUE)
     r.flushdb()
     total = sum(per_call)
@@ -166,21 +173,16 @@ def time_script(r: Any, script: str, claims: list[Claim], daemon_keys: bool) -> 
     }
 
 
-def _restore(r: Any, keys: list[str], args: list[Any], daemon_keys: bool) -> None:
+def _restore(r: Any, batch: list[Claim], daemon_keys: bool) -> None:
     """Put one call's members back (and drop what it wrote) so it can run again."""
-    first_job_key = 4 if daemon_keys else 3
-    n = int(args[1])
-    a = 2
     pipe = r.pipeline(transaction=False)
-    for j in range(n):
-        member, name, when, job_id, nfields = args[a:a + 5]
-        pipe.zadd(SCHEDULE_SET, {member: when})
-        pipe.hdel(LAST_ENQUEUED, name)
+    for c in batch:
+        pipe.zadd(SCHEDULE_SET, {c.member: c.when})
+        pipe.hdel(LAST_ENQUEUED, c.schedule)
         if daemon_keys:
-            pipe.hset(MEMBER_INDEX, name, member)
-        pipe.delete(keys[first_job_key + 2 * j])
-        pipe.lrem(keys[first_job_key + 1 + 2 * j], 0, job_id)
-        a += 5 + 2 * int(nfields)
+            pipe.hset(MEMBER_INDEX, c.schedule, c.member)
+        pipe.delete(JOB_PREFIX + c.job_id)
+        pipe.lrem(QUEUE_PREFIX + c.origin, 0, c.job_id)
     pipe.execute()
 
 

@@ -72,3 +72,19 @@ def command(*pieces: Encoded) -> bytes:
     """The whole command: its argument count, then the framed arguments."""
     whole = join(pieces)
     return b"*%d\r\n%b" % (whole.count, whole.data)
+
+
+def decode(data: bytes) -> list[bytes]:
+    """The values of framed arguments (what Redis reads); for checks and tools."""
+    out: list[bytes] = []
+    at = 0
+    while at < len(data):
+        if data[at:at + 1] != b"$":
+            raise ValueError(f"not a bulk string at {at}: {data[at:at + 20]!r}")
+        end = data.index(b"\r\n", at)
+        size = int(data[at + 1:end])
+        if data[end + 2 + size:end + 4 + size] != b"\r\n":
+            raise ValueError(f"bulk string at {at} does not end where its length says")
+        out.append(data[end + 2:end + 2 + size])
+        at = end + 4 + size
+    return out

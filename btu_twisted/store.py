@@ -116,6 +116,13 @@ return rejected
 # batch (ZMSCORE, HMGET, ZREM, HDEL, HSET), and so are RPUSH and SADD per
 # queue; per job there is only its HSET.  The claims are decided one after the
 # other as if each ran alone (a name twice in a batch sees its first claim).
+#
+# KEYS: the sorted set, member index, last runs, rq:queues, then per claim its
+# job key and queue key.  ARGV: enqueued_at, the number of claims, the number
+# of field-name lists, each list (its length, then the names: every job of a
+# builder has the same, so they are sent once, not 15 times per job), then
+# per claim: member, schedule, time, job id (empty: no job), the number of its
+# list of field names (0: none) and its values in that order.
 CLAIM = """#!lua
 local KEYS, ARGV, tonumber, unpack = KEYS, ARGV, tonumber, unpack
 local call, pcall_ = redis.call, redis.pcall
@@ -132,15 +139,25 @@ for _, k in ipairs({{zset, 'zset'}, {idx, 'hash'}, {last, 'hash'}}) do
   local bad = wrong(k[1], k[2])
   if bad then return redis.error_reply('WRONGTYPE ' .. bad) end
 end
-local at, members, names = {}, {}, {}
-local a = 3
+-- The field names of the jobs' hashes, once per call for all jobs with the
+-- same names (a shape): {'enqueued_at', <time>, name1, <value>, name2, ...},
+-- the values filled in job by job.
+local shapes, counts, nshapes = {}, {[0] = 0}, tonumber(ARGV[3])
+local a = 4
+for s = 1, nshapes do
+  local n, fields = tonumber(ARGV[a]), {'enqueued_at', enqueued_at}
+  for i = 1, n do fields[2 * i + 1], fields[2 * i + 2] = ARGV[a + i], '' end
+  shapes[s], counts[s] = fields, n
+  a = a + 1 + n
+end
+local at, members, names, shape_of = {}, {}, {}, {}
 for j = 1, njobs do
-  local nfields = tonumber(ARGV[a + 4])
-  if not tonumber(ARGV[a + 2]) or not nfields then
-    return redis.error_reply('ERR claim ' .. j .. ': time or field count is not a number')
+  local shape = tonumber(ARGV[a + 4])
+  if not tonumber(ARGV[a + 2]) or not shape or not counts[shape] then
+    return redis.error_reply('ERR claim ' .. j .. ': bad time or field names')
   end
-  at[j], members[j], names[j] = a, ARGV[a], ARGV[a + 1]
-  a = a + 5 + 2 * nfields
+  at[j], members[j], names[j], shape_of[j] = a, ARGV[a], ARGV[a + 1], shape
+  a = a + 5 + counts[shape]
 end
 local CHUNK = 1000
 -- One reply value per item (false when missing), the command sent in chunks.
@@ -203,9 +220,10 @@ for j = 1, njobs do
       code = 2
       if job_id ~= '' then bad = wrong(KEYS[3 + 2 * j], 'hash') end
     elseif not bad and job_id ~= '' then
-      local first = b + 5
-      local set = pcall_('HSET', KEYS[3 + 2 * j], 'enqueued_at', enqueued_at,
-                         unpack(ARGV, first, first + 2 * tonumber(ARGV[b + 4]) - 1))
+      local shape = shape_of[j]
+      local fields = shapes[shape] or {'enqueued_at', enqueued_at}
+      for i = 1, counts[shape] do fields[2 * i + 2] = ARGV[b + 4 + i] end
+      local set = pcall_('HSET', KEYS[3 + 2 * j], unpack(fields))
       if type(set) == 'table' and set.err then
         bad = wrong(KEYS[3 + 2 * j], 'hash')
         if not bad then return set end
@@ -368,24 +386,45 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class ClaimWire:
+    """A claim's part of a CLAIM call: its two keys; member, schedule, time
+    and job id; its job's field names (sent once per call for all jobs that
+    have the same) and values."""
+
     keys: Encoded
-    args: Encoded
+    head: Encoded
+    names: tuple[str, ...]
+    values: Encoded
 
 
 def framed(claim: Claim) -> Claim:
     """The claim with its keys and arguments framed for CLAIM, so that sending
     it at the due second costs no encoding.  The job's own ``enqueued_at``
     field, if its builder set one, gives way to the claim's."""
-    fields = [
-        item for pair in (claim.fields or {}).items() if pair[0] != "enqueued_at"
-        for item in pair
-    ]
+    fields = {k: v for k, v in (claim.fields or {}).items() if k != "enqueued_at"}
     wire = ClaimWire(
         keys=encode((JOB_PREFIX + claim.job_id, QUEUE_PREFIX + claim.origin)),
-        args=encode((claim.member, claim.schedule, claim.when, claim.job_id,
-                     len(fields) // 2, *fields)),
+        head=encode((claim.member, claim.schedule, claim.when, claim.job_id)),
+        names=tuple(fields),
+        values=encode(fields.values()),
     )
     return replace(claim, wire=wire)
+
+
+def claim_arguments(wires: Sequence[ClaimWire], enqueued_at: str) -> Encoded:
+    """CLAIM's ARGV: the time, the count, each distinct list of field names
+    (shape) once, then per claim its head, the number of its shape (0: none)
+    and its values."""
+    shapes: dict[tuple[str, ...], int] = {}
+    for w in wires:
+        if w.names and w.names not in shapes:
+            shapes[w.names] = len(shapes) + 1
+    numbers = [encode((n,)) for n in range(len(shapes) + 1)]
+    pieces = [encode((enqueued_at, len(wires), len(shapes)))]
+    for names in shapes:
+        pieces.append(encode((len(names), *names)))
+    for w in wires:
+        pieces += (w.head, numbers[shapes.get(w.names, 0)], w.values)
+    return join(pieces)
 
 
 _CLAIM_KEYS = encode((SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES))
@@ -530,11 +569,9 @@ class ScheduleStore:
         """
         if not claims:
             return []
-        wires = [(c.wire or framed(c).wire) for c in claims]
-        keys = join([_CLAIM_KEYS, *(w.keys for w in wires)])  # type: ignore[union-attr]
-        args = join([encode((enqueued_at, len(claims))),
-                     *(w.args for w in wires)])  # type: ignore[union-attr]
-        reply = list(await self._eval_encoded(CLAIM, keys, args))
+        wires: list[ClaimWire] = [c.wire or framed(c).wire for c in claims]  # type: ignore[misc]
+        keys = join([_CLAIM_KEYS, *(w.keys for w in wires)])
+        reply = list(await self._eval_encoded(CLAIM, keys, claim_arguments(wires, enqueued_at)))
         codes = _text(reply[0])
         if len(codes) != len(claims):
             raise ValueError(f"CLAIM answered {len(codes)} results for {len(claims)} claims")

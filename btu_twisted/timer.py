@@ -49,6 +49,7 @@ LOOKAHEAD = 2.0          # seconds before a run is due to read its row and build
 FETCH_LIMIT = 20000      # due members looked at per wake-up
 CLAIM_BATCH = 250        # members claimed per script call (Redis: ~3 ms per 250 jobs)
 CLAIMS_IN_FLIGHT = 4     # claim calls sent before the first one's reply is read
+FIRST_BATCH = 50         # a round's first call is small: its jobs land at once
 BUILD_CHUNK = 500        # rows read per query; the next chunk's are read meanwhile
 BUILD_SLICE = 100        # builds between two reactor turns (~10 ms of CPU)
 BUILD_CONCURRENCY = 16   # builds in flight at once (HTTP calls to the site)
@@ -493,14 +494,20 @@ class Timer(Service):
         paused = gc.isenabled()
         if paused:
             gc.disable()
+        size = FIRST_BATCH
         try:
             while True:
                 while failure is None and self.running and len(in_flight) < CLAIMS_IN_FLIGHT:
-                    batch = self._next_batch(self._clock.seconds())
+                    batch = self._next_batch(self._clock.seconds(), size)
                     if not batch:
                         break
+                    size = CLAIM_BATCH
                     enqueued_at = utcformat(datetime.now(timezone.utc))
                     in_flight.append((batch, ensureDeferred(self._store.claim(batch, enqueued_at))))
+                    if len(in_flight) < CLAIMS_IN_FLIGHT:
+                        # Let the reactor write this call out (Redis starts on
+                        # it) before the next one is put together.
+                        await deferLater(self._clock, 0, lambda: None)
                 if in_flight:
                     batch, reply = in_flight.popleft()
                     try:
@@ -531,8 +538,8 @@ class Timer(Service):
                 self._unclaim(batch)
             self._end_round()
 
-    def _next_batch(self, now: float) -> list[Claim]:
-        """Up to CLAIM_BATCH due claims, earliest first.
+    def _next_batch(self, now: float, size: int) -> list[Claim]:
+        """Up to ``size`` due claims, earliest first.
 
         A claim whose row was read too long ago is dropped to be built again
         from a fresh read (the row may have been edited meanwhile, and its
@@ -544,7 +551,7 @@ class Timer(Service):
         """
         batch: list[Claim] = []
         due = self._due
-        while due and len(batch) < CLAIM_BATCH:
+        while due and len(batch) < size:
             when, member, _, claim = due[0]
             if when > now:
                 break

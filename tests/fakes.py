@@ -32,6 +32,7 @@ from twisted.internet.task import Clock
 from btu_twisted.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow
+from btu_twisted.resp import decode
 from btu_twisted.sql import Changes
 from btu_twisted.store import (
     CLAIMED,
@@ -198,38 +199,23 @@ class EnqueuedRun:
     fields: dict[str, Any]
 
 
-def decode_resp(data: bytes) -> list[bytes]:
-    """The bulk strings of RESP-framed arguments (what Redis reads)."""
-    out: list[bytes] = []
-    at = 0
-    while at < len(data):
-        if data[at:at + 1] != b"$":
-            raise AssertionError(f"not a bulk string at {at}: {data[at:at + 20]!r}")
-        end = data.index(b"\r\n", at)
-        size = int(data[at + 1:end])
-        out.append(data[end + 2:end + 2 + size])
-        if data[end + 2 + size:end + 4 + size] != b"\r\n":
-            raise AssertionError(f"bulk string at {at} does not end where its length says")
-        at = end + 4 + size
-    return out
-
-
 def check_wire(claim: Claim) -> None:
     """A claim framed ahead of time carries exactly the keys and arguments the
     store would send for it (CLAIM's layout), so the fake may read the claim's
     fields while Redis reads the wire."""
     if claim.wire is None:
         return
-    keys, args = decode_resp(claim.wire.keys.data), decode_resp(claim.wire.args.data)
+    wire = claim.wire
     fields = {k: v for k, v in (claim.fields or {}).items() if k != "enqueued_at"}
-    expected = [claim.member, claim.schedule, claim.when, claim.job_id, len(fields)]
-    for key, value in fields.items():
-        expected += [key, value]
-    as_bytes = [v if isinstance(v, bytes) else str(v).encode() for v in expected]
-    if keys != [(JOB_PREFIX + claim.job_id).encode(), (QUEUE_PREFIX + claim.origin).encode()]:
-        raise AssertionError(f"wire keys of {claim.member}: {keys}")
-    if args != as_bytes or claim.wire.args.count != len(args):
-        raise AssertionError(f"wire arguments of {claim.member}: {args} != {as_bytes}")
+    as_bytes = [v if isinstance(v, bytes) else str(v).encode() for v in fields.values()]
+    head = [str(v).encode() for v in (claim.member, claim.schedule, claim.when, claim.job_id)]
+    if decode(wire.keys.data) != [(JOB_PREFIX + claim.job_id).encode(),
+                                       (QUEUE_PREFIX + claim.origin).encode()]:
+        raise AssertionError(f"wire keys of {claim.member}: {decode(wire.keys.data)}")
+    if decode(wire.head.data) != head or wire.names != tuple(fields):
+        raise AssertionError(f"wire head or field names of {claim.member}")
+    if decode(wire.values.data) != as_bytes or wire.values.count != len(as_bytes):
+        raise AssertionError(f"wire values of {claim.member}")
 
 
 def _name_of(member: str) -> str | None:
