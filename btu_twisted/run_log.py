@@ -18,7 +18,7 @@ from twisted.logger import Logger
 DETAIL = 20
 #: A run enqueued more than this many seconds after its time is late (warning).
 LATE_SECS = 1.0
-#: Names shown in a summary line.
+#: Names shown in a summary line of more than DETAIL schedules.
 EXAMPLES = 3
 
 
@@ -106,9 +106,11 @@ class RunLog:
 
 
 def _summary(runs: list[Enqueued] | list[Skipped]) -> dict[str, object]:
+    """A few schedules are all named; of many, EXAMPLES."""
     names = list(dict.fromkeys(r.schedule for r in runs))
-    shown = ", ".join(names[:EXAMPLES])
-    more = len(names) - EXAMPLES
+    shown_count = len(names) if len(names) <= DETAIL else EXAMPLES
+    shown = ", ".join(names[:shown_count])
+    more = len(names) - shown_count
     return {
         "count": len(runs),
         "schedules": len(names),

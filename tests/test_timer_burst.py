@@ -172,6 +172,19 @@ class BurstLogTests(TimerCase):
         self.assertIn("TS-00000, TS-00001, TS-00002 and 997 more", warnings[0])
         self.assertLessEqual(len(mentioning(events, "TS-00")), 1, texts(events))
 
+    def test_a_few_late_runs_are_one_line_naming_each(self) -> None:
+        """Four runs enqueued late in one round: one warning naming all four."""
+        for name in names(4):
+            self.schedule(name, T - 10)
+        self.advance_to(T)
+        with capturedLogs() as events:
+            self.timer.startService()
+            self.settle()
+        warnings = texts(events, LogLevel.warn)
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("4 runs of 4 schedules enqueued up to 10.0 s late", warnings[0])
+        self.assertIn("TS-00000, TS-00001, TS-00002, TS-00003)", warnings[0])
+
     def test_on_time_burst_is_one_info_line(self) -> None:
         """A burst enqueued on time says so in one info line."""
         for name in names(N):
