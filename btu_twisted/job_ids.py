@@ -29,6 +29,9 @@ class JobIdRecorder:
         self._retry: IDelayedCall | None = None
         self._backoff = Backoff(first=2.0, limit=60.0)
         self.written = 0
+        # A write still in flight when the daemon stops fails with the pool
+        # closing under it: no retry is left behind then.
+        self._stopped = False
 
     def record(self, job_ids: Iterable[tuple[str, str]]) -> None:
         """Remember (schedule, job id) pairs and write them soon."""
@@ -36,6 +39,7 @@ class JobIdRecorder:
         self._start()
 
     def stop(self) -> None:
+        self._stopped = True
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -75,7 +79,8 @@ class JobIdRecorder:
                 "trying again in {delay} s",
                 count=len(self._pending), error=error, delay=delay,
             )
-        self._retry = self._clock.callLater(delay, self._retry_now)
+        if not self._stopped:
+            self._retry = self._clock.callLater(delay, self._retry_now)
 
     def _retry_now(self) -> None:
         self._retry = None

@@ -170,6 +170,16 @@ class JobIdRecorderTests(unittest.TestCase):
         run_until(self.clock, 10)
         self.assertEqual(self.db.job_ids, {"TS-1": "c", "TS-2": "b"})
 
+    def test_write_failing_after_stop_leaves_no_retry(self) -> None:
+        """A write in flight when the daemon stops (the pool closes under it)
+        fails after stop(): no retry is scheduled (checked by the cleanup)."""
+        self.db.hold.add("write_job_ids")
+        self.recorder.record([("TS-1", "a")])
+        self.recorder.stop()
+        self.db.down = True
+        self.assertEqual(self.db.release(), 1)
+        self.assertEqual(self.db.job_ids, {})
+
     def test_locked_rows_are_quiet_and_retried(self) -> None:
         """A row locked by the BTU app's transaction logs nothing above debug."""
         calls = []
