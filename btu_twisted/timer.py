@@ -20,12 +20,10 @@ with them for the reactor or for Redis.
 from __future__ import annotations
 
 import gc
-import heapq
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from itertools import count
 
 from rq.utils import utcformat
 from twisted.application.service import Service
@@ -35,6 +33,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from btu_twisted.builders import BuildError, JobBuilder
+from btu_twisted.due import DueClaims
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
 from btu_twisted.planner import Unplannable, next_run_for
@@ -111,9 +110,8 @@ class Timer(Service):
         self._on_job_ids = on_job_ids
         self._prepared: dict[str, Claim] = {}
         self._read_at: dict[str, float] = {}  # member -> when its row was read
-        # Prepared claims by due time (stale entries are skipped when popped).
-        self._due: list[tuple[int, str, int, Claim]] = []
-        self._seq = count()
+        # Prepared claims by due time (stale entries are skipped when taken).
+        self._due = DueClaims()
         self._claiming: set[str] = set()
         self._building: dict[str, int] = {}     # member -> due time
         self._building_at: Counter[int] = Counter()  # due time -> builds in flight
@@ -404,17 +402,15 @@ class Timer(Service):
 
     def _ready(self, claim: Claim) -> None:
         self._prepared[claim.member] = claim
-        heapq.heappush(self._due, (claim.when, claim.member, next(self._seq), claim))
+        self._due.add(claim)
+
+    def _wanted(self, claim: Claim) -> bool:
+        """Still prepared (not superseded, settled or dropped), not being claimed."""
+        return self._prepared.get(claim.member) is claim and claim.member not in self._claiming
 
     def _soonest(self) -> int | None:
         """Due time of the earliest prepared claim not being claimed."""
-        due = self._due
-        while due:
-            when, member, _, claim = due[0]
-            if self._prepared.get(member) is claim and member not in self._claiming:
-                return when
-            heapq.heappop(due)
-        return None
+        return self._due.soonest(self._wanted)
 
     def _within_grace(self, claim: Claim, now: float) -> Claim:
         """The claim to make for a due job: a job prepared in time whose claim
@@ -550,14 +546,8 @@ class Timer(Service):
         back.
         """
         batch: list[Claim] = []
-        due = self._due
-        while due and len(batch) < size:
-            when, member, _, claim = due[0]
-            if when > now:
-                break
-            heapq.heappop(due)
-            if self._prepared.get(member) is not claim or member in self._claiming:
-                continue  # superseded, settled or dropped meanwhile
+        for claim in self._due.take(now, size, self._wanted):
+            member = claim.member
             if claim.job_id and now - self._read_at.get(member, now) > ROW_FRESHNESS:
                 del self._prepared[member]
                 self._read_at.pop(member, None)
@@ -572,7 +562,7 @@ class Timer(Service):
         for claim in batch:
             self._claiming.discard(claim.member)
             if self._prepared.get(claim.member) is claim:
-                heapq.heappush(self._due, (claim.when, claim.member, next(self._seq), claim))
+                self._due.add(claim)
 
     async def _wait_for_builds(self) -> bool:
         """Wait for the next slice of due jobs being built; False if there is
