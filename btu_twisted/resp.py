@@ -65,7 +65,7 @@ def encode(values: Iterable[object]) -> Encoded:
 
 def join(pieces: Iterable[Encoded]) -> Encoded:
     pieces = list(pieces)
-    return Encoded(sum(p.count for p in pieces), b"".join(p.data for p in pieces))
+    return Encoded(sum([p.count for p in pieces]), b"".join([p.data for p in pieces]))
 
 
 def command(*pieces: Encoded) -> bytes:
