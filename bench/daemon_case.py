@@ -61,6 +61,7 @@ TRACED = (
     ("timer", "_step"),
     ("timer", "_claim_due"),
     ("timer", "_build_all"),
+    ("timer", "_build_chunk"),
     ("store", "claim"),
     ("store", "window"),
     ("store", "plan"),

@@ -9,6 +9,10 @@ Cases (N shrinks with ``--quick``):
 ``spread``      1,000 schedules spread over the 60 seconds after S (16-17 per
                 second); lateness of each landing after its own due second.
 ``burst10k``    10,000 due at the same second (throughput under a big burst).
+``ceiling10k``  what Redis itself needs to claim and enqueue those 10,000 jobs with
+                a minimal script, timed server-side (:mod:`bench.burst`).
+``burst10k_x3`` three daemons on one Redis with 10,000 due at one second: each run
+                enqueued exactly once (:mod:`bench.burst`).
 ``anchor_burst`` / ``anchor_spread``
                 rq's own cron scheduler (``rq.cron.CronScheduler``, what
                 ``rq cron`` runs) with the same jobs at the same instants.
@@ -385,7 +389,7 @@ def table(results: dict[str, Any]) -> str:
                      f" (target < 2 s; {plan.get('distinct_crons')} crons,"
                      f" {plan.get('planner_batches')} batches)"))
     for case in ("burst", "anchor_burst", "anchor_rqs_burst", "spread", "anchor_spread",
-                 "burst10k"):
+                 "burst10k", "burst10k_x3"):
         r = results["cases"].get(case)
         if not r:
             continue
@@ -403,15 +407,27 @@ def table(results: dict[str, Any]) -> str:
                      f" rq-scheduler {v.get('rq-scheduler')}, rq {v.get('rq')})")
         elif case.startswith("anchor"):
             note += " (rq cron)"
+        elif case == "burst10k_x3":
+            once = "EXACTLY ONCE" if r.get("exactly_once") else "NOT EXACTLY ONCE"
+            note += f"; 3 daemons: {once} ({r.get('doubles')} doubles, {r.get('missing')} missing)"
         else:
             e = r["enqueued_at"]
-            note += f"; enqueued_at p99 {_fmt(e.get('p99_ms'))}"
+            note += (f"; first landed {_fmt(r.get('first_landing_after_due_ms'))} ms after due;"
+                     f" enqueued_at p99 {_fmt(e.get('p99_ms'))}")
         burst = "burst" in case
         rate = r.get("rate_due_to_last_per_s") if burst else None
         rate2 = r.get("rate_first_to_last_per_s") if burst else None
         rows.append((case, _fmt(r["expected"]), _fmt(w.get("p50_ms")), _fmt(w.get("p99_ms")),
                      _fmt(w.get("max_ms")), _fmt(r.get("last_landing_after_due_ms")),
                      _fmt(rate), _fmt(rate2), note))
+    c = results["cases"].get("ceiling10k")
+    if c:
+        m, o = c["minimal"], c["claim_script"]
+        note = (f"Redis-side: minimal script {m['us_per_job']:.2f} us/job, CLAIM"
+                f" {o['us_per_job']:.2f} us/job ({o['jobs_per_s']:,}/s), longest"
+                f" {c['batch']}-job CLAIM {o['call_ms_max']:.2f} ms")
+        rows.append(("ceiling10k", _fmt(c["expected"]), "", "", "", "", _fmt(m["jobs_per_s"]), "",
+                     note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -443,6 +459,11 @@ def ratios(cases: dict[str, Any]) -> dict[str, float | None]:
         out["burst jobs/s ours/rq-cron"] = ratio(
             cases["burst"].get("rate_due_to_last_per_s"),
             cases["anchor_burst"].get("rate_due_to_last_per_s"))
+    ceiling = cases.get("ceiling10k")
+    for case in ("burst10k", "burst10k_x3"):
+        if ceiling and cases.get(case) and not cases[case].get("error"):
+            out[f"{case} jobs/s / Redis-side ceiling"] = ratio(
+                cases[case].get("rate_due_to_last_per_s"), ceiling.get("ceiling_jobs_per_s"))
     rqs = cases.get("anchor_rqs_burst")
     if "burst" in cases and rqs and not rqs.get("error"):
         for key in ("p50_ms", "p99_ms", "max_ms"):
@@ -495,7 +516,7 @@ def idle_lines(cases: dict[str, Any]) -> list[str]:
 
 
 CASES = ("plan", "burst", "anchor_burst", "anchor_rqs_burst", "spread", "anchor_spread",
-         "burst10k", "idle", "ping", "anchor_idle")
+         "burst10k", "ceiling10k", "burst10k_x3", "idle", "ping", "anchor_idle")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -520,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     n_plan, n, n_big, spread = (2000, 200, 1000, 10) if opts.quick else (10000, 1000, 10000, 60)
     n_idle, idle_secs, ping_rounds = (IDLE_SCHEDULES, 15.0, 100) if opts.quick else \
         (IDLE_SCHEDULES, 60.0, 500)
+    from bench.burst import case_burst_ha, case_ceiling
     from bench.idle import case_anchor_idle, case_idle_and_ping
     from bench.rqscheduler import case_rqscheduler_burst
 
@@ -542,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
         "spread": lambda: case_ours(opts, "spread", n, spread),
         "anchor_spread": lambda: case_anchor(opts, "anchor_spread", n, spread),
         "burst10k": lambda: case_ours(opts, "burst10k", n_big, 1),
+        "ceiling10k": lambda: case_ceiling(n_big),
+        "burst10k_x3": lambda: case_burst_ha(opts, "burst10k_x3", n_big),
         "idle": lambda: idle_and_ping("idle"),
         "ping": lambda: idle_and_ping("ping"),
         "anchor_idle": lambda: case_anchor_idle(n_idle, idle_secs),
@@ -559,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
         # An integration test run that uses the case's Redis database waits for
         # the case, and the case for it (both flush what they use).
         with fixtures.redis_dbs_locked(
-                (REDIS_DB_ANCHOR,) if case.startswith("anchor") else (REDIS_DB_OURS,)):
+                (REDIS_DB_ANCHOR,) if case.startswith("anchor") else
+                () if case == "ceiling10k" else (REDIS_DB_OURS,)):
             results["cases"][case] = runners[case]()
         results["cases"][case]["case_wall_secs"] = round(time.time() - t, 1)
     results["ratios"] = ratios(results["cases"])

@@ -28,10 +28,16 @@ demoted (not killed) stays open, its writes failing with READONLY: such a
 reply drops the pool's connections, so they reconnect to the new master.
 A Sentinel that names no master for the service is reported as the reason
 commands fail ("Sentinel ... knows no master ..."), not as a bare timeout.
+
+And one thing it does slowly: framing a command of many thousand arguments
+(a burst's claims) in Python when it is sent.  :meth:`RedisGateway.eval_encoded`
+sends a script call whose arguments were framed ahead of time
+(:mod:`btu_twisted.resp`), through txredisapi's own reply and timeout handling.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, Protocol, Sequence
 
@@ -46,6 +52,7 @@ from twisted.python.failure import Failure
 
 from btu_twisted.health import Dependency
 from btu_twisted.redis_target import RedisTarget
+from btu_twisted.resp import Encoded, command, encode
 
 __all__ = ["RedisCommands", "RedisGateway", "RedisRefusedError", "quiet_txredisapi"]
 
@@ -107,8 +114,49 @@ def quiet_txredisapi() -> None:
         txredisapi.ClientService = _QuietClientService
 
 
+class _Framed(bytes):
+    """A whole command already framed: sent as it is."""
+
+
+class _PassFramed:
+    """Mixed into txredisapi's protocol (plain, or Sentinel's master protocol):
+    a command framed ahead of time goes through as it is."""
+
+    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        if len(args) == 1 and isinstance(args[0], _Framed):
+            return args[0]
+        return super()._build_command(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+
+_FRAMED_PROTOCOLS: dict[type, type] = {}
+
+
+def _passing_framed(protocol: type) -> type:
+    """``protocol`` with :class:`_PassFramed` in front (made once per class)."""
+    if issubclass(protocol, _PassFramed):
+        return protocol
+    made = _FRAMED_PROTOCOLS.get(protocol)
+    if made is None:
+        made = _FRAMED_PROTOCOLS[protocol] = type(
+            f"Framed{protocol.__name__}", (_PassFramed, protocol), {}
+        )
+    return made
+
+
+_SHAS: dict[str, str] = {}
+
+
+def _sha1(script: str) -> str:
+    sha = _SHAS.get(script)
+    if sha is None:
+        sha = _SHAS[script] = hashlib.sha1(script.encode()).hexdigest()
+    return sha
+
+
 class RedisCommands(Protocol):
     def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]: ...
+
+    def eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Deferred[Any]: ...
 
     def command(self, name: str, *args: Any) -> Deferred[Any]: ...
 
@@ -207,6 +255,9 @@ class RedisGateway:
     def _new_pool(self) -> Any:
         pool = self._connect()
         factory = getattr(pool, "_factory", None)
+        # Connections are made on later reactor turns, so they all get it.
+        if factory is not None:
+            factory.protocol = _passing_framed(factory.protocol)
         # A pool that never completes fails this Deferred; the outage is
         # reported through ``health``, not as an unhandled error.
         waiting = getattr(factory, "deferred", None)
@@ -344,6 +395,20 @@ class RedisGateway:
 
     def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
         return self._call("eval", script, list(keys), list(args))
+
+    def eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Deferred[Any]:
+        """EVALSHA (EVAL if Redis does not know the script) of arguments framed ahead of time."""
+        head = encode(("EVALSHA", _sha1(script), keys.count))
+        d = self._call("execute_command", _Framed(command(head, keys, args)))
+
+        def unknown_script(failure: Failure) -> Any:
+            if not (failure.check(txredisapi.ResponseError)
+                    and str(failure.value).startswith("NOSCRIPT")):
+                return failure
+            head = encode(("EVAL", script, keys.count))
+            return self._call("execute_command", _Framed(command(head, keys, args)))
+
+        return d.addErrback(unknown_script)
 
     def command(self, name: str, *args: Any) -> Deferred[Any]:
         return self._call("execute_command", name, *args)

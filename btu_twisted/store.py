@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 # The key names live in keys.py (importable without Twisted); store.py still exports them.
@@ -41,6 +42,7 @@ from btu_twisted.keys import (
     SCHEDULE_SET,
     Keys,
 )
+from btu_twisted.resp import Encoded, encode, join
 
 if TYPE_CHECKING:
     from btu_twisted.redis_gateway import RedisCommands
@@ -105,20 +107,38 @@ PLAN_CHUNK = 200
 # Results per job: 1 enqueued/skipped by us, 0 member gone (another daemon won,
 # or it was cancelled or replanned), 2 stale (that time was already enqueued),
 # 3 blocked: a key it would write holds the wrong type (or its last run cannot
-# be read), so the claim is left untouched, member kept, to be retried; after
-# the codes comes one reason per blocked claim, in order.
+# be read), so the claim is left untouched, member kept, to be retried.  The
+# reply is one string of those digits, one per job (txredisapi takes ~10 us of
+# Python per reply element: 5 ms for 500 integers), then one reason per
+# blocked claim, in order.
 #
 # Redis does not undo the writes of a script that fails part-way, so every key
-# is checked before the first write: a string at rq:queue:X once cost each run
-# on X its member and last run while nothing was queued.  The shebang makes
-# Redis refuse the whole script up front when it is out of memory, rather
-# than fail at a write in the middle.
+# is checked before its first write: a string at rq:queue:X once cost each run
+# on X its member and last run while nothing was queued.  A job key is checked
+# by its own HSET, the first write of its claim (a job id is new, so a wrong
+# type there is next to impossible, and a TYPE per job is a tenth of the cost).
+# The shebang makes Redis refuse the whole script up front when it is out of
+# memory, rather than fail at a write in the middle.
+#
+# Cost: the reads and the writes of the daemon's own keys are one call per
+# batch (ZMSCORE, HMGET, ZREM, HDEL, HSET), and so are RPUSH and SADD per
+# queue; per job there is only its HSET.  The claims are decided one after the
+# other as if each ran alone (a name twice in a batch sees its first claim).
+#
+# KEYS: the sorted set, member index, last runs, rq:queues, then per claim its
+# job key and queue key.  ARGV: enqueued_at, the number of claims, the number
+# of field-name lists, each list (its length, then the names: every job of a
+# builder has the same, so they are sent once, not 15 times per job), then
+# per claim: member, schedule, time, job id (empty: no job), the number of its
+# list of field names (0: none) and its values in that order.
 CLAIM = """#!lua
+local KEYS, ARGV, tonumber, unpack = KEYS, ARGV, tonumber, unpack
+local call, pcall_ = redis.call, redis.pcall
 local zset, idx, last, queues = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local enqueued_at = ARGV[1]
 local njobs = tonumber(ARGV[2])
 local function wrong(key, want)
-  local t = redis.call('TYPE', key)['ok']
+  local t = call('TYPE', key)['ok']
   if t ~= 'none' and t ~= want then
     return key .. ' holds a ' .. t .. ', not a ' .. want
   end
@@ -127,64 +147,141 @@ for _, k in ipairs({{zset, 'zset'}, {idx, 'hash'}, {last, 'hash'}}) do
   local bad = wrong(k[1], k[2])
   if bad then return redis.error_reply('WRONGTYPE ' .. bad) end
 end
+-- The field names of the jobs' hashes, once per call for all jobs with the
+-- same names (a shape): {'enqueued_at', <time>, name1, <value>, name2, ...},
+-- the values filled in job by job.
+local shapes, counts, nshapes = {}, {[0] = 0}, tonumber(ARGV[3])
+local a = 4
+for s = 1, nshapes do
+  local n, fields = tonumber(ARGV[a]), {'enqueued_at', enqueued_at}
+  for i = 1, n do fields[2 * i + 1], fields[2 * i + 2] = ARGV[a + i], '' end
+  shapes[s], counts[s] = fields, n
+  a = a + 1 + n
+end
+local at, members, names, shape_of = {}, {}, {}, {}
+for j = 1, njobs do
+  local shape = tonumber(ARGV[a + 4])
+  if not tonumber(ARGV[a + 2]) or not shape or not counts[shape] then
+    return redis.error_reply('ERR claim ' .. j .. ': bad time or field names')
+  end
+  at[j], members[j], names[j], shape_of[j] = a, ARGV[a], ARGV[a + 1], shape
+  a = a + 5 + counts[shape]
+end
+local CHUNK = 1000
+-- One reply value per item (false when missing), the command sent in chunks.
+local function read(cmd, key, items)
+  if #items <= CHUNK then return call(cmd, key, unpack(items)) end
+  local out, n = {}, 0
+  for i = 1, #items, CHUNK do
+    local part = call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
+    for k = 1, #part do n = n + 1; out[n] = part[k] end
+  end
+  return out
+end
+local function write(cmd, key, items, n)
+  for i = 1, n, CHUNK do
+    call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, n)))
+  end
+end
+local scores
+local ok, got = pcall(read, 'ZMSCORE', zset, members)
+if ok then
+  scores = got
+else  -- Redis before 6.2
+  scores = {}
+  for j = 1, njobs do scores[j] = call('ZSCORE', zset, members[j]) end
+end
+local lasts, owners = read('HMGET', last, names), read('HMGET', idx, names)
+local done, owner = {}, {}
 local queues_bad = wrong(queues, 'set')
--- Pass 1, no writes: what each claim will do.
-local out, reasons, at = {}, {}, {}
-local a = 3
-for j = 0, njobs - 1 do
-  local member, name, job_id = ARGV[a], ARGV[a + 1], ARGV[a + 3]
-  if not tonumber(ARGV[a + 2]) or not tonumber(ARGV[a + 4]) then
-    return redis.error_reply('ERR claim ' .. (j + 1) .. ': time or field count is not a number')
+local queue_bad, pushed, queue_order, nqueues = {}, {}, {}, 0
+local removed, zrem, hdel, hset = {}, {}, {}, {}
+local nzrem, nhdel, nhset = 0, 0, 0
+local out, reasons, nreasons = {}, {}, 0
+for j = 1, njobs do
+  local b = at[j]
+  local member, name = members[j], names[j]
+  local d = done[name]
+  if d == nil then
+    d = lasts[j]
+    done[name] = d
+    owner[name] = owners[j]
   end
-  at[j + 1] = a
-  a = a + 5 + 2 * tonumber(ARGV[a + 4])
-  if not redis.call('ZSCORE', zset, member) then
-    out[j + 1] = 0
+  local bad, code = nil, nil
+  if not scores[j] or removed[member] then
+    code = 0
+  elseif d and not tonumber(d) then
+    bad = last .. ' field ' .. name .. ' holds "' .. string.sub(d, 1, 40)
+      .. '", not a unix time'
   else
-    local done = redis.call('HGET', last, name)
-    local bad = nil
-    if done and not tonumber(done) then
-      bad = last .. ' field ' .. name .. ' holds "' .. string.sub(done, 1, 40)
-        .. '", not a unix time'
-    elseif job_id ~= '' then
-      bad = queues_bad or wrong(KEYS[5 + 2 * j], 'hash') or wrong(KEYS[6 + 2 * j], 'list')
-    end
-    if bad then
-      out[j + 1] = 3
-      reasons[#reasons + 1] = bad
-    end
-  end
-end
--- Pass 2: the writes, only for claims that passed.
-for j = 0, njobs - 1 do
-  if out[j + 1] == nil then
-    local b = at[j + 1]
-    local member, name, when, job_id = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-    local first = b + 5
-    local stop = first + 2 * tonumber(ARGV[b + 4])
-    redis.call('ZREM', zset, member)
-    if redis.call('HGET', idx, name) == member then redis.call('HDEL', idx, name) end
-    local done = tonumber(redis.call('HGET', last, name) or '-1')
-    if tonumber(when) <= done then
-      out[j + 1] = 2
-    else
-      redis.call('HSET', last, name, when)
-      if job_id ~= '' then
-        local job_key, queue_key = KEYS[5 + 2 * j], KEYS[6 + 2 * j]
-        local fields = {}
-        for i = first, stop - 1 do fields[#fields + 1] = ARGV[i] end
-        fields[#fields + 1] = 'enqueued_at'
-        fields[#fields + 1] = enqueued_at
-        redis.call('HSET', job_key, unpack(fields))
-        redis.call('RPUSH', queue_key, job_id)
-        redis.call('SADD', queues, queue_key)
+    local when, job_id = ARGV[b + 2], ARGV[b + 3]
+    local queue_key = KEYS[4 + 2 * j]
+    if job_id ~= '' then
+      local qb = queue_bad[queue_key]
+      if qb == nil then
+        qb = queues_bad or wrong(queue_key, 'list') or false
+        queue_bad[queue_key] = qb
       end
-      out[j + 1] = 1
+      if qb then bad = qb end
+    end
+    if not bad and tonumber(when) <= tonumber(d or '-1') then
+      code = 2
+      if job_id ~= '' then bad = wrong(KEYS[3 + 2 * j], 'hash') end
+    elseif not bad and job_id ~= '' then
+      local shape = shape_of[j]
+      local fields = shapes[shape] or {'enqueued_at', enqueued_at}
+      for i = 1, counts[shape] do fields[2 * i + 2] = ARGV[b + 4 + i] end
+      local set = pcall_('HSET', KEYS[3 + 2 * j], unpack(fields))
+      if type(set) == 'table' and set.err then
+        bad = wrong(KEYS[3 + 2 * j], 'hash')
+        if not bad then return set end
+      end
+    end
+    if not bad then
+      removed[member] = true
+      nzrem = nzrem + 1
+      zrem[nzrem] = member
+      if owner[name] == member then
+        nhdel = nhdel + 1
+        hdel[nhdel] = name
+        owner[name] = false
+      end
+      if code == nil then
+        code = 1
+        done[name] = when
+        hset[nhset + 1], hset[nhset + 2] = name, when
+        nhset = nhset + 2
+        if job_id ~= '' then
+          local ids = pushed[queue_key]
+          if not ids then
+            ids = {}
+            pushed[queue_key] = ids
+            nqueues = nqueues + 1
+            queue_order[nqueues] = queue_key
+          end
+          ids[#ids + 1] = job_id
+        end
+      end
     end
   end
+  if bad then
+    code = 3
+    nreasons = nreasons + 1
+    reasons[nreasons] = bad
+  end
+  out[j] = code
 end
-for _, r in ipairs(reasons) do out[#out + 1] = r end
-return out
+write('ZREM', zset, zrem, nzrem)
+write('HDEL', idx, hdel, nhdel)
+write('HSET', last, hset, nhset)
+for q = 1, nqueues do
+  local ids = pushed[queue_order[q]]
+  write('RPUSH', queue_order[q], ids, #ids)
+end
+write('SADD', queues, queue_order, nqueues)
+local reply = {table.concat(out)}
+for r = 1, nreasons do reply[r + 1] = reasons[r] end
+return reply
 """
 
 # Pruning goes one page at a time (no call walks the whole set or index, and
@@ -306,7 +403,9 @@ return redis.call('ZREM', zset, owned)
 # What the timer needs at each wake-up, in one round trip: how many members
 # there are, the members due by the horizon, and the first one after it (when
 # to wake next).  Reading only the near ones keeps a wake-up cheap however
-# many schedules there are.
+# many schedules there are.  The near ones come as one JSON array (member,
+# score, member, ...): parsed by txredisapi element by element, 10,000 of them
+# took a quarter of a second of the timer's lookahead.
 WINDOW = """#!lua flags=no-writes
 local zset, horizon, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local out = {redis.call('ZCARD', zset)}
@@ -315,7 +414,7 @@ local beyond = redis.call('ZRANGEBYSCORE', zset, '(' .. horizon, '+inf',
 out[2] = beyond[1] or ''
 out[3] = beyond[2] or ''
 local near = redis.call('ZRANGEBYSCORE', zset, '-inf', horizon, 'WITHSCORES', 'LIMIT', 0, limit)
-for i = 1, #near do out[#out + 1] = near[i] end
+out[4] = #near > 0 and cjson.encode(near) or '[]'
 return out
 """
 
@@ -331,7 +430,11 @@ class Window:
 
 @dataclass(frozen=True)
 class Claim:
-    """One due member to claim, with its job's hash (None: claim without a job)."""
+    """One due member to claim, with its job's hash (None: claim without a job).
+
+    ``wire``: its CLAIM keys and arguments framed ahead of time (:func:`framed`);
+    a claim without is framed when it is sent.
+    """
 
     member: str
     schedule: str
@@ -339,6 +442,52 @@ class Claim:
     job_id: str = ""
     origin: str = ""
     fields: Mapping[str, bytes | str | int | float] | None = None
+    wire: ClaimWire | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimWire:
+    """A claim's part of a CLAIM call: its two keys; member, schedule, time
+    and job id; its job's field names (sent once per call for all jobs that
+    have the same) and values."""
+
+    keys: Encoded
+    head: Encoded
+    names: tuple[str, ...]
+    values: Encoded
+
+
+def framed(claim: Claim) -> Claim:
+    """The claim with its keys and arguments framed for CLAIM, so that sending
+    it at the due second costs no encoding.  The job's own ``enqueued_at``
+    field, if its builder set one, gives way to the claim's."""
+    fields = {k: v for k, v in (claim.fields or {}).items() if k != "enqueued_at"}
+    wire = ClaimWire(
+        keys=encode((JOB_PREFIX + claim.job_id, QUEUE_PREFIX + claim.origin)),
+        head=encode((claim.member, claim.schedule, claim.when, claim.job_id)),
+        names=tuple(fields),
+        values=encode(fields.values()),
+    )
+    return replace(claim, wire=wire)
+
+
+def claim_arguments(wires: Sequence[ClaimWire], enqueued_at: str) -> Encoded:
+    """CLAIM's ARGV: the time, the count, each distinct list of field names
+    (shape) once, then per claim its head, the number of its shape (0: none)
+    and its values."""
+    shapes: dict[tuple[str, ...], int] = {}
+    for w in wires:
+        if w.names and w.names not in shapes:
+            shapes[w.names] = len(shapes) + 1
+    numbers = [encode((n,)) for n in range(len(shapes) + 1)]
+    pieces = [encode((enqueued_at, len(wires), len(shapes)))]
+    for names in shapes:
+        pieces.append(encode((len(names), *names)))
+    for w in wires:
+        pieces += (w.head, numbers[shapes.get(w.names, 0)], w.values)
+    return join(pieces)
+
+
 
 
 CLAIMED, LOST, STALE, BLOCKED = 1, 0, 2, 3
@@ -425,6 +574,8 @@ class ScheduleStore:
         self.keys = keys
         # The keys most scripts take, in their KEYS order.
         self._three = [keys.schedule_set, keys.member_index, keys.last_enqueued]
+        # CLAIM's first keys, framed once (the claims' own keys are framed as they are built).
+        self._claim_keys = encode((*self._three, RQ_QUEUES))
         self.blocked = BlockedClaims()
         # Redis before 7.0 reads the "#!lua" line as Lua and fails to compile
         # it; such a server gets the scripts without it (and without flags).
@@ -433,10 +584,19 @@ class ScheduleStore:
         self.health = getattr(redis, "health", None)
 
     async def _eval(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
+        return await self._scripted(script, lambda text: self._redis.eval(text, keys, args))
+
+    async def _eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Any:
+        """:meth:`_eval` of arguments framed ahead of time."""
+        return await self._scripted(
+            script, lambda text: self._redis.eval_encoded(text, keys, args))
+
+    async def _scripted(self, script: str, send: Callable[[str], Deferred[Any]]) -> Any:
+        """``send(script)``, without its shebang on Redis before 7.0."""
         if not self._shebangs:
-            return await self._redis.eval(_without_shebang(script), keys, args)
+            return await send(_without_shebang(script))
         try:
-            return await self._redis.eval(script, keys, args)
+            return await send(script)
         except Exception as error:
             text = str(error)
             if "compiling script" not in text or "'#'" not in text:
@@ -447,7 +607,7 @@ class ScheduleStore:
             "Redis is older than 7.0: its scripts run without flags, so one that"
             " runs out of memory may stop half-way; Redis 7 refuses it up front"
         )
-        return await self._redis.eval(_without_shebang(script), keys, args)
+        return await send(_without_shebang(script))
 
     async def plan(
         self, now: float, plans: Mapping[str, int], unplans: Iterable[str] = ()
@@ -487,19 +647,16 @@ class ScheduleStore:
         """
         if not claims:
             return []
-        keys = [*self._three, RQ_QUEUES]
-        args: list[object] = [enqueued_at, len(claims)]
-        for c in claims:
-            fields = c.fields or {}
-            keys += [JOB_PREFIX + c.job_id, QUEUE_PREFIX + c.origin]
-            args += [c.member, c.schedule, c.when, c.job_id, len(fields)]
-            for key, value in fields.items():
-                args += [key, value]
-        reply = list(await self._eval(CLAIM, keys, args))
-        reasons = iter(reply[len(claims):])
+        wires: list[ClaimWire] = [c.wire or framed(c).wire for c in claims]  # type: ignore[misc]
+        keys = join([self._claim_keys, *(w.keys for w in wires)])
+        reply = list(await self._eval_encoded(CLAIM, keys, claim_arguments(wires, enqueued_at)))
+        codes = _text(reply[0])
+        if len(codes) != len(claims):
+            raise ValueError(f"CLAIM answered {len(codes)} results for {len(claims)} claims")
+        reasons = iter(reply[1:])
         results = [
-            Blocked(str(next(reasons, "blocked"))) if int(r) == BLOCKED else int(r)
-            for r in reply[:len(claims)]
+            Blocked(str(next(reasons, "blocked"))) if code == "3" else int(code)
+            for code in codes
         ]
         self.blocked.record(claims, results)
         return results
@@ -588,7 +745,7 @@ class ScheduleStore:
         horizon_arg = f"{horizon:.3f}"
         reply = list(await self._eval(WINDOW, [self.keys.schedule_set], [horizon_arg, limit]))
         beyond = (reply[1], int(float(reply[2]))) if reply[1] else None
-        flat = reply[3:]
+        flat = json.loads(reply[3])
         near = [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
         return Window(int(reply[0]), near, beyond)
 

@@ -3,40 +3,60 @@
 It sleeps until the earliest member is close (a ``callLater``, re-armed when
 the planner adds an earlier one), reads the rows and builds the jobs a little
 *before* they are due — which also hides the site's HTTP latency — and at the
-due instant claims and enqueues all of them in one script call.  Building
-before claiming means a crash at any instant loses nothing (the member is
-still there) and doubles nothing (the claim is atomic); several daemons all
-build, one claim wins and the others drop their copies.
+due instant claims and enqueues them, many per script call.  Building before
+claiming means a crash at any instant loses nothing (the member is still
+there) and doubles nothing (the claim is atomic); several daemons all build,
+one claim wins and the others drop their copies.
+
+Many runs due at once (10,000 at one second) flow as a pipeline: rows are read
+and jobs built a chunk at a time, each job's claim arguments framed for Redis
+as it is built; at the due second the prepared claims go out in batches,
+several in flight, while later chunks are still being built.  What a round of
+claims sets off — replanning the schedules, writing their job ids to MariaDB,
+the log lines — waits until the burst's claims are done, so none of it competes
+with them for the reactor or for Redis.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import gc
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from rq.utils import utcformat
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from btu_twisted.builders import BuildError, JobBuilder
+from btu_twisted.due import DueClaims
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
 from btu_twisted.planner import Unplannable, next_run_for
 from btu_twisted.records import ScheduleRow
+from btu_twisted.run_log import Enqueued, RunLog, Skipped, iso
 from btu_twisted.sql import Database
 from btu_twisted.store import (
-    BLOCKED, BLOCKED_RETRY_SECS, CLAIMED, Claim, ScheduleStore, split_member,
+    BLOCKED, BLOCKED_RETRY_SECS, CLAIMED, Claim, ScheduleStore, framed, split_member,
 )
 
 LOOKAHEAD = 2.0          # seconds before a run is due to read its row and build its job
 FETCH_LIMIT = 20000      # due members looked at per wake-up
-CLAIM_BATCH = 500        # members claimed per script call
+CLAIM_BATCH = 250        # members claimed per script call (Redis: ~3 ms per 250 jobs)
+CLAIMS_IN_FLIGHT = 4     # claim calls sent before the first one's reply is read
+FIRST_BATCH = 50         # a round's first call is small: its jobs land at once
+BUILD_CHUNK = 500        # rows read per query; the next chunk's are read meanwhile
+BUILD_SLICE = 100        # builds between two reactor turns (~10 ms of CPU)
 BUILD_CONCURRENCY = 16   # builds in flight at once (HTTP calls to the site)
-BATCH_LOG_DETAIL = 20    # claim batches larger than this log one summary line at info
+# A round of claims waits this long at most for due jobs still being built.
+BUILD_WAIT = 0.25
+# Replans, job ids and log lines of a burst wait at most this long for its
+# last claims (a schedule every second must be planned again in time).
+HOLD_SECS = 0.5
 # A prepared job whose row was read longer ago than this is built again from a
 # fresh read before it is claimed (its claim was held up, e.g. Redis away).
 ROW_FRESHNESS = LOOKAHEAD + 1.0
@@ -90,7 +110,17 @@ class Timer(Service):
         self._on_job_ids = on_job_ids
         self._prepared: dict[str, Claim] = {}
         self._read_at: dict[str, float] = {}  # member -> when its row was read
-        self._building: set[str] = set()
+        # Prepared claims by due time (stale entries are skipped when taken).
+        self._due = DueClaims()
+        self._claiming: set[str] = set()
+        self._building: dict[str, int] = {}     # member -> due time
+        self._building_at: Counter[int] = Counter()  # due time -> builds in flight
+        self._built: Deferred[bool] | None = None   # a claim round waiting for builds
+        # What claim rounds set off, held until the burst's claims are done.
+        self._held_since: float | None = None
+        self._replans: list[str] = []
+        self._enqueued: list[tuple[Claim, float]] = []  # with lateness
+        self._runs = RunLog(misfire_grace)
         self._retry_at: dict[str, float] = {}
         self._retry_wait: dict[str, float] = {}
         self._delayed: dict[str, str] = {}      # schedule -> reason already logged
@@ -113,6 +143,7 @@ class Timer(Service):
         if self._wake is not None and self._wake.active():
             self._wake.cancel()
         self._wake = None
+        self._wake_round(False)
         return self._ticking
 
     def planned(self, when: float) -> None:
@@ -189,7 +220,8 @@ class Timer(Service):
         self._truncated = truncated
         if todo:
             self._start_builds(todo)
-        if any(c.when <= self._clock.seconds() for c in self._prepared.values()):
+        soonest = self._soonest()
+        if soonest is not None and soonest <= self._clock.seconds():
             return 0.0
         return next_at - self._clock.seconds()
 
@@ -220,16 +252,19 @@ class Timer(Service):
 
     # -- building ----------------------------------------------------------
     def _start_builds(self, todo: list[tuple[str, int]]) -> None:
-        for member, _ in todo:
-            self._building.add(member)
+        for member, when in todo:
+            self._building[member] = when
+            self._building_at[when] += 1
         d = Deferred.fromCoroutine(self._build_all(todo))
         d.addErrback(lambda f: self.log.failure("preparing jobs failed", f))
         d.addBoth(lambda _: self._after_builds(todo))
 
     def _after_builds(self, todo: list[tuple[str, int]]) -> None:
-        for member, _ in todo:
-            self._building.discard(member)
-        soonest = min((c.when for c in self._prepared.values()), default=None)
+        self._done_building(m for m, _ in todo)
+        self._runs.flush_skipped()
+        if not self._claiming:
+            self._release_held(self._clock.seconds())
+        soonest = self._soonest()
         if self._truncated:
             self._truncated = False
             self._arm(0)
@@ -238,6 +273,19 @@ class Timer(Service):
         elif self._retry_at:
             self._arm(min(self._retry_at.values()) - self._clock.seconds())
 
+    def _done_building(self, members: object) -> None:
+        for member in members:  # type: ignore[attr-defined]
+            when = self._building.pop(member, None)
+            if when is None:
+                continue
+            self._building_at[when] -= 1
+            if self._building_at[when] <= 0:
+                del self._building_at[when]
+
+    def _building_due(self, now: float) -> bool:
+        """Some run due by ``now`` is still being built."""
+        return any(when <= now for when in self._building_at)
+
     async def _build_all(self, todo: list[tuple[str, int]]) -> None:
         parsed = [(m, split_member(m), when) for m, when in todo]
         unreadable = [m for m, p, _ in parsed if p is None]
@@ -245,21 +293,62 @@ class Timer(Service):
             self.log.warn("removing unreadable members {members}", members=unreadable)
             await self._store.discard(unreadable)
         wanted = [(m, p[0], when) for m, p, when in parsed if p is not None]
+        # Earliest first, a chunk at a time: the first jobs are ready (and
+        # claimed, once due) while later chunks are still being read and built.
+        wanted.sort(key=lambda item: (item[2], item[0]))
+        chunks = [wanted[i:i + BUILD_CHUNK] for i in range(0, len(wanted), BUILD_CHUNK)]
+        reading = self._read_rows(chunks[0]) if chunks else None
         try:
-            rows = await self._db.read_schedules([name for _, name, _ in wanted])
-        except Exception as e:
-            for member, _, _ in wanted:
-                self._schedule_retry(member)
-            self.log.debug("rows for due runs unavailable: {error}", error=e)
-            return
-        read_at = self._clock.seconds()
-        builds = [
-            self._build_slots.run(self._prepare, member, name, when, rows.get(name), read_at)
-            for member, name, when in wanted
-        ]
-        for d in builds:
-            await d
+            for k, chunk in enumerate(chunks):
+                try:
+                    rows = await reading  # type: ignore[misc]
+                except Exception as e:
+                    reading = None
+                    for later in chunks[k:]:
+                        for member, _, _ in later:
+                            self._schedule_retry(member)
+                    self.log.debug("rows for due runs unavailable: {error}", error=e)
+                    return
+                reading = None
+                if not self.running:
+                    return  # the members stay in Redis for the next start
+                if k + 1 < len(chunks):
+                    reading = self._read_rows(chunks[k + 1])
+                await self._build_chunk(chunk, rows, self._clock.seconds(), reading is None)
+        finally:
+            if reading is not None:
+                # Read ahead for a loop that ended early: nobody awaits it.
+                reading.addErrback(lambda _: None)
 
+    async def _build_chunk(
+        self, chunk: list[tuple[str, str, int]], rows: dict[str, ScheduleRow], read_at: float,
+        last: bool,
+    ) -> None:
+        for start in range(0, len(chunk), BUILD_SLICE):
+            part = chunk[start:start + BUILD_SLICE]
+            builds = [
+                self._build_slots.run(self._prepare, member, name, when, rows.get(name), read_at)
+                for member, name, when in part
+            ]
+            for d in builds:
+                await d
+            self._done_building(member for member, _, _ in part)
+            self._slice_built()
+            if start + BUILD_SLICE < len(chunk) or not last:
+                # Let the reactor send claims and read replies in between.
+                await deferLater(self._clock, 0, lambda: None)
+
+    def _read_rows(self, chunk: list[tuple[str, str, int]]) -> Deferred[dict[str, ScheduleRow]]:
+        return ensureDeferred(self._db.read_schedules([name for _, name, _ in chunk]))
+
+    def _slice_built(self) -> None:
+        """Jobs became ready: wake a claim round waiting for them, or arm for them."""
+        if self._built is not None:
+            self._wake_round(True)
+            return
+        soonest = self._soonest()
+        if soonest is not None:
+            self._arm(soonest - self._clock.seconds())
     async def _prepare(
         self, member: str, name: str, when: int, row: ScheduleRow | None, read_at: float
     ) -> None:
@@ -276,7 +365,7 @@ class Timer(Service):
             # below removes the member; replanning reads the row again.
             self.log.info(
                 "run of {schedule} at {when} dropped: {reason}",
-                schedule=name, when=_iso(when), reason=refusal,
+                schedule=name, when=iso(when), reason=refusal,
             )
             self._settle_without_job(member, name, when)
             self._on_failure("schedule_gone")
@@ -303,11 +392,25 @@ class Timer(Service):
             return
         if self._forget_retry(member, name) or self._unbuildable.pop(name, None):
             self.log.info("schedule {schedule} can be enqueued again", schedule=name)
-        self._prepared[member] = Claim(
+        # Framed for Redis now, so that claiming it at the due second costs
+        # no encoding.
+        self._ready(framed(Claim(
             member=member, schedule=name, when=when,
             job_id=built.job_id, origin=built.origin, fields=built.fields,
-        )
+        )))
         self._read_at[member] = read_at
+
+    def _ready(self, claim: Claim) -> None:
+        self._prepared[claim.member] = claim
+        self._due.add(claim)
+
+    def _wanted(self, claim: Claim) -> bool:
+        """Still prepared (not superseded, settled or dropped), not being claimed."""
+        return self._prepared.get(claim.member) is claim and claim.member not in self._claiming
+
+    def _soonest(self) -> int | None:
+        """Due time of the earliest prepared claim not being claimed."""
+        return self._due.soonest(self._wanted)
 
     def _within_grace(self, claim: Claim, now: float) -> Claim:
         """The claim to make for a due job: a job prepared in time whose claim
@@ -320,15 +423,12 @@ class Timer(Service):
         return skip
 
     def _misfired(self, name: str, when: int, now: float) -> bool:
-        """True (logged and counted) when misfire_grace_secs says to skip this run."""
+        """True (counted, and logged with the round) when misfire_grace_secs
+        says to skip this run."""
         late = now - when
         if self._grace is None or late <= self._grace:
             return False
-        self.log.warn(
-            "run of {schedule} at {when} skipped: missed by {late:.0f} s, "
-            "more than misfire_grace_secs ({grace})",
-            schedule=name, when=_iso(when), late=late, grace=self._grace,
-        )
+        self._runs.skipped.append(Skipped(name, when, late))
         self._on_failure("misfire_skipped")
         return True
 
@@ -345,7 +445,7 @@ class Timer(Service):
             self._unbuildable[name] = reason
             emit(
                 "run of {schedule} at {when} skipped: {reason}",
-                schedule=name, when=_iso(when), reason=reason,
+                schedule=name, when=iso(when), reason=reason,
             )
             self._settle_without_job(member, name, when)
             return
@@ -354,7 +454,7 @@ class Timer(Service):
             self._delayed[name] = reason
             self.log.warn(
                 "run of {schedule} at {when} delayed, retrying with backoff: {reason}",
-                schedule=name, when=_iso(when), reason=reason,
+                schedule=name, when=iso(when), reason=reason,
             )
 
     def _schedule_retry(self, member: str) -> None:
@@ -372,55 +472,129 @@ class Timer(Service):
     def _settle_without_job(self, member: str, name: str, when: int) -> None:
         """Claim this run with no job (skipped or dropped), ending any delay."""
         self._forget_retry(member, name)
-        self._prepared[member] = Claim(member=member, schedule=name, when=when)
+        self._ready(Claim(member=member, schedule=name, when=when))
 
     # -- claiming ------------------------------------------------------------
     async def _claim_due(self) -> None:
-        now = self._clock.seconds()
-        due = [self._within_grace(c, now) for c in self._fresh_due(now)]
-        if not due:
-            return
-        due.sort(key=lambda c: c.when)
-        replan: list[str] = []
-        try:
-            for start in range(0, len(due), CLAIM_BATCH):
-                batch = due[start:start + CLAIM_BATCH]
-                enqueued_at = utcformat(datetime.now(timezone.utc))
-                results = await self._store.claim(batch, enqueued_at)
-                replan += self._settle(batch, results, self._clock.seconds())
-        finally:
-            # Replanning waits for the whole round, so the planner's SQL and
-            # cron work does not run between two claim batches.
-            self._fifo.extend(replan)
+        """Claim every due prepared job, CLAIMS_IN_FLIGHT batches at a time.
 
-    def _fresh_due(self, now: float) -> list[Claim]:
-        """Due claims whose row is recent; older ones are dropped to be built
-        again from a fresh read (the row may have been edited meanwhile).
-
-        A dropped claim's schedule is also planned again: if an earlier claim
-        attempt did go through (its reply lost), the member is gone and no
-        claim result will ever ask for the next run.  Replanning is always
-        safe: a member already due is left to us, an enqueued run never
-        comes back.
+        Redis runs one call while the next ones wait in its socket, so it is
+        never idle between batches; the replies are settled in order.  Jobs
+        still being built for runs already due are waited for (a little), so
+        that a burst's chunks are claimed as they come.
         """
-        due: list[Claim] = []
-        stale: list[str] = []
-        for claim in list(self._prepared.values()):
-            if claim.when > now:
-                continue
-            if claim.job_id and now - self._read_at.get(claim.member, now) > ROW_FRESHNESS:
-                del self._prepared[claim.member]
-                self._read_at.pop(claim.member, None)
-                stale.append(claim.schedule)
-                continue
-            due.append(claim)
-        self._fifo.extend(stale)
-        return due
+        in_flight: deque[tuple[list[Claim], Deferred[list[int]]]] = deque()
+        failure: BaseException | None = None
+        # No cyclic garbage collection in the middle of a round: with a burst's
+        # jobs prepared, one full collection took 40-80 ms.  It runs after.
+        paused = gc.isenabled()
+        if paused:
+            gc.disable()
+        size = FIRST_BATCH
+        try:
+            while True:
+                while failure is None and self.running and len(in_flight) < CLAIMS_IN_FLIGHT:
+                    batch = self._next_batch(self._clock.seconds(), size)
+                    if not batch:
+                        break
+                    size = CLAIM_BATCH
+                    enqueued_at = utcformat(datetime.now(timezone.utc))
+                    in_flight.append((batch, ensureDeferred(self._store.claim(batch, enqueued_at))))
+                    if len(in_flight) < CLAIMS_IN_FLIGHT:
+                        # Let the reactor write this call out (Redis starts on
+                        # it) before the next one is put together.
+                        await deferLater(self._clock, 0, lambda: None)
+                if in_flight:
+                    batch, reply = in_flight.popleft()
+                    try:
+                        results = await reply
+                    except Exception as e:
+                        # The calls after it may still go through: settle them,
+                        # then fail this round (backoff); the rest is retried.
+                        failure = failure or e
+                        self._unclaim(batch)
+                        continue
+                    self._claiming.difference_update(c.member for c in batch)
+                    now = self._clock.seconds()
+                    self._settle(batch, results, now)
+                    if now - self._held_since >= HOLD_SECS:  # type: ignore[operator]
+                        # A burst too big to claim in HOLD_SECS: the schedules
+                        # claimed so far must not miss their next runs.
+                        self._release_held(now)
+                    continue
+                if failure is not None:
+                    raise failure
+                if not await self._wait_for_builds():
+                    return
+        finally:
+            if paused:
+                gc.enable()
+            for batch, reply in in_flight:  # only when cancelled or a bug
+                reply.addErrback(lambda _: None)
+                self._unclaim(batch)
+            self._end_round()
 
-    def _settle(self, batch: list[Claim], results: list[int], now: float) -> list[str]:
-        """Record a claim batch's results; returns the schedules to plan again."""
-        enqueued: list[Claim] = []
-        replan: list[str] = []
+    def _next_batch(self, now: float, size: int) -> list[Claim]:
+        """Up to ``size`` due claims, earliest first.
+
+        A claim whose row was read too long ago is dropped to be built again
+        from a fresh read (the row may have been edited meanwhile, and its
+        claim was held up).  Its schedule is also planned again: if an earlier
+        claim attempt did go through (its reply lost), the member is gone and
+        no claim result will ever ask for the next run.  Replanning is always
+        safe: a member already due is left to us, an enqueued run never comes
+        back.
+        """
+        batch: list[Claim] = []
+        for claim in self._due.take(now, size, self._wanted):
+            member = claim.member
+            if claim.job_id and now - self._read_at.get(member, now) > ROW_FRESHNESS:
+                del self._prepared[member]
+                self._read_at.pop(member, None)
+                self._fifo.extend([claim.schedule])
+                continue
+            batch.append(self._within_grace(claim, now))
+        self._claiming.update(c.member for c in batch)
+        return batch
+
+    def _unclaim(self, batch: list[Claim]) -> None:
+        """A claim call failed: its claims stay prepared, to be tried again."""
+        for claim in batch:
+            self._claiming.discard(claim.member)
+            if self._prepared.get(claim.member) is claim:
+                self._due.add(claim)
+
+    async def _wait_for_builds(self) -> bool:
+        """Wait for the next slice of due jobs being built; False if there is
+        none, or it takes longer than BUILD_WAIT (a slow site must not hold the
+        timer) or than what is left of HOLD_SECS."""
+        now = self._clock.seconds()
+        wait = BUILD_WAIT
+        if self._held_since is not None:
+            wait = min(wait, self._held_since + HOLD_SECS - now)
+        if not self.running or wait <= 0 or not self._building_due(now):
+            return False
+        waiting: Deferred[bool] = Deferred()
+        self._built = waiting
+        timeout = self._clock.callLater(wait, self._wake_round, False)
+        built = await waiting
+        if timeout.active():
+            timeout.cancel()
+        return built
+
+    def _wake_round(self, built: bool) -> None:
+        """End the wait of a claim round waiting for builds (True: some are done)."""
+        if self._built is not None:
+            waiting, self._built = self._built, None
+            waiting.callback(built)
+
+    def _settle(self, batch: list[Claim], results: list[int], now: float) -> None:
+        """Record a claim batch's results.  What they set off (metrics, job
+        ids, log lines, replans) is held for the end of the round: the next
+        batches' replies are waiting to be read."""
+        if self._held_since is None:
+            self._held_since = now
+        enqueued = self._enqueued
         for claim, result in zip(batch, results):
             self._prepared.pop(claim.member, None)
             self._read_at.pop(claim.member, None)
@@ -429,7 +603,7 @@ class Timer(Service):
                 self._retry_at[claim.member] = now + BLOCKED_RETRY_SECS
                 continue
             if result == CLAIMED and claim.job_id:
-                enqueued.append(claim)
+                enqueued.append((claim, now - claim.when))
             elif result == CLAIMED:
                 self.stats.skipped += 1
             else:
@@ -439,39 +613,44 @@ class Timer(Service):
             # earlier attempt of this claim ran but its reply was lost).  The
             # store never brings back a run already enqueued, so planning
             # again is always safe.
-            replan.append(claim.schedule)
-        for claim in enqueued:
-            lateness = now - claim.when
+            self._replans.append(claim.schedule)
+
+    def _end_round(self) -> None:
+        """A round of claims ended: let go of what it set off, unless the
+        burst's due jobs are still being built (then the next round does, or
+        the end of the builds; HOLD_SECS at most)."""
+        now = self._clock.seconds()
+        self._runs.flush_skipped()
+        if (
+            not self.running
+            or not self._building_due(now)
+            or (self._held_since is not None and now - self._held_since >= HOLD_SECS)
+        ):
+            self._release_held(now)
+        elif self._held_since is not None:
+            # Builds that never finish (a site hanging) must not hold them longer.
+            self._arm(self._held_since + HOLD_SECS - now)
+
+    def _release_held(self, now: float) -> None:
+        """Count and log the enqueued runs, record their job ids, replan the
+        claimed schedules."""
+        self._held_since = None
+        enqueued, self._enqueued = self._enqueued, []
+        replans, self._replans = self._replans, []
+        for claim, lateness in enqueued:
             self.stats.lateness.append(lateness)
             self._on_enqueued(claim, lateness)
-            self._log_enqueued(claim, lateness, detail=len(enqueued) <= BATCH_LOG_DETAIL)
+            self._runs.enqueued.append(
+                Enqueued(claim.schedule, claim.when, lateness, claim.job_id, claim.origin))
         if enqueued:
-            self._on_job_ids([(c.schedule, c.job_id) for c in enqueued])
             self.stats.enqueued += len(enqueued)
             self.stats.last_enqueue = now
-            self.stats.last_schedule = enqueued[-1].schedule
-        if len(enqueued) > BATCH_LOG_DETAIL:
-            self.log.info(
-                "enqueued {count} runs due {first} to {last} (each logged at debug level)",
-                count=len(enqueued), first=_iso(enqueued[0].when), last=_iso(enqueued[-1].when),
-            )
-        return replan
+            self.stats.last_schedule = enqueued[-1][0].schedule
+            self._on_job_ids([(c.schedule, c.job_id) for c, _ in enqueued])
+        if replans:
+            self._fifo.extend(replans)
+        self._runs.flush()
 
-    def _log_enqueued(self, claim: Claim, lateness: float, detail: bool) -> None:
-        if lateness > 1:
-            self.log.warn(
-                "run of {schedule} at {when} was late by {late:.0f} s; "
-                "enqueued it once now as job {job_id} on {origin}",
-                schedule=claim.schedule, when=_iso(claim.when), late=lateness,
-                job_id=claim.job_id, origin=claim.origin,
-            )
-            return
-        emit = self.log.info if detail else self.log.debug
-        emit(
-            "enqueued {schedule} run at {when} as job {job_id} on {origin}",
-            schedule=claim.schedule, when=_iso(claim.when),
-            job_id=claim.job_id, origin=claim.origin,
-        )
 
 def refusal_of(row: ScheduleRow | None, default_zone: str, when: int) -> str | None:
     """Why the row as committed now must not run at ``when``; None when it may."""
@@ -480,14 +659,30 @@ def refusal_of(row: ScheduleRow | None, default_zone: str, when: int) -> str | N
     inactive = row.inactive_reason()
     if inactive is not None:
         return inactive
-    try:
-        produced = next_run_for(row, default_zone, when - 1)
-    except Unplannable as e:
-        return f"it cannot be planned: {e}"
+    produced = _produced(row, default_zone, when)
+    if isinstance(produced, str):
+        return produced
     if produced != when:
         return "its cron string or time zone no longer runs at that time"
     return None
 
 
-def _iso(when: int) -> str:
-    return datetime.fromtimestamp(when, timezone.utc).isoformat().replace("+00:00", "Z")
+# (cron string, zone, due time) -> the run the row produces, or why none: a
+# burst's rows mostly share a few cron strings, and croniter takes ~30 us a run.
+_runs_produced: dict[tuple[str | None, str, int], int | str] = {}
+
+
+def _produced(row: ScheduleRow, default_zone: str, when: int) -> int | str:
+    key = (row.cron_string, row.cron_time_zone or default_zone, when)
+    produced = _runs_produced.get(key)
+    if produced is None:
+        try:
+            produced = next_run_for(row, default_zone, when - 1)
+        except Unplannable as e:
+            produced = f"it cannot be planned: {e}"
+        if len(_runs_produced) >= 4096:
+            _runs_produced.clear()
+        _runs_produced[key] = produced
+    return produced
+
+

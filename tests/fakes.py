@@ -34,6 +34,7 @@ from btu_twisted.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow
 from btu_twisted.plan_memory import row_fingerprint
+from btu_twisted.resp import decode
 from btu_twisted.sql import STATES_CHUNK, Changes
 from btu_twisted.store import (
     CLAIMED,
@@ -200,6 +201,25 @@ class EnqueuedRun:
     fields: dict[str, Any]
 
 
+def check_wire(claim: Claim) -> None:
+    """A claim framed ahead of time carries exactly the keys and arguments the
+    store would send for it (CLAIM's layout), so the fake may read the claim's
+    fields while Redis reads the wire."""
+    if claim.wire is None:
+        return
+    wire = claim.wire
+    fields = {k: v for k, v in (claim.fields or {}).items() if k != "enqueued_at"}
+    as_bytes = [v if isinstance(v, bytes) else str(v).encode() for v in fields.values()]
+    head = [str(v).encode() for v in (claim.member, claim.schedule, claim.when, claim.job_id)]
+    if decode(wire.keys.data) != [(JOB_PREFIX + claim.job_id).encode(),
+                                       (QUEUE_PREFIX + claim.origin).encode()]:
+        raise AssertionError(f"wire keys of {claim.member}: {decode(wire.keys.data)}")
+    if decode(wire.head.data) != head or wire.names != tuple(fields):
+        raise AssertionError(f"wire head or field names of {claim.member}")
+    if decode(wire.values.data) != as_bytes or wire.values.count != len(as_bytes):
+        raise AssertionError(f"wire values of {claim.member}")
+
+
 def _name_of(member: str) -> str | None:
     """What the Lua pattern ``^(.*)|[^|]*$`` captures: all before the last "|"."""
     name, bar, _ = member.rpartition("|")
@@ -268,6 +288,9 @@ class FakeStore(_FakeService):
             return succeed([])
         claims = list(claims)
         self.claim_batches.append((self._clock.seconds(), claims))
+        for c in claims:
+            check_wire(c)
+
         def claim() -> list[int]:
             results = self._claim(claims, enqueued_at)
             self.blocked.record(claims, results)

@@ -432,6 +432,50 @@ class StoreTests(unittest.TestCase):
         self.assertIn("rq:queues holds a string, not a set", results[0].reason)
         self.assertEqual(self.sync.exists("rq:job:job-a", "rq:queue:default"), 0)
 
+    async def test_a_claim_call_larger_than_the_scripts_chunks(self) -> None:
+        """CLAIM reads and writes the daemon's keys in commands of at most 1,000
+        items: a call of 2,500 claims (some lost, some stale) still gives each
+        its own result, in order, and queues the jobs in claim order."""
+        names = [f"TS-{i:04d}" for i in range(2500)]
+        await self.store.plan(1000, {name: 2000 for name in names})
+        self.sync.zrem(SCHEDULE_SET, "TS-0007|2000")
+        self.sync.hset(LAST_ENQUEUED, "TS-2222", 2000)
+        claims = [job_claim(name, 2000, f"job-{name}") for name in names]
+        results = await self.store.claim(claims, "t")
+        expected = [CLAIMED] * 2500
+        expected[7], expected[2222] = LOST, STALE
+        self.assertEqual(results, expected)
+        queued = [j.decode() for j in self.sync.lrange("rq:queue:default", 0, -1)]
+        self.assertEqual(queued, [f"job-{n}" for n in names if n not in ("TS-0007", "TS-2222")])
+        self.assertEqual(self.sync.zcard(SCHEDULE_SET), 0)
+        self.assertEqual(self.sync.hlen(MEMBER_INDEX), 1)  # TS-0007's, whose member went
+        self.assertEqual(self.sync.hget(LAST_ENQUEUED, "TS-2499"), b"2000")
+
+    async def test_jobs_with_different_fields_in_one_call(self) -> None:
+        """Field names go once per call for all jobs that have the same; jobs
+        with other names, none, or no job at all are written each as it is."""
+        await self.store.plan(1000, {name: 2000 for name in "ABCDE"})
+        claims = [
+            Claim(member="A|2000", schedule="A", when=2000, job_id="ja", origin="default",
+                  fields={"status": "queued", "data": b"\x80\x05"}),
+            Claim(member="B|2000", schedule="B", when=2000, job_id="jb", origin="default",
+                  fields={"timeout": 60}),
+            Claim(member="C|2000", schedule="C", when=2000, job_id="jc", origin="default",
+                  fields={}),
+            Claim(member="D|2000", schedule="D", when=2000),
+            Claim(member="E|2000", schedule="E", when=2000, job_id="je", origin="default",
+                  fields={"status": "queued", "data": b"x", "enqueued_at": "builder's"}),
+        ]
+        self.assertEqual(await self.store.claim(claims, "t"), [CLAIMED] * 5)
+        self.assertEqual(self.sync.hgetall("rq:job:ja"),
+                         {b"status": b"queued", b"data": b"\x80\x05", b"enqueued_at": b"t"})
+        self.assertEqual(self.sync.hgetall("rq:job:jb"), {b"timeout": b"60", b"enqueued_at": b"t"})
+        self.assertEqual(self.sync.hgetall("rq:job:jc"), {b"enqueued_at": b"t"})
+        self.assertEqual(self.sync.hgetall("rq:job:je"),
+                         {b"status": b"queued", b"data": b"x", b"enqueued_at": b"t"})
+        self.assertEqual(self.sync.lrange("rq:queue:default", 0, -1), [b"ja", b"jb", b"jc", b"je"])
+        self.assertEqual(self.sync.hget(LAST_ENQUEUED, "D"), b"2000")
+
     async def test_a_broken_daemon_key_fails_the_batch_before_any_write(self) -> None:
         """If the daemon's own hash of last runs is not a hash, the script
         fails as a whole without touching any member or queue."""
@@ -485,7 +529,7 @@ class OutOfMemoryTests(unittest.TestCase):
                       "rq:job:j", "rq:queue:default"]
         with self.assertRaisesRegex(redis.ResponseError, "maxmemory"):
             self.sync.eval(store_module.CLAIM, len(claim_keys), *claim_keys,
-                           "t", 1, "A|2000", "A", 2000, "j", 0)
+                           "t", 1, 0, "A|2000", "A", 2000, "j", 0)
         with self.assertRaisesRegex(redis.ResponseError, "maxmemory"):
             self.sync.eval(store_module.PLAN, 3, SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED,
                            1000, 1, "A", 3000)

@@ -1,0 +1,284 @@
+"""Burst cases beside ``burst10k``: what Redis itself needs, and three daemons at once.
+
+``ceiling10k``
+    The Redis-side ceiling for the burst's jobs: the same 10,000 jobs (built by
+    the daemon's ``FunctionBuilder`` from rows like the bench's: task
+    ``BTU-BENCH``, ``bench.jobs.noop``, queue ``default``, names ``TS-B000001``
+    ...) claimed and enqueued by a *minimal* Lua script — per job ``ZREM``
+    member, ``HSET`` last run, ``HSET`` the job hash with the same fields (and
+    ``enqueued_at``), ``RPUSH``, ``SADD`` — in calls of ``CLAIM_BATCH`` jobs,
+    timed server-side: the ``usec`` of ``evalsha`` in ``INFO commandstats``,
+    read before and after each call.  That excludes the network and Redis's
+    parsing of the command, so it is what no client can beat.  A call whose
+    ``calls`` count moved by more than one was shared with another client of
+    this Redis (the machine is shared) and is measured again.  The daemon's
+    own ``CLAIM`` script is timed the same way on the same jobs, and
+    ``claim_ms_max`` is its longest call (how long one claim blocks Redis).
+    Redis database 12, under its lock.
+``burst10k_x3``
+    Three daemons (as ``burst10k``, each its own process, same MariaDB
+    database and Redis database, own socket) with 10,000 runs due at one
+    second: every (schedule, second) must be on the queue exactly once.  The
+    check reads the whole queue after the daemons stopped, so a double that
+    landed after the watcher had its 10,000 still counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any
+
+from bench.fixtures import (
+    FUNCTION,
+    REDIS_DB_OURS,
+    REDIS_DB_SPARE,
+    TASK,
+    BenchDatabase,
+    flush,
+    redis_dbs_locked,
+    schedule_names,
+    sync_redis,
+)
+from btu_twisted.builders import FunctionBuilder
+from btu_twisted.records import ScheduleRow
+from btu_twisted.resp import decode
+from btu_twisted.store import (
+    CLAIM,
+    JOB_PREFIX,
+    LAST_ENQUEUED,
+    MEMBER_INDEX,
+    QUEUE_PREFIX,
+    RQ_QUEUES,
+    SCHEDULE_SET,
+    Claim,
+    claim_arguments,
+    framed,
+    member_for,
+)
+from btu_twisted.timer import CLAIM_BATCH
+
+# The minimal claim+enqueue: no checks, no member index, one job at a time.
+MINIMAL = """
+local zset, last, queues = KEYS[1], KEYS[2], KEYS[3]
+local enqueued_at, n = ARGV[1], tonumber(ARGV[2])
+local a = 3
+for j = 0, n - 1 do
+  local nfields = tonumber(ARGV[a + 4])
+  redis.call('ZREM', zset, ARGV[a])
+  redis.call('HSET', last, ARGV[a + 1], ARGV[a + 2])
+  redis.call('HSET', KEYS[4 + 2 * j], 'enqueued_at', enqueued_at,
+             unpack(ARGV, a + 5, a + 4 + 2 * nfields))
+  redis.call('RPUSH', KEYS[5 + 2 * j], ARGV[a + 3])
+  redis.call('SADD', queues, KEYS[5 + 2 * j])
+  a = a + 5 + 2 * nfields
+end
+return n
+"""
+ENQUEUED_AT = "2026-01-01T00:00:00.000000Z"
+QUEUE = "default"
+TRIES = 5  # attempts at a call not shared with another client
+
+
+def bench_row(name: str) -> ScheduleRow:
+    """A schedule row as the bench database gives the daemon (see bench.fixtures)."""
+    return ScheduleRow(
+        name=name, task=TASK, enabled=True, cron_string="0 0 * * * * *", queue_name=QUEUE,
+        argument_overrides=None, task_description=TASK, schedule_description=None,
+        cron_time_zone="UTC", function_string=FUNCTION,
+        task_arguments="{'source': 'btu bench'}", max_task_duration=600,
+        task_queue_name=QUEUE, desc_short="Benchmark no-op",
+    )
+
+
+def built_claims(n: int, when: int) -> list[Claim]:
+    builder = FunctionBuilder("")
+    out: list[Claim] = []
+    for name in schedule_names(n):
+        got: list[Any] = []
+        builder.build(bench_row(name), when).addCallback(got.append)
+        job = got[0]
+        out.append(Claim(member=member_for(name, when), schedule=name, when=when,
+                         job_id=job.job_id, origin=job.origin, fields=job.fields))
+    return out
+
+
+def script_call(claims: list[Claim], daemon_keys: bool) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of one call: CLAIM's layout (``daemon_keys``, field names
+    once per call) or MINIMAL's (no member index, field names per job)."""
+    if daemon_keys:
+        wires: list[Any] = [framed(c).wire for c in claims]
+        keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES]
+        for w in wires:
+            keys += [k.decode() for k in decode(w.keys.data)]
+        return keys, decode(claim_arguments(wires, ENQUEUED_AT).data)
+    keys = [SCHEDULE_SET, LAST_ENQUEUED, RQ_QUEUES]
+    args: list[Any] = [ENQUEUED_AT, len(claims)]
+    for c in claims:
+        fields = c.fields or {}
+        keys += [JOB_PREFIX + c.job_id, QUEUE_PREFIX + c.origin]
+        args += [c.member, c.schedule, c.when, c.job_id, len(fields)]
+        for key, value in fields.items():
+            args += [key, value]
+    return keys, args
+
+
+def _evalsha_stats(r: Any) -> tuple[int, int]:
+    stats = r.info("commandstats")
+    calls = usec = 0
+    for name in ("cmdstat_evalsha", "cmdstat_eval"):
+        if name in stats:
+            calls += int(stats[name]["calls"])
+            usec += int(stats[name]["usec"])
+    return calls, usec
+
+
+def time_script(r: Any, script: str, claims: list[Claim], daemon_keys: bool) -> dict[str, Any]:
+    """Server-side microseconds of each call of ``script`` over ``claims``."""
+    r.flushdb()
+    sha = r.script_load(script)
+    r.zadd(SCHEDULE_SET, {c.member: c.when for c in claims})
+    if daemon_keys:
+        r.hset(MEMBER_INDEX, mapping={c.schedule: c.member for c in claims})
+    batches = [claims[i:i + CLAIM_BATCH] for i in range(0, len(claims), CLAIM_BATCH)]
+    per_call: list[int] = []
+    retried = 0
+    for batch in batches:
+        keys, args = script_call(batch, daemon_keys)
+        for attempt in range(TRIES):
+            retried += bool(attempt)
+            before = _evalsha_stats(r)
+            r.evalsha(sha, len(keys), *keys, *args)
+            after = _evalsha_stats(r)
+            if after[0] - before[0] == 1:
+                break
+            # Someone else's script ran between the two readings: measure this
+            # call again on a fresh copy of its members.
+            _restore(r, batch, daemon_keys)
+        per_call.append(after[1] - before[1])
+    landed = r.llen(QUEUE_PREFIX + QUEUE)
+    r.flushdb()
+    total = sum(per_call)
+    return {
+        "calls": len(per_call),
+        "jobs": len(claims),
+        "landed": landed,
+        "usec": total,
+        "us_per_job": round(total / len(claims), 3),
+        "jobs_per_s": round(len(claims) / total * 1e6) if total else None,
+        "call_ms_max": round(max(per_call) / 1000, 3),
+        "call_ms_median": round(sorted(per_call)[len(per_call) // 2] / 1000, 3),
+        "calls_measured_again": retried,
+    }
+
+
+def _restore(r: Any, batch: list[Claim], daemon_keys: bool) -> None:
+    """Put one call's members back (and drop what it wrote) so it can run again."""
+    pipe = r.pipeline(transaction=False)
+    for c in batch:
+        pipe.zadd(SCHEDULE_SET, {c.member: c.when})
+        pipe.hdel(LAST_ENQUEUED, c.schedule)
+        if daemon_keys:
+            pipe.hset(MEMBER_INDEX, c.schedule, c.member)
+        pipe.delete(JOB_PREFIX + c.job_id)
+        pipe.lrem(QUEUE_PREFIX + c.origin, 0, c.job_id)
+    pipe.execute()
+
+
+def case_ceiling(n: int) -> dict[str, Any]:
+    claims = built_claims(n, int(time.time()) - 1)
+    with redis_dbs_locked((REDIS_DB_SPARE,)):
+        r = sync_redis(REDIS_DB_SPARE)
+        try:
+            minimal = time_script(r, MINIMAL, claims, daemon_keys=False)
+            ours = time_script(r, CLAIM, claims, daemon_keys=True)
+        finally:
+            r.flushdb()
+    return {
+        "expected": n,
+        "batch": CLAIM_BATCH,
+        "minimal": minimal,
+        "claim_script": ours,
+        "ceiling_jobs_per_s": minimal["jobs_per_s"],
+        "claim_script_over_minimal": (round(ours["usec"] / minimal["usec"], 3)
+                                      if minimal["usec"] else None),
+    }
+
+
+def case_burst_ha(opts: argparse.Namespace, case: str, n: int, daemons: int = 3) -> dict[str, Any]:
+    from bench.run import (
+        QUEUE_KEY,
+        RESULTS,
+        _json_line,
+        _spawn,
+        daemon_config,
+        lateness_report,
+        ours_cron,
+        start_watcher,
+    )
+
+    flush(REDIS_DB_OURS)
+    db = BenchDatabase()
+    procs = []
+    try:
+        first_due = math.ceil(time.time() + 9 + n * 0.0006)
+        names = schedule_names(n)
+        db.add_schedules((name, ours_cron(first_due)) for name in names)
+        deadline = first_due + 12
+        watcher = start_watcher(REDIS_DB_OURS, n, deadline, first_due)
+        for k in range(daemons):
+            spec = {
+                "mode": "run", "expected": n, "first_due": first_due, "deadline": deadline,
+                "queue": QUEUE,
+                "config": daemon_config(db.name, REDIS_DB_OURS,
+                                        socket_path=f"/tmp/btu-bench-ha{k}-{time.time_ns()}.sock"),
+                "log_file": str(RESULTS / f"{case}.{k}.log"),
+            }
+            if opts.trace:
+                spec["trace"] = str(RESULTS / f"{case}.{k}.trace.json")
+            spec_path = RESULTS / f"{case}.{k}.spec.json"
+            (RESULTS / f"{case}.{k}.log").unlink(missing_ok=True)
+            spec_path.write_text(__import__("json").dumps(spec))
+            procs.append(_spawn("bench.daemon_case", str(spec_path)))
+        results = [_json_line(p, f"daemon {k} ({case})", deadline - time.time() + 60)
+                   for k, p in enumerate(procs)]
+        watched = _json_line(watcher, "watcher", timeout=max(5, deadline - time.time() + 5))
+        report = lateness_report(case, REDIS_DB_OURS, watched, n, first_due)
+        report.update(exactly_once(n, names, first_due, QUEUE_KEY))
+        report["daemons"] = [
+            {"enqueued": r.get("timer", {}).get("enqueued"), "lost": r.get("timer", {}).get("lost"),
+             "fatal": r.get("fatal")} for r in results]
+        return report
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        db.drop()
+        flush(REDIS_DB_OURS)
+
+
+def exactly_once(n: int, names: list[str], due: int, queue_key: str) -> dict[str, Any]:
+    """Every (schedule, due second) on the queue once: none twice, none missing."""
+    import pickle
+
+    r = sync_redis(REDIS_DB_OURS)
+    ids = [i.decode() for i in r.lrange(queue_key, 0, -1)]
+    pipe = r.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(JOB_PREFIX + job_id, "meta")
+    seen: dict[tuple[str, int], int] = {}
+    for meta in pipe.execute():
+        # Our own benchmark jobs, written moments ago by the daemons under test.
+        m = pickle.loads(meta) if meta else {}
+        key = (m.get("task_schedule", ""), int(m.get("scheduled_time", -1)))
+        seen[key] = seen.get(key, 0) + 1
+    wanted = {(name, due) for name in names}
+    return {
+        "queue_length": len(ids),
+        "doubles": sum(c - 1 for k, c in seen.items() if c > 1),
+        "missing": len(wanted - set(seen)),
+        "unexpected": len(set(seen) - wanted),
+        "exactly_once": len(ids) == n and set(seen) == wanted and max(seen.values()) == 1,
+    }

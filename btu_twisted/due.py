@@ -1,0 +1,71 @@
+"""The timer's prepared claims in the order they are claimed: by due second,
+then by member.
+
+A heap of 10,000 claims due at one second spent ~5 us per pop comparing
+members with long common prefixes: a third of a burst's claiming.  Claims are
+kept in one list per due second instead, sorted (by member) only when that
+second is claimed, and handed out from a cursor: O(1) per claim.  Entries are
+never removed in place; the caller skips those it no longer wants.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator
+
+from btu_twisted.store import Claim
+
+
+class DueClaims:
+    def __init__(self) -> None:
+        self._seconds: list[int] = []            # heap of the due seconds held
+        self._claims: dict[int, list[Claim]] = {}
+        self._next: dict[int, int] = {}          # second -> first claim not handed out
+        self._unsorted: set[int] = set()
+
+    def add(self, claim: Claim) -> None:
+        claims = self._claims.get(claim.when)
+        if claims is None:
+            claims = self._claims[claim.when] = []
+            self._next[claim.when] = 0
+            heapq.heappush(self._seconds, claim.when)
+        if claims and claims[-1].member > claim.member:
+            self._unsorted.add(claim.when)
+        claims.append(claim)
+
+    def soonest(self, wanted: Callable[[Claim], bool]) -> int | None:
+        """The earliest second with a claim still ``wanted``."""
+        for claim in self._walk():
+            if wanted(claim):
+                return claim.when
+            self._skip()
+        return None
+
+    def take(self, now: float, size: int, wanted: Callable[[Claim], bool]) -> list[Claim]:
+        """Up to ``size`` claims due by ``now`` and ``wanted``, earliest first."""
+        taken: list[Claim] = []
+        for claim in self._walk():
+            if claim.when > now or len(taken) >= size:
+                break
+            self._skip()
+            if wanted(claim):
+                taken.append(claim)
+        return taken
+
+    def _walk(self) -> Iterator[Claim]:
+        """The claims not handed out yet, in order, while the caller skips them."""
+        while self._seconds:
+            when = self._seconds[0]
+            claims, at = self._claims[when], self._next[when]
+            if at >= len(claims):
+                heapq.heappop(self._seconds)
+                del self._claims[when], self._next[when]
+                self._unsorted.discard(when)
+                continue
+            if when in self._unsorted:
+                claims[at:] = sorted(claims[at:], key=lambda c: c.member)
+                self._unsorted.discard(when)
+            yield claims[at]
+
+    def _skip(self) -> None:
+        self._next[self._seconds[0]] += 1
