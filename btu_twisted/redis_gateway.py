@@ -256,7 +256,7 @@ class RedisGateway:
         pool = self._connect()
         factory = getattr(pool, "_factory", None)
         # Connections are made on later reactor turns, so they all get it.
-        if factory is not None:
+        if factory is not None and hasattr(factory, "protocol"):
             factory.protocol = _passing_framed(factory.protocol)
         # A pool that never completes fails this Deferred; the outage is
         # reported through ``health``, not as an unhandled error.
