@@ -39,9 +39,12 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, step: fl
     raise AssertionError(f"condition not met within {timeout} s: {predicate}")
 
 
-def run_worker(redis_db: int, queues: list[str], extra_path: str | None = None) -> Any:
-    """A real rq burst worker in a child process; fires with its exit status."""
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}"
+def run_worker(
+    redis_db: int, queues: list[str], extra_path: str | None = None, url: str | None = None
+) -> Any:
+    """A real rq burst worker in a child process (on ``url``, else the test Redis's
+    database ``redis_db``); fires with its exit status."""
+    url = url or f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}"
     env = dict(os.environ)
     paths = [str(ROOT)] + ([extra_path] if extra_path else [])
     env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])

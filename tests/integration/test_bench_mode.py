@@ -6,7 +6,8 @@ part): the site's database belongs to its own MariaDB user with a password,
 daemon reads all of that, plans the site's schedule and enqueues a Frappe job
 that a real rq worker (with the stand-in ``frappe`` package) runs.
 
-Redis database 1, held with the machine-wide lock.
+Each test has a redis-server of its own (``redis_servers``): the bench's
+``redis_queue`` names it.
 """
 
 from __future__ import annotations
@@ -16,29 +17,29 @@ import secrets
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import TestCase
 
 from tests.integration.daemon import make_service, run_worker, wait_for
-from tests.integration.support import (
-    MYSQL,
-    REDIS_HOST,
-    REDIS_PORT,
-    TestDatabase,
-    admin_connection,
-    clean_redis,
-    exclusive_redis_db,
-)
+from tests.integration.redis_servers import server_directory, start_server
+from tests.integration.support import MYSQL, TestDatabase, admin_connection
 from tests.jobfuncs import read_records
 from tests.test_frappe_bench import make_bench
 
-REDIS_DB = 1
 SITE = "site1.test"
 FAKE_FRAPPE = str(Path(__file__).resolve().parent.parent / "fixtures" / "builders_fake_frappe")
 
 
 class BenchModeDaemonTests(TestCase):
     timeout = 90
+
+    async def redis_queue(self) -> tuple[Any, str]:
+        """A redis-server of this test's own: a client, and its URL as the bench writes it."""
+        server = await start_server(self, server_directory(self), "queue")
+        client = server.client()
+        self.addCleanup(client.close)
+        return client, f"redis://127.0.0.1:{server.port}"
 
     def site_user(self, database: str) -> tuple[str, str]:
         """A MariaDB user owning ``database``, as bench creates one per site."""
@@ -63,8 +64,7 @@ class BenchModeDaemonTests(TestCase):
             conn.close()
 
     async def test_three_line_toml_runs_a_site(self) -> None:
-        await exclusive_redis_db(self, REDIS_DB)
-        redis = clean_redis(self, REDIS_DB)
+        redis, redis_queue = await self.redis_queue()
         db = TestDatabase(load_samples=False)
         self.addCleanup(db.drop)
         db.add_task("BTU-BENCH", "myapp.tasks.hello", repr({"n": 1}))
@@ -73,8 +73,7 @@ class BenchModeDaemonTests(TestCase):
         tmp = Path(self.mktemp()).resolve()
         bench = make_bench(
             tmp / "frappe-bench",
-            common={"bench_id": "bench-it", "webserver_port": 8000,
-                    "redis_queue": f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"},
+            common={"bench_id": "bench-it", "webserver_port": 8000, "redis_queue": redis_queue},
             sites={SITE: {"db_name": db.name, "db_user": user, "db_password": password,
                           "db_host": MYSQL["host"], "db_port": MYSQL["port"],
                           "rq_results_ttl": 120}},
@@ -102,7 +101,7 @@ class BenchModeDaemonTests(TestCase):
         records = str(tmp / "records.jsonl")
         os.environ["BTU_TEST_RECORD_FILE"] = records
         self.addCleanup(os.environ.pop, "BTU_TEST_RECORD_FILE", None)
-        done = await run_worker(REDIS_DB, ["bench-it:default"], extra_path=FAKE_FRAPPE)
+        done = await run_worker(0, ["bench-it:default"], extra_path=FAKE_FRAPPE, url=redis_queue)
         self.assertEqual(done.returncode, 0, done.stderr[-2000:])
         ran = read_records(records)
         self.assertGreaterEqual(len(ran), 1, (done.stdout + done.stderr)[-3000:])
@@ -113,8 +112,7 @@ class BenchModeDaemonTests(TestCase):
     async def test_two_sites_of_a_bench_keep_to_their_own_keys(self) -> None:
         """Both sites number their schedules TS-0001: each daemon plans only its own, in
         its own prefix; a daemon pointed at the other site's prefix refuses to start."""
-        await exclusive_redis_db(self, REDIS_DB)
-        redis = clean_redis(self, REDIS_DB)
+        redis, redis_queue = await self.redis_queue()
         sites = {}
         for site in ("a.test", "b.test"):
             db = TestDatabase(load_samples=False)
@@ -125,8 +123,8 @@ class BenchModeDaemonTests(TestCase):
             sites[site] = {"db_name": db.name, "db_user": user, "db_password": password,
                            "db_host": MYSQL["host"], "db_port": MYSQL["port"]}
         tmp = Path(self.mktemp()).resolve()
-        bench = make_bench(tmp / "frappe-bench", sites=sites, common={
-            "bench_id": "bench-it", "redis_queue": f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"})
+        bench = make_bench(tmp / "frappe-bench", sites=sites,
+                           common={"bench_id": "bench-it", "redis_queue": redis_queue})
         short = tempfile.mkdtemp(dir="/tmp", prefix="btubench")
         self.addCleanup(shutil.rmtree, short, True)
 

@@ -1,7 +1,7 @@
 """The key-prefix lease on a real Redis: one site per prefix, shared by one site's daemons.
 
-Short leases (1 s) keep the expiry cases quick.  Redis database 1, held with
-the machine-wide lock (shared with test_bench_mode, test by test).
+Short leases (1 s) keep the expiry cases quick.  Each test has a redis-server
+of its own (``redis_servers``), so nothing else on the machine shares it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from twisted.trial.unittest import TestCase
 from btu_twisted.prefix_guard import PrefixGuard, PrefixTaken
 from btu_twisted.redis_gateway import RedisGateway
 from tests.integration.daemon import wait_for
-from tests.integration.support import REDIS_HOST, REDIS_PORT, clean_redis, exclusive_redis_db
+from tests.integration.redis_servers import server_directory, start_server
 
-DB = 1
 PREFIX = "btu_scheduler:"
 LEASE = 1.0
 
@@ -24,9 +23,10 @@ class PrefixGuardTests(TestCase):
     timeout = 30
 
     async def setUp(self) -> None:
-        await exclusive_redis_db(self, DB)
-        self.sync = clean_redis(self, DB)
-        self.gateway = RedisGateway(reactor, REDIS_HOST, REDIS_PORT, database=DB)
+        server = await start_server(self, server_directory(self), "guard")
+        self.sync = server.client()
+        self.addCleanup(self.sync.close)
+        self.gateway = RedisGateway(reactor, "127.0.0.1", server.port, database=0)
         self.gateway.start()
         self.lost: list[str] = []
 
