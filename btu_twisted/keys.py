@@ -53,6 +53,15 @@ class Keys:
         return self.prefix + "planned"
 
     @property
+    def last_job(self) -> str:
+        """Hash: schedule name -> the id of its latest job, for ``overlap = "skip"``."""
+        return self.prefix + "last_job"
+
+    def history(self, schedule: str) -> str:
+        """List: the schedule's latest runs, newest first (history.py)."""
+        return self.prefix + "history:" + schedule
+
+    @property
     def owner(self) -> str:
         """The site whose daemons hold this prefix (prefix_guard.py)."""
         return self.prefix + "owner"

@@ -39,6 +39,13 @@ class ScheduleRow:
     # task row is missing.  BTU lets a schedule link a draft or submitted task
     # (Frappe refuses links to cancelled documents), so 0 and 1 run.
     task_docstatus: int | None = 1
+    # "allow" (default) or "skip": hold back a run while the previous job is
+    # still queued or started (DESIGN.md "Schedules without Frappe").
+    overlap: str = "allow"
+    # Positional arguments of the job (schedules_file only; BTU has none).
+    args: tuple[object, ...] = ()
+    # Where the row comes from: "mariadb" or "file" (schedules_file).
+    source: str = "mariadb"
 
     def inactive_reason(self) -> str | None:
         """Why this schedule must not run at all, or None when it may."""
