@@ -331,6 +331,11 @@ class Config:
     failure_ttl: int | None = _key(_integer(-1), None)
 
     misfire_grace_secs: int | None = _key(_positive_integer, None)
+    # MariaDB schedules' overlap (file schedules set their own): "skip" holds a
+    # run back while the schedule's previous job is still queued or started.
+    overlap: str = _key(_one_of(("allow", "skip"), upper=False), "allow")
+    # Runs kept per schedule in its run history (history.py); 0 keeps none.
+    run_history_length: int = _key(_integer(0), 100)
     metrics_port: int | None = _key(_port, None)
     metrics_host: str = _key(_non_empty_string, "127.0.0.1")
 

@@ -126,7 +126,9 @@ class BtuService(MultiService):
             database=config.mysql_database,
         )
         self.redis = RedisGateway(reactor, target=target_of(config))
-        self.store = ScheduleStore(self.redis, Keys(config.redis_key_prefix))
+        self.store = ScheduleStore(
+            self.redis, Keys(config.redis_key_prefix), history_length=config.run_history_length
+        )
         self.guard = PrefixGuard(
             reactor, self.redis, config.redis_key_prefix, site_of(config), self._lost_prefix,
             # Daemons of one database are one site (high availability): they share it.
@@ -146,6 +148,7 @@ class BtuService(MultiService):
             on_failure=self.metrics.failure,
             default_zone=config.time_zone_string,
             on_job_ids=self.job_ids.record,
+            default_overlap=config.overlap,
         )
         self.planner = Planner(
             reactor,

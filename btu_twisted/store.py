@@ -42,6 +42,7 @@ from btu_twisted.keys import (
     SCHEDULE_SET,
     Keys,
 )
+from btu_twisted.history import DEFAULT_LENGTH
 from btu_twisted.resp import Encoded, encode, join
 
 if TYPE_CHECKING:
@@ -107,7 +108,16 @@ PLAN_CHUNK = 200
 # Results per job: 1 enqueued/skipped by us, 0 member gone (another daemon won,
 # or it was cancelled or replanned), 2 stale (that time was already enqueued),
 # 3 blocked: a key it would write holds the wrong type (or its last run cannot
-# be read), so the claim is left untouched, member kept, to be retried.  The
+# be read), so the claim is left untouched, member kept, to be retried, 4
+# skipped for overlap: the schedule says ``overlap = "skip"`` and its previous
+# job (``last_job``) is still queued or started; the run is settled like a
+# skipped one (member gone, last run set) and no job is written.  That one
+# HGET of the previous job's status is the only key a claim reads that is not
+# in KEYS (its id is only known inside the script: another daemon may have
+# enqueued it); Redis outside cluster mode allows that, and rq has no cluster
+# mode.  Every claim settled by us (1 and 4) adds an entry to its schedule's
+# run history (history.py), trimmed to the length given; a history key of the
+# wrong type loses that entry, never the claim.  The
 # reply is one string of those digits, one per job (txredisapi takes ~10 us of
 # Python per reply element: 5 ms for 500 integers), then one reason per
 # blocked claim, in order.
@@ -125,25 +135,28 @@ PLAN_CHUNK = 200
 # queue; per job there is only its HSET.  The claims are decided one after the
 # other as if each ran alone (a name twice in a batch sees its first claim).
 #
-# KEYS: the sorted set, member index, last runs, rq:queues, then per claim its
-# job key and queue key.  ARGV: enqueued_at, the number of claims, the number
-# of field-name lists, each list (its length, then the names: every job of a
-# builder has the same, so they are sent once, not 15 times per job), then
-# per claim: member, schedule, time, job id (empty: no job), the number of its
-# list of field names (0: none) and its values in that order.
+# KEYS: the sorted set, member index, last runs, rq:queues, last jobs, then
+# per claim its job key, queue key and history key.  ARGV: enqueued_at, the
+# number of claims, the number of field-name lists, the history length (0:
+# none kept), each list (its length, then the names: every job of a builder
+# has the same, so they are sent once, not 15 times per job), then per claim:
+# member, schedule, time, job id (empty: no job), its mode (with a job:
+# "skip" for the overlap check, else empty; without: the outcome to record),
+# the number of its list of field names (0: none) and its values in that order.
 CLAIM = """#!lua
 local KEYS, ARGV, tonumber, unpack = KEYS, ARGV, tonumber, unpack
 local call, pcall_ = redis.call, redis.pcall
-local zset, idx, last, queues = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local zset, idx, last, queues, last_job = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local enqueued_at = ARGV[1]
 local njobs = tonumber(ARGV[2])
+local keep = tonumber(ARGV[4])
 local function wrong(key, want)
   local t = call('TYPE', key)['ok']
   if t ~= 'none' and t ~= want then
     return key .. ' holds a ' .. t .. ', not a ' .. want
   end
 end
-for _, k in ipairs({{zset, 'zset'}, {idx, 'hash'}, {last, 'hash'}}) do
+for _, k in ipairs({{zset, 'zset'}, {idx, 'hash'}, {last, 'hash'}, {last_job, 'hash'}}) do
   local bad = wrong(k[1], k[2])
   if bad then return redis.error_reply('WRONGTYPE ' .. bad) end
 end
@@ -151,7 +164,7 @@ end
 -- same names (a shape): {'enqueued_at', <time>, name1, <value>, name2, ...},
 -- the values filled in job by job.
 local shapes, counts, nshapes = {}, {[0] = 0}, tonumber(ARGV[3])
-local a = 4
+local a = 5
 for s = 1, nshapes do
   local n, fields = tonumber(ARGV[a]), {'enqueued_at', enqueued_at}
   for i = 1, n do fields[2 * i + 1], fields[2 * i + 2] = ARGV[a + i], '' end
@@ -160,12 +173,12 @@ for s = 1, nshapes do
 end
 local at, members, names, shape_of = {}, {}, {}, {}
 for j = 1, njobs do
-  local shape = tonumber(ARGV[a + 4])
+  local shape = tonumber(ARGV[a + 5])
   if not tonumber(ARGV[a + 2]) or not shape or not counts[shape] then
     return redis.error_reply('ERR claim ' .. j .. ': bad time or field names')
   end
   at[j], members[j], names[j], shape_of[j] = a, ARGV[a], ARGV[a + 1], shape
-  a = a + 5 + counts[shape]
+  a = a + 6 + counts[shape]
 end
 local CHUNK = 1000
 -- One reply value per item (false when missing), the command sent in chunks.
@@ -197,6 +210,20 @@ local queues_bad = wrong(queues, 'set')
 local queue_bad, pushed, queue_order, nqueues = {}, {}, {}, 0
 local removed, zrem, hdel, hset = {}, {}, {}, {}
 local nzrem, nhdel, nhset = 0, 0, 0
+-- Overlap: the latest job of each schedule claimed with mode "skip", read
+-- when first needed (false: none), then as this batch enqueues.
+local jobs_of, ljset, nljset = {}, {}, 0
+local function busy(name)
+  local prev = jobs_of[name]
+  if prev == nil then
+    prev = call('HGET', last_job, name)
+    jobs_of[name] = prev
+  end
+  if not prev then return false end
+  local status = call('HGET', 'rq:job:' .. prev, 'status')
+  return status == 'queued' or status == 'started'
+end
+local hist, nhist = {}, 0
 local out, reasons, nreasons = {}, {}, 0
 for j = 1, njobs do
   local b = at[j]
@@ -214,8 +241,8 @@ for j = 1, njobs do
     bad = last .. ' field ' .. name .. ' holds "' .. string.sub(d, 1, 40)
       .. '", not a unix time'
   else
-    local when, job_id = ARGV[b + 2], ARGV[b + 3]
-    local queue_key = KEYS[4 + 2 * j]
+    local when, job_id, mode = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+    local queue_key = KEYS[4 + 3 * j]
     if job_id ~= '' then
       local qb = queue_bad[queue_key]
       if qb == nil then
@@ -226,14 +253,16 @@ for j = 1, njobs do
     end
     if not bad and tonumber(when) <= tonumber(d or '-1') then
       code = 2
-      if job_id ~= '' then bad = wrong(KEYS[3 + 2 * j], 'hash') end
+      if job_id ~= '' then bad = wrong(KEYS[3 + 3 * j], 'hash') end
+    elseif not bad and job_id ~= '' and mode == 'skip' and busy(name) then
+      code = 4
     elseif not bad and job_id ~= '' then
       local shape = shape_of[j]
       local fields = shapes[shape] or {'enqueued_at', enqueued_at}
-      for i = 1, counts[shape] do fields[2 * i + 2] = ARGV[b + 4 + i] end
-      local set = pcall_('HSET', KEYS[3 + 2 * j], unpack(fields))
+      for i = 1, counts[shape] do fields[2 * i + 2] = ARGV[b + 5 + i] end
+      local set = pcall_('HSET', KEYS[3 + 3 * j], unpack(fields))
       if type(set) == 'table' and set.err then
-        bad = wrong(KEYS[3 + 2 * j], 'hash')
+        bad = wrong(KEYS[3 + 3 * j], 'hash')
         if not bad then return set end
       end
     end
@@ -246,11 +275,28 @@ for j = 1, njobs do
         hdel[nhdel] = name
         owner[name] = false
       end
-      if code == nil then
-        code = 1
+      if code == nil or code == 4 then
+        local outcome = 'skipped_overlap'
+        if code == nil then
+          outcome = job_id ~= '' and 'enqueued' or (mode ~= '' and mode or 'skipped')
+        end
         done[name] = when
         hset[nhset + 1], hset[nhset + 2] = name, when
         nhset = nhset + 2
+        if keep > 0 then
+          hist[nhist + 1] = KEYS[5 + 3 * j]
+          hist[nhist + 2] = when .. '\t' .. enqueued_at .. '\t'
+            .. (code == nil and job_id or '') .. '\t' .. outcome
+          nhist = nhist + 2
+        end
+      end
+      if code == nil then
+        code = 1
+        if job_id ~= '' and mode == 'skip' then
+          jobs_of[name] = job_id
+          ljset[nljset + 1], ljset[nljset + 2] = name, job_id
+          nljset = nljset + 2
+        end
         if job_id ~= '' then
           local ids = pushed[queue_key]
           if not ids then
@@ -279,6 +325,12 @@ for q = 1, nqueues do
   write('RPUSH', queue_order[q], ids, #ids)
 end
 write('SADD', queues, queue_order, nqueues)
+write('HSET', last_job, ljset, nljset)
+-- pcall: a history key of the wrong type loses its entry, not the claim.
+for h = 1, nhist, 2 do
+  pcall_('LPUSH', hist[h], hist[h + 1])
+  pcall_('LTRIM', hist[h], 0, keep - 1)
+end
 local reply = {table.concat(out)}
 for r = 1, nreasons do reply[r + 1] = reasons[r] end
 return reply
@@ -358,15 +410,19 @@ return removed
 # Checked again here, atomically with any claim: a last run within RECENT_SECS
 # of now is kept, as it may belong to a schedule created after the caller's
 # SQL read, and it is what stops a slow planner bringing back a run just
-# enqueued.  Returns how many were forgotten.
+# enqueued.  Their last job and run history go with them (KEYS: last runs,
+# last jobs, then the history key of each name in ARGV's order).  Returns how
+# many were forgotten.
 FORGET_LAST_RUNS = """#!lua flags=allow-oom
-local last = KEYS[1]
+local last, last_job = KEYS[1], KEYS[2]
 local now = tonumber(redis.call('TIME')[1])
 local forgotten = 0
 for i = 1, #ARGV do
   local when = tonumber(redis.call('HGET', last, ARGV[i]) or '')
   if not (when and math.abs(when - now) <= RECENT) then
     forgotten = forgotten + redis.call('HDEL', last, ARGV[i])
+    redis.call('HDEL', last_job, ARGV[i])
+    redis.call('DEL', KEYS[2 + i])
   end
 end
 return forgotten
@@ -432,8 +488,11 @@ class Window:
 class Claim:
     """One due member to claim, with its job's hash (None: claim without a job).
 
-    ``wire``: its CLAIM keys and arguments framed ahead of time (:func:`framed`);
-    a claim without is framed when it is sent.
+    ``overlap``: hold the job back while the schedule's previous one is still
+    queued or started (``overlap = "skip"``).  ``outcome``: what the run
+    history records for a claim without a job (history.py: skipped_misfire,
+    dropped, ...).  ``wire``: its CLAIM keys and arguments framed ahead of
+    time (:func:`framed`); a claim without is framed when it is sent.
     """
 
     member: str
@@ -442,14 +501,23 @@ class Claim:
     job_id: str = ""
     origin: str = ""
     fields: Mapping[str, bytes | str | int | float] | None = None
+    overlap: bool = False
+    outcome: str = ""
     wire: ClaimWire | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def mode(self) -> str:
+        """CLAIM's per-claim mode argument."""
+        if self.job_id:
+            return "skip" if self.overlap else ""
+        return self.outcome
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimWire:
-    """A claim's part of a CLAIM call: its two keys; member, schedule, time
-    and job id; its job's field names (sent once per call for all jobs that
-    have the same) and values."""
+    """A claim's part of a CLAIM call: its three keys; member, schedule, time,
+    job id and mode; its job's field names (sent once per call for all jobs
+    that have the same) and values."""
 
     keys: Encoded
     head: Encoded
@@ -457,30 +525,34 @@ class ClaimWire:
     values: Encoded
 
 
-def framed(claim: Claim) -> Claim:
+def framed(claim: Claim, keys: Keys = DEFAULT_KEYS) -> Claim:
     """The claim with its keys and arguments framed for CLAIM, so that sending
     it at the due second costs no encoding.  The job's own ``enqueued_at``
     field, if its builder set one, gives way to the claim's."""
     fields = {k: v for k, v in (claim.fields or {}).items() if k != "enqueued_at"}
     wire = ClaimWire(
-        keys=encode((JOB_PREFIX + claim.job_id, QUEUE_PREFIX + claim.origin)),
-        head=encode((claim.member, claim.schedule, claim.when, claim.job_id)),
+        keys=encode((
+            JOB_PREFIX + claim.job_id, QUEUE_PREFIX + claim.origin, keys.history(claim.schedule),
+        )),
+        head=encode((claim.member, claim.schedule, claim.when, claim.job_id, claim.mode)),
         names=tuple(fields),
         values=encode(fields.values()),
     )
     return replace(claim, wire=wire)
 
 
-def claim_arguments(wires: Sequence[ClaimWire], enqueued_at: str) -> Encoded:
-    """CLAIM's ARGV: the time, the count, each distinct list of field names
-    (shape) once, then per claim its head, the number of its shape (0: none)
-    and its values."""
+def claim_arguments(
+    wires: Sequence[ClaimWire], enqueued_at: str, history_length: int = DEFAULT_LENGTH
+) -> Encoded:
+    """CLAIM's ARGV: the time, the count, the number of shapes, the history
+    length, each distinct list of field names (shape) once, then per claim its
+    head, the number of its shape (0: none) and its values."""
     shapes: dict[tuple[str, ...], int] = {}
     for w in wires:
         if w.names and w.names not in shapes:
             shapes[w.names] = len(shapes) + 1
     numbers = [encode((n,)) for n in range(len(shapes) + 1)]
-    pieces = [encode((enqueued_at, len(wires), len(shapes)))]
+    pieces = [encode((enqueued_at, len(wires), len(shapes), history_length))]
     for names in shapes:
         pieces.append(encode((len(names), *names)))
     for w in wires:
@@ -490,7 +562,7 @@ def claim_arguments(wires: Sequence[ClaimWire], enqueued_at: str) -> Encoded:
 
 
 
-CLAIMED, LOST, STALE, BLOCKED = 1, 0, 2, 3
+CLAIMED, LOST, STALE, BLOCKED, OVERLAPPED = 1, 0, 2, 3, 4
 #: Seconds before a blocked claim is tried again: it waits for an operator to
 #: fix a key, so there is no point in trying every second.
 BLOCKED_RETRY_SECS = 10.0
@@ -569,13 +641,17 @@ class ScheduleStore:
 
     log = Logger()
 
-    def __init__(self, redis: RedisCommands, keys: Keys = DEFAULT_KEYS) -> None:
+    def __init__(
+        self, redis: RedisCommands, keys: Keys = DEFAULT_KEYS,
+        history_length: int = DEFAULT_LENGTH,
+    ) -> None:
         self._redis = redis
         self.keys = keys
+        self.history_length = history_length
         # The keys most scripts take, in their KEYS order.
         self._three = [keys.schedule_set, keys.member_index, keys.last_enqueued]
         # CLAIM's first keys, framed once (the claims' own keys are framed as they are built).
-        self._claim_keys = encode((*self._three, RQ_QUEUES))
+        self._claim_keys = encode((*self._three, RQ_QUEUES, keys.last_job))
         self.blocked = BlockedClaims()
         # Redis before 7.0 reads the "#!lua" line as Lua and fails to compile
         # it; such a server gets the scripts without it (and without flags).
@@ -647,9 +723,12 @@ class ScheduleStore:
         """
         if not claims:
             return []
-        wires: list[ClaimWire] = [c.wire or framed(c).wire for c in claims]  # type: ignore[misc]
+        wires: list[ClaimWire] = [
+            c.wire or framed(c, self.keys).wire for c in claims  # type: ignore[misc]
+        ]
         keys = join([self._claim_keys, *(w.keys for w in wires)])
-        reply = list(await self._eval_encoded(CLAIM, keys, claim_arguments(wires, enqueued_at)))
+        args = claim_arguments(wires, enqueued_at, self.history_length)
+        reply = list(await self._eval_encoded(CLAIM, keys, args))
         codes = _text(reply[0])
         if len(codes) != len(claims):
             raise ValueError(f"CLAIM answered {len(codes)} results for {len(claims)} claims")
@@ -719,7 +798,8 @@ class ScheduleStore:
             cursor = _text(reply[0])
             gone = [name for name in json.loads(_text(reply[1])) if name not in existing]
             if gone:
-                forgotten += int(await self._eval(FORGET_LAST_RUNS, last, gone))
+                keys = [*last, self.keys.last_job, *map(self.keys.history, gone)]
+                forgotten += int(await self._eval(FORGET_LAST_RUNS, keys, gone))
             if cursor == "0":
                 return forgotten
 

@@ -40,8 +40,11 @@ from btu_twisted.planner import Unplannable, next_run_for
 from btu_twisted.records import ScheduleRow
 from btu_twisted.run_log import Enqueued, RunLog, Skipped, iso
 from btu_twisted.sql import Database
+from btu_twisted.history import DROPPED, SKIPPED_MISFIRE, SKIPPED_UNBUILDABLE
+from btu_twisted.keys import Keys
 from btu_twisted.store import (
-    BLOCKED, BLOCKED_RETRY_SECS, CLAIMED, Claim, ScheduleStore, framed, split_member,
+    BLOCKED, BLOCKED_RETRY_SECS, CLAIMED, OVERLAPPED, Claim, ScheduleStore, framed,
+    split_member,
 )
 
 LOOKAHEAD = 2.0          # seconds before a run is due to read its row and build its job
@@ -95,9 +98,14 @@ class Timer(Service):
         lookahead: float = LOOKAHEAD,
         default_zone: str = "UTC",
         on_job_ids: Callable[[list[tuple[str, str]]], None] = lambda pairs: None,
+        default_overlap: str = "allow",
     ) -> None:
         self._clock = clock
         self._store = store
+        # The store's key names frame each claim's history key.
+        self._keys: Keys = getattr(store, "keys", Keys())
+        # MariaDB rows have no overlap column: the ``overlap`` config key decides.
+        self._default_overlap = default_overlap == "skip"
         self._db = db
         self._builder = builder
         self._fifo = fifo
@@ -125,6 +133,7 @@ class Timer(Service):
         self._retry_wait: dict[str, float] = {}
         self._delayed: dict[str, str] = {}      # schedule -> reason already logged
         self._unbuildable: dict[str, str] = {}  # schedule -> permanent reason already logged
+        self._overlapping: set[str] = set()     # schedules whose last run was held back
         self._build_slots = DeferredSemaphore(BUILD_CONCURRENCY)
         self._backoff = Backoff()
         self._wake: IDelayedCall | None = None
@@ -367,12 +376,12 @@ class Timer(Service):
                 "run of {schedule} at {when} dropped: {reason}",
                 schedule=name, when=iso(when), reason=refusal,
             )
-            self._settle_without_job(member, name, when)
+            self._settle_without_job(member, name, when, DROPPED)
             self._on_failure("schedule_gone")
             return
         if self._misfired(name, when, now):
             # Too late already: don't build (or call the site) for nothing.
-            self._settle_without_job(member, name, when)
+            self._settle_without_job(member, name, when, SKIPPED_MISFIRE)
             return
         try:
             built = await self._builder.build(row, when)  # type: ignore[arg-type]
@@ -397,7 +406,8 @@ class Timer(Service):
         self._ready(framed(Claim(
             member=member, schedule=name, when=when,
             job_id=built.job_id, origin=built.origin, fields=built.fields,
-        )))
+            overlap=self._overlap_skips(row),  # type: ignore[arg-type]
+        ), self._keys))
         self._read_at[member] = read_at
 
     def _ready(self, claim: Claim) -> None:
@@ -418,7 +428,10 @@ class Timer(Service):
         not enqueued late."""
         if not claim.job_id or not self._misfired(claim.schedule, claim.when, now):
             return claim
-        skip = Claim(member=claim.member, schedule=claim.schedule, when=claim.when)
+        skip = Claim(
+            member=claim.member, schedule=claim.schedule, when=claim.when,
+            outcome=SKIPPED_MISFIRE,
+        )
         self._prepared[claim.member] = skip
         return skip
 
@@ -447,7 +460,7 @@ class Timer(Service):
                 "run of {schedule} at {when} skipped: {reason}",
                 schedule=name, when=iso(when), reason=reason,
             )
-            self._settle_without_job(member, name, when)
+            self._settle_without_job(member, name, when, SKIPPED_UNBUILDABLE)
             return
         self._schedule_retry(member)
         if name not in self._delayed:
@@ -469,10 +482,17 @@ class Timer(Service):
         self._retry_wait.pop(member, None)
         return self._delayed.pop(name, None) is not None
 
-    def _settle_without_job(self, member: str, name: str, when: int) -> None:
-        """Claim this run with no job (skipped or dropped), ending any delay."""
+    def _settle_without_job(self, member: str, name: str, when: int, outcome: str) -> None:
+        """Claim this run with no job (skipped or dropped), ending any delay;
+        the run history records ``outcome``."""
         self._forget_retry(member, name)
-        self._ready(Claim(member=member, schedule=name, when=when))
+        self._ready(Claim(member=member, schedule=name, when=when, outcome=outcome))
+
+    def _overlap_skips(self, row: ScheduleRow) -> bool:
+        """True when a run of ``row`` waits for its previous job to finish."""
+        if row.source == "mariadb":
+            return self._default_overlap
+        return row.overlap == "skip"
 
     # -- claiming ------------------------------------------------------------
     async def _claim_due(self) -> None:
@@ -604,6 +624,23 @@ class Timer(Service):
                 continue
             if result == CLAIMED and claim.job_id:
                 enqueued.append((claim, now - claim.when))
+                if claim.overlap and claim.schedule in self._overlapping:
+                    self._overlapping.discard(claim.schedule)
+                    self.log.info(
+                        "{schedule}: previous job done, runs are enqueued again",
+                        schedule=claim.schedule,
+                    )
+            elif result == OVERLAPPED:
+                self.stats.skipped += 1
+                self._on_failure("overlap_skipped")
+                if claim.schedule not in self._overlapping:
+                    # Once per stretch of held-back runs, not once per run.
+                    self._overlapping.add(claim.schedule)
+                    self.log.info(
+                        "run of {schedule} at {when} skipped: its previous job is still "
+                        "queued or started (overlap = \"skip\"); further skips not logged",
+                        schedule=claim.schedule, when=iso(claim.when),
+                    )
             elif result == CLAIMED:
                 self.stats.skipped += 1
             else:

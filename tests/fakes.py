@@ -36,8 +36,11 @@ from btu_twisted.records import ScheduleRow
 from btu_twisted.plan_memory import row_fingerprint
 from btu_twisted.resp import decode
 from btu_twisted.sql import STATES_CHUNK, Changes
+from btu_twisted.history import DEFAULT_LENGTH, ENQUEUED, SKIPPED_OVERLAP, encode_run
+from btu_twisted.keys import Keys
 from btu_twisted.store import (
     CLAIMED,
+    OVERLAPPED,
     JOB_PREFIX,
     LOST,
     QUEUE_PREFIX,
@@ -210,9 +213,11 @@ def check_wire(claim: Claim) -> None:
     wire = claim.wire
     fields = {k: v for k, v in (claim.fields or {}).items() if k != "enqueued_at"}
     as_bytes = [v if isinstance(v, bytes) else str(v).encode() for v in fields.values()]
-    head = [str(v).encode() for v in (claim.member, claim.schedule, claim.when, claim.job_id)]
+    head = [str(v).encode()
+            for v in (claim.member, claim.schedule, claim.when, claim.job_id, claim.mode)]
     if decode(wire.keys.data) != [(JOB_PREFIX + claim.job_id).encode(),
-                                       (QUEUE_PREFIX + claim.origin).encode()]:
+                                  (QUEUE_PREFIX + claim.origin).encode(),
+                                  Keys().history(claim.schedule).encode()]:
         raise AssertionError(f"wire keys of {claim.member}: {decode(wire.keys.data)}")
     if decode(wire.head.data) != head or wire.names != tuple(fields):
         raise AssertionError(f"wire head or field names of {claim.member}")
@@ -236,6 +241,10 @@ class FakeStore(_FakeService):
         self.zset: dict[str, int] = {}           # btu_scheduler:task_execution_times
         self.index: dict[str, str] = {}          # btu_scheduler:schedule_members
         self.last_enqueued: dict[str, int] = {}  # btu_scheduler:last_enqueued
+        self.last_job: dict[str, str] = {}       # btu_scheduler:last_job
+        #: btu_scheduler:history:<name>, newest first (history.encode_run texts).
+        self.run_history: dict[str, list[str]] = {}
+        self.history_length = DEFAULT_LENGTH
         self.jobs: dict[str, dict[str, Any]] = {}     # rq:job:<id> -> hash
         self.queues: dict[str, list[str]] = {}        # rq:queue:<origin> -> job ids
         self.rq_queues: set[str] = set()              # rq:queues
@@ -401,6 +410,14 @@ class FakeStore(_FakeService):
                 out.append(STALE)
                 continue
             self.last_enqueued[c.schedule] = int(c.when)
+            if c.job_id and c.overlap and self._busy(c.schedule):
+                self._record(c, enqueued_at, None, SKIPPED_OVERLAP)
+                out.append(OVERLAPPED)
+                continue
+            self._record(c, enqueued_at, c.job_id or None,
+                         ENQUEUED if c.job_id else (c.outcome or "skipped"))
+            if c.job_id and c.overlap:
+                self.last_job[c.schedule] = c.job_id
             if c.job_id:
                 fields = dict(c.fields or {})
                 fields["enqueued_at"] = enqueued_at
@@ -413,6 +430,17 @@ class FakeStore(_FakeService):
                 )
             out.append(CLAIMED)
         return out
+
+    def _busy(self, schedule: str) -> bool:
+        """CLAIM's overlap check: the previous job still queued or started."""
+        job = self.jobs.get(self.last_job.get(schedule, ""))
+        return job is not None and job.get("status") in ("queued", "started")
+
+    def _record(self, c: Claim, at: str, job_id: str | None, outcome: str) -> None:
+        if self.history_length > 0:
+            runs = self.run_history.setdefault(c.schedule, [])
+            runs.insert(0, encode_run(int(c.when), at, job_id, outcome))
+            del runs[self.history_length:]
 
     def _wrong_keys(self, c: Claim) -> str | None:
         """The real CLAIM's reason for blocking a claim with a job, if any."""
