@@ -482,6 +482,8 @@ class FakeStore(_FakeService):
             for name, when in list(self.last_enqueued.items()):
                 if name not in keep and name not in exists and abs(when - now) > RECENT_SECS:
                     del self.last_enqueued[name]
+                    self.last_job.pop(name, None)
+                    self.run_history.pop(name, None)
         return sorted({n for n in removed if n})
 
     def _cancel(self, schedule: str) -> bool:

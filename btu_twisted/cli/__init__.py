@@ -156,6 +156,11 @@ def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     clear.add_argument("name", metavar="SCHEDULE")
     clear.add_argument("--force", action="store_true",
                        help="clear it even when it is not ahead of now")
+    history = add("history", "history:cmd_history",
+                  "show a schedule's latest runs, newest first, with their jobs' status")
+    history.add_argument("name", metavar="SCHEDULE")
+    history.add_argument("-n", dest="count", metavar="N", type=run_count, default=20,
+                         help="how many runs (default 20)")
     runs = add("next-runs", "schedule:cmd_next_runs",
                "preview a cron string's next runs (no config needed)")
     runs.add_argument("cron", metavar="CRON", help='e.g. "0 13 * * 1-5"')

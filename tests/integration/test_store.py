@@ -25,12 +25,17 @@ from btu_twisted.store import (
     LAST_ENQUEUED,
     LOST,
     MEMBER_INDEX,
+    OVERLAPPED,
     RECENT_SECS,
     SCHEDULE_SET,
     STALE,
     Claim,
     ScheduleStore,
 )
+from btu_twisted.history import (
+    ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP, Run, encode_run, parse_run,
+)
+from btu_twisted.keys import Keys
 from tests.fakes import FakeStore
 from tests.integration.support import (
     REDIS_HOST,
@@ -68,6 +73,10 @@ return removed
 def job_claim(name: str, when: int, job_id: str, origin: str = "default") -> Claim:
     return Claim(member=f"{name}|{when}", schedule=name, when=when, job_id=job_id,
                  origin=origin, fields={"status": "queued", "origin": origin})
+
+
+HISTORY = Keys().history("")
+LAST_JOB = Keys().last_job
 
 
 class StoreTests(unittest.TestCase):
@@ -170,6 +179,88 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(result, [CLAIMED])
         self.assertEqual(self.sync.hget(LAST_ENQUEUED, "TS-1"), b"2000")
         self.assertEqual(self.sync.keys("rq:*"), [])
+
+    async def test_claims_write_the_run_history_trimmed(self) -> None:
+        """Each claim settled by us adds one entry, newest first, in the same
+        script: enqueued ones with their job id, jobless ones with the outcome
+        the timer gave; the list keeps history_length entries."""
+        store = ScheduleStore(self.gateway, history_length=3)
+        for when in (2000, 2060, 2120, 2180):
+            await store.plan(1000, {"TS-1": when})
+            claim = job_claim("TS-1", when, f"job-{when}")
+            if when == 2120:
+                claim = Claim(member=f"TS-1|{when}", schedule="TS-1", when=when,
+                              outcome=SKIPPED_MISFIRE)
+            self.assertEqual(await store.claim([claim], f"at-{when}"), [CLAIMED])
+        lost = await store.claim([job_claim("TS-1", 2180, "again")], "late")
+        self.assertEqual(lost, [LOST])  # not settled by us: no entry
+        runs = [parse_run(raw) for raw in self.sync.lrange(HISTORY + "TS-1", 0, -1)]
+        self.assertEqual(runs, [
+            Run(2180, "at-2180", "job-2180", ENQUEUED),
+            Run(2120, "at-2120", None, SKIPPED_MISFIRE),
+            Run(2060, "at-2060", "job-2060", ENQUEUED),
+        ])
+        off = ScheduleStore(self.gateway, history_length=0)
+        await off.plan(1000, {"TS-2": 2000})
+        await off.claim([job_claim("TS-2", 2000, "j2")], "x")
+        self.assertFalse(self.sync.exists(HISTORY + "TS-2"))
+
+    async def test_overlap_skip_holds_a_run_while_the_previous_job_is_busy(self) -> None:
+        """With overlap, a run whose previous job is still queued or started is
+        settled without a job (result OVERLAPPED, recorded as skipped_overlap);
+        once that job has finished, the next run is enqueued.  Without overlap
+        nothing is checked."""
+        async def claim(when: int, job_id: str, overlap: bool = True) -> int:
+            await self.store.plan(1000, {"TS-1": when})
+            c = Claim(member=f"TS-1|{when}", schedule="TS-1", when=when, job_id=job_id,
+                      origin="default", fields={"status": "queued"}, overlap=overlap)
+            [result] = await self.store.claim([c], f"at-{when}")
+            return result
+
+        self.assertEqual(await claim(2000, "first"), CLAIMED)
+        self.assertEqual(await claim(2060, "second"), OVERLAPPED)
+        self.assertFalse(self.sync.exists("rq:job:second"))
+        self.assertEqual(self.sync.lrange("rq:queue:default", 0, -1), [b"first"])
+        self.assertEqual(self.sync.hget(LAST_ENQUEUED, "TS-1"), b"2060")
+        self.assertEqual(self.members(), [])
+        self.sync.hset("rq:job:first", "status", "started")
+        self.assertEqual(await claim(2120, "third"), OVERLAPPED)
+        self.sync.hset("rq:job:first", "status", "finished")
+        self.assertEqual(await claim(2180, "fourth"), CLAIMED)
+        self.assertEqual(await claim(2240, "fifth", overlap=False), CLAIMED)
+        outcomes = [parse_run(raw).outcome  # type: ignore[union-attr]
+                    for raw in self.sync.lrange(HISTORY + "TS-1", 0, -1)]
+        self.assertEqual(outcomes, [ENQUEUED, ENQUEUED, SKIPPED_OVERLAP, SKIPPED_OVERLAP,
+                                    ENQUEUED])
+        # Two runs of one schedule in one batch: the second sees the first's job.
+        await self.store.plan(1000, {"TS-2": 3000})
+        self.sync.zadd(SCHEDULE_SET, {"TS-2|3060": 3060})
+        both = [Claim(member=f"TS-2|{w}", schedule="TS-2", when=w, job_id=f"b{w}",
+                      origin="default", fields={"status": "queued"}, overlap=True)
+                for w in (3000, 3060)]
+        self.assertEqual(await self.store.claim(both, "x"), [CLAIMED, OVERLAPPED])
+
+    async def test_a_broken_history_key_loses_its_entry_not_the_claim(self) -> None:
+        """A history key holding another type (someone's SET) does not block
+        or undo the claim: the job is enqueued, the entry is lost."""
+        self.sync.set(HISTORY + "TS-1", "not a list")
+        await self.store.plan(1000, {"TS-1": 2000})
+        self.assertEqual(await self.store.claim([job_claim("TS-1", 2000, "j")], "x"), [CLAIMED])
+        self.assertEqual(self.sync.lrange("rq:queue:default", 0, -1), [b"j"])
+        self.assertEqual(self.sync.get(HISTORY + "TS-1"), b"not a list")
+
+    async def test_prune_forgets_history_and_last_job_of_deleted_schedules(self) -> None:
+        """A deleted schedule's run history and last job go with its last run."""
+        now = int(self.sync.time()[0])
+        old = now - 2 * RECENT_SECS
+        for name in ("GONE", "KEPT"):
+            self.sync.hset(LAST_ENQUEUED, name, old)
+            self.sync.hset(LAST_JOB, name, "j")
+            self.sync.lpush(HISTORY + name, encode_run(old, "x", "j", ENQUEUED))
+        await self.store.prune([], existing=["KEPT"])
+        self.assertEqual(self.sync.hkeys(LAST_JOB), [b"KEPT"])
+        self.assertFalse(self.sync.exists(HISTORY + "GONE"))
+        self.assertTrue(self.sync.exists(HISTORY + "KEPT"))
 
     async def test_prune_removes_disabled_stale_and_garbage(self) -> None:
         """Members of schedules not enabled, stale duplicates (a Rust daemon's

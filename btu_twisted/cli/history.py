@@ -1,0 +1,57 @@
+"""``btu history NAME``: a schedule's latest runs, newest first, with their jobs' status now.
+
+The entries are what CLAIM wrote (history.py); the status is read from each
+job's hash in one pipelined round trip, so a job rq has since removed (its
+result or failure TTL ran out) shows as ``-`` (``null`` in ``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+
+from btu_twisted.cli.common import FAILED, OK, CliError, Context
+from btu_twisted.history import Run, parse_run
+from btu_twisted.keys import JOB_PREFIX, Keys
+
+__all__ = ["cmd_history"]
+
+
+def _statuses(connection: object, runs: list[Run]) -> list[str | None]:
+    pipe = connection.pipeline(transaction=False)  # type: ignore[attr-defined]
+    for run in runs:
+        if run.job_id:
+            pipe.hget(JOB_PREFIX + run.job_id, "status")
+    replies = iter(pipe.execute() if any(run.job_id for run in runs) else [])
+    out: list[str | None] = []
+    for run in runs:
+        raw = next(replies) if run.job_id else None
+        out.append(raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw)
+    return out
+
+
+def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
+    """Show the run history of one schedule."""
+    name: str = args.name
+    config = ctx.config()
+    connection = ctx.redis()
+    raw = connection.lrange(Keys(config.redis_key_prefix).history(name), 0, args.count - 1)
+    runs = [run for run in map(parse_run, raw) if run is not None]
+    statuses = _statuses(connection, runs)
+    if ctx.json:
+        ctx.emit_json([run.as_json(status) for run, status in zip(runs, statuses)])
+        return OK
+    if not runs:
+        raise CliError(f"no run history for schedule {name!r} (never run, history off, "
+                       "or a name the daemon does not know)", FAILED)
+    ctx.table(
+        ("SCHEDULED", "OUTCOME", "DECIDED AT", "JOB", "STATUS"),
+        [(_iso(run.scheduled), run.outcome, run.decided_at, run.job_id or "-", status or "-")
+         for run, status in zip(runs, statuses)],
+        "",
+    )
+    return OK
+
+
+def _iso(unix: int) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
