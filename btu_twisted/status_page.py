@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ from btu_twisted.history import Run, parse_run
 from btu_twisted.keys import Keys
 from btu_twisted.store import split_member
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "ScheduleReader", "ScheduleLine", "Soonest", "StatusPage"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "ScheduleLine", "ScheduleReader", "Soonest", "StatusPage"]
 
 #: Schedules listed unless ``?limit=`` says otherwise, and the most it may ask for.
 DEFAULT_LIMIT = 200
@@ -174,6 +174,9 @@ class StatusPage(Resource):
         if _state(status, "redis") == DOWN:
             problem = "Redis is down: the schedules cannot be read until it is back."
         elif problem is not None:
+            # Redis answered, with an error (an outage is logged by its Dependency).
+            self.log.warn("status page: the schedules could not be read: {problem}",
+                          problem=problem)
             problem = f"The schedules could not be read from Redis: {problem}"
         return render(status, soonest, limit, problem, self._clock.seconds()).encode("utf-8")
 
@@ -287,11 +290,11 @@ def _state(status: Mapping[str, Any], service: str) -> str | None:
 def _lateness(run: Run) -> str:
     """How long after its scheduled time the run was decided, or a dash."""
     try:
-        decided = datetime.fromisoformat(run.decided_at.replace("Z", "+00:00"))
+        decided = datetime.fromisoformat(run.decided_at)
     except ValueError:
         return NOTHING
     if decided.tzinfo is None:
-        decided = decided.replace(tzinfo=timezone.utc)
+        decided = decided.replace(tzinfo=UTC)
     return f"{decided.timestamp() - run.scheduled:.3f} s"
 
 
@@ -301,7 +304,7 @@ def _duration(secs: object) -> str:
         return NOTHING
     sign, left = ("-" if secs < 0 else ""), int(abs(secs))
     units = [("d", 86400), ("h", 3600), ("min", 60), ("s", 1)]
-    parts = []
+    parts: list[str] = []
     for unit, size in units:
         if parts or left >= size or unit == "s":
             parts.append(f"{left // size} {unit}")
