@@ -92,7 +92,8 @@ class Metrics:
 
 
 class MetricsService(Service):
-    """``/metrics`` on ``host:port``; off unless ``metrics_port`` is set."""
+    """``/metrics`` (and the status page at ``/``) on ``host:port``; off unless
+    ``metrics_port`` is set."""
 
     log = Logger()
     name = "metrics"
@@ -103,10 +104,14 @@ class MetricsService(Service):
         self._host = host
         self._port = port
         self._listening: Any = None
+        #: What ``/`` serves (status_page.py), when the daemon hands one over.
+        self.page: Resource | None = None
 
     async def start(self) -> None:
         root = Resource()
         root.putChild(b"metrics", MetricsResource(self._metrics.registry))
+        if self.page is not None:
+            root.putChild(b"", self.page)
         endpoint = TCP4ServerEndpoint(self._reactor, self._port, interface=self._host)
         self._listening = await endpoint.listen(Site(root))
         self.running = 1

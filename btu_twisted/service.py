@@ -129,6 +129,10 @@ class BtuService(MultiService):
         self.store = ScheduleStore(
             self.redis, Keys(config.redis_key_prefix), history_length=config.run_history_length
         )
+        if self.metrics_service is not None:
+            from btu_twisted.status_page import ScheduleReader, StatusPage
+
+            self.metrics_service.page = StatusPage(reactor, self.status, ScheduleReader(self.store))
         self.guard = PrefixGuard(
             reactor, self.redis, config.redis_key_prefix, site_of(config), self._lost_prefix,
             # Daemons of one database are one site (high availability): they share it.

@@ -662,6 +662,11 @@ class ScheduleStore:
     async def _eval(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         return await self._scripted(script, lambda text: self._redis.eval(text, keys, args))
 
+    async def evaluate(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
+        """Another module's script (the status page's reads), with the same
+        handling of Redis before 7.0 as this store's own."""
+        return await self._eval(script, keys, args)
+
     async def _eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Any:
         """:meth:`_eval` of arguments framed ahead of time."""
         return await self._scripted(

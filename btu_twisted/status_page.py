@@ -1,0 +1,324 @@
+"""The read-only HTML status page at ``/`` of ``metrics_port``.
+
+For a person, where ``/metrics`` is for Prometheus: the daemon's state (the
+same figures as the ``status`` request) and the soonest schedules with their
+next run and how their last run went.  Plain HTML and a few lines of CSS, no
+JavaScript at all (the Content-Security-Policy forbids any), and every value
+escaped: schedule names and error texts come from whoever may edit schedules.
+
+It must stay cheap with 100,000 schedules and never hold up the reactor, so a
+page costs two read-only script calls whatever the number of schedules: the
+``limit`` soonest members (one ZRANGE) with the total, then the newest history
+entry of each shown schedule (one LINDEX each, in one call).  With Redis down
+the page still answers, at once, saying so instead of listing schedules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from html import escape
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from btu_twisted.health import DOWN, OK, iso_utc
+from btu_twisted.history import Run, parse_run
+from btu_twisted.keys import Keys
+from btu_twisted.store import split_member
+
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "ScheduleLine", "ScheduleReader", "Soonest", "StatusPage"]
+
+#: Schedules listed unless ``?limit=`` says otherwise, and the most it may ask for.
+DEFAULT_LIMIT = 200
+MAX_LIMIT = 1000
+
+NOTHING = "\u2014"  # an em dash: no value
+
+# The soonest members (member, score, member, ...) as one JSON text, and how
+# many there are: parsed by txredisapi element by element, a thousand members
+# would be two thousand reactor-side steps.
+SOONEST = """#!lua flags=no-writes
+local zset, limit = KEYS[1], tonumber(ARGV[1])
+local soonest = redis.call('ZRANGE', zset, 0, limit - 1, 'WITHSCORES')
+return {redis.call('ZCARD', zset), #soonest > 0 and cjson.encode(soonest) or '[]'}
+"""
+
+# The newest entry of each history list in KEYS, '' for none (no list, or a
+# key of another type: one odd key must not cost the whole page).
+LATEST_RUNS = """#!lua flags=no-writes
+local heads = {}
+for i = 1, #KEYS do
+  local head = redis.pcall('LINDEX', KEYS[i], 0)
+  heads[i] = type(head) == 'string' and head or ''
+end
+return #heads > 0 and cjson.encode(heads) or '[]'
+"""
+
+
+class ScriptRunner(Protocol):
+    """What the reader needs of :class:`btu_twisted.store.ScheduleStore`."""
+
+    keys: Keys
+
+    async def evaluate(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ScheduleLine:
+    """One row: a member of the sorted set and the newest run of its schedule."""
+
+    name: str  # the schedule, or the whole member when it cannot be read
+    next_run: int
+    last: Run | None
+
+
+@dataclass(frozen=True)
+class Soonest:
+    total: int
+    lines: list[ScheduleLine]
+
+
+class ScheduleReader:
+    """The soonest schedules and their last runs, in two script calls."""
+
+    def __init__(self, store: ScriptRunner) -> None:
+        self._store = store
+
+    async def read(self, limit: int) -> Soonest:
+        keys = self._store.keys
+        reply = await self._store.evaluate(SOONEST, [keys.schedule_set], [limit])
+        flat = json.loads(reply[1])
+        members = [(str(flat[i]), int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+        names = []
+        for member, _ in members:
+            parts = split_member(member)
+            names.append(parts[0] if parts is not None else None)
+        wanted = [name for name in names if name is not None]
+        heads: list[str] = []
+        if wanted:
+            heads = json.loads(await self._store.evaluate(
+                LATEST_RUNS, [keys.history(name) for name in wanted], []))
+        latest = iter(heads)
+        lines = []
+        for (member, when), name in zip(members, names):
+            if name is None:
+                lines.append(ScheduleLine(member, when, None))
+            else:
+                head = next(latest, "")
+                lines.append(ScheduleLine(name, when, parse_run(head) if head else None))
+        return Soonest(int(reply[0]), lines)
+
+
+class StatusPage(Resource):
+    """``GET /``: the page, rendered once both reads are done (or have failed)."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: Any,
+        status: Callable[[], Mapping[str, Any]],
+        reader: ScheduleReader,
+    ) -> None:
+        super().__init__()
+        self._clock = clock
+        self._status = status
+        self._reader = reader
+
+    def render_GET(self, request: Request) -> Any:
+        gone: list[bool] = []
+        request.notifyFinish().addBoth(lambda _: gone.append(True))
+        d = Deferred.fromCoroutine(self._page(limit_of(request.args.get(b"limit"))))
+
+        def send(page: bytes) -> None:
+            if gone:
+                return  # the client left
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            request.setHeader(b"cache-control", b"no-store")
+            request.setHeader(b"x-content-type-options", b"nosniff")
+            request.setHeader(
+                b"content-security-policy",
+                b"default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            )
+            request.write(page)
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            self.log.failure("rendering the status page failed", failure)
+            if not gone:
+                request.setResponseCode(500)
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                request.write(b"the status page failed; the daemon's log says why\n")
+                request.finish()
+
+        d.addCallbacks(send, failed)
+        return NOT_DONE_YET
+
+    async def _page(self, limit: int) -> bytes:
+        soonest: Soonest | None = None
+        problem = None
+        if _state(self._status(), "redis") != DOWN:
+            try:
+                soonest = await self._reader.read(limit)
+            except Exception as e:
+                problem = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        # After the read: a failed one has turned Redis "down" here, with its reason.
+        status = self._status()
+        if _state(status, "redis") == DOWN:
+            problem = "Redis is down: the schedules cannot be read until it is back."
+        elif problem is not None:
+            # Redis answered, with an error (an outage is logged by its Dependency).
+            self.log.warn("status page: the schedules could not be read: {problem}",
+                          problem=problem)
+            problem = f"The schedules could not be read from Redis: {problem}"
+        return render(status, soonest, limit, problem, self._clock.seconds()).encode("utf-8")
+
+
+def limit_of(values: Sequence[bytes] | None) -> int:
+    """``?limit=``, between 1 and MAX_LIMIT; the default when absent or not a number."""
+    try:
+        wanted = int(values[0]) if values else DEFAULT_LIMIT
+    except ValueError:
+        wanted = DEFAULT_LIMIT
+    return max(1, min(MAX_LIMIT, wanted))
+
+
+def render(
+    status: Mapping[str, Any], soonest: Soonest | None, limit: int, problem: str | None,
+    now: float,
+) -> str:
+    """The whole page; every value passes through :func:`_e`."""
+    name = status.get("name") or "btu"
+    environment = status.get("environment")
+    title = f"{name} ({environment})" if environment else str(name)
+    parts = [
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+        f"<title>{_e(title)} \u2014 btu_twisted</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        "<dl id=\"daemon\">",
+        _item("version", status.get("version")),
+        _item("now", status.get("now")),
+        _item("started", status.get("started_at")),
+        _item("uptime", _duration(status.get("uptime_secs"))),
+        _item("schedules in Redis (last seen)", status.get("members")),
+        _item("enqueued", status.get("enqueued")),
+        _item("skipped", status.get("skipped")),
+        _item("waiting to be planned", status.get("fifo_length")),
+        "</dl>",
+        _dependencies(status.get("services") or {}),
+    ]
+    if problem is not None or soonest is None:
+        parts.append(f"<p id=\"note\" class=\"note\">{_e(problem or 'No schedules read.')}</p>")
+    else:
+        parts.append(_schedules(soonest, limit, now))
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def _dependencies(services: Mapping[str, Any]) -> str:
+    rows = []
+    for service, snapshot in services.items():
+        state = str(snapshot.get("state"))
+        since = snapshot.get("down_since") or snapshot.get("refusing_since")
+        error = snapshot.get("last_error")
+        shown = "up" if state == OK else state
+        rows.append(
+            f"<tr class=\"dependency {_e(state)}\"><th>{_e(service)}</th>"
+            f"<td class=\"state\">{_e(shown)}</td><td>{_e(since or NOTHING)}</td>"
+            f"<td>{_e(error or '')}</td></tr>"
+        )
+    return (
+        "<h2>Dependencies</h2><table id=\"dependencies\"><thead><tr><th>service</th>"
+        "<th>state</th><th>since</th><th>last error</th></tr></thead><tbody>"
+        + "".join(rows) + "</tbody></table>"
+    )
+
+
+def _schedules(soonest: Soonest, limit: int, now: float) -> str:
+    shown = len(soonest.lines)
+    if soonest.total > shown:
+        more = (f" <a href=\"?limit={MAX_LIMIT}\">show up to {MAX_LIMIT}</a>"
+                if limit < MAX_LIMIT else "")
+        summary = (f"the {shown} soonest of {soonest.total} planned schedules "
+                   f"(list truncated).{more}")
+    else:
+        summary = f"all {soonest.total} planned schedules."
+    rows = []
+    for line in soonest.lines:
+        last = line.last
+        rows.append(
+            "<tr class=\"schedule\">"
+            f"<td class=\"name\">{_e(line.name)}</td>"
+            f"<td class=\"next\">{_e(iso_utc(line.next_run))}</td>"
+            f"<td class=\"in\">{_e(_duration(line.next_run - now))}</td>"
+            f"<td class=\"last\">{_e(iso_utc(last.scheduled) if last else NOTHING)}</td>"
+            f"<td class=\"outcome\">{_e(last.outcome if last else NOTHING)}</td>"
+            f"<td class=\"lateness\">{_e(_lateness(last) if last else NOTHING)}</td>"
+            f"<td class=\"job\">{_e((last.job_id if last else None) or NOTHING)}</td>"
+            "</tr>"
+        )
+    return (
+        f"<h2>Schedules</h2><p id=\"summary\">Showing {summary}</p>"
+        "<table id=\"schedules\"><thead><tr><th>schedule</th><th>next run (UTC)</th>"
+        "<th>in</th><th>last run (scheduled, UTC)</th><th>outcome</th><th>lateness</th>"
+        "<th>job id</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
+
+
+def _item(label: str, value: object) -> str:
+    return f"<dt>{_e(label)}</dt><dd>{_e(NOTHING if value is None else value)}</dd>"
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def _state(status: Mapping[str, Any], service: str) -> str | None:
+    snapshot = (status.get("services") or {}).get(service) or {}
+    state = snapshot.get("state")
+    return None if state is None else str(state)
+
+
+def _lateness(run: Run) -> str:
+    """How long after its scheduled time the run was decided, or a dash."""
+    try:
+        decided = datetime.fromisoformat(run.decided_at)
+    except ValueError:
+        return NOTHING
+    if decided.tzinfo is None:
+        decided = decided.replace(tzinfo=UTC)
+    return f"{decided.timestamp() - run.scheduled:.3f} s"
+
+
+def _duration(secs: object) -> str:
+    """``3 d 4 h``, ``5 min 6 s``, ``7 s``: the two largest units, for people."""
+    if not isinstance(secs, (int, float)):
+        return NOTHING
+    sign, left = ("-" if secs < 0 else ""), int(abs(secs))
+    units = [("d", 86400), ("h", 3600), ("min", 60), ("s", 1)]
+    parts: list[str] = []
+    for unit, size in units:
+        if parts or left >= size or unit == "s":
+            parts.append(f"{left // size} {unit}")
+            left %= size
+        if len(parts) == 2:
+            break
+    return sign + " ".join(parts)
+
+
+_CSS = (
+    "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}"
+    "table{border-collapse:collapse}td,th{padding:.2em .6em;text-align:left;"
+    "border-bottom:1px solid #ddd}dl{display:grid;grid-template-columns:max-content auto;"
+    "gap:.1em 1em}dt{color:#666}dd{margin:0}.down td.state,.refusing td.state{color:#b00;"
+    "font-weight:bold}.ok td.state{color:#070}.note{color:#b00;font-weight:bold}"
+    "td.next,td.last,td.lateness{font-variant-numeric:tabular-nums}"
+)
