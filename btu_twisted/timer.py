@@ -37,9 +37,8 @@ from btu_twisted.due import DueClaims
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
 from btu_twisted.planner import Unplannable, next_run_for
-from btu_twisted.records import ScheduleRow
+from btu_twisted.records import RowReader, ScheduleRow
 from btu_twisted.run_log import Enqueued, RunLog, Skipped, iso
-from btu_twisted.sql import Database
 from btu_twisted.store import (
     BLOCKED, BLOCKED_RETRY_SECS, CLAIMED, Claim, ScheduleStore, framed, split_member,
 )
@@ -85,7 +84,7 @@ class Timer(Service):
         self,
         clock: IReactorTime,
         store: ScheduleStore,
-        db: Database,
+        db: RowReader,
         builder: JobBuilder,
         fifo: ScheduleFifo,
         polling_interval: float,
