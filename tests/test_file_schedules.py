@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from btu_twisted.builders import FunctionBuilder, make_builders
-from tests.test_builders import as_stored
 from btu_twisted.file_schedules import (
     ScheduleFileError,
     SchedulesDiff,
@@ -17,6 +17,7 @@ from btu_twisted.file_schedules import (
     parse_schedules,
     read_schedules_file,
 )
+from tests.test_builders import as_stored
 
 GOOD = textwrap.dedent(
     """\
@@ -259,3 +260,13 @@ def restored(fields: dict[str, object]) -> Any:
     job = Job(id="x", connection=NO_REDIS)
     job.restore(as_stored(fields))
     return job
+
+
+class ExampleTests(SynchronousTestCase):
+    def test_shipped_example_loads(self) -> None:
+        """etc/schedules.toml, the documented example, is a valid schedules file."""
+        example = Path(__file__).resolve().parent.parent / "etc" / "schedules.toml"
+        rows = read_schedules_file(str(example))
+        self.assertEqual(sorted(rows), ["refresh-cache", "send-daily-report", "yearly-archive"])
+        self.assertEqual(rows["refresh-cache"].args, ("products", 500))
+        self.assertEqual(rows["send-daily-report"].overlap, "skip")
