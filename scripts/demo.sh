@@ -20,8 +20,23 @@ bash scripts/services.sh || exit 1
 bash scripts/venv.sh || exit 1
 mkdir -p "$WORK"
 
+# What both variants' configs share; each adds where its schedules come from.
+cat > "$WORK/btu_scheduler.toml" <<TOML
+name = "demo"
+environment_name = "demo"
+full_refresh_internal_secs = 600
+scheduler_polling_interval = 30
+time_zone_string = "UTC"
+tracing_level = "INFO"
+rq_host = "127.0.0.1"
+rq_port = 6379
+rq_database = $REDIS_DB
+socket_path = "$WORK/btu_scheduler.sock"
+TOML
+chmod 600 "$WORK/btu_scheduler.toml"
+
 if [ "$SOURCE" = file ]; then
-echo "== demo schedules file $WORK/schedules.toml (no MariaDB)"
+echo "== demo schedules file $WORK/schedules.toml (no MariaDB: the config has no mysql_* key)"
 cat > "$WORK/schedules.toml" <<'TOML'
 [[schedule]]
 name = "demo-every-5-seconds"
@@ -38,20 +53,7 @@ timeout = 30
 overlap = "skip"
 TOML
 cat "$WORK/schedules.toml"
-redis-cli -n $REDIS_DB FLUSHDB >/dev/null
-cat > "$WORK/btu_scheduler.toml" <<TOML
-name = "demo"
-environment_name = "demo"
-full_refresh_internal_secs = 600
-scheduler_polling_interval = 30
-time_zone_string = "UTC"
-tracing_level = "INFO"
-rq_host = "127.0.0.1"
-rq_port = 6379
-rq_database = $REDIS_DB
-socket_path = "$WORK/btu_scheduler.sock"
-schedules_file = "$WORK/schedules.toml"
-TOML
+echo "schedules_file = \"$WORK/schedules.toml\"" >> "$WORK/btu_scheduler.toml"
 else
 echo "== demo database '$DB' (Frappe's BTU tables, sample rows, demo schedules)"
 mysql -uroot -e "DROP DATABASE IF EXISTS $DB; CREATE DATABASE $DB CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
@@ -65,29 +67,17 @@ VALUES ('DEMO-EVERY-5-SECONDS', 'BTU-00001', 'Ping Now', 1, 'default', NULL, '*/
        ('DEMO-EVERY-MINUTE', 'BTU-00002', 'Ping With Wait', 1, 'default', '{''seconds_to_wait'': 1}', '* * * * *');
 SQL
 mysql -uroot "$DB" -e "SELECT name, cron_string, enabled, queue_name FROM \`tabBTU Task Schedule\` ORDER BY name"
-redis-cli -n $REDIS_DB FLUSHDB >/dev/null
-
-cat > "$WORK/btu_scheduler.toml" <<TOML
-name = "demo"
-environment_name = "demo"
-full_refresh_internal_secs = 600
-scheduler_polling_interval = 30
-time_zone_string = "UTC"
-tracing_level = "INFO"
+cat >> "$WORK/btu_scheduler.toml" <<TOML
 startup_without_database_connections = false
 mysql_user = "root"
 mysql_password = ""
 mysql_host = "127.0.0.1"
 mysql_port = 3306
 mysql_database = "$DB"
-rq_host = "127.0.0.1"
-rq_port = 6379
-rq_database = $REDIS_DB
-socket_path = "$WORK/btu_scheduler.sock"
 job_builder = "function"
 TOML
 fi
-chmod 600 "$WORK/btu_scheduler.toml"
+redis-cli -n $REDIS_DB FLUSHDB >/dev/null
 
 echo "== starting the daemon: twistd -n btu --config $WORK/btu_scheduler.toml (log: $WORK/daemon.log)"
 ( cd "$WORK" && exec "$ROOT/.venv/bin/twistd" -n --pidfile= btu --config "$WORK/btu_scheduler.toml" ) >"$WORK/daemon.log" 2>&1 &
@@ -104,14 +94,14 @@ echo "== ping over the socket, as the BTU app does: $("$ROOT/.venv/bin/btu" --co
 if [ "$SOURCE" = file ]; then
   HALF=$((SECONDS_TO_RUN / 2))
   sleep "$HALF"
-  echo "== adding a schedule to the file and reloading: $(cat >> "$WORK/schedules.toml" <<'TOML'
+  cat >> "$WORK/schedules.toml" <<'TOML'
 
 [[schedule]]
 name = "demo-added-every-3-seconds"
 cron = "*/3 * * * * * *"
 function = "demo_tasks.ping_now"
 TOML
-"$ROOT/.venv/bin/btu" --config "$WORK/btu_scheduler.toml" reload)"
+  echo "== added demo-added-every-3-seconds to the file; btu reload: $("$ROOT/.venv/bin/btu" --config "$WORK/btu_scheduler.toml" reload)"
   sleep $((SECONDS_TO_RUN - HALF))
 else
   sleep "$SECONDS_TO_RUN"
