@@ -8,6 +8,7 @@ worker running them, and the reloads by what the daemon plans in Redis.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,31 @@ class FileOnlyDaemonTests(unittest.TestCase):
         self.assertIn(":3: schedule 'x': cron:", fatal[0])
         self.assertNotIn("\n", fatal[0])
         self.assertFalse(Path(service.config.socket_path).exists())
+
+    async def test_sighup_rereads_the_file_under_twistd(self) -> None:
+        """``twistd -n btu`` with only a schedules_file: SIGHUP re-reads the file, the
+        change is planned within 5 s, and the daemon keeps running."""
+        from tests.integration.test_exactly_once import Daemon, wait_answering
+
+        self.path.write_text(schedule("before", "0 0 1 1 *"))
+        daemon = Daemon(self.dir, 0, self.values())
+
+        def stop() -> None:
+            daemon.kill(signal.SIGKILL)
+            if daemon.proc is not None:
+                daemon.proc.wait(30)
+
+        self.addCleanup(stop)
+        daemon.start()
+        await wait_answering([daemon], timeout=30)
+        await wait_for(lambda: "before" in self.members(), timeout=10)
+        self.path.write_text(schedule("after", "0 0 1 1 *"))
+        daemon.kill(signal.SIGHUP)
+        await wait_for(lambda: set(self.members()) == {"after"}, timeout=5)
+        self.assertTrue(daemon.answers())
+        daemon.kill(signal.SIGTERM)
+        await deferToThread(daemon.proc.wait, 30)
+        output = daemon.output()
+        self.assertIn("schedules file reloaded: 1 added, 0 changed, 1 removed", output)
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("MariaDB", output)
