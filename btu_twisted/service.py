@@ -183,6 +183,8 @@ class BtuService(MultiService):
             mode=config.socket_mode,
             group=config.socket_file_group_owner,
         )
+        # What `status` says about the schedules file's reloads.
+        self._file_state: dict[str, object] = {"last_reload_at": None, "last_reload_error": None}
         self.started: Deferred[None] | None = None
         self._prefix_wait: Deferred[None] | None = None
 
@@ -395,6 +397,7 @@ class BtuService(MultiService):
         return Deferred.fromCoroutine(self._reload())
 
     async def _reload(self) -> str:
+        self._file_state["last_reload_at"] = self._reactor.seconds()
         try:
             diff = await self.sources.reload()
         except ScheduleFileError as e:
@@ -402,14 +405,31 @@ class BtuService(MultiService):
                 self.log.error("{problem}", problem=problem)
             self.log.error("schedules file not reloaded: {count} problem(s); the last good "
                            "schedules keep running", count=len(e.problems))
+            self._file_state["last_reload_error"] = "; ".join(e.problems)
             raise
         except NameConflict as e:
             self.log.error("schedules file not reloaded: {error}", error=str(e))
+            self._file_state["last_reload_error"] = str(e)
             raise
+        self._file_state["last_reload_error"] = None
         # Removed names too: the planner unplans the names it cannot read.
         self.fifo.extend(diff.names())
         self.log.info("schedules file reloaded: {summary}", summary=diff.summary())
         return diff.summary()
+
+    def _file_status(self) -> dict[str, object] | None:
+        """The schedules file in use: its schedules and how the last reload went."""
+        file = self.sources.file
+        if file is None:
+            return None
+        at = self._file_state["last_reload_at"]
+        return {
+            "path": file.path,
+            "schedules": len(file.rows),
+            "enabled": sum(1 for row in file.rows.values() if row.enabled),
+            "last_reload_at": _iso(at) if isinstance(at, (int, float)) else None,
+            "last_reload_error": self._file_state["last_reload_error"],
+        }
 
     def status(self) -> dict[str, object]:
         """Every time is ISO 8601 UTC, every duration seconds in a ``_secs`` field."""
@@ -440,6 +460,7 @@ class BtuService(MultiService):
                 name: _iso(when) for name, when in sorted(self.planner.ahead.items())
             },
             "last_full_refresh": self.refresh.last,
+            "schedules_file": self._file_status(),
             "services": {name: dep.snapshot() for name, dep in self._dependencies().items()},
             "now": _iso(now),
         }

@@ -104,6 +104,8 @@ class ScheduleSources:
         # The file's states as the running refresh saw them at its start.
         self._file_states: list[ScheduleState] = []
         self._file_positions: dict[str, int] = {}
+        self._in_mariadb = False  # the running refresh has reached MariaDB's pages
+        self._shadowed: set[str] = set()  # MariaDB names hidden by the file's, warned about
 
     @property
     def dependencies(self) -> tuple[Dependency, ...]:
@@ -157,27 +159,47 @@ class ScheduleSources:
     async def schedule_states(self, after: str, limit: int = STATES_CHUNK) -> list[ScheduleState]:
         """A chunk of the full refresh's read: the file's names first, then MariaDB's.
 
-        ``after`` is the last name of the previous chunk ("" to start).  A
-        file name (of this refresh's snapshot) continues in the file; once
-        the file's names run out the chunk is topped up from MariaDB's
-        first page, and a MariaDB name continues in MariaDB.
+        ``after`` is the last name of the previous chunk ("" to start a
+        refresh).  The file's names come from a snapshot taken at the start;
+        once they run out the chunk is topped up from MariaDB's first page,
+        and from then on ``after`` is a MariaDB keyset cursor.
         """
         if after == "":
-            rows = self._file_rows()
             self._file_states = [
                 (name, row.enabled, row_fingerprint(row))
-                for name, row in sorted(rows.items())
+                for name, row in sorted(self._file_rows().items())
             ]
             self._file_positions = {s[0]: i for i, s in enumerate(self._file_states)}
-        if after == "" or after in self._file_positions:
-            start = 0 if after == "" else self._file_positions[after] + 1
-            chunk = self._file_states[start:start + limit]
-            if len(chunk) < limit and self.db is not None:
-                chunk += await self.db.schedule_states("", limit - len(chunk))
-            return chunk
-        if self.db is None:
-            return []
-        return await self.db.schedule_states(after, limit)
+            self._in_mariadb = False
+        if self._in_mariadb:
+            return self._shadow(await self.db.schedule_states(after, limit)) if self.db else []
+        start = 0 if after == "" else self._file_positions[after] + 1
+        chunk = self._file_states[start:start + limit]
+        if len(chunk) < limit and self.db is not None:
+            self._in_mariadb = True
+            chunk += self._shadow(await self.db.schedule_states("", limit - len(chunk)))
+        return chunk
+
+    def _shadow(self, states: list[ScheduleState]) -> list[ScheduleState]:
+        """A schedule saved in MariaDB under a file schedule's name after start-up does
+        not run (the file's does), and is said so once.  Its state is replaced by the
+        file's, not dropped: the page keeps its length and last name for the paging."""
+        if not self._file_positions:
+            return states
+        shown = []
+        for state in states:
+            position = self._file_positions.get(state[0])
+            if position is None:
+                shown.append(state)
+                continue
+            if state[0] not in self._shadowed:
+                self._shadowed.add(state[0])
+                self.log.warn(
+                    "schedule {schedule} is in MariaDB and in the schedules file; only the "
+                    "file's runs (rename one of them)", schedule=state[0],
+                )
+            shown.append(self._file_states[position])
+        return shown
 
     def keeps_job_ids(self, name: str) -> bool:
         """True when ``name``'s job ids go back to a MariaDB row (BTU's redis_job_id)."""

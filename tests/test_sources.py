@@ -172,3 +172,27 @@ class DstTests(TestCase):
                          {"ny": utc("2027-11-06T13:00:15")})
         self.assertEqual(self.plan(text, "2027-11-06T14:00:00", ["ny"]),
                          {"ny": utc("2027-11-07T14:00:15")})
+
+
+class ShadowTests(SourcesCase):
+    def test_name_saved_in_mariadb_later_runs_from_the_file(self) -> None:
+        """A MariaDB schedule given a file schedule's name after start-up: the paging
+        still ends, the file's state stands for it, and one warning names it."""
+        from twisted.logger import capturedLogs
+
+        db = FakeDatabase(self.clock, [make_row("F-2", enabled=False), make_row("TS-1")])
+        sources = self.make(db)
+        seen: list[tuple[str, bool, int]] = []
+        after = ""
+        with capturedLogs() as events:
+            for _ in range(10):
+                chunk = self.result(sources.schedule_states(after, 1))
+                seen += chunk  # type: ignore[arg-type]
+                if len(chunk) < 1:  # type: ignore[arg-type]
+                    break
+                after = chunk[-1][0]  # type: ignore[index]
+        self.assertEqual([s[0] for s in seen], ["F-1", "F-2", "F-3", "F-2", "TS-1"])
+        self.assertEqual(seen[1], seen[3])
+        self.assertTrue(seen[3][1])  # the file's F-2 is enabled; MariaDB's is not
+        warnings = [e for e in events if "schedules file" in e.get("log_format", "")]
+        self.assertEqual([e["schedule"] for e in warnings], ["F-2"])

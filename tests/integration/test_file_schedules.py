@@ -126,6 +126,10 @@ class FileOnlyDaemonTests(unittest.TestCase):
         self.assertEqual(sorted(service.sources.file.rows), ["new", "off"])
         with self.assertRaises(ScheduleFileError):
             await service.reload()
+        shown = service.status()["schedules_file"]
+        self.assertEqual((shown["schedules"], shown["enabled"]), (2, 1))
+        self.assertIn("schedule 'broken': cron:", shown["last_reload_error"])
+        self.assertIsNotNone(shown["last_reload_at"])
         self.assertEqual(set(self.members()), {"new"})
 
     async def test_broken_file_at_start_is_one_fatal_line(self) -> None:
