@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -235,8 +235,6 @@ def _thread_runner(clock: Any) -> Callable[..., Deferred[Any]]:
         try:
             return succeed(func(*args))
         except Exception:
-            from twisted.internet.defer import fail
-
             return fail()
 
     return inline
