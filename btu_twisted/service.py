@@ -29,6 +29,7 @@ from btu_twisted.builders import make_builders
 from btu_twisted.config import Config
 from btu_twisted.control_socket import ControlSocketService, SocketInUseError
 from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.file_schedules import ScheduleFileError
 from btu_twisted.health import Dependency
 from btu_twisted.job_ids import JobIdRecorder
 from btu_twisted.keys import Keys
@@ -38,7 +39,6 @@ from btu_twisted.protocol import ControlFactory
 from btu_twisted.redis_gateway import RedisGateway
 from btu_twisted.redis_target import target_of
 from btu_twisted.refresh import FullRefresh
-from btu_twisted.file_schedules import ScheduleFileError
 from btu_twisted.sources import FileSchedules, NameConflict, ScheduleSources
 from btu_twisted.sql import Database
 from btu_twisted.stats import lateness_summary

@@ -156,7 +156,7 @@ class ScheduleSources:
             found.update(from_db)
         return found
 
-    async def schedule_states(self, after: str, limit: int = STATES_CHUNK) -> list[ScheduleState]:
+    async def schedule_states(self, after: str, limit: int | None = None) -> list[ScheduleState]:
         """A chunk of the full refresh's read: the file's names first, then MariaDB's.
 
         ``after`` is the last name of the previous chunk ("" to start a
@@ -164,6 +164,8 @@ class ScheduleSources:
         once they run out the chunk is topped up from MariaDB's first page,
         and from then on ``after`` is a MariaDB keyset cursor.
         """
+        if limit is None:
+            limit = STATES_CHUNK  # read now, so a test may make the chunks small
         if after == "":
             self._file_states = [
                 (name, row.enabled, row_fingerprint(row))

@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from btu_twisted import refresh as refresh_module
 from btu_twisted import sources as sources_module
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.file_schedules import ScheduleFileError, SchedulesDiff
@@ -85,12 +86,15 @@ class ReadTests(SourcesCase):
     def test_full_refresh_queues_file_and_mariadb_schedules(self) -> None:
         """The refresh's chunked read covers both sources; disabled file rows are not queued."""
         self.patch(sources_module, "STATES_CHUNK", 2)
-        db = FakeDatabase(self.clock, [make_row("TS-A"), make_row("TS-B")])
+        self.patch(refresh_module, "STATES_CHUNK", 2)
+        db = FakeDatabase(self.clock, [make_row("TS-A"), make_row("TS-B"), make_row("TS-C")])
         fifo = ScheduleFifo()
         refresh = FullRefresh(self.clock, 3600, fifo, self.make(db),
                               FakeStore(self.clock))  # type: ignore[arg-type]
         self.result(refresh.refresh())
-        self.assertEqual(sorted(fifo.take(100)), ["F-1", "F-2", "TS-A", "TS-B"])
+        self.assertEqual(sorted(fifo.take(100)), ["F-1", "F-2", "TS-A", "TS-B", "TS-C"])
+        # Chunks of 2: F-1 F-2 | F-3 TS-A | TS-B TS-C | (none): MariaDB read in three pages.
+        self.assertEqual([c.detail for c in db.calls_of("schedule_states")], ["", "TS-A", "TS-C"])
 
     def test_job_ids_go_to_mariadb_rows_only(self) -> None:
         """redis_job_id is a MariaDB column: file schedules' ids are not written."""
