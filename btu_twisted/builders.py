@@ -55,8 +55,10 @@ __all__ = [
     "BuildError",
     "BuiltJob",
     "JobBuilder",
+    "BySource",
     "frappe_job_id",
     "make_builder",
+    "make_builders",
     "merged_kwargs",
     "queue_origin",
 ]
@@ -223,7 +225,14 @@ def job_timeout(row: ScheduleRow) -> int:
 
 
 def job_description(row: ScheduleRow) -> str:
-    """What rq dashboards show, e.g. ``BTU Task BTU-00001 (Ping Now) for schedule TS-000001``."""
+    """What rq dashboards show, e.g. ``BTU Task BTU-00001 (Ping Now) for schedule TS-000001``.
+
+    A schedules_file row has no BTU Task: ``app.jobs.backup for schedule nightly-backup``,
+    then its description.
+    """
+    if row.source == "file":
+        about = (row.schedule_description or "").strip()
+        return f"{row.function_string} for schedule {row.name}" + (f": {about}" if about else "")
     title = (row.desc_short or row.task_description or "").strip()
     titled = f"{row.task} ({title})" if title else row.task
     return f"BTU Task {titled} for schedule {row.name}"
@@ -237,6 +246,7 @@ def rq_fields(
     kwargs: dict[str, Any] | None,
     data: bytes | None = None,
     *,
+    args: tuple[Any, ...] = (),
     job_id: str | None = None,
     result_ttl: int | None = None,
     failure_ttl: int | None = None,
@@ -253,6 +263,7 @@ def rq_fields(
     """
     job = Job.create(
         func,
+        args=args,
         kwargs=kwargs,
         connection=NO_REDIS,
         id=str(uuid.uuid4()),
@@ -326,7 +337,8 @@ class FunctionBuilder(_Builder):
         try:
             origin = queue_origin(row, self._prefix)
             job = rq_fields(
-                row, when, origin, _function_string(row), merged_kwargs(row), **self._ttls
+                row, when, origin, _function_string(row), merged_kwargs(row),
+                args=row.args, **self._ttls
             )
         except Exception:
             return defer.fail(self._as_build_error(row, Failure()))
@@ -449,6 +461,39 @@ class FrappeBuilder(_Builder):
     def close(self) -> Deferred[None]:
         """Close the HTTP connection pool."""
         return self._client.close()
+
+
+class BySource:
+    """Schedules from ``schedules_file`` run with the ``function`` builder whatever
+    ``job_builder`` says (they have no BTU Task to pickle, no Frappe site to run in);
+    MariaDB's schedules with the configured one."""
+
+    def __init__(self, function: JobBuilder, mariadb: JobBuilder | None) -> None:
+        self._function = function
+        self._mariadb = mariadb
+        # The site's Dependency (frappe builder), reported in status and metrics.
+        self.health = getattr(mariadb, "health", None)
+
+    def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
+        if row.source == "file" or self._mariadb is None:
+            return self._function.build(row, when)
+        return self._mariadb.build(row, when)
+
+    def close(self) -> Deferred[None]:
+        return self._mariadb.close() if self._mariadb is not None else defer.succeed(None)
+
+
+def make_builders(config: Any, reactor: Any) -> JobBuilder:
+    """The builder for every schedule the config names (file and/or MariaDB)."""
+    if not getattr(config, "schedules_file", None):
+        return make_builder(config, reactor)
+    function = FunctionBuilder(
+        config.rq_queue_prefix or "",
+        result_ttl=getattr(config, "result_ttl", None),
+        failure_ttl=getattr(config, "failure_ttl", None),
+    )
+    mariadb = make_builder(config, reactor) if config.uses_mariadb else None
+    return BySource(function, mariadb)
 
 
 def make_builder(config: Any, reactor: Any) -> JobBuilder:

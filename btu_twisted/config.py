@@ -284,11 +284,14 @@ class Config:
     tracing_level: str = _key(_one_of(_LOG_LEVELS, upper=True), "INFO")
     startup_without_database_connections: bool = _key(_boolean, False)
 
-    mysql_user: str = _key(_non_empty_string)
-    mysql_password: str = _key(_string, secret=True)
-    mysql_host: str = _key(_non_empty_string)
+    # Required unless schedules_file is set (_source_problems); None: no MariaDB at all.
+    mysql_user: str | None = _key(_non_empty_string, None)
+    mysql_password: str | None = _key(_string, None, secret=True)
+    mysql_host: str | None = _key(_non_empty_string, None)
     mysql_port: int = _key(_port, 3306)
-    mysql_database: str = _key(_non_empty_string)
+    mysql_database: str | None = _key(_non_empty_string, None)
+    # TOML [[schedule]] tables (file_schedules.py): schedules without Frappe.
+    schedules_file: str | None = _key(_readable_file, None)
 
     # One of rq_host (+ rq_port), rq_url or rq_sentinels names the Redis (_redis_problems).
     rq_host: str | None = _key(_non_empty_string, None)
@@ -339,6 +342,11 @@ class Config:
     metrics_port: int | None = _key(_port, None)
     metrics_host: str = _key(_non_empty_string, "127.0.0.1")
 
+    @property
+    def uses_mariadb(self) -> bool:
+        """False when every schedule comes from ``schedules_file``: nothing connects to MariaDB."""
+        return self.mysql_database is not None
+
     def __repr__(self) -> str:
         shown = ", ".join(f"{key}={value!r}" for key, value in masked(self).items())
         return f"Config({shown})"
@@ -387,7 +395,24 @@ def _redis_problems(data: Mapping[str, Any], values: Mapping[str, Any]) -> list[
     return problems
 
 
+# Without schedules_file these name the MariaDB the schedules are read from.
+_MARIADB_KEYS = ("mysql_user", "mysql_password", "mysql_host", "mysql_database")
+
+
+def _source_problems(data: Mapping[str, Any]) -> list[str]:
+    """The mysql_* keys are required, unless schedules_file is the only source."""
+    if "schedules_file" in data and not any(key in data for key in _MARIADB_KEYS):
+        return []
+    problems = [f"{key}: required key is missing" for key in _MARIADB_KEYS if key not in data]
+    if problems and "schedules_file" in data:
+        problems = [f"{p} (give every mysql_* key to use MariaDB too, or none to use only "
+                    "schedules_file)" for p in problems]
+    return problems
+
+
 def _builder_problems(data: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
+    if "schedules_file" in data and not any(key in data for key in _MARIADB_KEYS):
+        return []  # file schedules always run with the function builder
     builder = values.get("job_builder", "frappe" if "job_builder" not in data else None)
     if builder is None:  # job_builder itself was invalid and is already reported
         return []
@@ -434,6 +459,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
         except _Invalid as invalid:
             problems.append(f"{spec.name}: {invalid}")
     named = {problem.split(":")[0] for problem in problems}
+    if not unread & set(_MARIADB_KEYS):
+        problems += [p for p in _source_problems(data) if p.split(":")[0] not in named]
     problems += [p for p in _builder_problems(data, values) if p.split(":")[0] not in named]
     if not unread & {"rq_host", "rq_url", "rq_sentinels"}:
         named = {problem.split(":")[0] for problem in problems}

@@ -9,19 +9,24 @@ not yet written are kept, newest per schedule, and tried again.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from btu_twisted.health import Backoff
-from btu_twisted.sql import Database, RowsLocked
+from btu_twisted.sql import RowsLocked
+
+if TYPE_CHECKING:
+    from btu_twisted.sql import Database
+    from btu_twisted.sources import ScheduleSources
 
 
 class JobIdRecorder:
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, db: Database) -> None:
+    def __init__(self, clock: IReactorTime, db: Database | ScheduleSources) -> None:
         self._clock = clock
         self._db = db
         self._pending: dict[str, str] = {}

@@ -23,8 +23,8 @@ from btu_twisted import cron
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff, Dependency
 from btu_twisted.plan_memory import PlanMemory, row_fingerprint
-from btu_twisted.records import ScheduleRow
-from btu_twisted.sql import BATCH_SIZE, Database
+from btu_twisted.records import RowReader, ScheduleRow
+from btu_twisted.sql import BATCH_SIZE
 from btu_twisted.store import ScheduleStore
 
 # A last enqueued run further ahead of now than this can only come from a
@@ -66,7 +66,7 @@ class Planner(Service):
         self,
         clock: IReactorTime,
         fifo: ScheduleFifo,
-        db: Database,
+        db: RowReader,
         store: ScheduleStore,
         default_zone: str,
         on_planned: Callable[[int], None] = lambda when: None,

@@ -66,6 +66,10 @@ class SchedulerControl(_TypingProtocol):
     def status(self) -> dict[str, object]:
         """A JSON-able summary for the ``status`` request."""
 
+    def reload(self) -> Deferred[str]:
+        """Re-read the schedules file: a one-line summary, or a failure whose
+        ``problems`` (or message) say why the old schedules stay."""
+
 
 class _RequestError(Exception):
     """A request we refuse; the message follows ``Error: `` in the reply."""
@@ -255,6 +259,7 @@ class ControlProtocol(Protocol):
             "status": self._status,
             "create_task_schedule": self._create,
             "cancel_task_schedule": self._cancel,
+            "reload": self._reload,
         }
 
     # -- connection life -------------------------------------------------
@@ -387,10 +392,30 @@ class ControlProtocol(Protocol):
         result = self._control.cancel(name)
         if not isinstance(result, Deferred):
             raise TypeError(f"cancel() returned {result!r}, not a Deferred")
-        self._pending = True
         result.addCallbacks(
             self._cancelled, self._cancel_failed, callbackArgs=(name,), errbackArgs=(name,)
         )
+        self._reply_when(result)
+
+    def _reload(self, content: object) -> None:
+        self.log.info("{peer} asked to reload the schedules file", peer=self._peer)
+        result = self._control.reload()
+        if not isinstance(result, Deferred):
+            raise TypeError(f"reload() returned {result!r}, not a Deferred")
+        result.addCallbacks(lambda summary: f"Schedules file reloaded: {summary}.",
+                            self._reload_failed)
+        self._reply_when(result)
+
+    def _reload_failed(self, failure: Failure) -> str:
+        problems = getattr(failure.value, "problems", None)
+        if problems:
+            return (f"Error: schedules file not reloaded ({len(problems)} problem(s); the last "
+                    f"good schedules keep running): " + "; ".join(problems))
+        return f"Error: schedules file not reloaded: {_short_reason(failure)}"
+
+    def _reply_when(self, result: Deferred[str]) -> None:
+        """Answer with ``result``'s line; hold further requests until it fires."""
+        self._pending = True
         result.addCallback(self._finish_pending)
         result.addErrback(self._internal_failure)
         if self._pending:  # not answered synchronously: hold further requests

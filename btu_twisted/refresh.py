@@ -20,6 +20,7 @@ seconds a cheap EXISTS checks it; when it is gone, a refresh starts at once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -30,8 +31,12 @@ from twisted.logger import Logger
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
 from btu_twisted.plan_memory import PlanMemory
-from btu_twisted.sql import STATES_CHUNK, Database
+from btu_twisted.sql import STATES_CHUNK
 from btu_twisted.store import ScheduleStore
+
+if TYPE_CHECKING:
+    from btu_twisted.sql import Database
+    from btu_twisted.sources import ScheduleSources
 
 WATCH_SECS = 2.0
 
@@ -45,7 +50,7 @@ class FullRefresh(Service):
         clock: IReactorTime,
         interval: float,
         fifo: ScheduleFifo,
-        db: Database,
+        db: Database | ScheduleSources,
         store: ScheduleStore,
         on_refreshed: Callable[[float, float, int], None] = lambda at, duration, members: None,
         watch_interval: float = WATCH_SECS,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
@@ -25,11 +25,11 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from btu_twisted import __version__
-from btu_twisted.builders import make_builder
-from btu_twisted.changes import ChangeFeed
+from btu_twisted.builders import make_builders
 from btu_twisted.config import Config
 from btu_twisted.control_socket import ControlSocketService, SocketInUseError
 from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.file_schedules import ScheduleFileError
 from btu_twisted.health import Dependency
 from btu_twisted.job_ids import JobIdRecorder
 from btu_twisted.keys import Keys
@@ -39,6 +39,7 @@ from btu_twisted.protocol import ControlFactory
 from btu_twisted.redis_gateway import RedisGateway
 from btu_twisted.redis_target import target_of
 from btu_twisted.refresh import FullRefresh
+from btu_twisted.sources import FileSchedules, NameConflict, ScheduleSources
 from btu_twisted.sql import Database
 from btu_twisted.stats import lateness_summary
 from btu_twisted.store import ScheduleStore
@@ -58,7 +59,13 @@ class StartupError(Exception):
 
 def site_of(config: Config) -> str:
     """The site, as the prefix lease names it to another site's daemon."""
-    return config.frappe_site_name or config.mysql_database
+    return config.frappe_site_name or config.mysql_database or f"file:{config.schedules_file}"
+
+
+def owner_of(config: Config) -> str:
+    """Which daemons are one site: those of one database (high availability), else
+    those of one schedules file."""
+    return config.mysql_database or f"file:{config.schedules_file}"
 
 
 def exit_on_fatal(reactor: Any) -> Callable[[str], None]:
@@ -119,11 +126,16 @@ class BtuService(MultiService):
             )
         self.db = Database(
             reactor,
-            host=config.mysql_host,
+            host=config.mysql_host or "",
             port=config.mysql_port,
-            user=config.mysql_user,
-            password=config.mysql_password,
-            database=config.mysql_database,
+            user=config.mysql_user or "",
+            password=config.mysql_password or "",
+            database=config.mysql_database or "",
+        ) if config.uses_mariadb else None
+        self.sources = ScheduleSources(
+            reactor,
+            self.db,
+            FileSchedules(config.schedules_file) if config.schedules_file else None,
         )
         self.redis = RedisGateway(reactor, target=target_of(config))
         self.store = ScheduleStore(
@@ -136,14 +148,14 @@ class BtuService(MultiService):
         self.guard = PrefixGuard(
             reactor, self.redis, config.redis_key_prefix, site_of(config), self._lost_prefix,
             # Daemons of one database are one site (high availability): they share it.
-            owner_id=config.mysql_database,
+            owner_id=owner_of(config),
         )
-        self.builder = make_builder(config, reactor)
-        self.job_ids = JobIdRecorder(reactor, self.db)
+        self.builder = make_builders(config, reactor)
+        self.job_ids = JobIdRecorder(reactor, self.sources)
         self.timer = Timer(
             reactor,
             self.store,
-            self.db,
+            self.sources,
             self.builder,
             self.fifo,
             polling_interval=config.scheduler_polling_interval,
@@ -151,29 +163,26 @@ class BtuService(MultiService):
             on_enqueued=lambda claim, lateness: self.metrics.job_enqueued(claim.origin, lateness),
             on_failure=self.metrics.failure,
             default_zone=config.time_zone_string,
-            on_job_ids=self.job_ids.record,
+            on_job_ids=self._record_job_ids,
             default_overlap=config.overlap,
         )
         self.planner = Planner(
             reactor,
             self.fifo,
-            self.db,
+            self.sources,
             self.store,
             default_zone=config.time_zone_string,
             on_planned=self.timer.planned,
-            dependencies=(self.db.health, self.redis.health),
+            dependencies=(*self.sources.dependencies, self.redis.health),
             on_unplanned=self.timer.forget,
             on_failure=self.metrics.failure,
         )
         self.refresh = FullRefresh(
-            reactor, config.full_refresh_internal_secs, self.fifo, self.db, self.store,
+            reactor, config.full_refresh_internal_secs, self.fifo, self.sources, self.store,
             on_refreshed=self.metrics.refreshed, memory=self.planner.memory,
         )
-        self.changes = ChangeFeed(reactor, self.db, self.fifo, on_zone_changed=self.refresh.trigger)
-        self.metrics.watch(
-            lambda: len(self.fifo),
-            {"mariadb": self.db.health, "redis": self.redis.health, **self._site_health()},
-        )
+        self.changes = self.sources.change_feed(reactor, self.fifo, self.refresh.trigger)
+        self.metrics.watch(lambda: len(self.fifo), self._dependencies())
         self.socket = ControlSocketService(
             reactor,
             config.socket_path,
@@ -181,6 +190,8 @@ class BtuService(MultiService):
             mode=config.socket_mode,
             group=config.socket_file_group_owner,
         )
+        # What `status` says about the schedules file's reloads.
+        self._file_state: dict[str, object] = {"last_reload_at": None, "last_reload_error": None}
         self.started: Deferred[None] | None = None
         self._prefix_wait: Deferred[None] | None = None
 
@@ -195,18 +206,23 @@ class BtuService(MultiService):
     async def _start(self) -> None:
         for warning in self._warnings:
             self.log.warn("config: {warning}", warning=warning)
+        c = self.config
         self.log.info(
             "btu_twisted {version} starting: builder {builder}, socket {socket}, "
-            "MariaDB {db_host}:{db_port}/{database}, Redis {redis}",
+            "schedules from {sources}, Redis {redis}",
             version=__version__,
-            builder=self.config.job_builder,
-            socket=self.config.socket_path,
-            db_host=self.config.mysql_host,
-            db_port=self.config.mysql_port,
-            database=self.config.mysql_database,
+            builder=c.job_builder if c.uses_mariadb else "function",
+            socket=c.socket_path,
+            sources=" and ".join(
+                ([f"MariaDB {c.mysql_host}:{c.mysql_port}/{c.mysql_database}"]
+                 if self.db is not None else [])
+                + ([f"file {c.schedules_file}"] if c.schedules_file else [])
+            ),
             redis=self.redis.target.describe(),
         )
-        self.db.start()
+        self._load_file()
+        if self.db is not None:
+            self.db.start()
         self.redis.start()
         try:
             await self.socket.startService()
@@ -265,16 +281,32 @@ class BtuService(MultiService):
         self.log.critical("{message}", message=message)
         self._on_fatal(message)
 
+    def _load_file(self) -> None:
+        """The schedules file must be good to start: a broken one ends start-up."""
+        try:
+            diff = self.sources.load_file()
+        except ScheduleFileError as e:
+            for problem in e.problems:
+                self.log.error("{problem}", problem=problem)
+            raise StartupError(
+                f"schedules_file has {len(e.problems)} problem(s): " + "; ".join(e.problems)
+            ) from None
+        if self.sources.file is not None:
+            self.log.info("schedules file {path}: {count} schedules",
+                          path=self.sources.file.path, count=len(diff.added))
+
     async def _check_services(self) -> None:
         """Both at once, so start-up waits for the slower one, not their sum;
         MariaDB's failure is the one reported when both fail."""
         c = self.config
-        mariadb = Deferred.fromCoroutine(self.db.check())
+        mariadb = Deferred.fromCoroutine(self._check_mariadb())
         mariadb.addTimeout(STARTUP_CHECK_TIMEOUT, self._reactor)
         redis = self.redis.command("PING")
         (mariadb_ok, mariadb_result), (redis_ok, redis_result) = await DeferredList(
             [mariadb, redis], consumeErrors=True
         )
+        if not mariadb_ok and mariadb_result.check(NameConflict):
+            raise StartupError(str(mariadb_result.value))
         if not mariadb_ok:
             raise StartupError(
                 f"cannot use MariaDB database {c.mysql_database!r} at "
@@ -288,6 +320,12 @@ class BtuService(MultiService):
                 f"{_reason(redis_result.value)} "
                 "(set startup_without_database_connections = true to start anyway)"
             )
+
+    async def _check_mariadb(self) -> None:
+        """A Frappe database, with no schedule of the file's names; nothing without MariaDB."""
+        if self.db is not None:
+            await self.db.check()
+            await self.sources.check_names()
 
     def _start_failed(self, failure: Any) -> None:
         if failure.check(StartupError):
@@ -319,12 +357,25 @@ class BtuService(MultiService):
         await self.guard.release()
         await _maybe(self.builder.close())
         await _maybe(self.redis.stop())
-        self.db.stop()
+        if self.db is not None:
+            self.db.stop()
         self.log.info("btu_twisted stopped")
 
     def _site_health(self) -> dict[str, Dependency]:
         health = getattr(self.builder, "health", None)
         return {"site": health} if isinstance(health, Dependency) else {}
+
+    def _dependencies(self) -> dict[str, Dependency]:
+        """The outside services the daemon uses: MariaDB only when configured."""
+        return {
+            **({"mariadb": self.db.health} if self.db is not None else {}),
+            "redis": self.redis.health,
+            **self._site_health(),
+        }
+
+    def _record_job_ids(self, job_ids: Iterable[tuple[str, str]]) -> None:
+        """BTU's redis_job_id is a MariaDB column: file schedules have none."""
+        self.job_ids.record(pair for pair in job_ids if self.sources.keeps_job_ids(pair[0]))
 
     # -- SchedulerControl, for the socket ------------------------------------------
     def request_planning(self, name: str) -> bool:
@@ -340,6 +391,52 @@ class BtuService(MultiService):
         d = Deferred.fromCoroutine(self.store.cancel(name))
         # The socket holds the client's connection until this fires.
         return d.addTimeout(CANCEL_TIMEOUT, self._reactor)
+
+    def reload_logged(self) -> None:
+        """SIGHUP: reload; the outcome is in the log (no one waits for a reply)."""
+        d = self.reload()
+        d.addErrback(lambda failure: None if failure.check(ScheduleFileError, NameConflict)
+                     else self.log.failure("reloading the schedules file failed", failure))
+
+    def reload(self) -> Deferred[str]:
+        """Re-read the schedules file (SIGHUP, the ``reload`` request): one line saying
+        what changed, or ScheduleFileError / NameConflict with the old set still in use."""
+        return Deferred.fromCoroutine(self._reload())
+
+    async def _reload(self) -> str:
+        self._file_state["last_reload_at"] = self._reactor.seconds()
+        try:
+            diff = await self.sources.reload()
+        except ScheduleFileError as e:
+            for problem in e.problems:
+                self.log.error("{problem}", problem=problem)
+            self.log.error("schedules file not reloaded: {count} problem(s); the last good "
+                           "schedules keep running", count=len(e.problems))
+            self._file_state["last_reload_error"] = "; ".join(e.problems)
+            raise
+        except NameConflict as e:
+            self.log.error("schedules file not reloaded: {error}", error=str(e))
+            self._file_state["last_reload_error"] = str(e)
+            raise
+        self._file_state["last_reload_error"] = None
+        # Removed names too: the planner unplans the names it cannot read.
+        self.fifo.extend(diff.names())
+        self.log.info("schedules file reloaded: {summary}", summary=diff.summary())
+        return diff.summary()
+
+    def _file_status(self) -> dict[str, object] | None:
+        """The schedules file in use: its schedules and how the last reload went."""
+        file = self.sources.file
+        if file is None:
+            return None
+        at = self._file_state["last_reload_at"]
+        return {
+            "path": file.path,
+            "schedules": len(file.rows),
+            "enabled": sum(1 for row in file.rows.values() if row.enabled),
+            "last_reload_at": _iso(at) if isinstance(at, (int, float)) else None,
+            "last_reload_error": self._file_state["last_reload_error"],
+        }
 
     def status(self) -> dict[str, object]:
         """Every time is ISO 8601 UTC, every duration seconds in a ``_secs`` field."""
@@ -370,11 +467,8 @@ class BtuService(MultiService):
                 name: _iso(when) for name, when in sorted(self.planner.ahead.items())
             },
             "last_full_refresh": self.refresh.last,
-            "services": {
-                "mariadb": self.db.health.snapshot(),
-                "redis": self.redis.health.snapshot(),
-                **{name: dep.snapshot() for name, dep in self._site_health().items()},
-            },
+            "schedules_file": self._file_status(),
+            "services": {name: dep.snapshot() for name, dep in self._dependencies().items()},
             "now": _iso(now),
         }
         # Replaced here, not in the literal (which keeps the key's place in the JSON):

@@ -7,6 +7,8 @@ on stderr and exit status 1, before twistd prints any usage text.
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.python import usage
@@ -20,7 +22,8 @@ if TYPE_CHECKING:
 
 class Options(usage.Options):
     synopsis = "[--config PATH]"
-    longdesc = "Run the BTU scheduler: BTU Task Schedules in MariaDB become Python RQ jobs."
+    longdesc = ("Run the BTU scheduler: BTU Task Schedules in MariaDB, or the [[schedule]] "
+                "tables of a schedules_file, become Python RQ jobs.")
     optParameters = [
         ["config", "c", DEFAULT_CONFIG_PATH, "The btu_scheduler.toml file to read."],
     ]
@@ -53,4 +56,15 @@ def makeService(options: Options, reactor: Any = None) -> BtuService:
             raise SystemExit(f"btu: bad config {options['config']}: {e}") from None
     # twistd has set up its log observers by the time services start.
     reactor.callWhenRunning(apply_level, log_level(options.config))
+    if options.config.schedules_file:
+        reactor.callWhenRunning(reload_on_sighup, reactor, service.reload_logged)
     return service
+
+
+def reload_on_sighup(reactor: Any, reload: Callable[[], object]) -> None:
+    """SIGHUP re-reads the schedules file, as daemons conventionally re-read their files.
+
+    The handler only hands the work to the reactor: nothing else is safe in a
+    signal handler.
+    """
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))

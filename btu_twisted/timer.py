@@ -37,9 +37,8 @@ from btu_twisted.due import DueClaims
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
 from btu_twisted.planner import Unplannable, next_run_for
-from btu_twisted.records import ScheduleRow
+from btu_twisted.records import RowReader, ScheduleRow
 from btu_twisted.run_log import Enqueued, RunLog, Skipped, iso
-from btu_twisted.sql import Database
 from btu_twisted.history import DROPPED, SKIPPED_MISFIRE, SKIPPED_UNBUILDABLE
 from btu_twisted.keys import Keys
 from btu_twisted.store import (
@@ -88,7 +87,7 @@ class Timer(Service):
         self,
         clock: IReactorTime,
         store: ScheduleStore,
-        db: Database,
+        db: RowReader,
         builder: JobBuilder,
         fifo: ScheduleFifo,
         polling_interval: float,

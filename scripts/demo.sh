@@ -2,17 +2,59 @@
 # The demo: a Frappe-shaped database with sample schedules, the btu daemon
 # under twistd, and a real `rq worker` printing the jobs as they run.
 # DEMO_SECONDS (default 70) bounds the run; Ctrl-C stops it early.
+# DEMO_SOURCE=file: no Frappe, no MariaDB schema: the schedules come from a
+# schedules_file, and the config has no mysql_* key at all.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 SECONDS_TO_RUN=${DEMO_SECONDS:-70}
-WORK=/tmp/btu_demo
+SOURCE=${DEMO_SOURCE:-mariadb}
+WORK=${DEMO_WORK:-/tmp/btu_demo}
 DB=btu_demo
 REDIS_DB=1
+case "$SOURCE" in
+  mariadb|file) ;;
+  *) echo "DEMO_SOURCE must be 'mariadb' (default) or 'file', not '$SOURCE'" >&2; exit 2 ;;
+esac
 bash scripts/services.sh || exit 1
 bash scripts/venv.sh || exit 1
 mkdir -p "$WORK"
 
+# What both variants' configs share; each adds where its schedules come from.
+cat > "$WORK/btu_scheduler.toml" <<TOML
+name = "demo"
+environment_name = "demo"
+full_refresh_internal_secs = 600
+scheduler_polling_interval = 30
+time_zone_string = "UTC"
+tracing_level = "INFO"
+rq_host = "127.0.0.1"
+rq_port = 6379
+rq_database = $REDIS_DB
+socket_path = "$WORK/btu_scheduler.sock"
+TOML
+chmod 600 "$WORK/btu_scheduler.toml"
+
+if [ "$SOURCE" = file ]; then
+echo "== demo schedules file $WORK/schedules.toml (no MariaDB: the config has no mysql_* key)"
+cat > "$WORK/schedules.toml" <<'TOML'
+[[schedule]]
+name = "demo-every-5-seconds"
+cron = "*/5 * * * * * *"
+function = "demo_tasks.ping_now"
+description = "ping every 5 s"
+
+[[schedule]]
+name = "demo-every-minute"
+cron = "* * * * *"
+function = "demo_tasks.ping_with_wait"
+kwargs = { seconds_to_wait = 1 }
+timeout = 30
+overlap = "skip"
+TOML
+cat "$WORK/schedules.toml"
+echo "schedules_file = \"$WORK/schedules.toml\"" >> "$WORK/btu_scheduler.toml"
+else
 echo "== demo database '$DB' (Frappe's BTU tables, sample rows, demo schedules)"
 mysql -uroot -e "DROP DATABASE IF EXISTS $DB; CREATE DATABASE $DB CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
 mysql -uroot "$DB" < tests/fixtures/frappe_schema.sql
@@ -25,28 +67,17 @@ VALUES ('DEMO-EVERY-5-SECONDS', 'BTU-00001', 'Ping Now', 1, 'default', NULL, '*/
        ('DEMO-EVERY-MINUTE', 'BTU-00002', 'Ping With Wait', 1, 'default', '{''seconds_to_wait'': 1}', '* * * * *');
 SQL
 mysql -uroot "$DB" -e "SELECT name, cron_string, enabled, queue_name FROM \`tabBTU Task Schedule\` ORDER BY name"
-redis-cli -n $REDIS_DB FLUSHDB >/dev/null
-
-cat > "$WORK/btu_scheduler.toml" <<TOML
-name = "demo"
-environment_name = "demo"
-full_refresh_internal_secs = 600
-scheduler_polling_interval = 30
-time_zone_string = "UTC"
-tracing_level = "INFO"
+cat >> "$WORK/btu_scheduler.toml" <<TOML
 startup_without_database_connections = false
 mysql_user = "root"
 mysql_password = ""
 mysql_host = "127.0.0.1"
 mysql_port = 3306
 mysql_database = "$DB"
-rq_host = "127.0.0.1"
-rq_port = 6379
-rq_database = $REDIS_DB
-socket_path = "$WORK/btu_scheduler.sock"
 job_builder = "function"
 TOML
-chmod 600 "$WORK/btu_scheduler.toml"
+fi
+redis-cli -n $REDIS_DB FLUSHDB >/dev/null
 
 echo "== starting the daemon: twistd -n btu --config $WORK/btu_scheduler.toml (log: $WORK/daemon.log)"
 ( cd "$WORK" && exec "$ROOT/.venv/bin/twistd" -n --pidfile= btu --config "$WORK/btu_scheduler.toml" ) >"$WORK/daemon.log" 2>&1 &
@@ -60,7 +91,21 @@ trap cleanup EXIT INT TERM
 for _ in $(seq 1 50); do [ -S "$WORK/btu_scheduler.sock" ] && break; sleep 0.2; done
 echo "== ping over the socket, as the BTU app does: $("$ROOT/.venv/bin/btu" --config "$WORK/btu_scheduler.toml" ping)"
 "$ROOT/.venv/bin/btu" --config "$WORK/btu_scheduler.toml" show-scheduled || true
-sleep "$SECONDS_TO_RUN"
+if [ "$SOURCE" = file ]; then
+  HALF=$((SECONDS_TO_RUN / 2))
+  sleep "$HALF"
+  cat >> "$WORK/schedules.toml" <<'TOML'
+
+[[schedule]]
+name = "demo-added-every-3-seconds"
+cron = "*/3 * * * * * *"
+function = "demo_tasks.ping_now"
+TOML
+  echo "== added demo-added-every-3-seconds to the file; btu reload: $("$ROOT/.venv/bin/btu" --config "$WORK/btu_scheduler.toml" reload)"
+  sleep $((SECONDS_TO_RUN - HALF))
+else
+  sleep "$SECONDS_TO_RUN"
+fi
 echo "== daemon status"
 "$ROOT/.venv/bin/btu" --config "$WORK/btu_scheduler.toml" status || true
 echo "== last daemon log lines"

@@ -29,7 +29,7 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
@@ -746,6 +746,14 @@ class _Control:
     def status(self) -> dict[str, object]:
         return {"fifo_length": len(self.planned)}
 
+    def reload(self) -> Deferred[str]:
+        from btu_twisted.file_schedules import ScheduleFileError
+
+        self.reloads = getattr(self, "reloads", 0) + 1
+        if self.full:
+            return fail(ScheduleFileError(["s.toml:3: schedule 'x': cron: bad"]))
+        return succeed("1 added, 0 changed, 2 removed")
+
 
 class DaemonSocketTests(_Base):
     """ping, reload, cancel and status over a Unix socket served by a stand-in daemon."""
@@ -840,6 +848,41 @@ class DaemonSocketTests(_Base):
         code, out, err = await self.btu_in_thread("reload", "TS-000002")
         self.assertEqual((code, out), (1, ""))
         self.assertOneErrorLine(err, "planning queue is full")
+
+    async def test_reload_without_a_name_rereads_the_schedules_file(self) -> None:
+        """``btu reload`` with no SCHEDULE sends the reload request; a broken file exits 1
+        with the daemon's problems in one line."""
+        control = _Control()
+        self.listen(ControlFactory(control, reactor))
+        code, out, _ = await self.btu_in_thread("reload")
+        self.assertEqual((code, out), (0, "Schedules file reloaded: 1 added, 0 changed, "
+                                          "2 removed.\n"))
+        self.assertEqual((control.reloads, control.planned), (1, []))
+        control.full = True
+        code, out, err = await self.btu_in_thread("reload")
+        self.assertEqual((code, out), (1, ""))
+        self.assertOneErrorLine(err, "s.toml:3: schedule 'x': cron: bad")
+
+    async def test_commands_without_mariadb_keys(self) -> None:
+        """A schedules_file-only config: print-config works, a MariaDB command says why not."""
+        schedules = os.path.join(self.tmp, "schedules.toml")
+        with open(schedules, "w") as stream:
+            stream.write("")
+        values = config_values(self.database, redis_db=REDIS_DB,
+                               socket_path=os.path.join(self.tmp, "d.sock"),
+                               job_builder="function", schedules_file=schedules)
+        path = os.path.join(self.tmp, "file-only.toml")
+        with open(path, "w") as stream:
+            stream.write(toml_text({k: v for k, v in values.items()
+                                    if not k.startswith(("mysql_", "webserver_"))}))
+        os.chmod(path, 0o600)
+        code, out, err = await deferToThread(self.btu, "--json", "print-config", config=path)
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(json.loads(out)["schedules_file"], schedules)
+        self.assertIsNone(json.loads(out)["mysql_user"])
+        code, out, err = await deferToThread(self.btu, "list-tasks", config=path)
+        self.assertEqual(code, 2)
+        self.assertOneErrorLine(err, "names none")
 
     def record_last_runs(self, **values: float) -> None:
         """Write ``btu_scheduler:last_enqueued`` fields as the daemon does (unix seconds)."""

@@ -192,8 +192,10 @@ class ExampleTests(ConfigTestCase):
     def test_example_with_everything_uncommented_loads(self) -> None:
         """The commented-out sample values are valid too; only the e-mail keys warn.
         (Not frappe_bench_path: no bench is there; tests/test_frappe_bench.py has one.
-        Nor the other ways to name the Redis, which exclude rq_host: tests/test_redis_target.py.)"""
-        text = re.sub(r"(?m)^#(?!frappe_bench_path|rq_url|rq_tls_|rq_sentinel)(\w+ = )", r"\1",
+        Nor the other ways to name the Redis, which exclude rq_host: tests/test_redis_target.py.
+        Nor schedules_file: that file is not there; SchedulesFileTests has one.)"""
+        text = re.sub(
+            r"(?m)^#(?!frappe_bench_path|rq_url|rq_tls_|rq_sentinel|schedules_file)(\w+ = )", r"\1",
                       EXAMPLE.read_text())
         config, warnings = load_config(self.private_copy(EXAMPLE, text))
         self.assertEqual(warnings, [EMAIL_WARNING])
@@ -626,3 +628,52 @@ class LogLevelTests(ConfigTestCase):
         ]:
             config, _ = parse_config(minimal(tracing_level=given))
             self.assertIs(log_level(config), level, given)
+
+
+MARIADB_KEYS = ("mysql_user", "mysql_password", "mysql_host", "mysql_database")
+
+
+class SchedulesFileTests(ConfigTestCase):
+    """schedules_file: with it the mysql_* keys may all be left out."""
+
+    def file_only(self, **changes: Any) -> dict[str, Any]:
+        """The minimal table with a schedules file and no MariaDB key at all."""
+        path = self.write("")
+        return minimal(schedules_file=path, **{**{key: None for key in MARIADB_KEYS}, **changes})
+
+    def test_no_mysql_keys_needed(self) -> None:
+        """A schedules file and no mysql_* key loads, and says it uses no MariaDB."""
+        config, warnings = parse_config(self.file_only())
+        self.assertEqual(warnings, [])
+        self.assertFalse(config.uses_mariadb)
+        self.assertIsNone(config.mysql_database)
+
+    def test_both_sources(self) -> None:
+        """A schedules file together with every mysql_* key uses both."""
+        config, _ = parse_config(minimal(schedules_file=self.write("")))
+        self.assertTrue(config.uses_mariadb)
+        self.assertIsNotNone(config.schedules_file)
+
+    def test_partial_mysql_keys_refused(self) -> None:
+        """Some mysql_* keys but not all is a mistake, named key by key."""
+        problems = self.problems(self.file_only(mysql_user="u"))
+        self.assertEqual([p.split(":")[0] for p in problems],
+                         ["mysql_password", "mysql_host", "mysql_database"])
+        self.assertIn("schedules_file", problems[0])
+
+    def test_builder_keys_not_needed_without_mariadb(self) -> None:
+        """job_builder 'frappe' (the default) needs no web server when no MariaDB is used."""
+        config, _ = parse_config(self.file_only(job_builder=None))
+        self.assertEqual(config.job_builder, "frappe")
+
+    def test_unreadable_file(self) -> None:
+        """A schedules_file that cannot be read is named at once."""
+        self.assertOneProblem(
+            minimal(schedules_file="/nonexistent/schedules.toml"),
+            "schedules_file: cannot read /nonexistent/schedules.toml",
+        )
+
+    def test_without_either_source(self) -> None:
+        """Neither schedules_file nor mysql_* keys: the mysql_* keys are required."""
+        problems = self.problems(minimal(**{key: None for key in MARIADB_KEYS}))
+        self.assertEqual(problems, [f"{key}: required key is missing" for key in MARIADB_KEYS])

@@ -44,6 +44,8 @@ class FakeControl:
         self.accept = True
         self.cancel_results: list[Deferred[bool]] = []  # handed out in order
         self.error: Exception | None = None  # raised by every method when set
+        self.reloads = 0
+        self.reload_results: list[Deferred[str]] = []
 
     def request_planning(self, name: str) -> bool:
         if self.error is not None:
@@ -64,6 +66,12 @@ class FakeControl:
             raise self.error
         self.status_calls += 1
         return {"queued": 2, "started": datetime.datetime(2024, 1, 2, 3, 4, 5)}
+
+    def reload(self) -> Deferred[str]:
+        if self.error is not None:
+            raise self.error
+        self.reloads += 1
+        return self.reload_results.pop(0) if self.reload_results else succeed("0 added")
 
     def saw_nothing(self) -> bool:
         return not (self.planned or self.cancelled or self.status_calls)
@@ -144,6 +152,28 @@ class RequestTypeTests(ProtocolTestCase):
         reply = self.send(request("status"))
         self.assertEqual(reply, b'{"queued":2,"started":"2024-01-02 03:04:05"}\n')
         self.assertEqual(self.control.status_calls, 1)
+
+    def test_reload(self) -> None:
+        """reload re-reads the schedules file and answers with what changed."""
+        self.assertEqual(self.send(request("reload")), b"Schedules file reloaded: 0 added.\n")
+        self.assertEqual(self.control.reloads, 1)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_reload_waits_then_reports_every_problem(self) -> None:
+        """A slow reload holds the next request; a broken file's problems come in one line."""
+        from btu_twisted.file_schedules import ScheduleFileError
+
+        pending: Deferred[str] = Deferred()
+        self.control.reload_results.append(pending)
+        self.assertEqual(self.send(request("reload"), request("ping")), b"")
+        pending.errback(ScheduleFileError(["s.toml:2: schedule 'a': cron: bad",
+                                           "s.toml:9: schedule 'b': timeout: bad"]))
+        self.assertEqual(
+            self.transport.value(),
+            b"Error: schedules file not reloaded (2 problem(s); the last good schedules keep "
+            b"running): s.toml:2: schedule 'a': cron: bad; s.toml:9: schedule 'b': timeout: "
+            b"bad\npong\n",
+        )
 
     def test_create(self) -> None:
         """create_task_schedule queues the name and answers with the Rust daemon's text."""

@@ -144,8 +144,9 @@ def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     add("test-pickler", "site:cmd_test_pickler",
         "fetch a task's pickled job from the site").add_argument("task", metavar="TASK")
     add("ping", "daemon:cmd_ping", "check that the daemon answers on its socket")
-    add("reload", "daemon:cmd_reload", "ask the daemon to re-plan a Task Schedule").add_argument(
-        "name", metavar="SCHEDULE")
+    add("reload", "daemon:cmd_reload",
+        "ask the daemon to re-plan a Task Schedule, or with no SCHEDULE to re-read its "
+        "schedules_file").add_argument("name", metavar="SCHEDULE", nargs="?")
     add("cancel", "daemon:cmd_cancel",
         "ask the daemon to drop a Task Schedule's planned run").add_argument(
         "name", metavar="SCHEDULE")
@@ -183,6 +184,8 @@ def _service_name(ctx: Context, kind: str) -> str:
         from btu_twisted.redis_target import target_of  # stdlib only
 
         return f"Redis at {target_of(config).describe()}"
+    if not config.uses_mariadb:
+        return "MariaDB (none configured)"
     return f"MariaDB at {config.mysql_host}:{config.mysql_port}"
 
 

@@ -169,9 +169,14 @@ class Context:
 
     def mariadb(self) -> MariaDBConnection:
         """A PyMySQL connection to the site's database (OperationalError: exit 3)."""
+        config = self.config()
+        if not config.uses_mariadb:
+            raise CliError(
+                "this command reads the Frappe site's MariaDB, and the config names none "
+                "(no mysql_* keys: schedules come from schedules_file only)", USAGE
+            )
         import pymysql
 
-        config = self.config()
         return pymysql.connect(
             host=config.mysql_host,
             port=config.mysql_port,

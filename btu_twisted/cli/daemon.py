@@ -1,4 +1,4 @@
-"""``btu ping|reload|cancel|status``: talk to the running daemon over its Unix socket.
+"""``btu ping|reload [SCHEDULE]|cancel|status``: talk to the running daemon over its Unix socket.
 
 The request is exactly what the BTU app sends (one JSON object), followed by a
 newline so the daemon need not wait for the object's end.  The reply is read
@@ -84,7 +84,10 @@ def cmd_ping(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_reload(ctx: Context, args: argparse.Namespace) -> int:
-    """Ask the daemon to re-read one schedule and plan its next run."""
+    """Ask the daemon to re-read one schedule and plan its next run or, with no
+    name, to re-read its schedules_file."""
+    if args.name is None:
+        return _show_reply(ctx, _ask(ctx, "reload", None))
     return _show_reply(ctx, _ask(ctx, "create_task_schedule", args.name))
 
 

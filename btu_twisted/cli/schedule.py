@@ -43,6 +43,8 @@ def _display_zone(ctx: Context) -> ZoneInfo:
     import pymysql
 
     config = ctx.config()
+    if not config.uses_mariadb:  # schedules_file only: no site zone to read
+        return get_zone(config.time_zone_string)
     try:
         site_zone = cron_time_zone(ctx)
     except (pymysql.err.MySQLError, OSError) as error:

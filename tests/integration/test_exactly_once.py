@@ -1,7 +1,8 @@
 """Exactly once with several daemons on one Redis and one MariaDB database.
 
-Three ``twistd -n btu`` processes share Redis database 9 and one MariaDB
-database holding schedules that fire every 1, 2 or 3 seconds; one daemon is
+Three ``twistd -n btu`` processes share Redis database 9, one MariaDB
+database and one schedules_file, both holding schedules that fire every 1, 2
+or 3 seconds; one daemon is
 SIGKILLed mid-way and started again.  Afterwards every (schedule, scheduled
 time) the crons imply inside the window is a job exactly once: none missing,
 none doubled.  The job hashes themselves are the evidence (their ``meta``
@@ -55,6 +56,7 @@ DB = 9
 SCHEDULES = int(os.environ.get("BTU_EXACTLY_ONCE_SCHEDULES", "200"))
 RUN_SECS = float(os.environ.get("BTU_EXACTLY_ONCE_SECS", "20"))
 CRON_MIX = (EVERY, EVERY_2, EVERY_3)
+FILE_SCHEDULES = 30
 
 
 class Daemon:
@@ -119,12 +121,22 @@ class ThreeDaemonsTests(unittest.TestCase):
         self.db.add_schedules(
             [(name, "BTU-REC", cron, True, "default", None) for name, cron in self.crons.items()]
         )
+        # The same daemons also run schedules from a schedules_file (issue 13).
+        self.file_crons = {f"F-{i:04d}": CRON_MIX[i % 3] for i in range(FILE_SCHEDULES)}
+        self.schedules_file = self.dir / "schedules.toml"
+        self.schedules_file.write_text("".join(
+            f'[[schedule]]\nname = "{name}"\ncron = "{cron}"\n'
+            f'function = "tests.jobfuncs.record"\nargs = [1]\n\n'
+            for name, cron in self.file_crons.items()
+        ))
 
     async def test_three_daemons_one_killed_every_run_exactly_once(self) -> None:
-        """Three daemons, 200 schedules at 1-3 s, ~20 s, one daemon SIGKILLed at a
-        random instant and restarted: every cron time from start + 3 s to
-        stop - 3 s is enqueued exactly once, and no pair is ever enqueued twice."""
-        values = config_values(self.db.name, redis_db=DB, tracing_level="INFO")
+        """Three daemons, 200 MariaDB and 30 file schedules at 1-3 s, ~20 s, one
+        daemon SIGKILLed at a random instant and restarted: every cron time from
+        start + 3 s to stop - 3 s is enqueued exactly once, and no pair is ever
+        enqueued twice."""
+        values = config_values(self.db.name, redis_db=DB, tracing_level="INFO",
+                               schedules_file=str(self.schedules_file))
         daemons = [Daemon(self.dir, i, values) for i in range(3)]
         self.addCleanup(self._cleanup, daemons)
         for d in daemons:
@@ -149,16 +161,17 @@ class ThreeDaemonsTests(unittest.TestCase):
         jobs = await deferToThread(collect_jobs, self.redis)
         first, last = started + 3, stopped - 3
         doubled = duplicates(jobs)
-        missing = missing_runs(jobs, self.crons, first, last)
+        missing = missing_runs(jobs, {**self.crons, **self.file_crons}, first, last)
         context = (f"started {started:.1f}, killed {killed_at:.1f}, restarted "
                    f"{restarted_at:.1f}, stopped {stopped:.1f}; {len(jobs)} jobs")
         self.assertEqual(doubled, {}, f"enqueued twice; {context}")
         self.assertEqual(missing, {}, f"never enqueued; {context}")
         expected = sum(
             len(range(int(first) + (-int(first)) % p, int(last) + 1, p))
-            for p in (1, 2, 3) for _ in range(SCHEDULES // 3)
+            for p in (1, 2, 3) for _ in range((SCHEDULES + FILE_SCHEDULES) // 3)
         )
         self.assertGreaterEqual(len(jobs), expected)
+        self.assertTrue(any(name.startswith("F-") for name, _, _ in jobs))
         for d in daemons:
             self.assertIn(d.proc.returncode, (0, -signal.SIGTERM), d.output()[-3000:])
             self.assertNotIn("Traceback", d.output(), d.output()[-3000:])
