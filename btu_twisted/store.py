@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from btu_twisted.history import DEFAULT_LENGTH
+
 # The key names live in keys.py (importable without Twisted); store.py still exports them.
 from btu_twisted.keys import (
     JOB_PREFIX,
@@ -42,7 +44,6 @@ from btu_twisted.keys import (
     SCHEDULE_SET,
     Keys,
 )
-from btu_twisted.history import DEFAULT_LENGTH
 from btu_twisted.resp import Encoded, encode, join
 
 if TYPE_CHECKING:

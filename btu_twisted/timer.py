@@ -36,13 +36,19 @@ from btu_twisted.builders import BuildError, JobBuilder
 from btu_twisted.due import DueClaims
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
+from btu_twisted.history import DROPPED, SKIPPED_MISFIRE, SKIPPED_UNBUILDABLE
+from btu_twisted.keys import Keys
 from btu_twisted.planner import Unplannable, next_run_for
 from btu_twisted.records import RowReader, ScheduleRow
 from btu_twisted.run_log import Enqueued, RunLog, Skipped, iso
-from btu_twisted.history import DROPPED, SKIPPED_MISFIRE, SKIPPED_UNBUILDABLE
-from btu_twisted.keys import Keys
 from btu_twisted.store import (
-    BLOCKED, BLOCKED_RETRY_SECS, CLAIMED, OVERLAPPED, Claim, ScheduleStore, framed,
+    BLOCKED,
+    BLOCKED_RETRY_SECS,
+    CLAIMED,
+    OVERLAPPED,
+    Claim,
+    ScheduleStore,
+    framed,
     split_member,
 )
 

@@ -32,17 +32,17 @@ from twisted.internet.task import Clock
 
 from btu_twisted.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.health import Dependency
-from btu_twisted.records import ScheduleRow
-from btu_twisted.plan_memory import row_fingerprint
-from btu_twisted.resp import decode
-from btu_twisted.sql import STATES_CHUNK, Changes
 from btu_twisted.history import DEFAULT_LENGTH, ENQUEUED, SKIPPED_OVERLAP, encode_run
 from btu_twisted.keys import Keys
+from btu_twisted.plan_memory import row_fingerprint
+from btu_twisted.records import ScheduleRow
+from btu_twisted.resp import decode
+from btu_twisted.sql import STATES_CHUNK, Changes
 from btu_twisted.store import (
     CLAIMED,
-    OVERLAPPED,
     JOB_PREFIX,
     LOST,
+    OVERLAPPED,
     QUEUE_PREFIX,
     RECENT_SECS,
     RQ_QUEUES,

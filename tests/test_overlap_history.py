@@ -10,7 +10,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from btu_twisted.history import (
-    DROPPED, ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP, SKIPPED_UNBUILDABLE, parse_run,
+    DROPPED,
+    ENQUEUED,
+    SKIPPED_MISFIRE,
+    SKIPPED_OVERLAP,
+    SKIPPED_UNBUILDABLE,
+    parse_run,
 )
 from tests.test_timer import T, TimerCase, row_of
 
