@@ -38,7 +38,9 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
-class FileOnlyDaemonTests(unittest.TestCase):
+class FileDaemonCase(unittest.TestCase):
+    """A private redis-server, a schedules file path and the daemons a test starts."""
+
     timeout = 60
 
     async def setUp(self) -> None:
@@ -55,16 +57,16 @@ class FileOnlyDaemonTests(unittest.TestCase):
             if service.running:
                 await service.stopService()
 
-    def values(self) -> dict[str, Any]:
+    def values(self, **extra: Any) -> dict[str, Any]:
         """A config with no mysql_* key at all, and the default job_builder ('frappe')."""
         values = config_values("unused", rq_port=self.server.port, rq_database=0,
                                socket_path=str(self.dir / "d.sock"),
-                               schedules_file=str(self.path))
+                               schedules_file=str(self.path), **extra)
         return {key: value for key, value in values.items()
                 if not key.startswith("mysql_") and key != "job_builder"}
 
-    async def start(self) -> Any:
-        service, fatal = make_service(self.values())
+    async def start(self, **extra: Any) -> Any:
+        service, fatal = make_service(self.values(**extra))
         self.services.append(service)
         await service.startService()
         self.assertEqual(fatal, [])
@@ -72,6 +74,9 @@ class FileOnlyDaemonTests(unittest.TestCase):
 
     def members(self) -> dict[str, str]:
         return {k.decode(): v.decode() for k, v in self.redis.hgetall(MEMBER_INDEX).items()}
+
+
+class FileOnlyDaemonTests(FileDaemonCase):
 
     async def test_per_second_schedule_runs_in_a_real_worker(self) -> None:
         """A 7-field cron from the file is enqueued and a real rq worker runs it with its

@@ -12,46 +12,20 @@ import json
 from typing import Any
 
 from twisted.internet.threads import deferToThread
-from twisted.trial import unittest
 
 from btu_twisted.cli import main as btu
 from btu_twisted.history import ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP, parse_run
 from btu_twisted.keys import LAST_ENQUEUED, MEMBER_INDEX, SCHEDULE_SET, Keys
-from tests.integration.daemon import make_service, run_worker, wait_for
-from tests.integration.redis_servers import server_directory, start_server
-from tests.integration.support import config_values, write_config
-from tests.integration.test_file_schedules import schedule
+from tests.integration.daemon import run_worker, wait_for
+from tests.integration.support import write_config
+from tests.integration.test_file_schedules import FileDaemonCase, schedule
 
 
-class OverlapHistoryTests(unittest.TestCase):
-    timeout = 60
-
-    async def setUp(self) -> None:
-        self.dir = server_directory(self)
-        self.server = await start_server(self, self.dir, "overlap")
-        self.url = f"redis://127.0.0.1:{self.server.port}/0"
-        self.redis = self.server.client()
-        self.addCleanup(self.redis.close)
-        self.path = self.dir / "schedules.toml"
-        self.config_path = self.dir / "btu.toml"
-        self.services: list[Any] = []
-
-    async def tearDown(self) -> None:
-        for service in self.services:
-            if service.running:
-                await service.stopService()
-
+class OverlapHistoryTests(FileDaemonCase):
     async def start(self, **extra: Any) -> Any:
-        values = config_values("unused", rq_port=self.server.port, rq_database=0,
-                               socket_path=str(self.dir / "d.sock"),
-                               schedules_file=str(self.path), **extra)
-        values = {key: value for key, value in values.items() if not key.startswith("mysql_")}
-        write_config(self.config_path, values)
-        service, fatal = make_service(values)
-        self.services.append(service)
-        await service.startService()
-        self.assertEqual(fatal, [])
-        return service
+        """The daemon, and its config written where ``btu --config`` reads it."""
+        write_config(self.dir / "btu.toml", self.values(**extra))
+        return await super().start(**extra)
 
     def runs(self, name: str) -> list[Any]:
         return [parse_run(raw) for raw in self.redis.lrange(Keys().history(name), 0, -1)]
@@ -61,7 +35,7 @@ class OverlapHistoryTests(unittest.TestCase):
 
     async def btu_history(self, *args: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
-        argv = ["--config", str(self.config_path), "history", *args]
+        argv = ["--config", str(self.dir / "btu.toml"), "history", *args]
         code = await deferToThread(btu, argv, out, err)
         return code, out.getvalue(), err.getvalue()
 
