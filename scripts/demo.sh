@@ -108,5 +108,8 @@ else
 fi
 echo "== daemon status"
 "$ROOT/.venv/bin/btu" --config "$WORK/btu_scheduler.toml" status || true
+if [ "$SOURCE" = file ]; then SHOWN=demo-every-5-seconds; else SHOWN=DEMO-EVERY-5-SECONDS; fi
+echo "== run history of $SHOWN (btu history, newest first, with each job's status now)"
+"$ROOT/.venv/bin/btu" --config "$WORK/btu_scheduler.toml" history "$SHOWN" -n 5 || true
 echo "== last daemon log lines"
 tail -n 8 "$WORK/daemon.log"
