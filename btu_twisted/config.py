@@ -41,6 +41,7 @@ __all__ = [
     "parse_config",
     "permission_warning",
     "site_config",
+    "toml_fields",
     "value_sources",
 ]
 
@@ -294,7 +295,7 @@ def _derived() -> Any:
     return field(default_factory=dict, compare=False, metadata={"derived": True})
 
 
-def _toml_fields() -> list[Any]:
+def toml_fields() -> list[Any]:
     """The Config fields that are TOML keys."""
     return [spec for spec in fields(Config) if not spec.metadata.get("derived")]
 
@@ -485,7 +486,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
         problems += bench.problems
         unread = FILLS if bench.problems else unread
         data = {**bench.values, **data}
-    for spec in _toml_fields():
+    for spec in toml_fields():
         if spec.name not in data:
             if spec.default is MISSING and spec.name not in unread:
                 problems.append(f"{spec.name}: required key is missing")
@@ -510,14 +511,14 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
     email = [key for key in data if key in _EMAIL_KEYS]
     if email:
         warnings.append(f"{', '.join(email)}: ignored: btu_twisted does not send e-mail")
-    known = [spec.name for spec in _toml_fields()]
+    known = [spec.name for spec in toml_fields()]
     for key in data:
         if key not in known and key not in _EMAIL_KEYS:
             warnings.append(_unknown_key_warning(key, known))
 
     if problems:
         # In field order, as the file is usually laid out; the cross-key checks come last.
-        order = {spec.name: i for i, spec in enumerate(_toml_fields())}
+        order = {spec.name: i for i, spec in enumerate(toml_fields())}
         problems.sort(key=lambda p: order.get(p.split(":")[0], len(order)))
         raise ConfigError(problems, source)
     return Config(**values), warnings
@@ -679,7 +680,7 @@ def value_sources(path: str, site: str | None = None) -> dict[str, str]:
         bench = from_bench(data) if "frappe_bench_path" in data else BenchDefaults()
     return {
         spec.name: "config file" if spec.name in data else bench.sources.get(spec.name, "default")
-        for spec in _toml_fields()
+        for spec in toml_fields()
     }
 
 
@@ -727,7 +728,7 @@ def masked(config: Config) -> dict[str, object]:
     shown the way the file writes it ("0660"), so the output can be pasted back.
     """
     shown: dict[str, object] = {}
-    for spec in _toml_fields():
+    for spec in toml_fields():
         value = getattr(config, spec.name)
         if spec.metadata["secret"] and value is not None:
             value = _MASK
