@@ -65,6 +65,10 @@ SELECT s.`name`, t.`modified`
   JOIN `tabBTU Task Schedule` s ON s.`task` = t.`name`
  WHERE t.`modified` >= %s
 """
+_HAS_BTU = (
+    "SELECT count(*) FROM information_schema.tables"
+    " WHERE table_schema = DATABASE() AND table_name = 'tabBTU Task Schedule'"
+)
 _LATEST = {
     "schedule": "SELECT MAX(`modified`) FROM `tabBTU Task Schedule`",
     "task": "SELECT MAX(`modified`) FROM `tabBTU Task`",
@@ -225,6 +229,12 @@ class Database:
         """Count DocTypes, as the Rust daemon did, to prove this is a Frappe database."""
         rows = await self._run(_fetch, "SELECT count(*) FROM `tabDocType`", ())
         return int(rows[0][0])
+
+    async def has_btu_tables(self) -> bool:
+        """Whether BTU is installed on this site: its database has ``tabBTU Task Schedule``
+        (``frappe_sites = ["*"]`` serves only such sites)."""
+        rows = await self._run(_fetch, _HAS_BTU, ())
+        return int(rows[0][0]) > 0
 
     async def schedule_states(self, after: str, limit: int = STATES_CHUNK) -> list[ScheduleState]:
         """Up to ``limit`` schedules named after ``after`` (collation order):

@@ -18,6 +18,7 @@ from btu_twisted.tls import without_tls
 
 if TYPE_CHECKING:
     from btu_twisted.service import BtuService
+    from btu_twisted.sites import SitesService
 
 
 class Options(usage.Options):
@@ -37,12 +38,13 @@ class Options(usage.Options):
             raise SystemExit(f"btu: bad config {path}: {problems}") from None
 
 
-def makeService(options: Options, reactor: Any = None) -> BtuService:
+def makeService(options: Options, reactor: Any = None) -> BtuService | SitesService:
     # The daemon's modules are imported here, not when twistd lists its
     # plugins, so that what they load can depend on the config (btu_twisted.tls).
     with without_tls(options.config):
         from btu_twisted.logsetup import apply_level
         from btu_twisted.service import BtuService
+        from btu_twisted.sites import SitesService
 
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -50,7 +52,9 @@ def makeService(options: Options, reactor: Any = None) -> BtuService:
             reactor = default_reactor
         try:
             # Built inside too: metrics_port loads twisted.web here.
-            service = BtuService(options.config, reactor, warnings=list(options.warnings))
+            # frappe_sites: one service per site under one parent (sites.py).
+            kind = SitesService if options.config.is_multi_site else BtuService
+            service = kind(options.config, reactor, warnings=list(options.warnings))
         except (ValueError, OSError) as e:
             # e.g. a webserver_ca_file that holds no certificate: still a config problem.
             raise SystemExit(f"btu: bad config {options['config']}: {e}") from None
