@@ -544,8 +544,8 @@ def _parse_sites(data: dict[str, Any], source: str) -> tuple[Config, list[str]]:
     try:
         names = _site_names(data["frappe_sites"])
     except _WrongType as wrong:
-        raise ConfigError([f"frappe_sites: expected {wrong.expected}, got "
-                           f"{data['frappe_sites']!r}"], source) from None
+        problem = f"frappe_sites: expected {wrong.expected}, got {data['frappe_sites']!r}"
+        raise ConfigError([problem], source) from None
     except _Invalid as invalid:
         raise ConfigError([f"frappe_sites: {invalid}"], source) from None
     every = names == ("*",)
@@ -575,12 +575,12 @@ def _parse_sites(data: dict[str, Any], source: str) -> tuple[Config, list[str]]:
     bench = data["frappe_bench_path"]
     if every:
         if not isinstance(bench, str) or not os.path.isfile(os.path.join(bench, COMMON_CONFIG)):
-            raise ConfigError([f"frappe_bench_path: {bench} is not a Frappe bench "
-                               f"(no {COMMON_CONFIG})"], source)
+            raise ConfigError([f"frappe_bench_path: {bench} is not a Frappe bench (no "
+                               + COMMON_CONFIG + ")"], source)
         candidates = site_names(bench)
         if not candidates:
-            raise ConfigError([f"frappe_sites: the bench {bench} has no site (no "
-                               "sites/<site>/site_config.json)"], source)
+            raise ConfigError([f"frappe_sites: the bench {bench} has no site "
+                               + "(no sites/<site>/site_config.json)"], source)
     else:
         candidates = list(names)
     shared = {key: value for key, value in data.items() if key != "frappe_sites"}
@@ -635,9 +635,10 @@ def _shared_redis_problems(configs: Mapping[str, Config]) -> list[str]:
     if len(seen) < 2:
         return []
     (first, a), (second, b) = list(seen.items())[:2]
-    return [f"frappe_sites: sites {a!r} and {b!r} use different Redis servers "
-            f"({first.describe()} and {second.describe()}); one daemon has one Redis "
-            "connection: run one daemon per Redis"]
+    problem = (f"frappe_sites: sites {a!r} and {b!r} use different Redis servers "
+               f"({first.describe()} and {second.describe()}); one daemon has one Redis "
+               "connection: run one daemon per Redis")
+    return [problem]
 
 
 def site_config(config: Config, site: str | None) -> Config:
@@ -649,8 +650,8 @@ def site_config(config: Config, site: str | None) -> Config:
         raise ConfigError([f"--site: this config serves {serves}, not {site!r}"])
     sites = ", ".join(config.site_configs)
     if site is None:
-        raise ConfigError([f"frappe_sites: this config serves several sites; choose one with "
-                           f"--site ({sites})"])
+        raise ConfigError(["frappe_sites: this config serves several sites; choose one "
+                           + f"with --site ({sites})"])
     if site not in config.site_configs:
         why = config.skipped_sites.get(site)
         raise ConfigError([f"--site: {site!r} is not served by this config"

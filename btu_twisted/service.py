@@ -348,13 +348,7 @@ class BtuService(MultiService):
             await self.sources.check_names()
 
     def _start_failed(self, failure: Any) -> None:
-        if failure.check(StartupError):
-            message = str(failure.value)
-        else:
-            self.log.failure("start-up failed", failure)
-            message = f"start-up failed: {_reason(failure.value)}"
-        self.log.critical("{message}", message=message)
-        self._on_fatal(message)
+        self._on_fatal(startup_failure(failure, self.log))
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._stop())
@@ -370,14 +364,14 @@ class BtuService(MultiService):
         for child in children:
             if child is not None and child.running:
                 try:
-                    await _maybe(child.stopService())
+                    await maybe_deferred(child.stopService())
                 except Exception:
                     self.log.failure("stopping {service} failed", service=child.name)
         self.job_ids.stop()
         await self.guard.release()
-        await _maybe(self.builder.close())
+        await maybe_deferred(self.builder.close())
         if self._owns_redis:
-            await _maybe(self.redis.stop())
+            await maybe_deferred(self.redis.stop())
         if self.db is not None:
             self.db.stop()
         self.log.info("btu_twisted stopped" + (" serving {site}" if self._site else ""),
@@ -500,7 +494,20 @@ class BtuService(MultiService):
         return status
 
 
-async def _maybe(result: Any) -> Any:
+def startup_failure(failure: Any, log: Logger) -> str:
+    """The one line a failed start-up ends with, logged as critical (an unexpected
+    error with its traceback too)."""
+    if failure.check(StartupError):
+        message = str(failure.value)
+    else:
+        log.failure("start-up failed", failure)
+        message = f"start-up failed: {_reason(failure.value)}"
+    log.critical("{message}", message=message)
+    return message
+
+
+async def maybe_deferred(result: Any) -> Any:
+    """``result``, awaited when it is a Deferred (stopService may return either)."""
     if isinstance(result, Deferred):
         return await result
     return result
@@ -533,4 +540,5 @@ def _refresh_times(last: dict[str, object]) -> dict[str, object] | None:
     }
 
 
-__all__ = ["BtuService", "StartupError", "database_of", "reason_of"]
+__all__ = ["BtuService", "StartupError", "database_of", "maybe_deferred", "reason_of",
+           "startup_failure"]

@@ -39,7 +39,9 @@ from btu_twisted.service import (
     StartupError,
     database_of,
     exit_on_fatal,
+    maybe_deferred,
     reason_of,
+    startup_failure,
 )
 
 if TYPE_CHECKING:
@@ -130,7 +132,7 @@ class SitesService(MultiService):
         for check in checks:
             check.addTimeout(STARTUP_CHECK_TIMEOUT, self._reactor)
         served = []
-        results = await DeferredList(checks, consumeErrors=True)
+        results: list[tuple[bool, Any]] = await DeferredList(checks, consumeErrors=True)
         for name, (ok, result) in zip(names, results):
             c = self.sites[name].config
             where = f"database {c.mysql_database!r} at {c.mysql_host}:{c.mysql_port}"
@@ -192,13 +194,7 @@ class SitesService(MultiService):
             self._on_fatal(message if len(self.served) == 1 else f"no site left: {message}")
 
     def _start_failed(self, failure: Any) -> None:
-        if failure.check(StartupError):
-            message = str(failure.value)
-        else:
-            self.log.failure("start-up failed", failure)
-            message = f"start-up failed: {reason_of(failure.value)}"
-        self.log.critical("{message}", message=message)
-        self._on_fatal(message)
+        self._on_fatal(startup_failure(failure, self.log))
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._stop())
@@ -208,7 +204,7 @@ class SitesService(MultiService):
         await DeferredList([Deferred.fromCoroutine(_stop_site(site))
                             for site in reversed(list(self.served.values()))])
         if self.metrics_service is not None and self.metrics_service.running:
-            await _maybe(self.metrics_service.stopService())
+            await maybe_deferred(self.metrics_service.stopService())
         await self.redis.stop()
         self.log.info("btu_twisted stopped (all sites)")
 
@@ -222,8 +218,3 @@ async def _stop_site(site: BtuService) -> None:
     if site.running:
         await site.stopService()
 
-
-async def _maybe(result: Any) -> Any:
-    if isinstance(result, Deferred):
-        return await result
-    return result

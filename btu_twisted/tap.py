@@ -60,7 +60,7 @@ def makeService(options: Options, reactor: Any = None) -> BtuService | SitesServ
             raise SystemExit(f"btu: bad config {options['config']}: {e}") from None
     # twistd has set up its log observers by the time services start.
     reactor.callWhenRunning(apply_level, log_level(options.config))
-    if options.config.schedules_file:
+    if options.config.schedules_file and isinstance(service, BtuService):
         reactor.callWhenRunning(reload_on_sighup, reactor, service.reload_logged)
     return service
 

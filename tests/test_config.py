@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import FrozenInstanceError, fields
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,6 @@ from twisted.trial.unittest import TestCase
 
 from btu_twisted.config import (
     DEFAULT_CONFIG_PATH,
-    Config,
     ConfigError,
     load_config,
     log_level,

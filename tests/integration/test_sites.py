@@ -33,12 +33,11 @@ from tests.integration.bench_sites import (
     redis_queue,
     short_directory,
     site_database,
-    site_user,
 )
 from tests.integration.daemon import run_worker, wait_for
 from tests.integration.proxy import TcpProxy
 from tests.integration.redis_servers import free_port
-from tests.integration.support import MYSQL, admin_connection, write_config
+from tests.integration.support import MYSQL, write_config
 from tests.integration.test_metrics import samples
 from tests.jobfuncs import read_records
 
@@ -49,29 +48,6 @@ QUEUE = f"{BENCH_ID}:default"
 
 class WholeBenchTests(TestCase):
     timeout = 120
-
-    def empty_database(self) -> dict[str, Any]:
-        """A site whose database has no BTU tables (a site without the BTU app)."""
-        name = "btu_test_nobtu_" + os.urandom(4).hex()
-        conn = admin_connection()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"CREATE DATABASE `{name}`")
-        finally:
-            conn.close()
-        self.addCleanup(self._drop_database, name)
-        user, password = site_user(self, name)
-        return {"db_name": name, "db_user": user, "db_password": password,
-                "db_host": MYSQL["host"], "db_port": MYSQL["port"]}
-
-    @staticmethod
-    def _drop_database(name: str) -> None:
-        conn = admin_connection()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        finally:
-            conn.close()
 
     def log_lines(self) -> list[str]:
         from twisted.logger import formatEvent
@@ -107,7 +83,9 @@ class WholeBenchTests(TestCase):
             databases[site], sites[site] = site_database(self, **port)
             databases[site].add_task("BTU-1", "myapp.tasks.hello", repr({"site": site}))
             databases[site].add_schedule("TS-000001", "BTU-1", "* * * * * * *")
-        sites["c.test"] = self.empty_database()
+        # c.test: a Frappe site without the BTU app.
+        no_btu, sites["c.test"] = site_database(self)
+        no_btu.execute("DROP TABLE `tabBTU Task Schedule`")
         bench = make_bench(bench_path(self), sites=sites,
                            common={"bench_id": BENCH_ID, "redis_queue": queue_url})
         (bench / "sites" / "assets").mkdir()
