@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
@@ -136,6 +137,9 @@ class SitesService(MultiService):
         for name, (ok, result) in zip(names, results):
             c = self.sites[name].config
             where = f"database {c.mysql_database!r} at {c.mysql_host}:{c.mysql_port}"
+            if not ok:
+                reason = (f"no answer within {STARTUP_CHECK_TIMEOUT:g} s"
+                          if result.check(defer.TimeoutError) else reason_of(result.value))
             if ok and result:
                 served.append(name)
             elif ok:
@@ -145,22 +149,16 @@ class SitesService(MultiService):
                 served.append(name)
                 self.log.warn("site {site}: its {where} cannot be used ({reason}); served "
                               "anyway, retrying (startup_without_database_connections)",
-                              site=name, where=where, reason=reason_of(result.value))
+                              site=name, where=where, reason=reason)
             else:
                 self.log.warn("site {site} skipped: its {where} cannot be used as {user!r}: "
                               "{reason}", site=name, where=where, user=c.mysql_user,
-                              reason=reason_of(result.value))
+                              reason=reason)
         return served
 
     async def _has_btu(self, config: Config) -> bool:
         database = database_of(config, self._reactor)
-        if database is None:
-            return False
-        database.start()
-        try:
-            return await database.has_btu_tables()
-        finally:
-            database.stop()
+        return database is not None and await database.has_btu_tables()
 
     async def _serve_metrics(self) -> None:
         from btu_twisted.status_page import ScheduleReader, SitesPage

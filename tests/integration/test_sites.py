@@ -12,6 +12,7 @@ database can hang while the first site keeps enqueuing.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -175,3 +177,46 @@ class WholeBenchTests(TestCase):
                 "SELECT redis_job_id FROM `tabBTU Task Schedule` WHERE name = 'TS-000001'")
             self.assertIn(job_id, {r["job"]["id"] for r in by_site[site]})
         self.assertEqual(len(ran), len(by_site["a.test"]) + len(by_site["b.test"]))
+
+    async def test_a_site_whose_database_hangs_at_start_is_skipped(self) -> None:
+        """["*"] while one site's MariaDB hangs: that site is skipped with one line once
+        the check's deadline passes, the reactor keeps turning, the other site is served."""
+        redis, queue_url = await redis_queue(self)
+        proxy = TcpProxy(reactor, MYSQL["port"], MYSQL["host"])
+        proxy_port = await proxy.start()
+        self.addCleanup(proxy.stop)
+        db, good = site_database(self)
+        db.add_task("BTU-1", "myapp.tasks.hello", repr({"site": "a.test"}))
+        db.add_schedule("TS-000001", "BTU-1", "* * * * * * *")
+        _, hung = site_database(self, db_port=proxy_port)
+        bench = make_bench(bench_path(self), sites={"a.test": good, "b.test": hung},
+                           common={"bench_id": BENCH_ID, "redis_queue": queue_url})
+        await proxy.pause("hold")
+        config_path = bench.parent / "btu.toml"
+        write_config(config_path, {
+            "frappe_bench_path": str(bench), "frappe_sites": ["*"],
+            "socket_path": os.path.join(short_directory(self), "{site}.sock"),
+            "frappe_job_id_style": "uuid",
+        })
+        config, _ = load_config(str(config_path))
+        lines = self.log_lines()
+        fatal: list[str] = []
+        service = SitesService(config, reactor, on_fatal=fatal.append)
+        turns = []
+        ticking = LoopingCall(lambda: turns.append(reactor.seconds()))
+        ticking.start(0.1)
+        self.addCleanup(lambda: ticking.running and ticking.stop())
+        await service.startService()
+        self.addCleanup(lambda: service.running and service.stopService())
+        ticking.stop()
+        self.assertEqual(fatal, [])
+        self.assertEqual(list(service.served), ["a.test"])
+        (skipped,) = [line for line in lines if "skipped" in line]
+        self.assertIn("site b.test skipped: its database", skipped)
+        self.assertIn("cannot be used", skipped)
+        self.assertIn("no answer within 10 s", skipped)
+        gaps = [b - a for a, b in itertools.pairwise(turns)]
+        self.assertLess(max(gaps), 1.0, "the reactor was blocked while a database hung")
+        await wait_for(lambda: redis.llen(f"rq:queue:{QUEUE}") >= 1, timeout=20)
+        proxy.resume()
+        await service.stopService()
