@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from btu_twisted.cli import main
 from btu_twisted.config import ConfigError, parse_config, site_config
+from btu_twisted.records import ScheduleRow
 from btu_twisted.sites import SitesService
 from btu_twisted.tap import Options, makeService
 from tests.test_frappe_bench import COMMON, make_bench
@@ -216,6 +219,27 @@ class DaemonWiringTests(_Bench):
             self.assertEqual(site.config.frappe_site_name, name)
         self.assertEqual(reactor.tcpServers, [])
         self.assertFalse(service.running)
+
+    def test_each_site_builds_its_own_jobs(self) -> None:
+        """The same schedule name on two sites: job ids "<site>::…", Frappe's execute_job
+        called for that site, the site's own queue prefix."""
+        config, _ = parse_config(self.values(self.bench()))
+        service = SitesService(config, MemoryReactorClock())
+        row = ScheduleRow(
+            name="TS-000001", task="BTU-1", enabled=True, cron_string="* * * * *",
+            queue_name="default", argument_overrides=None, task_description=None,
+            schedule_description=None, cron_time_zone=None,
+            function_string="myapp.tasks.hello", task_arguments="{'n': 1}",
+            max_task_duration=60, task_queue_name=None, desc_short="hello",
+        )
+        for name, site in service.sites.items():
+            built = self.successResultOf(site.builder.build(row, 1_800_000_000))
+            self.assertTrue(built.job_id.startswith(f"{name}::"), built.job_id)
+            self.assertEqual(built.origin, "prod-bench:default")
+            # rq's job data: a zlib-compressed pickle of (function, instance, args, kwargs).
+            func, _, _, kwargs = pickle.loads(zlib.decompress(built.fields["data"]))
+            self.assertEqual(func, "frappe.utils.background_jobs.execute_job")
+            self.assertEqual((kwargs["site"], kwargs["kwargs"]), (name, {"n": 1}))
 
     def test_a_failed_site_stops_alone_until_none_is_left(self) -> None:
         """What would end a one-site daemon ends its site; the last one ends the process."""
