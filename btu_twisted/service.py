@@ -147,9 +147,6 @@ class BtuService(MultiService):
                 reactor, self.metrics, config.metrics_host, config.metrics_port
             )
         self.db = database_of(config, reactor)
-        if self.db is not None and site is not None:
-            # One process, many sites: the outage line names whose database it is.
-            self.db.health.name = f"MariaDB of {site}"
         self.sources = ScheduleSources(
             reactor,
             self.db,

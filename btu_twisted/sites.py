@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from btu_twisted.config import Config
 from btu_twisted.redis_gateway import RedisGateway
@@ -86,13 +86,15 @@ class SitesService(MultiService):
         self.started: Deferred[None] | None = None
 
     def _site(self, name: str, config: Config) -> BtuService:
-        return BtuService(
+        site = BtuService(
             config, self._reactor,
             on_fatal=lambda message: self._site_failed(name, message),
             redis=self.redis,
             metrics=self.metrics.for_site(name) if self.metrics is not None else None,
             site=name,
         )
+        _name_site_in_logs(site, name, shared=(self.redis,))
+        return site
 
     # -- start and stop ------------------------------------------------------
     def startService(self) -> Deferred[None]:  # type: ignore[override]
@@ -210,6 +212,30 @@ class SitesService(MultiService):
     def site(self, name: str) -> BtuService:
         """A served site's service (KeyError for another name)."""
         return self.served[name]
+
+
+class SiteLogger(Logger):
+    """A logger whose events say which site they are about: ``log_system``, the name
+    twistd's log lines show between brackets (``[erp.example.com] planning deferred ...``)."""
+
+    def __init__(self, site: str, namespace: str, source: object) -> None:
+        super().__init__(namespace=namespace, source=source)
+        self.site = site
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        kwargs.setdefault("log_system", self.site)
+        super().emit(level, format, **kwargs)
+
+
+def _name_site_in_logs(site: BtuService, name: str, shared: tuple[object, ...]) -> None:
+    """Give the site's service and the parts it owns (not the shared ones) a SiteLogger."""
+    parts = [site, *vars(site).values()]
+    if site.db is not None:
+        parts.append(site.db.health)
+    for part in parts:
+        logger = getattr(type(part), "log", None)
+        if isinstance(logger, Logger) and not any(part is other for other in shared):
+            part.log = SiteLogger(name, logger.namespace, part)  # type: ignore[union-attr]
 
 
 async def _stop_site(site: BtuService) -> None:

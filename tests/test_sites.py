@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from btu_twisted.cli import main
@@ -240,6 +241,19 @@ class DaemonWiringTests(_Bench):
             func, _, _, kwargs = pickle.loads(zlib.decompress(built.fields["data"]))
             self.assertEqual(func, "frappe.utils.background_jobs.execute_job")
             self.assertEqual((kwargs["site"], kwargs["kwargs"]), (name, {"n": 1}))
+
+    def test_log_lines_name_their_site(self) -> None:
+        """A site's parts log with the site as the event's system (twistd's "[site]");
+        the shared Redis gateway's lines belong to no site."""
+        config, _ = parse_config(self.values(self.bench()))
+        service = SitesService(config, MemoryReactorClock())
+        a = service.sites["a.local"]
+        with capturedLogs() as events:
+            for part in (a, a.timer, a.planner, a.refresh, a.socket, a.guard, a.db.health):
+                part.log.info("hello from {part}", part=type(part).__name__)
+            service.redis.log.info("shared")
+        self.assertEqual([e.get("log_system") for e in events], ["a.local"] * 7 + [None])
+        self.assertIs(events[1]["log_source"], a.timer)
 
     def test_a_failed_site_stops_alone_until_none_is_left(self) -> None:
         """What would end a one-site daemon ends its site; the last one ends the process."""
