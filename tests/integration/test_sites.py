@@ -15,6 +15,7 @@ import io
 import itertools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +70,11 @@ class WholeBenchTests(TestCase):
         code = await deferToThread(btu, list(argv), out, err)
         return code, out.getvalue(), err.getvalue()
 
-    async def test_one_daemon_serves_every_site_with_btu(self) -> None:
-        """Both sites enqueue their own TS-000001 through one Redis connection; the site
-        without BTU is skipped with one line; each socket answers for its site; metrics
-        and the status page are per site; a hung database holds back its site only."""
+    async def bench(self, no_btu: bool = False, **values: Any) -> Bench:
+        """a.test and b.test (its MariaDB behind a proxy), each with TS-000001 every
+        second; with ``no_btu`` c.test, a Frappe site without the BTU app, and an
+        ``assets`` directory; the daemon's TOML (``frappe_sites = ["*"]`` unless
+        ``values`` says otherwise)."""
         redis, queue_url = await redis_queue(self)
         proxy = TcpProxy(reactor, MYSQL["port"], MYSQL["host"])
         proxy_port = await proxy.start()
@@ -80,26 +82,34 @@ class WholeBenchTests(TestCase):
         sites = {}
         databases = {}
         for site in SITES:
-            # b.test's MariaDB is reached through the proxy.
             port = {"db_port": proxy_port} if site == "b.test" else {}
             databases[site], sites[site] = site_database(self, **port)
             databases[site].add_task("BTU-1", "myapp.tasks.hello", repr({"site": site}))
             databases[site].add_schedule("TS-000001", "BTU-1", "* * * * * * *")
-        # c.test: a Frappe site without the BTU app.
-        no_btu, sites["c.test"] = site_database(self)
-        no_btu.execute("DROP TABLE `tabBTU Task Schedule`")
+        if no_btu:
+            other, sites["c.test"] = site_database(self)
+            other.execute("DROP TABLE `tabBTU Task Schedule`")
         bench = make_bench(bench_path(self), sites=sites,
                            common={"bench_id": BENCH_ID, "redis_queue": queue_url})
-        (bench / "sites" / "assets").mkdir()
-        short = short_directory(self)
+        if no_btu:
+            (bench / "sites" / "assets").mkdir()
         config_path = bench.parent / "btu.toml"
         write_config(config_path, {
             "frappe_bench_path": str(bench), "frappe_sites": ["*"],
-            "socket_path": os.path.join(short, "{site}.sock"),
+            "socket_path": os.path.join(short_directory(self), "{site}.sock"),
             # rq 2.12 workers here refuse Frappe v15's "site::uuid" ids.
-            "frappe_job_id_style": "uuid", "metrics_port": free_port(),
+            "frappe_job_id_style": "uuid", **values,
         })
-        config, warnings = load_config(str(config_path))
+        return Bench(redis, queue_url, proxy, bench, str(config_path), databases)
+
+    async def test_one_daemon_serves_every_site_with_btu(self) -> None:
+        """Both sites enqueue their own TS-000001 through one Redis connection; the site
+        without BTU is skipped with one line; each socket answers for its site; metrics
+        and the status page are per site; a hung database holds back its site only."""
+        setup = await self.bench(no_btu=True, metrics_port=free_port())
+        redis, queue_url, proxy, bench = setup.redis, setup.queue_url, setup.proxy, setup.path
+        config_path, databases = setup.config_path, setup.databases
+        config, warnings = load_config(config_path)
         lines = self.log_lines()
         fatal: list[str] = []
         service = SitesService(config, reactor, on_fatal=fatal.append, warnings=warnings)
@@ -119,17 +129,17 @@ class WholeBenchTests(TestCase):
 
         # Each socket answers for its own site; `btu --site` picks the site.
         for site in SITES:
-            code, out, err = await self.btu("--config", str(config_path), "--site", site,
+            code, out, err = await self.btu("--config", config_path, "--site", site,
                                             "status", "--json")
             self.assertEqual(code, 0, err)
             status = json.loads(out)
             self.assertEqual(status["site"], site)
             self.assertGreaterEqual(status["enqueued"], 1)
-            code, out, err = await self.btu("--config", str(config_path), "--site", site,
+            code, out, err = await self.btu("--config", config_path, "--site", site,
                                             "show-scheduled")
             self.assertEqual(code, 0, err)
             self.assertIn("TS-000001", out)
-        code, out, err = await self.btu("--config", str(config_path), "status")
+        code, out, err = await self.btu("--config", config_path, "status")
         self.assertEqual(code, 2)
         self.assertEqual(err.count("\n"), 1, err)
         # The command does not look into the databases: it lists the bench's sites.
@@ -181,24 +191,9 @@ class WholeBenchTests(TestCase):
     async def test_a_site_whose_database_hangs_at_start_is_skipped(self) -> None:
         """["*"] while one site's MariaDB hangs: that site is skipped with one line once
         the check's deadline passes, the reactor keeps turning, the other site is served."""
-        redis, queue_url = await redis_queue(self)
-        proxy = TcpProxy(reactor, MYSQL["port"], MYSQL["host"])
-        proxy_port = await proxy.start()
-        self.addCleanup(proxy.stop)
-        db, good = site_database(self)
-        db.add_task("BTU-1", "myapp.tasks.hello", repr({"site": "a.test"}))
-        db.add_schedule("TS-000001", "BTU-1", "* * * * * * *")
-        _, hung = site_database(self, db_port=proxy_port)
-        bench = make_bench(bench_path(self), sites={"a.test": good, "b.test": hung},
-                           common={"bench_id": BENCH_ID, "redis_queue": queue_url})
-        await proxy.pause("hold")
-        config_path = bench.parent / "btu.toml"
-        write_config(config_path, {
-            "frappe_bench_path": str(bench), "frappe_sites": ["*"],
-            "socket_path": os.path.join(short_directory(self), "{site}.sock"),
-            "frappe_job_id_style": "uuid",
-        })
-        config, _ = load_config(str(config_path))
+        setup = await self.bench()
+        await setup.proxy.pause("hold")
+        config, _ = load_config(setup.config_path)
         lines = self.log_lines()
         fatal: list[str] = []
         service = SitesService(config, reactor, on_fatal=fatal.append)
@@ -217,6 +212,34 @@ class WholeBenchTests(TestCase):
         self.assertIn("no answer within 10 s", skipped)
         gaps = [b - a for a, b in itertools.pairwise(turns)]
         self.assertLess(max(gaps), 1.0, "the reactor was blocked while a database hung")
-        await wait_for(lambda: redis.llen(f"rq:queue:{QUEUE}") >= 1, timeout=20)
-        proxy.resume()
+        await wait_for(lambda: setup.redis.llen(f"rq:queue:{QUEUE}") >= 1, timeout=20)
+        setup.proxy.resume()
         await service.stopService()
+
+    async def test_named_site_whose_database_is_down_at_start_stops_alone(self) -> None:
+        """frappe_sites names both sites and b.test's MariaDB refuses connections: b.test
+        stops with its one-line reason, a.test is served and enqueues, the process goes on."""
+        setup = await self.bench(frappe_sites=list(SITES))
+        await setup.proxy.pause("refuse")
+        config, _ = load_config(setup.config_path)
+        fatal: list[str] = []
+        service = SitesService(config, reactor, on_fatal=fatal.append)
+        await service.startService()
+        self.addCleanup(lambda: service.running and service.stopService())
+        await wait_for(lambda: "b.test" in service.failed, timeout=20)
+        self.assertIn("cannot use MariaDB database", service.failed["b.test"])
+        self.assertFalse(service.site("b.test").running)
+        await wait_for(lambda: service.site("a.test").timer.stats.enqueued >= 2, timeout=20)
+        self.assertEqual(fatal, [])
+        self.assertEqual(setup.redis.keys("btu_scheduler:b.test:*"), [])
+        await service.stopService()
+
+
+@dataclass
+class Bench:
+    redis: Any
+    queue_url: str
+    proxy: TcpProxy
+    path: Path
+    config_path: str
+    databases: dict[str, Any]
