@@ -113,6 +113,8 @@ class SitesService(MultiService):
             names = await self._discover()
         else:
             names = list(self.sites)
+        if not self.running:
+            return  # stopped while the databases were being looked at
         if not names:
             raise StartupError(
                 f"no site of the bench {self.config.frappe_bench_path} to serve: "
@@ -123,6 +125,10 @@ class SitesService(MultiService):
                       sites=", ".join(names), redis=self.redis.target.describe())
         if self.metrics_service is not None:
             await self._serve_metrics()
+        if not self.running:  # stopped meanwhile: _stop has passed the metrics port
+            if self.metrics_service is not None and self.metrics_service.running:
+                await maybe_deferred(self.metrics_service.stopService())
+            return
         # At once: a slow or failing site does not delay the others' start.
         await DeferredList([site.startService() for site in self.served.values()])
 

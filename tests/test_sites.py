@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -267,3 +268,23 @@ class DaemonWiringTests(_Bench):
         self.assertEqual(list(service.failed), ["a.local"])
         service._site_failed("b.local", "cannot listen on /run/b.sock")
         self.assertEqual(fatal, ["no site left: cannot listen on /run/b.sock"])
+
+    def test_stopped_while_discovering_starts_no_site(self) -> None:
+        """A stop that comes while ["*"]'s databases are being looked at: no site starts."""
+        config, _ = parse_config(self.values(self.bench()))
+        service = SitesService(config, MemoryReactorClock())
+        pending: list[Deferred[bool]] = []
+
+        async def has_btu(config: Any) -> bool:
+            pending.append(Deferred())
+            return await pending[-1]
+
+        service._has_btu = has_btu  # type: ignore[method-assign]
+        started = service.startService()
+        self.assertEqual(len(pending), 2)
+        self.successResultOf(service.stopService())
+        for d in pending:
+            d.callback(True)
+        self.successResultOf(started)
+        self.assertEqual(service.served, {})
+        self.assertFalse(any(site.running for site in service.sites.values()))
