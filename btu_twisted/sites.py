@@ -93,7 +93,7 @@ class SitesService(MultiService):
             metrics=self.metrics.for_site(name) if self.metrics is not None else None,
             site=name,
         )
-        _name_site_in_logs(site, name, shared=(self.redis,))
+        _name_site_in_logs(site, name, shared=(self.redis, self.redis.health))
         return site
 
     # -- start and stop ------------------------------------------------------
@@ -117,8 +117,8 @@ class SitesService(MultiService):
             return  # stopped while the databases were being looked at
         if not names:
             raise StartupError(
-                f"no site of the bench {self.config.frappe_bench_path} to serve: "
-                "none has the BTU tables (the log says why each was skipped)"
+                f"no site of the bench {self.config.frappe_bench_path} to serve "
+                "(the lines above say why each site was skipped)"
             )
         self.served = {name: self.sites[name] for name in names}
         self.log.info("serving {count} site(s): {sites}; Redis {redis}", count=len(names),
@@ -221,27 +221,35 @@ class SitesService(MultiService):
 
 
 class SiteLogger(Logger):
-    """A logger whose events say which site they are about: ``log_system``, the name
-    twistd's log lines show between brackets (``[erp.example.com] planning deferred ...``)."""
+    """A logger whose events say which site they are about: ``log_system``, what
+    twistd's log lines show between brackets
+    (``[erp.example.com btu_twisted.planner.Planner#warn] planning deferred ...``)."""
 
     def __init__(self, site: str, namespace: str, source: object) -> None:
         super().__init__(namespace=namespace, source=source)
         self.site = site
 
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
-        kwargs.setdefault("log_system", self.site)
+        # What twistd shows when there is no system, with the site in front.
+        kwargs.setdefault("log_system", f"{self.site} {self.namespace}#{level.name}")
         super().emit(level, format, **kwargs)
 
 
 def _name_site_in_logs(site: BtuService, name: str, shared: tuple[object, ...]) -> None:
-    """Give the site's service and the parts it owns (not the shared ones) a SiteLogger."""
-    parts = [site, *vars(site).values()]
-    if site.db is not None:
-        parts.append(site.db.health)
+    """Give the site's service, the parts it owns and theirs (btu_twisted's objects,
+    two levels down, not the shared ones) a SiteLogger."""
+
+    def ours(part: object) -> bool:
+        return (type(part).__module__.startswith("btu_twisted.")
+                and not any(part is other for other in shared))
+
+    parts = [site] + [part for part in vars(site).values() if ours(part)]
+    parts += [inner for part in parts[1:] if hasattr(part, "__dict__")
+              for inner in vars(part).values() if ours(inner)]
     for part in parts:
         logger = getattr(type(part), "log", None)
-        if isinstance(logger, Logger) and not any(part is other for other in shared):
-            part.log = SiteLogger(name, logger.namespace, part)  # type: ignore[union-attr]
+        if isinstance(logger, Logger) and not isinstance(part.__dict__.get("log"), SiteLogger):
+            part.log = SiteLogger(name, logger.namespace, part)  # type: ignore[attr-defined]
 
 
 async def _stop_site(site: BtuService) -> None:

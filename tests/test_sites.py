@@ -250,10 +250,14 @@ class DaemonWiringTests(_Bench):
         service = SitesService(config, MemoryReactorClock())
         a = service.sites["a.local"]
         with capturedLogs() as events:
-            for part in (a, a.timer, a.planner, a.refresh, a.socket, a.guard, a.db.health):
+            for part in (a, a.timer, a.planner, a.refresh, a.socket, a.guard, a.db.health,
+                         a.timer._runs):
                 part.log.info("hello from {part}", part=type(part).__name__)
             service.redis.log.info("shared")
-        self.assertEqual([e.get("log_system") for e in events], ["a.local"] * 7 + [None])
+            service.redis.health.log.info("shared")
+        systems = [str(e.get("log_system")).partition(" ")[0] for e in events]
+        self.assertEqual(systems, ["a.local"] * 8 + ["None"] * 2)
+        self.assertEqual(events[1]["log_system"], "a.local btu_twisted.timer.Timer#info")
         self.assertIs(events[1]["log_source"], a.timer)
 
     def test_a_failed_site_stops_alone_until_none_is_left(self) -> None:
