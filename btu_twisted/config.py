@@ -20,14 +20,14 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 if TYPE_CHECKING:
     from twisted.logger import LogLevel
 
-from btu_twisted.frappe_bench import FILLS, BenchDefaults, bench_defaults
+from btu_twisted.frappe_bench import COMMON_CONFIG, FILLS, BenchDefaults, bench_defaults, site_names
 from btu_twisted.redis_target import mask_url, parse_sentinel, parse_url
 
 __all__ = [
@@ -40,6 +40,8 @@ __all__ = [
     "masked",
     "parse_config",
     "permission_warning",
+    "site_config",
+    "toml_fields",
     "value_sources",
 ]
 
@@ -250,6 +252,22 @@ def _sentinel_nodes(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _site_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _WrongType('a list of site names, or ["*"]')
+    if not value:
+        raise _Invalid('must name at least one site, or be ["*"] (every site with BTU)')
+    if "*" in value and len(value) > 1:
+        raise _Invalid('"*" already means every site: write ["*"] alone')
+    bad = [v for v in value if v != "*" and (not v or v in (".", "..") or "/" in v or "\0" in v)]
+    if bad:
+        raise _Invalid(f"{bad[0]!r} is not a site name")
+    repeated = sorted({v for v in value if value.count(v) > 1})
+    if repeated:
+        raise _Invalid(f"{repeated[0]!r} is listed twice")
+    return tuple(value)
+
+
 def _readable_file(value: Any) -> str:
     path = _non_empty_string(value)
     if not os.access(path, os.R_OK) or not os.path.isfile(path):
@@ -270,6 +288,16 @@ def _key(
     """
     metadata = {"check": check, "secret": secret, "mask": mask}
     return field(default=default, metadata=metadata)
+
+
+def _derived() -> Any:
+    """Not a TOML key: what parse_config works out for ``frappe_sites`` (empty otherwise)."""
+    return field(default_factory=dict, compare=False, metadata={"derived": True})
+
+
+def toml_fields() -> list[Any]:
+    """The Config fields that are TOML keys."""
+    return [spec for spec in fields(Config) if not spec.metadata.get("derived")]
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -327,6 +355,8 @@ class Config:
     # Bench mode: keys the file leaves out are read from the bench (frappe_bench.py).
     frappe_bench_path: str | None = _key(_non_empty_string, None)
     frappe_site_name: str | None = _key(_string, None)
+    # One daemon for many sites of the bench (sites.py); ["*"]: every site with BTU.
+    frappe_sites: tuple[str, ...] | None = _key(_site_names, None)
     frappe_user: str = _key(_non_empty_string, "Administrator")
     frappe_job_id_style: str = _key(_one_of(_FRAPPE_JOB_ID_STYLES, upper=False), "v15")
     # None: Frappe's 600 s / 7 days for frappe_site jobs, rq's own defaults for function jobs.
@@ -341,6 +371,15 @@ class Config:
     run_history_length: int = _key(_integer(0), 100)
     metrics_port: int | None = _key(_port, None)
     metrics_host: str = _key(_non_empty_string, "127.0.0.1")
+
+    # With frappe_sites: each site's own Config, derived as bench mode derives it
+    # for frappe_site_name = site; and the sites of ["*"] that could not be read, with why.
+    site_configs: Mapping[str, Config] = _derived()
+    skipped_sites: Mapping[str, str] = _derived()
+
+    @property
+    def is_multi_site(self) -> bool:
+        return self.frappe_sites is not None
 
     @property
     def uses_mariadb(self) -> bool:
@@ -437,6 +476,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
     Unknown keys only warn: the Rust daemon ignored them, and a file that
     worked there must keep working here.
     """
+    if "frappe_sites" in data:
+        return _parse_sites(data, source)
     problems: list[str] = []
     values: dict[str, Any] = {}
     unread: frozenset[str] = frozenset()  # keys a bench that could not be read would fill
@@ -445,7 +486,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
         problems += bench.problems
         unread = FILLS if bench.problems else unread
         data = {**bench.values, **data}
-    for spec in fields(Config):
+    for spec in toml_fields():
         if spec.name not in data:
             if spec.default is MISSING and spec.name not in unread:
                 problems.append(f"{spec.name}: required key is missing")
@@ -470,17 +511,152 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
     email = [key for key in data if key in _EMAIL_KEYS]
     if email:
         warnings.append(f"{', '.join(email)}: ignored: btu_twisted does not send e-mail")
-    known = [spec.name for spec in fields(Config)]
+    known = [spec.name for spec in toml_fields()]
     for key in data:
         if key not in known and key not in _EMAIL_KEYS:
             warnings.append(_unknown_key_warning(key, known))
 
     if problems:
         # In field order, as the file is usually laid out; the cross-key checks come last.
-        order = {spec.name: i for i, spec in enumerate(fields(Config))}
+        order = {spec.name: i for i, spec in enumerate(toml_fields())}
         problems.sort(key=lambda p: order.get(p.split(":")[0], len(order)))
         raise ConfigError(problems, source)
     return Config(**values), warnings
+
+
+# Per site, never shared: bench mode reads them from each site's files.
+_PER_SITE_KEYS = ("mysql_database", "webserver_host_header")
+# Templates: "{site}" becomes each site's name.
+_SITE_TEMPLATES = ("socket_path", "redis_key_prefix")
+
+
+def _parse_sites(data: dict[str, Any], source: str) -> tuple[Config, list[str]]:
+    """``frappe_sites``: each site's Config, derived as bench mode derives it for
+    ``frappe_site_name = site``; the returned Config holds the shared settings
+    and ``site_configs``.
+
+    With ``["*"]`` the candidates are the bench's site directories (those with a
+    ``site_config.json``, as Frappe lists its sites); one that cannot be read is
+    skipped, with the reason in ``skipped_sites``.  Whether a site's database has
+    the BTU tables is only known when the daemon starts (sites.py).
+    """
+    problems: list[str] = []
+    try:
+        names = _site_names(data["frappe_sites"])
+    except _WrongType as wrong:
+        problem = f"frappe_sites: expected {wrong.expected}, got {data['frappe_sites']!r}"
+        raise ConfigError([problem], source) from None
+    except _Invalid as invalid:
+        raise ConfigError([f"frappe_sites: {invalid}"], source) from None
+    every = names == ("*",)
+    if "frappe_bench_path" not in data:
+        problems.append("frappe_sites: needs frappe_bench_path (the bench whose sites it names)")
+    if "frappe_site_name" in data:
+        problems.append("frappe_site_name: conflicts with frappe_sites; name every site in "
+                        "frappe_sites (or use frappe_site_name alone for one site)")
+    if "schedules_file" in data:
+        problems.append("schedules_file: not with frappe_sites (each site's schedules come "
+                        "from its own database)")
+    for key in _PER_SITE_KEYS:
+        if key in data:
+            problems.append(f"{key}: not with frappe_sites: each site's own is read from "
+                            "its site_config.json")
+    for key in _SITE_TEMPLATES:
+        value = data.get(key)
+        needed = key == "redis_key_prefix" or every or len(names) > 1
+        if isinstance(value, str) and needed and "{site}" not in value:
+            example = ("/run/btu_scheduler/{site}.sock" if key == "socket_path"
+                       else "btu_scheduler:{site}:")
+            problems.append(f"{key}: must contain {{site}} when frappe_sites serves "
+                            f"{'several sites' if key == 'socket_path' else 'sites'} "
+                            f"(each site needs its own), e.g. \"{example}\"")
+    if problems:
+        raise ConfigError(problems, source)
+    bench = data["frappe_bench_path"]
+    if every:
+        if not isinstance(bench, str) or not os.path.isfile(os.path.join(bench, COMMON_CONFIG)):
+            raise ConfigError([f"frappe_bench_path: {bench} is not a Frappe bench (no "
+                               + COMMON_CONFIG + ")"], source)
+        candidates = site_names(bench)
+        if not candidates:
+            raise ConfigError([f"frappe_sites: the bench {bench} has no site "
+                               + "(no sites/<site>/site_config.json)"], source)
+    else:
+        candidates = list(names)
+    shared = {key: value for key, value in data.items() if key != "frappe_sites"}
+    configs: dict[str, Config] = {}
+    skipped: dict[str, str] = {}
+    warnings: list[str] | None = None
+    for site in candidates:
+        site_data = {**shared, "frappe_site_name": site}
+        for key in _SITE_TEMPLATES:
+            if isinstance(site_data.get(key), str):
+                site_data[key] = site_data[key].replace("{site}", site)
+        try:
+            config, site_warnings = parse_config(site_data, source)
+        except ConfigError as error:
+            if every:
+                skipped[site] = "; ".join(error.problems)
+            else:
+                problems += [f"frappe_sites: site {site!r}: {p.removeprefix('frappe_site_name: ')}"
+                             for p in error.problems]
+            continue
+        configs[site] = config
+        warnings = site_warnings if warnings is None else warnings
+    if not configs and not problems:
+        problems += [f"frappe_sites: site {site!r}: {why}" for site, why in skipped.items()]
+    problems += _shared_redis_problems(configs)
+    if problems:
+        raise ConfigError(problems, source)
+    first = next(iter(configs.values()))
+    parent = replace(
+        first,
+        frappe_sites=names,
+        frappe_site_name=None,
+        socket_path=str(data.get("socket_path", first.socket_path)),
+        redis_key_prefix=str(data.get("redis_key_prefix", "btu_scheduler:{site}:")),
+        mysql_database=None,
+        mysql_user=None,
+        mysql_password=None,
+        webserver_host_header=None,
+        site_configs=configs,
+        skipped_sites=skipped,
+    )
+    return parent, warnings or []
+
+
+def _shared_redis_problems(configs: Mapping[str, Config]) -> list[str]:
+    """One daemon, one Redis connection: every site must name the same Redis."""
+    from btu_twisted.redis_target import target_of
+
+    seen: dict[Any, str] = {}
+    for site, config in configs.items():
+        seen.setdefault(target_of(config), site)
+    if len(seen) < 2:
+        return []
+    (first, a), (second, b) = list(seen.items())[:2]
+    problem = (f"frappe_sites: sites {a!r} and {b!r} use different Redis servers "
+               f"({first.describe()} and {second.describe()}); one daemon has one Redis "
+               "connection: run one daemon per Redis")
+    return [problem]
+
+
+def site_config(config: Config, site: str | None) -> Config:
+    """The Config of ``site`` (``None``: the only one), or ConfigError naming the choices."""
+    if not config.is_multi_site:
+        if site is None or site == config.frappe_site_name:
+            return config
+        serves = config.frappe_site_name or "no named site"
+        raise ConfigError([f"--site: this config serves {serves}, not {site!r}"])
+    sites = ", ".join(config.site_configs)
+    if site is None:
+        raise ConfigError(["frappe_sites: this config serves several sites; choose one "
+                           + f"with --site ({sites})"])
+    if site not in config.site_configs:
+        why = config.skipped_sites.get(site)
+        raise ConfigError([f"--site: {site!r} is not served by this config"
+                           + (f" ({why})" if why else "") + f"; its sites: {sites}"])
+    return config.site_configs[site]
 
 
 def from_bench(data: Mapping[str, Any]) -> BenchDefaults:
@@ -492,14 +668,20 @@ def from_bench(data: Mapping[str, Any]) -> BenchDefaults:
     return bench
 
 
-def value_sources(path: str) -> dict[str, str]:
-    """Where each setting of the (already checked) file at ``path`` comes from."""
+def value_sources(path: str, site: str | None = None) -> dict[str, str]:
+    """Where each setting of the (already checked) file at ``path`` comes from;
+    ``site``: one site of its ``frappe_sites``."""
     with open(path, "rb") as stream:
         data = tomllib.load(stream)
-    bench = from_bench(data) if "frappe_bench_path" in data else BenchDefaults()
+    if site is not None and "frappe_sites" in data:
+        data = {key: value for key, value in data.items() if key != "frappe_sites"}
+        bench = from_bench({**data, "frappe_site_name": site})
+        bench.sources["frappe_site_name"] = "--site (one of frappe_sites)"
+    else:
+        bench = from_bench(data) if "frappe_bench_path" in data else BenchDefaults()
     return {
         spec.name: "config file" if spec.name in data else bench.sources.get(spec.name, "default")
-        for spec in fields(Config)
+        for spec in toml_fields()
     }
 
 
@@ -547,7 +729,7 @@ def masked(config: Config) -> dict[str, object]:
     shown the way the file writes it ("0660"), so the output can be pasted back.
     """
     shown: dict[str, object] = {}
-    for spec in fields(config):
+    for spec in toml_fields():
         value = getattr(config, spec.name)
         if spec.metadata["secret"] and value is not None:
             value = _MASK

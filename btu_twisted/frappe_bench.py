@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 from btu_twisted.redis_target import ACL_RULE
 
-__all__ = ["FILLS", "BenchDefaults", "bench_defaults", "bench_id"]
+__all__ = ["COMMON_CONFIG", "FILLS", "BenchDefaults", "bench_defaults", "bench_id", "site_names"]
 
 COMMON_CONFIG = os.path.join("sites", "common_site_config.json")
 
@@ -71,6 +71,18 @@ def bench_id(bench_path: str, common: Mapping[str, Any]) -> str:
     if isinstance(configured, str) and configured:
         return configured
     return os.path.realpath(bench_path).strip("/").replace("/", "-")
+
+
+def site_names(bench_path: str) -> list[str]:
+    """The bench's sites as Frappe lists them: directories of ``sites/`` with a
+    ``site_config.json``, in name order."""
+    sites = os.path.join(bench_path, "sites")
+    try:
+        entries = os.listdir(sites)
+    except OSError:
+        return []
+    return sorted(name for name in entries
+                  if os.path.isfile(os.path.join(sites, name, "site_config.json")))
 
 
 def bench_defaults(bench_path: str, site: str | None, toml: Mapping[str, Any]) -> BenchDefaults:

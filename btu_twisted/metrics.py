@@ -3,10 +3,15 @@
 Each daemon has its own ``CollectorRegistry`` so several services in one
 process (tests) never share counters.  Gauges that mirror live state read it
 when scraped rather than being pushed on every change.
+
+A daemon serving several sites (``frappe_sites``) has one registry whose
+every metric carries a ``site`` label: each site reports through
+``metrics.for_site(site)``.  One site's daemon has no such label, as before.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,71 +29,97 @@ LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The metric families, and the reporting calls of one site.
+
+    ``per_site``: every family has a leading ``site`` label, and only the
+    views from :meth:`for_site` report.
+    """
+
+    def __init__(self, per_site: bool = False) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        site = ["site"] if per_site else []
+        self._bound: dict[str, str] = {}
         self.enqueued = Counter(
-            "btu_jobs_enqueued", "RQ jobs enqueued, by queue", ["queue"], registry=r
+            "btu_jobs_enqueued", "RQ jobs enqueued, by queue", [*site, "queue"], registry=r
         )
         self.failures = Counter(
-            "btu_failures", "Runs delayed, skipped or dropped, by reason", ["reason"], registry=r
+            "btu_failures", "Runs delayed, skipped or dropped, by reason", [*site, "reason"],
+            registry=r,
         )
         self.lateness = Histogram(
             "btu_enqueue_lateness_seconds",
             "Enqueue time minus scheduled time",
+            site,
             buckets=LATENESS_BUCKETS,
             registry=r,
         )
         self.fifo_length = Gauge(
-            "btu_fifo_length", "Schedule names waiting to be planned", registry=r
+            "btu_fifo_length", "Schedule names waiting to be planned", site, registry=r
         )
         self.planned = Gauge(
-            "btu_planned_schedules", "Members in the sorted set at the last refresh", registry=r
+            "btu_planned_schedules", "Members in the sorted set at the last refresh", site,
+            registry=r,
         )
         self.refresh_duration = Gauge(
-            "btu_full_refresh_duration_seconds", "Duration of the last full refresh", registry=r
+            "btu_full_refresh_duration_seconds", "Duration of the last full refresh", site,
+            registry=r,
         )
         self.refresh_success = Gauge(
             "btu_full_refresh_last_success_timestamp_seconds",
             "Unix time of the last successful full refresh",
+            site,
             registry=r,
         )
         self.up = Gauge(
             "btu_dependency_up",
             "1 when the service answers and accepts the daemon's requests",
-            ["service"],
+            [*site, "service"],
             registry=r,
         )
         self.state = Gauge(
             "btu_dependency_state",
             "1 for the service's current state: ok, down, or refusing (answers 401/403)",
-            ["service", "state"],
+            [*site, "service", "state"],
             registry=r,
         )
 
+    def for_site(self, site: str) -> Metrics:
+        """What one site of a ``per_site`` registry reports through: the same
+        families, every sample labelled ``site``."""
+        view = copy.copy(self)
+        view._bound = {"site": site}
+        return view
+
+    def _of(self, metric: Any, **labels: str) -> Any:
+        """The child of ``metric`` for this site and ``labels`` (the metric itself
+        when it has no label at all)."""
+        labels = {**self._bound, **labels}
+        return metric.labels(**labels) if labels else metric
+
     def watch(self, fifo_length: Callable[[], int], dependencies: Mapping[str, Dependency]) -> None:
-        self.fifo_length.set_function(lambda: float(fifo_length()))
+        self._of(self.fifo_length).set_function(lambda: float(fifo_length()))
         for name, dependency in dependencies.items():
             # A refusing site answers but every run is dropped: not "up" for an alert.
-            self.up.labels(service=name).set_function(
+            self._of(self.up, service=name).set_function(
                 lambda d=dependency: 1.0 if d.state == OK else 0.0
             )
             for state in STATES:
-                self.state.labels(service=name, state=state).set_function(
+                self._of(self.state, service=name, state=state).set_function(
                     lambda d=dependency, s=state: 1.0 if d.state == s else 0.0
                 )
 
     def job_enqueued(self, queue: str, lateness: float) -> None:
-        self.enqueued.labels(queue=queue).inc()
-        self.lateness.observe(max(0.0, lateness))
+        self._of(self.enqueued, queue=queue).inc()
+        self._of(self.lateness).observe(max(0.0, lateness))
 
     def failure(self, reason: str) -> None:
-        self.failures.labels(reason=reason).inc()
+        self._of(self.failures, reason=reason).inc()
 
     def refreshed(self, at: float, duration: float, members: int) -> None:
-        self.refresh_duration.set(duration)
-        self.refresh_success.set(at + duration)
-        self.planned.set(members)
+        self._of(self.refresh_duration).set(duration)
+        self._of(self.refresh_success).set(at + duration)
+        self._of(self.planned).set(members)
 
 
 class MetricsService(Service):

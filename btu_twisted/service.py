@@ -81,6 +81,20 @@ def exit_on_fatal(reactor: Any) -> Callable[[str], None]:
     return fatal
 
 
+def database_of(config: Config, reactor: Any) -> Database | None:
+    """The (unstarted) pool of the config's MariaDB; None when schedules come from a file only."""
+    if not config.uses_mariadb:
+        return None
+    return Database(
+        reactor,
+        host=config.mysql_host or "",
+        port=config.mysql_port,
+        user=config.mysql_user or "",
+        password=config.mysql_password or "",
+        database=config.mysql_database or "",
+    )
+
+
 class NoMetrics:
     """What the parts report to when ``metrics_port`` is unset: nothing reads it."""
 
@@ -106,17 +120,25 @@ class BtuService(MultiService):
         reactor: Any,
         on_fatal: Callable[[str], None] | None = None,
         warnings: list[str] | None = None,
+        *,
+        redis: RedisGateway | None = None,
+        metrics: Metrics | NoMetrics | None = None,
+        site: str | None = None,
     ) -> None:
+        """``redis``, ``metrics`` and ``site``: given by a daemon serving several
+        sites (sites.py), which owns the shared gateway and metrics port; the
+        service then neither starts nor stops them, and ``status`` names its site."""
         super().__init__()
         self.config = config
         self._reactor = reactor
         self._on_fatal = on_fatal or exit_on_fatal(reactor)
         self._warnings = warnings or []
+        self._site = site
         self.started_at: float | None = None
         self.fifo = ScheduleFifo()
-        self.metrics: Metrics | NoMetrics = NoMetrics()
+        self.metrics: Metrics | NoMetrics = NoMetrics() if metrics is None else metrics
         self.metrics_service: MetricsService | None = None
-        if config.metrics_port:
+        if config.metrics_port and metrics is None:
             # prometheus_client and twisted.web: loaded only when served.
             from btu_twisted.metrics import Metrics, MetricsService
 
@@ -124,20 +146,14 @@ class BtuService(MultiService):
             self.metrics_service = MetricsService(
                 reactor, self.metrics, config.metrics_host, config.metrics_port
             )
-        self.db = Database(
-            reactor,
-            host=config.mysql_host or "",
-            port=config.mysql_port,
-            user=config.mysql_user or "",
-            password=config.mysql_password or "",
-            database=config.mysql_database or "",
-        ) if config.uses_mariadb else None
+        self.db = database_of(config, reactor)
         self.sources = ScheduleSources(
             reactor,
             self.db,
             FileSchedules(config.schedules_file) if config.schedules_file else None,
         )
-        self.redis = RedisGateway(reactor, target=target_of(config))
+        self._owns_redis = redis is None
+        self.redis = RedisGateway(reactor, target=target_of(config)) if redis is None else redis
         self.store = ScheduleStore(
             self.redis, Keys(config.redis_key_prefix), history_length=config.run_history_length
         )
@@ -223,7 +239,8 @@ class BtuService(MultiService):
         self._load_file()
         if self.db is not None:
             self.db.start()
-        self.redis.start()
+        if self._owns_redis:
+            self.redis.start()
         try:
             await self.socket.startService()
         except SocketInUseError as e:
@@ -328,13 +345,7 @@ class BtuService(MultiService):
             await self.sources.check_names()
 
     def _start_failed(self, failure: Any) -> None:
-        if failure.check(StartupError):
-            message = str(failure.value)
-        else:
-            self.log.failure("start-up failed", failure)
-            message = f"start-up failed: {_reason(failure.value)}"
-        self.log.critical("{message}", message=message)
-        self._on_fatal(message)
+        self._on_fatal(startup_failure(failure, self.log))
 
     def stopService(self) -> Deferred[None]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._stop())
@@ -350,16 +361,18 @@ class BtuService(MultiService):
         for child in children:
             if child is not None and child.running:
                 try:
-                    await _maybe(child.stopService())
+                    await maybe_deferred(child.stopService())
                 except Exception:
                     self.log.failure("stopping {service} failed", service=child.name)
         self.job_ids.stop()
         await self.guard.release()
-        await _maybe(self.builder.close())
-        await _maybe(self.redis.stop())
+        await maybe_deferred(self.builder.close())
+        if self._owns_redis:
+            await maybe_deferred(self.redis.stop())
         if self.db is not None:
             self.db.stop()
-        self.log.info("btu_twisted stopped")
+        self.log.info("btu_twisted stopped" + (" serving {site}" if self._site else ""),
+                      site=self._site)
 
     def _site_health(self) -> dict[str, Dependency]:
         health = getattr(self.builder, "health", None)
@@ -446,6 +459,7 @@ class BtuService(MultiService):
             "version": __version__,
             "name": self.config.name,
             "environment": self.config.environment_name,
+            **({"site": self._site} if self._site is not None else {}),
             "started_at": _iso(self.started_at),
             "uptime_secs": None if self.started_at is None else round(now - self.started_at, 3),
             "fifo_length": len(self.fifo),
@@ -477,15 +491,32 @@ class BtuService(MultiService):
         return status
 
 
-async def _maybe(result: Any) -> Any:
+def startup_failure(failure: Any, log: Logger) -> str:
+    """The one line a failed start-up ends with, logged as critical (an unexpected
+    error with its traceback too)."""
+    if failure.check(StartupError):
+        message = str(failure.value)
+    else:
+        log.failure("start-up failed", failure)
+        message = f"start-up failed: {_reason(failure.value)}"
+    log.critical("{message}", message=message)
+    return message
+
+
+async def maybe_deferred(result: Any) -> Any:
+    """``result``, awaited when it is a Deferred (stopService may return either)."""
     if isinstance(result, Deferred):
         return await result
     return result
 
 
-def _reason(error: BaseException) -> str:
+def reason_of(error: BaseException) -> str:
+    """An error as the one line an admin reads."""
     text = str(error) or type(error).__name__
     return " ".join(text.split())[:300]
+
+
+_reason = reason_of
 
 
 def _iso(when: float | None) -> str | None:
@@ -506,4 +537,5 @@ def _refresh_times(last: dict[str, object]) -> dict[str, object] | None:
     }
 
 
-__all__ = ["BtuService", "StartupError"]
+__all__ = ["BtuService", "StartupError", "database_of", "maybe_deferred", "reason_of",
+           "startup_failure"]

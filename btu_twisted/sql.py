@@ -14,7 +14,9 @@ from typing import Any
 
 import pymysql
 from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from btu_twisted.health import Dependency
@@ -65,6 +67,10 @@ SELECT s.`name`, t.`modified`
   JOIN `tabBTU Task Schedule` s ON s.`task` = t.`name`
  WHERE t.`modified` >= %s
 """
+_HAS_BTU = (
+    "SELECT count(*) FROM information_schema.tables"
+    " WHERE table_schema = DATABASE() AND table_name = 'tabBTU Task Schedule'"
+)
 _LATEST = {
     "schedule": "SELECT MAX(`modified`) FROM `tabBTU Task Schedule`",
     "task": "SELECT MAX(`modified`) FROM `tabBTU Task`",
@@ -226,6 +232,17 @@ class Database:
         rows = await self._run(_fetch, "SELECT count(*) FROM `tabDocType`", ())
         return int(rows[0][0])
 
+    def has_btu_tables(self) -> Deferred[bool]:
+        """Whether BTU is installed on this site: its database has ``tabBTU Task Schedule``
+        (``frappe_sites = ["*"]`` serves only such sites).
+
+        One connection of its own in the reactor's thread pool, without
+        :meth:`start`: a database that hangs holds a thread until its timeouts,
+        where stopping a pool would join that thread in the reactor.
+        """
+        pool = self._reactor.getThreadPool()  # type: ignore[attr-defined]
+        return deferToThreadPool(self._reactor, pool, _probe_btu, dict(self._connect))
+
     async def schedule_states(self, after: str, limit: int = STATES_CHUNK) -> list[ScheduleState]:
         """Up to ``limit`` schedules named after ``after`` (collation order):
         (name, enabled, fingerprint of what their next run depends on)."""
@@ -274,6 +291,16 @@ class Database:
             raise
         self.health.succeeded()
         return result
+
+
+def _probe_btu(connect: dict[str, Any]) -> bool:
+    connection = pymysql.connect(**connect)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_HAS_BTU)
+            return int(cursor.fetchone()[0]) > 0
+    finally:
+        connection.close()
 
 
 def _fetch(cursor: Any, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:

@@ -32,7 +32,10 @@ from btu_twisted.history import Run, parse_run
 from btu_twisted.keys import Keys
 from btu_twisted.store import split_member
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "ScheduleLine", "ScheduleReader", "Soonest", "StatusPage"]
+__all__ = [
+    "DEFAULT_LIMIT", "MAX_LIMIT", "ScheduleLine", "ScheduleReader", "SitesPage", "Soonest",
+    "StatusPage",
+]
 
 #: Schedules listed unless ``?limit=`` says otherwise, and the most it may ask for.
 DEFAULT_LIMIT = 200
@@ -162,23 +165,56 @@ class StatusPage(Resource):
         return NOT_DONE_YET
 
     async def _page(self, limit: int) -> bytes:
-        soonest: Soonest | None = None
-        problem = None
-        if _state(self._status(), "redis") != DOWN:
-            try:
-                soonest = await self._reader.read(limit)
-            except Exception as e:
-                problem = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-        # After the read: a failed one has turned Redis "down" here, with its reason.
-        status = self._status()
-        if _state(status, "redis") == DOWN:
-            problem = "Redis is down: the schedules cannot be read until it is back."
-        elif problem is not None:
-            # Redis answered, with an error (an outage is logged by its Dependency).
-            self.log.warn("status page: the schedules could not be read: {problem}",
-                          problem=problem)
-            problem = f"The schedules could not be read from Redis: {problem}"
+        status, soonest, problem = await read_section(self._status, self._reader, limit)
         return render(status, soonest, limit, problem, self._clock.seconds()).encode("utf-8")
+
+
+Section = tuple[Mapping[str, Any], "Soonest | None", "str | None"]
+
+
+async def read_section(
+    status: Callable[[], Mapping[str, Any]], reader: ScheduleReader, limit: int
+) -> Section:
+    """One daemon's (or site's) status, its soonest schedules, and what kept them unread."""
+    soonest: Soonest | None = None
+    problem = None
+    if _state(status(), "redis") != DOWN:
+        try:
+            soonest = await reader.read(limit)
+        except Exception as e:
+            problem = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    # After the read: a failed one has turned Redis "down" here, with its reason.
+    now_status = status()
+    if _state(now_status, "redis") == DOWN:
+        problem = "Redis is down: the schedules cannot be read until it is back."
+    elif problem is not None:
+        # Redis answered, with an error (an outage is logged by its Dependency).
+        StatusPage.log.warn("status page: the schedules could not be read: {problem}",
+                            problem=problem)
+        problem = f"The schedules could not be read from Redis: {problem}"
+    return now_status, soonest, problem
+
+
+class SitesPage(StatusPage):
+    """``GET /`` of a daemon serving several sites: one section per site, each
+    read as the one-site page reads its daemon (all at once, not one after another)."""
+
+    def __init__(
+        self,
+        clock: Any,
+        sites: Mapping[str, tuple[Callable[[], Mapping[str, Any]], ScheduleReader]],
+        title: str = "btu",
+    ) -> None:
+        Resource.__init__(self)
+        self._clock = clock
+        self._sites = dict(sites)
+        self._title = title
+
+    async def _page(self, limit: int) -> bytes:
+        reads = [Deferred.fromCoroutine(read_section(status, reader, limit))
+                 for status, reader in self._sites.values()]
+        sections = {site: await read for site, read in zip(self._sites, reads)}
+        return render_sites(self._title, sections, limit, self._clock.seconds()).encode("utf-8")
 
 
 def limit_of(values: Sequence[bytes] | None) -> int:
@@ -198,12 +234,36 @@ def render(
     name = status.get("name") or "btu"
     environment = status.get("environment")
     title = f"{name} ({environment})" if environment else str(name)
+    return (_head(title) + f"<h1>{_e(title)}</h1>"
+            + _section(status, soonest, limit, problem, now) + "</body></html>\n")
+
+
+def render_sites(title: str, sections: Mapping[str, Section], limit: int, now: float) -> str:
+    """Several sites' sections under one heading, with a table of contents;
+    element ids carry the section's number (site names are not valid ids)."""
+    contents = "".join(f"<li><a href=\"#site-{i}\">{_e(site)}</a></li>"
+                       for i, site in enumerate(sections, 1))
+    parts = [_head(title), f"<h1>{_e(title)}</h1><ul id=\"sites\">{contents}</ul>"]
+    for i, (site, (status, soonest, problem)) in enumerate(sections.items(), 1):
+        parts.append(f"<section id=\"site-{i}\" class=\"site\"><h2>{_e(site)}</h2>")
+        parts.append(_section(status, soonest, limit, problem, now, f"-{i}", "h3"))
+        parts.append("</section>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def _head(title: str) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_e(title)} \u2014 btu_twisted</title>"
+            f"<style>{_CSS}</style></head><body>")
+
+
+def _section(
+    status: Mapping[str, Any], soonest: Soonest | None, limit: int, problem: str | None,
+    now: float, suffix: str = "", heading: str = "h2",
+) -> str:
     parts = [
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
-        f"<title>{_e(title)} \u2014 btu_twisted</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        "<dl id=\"daemon\">",
+        f"<dl id=\"daemon{suffix}\">",
         _item("version", status.get("version")),
         _item("now", status.get("now")),
         _item("started", status.get("started_at")),
@@ -213,17 +273,17 @@ def render(
         _item("skipped", status.get("skipped")),
         _item("waiting to be planned", status.get("fifo_length")),
         "</dl>",
-        _dependencies(status.get("services") or {}),
+        _dependencies(status.get("services") or {}, suffix, heading),
     ]
     if problem is not None or soonest is None:
-        parts.append(f"<p id=\"note\" class=\"note\">{_e(problem or 'No schedules read.')}</p>")
+        parts.append(f"<p id=\"note{suffix}\" class=\"note\">"
+                     f"{_e(problem or 'No schedules read.')}</p>")
     else:
-        parts.append(_schedules(soonest, limit, now))
-    parts.append("</body></html>\n")
+        parts.append(_schedules(soonest, limit, now, suffix, heading))
     return "".join(parts)
 
 
-def _dependencies(services: Mapping[str, Any]) -> str:
+def _dependencies(services: Mapping[str, Any], suffix: str = "", heading: str = "h2") -> str:
     rows = []
     for service, snapshot in services.items():
         state = str(snapshot.get("state"))
@@ -236,13 +296,15 @@ def _dependencies(services: Mapping[str, Any]) -> str:
             f"<td>{_e(error or '')}</td></tr>"
         )
     return (
-        "<h2>Dependencies</h2><table id=\"dependencies\"><thead><tr><th>service</th>"
+        f"<{heading}>Dependencies</{heading}><table id=\"dependencies{suffix}\"><thead><tr>"
+        "<th>service</th>"
         "<th>state</th><th>since</th><th>last error</th></tr></thead><tbody>"
         + "".join(rows) + "</tbody></table>"
     )
 
 
-def _schedules(soonest: Soonest, limit: int, now: float) -> str:
+def _schedules(soonest: Soonest, limit: int, now: float, suffix: str = "",
+               heading: str = "h2") -> str:
     shown = len(soonest.lines)
     if soonest.total > shown:
         more = (f" <a href=\"?limit={MAX_LIMIT}\">show up to {MAX_LIMIT}</a>"
@@ -266,8 +328,8 @@ def _schedules(soonest: Soonest, limit: int, now: float) -> str:
             "</tr>"
         )
     return (
-        f"<h2>Schedules</h2><p id=\"summary\">Showing {summary}</p>"
-        "<table id=\"schedules\"><thead><tr><th>schedule</th><th>next run (UTC)</th>"
+        f"<{heading}>Schedules</{heading}><p id=\"summary{suffix}\">Showing {summary}</p>"
+        f"<table id=\"schedules{suffix}\"><thead><tr><th>schedule</th><th>next run (UTC)</th>"
         "<th>in</th><th>last run (scheduled, UTC)</th><th>outcome</th><th>lateness</th>"
         "<th>job id</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )

@@ -18,6 +18,7 @@ from btu_twisted.tls import without_tls
 
 if TYPE_CHECKING:
     from btu_twisted.service import BtuService
+    from btu_twisted.sites import SitesService
 
 
 class Options(usage.Options):
@@ -37,12 +38,13 @@ class Options(usage.Options):
             raise SystemExit(f"btu: bad config {path}: {problems}") from None
 
 
-def makeService(options: Options, reactor: Any = None) -> BtuService:
+def makeService(options: Options, reactor: Any = None) -> BtuService | SitesService:
     # The daemon's modules are imported here, not when twistd lists its
     # plugins, so that what they load can depend on the config (btu_twisted.tls).
     with without_tls(options.config):
         from btu_twisted.logsetup import apply_level
         from btu_twisted.service import BtuService
+        from btu_twisted.sites import SitesService
 
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -50,13 +52,15 @@ def makeService(options: Options, reactor: Any = None) -> BtuService:
             reactor = default_reactor
         try:
             # Built inside too: metrics_port loads twisted.web here.
-            service = BtuService(options.config, reactor, warnings=list(options.warnings))
+            # frappe_sites: one service per site under one parent (sites.py).
+            kind = SitesService if options.config.is_multi_site else BtuService
+            service = kind(options.config, reactor, warnings=list(options.warnings))
         except (ValueError, OSError) as e:
             # e.g. a webserver_ca_file that holds no certificate: still a config problem.
             raise SystemExit(f"btu: bad config {options['config']}: {e}") from None
     # twistd has set up its log observers by the time services start.
     reactor.callWhenRunning(apply_level, log_level(options.config))
-    if options.config.schedules_file:
+    if options.config.schedules_file and isinstance(service, BtuService):
         reactor.callWhenRunning(reload_on_sighup, reactor, service.reload_logged)
     return service
 

@@ -90,7 +90,7 @@ def cmd_print_config(ctx: Context, args: argparse.Namespace) -> int:
     else:
         # Bench mode: most values come from the bench's JSON files; say which.
         ctx.line(f"# {ctx.config_path}, bench {config.frappe_bench_path}")
-        sources = value_sources(ctx.config_path)
+        sources = value_sources(ctx.config_path, ctx.site)
         ctx.table(("KEY", "VALUE", "FROM"),
                   [(key, value, sources[key]) for key, value in settings.items()], "")
     return OK
@@ -103,6 +103,8 @@ def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument("--json", action="store_true",
                         default=False if default is None else default,
                         help="machine-readable output on stdout")
+    parser.add_argument("--site", metavar="SITE", default=default,
+                        help="with a frappe_sites config: the site to act on")
 
 
 def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
@@ -259,7 +261,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
         return stop.code
     ctx = Context(out=out, err=err, json=bool(args.json),
                   config_path=args.config or DEFAULT_CONFIG_PATH,
-                  config_explicit=args.config is not None)
+                  config_explicit=args.config is not None, site=args.site)
     try:
         return _run(ctx, args)
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from btu_twisted.config import Config, ConfigError, load_config
+from btu_twisted.config import Config, ConfigError, load_config, site_config
 
 if TYPE_CHECKING:
     # Aliases: inside Context the names ``redis`` and ``mariadb`` are its methods.
@@ -63,16 +63,31 @@ class Context:
     json: bool
     config_path: str
     config_explicit: bool
+    #: ``--site``: with a ``frappe_sites`` config, the site the command acts on.
+    site: str | None = None
     _config: Config | None = field(default=None, repr=False)
+    _file: Config | None = field(default=None, repr=False)
 
     def config(self) -> Config:
-        """The checked config; ConfigError propagates to ``main`` (exit 2)."""
+        """The checked config of the site the command acts on (a ``frappe_sites``
+        config needs ``--site``); ConfigError propagates to ``main`` (exit 2)."""
         if self._config is None:
+            try:
+                self._config = site_config(self._file_config(), self.site)
+            except ConfigError as error:
+                if error.source != "<config>":
+                    raise
+                raise CliError(error.problems[0], USAGE) from None
+        return self._config
+
+    def _file_config(self) -> Config:
+        """The file's config as loaded (for ``frappe_sites``: the sites' shared settings)."""
+        if self._file is None:
             config, warnings = load_config(self.config_path)
             for warning in warnings:
                 self.warn(warning)
-            self._config = config
-        return self._config
+            self._file = config
+        return self._file
 
     @property
     def loaded(self) -> Config | None:
@@ -87,14 +102,20 @@ class Context:
         is broken earns a warning, because the operator would want to know.
         """
         if self.config_explicit:
-            return self.config()
+            return self._settings()
         if not os.access(self.config_path, os.R_OK):
             return None
         try:
-            return self.config()
+            return self._settings()
         except ConfigError as error:
             self.warn(f"ignoring {self.config_path}: {error.problems[0]}")
             return None
+
+    def _settings(self) -> Config:
+        """The site's config, or without ``--site`` the sites' shared settings."""
+        if self.site is None and self._file_config().is_multi_site:
+            return self._file_config()
+        return self.config()
 
     def warn(self, message: str) -> None:
         self.err.write(f"btu: warning: {' '.join(message.split())}\n")

@@ -1,0 +1,258 @@
+"""One daemon for several sites of a bench (``frappe_sites``).
+
+Each site is a :class:`~btu_twisted.service.BtuService` of its own: its
+database pool, socket, key prefix and lease, BTU Configuration, change feed,
+planner, refresh and timer, with the Config bench mode derives for it.  What
+they share lives here: one :class:`RedisGateway` (one Redis connection for
+the process: a bench's sites share its ``redis_queue``) and one
+``metrics_port``, whose metrics carry a ``site`` label and whose status page
+has a section per site.
+
+Each site's timer still wakes on its own (a ``callLater`` per site): sharing
+the wake-ups would mean one timer reading several key prefixes, and the
+timer's claim path is per store.
+
+A site must not hold the others back.  With ``["*"]`` the sites whose
+database has no BTU tables are skipped at start, one log line each; a site
+whose database cannot be reached then is skipped too, unless
+``startup_without_database_connections`` asks to serve it anyway (it retries).
+Once running, a site's failure that would end a one-site daemon (its socket
+taken, its start-up check failed, its key prefix lost) stops that site only,
+logged as critical; the process ends, exit status 1, only when no site is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger, LogLevel
+
+from btu_twisted.config import Config
+from btu_twisted.redis_gateway import RedisGateway
+from btu_twisted.redis_target import target_of
+from btu_twisted.service import (
+    STARTUP_CHECK_TIMEOUT,
+    BtuService,
+    StartupError,
+    database_of,
+    exit_on_fatal,
+    maybe_deferred,
+    reason_of,
+    startup_failure,
+)
+
+if TYPE_CHECKING:
+    from btu_twisted.metrics import Metrics, MetricsService
+
+__all__ = ["SitesService"]
+
+
+class SitesService(MultiService):
+    """The sites of ``config.site_configs``, started once discovery says which to serve."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        on_fatal: Callable[[str], None] | None = None,
+        warnings: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._reactor = reactor
+        self._on_fatal = on_fatal or exit_on_fatal(reactor)
+        self._warnings = warnings or []
+        self.redis = RedisGateway(reactor, target=target_of(config))
+        self.metrics: Metrics | None = None
+        self.metrics_service: MetricsService | None = None
+        if config.metrics_port:
+            from btu_twisted.metrics import Metrics, MetricsService
+
+            self.metrics = Metrics(per_site=True)
+            self.metrics_service = MetricsService(
+                reactor, self.metrics, config.metrics_host, config.metrics_port
+            )
+        #: Every candidate site, built (not started); ``served`` once discovery is done.
+        self.sites = {name: self._site(name, site) for name, site in config.site_configs.items()}
+        self.served: dict[str, BtuService] = {}
+        #: Sites that stopped on a failure, with the one line that says why.
+        self.failed: dict[str, str] = {}
+        self.started: Deferred[None] | None = None
+
+    def _site(self, name: str, config: Config) -> BtuService:
+        site = BtuService(
+            config, self._reactor,
+            on_fatal=lambda message: self._site_failed(name, message),
+            redis=self.redis,
+            metrics=self.metrics.for_site(name) if self.metrics is not None else None,
+            site=name,
+        )
+        _name_site_in_logs(site, name, shared=(self.redis, self.redis.health))
+        return site
+
+    # -- start and stop ------------------------------------------------------
+    def startService(self) -> Deferred[None]:  # type: ignore[override]
+        self.running = 1
+        self.started = Deferred.fromCoroutine(self._start())
+        self.started.addErrback(self._start_failed)
+        return self.started
+
+    async def _start(self) -> None:
+        for warning in self._warnings:
+            self.log.warn("config: {warning}", warning=warning)
+        for name, why in self.config.skipped_sites.items():
+            self.log.warn("site {site} skipped: {why}", site=name, why=why)
+        self.redis.start()
+        if self.config.frappe_sites == ("*",):
+            names = await self._discover()
+        else:
+            names = list(self.sites)
+        if not self.running:
+            return  # stopped while the databases were being looked at
+        if not names:
+            raise StartupError(
+                f"no site of the bench {self.config.frappe_bench_path} to serve "
+                "(the lines above say why each site was skipped)"
+            )
+        self.served = {name: self.sites[name] for name in names}
+        self.log.info("serving {count} site(s): {sites}; Redis {redis}", count=len(names),
+                      sites=", ".join(names), redis=self.redis.target.describe())
+        if self.metrics_service is not None:
+            await self._serve_metrics()
+        if not self.running:  # stopped meanwhile: _stop has passed the metrics port
+            if self.metrics_service is not None and self.metrics_service.running:
+                await maybe_deferred(self.metrics_service.stopService())
+            return
+        # At once: a slow or failing site does not delay the others' start.
+        await DeferredList([site.startService() for site in self.served.values()])
+
+    async def _discover(self) -> list[str]:
+        """The sites of ``["*"]`` whose database has ``tabBTU Task Schedule``,
+        all checked at once; one line for each site skipped."""
+        names = list(self.sites)
+        checks = [Deferred.fromCoroutine(self._has_btu(self.sites[name].config))
+                  for name in names]
+        for check in checks:
+            check.addTimeout(STARTUP_CHECK_TIMEOUT, self._reactor)
+        served = []
+        results: list[tuple[bool, Any]] = await DeferredList(checks, consumeErrors=True)
+        for name, (ok, result) in zip(names, results):
+            c = self.sites[name].config
+            where = f"database {c.mysql_database!r} at {c.mysql_host}:{c.mysql_port}"
+            if not ok:
+                reason = (f"no answer within {STARTUP_CHECK_TIMEOUT:g} s"
+                          if result.check(defer.TimeoutError) else reason_of(result.value))
+            if ok and result:
+                served.append(name)
+            elif ok:
+                self.log.info("site {site} skipped: its {where} has no `tabBTU Task Schedule` "
+                              "table (BTU is not installed there)", site=name, where=where)
+            elif self.config.startup_without_database_connections:
+                served.append(name)
+                self.log.warn("site {site}: its {where} cannot be used ({reason}); served "
+                              "anyway, retrying (startup_without_database_connections)",
+                              site=name, where=where, reason=reason)
+            else:
+                self.log.warn("site {site} skipped: its {where} cannot be used as {user!r}: "
+                              "{reason}", site=name, where=where, user=c.mysql_user,
+                              reason=reason)
+        return served
+
+    async def _has_btu(self, config: Config) -> bool:
+        database = database_of(config, self._reactor)
+        return database is not None and await database.has_btu_tables()
+
+    async def _serve_metrics(self) -> None:
+        from btu_twisted.status_page import ScheduleReader, SitesPage
+
+        assert self.metrics_service is not None
+        self.metrics_service.page = SitesPage(
+            self._reactor,
+            {name: (site.status, ScheduleReader(site.store)) for name, site in self.served.items()},
+            title=self.config.name or "btu",
+        )
+        try:
+            await self.metrics_service.start()
+        except Exception as e:
+            raise StartupError(
+                f"cannot serve metrics on {self.config.metrics_host}:"
+                f"{self.config.metrics_port}: {reason_of(e)}"
+            ) from None
+
+    def _site_failed(self, name: str, message: str) -> None:
+        """What would end a one-site daemon ends this site only, until none is left."""
+        self.failed[name] = message
+        left = [site for site in self.served if site not in self.failed]
+        self.log.critical("site {site} stopped: {message}; {left}", site=name, message=message,
+                          left=f"still serving {', '.join(left)}" if left else "no site left")
+        site = self.served.get(name)
+        if site is not None and self.running:
+            stopping = Deferred.fromCoroutine(_stop_site(site))
+            stopping.addErrback(lambda f: self.log.failure("stopping site {site} failed", f,
+                                                           site=name))
+        if not left and self.running:
+            self._on_fatal(message if len(self.served) == 1 else f"no site left: {message}")
+
+    def _start_failed(self, failure: Any) -> None:
+        self._on_fatal(startup_failure(failure, self.log))
+
+    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.running = 0
+        await DeferredList([Deferred.fromCoroutine(_stop_site(site))
+                            for site in reversed(list(self.served.values()))])
+        if self.metrics_service is not None and self.metrics_service.running:
+            await maybe_deferred(self.metrics_service.stopService())
+        await self.redis.stop()
+        self.log.info("btu_twisted stopped (all sites)")
+
+    # -- what the sites share --------------------------------------------------------
+    def site(self, name: str) -> BtuService:
+        """A served site's service (KeyError for another name)."""
+        return self.served[name]
+
+
+class SiteLogger(Logger):
+    """A logger whose events say which site they are about: ``log_system``, what
+    twistd's log lines show between brackets
+    (``[erp.example.com btu_twisted.planner.Planner#warn] planning deferred ...``)."""
+
+    def __init__(self, site: str, namespace: str, source: object) -> None:
+        super().__init__(namespace=namespace, source=source)
+        self.site = site
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        # What twistd shows when there is no system, with the site in front.
+        kwargs.setdefault("log_system", f"{self.site} {self.namespace}#{level.name}")
+        super().emit(level, format, **kwargs)
+
+
+def _name_site_in_logs(site: BtuService, name: str, shared: tuple[object, ...]) -> None:
+    """Give the site's service, the parts it owns and theirs (btu_twisted's objects,
+    two levels down, not the shared ones) a SiteLogger."""
+
+    def ours(part: object) -> bool:
+        return (type(part).__module__.startswith("btu_twisted.")
+                and not any(part is other for other in shared))
+
+    parts = [site] + [part for part in vars(site).values() if ours(part)]
+    parts += [inner for part in parts[1:] if hasattr(part, "__dict__")
+              for inner in vars(part).values() if ours(inner)]
+    for part in parts:
+        logger = getattr(type(part), "log", None)
+        if isinstance(logger, Logger) and not isinstance(part.__dict__.get("log"), SiteLogger):
+            part.log = SiteLogger(name, logger.namespace, part)  # type: ignore[attr-defined]
+
+
+async def _stop_site(site: BtuService) -> None:
+    if site.running:
+        await site.stopService()
+

@@ -1,0 +1,294 @@
+"""``frappe_sites``: one daemon for many sites of a bench, without services.
+
+Each site's Config is the one bench mode derives for ``frappe_site_name =
+site``; the mistakes are one line each; ``btu --site`` picks a site; a site's
+fatal failure stops that site until none is left.  The daemon on real
+services: tests/integration/test_sites.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zlib
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from btu_twisted.cli import main
+from btu_twisted.config import ConfigError, parse_config, site_config
+from btu_twisted.records import ScheduleRow
+from btu_twisted.sites import SitesService
+from btu_twisted.tap import Options, makeService
+from tests.test_frappe_bench import COMMON, make_bench
+
+SITES = {
+    "a.local": {"db_name": "_aaaa", "db_password": "pw-a"},
+    "b.local": {"db_name": "_bbbb", "db_password": "pw-b", "db_host": "db-b.internal"},
+}
+
+
+class _Bench(SynchronousTestCase):
+    def bench(self, sites: dict[str, Any] | None = None, **common: Any) -> Path:
+        return make_bench(Path(self.mktemp()), {**COMMON, **common},
+                          SITES if sites is None else sites)
+
+    def values(self, bench: Path, sites: list[str] | None = None, **more: Any) -> dict[str, Any]:
+        return {"frappe_bench_path": str(bench), "frappe_sites": sites or ["*"],
+                "socket_path": "/run/btu_scheduler/{site}.sock", **more}
+
+    def problems(self, data: dict[str, Any]) -> list[str]:
+        return list(self.assertRaises(ConfigError, parse_config, data).problems)
+
+
+class SiteConfigTests(_Bench):
+    def test_each_site_derived_as_bench_mode_derives_it(self) -> None:
+        """Database, key prefix, socket and job site per site; the TOML's other keys win
+        for every site; the shared settings keep the templates."""
+        config, warnings = parse_config(self.values(self.bench(), ["a.local", "b.local"],
+                                                    tracing_level="DEBUG", mysql_port=3307))
+        self.assertEqual(warnings, [])
+        self.assertEqual(config.frappe_sites, ("a.local", "b.local"))
+        self.assertEqual(list(config.site_configs), ["a.local", "b.local"])
+        for site, own in SITES.items():
+            c = config.site_configs[site]
+            alone, _ = parse_config({"frappe_bench_path": config.frappe_bench_path,
+                                     "frappe_site_name": site, "tracing_level": "DEBUG",
+                                     "mysql_port": 3307,
+                                     "socket_path": f"/run/btu_scheduler/{site}.sock"})
+            self.assertEqual(c, alone)
+            self.assertEqual(c.mysql_database, own["db_name"])
+            self.assertEqual(c.redis_key_prefix, f"btu_scheduler:{site}:")
+            self.assertEqual(c.socket_path, f"/run/btu_scheduler/{site}.sock")
+            self.assertEqual((c.frappe_site_name, c.job_builder), (site, "frappe_site"))
+            self.assertEqual((c.tracing_level, c.mysql_port), ("DEBUG", 3307))
+        self.assertEqual(config.site_configs["b.local"].mysql_host, "db-b.internal")
+        self.assertIsNone(config.mysql_database)
+        self.assertEqual(config.socket_path, "/run/btu_scheduler/{site}.sock")
+        self.assertNotIn("pw-a", repr(config))
+
+    def test_redis_key_prefix_template(self) -> None:
+        """A redis_key_prefix of the TOML is a template too."""
+        config, _ = parse_config(self.values(self.bench(), redis_key_prefix="bench1:{site}:"))
+        self.assertEqual(config.site_configs["a.local"].redis_key_prefix, "bench1:a.local:")
+
+    def test_every_site_is_each_site_directory(self) -> None:
+        """["*"]: the directories with a site_config.json; one that cannot be read is
+        skipped with why; a directory without one (assets) is no site."""
+        bench = self.bench({**SITES, "broken.local": {"db_type": "postgres", "db_name": "x"}})
+        (bench / "sites" / "assets").mkdir()
+        config, _ = parse_config(self.values(bench))
+        self.assertEqual(list(config.site_configs), ["a.local", "b.local"])
+        self.assertEqual(list(config.skipped_sites), ["broken.local"])
+        self.assertIn("'postgres'; BTU needs MariaDB", config.skipped_sites["broken.local"])
+
+    def test_one_site_needs_no_template(self) -> None:
+        """One named site may keep a plain socket_path."""
+        config, _ = parse_config(self.values(self.bench(), ["a.local"],
+                                             socket_path="/run/btu.sock"))
+        self.assertEqual(config.site_configs["a.local"].socket_path, "/run/btu.sock")
+
+
+class MistakeTests(_Bench):
+    def test_each_mistake_is_one_line(self) -> None:
+        """Every misuse of frappe_sites names its key and what to do."""
+        bench = self.bench()
+        cases = {
+            "needs frappe_bench_path": {"frappe_sites": ["a.local"], "socket_path": "/s"},
+            "frappe_site_name: conflicts with frappe_sites":
+                self.values(bench, frappe_site_name="a.local"),
+            "socket_path: must contain {site}": self.values(bench, socket_path="/run/b.sock"),
+            "redis_key_prefix: must contain {site}":
+                self.values(bench, redis_key_prefix="btu_scheduler:"),
+            "mysql_database: not with frappe_sites": self.values(bench, mysql_database="x"),
+            "webserver_host_header: not with frappe_sites":
+                self.values(bench, webserver_host_header="x"),
+            "schedules_file: not with frappe_sites": self.values(bench, schedules_file="/x"),
+            "frappe_sites: expected a list of site names": self.values(bench, "a.local"),
+            "frappe_sites: must name at least one site": {**self.values(bench),
+                                                          "frappe_sites": []},
+            'frappe_sites: "*" already means every site': self.values(bench, ["*", "a.local"]),
+            "frappe_sites: 'a.local' is listed twice": self.values(bench, ["a.local"] * 2),
+            "frappe_sites: '../x' is not a site name": self.values(bench, ["../x"]),
+            "frappe_sites: site 'zz.local': the bench": self.values(bench, ["a.local", "zz.local"]),
+        }
+        for expected, data in cases.items():
+            problems = self.problems(data)
+            self.assertTrue(any(expected in p for p in problems), (expected, problems))
+
+    def test_sites_on_different_redis_servers(self) -> None:
+        """One daemon has one Redis connection: a site with a redis_queue of its own is refused."""
+        sites = {**SITES, "c.local": {"db_name": "_c", "db_password": "p", "redis_queue": "redis://10.0.0.9:6379"}}
+        (problem,) = self.problems(self.values(self.bench(sites)))
+        self.assertIn("sites 'a.local' and 'c.local' use different Redis servers", problem)
+
+    def test_no_readable_site(self) -> None:
+        """["*"] on a bench none of whose sites can be read: each site's reason."""
+        problems = self.problems(self.values(self.bench({"x.local": {"db_type": "postgres"}})))
+        self.assertEqual(len(problems), 1)
+        self.assertIn("frappe_sites: site 'x.local':", problems[0])
+
+    def test_not_a_bench(self) -> None:
+        (problem,) = self.problems(self.values(Path(self.mktemp())))
+        self.assertIn("is not a Frappe bench", problem)
+
+    def test_choosing_a_site(self) -> None:
+        """site_config(): the site's Config; no site or another one names the choices."""
+        config, _ = parse_config(self.values(self.bench()))
+        self.assertEqual(site_config(config, "b.local").mysql_database, "_bbbb")
+        (problem,) = self.assertRaises(ConfigError, site_config, config, None).problems
+        self.assertIn("choose one with --site (a.local, b.local)", problem)
+        (problem,) = self.assertRaises(ConfigError, site_config, config, "z.local").problems
+        self.assertIn("'z.local' is not served by this config; its sites: a.local, b.local",
+                      problem)
+        single = config.site_configs["a.local"]
+        self.assertIs(site_config(single, None), single)
+        self.assertIs(site_config(single, "a.local"), single)
+        self.assertRaises(ConfigError, site_config, single, "b.local")
+
+
+class CliTests(_Bench):
+    def write(self, **more: Any) -> str:
+        path = Path(self.mktemp())
+        lines = [f"{key} = {json.dumps(value)}" for key, value in
+                 self.values(self.bench(), **more).items()]
+        path.write_text("\n".join(lines) + "\n")
+        os.chmod(path, 0o600)
+        return str(path)
+
+    def run_btu(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        return main(list(argv), stdout=out, stderr=err), out.getvalue(), err.getvalue()
+
+    def test_site_option_picks_the_site(self) -> None:
+        """``btu --site b.local print-config``: that site's values, and where each came from."""
+        path = self.write()
+        code, out, err = self.run_btu("--config", path, "--site", "b.local", "print-config")
+        self.assertEqual((code, err), (0, ""))
+        rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+        self.assertEqual(rows["mysql_database"][1:3], ["_bbbb", "sites/b.local/site_config.json"])
+        self.assertEqual(rows["socket_path"][1], "/run/btu_scheduler/b.local.sock")
+        self.assertEqual(rows["frappe_site_name"][1:], ["b.local", "--site", "(one", "of",
+                                                        "frappe_sites)"])
+        self.assertNotIn("pw-b", out)
+        code, out, err = self.run_btu("print-config", "--config", path, "--site", "a.local",
+                                      "--json")
+        self.assertEqual(json.loads(out)["mysql_database"], "_aaaa")
+
+    def test_without_site_one_line_lists_the_sites(self) -> None:
+        """A command that needs one site: exit 2, one line naming the sites."""
+        path = self.write()
+        for argv in (["print-config"], ["status"], ["--site", "z.local", "show-scheduled"]):
+            code, out, err = self.run_btu("--config", path, *argv)
+            self.assertEqual((code, out), (2, ""), argv)
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertIn("a.local, b.local", err)
+
+    def test_commands_without_a_site_still_work(self) -> None:
+        """next-runs reads only the shared time zone: no --site needed."""
+        code, out, err = self.run_btu("--config", self.write(time_zone_string="Europe/Paris"),
+                                      "next-runs", "0 12 * * *", "-n", "1", "--json")
+        self.assertEqual((code, err), (0, ""))
+        (run,) = json.loads(out)
+        self.assertRegex(run, r"T12:00:00\+0[12]:00$")  # Paris time, summer or winter
+
+
+class DaemonWiringTests(_Bench):
+    def test_make_service_builds_a_service_per_site(self) -> None:
+        """twistd's makeService: one SitesService, a site service each, one Redis gateway;
+        nothing started (twistd may fork after it)."""
+        path = Path(self.mktemp())
+        lines = [f"{key} = {json.dumps(value)}"
+                 for key, value in self.values(self.bench(), metrics_port=9464).items()]
+        path.write_text("\n".join(lines) + "\n")
+        os.chmod(path, 0o600)
+        options = Options()
+        options.parseOptions(["--config", str(path)])
+        reactor = MemoryReactorClock()
+        service = makeService(options, reactor)
+        self.assertIsInstance(service, SitesService)
+        assert isinstance(service, SitesService)
+        self.assertEqual(list(service.sites), ["a.local", "b.local"])
+        for name, site in service.sites.items():
+            self.assertIs(site.redis, service.redis)
+            self.assertIsNone(site.metrics_service)
+            self.assertEqual(site.config.frappe_site_name, name)
+        self.assertEqual(reactor.tcpServers, [])
+        self.assertFalse(service.running)
+
+    def test_each_site_builds_its_own_jobs(self) -> None:
+        """The same schedule name on two sites: job ids "<site>::…", Frappe's execute_job
+        called for that site, the site's own queue prefix."""
+        config, _ = parse_config(self.values(self.bench()))
+        service = SitesService(config, MemoryReactorClock())
+        row = ScheduleRow(
+            name="TS-000001", task="BTU-1", enabled=True, cron_string="* * * * *",
+            queue_name="default", argument_overrides=None, task_description=None,
+            schedule_description=None, cron_time_zone=None,
+            function_string="myapp.tasks.hello", task_arguments="{'n': 1}",
+            max_task_duration=60, task_queue_name=None, desc_short="hello",
+        )
+        for name, site in service.sites.items():
+            built = self.successResultOf(site.builder.build(row, 1_800_000_000))
+            self.assertTrue(built.job_id.startswith(f"{name}::"), built.job_id)
+            self.assertEqual(built.origin, "prod-bench:default")
+            # rq's job data: a zlib-compressed pickle of (function, instance, args, kwargs).
+            func, _, _, kwargs = pickle.loads(zlib.decompress(built.fields["data"]))
+            self.assertEqual(func, "frappe.utils.background_jobs.execute_job")
+            self.assertEqual((kwargs["site"], kwargs["kwargs"]), (name, {"n": 1}))
+
+    def test_log_lines_name_their_site(self) -> None:
+        """A site's parts log with the site as the event's system (twistd's "[site]");
+        the shared Redis gateway's lines belong to no site."""
+        config, _ = parse_config(self.values(self.bench()))
+        service = SitesService(config, MemoryReactorClock())
+        a = service.sites["a.local"]
+        with capturedLogs() as events:
+            for part in (a, a.timer, a.planner, a.refresh, a.socket, a.guard, a.db.health,
+                         a.timer._runs):
+                part.log.info("hello from {part}", part=type(part).__name__)
+            service.redis.log.info("shared")
+            service.redis.health.log.info("shared")
+        systems = [str(e.get("log_system")).partition(" ")[0] for e in events]
+        self.assertEqual(systems, ["a.local"] * 8 + ["None"] * 2)
+        self.assertEqual(events[1]["log_system"], "a.local btu_twisted.timer.Timer#info")
+        self.assertIs(events[1]["log_source"], a.timer)
+
+    def test_a_failed_site_stops_alone_until_none_is_left(self) -> None:
+        """What would end a one-site daemon ends its site; the last one ends the process."""
+        config, _ = parse_config(self.values(self.bench()))
+        fatal: list[str] = []
+        service = SitesService(config, MemoryReactorClock(), on_fatal=fatal.append)
+        service.running = 1
+        service.served = dict(service.sites)
+        service._site_failed("a.local", "the Redis keys btu_scheduler:a.local:* belong to ...")
+        self.assertEqual(fatal, [])
+        self.assertEqual(list(service.failed), ["a.local"])
+        service._site_failed("b.local", "cannot listen on /run/b.sock")
+        self.assertEqual(fatal, ["no site left: cannot listen on /run/b.sock"])
+
+    def test_stopped_while_discovering_starts_no_site(self) -> None:
+        """A stop that comes while ["*"]'s databases are being looked at: no site starts."""
+        config, _ = parse_config(self.values(self.bench()))
+        service = SitesService(config, MemoryReactorClock())
+        pending: list[Deferred[bool]] = []
+
+        async def has_btu(config: Any) -> bool:
+            pending.append(Deferred())
+            return await pending[-1]
+
+        service._has_btu = has_btu  # type: ignore[method-assign]
+        started = service.startService()
+        self.assertEqual(len(pending), 2)
+        self.successResultOf(service.stopService())
+        for d in pending:
+            d.callback(True)
+        self.successResultOf(started)
+        self.assertEqual(service.served, {})
+        self.assertFalse(any(site.running for site in service.sites.values()))
