@@ -86,9 +86,6 @@ class ScheduleFile:
             stream.write("".join(tables))
         return len(tables)
 
-    def size_bytes(self) -> int:
-        return self.path.stat().st_size
-
     def drop(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
 

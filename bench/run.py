@@ -61,8 +61,8 @@ from bench.fixtures import (
     REDIS_DB_OURS,
     BenchDatabase,
     flush,
-    schedule_source,
     schedule_names,
+    schedule_source,
     sync_redis,
 )
 from bench.stats import ratio, summary
@@ -472,7 +472,7 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-#: The lateness cases fed from a schedules file; each has an rq cron anchor in ANCHORED.
+#: The schedules-file lateness cases and their rq cron anchors (rows of the table).
 FILE_LATENESS_CASES = ("file_burst", "anchor_burst10k", "file_spread", "anchor_spread10k")
 #: Each lateness case and the rq cron case with the same jobs at the same instants.
 ANCHORED = (("burst", "anchor_burst"), ("spread", "anchor_spread"),
