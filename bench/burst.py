@@ -46,6 +46,7 @@ from btu_twisted.records import ScheduleRow
 from btu_twisted.resp import decode
 from btu_twisted.store import (
     CLAIM,
+    DEFAULT_KEYS,
     JOB_PREFIX,
     LAST_ENQUEUED,
     MEMBER_INDEX,
@@ -109,7 +110,9 @@ def script_call(claims: list[Claim], daemon_keys: bool) -> tuple[list[str], list
     once per call) or MINIMAL's (no member index, field names per job)."""
     if daemon_keys:
         wires: list[Any] = [framed(c).wire for c in claims]
-        keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES]
+        # As ScheduleStore.claim sends them (the last job of each schedule,
+        # for overlap control, since issue 13); then job, queue and history per claim.
+        keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES, DEFAULT_KEYS.last_job]
         for w in wires:
             keys += [k.decode() for k in decode(w.keys.data)]
         return keys, decode(claim_arguments(wires, ENQUEUED_AT).data)
@@ -181,6 +184,8 @@ def _restore(r: Any, batch: list[Claim], daemon_keys: bool) -> None:
         pipe.hdel(LAST_ENQUEUED, c.schedule)
         if daemon_keys:
             pipe.hset(MEMBER_INDEX, c.schedule, c.member)
+            pipe.hdel(DEFAULT_KEYS.last_job, c.schedule)
+            pipe.delete(DEFAULT_KEYS.history(c.schedule))
         pipe.delete(JOB_PREFIX + c.job_id)
         pipe.lrem(QUEUE_PREFIX + c.origin, 0, c.job_id)
     pipe.execute()

@@ -66,13 +66,15 @@ TRACED = (
     ("store", "window"),
     ("store", "plan"),
     ("db", "read_schedules"),
+    ("sources", "read_schedules"),
     ("planner", "plan"),
 )
 
 
 def install_trace(service: BtuService, spans: list[list[Any]]) -> None:
     """Record (what, start, end, size) for each call of the TRACED methods,
-    and every garbage collection (``gc.genN``, size = objects collected)."""
+    and every garbage collection (``gc.genN``, size = objects collected).
+    A daemon without MariaDB (a schedules file only) has no ``db`` to trace."""
     gc_start: list[float] = []
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
@@ -101,6 +103,8 @@ def install_trace(service: BtuService, spans: list[list[Any]]) -> None:
     txredisapi.BaseRedisProtocol._build_command = traced_build
     for owner_name, method_name in TRACED:
         owner = getattr(service, owner_name)
+        if owner is None:
+            continue
         original = getattr(owner, method_name)
         label = f"{owner_name}.{method_name}"
 

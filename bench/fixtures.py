@@ -1,4 +1,4 @@
-"""Throw-away MariaDB databases (``btu_bench_*``) and Redis databases (10-12).
+"""Throw-away MariaDB databases (``btu_bench_*``), schedules files and Redis databases (10-12).
 
 Synchronous helpers for the orchestrator only; the daemon under test never
 imports this module.
@@ -7,6 +7,9 @@ imports this module.
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -29,10 +32,15 @@ REDIS_DB_SPARE = 12
 
 TASK = "BTU-BENCH"
 FUNCTION = "bench.jobs.noop"
+#: Where a daemon case reads its schedules from (``schedule_source``).
+SOURCES = ("mariadb", "file")
 
 
 class BenchDatabase(support.TestDatabase):
     """A fresh database with the Frappe tables, no sample rows, one task, in ``zone``."""
+
+    #: Only a :class:`ScheduleFile` gives the daemon a ``schedules_file``.
+    schedules_file: str | None = None
 
     def __init__(self, zone: str = "UTC") -> None:
         super().__init__(load_samples=False, prefix="btu_bench_")
@@ -45,6 +53,48 @@ class BenchDatabase(support.TestDatabase):
         for start in range(0, len(values), 2000):
             super().add_schedules(values[start:start + 2000])
         return len(values)
+
+
+class ScheduleFile:
+    """A case's schedules in a ``schedules_file`` instead of a database.
+
+    Same ``add_schedules`` and ``drop`` as :class:`BenchDatabase`, so a case
+    takes either; ``name`` is None because there is no database: the daemon's
+    config then has no ``mysql_*`` key and nothing connects to MariaDB
+    (``daemon_config`` in :mod:`bench.run`).  Each schedule calls the same
+    function with the same keyword arguments as the database's task, on queue
+    ``default``, so the jobs differ only in where the schedule came from.
+    """
+
+    name: str | None = None
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="btu-bench-file-"))
+        self.path = self.directory / "schedules.toml"
+        self.schedules_file = str(self.path)
+        self.path.write_text("")
+
+    def add_schedules(self, rows: Iterable[tuple[str, str]]) -> int:
+        """Append enabled schedules (name, cron string); one write, as an admin saves."""
+        tables = [
+            f"[[schedule]]\nname = {json.dumps(name)}\ncron = {json.dumps(cron)}\n"
+            f"function = {json.dumps(FUNCTION)}\nkwargs = {{ source = \"btu bench\" }}\n"
+            f"queue = \"default\"\n\n"
+            for name, cron in rows
+        ]
+        with open(self.path, "a", encoding="utf-8") as stream:
+            stream.write("".join(tables))
+        return len(tables)
+
+    def drop(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def schedule_source(source: str) -> BenchDatabase | ScheduleFile:
+    """A fresh, empty place for a case's schedules: ``mariadb`` or ``file``."""
+    if source not in SOURCES:
+        raise ValueError(f"schedule source must be one of {SOURCES}, not {source!r}")
+    return BenchDatabase() if source == "mariadb" else ScheduleFile()
 
 
 def drop_leftover_databases() -> list[str]:

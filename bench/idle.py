@@ -14,6 +14,10 @@
     On that same idle daemon, after the window: :mod:`bench.pinger` with 200
     concurrent clients, each sending newline-terminated pings in a loop, and
     with 1 client for the baseline.
+``file_idle``
+    ``idle`` with the same 10,000 schedules in a ``schedules_file`` and no
+    ``mysql_*`` key (nothing connects to MariaDB), its output to
+    ``bench/results/file_idle.log``.
 ``anchor_idle``
     rq's own cron scheduler (``rq.cron.CronScheduler.start()``, what ``rq
     cron`` runs; :mod:`bench.anchor`) with the same 10,000 cron strings
@@ -36,9 +40,9 @@ from bench import fixtures
 from bench.fixtures import (
     REDIS_DB_ANCHOR,
     REDIS_DB_OURS,
-    BenchDatabase,
     flush,
     schedule_names,
+    schedule_source,
 )
 from tests.integration import support
 
@@ -127,19 +131,22 @@ def _twistd() -> list[str]:
 
 
 @contextlib.contextmanager
-def idle_daemon(n: int, config: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """A ``twistd -n btu`` child with ``n`` schedules planned; yields its facts."""
+def idle_daemon(n: int, config: dict[str, Any], source: str = "mariadb",
+                case: str = "idle") -> Iterator[dict[str, Any]]:
+    """A ``twistd -n btu`` child with ``n`` schedules from ``source`` planned
+    (``mariadb`` or ``file``, :func:`bench.fixtures.schedule_source`); yields its facts."""
     from bench.run import daemon_config
 
     flush(REDIS_DB_OURS)
-    db = BenchDatabase()
+    db = schedule_source(source)
     tmp = tempfile.mkdtemp(prefix="btu-bench-idle-")
     proc: subprocess.Popen[bytes] | None = None
-    log_path = RESULTS / "idle.log"
+    log_path = RESULTS / f"{case}.log"
     try:
         crons = idle_crons(time.time())
         db.add_schedules(zip(schedule_names(n), [crons[i % len(crons)] for i in range(n)]))
-        values = daemon_config(db.name, REDIS_DB_OURS, socket_path=f"{tmp}/btu.sock", **config)
+        values = daemon_config(db.name, REDIS_DB_OURS, socket_path=f"{tmp}/btu.sock",
+                               schedules_file=db.schedules_file, **config)
         config_path = Path(tmp) / "btu_scheduler.toml"
         support.write_config(config_path, values)
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
@@ -164,7 +171,8 @@ def idle_daemon(n: int, config: dict[str, Any]) -> Iterator[dict[str, Any]]:
         time.sleep(SETTLE_SECS)
         yield {
             "pid": proc.pid, "proc": proc, "socket": values["socket_path"],
-            "schedules": n, "distinct_crons": len(crons),
+            "schedules": n, "distinct_crons": len(crons), "source": source,
+            "mysql_keys": sorted(key for key in values if key.startswith("mysql_")),
             "spawn_to_planned_secs": round(planned_secs, 3),
             "scheduler_polling_interval": values["scheduler_polling_interval"],
             "full_refresh_internal_secs": values["full_refresh_internal_secs"],
@@ -194,10 +202,11 @@ def run_pinger(socket_path: str, clients: int, rounds: int) -> dict[str, Any]:
 
 
 def case_idle_and_ping(n: int, window: float, do_idle: bool, do_ping: bool,
-                       clients: int, rounds: int) -> dict[str, dict[str, Any]]:
+                       clients: int, rounds: int, source: str = "mariadb",
+                       case: str = "idle") -> dict[str, dict[str, Any]]:
     """Results of ``idle`` and/or ``ping`` on one daemon (keys ``idle``, ``ping``)."""
     out: dict[str, dict[str, Any]] = {}
-    with idle_daemon(n, {}) as d:
+    with idle_daemon(n, {}, source, case) as d:
         facts = {k: v for k, v in d.items() if k not in ("proc", "alive", "pid", "socket")}
         if do_idle:
             idle = measure_idle(d["pid"], window, d["alive"])
@@ -218,6 +227,12 @@ def case_idle_and_ping(n: int, window: float, do_idle: bool, do_ping: bool,
                 raise RuntimeError("twistd exited during the ping case")
             out["ping"] = ping
     return out
+
+
+def case_file_idle(n: int, window: float) -> dict[str, Any]:
+    """``idle`` with the ``n`` schedules in a schedules file, no MariaDB."""
+    return case_idle_and_ping(n, window, True, False, 0, 0, source="file",
+                              case="file_idle")["idle"]
 
 
 def case_anchor_idle(n: int, window: float) -> dict[str, Any]:

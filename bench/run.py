@@ -25,6 +25,13 @@ Cases (N shrinks with ``--quick``):
                 loop (p50/p99/max), beside 1 client alone.
 ``anchor_idle`` rq cron with the same 10,000 cron strings, same readings
                 (:mod:`bench.idle`).
+``file_burst`` / ``file_spread`` / ``file_idle``
+                ``burst10k``, a 10,000 spread over the 60 s and ``idle`` with
+                the schedules in a ``schedules_file`` (no ``mysql_*`` key, no
+                MariaDB at all).
+``anchor_burst10k`` / ``anchor_spread10k``
+                rq cron with the same 10,000 jobs at the same instants as
+                ``file_burst`` / ``file_spread`` (and ``burst10k``).
 
 Landing times come from :mod:`bench.watcher`, a separate process that polls
 ``LLEN`` every millisecond; the job hashes' ``enqueued_at`` (set by each
@@ -55,6 +62,7 @@ from bench.fixtures import (
     BenchDatabase,
     flush,
     schedule_names,
+    schedule_source,
     sync_redis,
 )
 from bench.stats import ratio, summary
@@ -148,10 +156,19 @@ def start_watcher(db: int, expected: int, deadline: float, first_due: float) -> 
     return proc
 
 
-def daemon_config(database: str, redis_db: int, **overrides: Any) -> dict[str, Any]:
-    """What ``btu_scheduler.toml`` would hold: the integration tests' config."""
+def daemon_config(database: str | None, redis_db: int, **overrides: Any) -> dict[str, Any]:
+    """What ``btu_scheduler.toml`` would hold: the integration tests' config.
+
+    ``database`` None (a :class:`~bench.fixtures.ScheduleFile`'s ``name``): no
+    ``mysql_*`` key at all, the schedules come from ``schedules_file`` only.
+    A ``schedules_file`` of None (a database's) is left out."""
     overrides.setdefault("socket_path", f"/tmp/btu-bench-{os.getpid()}.sock")
-    return support.config_values(database, redis_db=redis_db, **overrides)
+    if overrides.get("schedules_file", "") is None:
+        del overrides["schedules_file"]
+    values = support.config_values(database or "", redis_db=redis_db, **overrides)
+    if database is None:
+        values = {key: value for key, value in values.items() if not key.startswith("mysql_")}
+    return values
 
 
 def run_daemon(case: str, spec: dict[str, Any], opts: argparse.Namespace,
@@ -254,9 +271,13 @@ def due_instants(n: int, first_due: int, spread: int) -> list[int]:
     return [first_due + (i % spread) for i in range(n)] if spread > 1 else [first_due] * n
 
 
-def case_ours(opts: argparse.Namespace, case: str, n: int, spread: int) -> dict[str, Any]:
+def case_ours(opts: argparse.Namespace, case: str, n: int, spread: int,
+              source: str = "mariadb") -> dict[str, Any]:
+    """``n`` schedules due at ``spread`` consecutive seconds, read by the daemon
+    from ``source`` (``mariadb``: a ``btu_bench_*`` database; ``file``: a
+    ``schedules_file`` and no MariaDB)."""
     flush(REDIS_DB_OURS)
-    db = BenchDatabase()
+    db = schedule_source(source)
     try:
         lead = 7 + n * 0.0004
         first_due = math.ceil(time.time() + lead)
@@ -270,12 +291,13 @@ def case_ours(opts: argparse.Namespace, case: str, n: int, spread: int) -> dict[
             "first_due": first_due,
             "deadline": deadline,
             "queue": QUEUE,
-            "config": daemon_config(db.name, REDIS_DB_OURS),
+            "config": daemon_config(db.name, REDIS_DB_OURS, schedules_file=db.schedules_file),
         }
         daemon = run_daemon(case, spec, opts, timeout=deadline - time.time() + 60)
         watched = _json_line(watcher, "watcher", timeout=max(5, deadline - time.time() + 5))
         report = lateness_report(case, REDIS_DB_OURS, watched, n, first_due)
         report["spread_secs"] = spread
+        report["source"] = source
         report["daemon"] = daemon
         return report
     finally:
@@ -389,7 +411,7 @@ def table(results: dict[str, Any]) -> str:
                      f" (target < 2 s; {plan.get('distinct_crons')} crons,"
                      f" {plan.get('planner_batches')} batches)"))
     for case in ("burst", "anchor_burst", "anchor_rqs_burst", "spread", "anchor_spread",
-                 "burst10k", "burst10k_x3"):
+                 "burst10k", "burst10k_x3", *FILE_LATENESS_CASES):
         r = results["cases"].get(case)
         if not r:
             continue
@@ -411,6 +433,8 @@ def table(results: dict[str, Any]) -> str:
             once = "EXACTLY ONCE" if r.get("exactly_once") else "NOT EXACTLY ONCE"
             note += f"; 3 daemons: {once} ({r.get('doubles')} doubles, {r.get('missing')} missing)"
         else:
+            if r.get("source") == "file":
+                note += " (schedules file, no MariaDB)"
             e = r["enqueued_at"]
             note += (f"; first landed {_fmt(r.get('first_landing_after_due_ms'))} ms after due;"
                      f" enqueued_at p99 {_fmt(e.get('p99_ms'))}")
@@ -448,17 +472,42 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The schedules-file lateness cases and their rq cron anchors (rows of the table).
+FILE_LATENESS_CASES = ("file_burst", "anchor_burst10k", "file_spread", "anchor_spread10k")
+#: Each lateness case and the rq cron case with the same jobs at the same instants.
+ANCHORED = (("burst", "anchor_burst"), ("spread", "anchor_spread"),
+            ("file_burst", "anchor_burst10k"), ("file_spread", "anchor_spread10k"),
+            ("burst10k", "anchor_burst10k"))
+#: The same jobs read from a schedules file and from MariaDB (same N in a full run).
+FILE_VS_MARIADB = (("file_burst", "burst10k"),)
+
+
+def lateness_ratios(ours: dict[str, Any], other: dict[str, Any], label: str,
+                    burst: bool, landings: bool) -> dict[str, float | None]:
+    """``ours``/``other`` for p50/p99/max (and the first landing, and a burst's last
+    landing and jobs/s; a spread's last landing is mostly its 60 s)."""
+    out = {f"{key} {label}": ratio(ours["watcher"].get(key), other["watcher"].get(key))
+           for key in ("p50_ms", "p99_ms", "max_ms")}
+    if landings:
+        for key in ("first_landing_after_due_ms", "last_landing_after_due_ms")[:2 if burst else 1]:
+            out[f"{key} {label}"] = ratio(ours.get(key), other.get(key))
+    if burst:
+        out[f"jobs/s {label}"] = ratio(ours.get("rate_due_to_last_per_s"),
+                                       other.get("rate_due_to_last_per_s"))
+    return out
+
+
 def ratios(cases: dict[str, Any]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
-    for ours, anchor in (("burst", "anchor_burst"), ("spread", "anchor_spread")):
-        if ours in cases and anchor in cases:
-            for key in ("p50_ms", "p99_ms", "max_ms"):
-                out[f"{ours} {key} ours/rq-cron"] = ratio(
-                    cases[ours]["watcher"].get(key), cases[anchor]["watcher"].get(key))
-    if "burst" in cases and "anchor_burst" in cases:
-        out["burst jobs/s ours/rq-cron"] = ratio(
-            cases["burst"].get("rate_due_to_last_per_s"),
-            cases["anchor_burst"].get("rate_due_to_last_per_s"))
+    pairs = [(o, a, "ours/rq-cron") for o, a in ANCHORED]
+    pairs += [(f, m, "file/mariadb") for f, m in FILE_VS_MARIADB]
+    for ours, other, label in pairs:
+        if cases.get(ours) and cases.get(other):
+            # The older pairs keep the keys they always had (no first/last landing).
+            new = ours.startswith("file_") or other.endswith("10k")
+            for key, value in lateness_ratios(cases[ours], cases[other], label,
+                                              "burst" in ours, new).items():
+                out[f"{ours} {key}"] = value
     ceiling = cases.get("ceiling10k")
     for case in ("burst10k", "burst10k_x3"):
         if ceiling and cases.get(case) and not cases[case].get("error"):
@@ -471,13 +520,17 @@ def ratios(cases: dict[str, Any]) -> dict[str, float | None]:
                 cases["burst"]["watcher"].get(key), rqs["watcher"].get(key))
         out["burst jobs/s ours/rq-scheduler"] = ratio(
             cases["burst"].get("rate_due_to_last_per_s"), rqs.get("rate_due_to_last_per_s"))
-    idle, anchor = cases.get("idle"), cases.get("anchor_idle")
-    if idle and anchor:
-        out["idle CPU s/min ours/rq-cron"] = ratio(
-            idle.get("cpu_secs_per_min"), anchor.get("cpu_secs_per_min"))
-        out["idle CPU (schedstat) ours/rq-cron"] = ratio(
-            idle.get("cpu_schedstat_secs"), anchor.get("cpu_schedstat_secs"))
-        out["idle RSS ours/rq-cron"] = ratio(idle.get("rss_after_mib"), anchor.get("rss_after_mib"))
+    for case, other, label in (("idle", "anchor_idle", "ours/rq-cron"),
+                               ("file_idle", "anchor_idle", "ours/rq-cron"),
+                               ("file_idle", "idle", "file/mariadb")):
+        idle, anchor = cases.get(case), cases.get(other)
+        if idle and anchor:
+            out[f"{case} CPU s/min {label}"] = ratio(
+                idle.get("cpu_secs_per_min"), anchor.get("cpu_secs_per_min"))
+            out[f"{case} CPU (schedstat) {label}"] = ratio(
+                idle.get("cpu_schedstat_secs"), anchor.get("cpu_schedstat_secs"))
+            out[f"{case} RSS {label}"] = ratio(idle.get("rss_after_mib"),
+                                               anchor.get("rss_after_mib"))
     ping = cases.get("ping")
     if ping and ping.get("baseline_1_client"):
         base = ping["baseline_1_client"]
@@ -489,11 +542,13 @@ def ratios(cases: dict[str, Any]) -> dict[str, float | None]:
 def idle_lines(cases: dict[str, Any]) -> list[str]:
     """The idle and ping cases, one line each, under the lateness table."""
     lines: list[str] = []
-    for case, who in (("idle", "btu_twisted (twistd -n btu)"), ("anchor_idle", "rq cron")):
+    for case, who in (("idle", "btu_twisted (twistd -n btu)"),
+                      ("file_idle", "btu_twisted (twistd -n btu), schedules file, no MariaDB"),
+                      ("anchor_idle", "rq cron")):
         r = cases.get(case)
         if not r:
             continue
-        extra = (f", polling {r['scheduler_polling_interval']} s" if case == "idle" else "")
+        extra = (f", polling {r['scheduler_polling_interval']} s" if case != "anchor_idle" else "")
         lines.append(
             f"{case}: {who}, {r['schedules']:,} schedules, nothing due{extra}: "
             f"CPU {r['cpu_secs']:.2f} s in {r['window_secs']:.0f} s "
@@ -516,7 +571,8 @@ def idle_lines(cases: dict[str, Any]) -> list[str]:
 
 
 CASES = ("plan", "burst", "anchor_burst", "anchor_rqs_burst", "spread", "anchor_spread",
-         "burst10k", "ceiling10k", "burst10k_x3", "idle", "ping", "anchor_idle")
+         "burst10k", "ceiling10k", "burst10k_x3", "file_burst", "anchor_burst10k",
+         "file_spread", "anchor_spread10k", "idle", "ping", "file_idle", "anchor_idle")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -542,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     n_idle, idle_secs, ping_rounds = (IDLE_SCHEDULES, 15.0, 100) if opts.quick else \
         (IDLE_SCHEDULES, 60.0, 500)
     from bench.burst import case_burst_ha, case_ceiling
-    from bench.idle import case_anchor_idle, case_idle_and_ping
+    from bench.idle import case_anchor_idle, case_file_idle, case_idle_and_ping
     from bench.rqscheduler import case_rqscheduler_burst
 
     def idle_and_ping(which: str) -> dict[str, Any]:
@@ -569,6 +625,12 @@ def main(argv: list[str] | None = None) -> int:
         "idle": lambda: idle_and_ping("idle"),
         "ping": lambda: idle_and_ping("ping"),
         "anchor_idle": lambda: case_anchor_idle(n_idle, idle_secs),
+        # The same N as burst10k (and the same due instants as their anchors).
+        "file_burst": lambda: case_ours(opts, "file_burst", n_big, 1, source="file"),
+        "anchor_burst10k": lambda: case_anchor(opts, "anchor_burst10k", n_big, 1),
+        "file_spread": lambda: case_ours(opts, "file_spread", n_big, spread, source="file"),
+        "anchor_spread10k": lambda: case_anchor(opts, "anchor_spread10k", n_big, spread),
+        "file_idle": lambda: case_file_idle(n_idle, idle_secs),
     }
     results: dict[str, Any] = {"machine": machine(), "quick": opts.quick,
                                "profiled": opts.profile,
