@@ -679,10 +679,20 @@ def value_sources(path: str, site: str | None = None) -> dict[str, str]:
         bench.sources["frappe_site_name"] = "--site (one of frappe_sites)"
     else:
         bench = from_bench(data) if "frappe_bench_path" in data else BenchDefaults()
-    return {
+    sources = {
         spec.name: "config file" if spec.name in data else bench.sources.get(spec.name, "default")
         for spec in toml_fields()
     }
+    url = data.get("rq_url", bench.values.get("rq_url"))
+    if isinstance(url, str):
+        try:
+            in_url = parse_url(url)
+        except ValueError:
+            in_url = {}
+        for key, part in _URL_PARTS:
+            if part in in_url:
+                sources[key] = f"rq_url ({sources['rq_url']})"
+    return sources
 
 
 # TOML reads `socket_mode = 0o660` as the integer 432, which nothing downstream
@@ -738,7 +748,17 @@ def masked(config: Config) -> dict[str, object]:
         elif spec.name == "socket_mode":
             value = f"{value:04o}"
         shown[spec.name] = value
+    if config.rq_url:
+        # What the daemon uses: a user, password or database in the URL wins
+        # (the keys themselves are then unset, config checks refuse both).
+        for key, part in _URL_PARTS:
+            if part in (in_url := parse_url(config.rq_url)):
+                shown[key] = _MASK if key == "rq_password" else in_url[part]
     return shown
+
+
+#: The keys a part of ``rq_url`` stands for.
+_URL_PARTS = (("rq_username", "username"), ("rq_password", "password"), ("rq_database", "database"))
 
 
 def log_level(config: Config) -> LogLevel:

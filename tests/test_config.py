@@ -551,6 +551,19 @@ class SecretTests(ConfigTestCase):
         """An unset secret stays None so 'no password' can be told from 'password set'."""
         self.assertIsNone(masked(parse_config(minimal())[0])["rq_password"])
 
+    def test_masked_shows_what_rq_url_sets(self) -> None:
+        """A database, user or password inside rq_url is what the daemon uses, so
+        print-config shows it under its key (the password masked), not the default."""
+        config, _ = parse_config(minimal(rq_host=None, rq_port=None,
+                                         rq_url="redis://btu:pw@redis.example:6380/7"))
+        shown = masked(config)
+        self.assertEqual((shown["rq_database"], shown["rq_username"], shown["rq_password"]),
+                         (7, "btu", "********"))
+        self.assertNotIn("pw", repr(shown))
+        plain, _ = parse_config(minimal(rq_host=None, rq_port=None,
+                                        rq_url="redis://redis.example:6380", rq_database=3))
+        self.assertEqual((masked(plain)["rq_database"], masked(plain)["rq_password"]), (3, None))
+
     def test_repr_hides_secrets(self) -> None:
         """repr(Config) (what a careless log line shows) never holds a secret."""
         config, _ = parse_config(minimal(**SECRETS))

@@ -199,6 +199,23 @@ class BenchModeTests(TestCase):
         self.assertEqual(config.frappe_bench_path, str(bench))
         self.assertEqual(config.mysql_database, "_a1b2c3d4e5f6")
 
+    def test_print_config_shows_the_database_inside_a_redis_url(self) -> None:
+        """A rediss:// redis_queue becomes rq_url; its database (and user) are what the
+        daemon uses, so print-config shows them, FROM the URL, not rq_database's default."""
+        common = {**COMMON, "redis_queue": "rediss://btu:pw@127.0.0.1:11000/3"}
+        path = Path(self.mktemp())
+        path.write_text(f'frappe_bench_path = "{self.bench(common)}"\nfrappe_site_name = '
+                        f'"{SITE}"\nsocket_path = "/run/btu.sock"\n')
+        os.chmod(path, 0o600)
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(main(["--config", str(path), "print-config"], stdout=out, stderr=err), 0,
+                         err.getvalue())
+        rows = {line.split()[0]: line.split() for line in out.getvalue().splitlines()[2:]}
+        self.assertEqual(rows["rq_database"][1:3], ["3", "rq_url"])
+        self.assertEqual(rows["rq_username"][1:3], ["btu", "rq_url"])
+        self.assertEqual(rows["rq_password"][1:3], ["********", "rq_url"])
+        self.assertNotIn(":pw@", out.getvalue())
+
     def test_print_config_says_where_each_value_came_from(self) -> None:
         """'btu print-config' in bench mode: a FROM column naming file and key; secrets masked."""
         path = Path(self.mktemp())
