@@ -22,6 +22,7 @@ loudly on any use (the daemon must never do synchronous Redis I/O).
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -166,8 +167,36 @@ class _NoRedis:
 NO_REDIS: Any = _NoRedis()
 
 
+class _Unparsable(ValueError):
+    """Why an arguments text is not a dict of keyword arguments."""
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(text: str) -> dict[str, Any]:
+    """The dict an arguments text holds, cached by text: the schedules of one
+    task share its arguments, and ``ast.literal_eval`` of even a short dict
+    costs ~15 us a job in a 10,000-run burst.  Callers copy it; refusals raise
+    and so are never cached."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+            raise _Unparsable(
+                f"is not a JSON object or Python dict literal ({type(exc).__name__})"
+            ) from None
+    if not isinstance(value, dict):
+        raise _Unparsable(f"is a {type(value).__name__}, not a dict")
+    bad = [key for key in value if not isinstance(key, str)]
+    if bad:
+        raise _Unparsable(f"has non-string keys such as {bad[0]!r:.40}")
+    return value
+
+
 def _parse_arguments(text: str | None, schedule: str, column: str) -> dict[str, Any]:
-    """Parse one arguments column into a dict of keyword arguments.
+    """Parse one arguments column into a dict of keyword arguments (a new one:
+    the caller may update it).
 
     JSON is tried first, then a Python literal, as BTU's own
     ``BTUTask.built_in_arguments`` does (JSON since mid-2025, so ``true``/``null``
@@ -177,26 +206,9 @@ def _parse_arguments(text: str | None, schedule: str, column: str) -> dict[str, 
     if text is None or not text.strip():
         return {}
     try:
-        value = json.loads(text)
-    except ValueError:
-        try:
-            value = ast.literal_eval(text.strip())
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
-            raise BuildError(
-                schedule,
-                f"{column} is not a JSON object or Python dict literal ({type(exc).__name__})",
-                transient=False,
-            ) from None
-    if not isinstance(value, dict):
-        raise BuildError(
-            schedule, f"{column} is a {type(value).__name__}, not a dict", transient=False
-        )
-    bad = [key for key in value if not isinstance(key, str)]
-    if bad:
-        raise BuildError(
-            schedule, f"{column} has non-string keys such as {bad[0]!r:.40}", transient=False
-        )
-    return value
+        return dict(_parsed(text))
+    except _Unparsable as e:
+        raise BuildError(schedule, f"{column} {e}", transient=False) from None
 
 
 def merged_kwargs(row: ScheduleRow) -> dict[str, Any]:
