@@ -110,9 +110,10 @@ def script_call(claims: list[Claim], daemon_keys: bool) -> tuple[list[str], list
     once per call) or MINIMAL's (no member index, field names per job)."""
     if daemon_keys:
         wires: list[Any] = [framed(c).wire for c in claims]
-        # As ScheduleStore.claim sends them (the last job of each schedule,
-        # for overlap control, since issue 13); then job, queue and history per claim.
-        keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES, DEFAULT_KEYS.last_job]
+        # As ScheduleStore.claim sends them: the last job of each schedule (for
+        # overlap control) and the run history inbox, then job and queue per claim.
+        keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES, DEFAULT_KEYS.last_job,
+                DEFAULT_KEYS.history_inbox]
         for w in wires:
             keys += [k.decode() for k in decode(w.keys.data)]
         return keys, decode(claim_arguments(wires, ENQUEUED_AT).data)
@@ -185,7 +186,6 @@ def _restore(r: Any, batch: list[Claim], daemon_keys: bool) -> None:
         if daemon_keys:
             pipe.hset(MEMBER_INDEX, c.schedule, c.member)
             pipe.hdel(DEFAULT_KEYS.last_job, c.schedule)
-            pipe.delete(DEFAULT_KEYS.history(c.schedule))
         pipe.delete(JOB_PREFIX + c.job_id)
         pipe.lrem(QUEUE_PREFIX + c.origin, 0, c.job_id)
     pipe.execute()

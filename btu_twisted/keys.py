@@ -59,7 +59,18 @@ class Keys:
 
     def history(self, schedule: str) -> str:
         """List: the schedule's latest runs, newest first (history.py)."""
-        return self.prefix + "history:" + schedule
+        return self.history_base + schedule
+
+    @property
+    def history_base(self) -> str:
+        """What a schedule's name follows in its history key."""
+        return self.prefix + "history:"
+
+    @property
+    def history_inbox(self) -> str:
+        """List: run history entries claimed but not yet filed under their
+        schedules, one packed text per CLAIM call (history.py)."""
+        return self.prefix + "history_inbox"
 
     @property
     def owner(self) -> str:

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 
 from rq.utils import utcformat
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -37,7 +37,6 @@ from btu_twisted.due import DueClaims
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
 from btu_twisted.history import DROPPED, SKIPPED_MISFIRE, SKIPPED_UNBUILDABLE
-from btu_twisted.keys import Keys
 from btu_twisted.planner import Unplannable, next_run_for
 from btu_twisted.records import RowReader, ScheduleRow
 from btu_twisted.run_log import Enqueued, RunLog, Skipped, iso
@@ -107,8 +106,6 @@ class Timer(Service):
     ) -> None:
         self._clock = clock
         self._store = store
-        # The store's key names frame each claim's history key.
-        self._keys: Keys = getattr(store, "keys", Keys())
         # MariaDB rows have no overlap column: the ``overlap`` config key decides.
         self._default_overlap = default_overlap == "skip"
         self._db = db
@@ -145,12 +142,16 @@ class Timer(Service):
         self._ticking: Deferred[None] | None = None
         self._again = False
         self._truncated = False
+        self._folding: Deferred[None] | None = None  # filing the run history
+        self._fold_again = False
         self.stats = TimerStats()
 
     # -- service ---------------------------------------------------------
     def startService(self) -> None:
         super().startService()
         self._arm(0)
+        # What a daemon stopped mid-burst left in the run history inbox.
+        self._fold_history()
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -158,7 +159,10 @@ class Timer(Service):
             self._wake.cancel()
         self._wake = None
         self._wake_round(False)
-        return self._ticking
+        pending = [d for d in (self._ticking, self._folding) if d is not None]
+        if not pending:
+            return None
+        return DeferredList(pending).addCallback(lambda _: None)
 
     def planned(self, when: float) -> None:
         """The planner added a member at ``when``: wake earlier if needed."""
@@ -412,7 +416,7 @@ class Timer(Service):
             member=member, schedule=name, when=when,
             job_id=built.job_id, origin=built.origin, fields=built.fields,
             overlap=self._overlap_skips(row),  # type: ignore[arg-type]
-        ), self._keys))
+        )))
         self._read_at[member] = read_at
 
     def _ready(self, claim: Claim) -> None:
@@ -691,7 +695,32 @@ class Timer(Service):
             self._on_job_ids([(c.schedule, c.job_id) for c, _ in enqueued])
         if replans:
             self._fifo.extend(replans)
+            self._fold_history()
         self._runs.flush()
+
+    def _fold_history(self) -> None:
+        """File the run history entries claimed so far under their schedules
+        (history.py), one fold at a time.  A failed fold loses nothing: the
+        entries wait in Redis for the next one."""
+        if self._folding is not None:
+            self._fold_again = True
+            return
+        if not self.running or not hasattr(self._store, "fold_history"):
+            return
+        folding = ensureDeferred(self._store.fold_history())
+        folding.addErrback(lambda failure: self.log.debug(
+            "run history not filed yet: {error}", error=failure.value))
+        if folding.called:
+            return
+        self._folding = folding
+
+        def done(_: object) -> None:
+            self._folding = None
+            if self._fold_again:
+                self._fold_again = False
+                self._fold_history()
+
+        folding.addCallback(done)
 
 
 def refusal_of(row: ScheduleRow | None, default_zone: str, when: int) -> str | None:

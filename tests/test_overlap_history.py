@@ -100,3 +100,18 @@ class OutcomeTests(TimerCase):
         self.assertEqual(self.job_count("OK"), 1)
         self.assertEqual(self.store.run_history, {})
 
+
+    def test_history_is_filed_at_start_and_after_each_round(self) -> None:
+        """The store files its history inbox when the timer starts (what a
+        stopped daemon left) and once each round of claims has let go of what
+        it set off, not between the round's claim calls."""
+        self.schedule("A", T)
+        self.schedule("B", T + 5)
+        self.timer.startService()
+        self.assertEqual(self.store.folds, 1)
+        self.advance_to(T)
+        self.assertEqual(self.job_count("A"), 1)
+        self.assertEqual(self.store.folds, 2)
+        self.advance_to(T + 5)
+        self.assertEqual(self.job_count("B"), 1)
+        self.assertEqual(self.store.folds, 3)

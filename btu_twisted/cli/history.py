@@ -1,6 +1,7 @@
 """``btu history NAME``: a schedule's latest runs, newest first, with their jobs' status now.
 
-The entries are what CLAIM wrote (history.py); the status is read from each
+The entries are what CLAIM wrote (history.py; the ones the daemon has not filed
+yet are filed first); the status is read from each
 job's hash in one pipelined round trip, so a job rq has since removed (its
 result or failure TTL ran out) shows as ``-`` (``null`` in ``--json``).
 """
@@ -11,7 +12,7 @@ import argparse
 from datetime import UTC, datetime
 
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
-from btu_twisted.history import Run, parse_run
+from btu_twisted.history import FOLD_HISTORY, FOLD_TEXTS, Run, parse_run
 from btu_twisted.keys import JOB_PREFIX, Keys
 
 __all__ = ["cmd_history"]
@@ -30,12 +31,26 @@ def _statuses(connection: object, runs: list[Run]) -> list[str | None]:
     return out
 
 
+def _file_inbox(connection: object, keys: Keys, keep: int) -> None:
+    """File what the daemon claimed but has not filed yet (history.py), so the
+    latest runs are never missing.  Without the shebang line, which Redis
+    before 7.0 cannot read."""
+    script = FOLD_HISTORY.split("\n", 1)[1]
+    for _ in range(1000):
+        waiting = connection.eval(  # type: ignore[attr-defined]
+            script, 1, keys.history_inbox, keys.history_base, keep, FOLD_TEXTS)
+        if not int(waiting):
+            return
+
+
 def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
     """Show the run history of one schedule."""
     name: str = args.name
     config = ctx.config()
     connection = ctx.redis()
-    raw = connection.lrange(Keys(config.redis_key_prefix).history(name), 0, args.count - 1)
+    keys = Keys(config.redis_key_prefix)
+    _file_inbox(connection, keys, config.run_history_length)
+    raw = connection.lrange(keys.history(name), 0, args.count - 1)
     runs = [run for run in map(parse_run, raw) if run is not None]
     statuses = _statuses(connection, runs)
     if ctx.json:

@@ -33,7 +33,7 @@ from btu_twisted.store import (
     ScheduleStore,
 )
 from btu_twisted.history import (
-    ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP, Run, encode_run, parse_run,
+    FOLD_TEXTS, ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP, Run, encode_run, parse_run,
 )
 from btu_twisted.keys import Keys
 from tests.fakes import FakeStore
@@ -181,9 +181,10 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(self.sync.keys("rq:*"), [])
 
     async def test_claims_write_the_run_history_trimmed(self) -> None:
-        """Each claim settled by us adds one entry, newest first, in the same
-        script: enqueued ones with their job id, jobless ones with the outcome
-        the timer gave; the list keeps history_length entries."""
+        """Each claim settled by us adds one entry, in the same script (to the
+        inbox, filed by fold_history), newest first: enqueued ones with their
+        job id, jobless ones with the outcome the timer gave; the list keeps
+        history_length entries."""
         store = ScheduleStore(self.gateway, history_length=3)
         for when in (2000, 2060, 2120, 2180):
             await store.plan(1000, {"TS-1": when})
@@ -194,6 +195,8 @@ class StoreTests(unittest.TestCase):
             self.assertEqual(await store.claim([claim], f"at-{when}"), [CLAIMED])
         lost = await store.claim([job_claim("TS-1", 2180, "again")], "late")
         self.assertEqual(lost, [LOST])  # not settled by us: no entry
+        self.assertEqual(await store.fold_history(), 1)
+        self.assertFalse(self.sync.exists(Keys().history_inbox))
         runs = [parse_run(raw) for raw in self.sync.lrange(HISTORY + "TS-1", 0, -1)]
         self.assertEqual(runs, [
             Run(2180, "at-2180", "job-2180", ENQUEUED),
@@ -203,6 +206,8 @@ class StoreTests(unittest.TestCase):
         off = ScheduleStore(self.gateway, history_length=0)
         await off.plan(1000, {"TS-2": 2000})
         await off.claim([job_claim("TS-2", 2000, "j2")], "x")
+        self.assertFalse(self.sync.exists(Keys().history_inbox))
+        await off.fold_history()
         self.assertFalse(self.sync.exists(HISTORY + "TS-2"))
 
     async def test_overlap_skip_holds_a_run_while_the_previous_job_is_busy(self) -> None:
@@ -228,6 +233,7 @@ class StoreTests(unittest.TestCase):
         self.sync.hset("rq:job:first", "status", "finished")
         self.assertEqual(await claim(2180, "fourth"), CLAIMED)
         self.assertEqual(await claim(2240, "fifth", overlap=False), CLAIMED)
+        await self.store.fold_history()
         outcomes = [parse_run(raw).outcome  # type: ignore[union-attr]
                     for raw in self.sync.lrange(HISTORY + "TS-1", 0, -1)]
         self.assertEqual(outcomes, [ENQUEUED, ENQUEUED, SKIPPED_OVERLAP, SKIPPED_OVERLAP,
@@ -242,12 +248,53 @@ class StoreTests(unittest.TestCase):
 
     async def test_a_broken_history_key_loses_its_entry_not_the_claim(self) -> None:
         """A history key holding another type (someone's SET) does not block
-        or undo the claim: the job is enqueued, the entry is lost."""
+        or undo the claim: the job is enqueued, that entry is lost when filed,
+        the other schedules' entries are filed."""
         self.sync.set(HISTORY + "TS-1", "not a list")
+        await self.store.plan(1000, {"TS-1": 2000, "TS-2": 2000})
+        claims = [job_claim("TS-1", 2000, "j"), job_claim("TS-2", 2000, "k")]
+        self.assertEqual(await self.store.claim(claims, "x"), [CLAIMED, CLAIMED])
+        self.assertEqual(self.sync.lrange("rq:queue:default", 0, -1), [b"j", b"k"])
+        await self.store.fold_history()
+        self.assertEqual(self.sync.get(HISTORY + "TS-1"), b"not a list")
+        self.assertEqual(self.sync.llen(HISTORY + "TS-2"), 1)
+
+    async def test_a_broken_inbox_loses_entries_not_claims(self) -> None:
+        """An inbox of the wrong type loses the call's entries, never its
+        claims; an inbox text that does not unpack is dropped when filed, the
+        texts after it are filed."""
+        inbox = Keys().history_inbox
+        self.sync.set(inbox, "not a list")
         await self.store.plan(1000, {"TS-1": 2000})
         self.assertEqual(await self.store.claim([job_claim("TS-1", 2000, "j")], "x"), [CLAIMED])
         self.assertEqual(self.sync.lrange("rq:queue:default", 0, -1), [b"j"])
-        self.assertEqual(self.sync.get(HISTORY + "TS-1"), b"not a list")
+        self.assertEqual(await self.store.fold_history(), 1)
+        self.assertEqual(self.sync.get(inbox), b"not a list")
+        self.sync.delete(inbox)
+        self.sync.rpush(inbox, b"\xc1 not msgpack")
+        await self.store.plan(1000, {"TS-1": 2060})
+        self.assertEqual(await self.store.claim([job_claim("TS-1", 2060, "j2")], "y"), [CLAIMED])
+        await self.store.fold_history()
+        self.assertFalse(self.sync.exists(inbox))
+        runs = [parse_run(raw) for raw in self.sync.lrange(HISTORY + "TS-1", 0, -1)]
+        self.assertEqual(runs, [Run(2060, "y", "j2", ENQUEUED)])
+
+    async def test_filing_goes_a_few_calls_at_a_time_oldest_first(self) -> None:
+        """Many claim calls' entries are filed FOLD_TEXTS texts per script call
+        (no call blocks Redis for long), oldest first, so each list ends newest
+        first and trimmed."""
+        store = ScheduleStore(self.gateway, history_length=5)
+        for k in range(10):
+            when = 2000 + 60 * k
+            await store.plan(1000, {"TS-1": when, "TS-2": when})
+            got = await store.claim(
+                [job_claim("TS-1", when, f"a{k}"), job_claim("TS-2", when, f"b{k}")], f"t{k}")
+            self.assertEqual(got, [CLAIMED, CLAIMED])
+        self.assertEqual(self.sync.llen(Keys().history_inbox), 10)
+        self.assertEqual(await store.fold_history(), -(-10 // FOLD_TEXTS))
+        for name, letter in (("TS-1", "a"), ("TS-2", "b")):
+            runs = [parse_run(raw) for raw in self.sync.lrange(HISTORY + name, 0, -1)]
+            self.assertEqual([r.job_id for r in runs], [f"{letter}{k}" for k in (9, 8, 7, 6, 5)])
 
     async def test_prune_forgets_history_and_last_job_of_deleted_schedules(self) -> None:
         """A deleted schedule's run history and last job go with its last run."""
