@@ -300,10 +300,17 @@ class Timer(Service):
                 self._retry_wait.pop(member, None)
 
     def forget(self, names: list[str]) -> None:
-        """The planner found these schedules gone or inactive: drop what we remember of them."""
+        """The planner found these schedules gone or inactive: drop what we remember of them.
+
+        Only a claimed next run ends a stretch of held-back runs; a schedule
+        deleted or disabled meanwhile has none, and would stay in
+        ``_overlapping`` for good (enabled again, its first held-back run
+        would not be logged either).
+        """
         for name in names:
             self._delayed.pop(name, None)
             self._unbuildable.pop(name, None)
+        self._overlapping.difference_update(names)
 
     # -- building ----------------------------------------------------------
     def _start_builds(self, todo: list[tuple[str, int]]) -> None:
