@@ -50,6 +50,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -575,25 +576,11 @@ CASES = ("plan", "burst", "anchor_burst", "anchor_rqs_burst", "spread", "anchor_
          "file_spread", "anchor_spread10k", "idle", "ping", "file_idle", "anchor_idle")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small N, short spread (smoke run)")
-    parser.add_argument("--profile", action="store_true",
-                        help="run the daemon under cProfile (bench/results/CASE.prof); "
-                             "figures are then slower than real")
-    parser.add_argument("--trace", action="store_true",
-                        help="record spans of the timer's, store's and planner's calls "
-                             "(bench/results/CASE.trace.json)")
-    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(CASES)}")
-    opts = parser.parse_args(argv)
-    selected = [c for c in opts.only.split(",") if c] or list(CASES)
-    unknown = set(selected) - set(CASES)
-    if unknown:
-        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    fixtures.drop_leftover_databases()
+def case_runners(opts: argparse.Namespace,
+                 selected: list[str]) -> dict[str, Callable[[], dict[str, Any]]]:
+    """What runs each case of CASES, at the sizes ``opts.quick`` says (``selected``:
+    the idle daemon serves the pings too when both are).  A function of its own
+    so that tests can check it knows every case without running one."""
     n_plan, n, n_big, spread = (2000, 200, 1000, 10) if opts.quick else (10000, 1000, 10000, 60)
     n_idle, idle_secs, ping_rounds = (IDLE_SCHEDULES, 15.0, 100) if opts.quick else \
         (IDLE_SCHEDULES, 60.0, 500)
@@ -612,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         return got[which]
 
     shared: dict[str, Any] = {}
-    runners = {
+    return {
         "plan": lambda: case_plan(opts, n_plan),
         "burst": lambda: case_ours(opts, "burst", n, 1),
         "anchor_burst": lambda: case_anchor(opts, "anchor_burst", n, 1),
@@ -632,6 +619,28 @@ def main(argv: list[str] | None = None) -> int:
         "anchor_spread10k": lambda: case_anchor(opts, "anchor_spread10k", n_big, spread),
         "file_idle": lambda: case_file_idle(n_idle, idle_secs),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small N, short spread (smoke run)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the daemon under cProfile (bench/results/CASE.prof); "
+                             "figures are then slower than real")
+    parser.add_argument("--trace", action="store_true",
+                        help="record spans of the timer's, store's and planner's calls "
+                             "(bench/results/CASE.trace.json)")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(CASES)}")
+    opts = parser.parse_args(argv)
+    selected = [c for c in opts.only.split(",") if c] or list(CASES)
+    unknown = set(selected) - set(CASES)
+    if unknown:
+        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fixtures.drop_leftover_databases()
+    runners = case_runners(opts, selected)
     results: dict[str, Any] = {"machine": machine(), "quick": opts.quick,
                                "profiled": opts.profile,
                                "patched": os.environ.get("BTU_BENCH_PATCH") or None,

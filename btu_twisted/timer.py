@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, en
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from btu_twisted.builders import BuildError, JobBuilder
 from btu_twisted.due import DueClaims
@@ -138,6 +139,8 @@ class Timer(Service):
         self._overlapping: set[str] = set()     # schedules whose last run was held back
         self._build_slots = DeferredSemaphore(BUILD_CONCURRENCY)
         self._backoff = Backoff()
+        self._step_failures = 0              # timer steps failed in a row
+        self._step_failures_logged = False   # this streak's traceback is logged
         self._wake: IDelayedCall | None = None
         self._ticking: Deferred[None] | None = None
         self._again = False
@@ -193,20 +196,58 @@ class Timer(Service):
 
     async def _tick_safely(self) -> None:
         next_delay = float(self._polling)
+        failure: Failure | None = None
         try:
             next_delay = await self._step()
-            self._backoff.reset()
         except Exception:
+            failure = Failure()
             self._on_failure("timer_step")
-            if self._store.health is None or self._store.health.up:
-                self.log.failure("timer step failed")
             next_delay = self._backoff.next_delay()
+        else:
+            self._backoff.reset()
         finally:
             self._ticking = None
+        next_delay = min(next_delay, float(self._polling))
         if self._again:
             self._again = False
             next_delay = 0.0
-        self._arm(min(next_delay, float(self._polling)))
+        self._report_step(failure, next_delay)
+        self._arm(next_delay)
+
+    def _report_step(self, failure: Failure | None, next_delay: float) -> None:
+        """Log a streak of failed steps without flooding the journal.
+
+        A Redis outage the health tracker has seen is its to report (one line
+        each way).  Otherwise the first failure of a streak is unexpected and
+        gets its traceback; the same failure repeated at every backoff retry
+        says nothing new, so later ones get one short line each only when the
+        count reaches a power of two (2, 4, 8, ...: about ten lines a day with
+        30 s retries), and one line says when steps succeed again.
+        """
+        if failure is None:
+            if self._step_failures and self._step_failures_logged:
+                self.log.info(
+                    "timer steps succeed again after {count} failures",
+                    count=self._step_failures,
+                )
+            self._step_failures = 0
+            self._step_failures_logged = False
+            return
+        self._step_failures += 1
+        health = self._store.health
+        if health is not None and not health.up:
+            return
+        count = self._step_failures
+        if not self._step_failures_logged:
+            self._step_failures_logged = True
+            self.log.failure("timer step failed", failure)
+        elif count & (count - 1) == 0:
+            self.log.error(
+                "timer step failed again ({count} in a row, next try in {delay:.0f} s): "
+                "{error_type}: {error}",
+                count=count, delay=next_delay,
+                error_type=failure.type.__name__, error=failure.getErrorMessage(),
+            )
 
     # -- one step ----------------------------------------------------------
     async def _step(self) -> float:
@@ -263,10 +304,17 @@ class Timer(Service):
                 self._retry_wait.pop(member, None)
 
     def forget(self, names: list[str]) -> None:
-        """The planner found these schedules gone or inactive: drop what we remember of them."""
+        """The planner found these schedules gone or inactive: drop what we remember of them.
+
+        Only a claimed next run ends a stretch of held-back runs; a schedule
+        deleted or disabled meanwhile has none, and would stay in
+        ``_overlapping`` for good (enabled again, its first held-back run
+        would not be logged either).
+        """
         for name in names:
             self._delayed.pop(name, None)
             self._unbuildable.pop(name, None)
+        self._overlapping.difference_update(names)
 
     # -- building ----------------------------------------------------------
     def _start_builds(self, todo: list[tuple[str, int]]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from twisted.logger import capturedLogs
+
 from btu_twisted.history import (
     DROPPED,
     ENQUEUED,
@@ -17,7 +19,7 @@ from btu_twisted.history import (
     SKIPPED_UNBUILDABLE,
     parse_run,
 )
-from tests.test_timer import T, TimerCase, row_of
+from tests.test_timer import T, TimerCase, mentioning, row_of, texts
 
 
 class OverlapTests(TimerCase):
@@ -66,6 +68,31 @@ class OverlapTests(TimerCase):
             {name: self.job_count(name) for name in ("FILE-SKIP", "FILE-ALLOW", "TS-1")},
             {"FILE-SKIP": 1, "FILE-ALLOW": 2, "TS-1": 2},
         )
+
+    def test_forgotten_schedule_leaves_no_held_back_stretch(self) -> None:
+        """A schedule the planner unplans (deleted or disabled) while its runs
+        are held back is forgotten: nothing of it is kept, and enabled again
+        while its old job still waits, its first held-back run is logged as
+        the start of a new stretch."""
+        self.timer = self.make_timer(default_overlap="skip")
+        self.schedule("TS-1", T)
+        self.timer.startService()
+        self.advance_to(T)
+        with capturedLogs() as events:
+            self.store.add("TS-1", T + 1)
+            self.timer.planned(T + 1)
+            self.advance_to(T + 1)
+        self.assertEqual(len(mentioning(events, "TS-1", "further skips not logged")), 1)
+
+        self.timer.forget(["TS-1"])  # what the planner does with unplanned schedules
+        self.assertEqual(self.timer._overlapping, set())
+        with capturedLogs() as events:
+            self.store.add("TS-1", T + 2)
+            self.timer.planned(T + 2)
+            self.advance_to(T + 2)
+        self.assertEqual(self.outcomes("TS-1")[0], SKIPPED_OVERLAP)
+        self.assertEqual(
+            len(mentioning(events, "TS-1", "further skips not logged")), 1, texts(events))
 
 
 class OutcomeTests(TimerCase):
