@@ -72,7 +72,7 @@ class Alarm:
         return Waker(self, next(self._numbers), callback)
 
     def pending(self) -> list[tuple[float, Waker]]:
-        """The wakers waiting, earliest first (for tests and status)."""
+        """The wakers waiting, earliest first (what tests look at)."""
         return sorted(((w.when, w) for w in self._waiting),  # type: ignore[misc]
                       key=lambda item: (item[0], item[1]._order))
 
