@@ -25,6 +25,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from btu_twisted import __version__
+from btu_twisted.alarm import Alarm
 from btu_twisted.builders import make_builders
 from btu_twisted.config import Config
 from btu_twisted.control_socket import ControlSocketService, SocketInUseError
@@ -124,10 +125,12 @@ class BtuService(MultiService):
         redis: RedisGateway | None = None,
         metrics: Metrics | NoMetrics | None = None,
         site: str | None = None,
+        alarm: Alarm | None = None,
     ) -> None:
-        """``redis``, ``metrics`` and ``site``: given by a daemon serving several
-        sites (sites.py), which owns the shared gateway and metrics port; the
-        service then neither starts nor stops them, and ``status`` names its site."""
+        """``redis``, ``metrics``, ``site`` and ``alarm``: given by a daemon serving
+        several sites (sites.py), which owns the shared gateway, metrics port and
+        timer wake-up; the service then neither starts nor stops them, and
+        ``status`` names its site."""
         super().__init__()
         self.config = config
         self._reactor = reactor
@@ -181,6 +184,7 @@ class BtuService(MultiService):
             default_zone=config.time_zone_string,
             on_job_ids=self._record_job_ids,
             default_overlap=config.overlap,
+            alarm=alarm,
         )
         self.planner = Planner(
             reactor,

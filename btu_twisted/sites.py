@@ -4,13 +4,12 @@ Each site is a :class:`~btu_twisted.service.BtuService` of its own: its
 database pool, socket, key prefix and lease, BTU Configuration, change feed,
 planner, refresh and timer, with the Config bench mode derives for it.  What
 they share lives here: one :class:`RedisGateway` (one Redis connection for
-the process: a bench's sites share its ``redis_queue``) and one
+the process: a bench's sites share its ``redis_queue``), one
 ``metrics_port``, whose metrics carry a ``site`` label and whose status page
-has a section per site.
-
-Each site's timer still wakes on its own (a ``callLater`` per site): sharing
-the wake-ups would mean one timer reading several key prefixes, and the
-timer's claim path is per store.
+has a section per site, and one timer wake-up: an
+:class:`~btu_twisted.alarm.Alarm` holding a single ``callLater`` at the
+earliest time any site's timer wants, which wakes only the timers whose time
+has come.  Each timer still reads and claims in its own key prefix.
 
 A site must not hold the others back.  With ``["*"]`` the sites whose
 database has no BTU tables are skipped at start, one log line each; a site
@@ -31,6 +30,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, LogLevel
 
+from btu_twisted.alarm import Alarm
 from btu_twisted.config import Config
 from btu_twisted.redis_gateway import RedisGateway
 from btu_twisted.redis_target import target_of
@@ -69,6 +69,7 @@ class SitesService(MultiService):
         self._on_fatal = on_fatal or exit_on_fatal(reactor)
         self._warnings = warnings or []
         self.redis = RedisGateway(reactor, target=target_of(config))
+        self.alarm = Alarm(reactor)
         self.metrics: Metrics | None = None
         self.metrics_service: MetricsService | None = None
         if config.metrics_port:
@@ -92,8 +93,9 @@ class SitesService(MultiService):
             redis=self.redis,
             metrics=self.metrics.for_site(name) if self.metrics is not None else None,
             site=name,
+            alarm=self.alarm,
         )
-        _name_site_in_logs(site, name, shared=(self.redis, self.redis.health))
+        _name_site_in_logs(site, name, shared=(self.redis, self.redis.health, self.alarm))
         return site
 
     # -- start and stop ------------------------------------------------------

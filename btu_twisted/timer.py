@@ -1,7 +1,8 @@
 """The timer: due members become RQ jobs, each (schedule, time) exactly once.
 
-It sleeps until the earliest member is close (a ``callLater``, re-armed when
-the planner adds an earlier one), reads the rows and builds the jobs a little
+It sleeps until the earliest member is close (a wake-up on an
+:class:`~btu_twisted.alarm.Alarm`, brought forward when the planner adds an
+earlier one; the timers of a many-site daemon share one alarm), reads the rows and builds the jobs a little
 *before* they are due — which also hides the site's HTTP latency — and at the
 due instant claims and enqueues them, many per script call.  Building before
 claiming means a crash at any instant loses nothing (the member is still
@@ -28,11 +29,12 @@ from datetime import datetime, timezone
 from rq.utils import utcformat
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, ensureDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from btu_twisted.alarm import Alarm
 from btu_twisted.builders import BuildError, JobBuilder
 from btu_twisted.due import DueClaims
 from btu_twisted.fifo import ScheduleFifo
@@ -104,7 +106,10 @@ class Timer(Service):
         default_zone: str = "UTC",
         on_job_ids: Callable[[list[tuple[str, str]]], None] = lambda pairs: None,
         default_overlap: str = "allow",
+        alarm: Alarm | None = None,
     ) -> None:
+        """``alarm``: shared by the timers of a daemon serving several sites
+        (sites.py); None gives this timer one of its own."""
         self._clock = clock
         self._store = store
         # MariaDB rows have no overlap column: the ``overlap`` config key decides.
@@ -141,7 +146,7 @@ class Timer(Service):
         self._backoff = Backoff()
         self._step_failures = 0              # timer steps failed in a row
         self._step_failures_logged = False   # this streak's traceback is logged
-        self._wake: IDelayedCall | None = None
+        self._wake = (alarm or Alarm(clock)).waker(self._tick)
         self._ticking: Deferred[None] | None = None
         self._again = False
         self._truncated = False
@@ -158,9 +163,7 @@ class Timer(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        if self._wake is not None and self._wake.active():
-            self._wake.cancel()
-        self._wake = None
+        self._wake.cancel()
         self._wake_round(False)
         pending = [d for d in (self._ticking, self._folding) if d is not None]
         if not pending:
@@ -175,16 +178,10 @@ class Timer(Service):
     def _arm(self, delay: float) -> None:
         if not self.running:
             return
-        delay = max(0.0, delay)
-        at = self._clock.seconds() + delay
-        if self._wake is not None and self._wake.active():
-            if self._wake.getTime() <= at:
-                return
-            self._wake.cancel()
-        self._wake = self._clock.callLater(delay, self._tick)
+        # Only ever earlier: the alarm keeps a time already asked for if it is sooner.
+        self._wake.at(self._clock.seconds() + max(0.0, delay))
 
     def _tick(self) -> None:
-        self._wake = None
         if self._ticking is not None:
             self._again = True
             return

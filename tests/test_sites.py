@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from btu_twisted.cli import main
 from btu_twisted.config import ConfigError, parse_config, site_config
 from btu_twisted.records import ScheduleRow
+from btu_twisted.service import BtuService
 from btu_twisted.sites import SitesService
 from btu_twisted.tap import Options, makeService
 from tests.test_frappe_bench import COMMON, make_bench
@@ -255,10 +256,21 @@ class DaemonWiringTests(_Bench):
                 part.log.info("hello from {part}", part=type(part).__name__)
             service.redis.log.info("shared")
             service.redis.health.log.info("shared")
+            service.alarm.log.info("shared")
         systems = [str(e.get("log_system")).partition(" ")[0] for e in events]
-        self.assertEqual(systems, ["a.local"] * 8 + ["None"] * 2)
+        self.assertEqual(systems, ["a.local"] * 8 + ["None"] * 3)
         self.assertEqual(events[1]["log_system"], "a.local btu_twisted.timer.Timer#info")
         self.assertIs(events[1]["log_source"], a.timer)
+
+    def test_the_sites_timers_share_one_alarm(self) -> None:
+        """One timer wake-up for all the sites (issue 10): every site's timer wakes
+        through the service's one Alarm; a one-site service has an alarm of its own."""
+        config, _ = parse_config(self.values(self.bench()))
+        service = SitesService(config, MemoryReactorClock())
+        alarms = {id(site.timer._wake._alarm) for site in service.sites.values()}
+        self.assertEqual(alarms, {id(service.alarm)})
+        one = BtuService(config.site_configs["a.local"], MemoryReactorClock())
+        self.assertIsNot(one.timer._wake._alarm, service.alarm)
 
     def test_a_failed_site_stops_alone_until_none_is_left(self) -> None:
         """What would end a one-site daemon ends its site; the last one ends the process."""

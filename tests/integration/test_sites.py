@@ -124,6 +124,15 @@ class WholeBenchTests(TestCase):
         for site in SITES:
             await wait_for(lambda s=site: service.site(s).timer.stats.enqueued >= 1, timeout=20)
             self.assertIs(service.site(site).redis, service.redis)  # one Redis connection
+            self.assertIs(service.site(site).timer._wake._alarm, service.alarm)
+        # One timer wake-up for all the sites: the reactor holds one alarm call at most,
+        # at the earliest time any site's timer waits for.
+        calls = [c for c in reactor.getDelayedCalls() if c.func == service.alarm._fire]
+        self.assertLessEqual(len(calls), 1)
+        waiting = service.alarm.pending()
+        if waiting:
+            self.assertEqual(len(calls), 1)
+            self.assertEqual(service.alarm._target, waiting[0][0])
         self.assertEqual({key.decode() for key in redis.keys("btu_scheduler:*:owner")},
                          {f"btu_scheduler:{site}:owner" for site in SITES})
 
