@@ -338,6 +338,9 @@ class FunctionBuilder(_Builder):
     The TTLs are rq's own defaults unless configured: plain rq users expect rq's behaviour.
     """
 
+    #: build() returns a fired Deferred: the timer builds it inline (no slot).
+    immediate = True
+
     def __init__(
         self, prefix: str, *, result_ttl: int | None = None, failure_ttl: int | None = None
     ) -> None:
@@ -368,6 +371,8 @@ class FrappeSiteBuilder(_Builder):
     and ``truncate_failed_registry`` on failure, so failed jobs are trimmed
     like the site's own.
     """
+
+    immediate = True
 
     def __init__(
         self,
@@ -485,6 +490,8 @@ class BySource:
         self._mariadb = mariadb
         # The site's Dependency (frappe builder), reported in status and metrics.
         self.health = getattr(mariadb, "health", None)
+        self.immediate = getattr(function, "immediate", False) and (
+            mariadb is None or getattr(mariadb, "immediate", False))
 
     def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
         if row.source == "file" or self._mariadb is None:
