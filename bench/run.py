@@ -450,7 +450,8 @@ def table(results: dict[str, Any]) -> str:
         m, o = c["minimal"], c["claim_script"]
         note = (f"Redis-side: minimal script {m['us_per_job']:.2f} us/job, CLAIM"
                 f" {o['us_per_job']:.2f} us/job ({o['jobs_per_s']:,}/s), longest"
-                f" {c['batch']}-job CLAIM {o['call_ms_max']:.2f} ms")
+                f" {c['batch']}-job CLAIM {o['call_ms_max']:.2f} ms; filing history after:"
+                f" {o.get('history_fold_us_per_job') or 0:.2f} us/job")
         rows.append(("ceiling10k", _fmt(c["expected"]), "", "", "", "", _fmt(m["jobs_per_s"]), "",
                      note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
