@@ -405,6 +405,9 @@ class BtuService(MultiService):
     def cancel(self, name: str) -> Deferred[bool]:
         # A name still waiting to be planned would bring the member back.
         self.fifo.discard(name)
+        # The BTU app cancels a schedule it is about to delete: nothing would
+        # tell the timer otherwise (the change feed sees no deleted rows).
+        self.timer.forget([name])
         d = Deferred.fromCoroutine(self.store.cancel(name))
         # The socket holds the client's connection until this fires.
         return d.addTimeout(CANCEL_TIMEOUT, self._reactor)

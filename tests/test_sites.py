@@ -272,6 +272,18 @@ class DaemonWiringTests(_Bench):
         one = BtuService(config.site_configs["a.local"], MemoryReactorClock())
         self.assertIsNot(one.timer._wake._alarm, service.alarm)
 
+    def test_cancel_makes_the_timer_forget_the_schedule(self) -> None:
+        """The BTU app cancels a schedule before deleting it, and no change
+        feed row follows a delete: what the timer remembers of it (a held-back
+        stretch, a logged delay) goes with the cancel."""
+        config, _ = parse_config(self.values(self.bench()))
+        service = BtuService(config.site_configs["a.local"], MemoryReactorClock())
+        service.timer._overlapping.update({"TS-1", "TS-2"})
+        service.timer._delayed["TS-1"] = "site down"
+        service.cancel("TS-1").addErrback(lambda _: None)
+        self.assertEqual(service.timer._overlapping, {"TS-2"})
+        self.assertEqual(service.timer._delayed, {})
+
     def test_a_failed_site_stops_alone_until_none_is_left(self) -> None:
         """What would end a one-site daemon ends its site; the last one ends the process."""
         config, _ = parse_config(self.values(self.bench()))
