@@ -152,6 +152,7 @@ class Timer(Service):
         self._again = False
         self._truncated = False
         self._folding: Deferred[None] | None = None  # filing the run history
+        self._read_error: str | None = None  # the row read failure last warned of
         self._fold_again = False
         self.stats = TimerStats()
 
@@ -376,9 +377,10 @@ class Timer(Service):
                     for later in chunks[k:]:
                         for member, _, _ in later:
                             self._schedule_retry(member)
-                    self.log.debug("rows for due runs unavailable: {error}", error=e)
+                    self._rows_unavailable(e)
                     return
                 reading = None
+                self._read_error = None
                 if not self.running:
                     return  # the members stay in Redis for the next start
                 if k + 1 < len(chunks):
@@ -424,6 +426,19 @@ class Timer(Service):
             if start < len(chunk) or not last:
                 # Let the reactor send claims and read replies in between.
                 await deferLater(self._clock, 0, lambda: None)
+
+    def _rows_unavailable(self, error: Exception) -> None:
+        """One warning per kind of unexpected read failure (a SQL error: a column
+        the BTU app no longer has, say); an outage is the database health's
+        one line, so only debug here."""
+        health = getattr(self._db, "health", None)
+        text = f"{type(error).__name__}: {error}"
+        if (health is not None and not health.up) or text == self._read_error:
+            self.log.debug("rows for due runs unavailable: {error}", error=text)
+            return
+        self._read_error = text
+        self.log.warn(
+            "rows for due runs could not be read (retried until they can): {error}", error=text)
 
     def _read_rows(self, chunk: list[tuple[str, str, int]]) -> Deferred[dict[str, ScheduleRow]]:
         return ensureDeferred(self._db.read_schedules([name for _, name, _ in chunk]))

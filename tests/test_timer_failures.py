@@ -97,3 +97,52 @@ class StepFailureTests(TimerCase):
         self.assertEqual(self.job_count("TS-1"), 1)
         self.assertEqual(mentioning(events, "timer step"), [])
         self.assertEqual(self.tracebacks(events), [])
+
+
+class RowReadFailureTests(TimerCase):
+    """A due run's rows that cannot be read: retried, and said once."""
+
+    def break_reads(self, error: Exception) -> list[object]:
+        tries: list[object] = []
+
+        def read(names: object) -> Deferred[object]:
+            tries.append(names)
+            return fail(error)
+
+        self.db.read_schedules = read  # type: ignore[method-assign]
+        return tries
+
+    def test_unexpected_read_error_is_one_warning_per_kind(self) -> None:
+        """A SQL error while MariaDB is up (a column the BTU app dropped) is
+        one warning however often the read is retried; the run goes out once
+        the rows can be read; a different error later is warned of again."""
+        self.schedule("TS-1", T)
+        tries = self.break_reads(RuntimeError("(1054, \"Unknown column 't.arguments'\")"))
+        with capturedLogs() as events:
+            self.timer.startService()
+            self.advance_to(T + 60)
+        self.assertGreater(len(tries), 3)
+        warned = mentioning(events, "could not be read")
+        self.assertEqual(len(warned), 1, texts(events))
+        self.assertIn("Unknown column", warned[0])
+        self.assertEqual(self.job_count("TS-1"), 0)
+        del self.db.read_schedules  # the class's method again
+        self.advance_to(T + 120)
+        self.assertEqual(self.job_count("TS-1"), 1)
+        self.schedule("TS-2", T + 200)
+        self.break_reads(RuntimeError("(1146, \"Table 'tabBTU Task' doesn't exist\")"))
+        with capturedLogs() as events:
+            self.advance_to(T + 260)
+        self.assertEqual(len(mentioning(events, "could not be read", "1146")), 1, texts(events))
+
+    def test_an_outage_is_left_to_the_database_health(self) -> None:
+        """MariaDB down: its health logs the outage; the timer adds no warning."""
+        self.schedule("TS-1", T)
+        self.db.down = True
+        with capturedLogs() as events:
+            self.timer.startService()
+            self.advance_to(T + 30)
+            self.db.down = False
+            self.advance_to(T + 90)
+        self.assertEqual(self.job_count("TS-1"), 1)
+        self.assertEqual(mentioning(events, "could not be read"), [], texts(events))
