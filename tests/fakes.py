@@ -43,6 +43,7 @@ from btu_twisted.store import (
     LOST,
     OVERLAPPED,
     QUEUE_PREFIX,
+    PER_JOB_FIELDS,
     RECENT_SECS,
     RQ_QUEUES,
     STALE,
@@ -210,17 +211,25 @@ def check_wire(claim: Claim) -> None:
     if claim.wire is None:
         return
     wire = claim.wire
+
+    def as_bytes(value: Any) -> bytes:
+        return value if isinstance(value, bytes) else str(value).encode()
+
     fields = {k: v for k, v in (claim.fields or {}).items() if k != "enqueued_at"}
-    as_bytes = [v if isinstance(v, bytes) else str(v).encode() for v in fields.values()]
+    own = {k: v for k, v in fields.items() if k in PER_JOB_FIELDS}
+    shared = [as_bytes(x) for k, v in fields.items() if k not in own for x in (k, v)]
     head = [str(v).encode()
             for v in (claim.member, claim.schedule, claim.when, claim.job_id, claim.mode)]
     if decode(wire.keys.data) != [(JOB_PREFIX + claim.job_id).encode(),
                                   (QUEUE_PREFIX + claim.origin).encode()]:
         raise AssertionError(f"wire keys of {claim.member}: {decode(wire.keys.data)}")
-    if decode(wire.head.data) != head or wire.names != tuple(fields):
+    if decode(wire.head.data) != head or wire.names != tuple(own):
         raise AssertionError(f"wire head or field names of {claim.member}")
-    if decode(wire.values.data) != as_bytes or wire.values.count != len(as_bytes):
+    values = [as_bytes(v) for v in own.values()]
+    if decode(wire.values.data) != values or wire.values.count != len(values):
         raise AssertionError(f"wire values of {claim.member}")
+    if decode(wire.shared.data) != shared or wire.shared.count != len(shared):
+        raise AssertionError(f"wire shared fields of {claim.member}")
 
 
 def _name_of(member: str) -> str | None:
