@@ -16,7 +16,7 @@
     ``claim_ms_max`` is its longest call (how long one claim blocks Redis);
     ``history_fold_us_per_job`` is what filing their run history costs Redis
     afterwards (FOLD_HISTORY).  Each script runs PASSES times, interleaved, and
-    the fastest pass counts.
+    the median pass counts.
     Redis database 12, under its lock.
 ``burst10k_x3``
     Three daemons (as ``burst10k``, each its own process, same MariaDB
@@ -211,8 +211,10 @@ def _restore(r: Any, batch: list[Claim], daemon_keys: bool) -> None:
     pipe.execute()
 
 
-#: Passes of each script; the fastest counts (the host is shared, and a slow
-#: pass of MINIMAL would flatter the burst's ratio to it).
+#: Passes of each script, interleaved; the median pass counts.  The shared host
+#: swings 14-20 us a job from one pass to the next: one pass is a random draw,
+#: and the fastest of three compares the burst (one draw) with the host's best
+#: moment.  Every pass is in the results (``passes_us_per_job``).
 PASSES = 3
 
 
@@ -226,7 +228,8 @@ def case_ceiling(n: int, passes: int = PASSES) -> dict[str, Any]:
                 for daemon_keys in (False, True):
                     runs[daemon_keys].append(time_script(
                         r, CLAIM if daemon_keys else MINIMAL, claims, daemon_keys=daemon_keys))
-            minimal, ours = (min(runs[k], key=lambda run: run["usec"]) for k in (False, True))
+            minimal, ours = (sorted(runs[k], key=lambda run: run["usec"])[len(runs[k]) // 2]
+                             for k in (False, True))
             minimal["passes_us_per_job"] = [run["us_per_job"] for run in runs[False]]
             ours["passes_us_per_job"] = [run["us_per_job"] for run in runs[True]]
         finally:
