@@ -3,8 +3,9 @@
 It sleeps until the earliest member is close (a wake-up on an
 :class:`~btu_twisted.alarm.Alarm`, brought forward when the planner adds an
 earlier one; the timers of a many-site daemon share one alarm), reads the rows
-and builds the jobs a little *before* they are due — which also hides the site's HTTP latency — and at the
-due instant claims and enqueues them, many per script call.  Building before
+and builds the jobs a little *before* they are due — which also hides the
+site's HTTP latency — and at the due instant claims and enqueues them, many per
+script call.  Building before
 claiming means a crash at any instant loses nothing (the member is still
 there) and doubles nothing (the claim is atomic); several daemons all build,
 one claim wins and the others drop their copies.
