@@ -113,6 +113,6 @@ def parse_run(text: str | bytes) -> Run | None:
 
 
 __all__ = [
-    "DEFAULT_LENGTH", "DROPPED", "FOLD_HISTORY", "FOLD_TEXTS", "ENQUEUED", "OUTCOMES", "Run", "SKIPPED_MISFIRE",
-    "SKIPPED_OVERLAP", "SKIPPED_UNBUILDABLE", "encode_run", "parse_run",
+    "DEFAULT_LENGTH", "DROPPED", "ENQUEUED", "FOLD_HISTORY", "FOLD_TEXTS", "OUTCOMES", "Run",
+    "SKIPPED_MISFIRE", "SKIPPED_OVERLAP", "SKIPPED_UNBUILDABLE", "encode_run", "parse_run",
 ]
