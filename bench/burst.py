@@ -116,7 +116,7 @@ def script_call(claims: list[Claim], daemon_keys: bool) -> tuple[list[str], list
         wires: list[Any] = [framed(c).wire for c in claims]
         # As ScheduleStore.claim sends them: the last job of each schedule (for
         # overlap control) and the run history inbox, then job and queue per claim.
-        keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, RQ_QUEUES, DEFAULT_KEYS.last_job,
+        keys = [SCHEDULE_SET, LAST_ENQUEUED, RQ_QUEUES, DEFAULT_KEYS.last_job,
                 DEFAULT_KEYS.history_inbox]
         for w in wires:
             keys += [k.decode() for k in decode(w.keys.data)]

@@ -5,13 +5,16 @@ to ``run_history_length`` entries.  An entry is one text,
 ``scheduled<TAB>decided_at<TAB>job_id<TAB>outcome``: Lua builds it with a
 concatenation (cjson per run would cost more than the run's own HSET), and
 none of its parts holds a tab (unix seconds, rq's ISO time, a job id we made,
-a fixed word).
+a fixed word).  FOLD_HISTORY builds it, not CLAIM: the concatenation was 2 %
+of a claim's time in a burst, and filing comes after the burst.
 
 The script call that claims runs writes their entries too, so the history can
 never disagree with what was enqueued, but not into each schedule's list: an
 LPUSH and an LTRIM per run were a quarter of a claim's time in a 10,000-run
 burst.  It appends the call's entries, packed with cmsgpack as one text, to
-``<prefix>history_inbox``; FOLD_HISTORY files them under their schedules once
+``<prefix>history_inbox``: the call's time (every entry's ``decided_at``),
+then a list of name, scheduled, job id, outcome per entry (a daemon before
+2026-11-29 packed a list of name, entry text pairs; both are filed); FOLD_HISTORY files them under their schedules once
 the burst is claimed (the daemon calls it at the end of every round of
 claims, and at start for what a stopped daemon left), and ``btu history``
 calls it before it reads, so it never shows less than was claimed.
@@ -75,18 +78,24 @@ if keep <= 0 then
   redis.call('DEL', inbox)
   return 0
 end
+local function file(name, entry)
+  local key = base .. name
+  local n = redis.pcall('LPUSH', key, entry)
+  if type(n) == 'number' and n > keep then
+    redis.pcall('LTRIM', key, 0, keep - 1)
+  end
+end
 for _ = 1, most do
   local packed = redis.call('LPOP', inbox)
   if not packed then return 0 end
-  local ok, entries = pcall(cmsgpack.unpack, packed)
-  if ok and type(entries) == 'table' then
-    for i = 1, #entries - 1, 2 do
-      local key = base .. entries[i]
-      local n = redis.pcall('LPUSH', key, entries[i + 1])
-      if type(n) == 'number' and n > keep then
-        redis.pcall('LTRIM', key, 0, keep - 1)
-      end
+  local ok, at, entries = pcall(cmsgpack.unpack, packed)
+  if ok and type(at) == 'string' and type(entries) == 'table' then
+    for i = 1, #entries - 3, 4 do
+      file(entries[i], entries[i + 1] .. '\t' .. at .. '\t' .. entries[i + 2] .. '\t'
+        .. entries[i + 3])
     end
+  elseif ok and type(at) == 'table' then
+    for i = 1, #at - 1, 2 do file(at[i], at[i + 1]) end
   end
 end
 return redis.call('LLEN', inbox)

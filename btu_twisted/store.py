@@ -7,7 +7,8 @@ own ``rq:job:*``, ``rq:queue:*`` and ``rq:queues``.
 Our extensions, both hashes keyed by schedule name:
 
 * ``btu_scheduler:schedule_members`` -> the one member a schedule owns, so that
-  replanning replaces it without scanning the set;
+  replanning replaces it without scanning the set (after a claim it names the
+  claimed member, gone from the set, until the replan);
 * ``btu_scheduler:last_enqueued`` -> the latest scheduled time already enqueued
   (or deliberately skipped), so no planner, however slow or however many
   daemons there are, can bring back a run that already happened.
@@ -120,7 +121,9 @@ PLAN_CHUNK = 200
 # run history (history.py): the call's entries go to the history inbox as one
 # packed text (one RPUSH, not an LPUSH and LTRIM per job: a quarter of the
 # call's time), filed under each schedule by FOLD_HISTORY once the burst is
-# claimed; an inbox of the wrong type loses those entries, never the claims.  The
+# claimed; an entry is its parts, not a text (the time enqueued once per call),
+# FOLD_HISTORY joins them; an inbox of the wrong type loses those entries,
+# never the claims.  The
 # reply is one string of those digits, one per job (txredisapi takes ~10 us of
 # Python per reply element: 5 ms for 500 integers), then one reason per
 # blocked claim, in order.
@@ -134,11 +137,14 @@ PLAN_CHUNK = 200
 # memory, rather than fail at a write in the middle.
 #
 # Cost: the reads and the writes of the daemon's own keys are one call per
-# batch (ZMSCORE, HMGET, ZREM, HDEL, HSET), and so are RPUSH and SADD per
-# queue; per job there is only its HSET.  The claims are decided one after the
-# other as if each ran alone (a name twice in a batch sees its first claim).
+# batch (ZMSCORE, HMGET, ZREM, HSET), and so are RPUSH and SADD per queue; per
+# job there is only its HSET.  The claims are decided one after the other as
+# if each ran alone (a name twice in a batch sees its first claim).  The member
+# index is not touched: the entry of a claimed member is replaced by the
+# schedule's replan (PLAN), or dropped by PRUNE_INDEX as dangling if none
+# comes.  Reading and deleting it was 7 % of a burst's time in Redis.
 #
-# KEYS: the sorted set, member index, last runs, rq:queues, last jobs, the
+# KEYS: the sorted set, last runs, rq:queues, last jobs, the
 # history inbox, then per claim its job key and queue key.  ARGV: enqueued_at, the
 # number of claims, the number of shapes, the history length (0: none kept),
 # each shape, then per claim: member, schedule, time, job id (empty: no job),
@@ -154,8 +160,7 @@ PLAN_CHUNK = 200
 CLAIM = """#!lua
 local KEYS, ARGV, tonumber, unpack = KEYS, ARGV, tonumber, unpack
 local call, pcall_ = redis.call, redis.pcall
-local zset, idx, last, queues, last_job = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local inbox = KEYS[6]
+local zset, last, queues, last_job, inbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local enqueued_at = ARGV[1]
 local njobs = tonumber(ARGV[2])
 local keep = tonumber(ARGV[4])
@@ -165,7 +170,7 @@ local function wrong(key, want)
     return key .. ' holds a ' .. t .. ', not a ' .. want
   end
 end
-for _, k in ipairs({{zset, 'zset'}, {idx, 'hash'}, {last, 'hash'}, {last_job, 'hash'}}) do
+for _, k in ipairs({{zset, 'zset'}, {last, 'hash'}, {last_job, 'hash'}}) do
   local bad = wrong(k[1], k[2])
   if bad then return redis.error_reply('WRONGTYPE ' .. bad) end
 end
@@ -215,12 +220,12 @@ else  -- Redis before 6.2
   scores = {}
   for j = 1, njobs do scores[j] = call('ZSCORE', zset, members[j]) end
 end
-local lasts, owners = read('HMGET', last, names), read('HMGET', idx, names)
-local done, owner = {}, {}
+local lasts = read('HMGET', last, names)
+local done = {}
 local queues_bad = wrong(queues, 'set')
 local queue_bad, pushed, queue_order, nqueues = {}, {}, {}, 0
-local removed, zrem, hdel, hset = {}, {}, {}, {}
-local nzrem, nhdel, nhset = 0, 0, 0
+local removed, zrem, hset = {}, {}, {}
+local nzrem, nhset = 0, 0
 -- Overlap: the latest job of each schedule claimed with mode "skip", read
 -- when first needed (false: none), then as this batch enqueues.
 local jobs_of, ljset, nljset = {}, {}, 0
@@ -243,7 +248,6 @@ for j = 1, njobs do
   if d == nil then
     d = lasts[j]
     done[name] = d
-    owner[name] = owners[j]
   end
   local bad, code = nil, nil
   if not scores[j] or removed[member] then
@@ -253,7 +257,7 @@ for j = 1, njobs do
       .. '", not a unix time'
   else
     local when, job_id, mode = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-    local job_key, queue_key = KEYS[5 + 2 * j], KEYS[6 + 2 * j]
+    local job_key, queue_key = KEYS[4 + 2 * j], KEYS[5 + 2 * j]
     if job_id ~= '' then
       local qb = queue_bad[queue_key]
       if qb == nil then
@@ -281,11 +285,6 @@ for j = 1, njobs do
       removed[member] = true
       nzrem = nzrem + 1
       zrem[nzrem] = member
-      if owner[name] == member then
-        nhdel = nhdel + 1
-        hdel[nhdel] = name
-        owner[name] = false
-      end
       if code == nil or code == 4 then
         local outcome = 'skipped_overlap'
         if code == nil then
@@ -296,9 +295,10 @@ for j = 1, njobs do
         nhset = nhset + 2
         if keep > 0 then
           hist[nhist + 1] = name
-          hist[nhist + 2] = when .. '\t' .. enqueued_at .. '\t'
-            .. (code == nil and job_id or '') .. '\t' .. outcome
-          nhist = nhist + 2
+          hist[nhist + 2] = when
+          hist[nhist + 3] = code == nil and job_id or ''
+          hist[nhist + 4] = outcome
+          nhist = nhist + 4
         end
       end
       if code == nil then
@@ -329,7 +329,6 @@ for j = 1, njobs do
   out[j] = code
 end
 write('ZREM', zset, zrem, nzrem)
-write('HDEL', idx, hdel, nhdel)
 write('HSET', last, hset, nhset)
 for q = 1, nqueues do
   local ids = pushed[queue_order[q]]
@@ -338,7 +337,7 @@ end
 write('SADD', queues, queue_order, nqueues)
 write('HSET', last_job, ljset, nljset)
 -- pcall: an inbox of the wrong type loses these entries, not the claims.
-if nhist > 0 then pcall_('RPUSH', inbox, cmsgpack.pack(hist)) end
+if nhist > 0 then pcall_('RPUSH', inbox, cmsgpack.pack(enqueued_at, hist)) end
 local reply = {table.concat(out)}
 for r = 1, nreasons do reply[r + 1] = reasons[r] end
 return reply
@@ -349,8 +348,8 @@ return reply
 # each page one script, so its decisions are atomic with any claim or plan:
 #
 # * PRUNE_INDEX reads one HSCAN page of the member index and drops entries
-#   whose member is gone from the set (dangling: nothing would replan that
-#   schedule); it returns the next cursor, the live entries as name, member
+#   whose member is gone from the set (dangling: claimed and not replanned
+#   yet, or nothing will replan it); it returns the next cursor, the live entries as name, member
 #   pairs (the caller decides which schedules are no longer enabled, and
 #   sends those to UNPLAN_IF_OWNED) and the names it dropped.  The pairs come
 #   as one JSON text: txredisapi spends a reactor turn (~12 us) on each
@@ -701,7 +700,8 @@ class ScheduleStore:
         # The keys most scripts take, in their KEYS order.
         self._three = [keys.schedule_set, keys.member_index, keys.last_enqueued]
         # CLAIM's first keys, framed once (the claims' own keys are framed as they are built).
-        self._claim_keys = encode((*self._three, RQ_QUEUES, keys.last_job, keys.history_inbox))
+        self._claim_keys = encode((keys.schedule_set, keys.last_enqueued, RQ_QUEUES,
+                                   keys.last_job, keys.history_inbox))
         self.blocked = BlockedClaims()
         # Redis before 7.0 reads the "#!lua" line as Lua and fails to compile
         # it; such a server gets the scripts without it (and without flags).

@@ -415,9 +415,8 @@ class FakeStore(_FakeService):
             if bad:
                 out.append(Blocked(bad))
                 continue
+            # The index keeps naming the claimed member until a replan (as CLAIM).
             del self.zset[c.member]
-            if self.index.get(c.schedule) == c.member:
-                del self.index[c.schedule]
             done = self.last_enqueued.get(c.schedule, -1)
             if int(c.when) <= done:
                 out.append(STALE)

@@ -279,6 +279,19 @@ class StoreTests(unittest.TestCase):
         runs = [parse_run(raw) for raw in self.sync.lrange(HISTORY + "TS-1", 0, -1)]
         self.assertEqual(runs, [Run(2060, "y", "j2", ENQUEUED)])
 
+    async def test_an_inbox_text_of_the_earlier_layout_is_filed_too(self) -> None:
+        """A daemon before 2026-11-29 packed name, entry text pairs; one
+        upgraded while its inbox waits loses none of them."""
+        inbox = Keys().history_inbox
+        old = Run(1940, "w", "j0", ENQUEUED)
+        self.sync.eval("return redis.call('RPUSH', KEYS[1], cmsgpack.pack({'TS-1', ARGV[1]}))",
+                       1, inbox, encode_run(old.scheduled, old.decided_at, old.job_id, old.outcome))
+        await self.store.plan(1000, {"TS-1": 2000})
+        self.assertEqual(await self.store.claim([job_claim("TS-1", 2000, "j1")], "x"), [CLAIMED])
+        self.assertEqual(await self.store.fold_history(), 1)
+        runs = [parse_run(raw) for raw in self.sync.lrange(HISTORY + "TS-1", 0, -1)]
+        self.assertEqual(runs, [Run(2000, "x", "j1", ENQUEUED), old])
+
     async def test_filing_goes_a_few_calls_at_a_time_oldest_first(self) -> None:
         """Many claim calls' entries are filed FOLD_TEXTS texts per script call
         (no call blocks Redis for long), oldest first, so each list ends newest
@@ -586,8 +599,13 @@ class StoreTests(unittest.TestCase):
         queued = [j.decode() for j in self.sync.lrange("rq:queue:default", 0, -1)]
         self.assertEqual(queued, [f"job-{n}" for n in names if n not in ("TS-0007", "TS-2222")])
         self.assertEqual(self.sync.zcard(SCHEDULE_SET), 0)
-        self.assertEqual(self.sync.hlen(MEMBER_INDEX), 1)  # TS-0007's, whose member went
         self.assertEqual(self.sync.hget(LAST_ENQUEUED, "TS-2499"), b"2000")
+        # CLAIM leaves the member index alone; each schedule's replan replaces its entry.
+        self.assertEqual(self.sync.hget(MEMBER_INDEX, "TS-2499"), b"TS-2499|2000")
+        await self.store.plan(2000, {name: 2060 for name in names})
+        self.assertEqual(self.sync.zcard(SCHEDULE_SET), 2500)
+        self.assertEqual(self.sync.hlen(MEMBER_INDEX), 2500)
+        self.assertEqual(self.sync.hget(MEMBER_INDEX, "TS-2499"), b"TS-2499|2060")
 
     async def test_jobs_with_different_fields_in_one_call(self) -> None:
         """Field names go once per call for all jobs that have the same; jobs
@@ -663,8 +681,8 @@ class OutOfMemoryTests(unittest.TestCase):
         self.sync.zadd(SCHEDULE_SET, {"A|2000": 2000, "B|2000": 2000})
         self.sync.hset(MEMBER_INDEX, mapping={"A": "A|2000", "B": "B|2000"})
         self.sync.config_set("maxmemory", 1)
-        claim_keys = [SCHEDULE_SET, MEMBER_INDEX, LAST_ENQUEUED, "rq:queues",
-                      "rq:job:j", "rq:queue:default"]
+        claim_keys = [SCHEDULE_SET, LAST_ENQUEUED, "rq:queues", "btu_scheduler:last_job",
+                      "btu_scheduler:history_inbox", "rq:job:j", "rq:queue:default"]
         with self.assertRaisesRegex(redis.ResponseError, "maxmemory"):
             self.sync.eval(store_module.CLAIM, len(claim_keys), *claim_keys,
                            "t", 1, 0, "A|2000", "A", 2000, "j", 0)
