@@ -11,6 +11,10 @@ Cases (N shrinks with ``--quick``):
 ``burst10k``    10,000 due at the same second (throughput under a big burst).
 ``ceiling10k``  what Redis itself needs to claim and enqueue those 10,000 jobs with
                 a minimal script, timed server-side (:mod:`bench.burst`).
+``burst10k_paired``
+                ``burst10k`` three times, each between two one-pass ceilings:
+                its share of the ceiling with the host's swings taken out
+                (:mod:`bench.burst`).
 ``burst10k_x3`` three daemons on one Redis with 10,000 due at one second: each run
                 enqueued exactly once (:mod:`bench.burst`).
 ``anchor_burst`` / ``anchor_spread``
@@ -454,6 +458,14 @@ def table(results: dict[str, Any]) -> str:
                 f" {o.get('history_fold_us_per_job') or 0:.2f} us/job")
         rows.append(("ceiling10k", _fmt(c["expected"]), "", "", "", "", _fmt(m["jobs_per_s"]), "",
                      note))
+    p = results["cases"].get("burst10k_paired")
+    if p:
+        note = "; ".join(
+            f"{_fmt(q['burst_jobs_per_s'])}/s vs ceiling {_fmt(q['ceiling_jobs_per_s'][0])}"
+            f"..{_fmt(q['ceiling_jobs_per_s'][1])}/s = {_fmt(q['ratio'])}"
+            f" (first {_fmt(q['first_landing_after_due_ms'])} ms)" for q in p["pairs"])
+        rows.append(("burst10k_paired", _fmt(p["expected"]), "", "", "", "", "", "",
+                     ("" if p["landed_all"] else "NOT ALL LANDED; ") + note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -515,6 +527,10 @@ def ratios(cases: dict[str, Any]) -> dict[str, float | None]:
         if ceiling and cases.get(case) and not cases[case].get("error"):
             out[f"{case} jobs/s / Redis-side ceiling"] = ratio(
                 cases[case].get("rate_due_to_last_per_s"), ceiling.get("ceiling_jobs_per_s"))
+    paired = cases.get("burst10k_paired")
+    if paired:
+        out["burst10k_paired jobs/s / Redis-side ceiling (median of bracketed pairs)"] = \
+            paired.get("median_ratio")
     rqs = cases.get("anchor_rqs_burst")
     if "burst" in cases and rqs and not rqs.get("error"):
         for key in ("p50_ms", "p99_ms", "max_ms"):
@@ -573,7 +589,8 @@ def idle_lines(cases: dict[str, Any]) -> list[str]:
 
 
 CASES = ("plan", "burst", "anchor_burst", "anchor_rqs_burst", "spread", "anchor_spread",
-         "burst10k", "ceiling10k", "burst10k_x3", "file_burst", "anchor_burst10k",
+         "burst10k", "ceiling10k", "burst10k_paired", "burst10k_x3", "file_burst",
+         "anchor_burst10k",
          "file_spread", "anchor_spread10k", "idle", "ping", "file_idle", "anchor_idle")
 
 
@@ -585,7 +602,7 @@ def case_runners(opts: argparse.Namespace,
     n_plan, n, n_big, spread = (2000, 200, 1000, 10) if opts.quick else (10000, 1000, 10000, 60)
     n_idle, idle_secs, ping_rounds = (IDLE_SCHEDULES, 15.0, 100) if opts.quick else \
         (IDLE_SCHEDULES, 60.0, 500)
-    from bench.burst import case_burst_ha, case_ceiling
+    from bench.burst import case_burst_ha, case_burst_paired, case_ceiling
     from bench.idle import case_anchor_idle, case_file_idle, case_idle_and_ping
     from bench.rqscheduler import case_rqscheduler_burst
 
@@ -609,6 +626,7 @@ def case_runners(opts: argparse.Namespace,
         "anchor_spread": lambda: case_anchor(opts, "anchor_spread", n, spread),
         "burst10k": lambda: case_ours(opts, "burst10k", n_big, 1),
         "ceiling10k": lambda: case_ceiling(n_big),
+        "burst10k_paired": lambda: case_burst_paired(opts, n_big),
         "burst10k_x3": lambda: case_burst_ha(opts, "burst10k_x3", n_big),
         "idle": lambda: idle_and_ping("idle"),
         "ping": lambda: idle_and_ping("ping"),
