@@ -336,6 +336,15 @@ class ChangedOnlyTests(unittest.TestCase):
         self.assertEqual(sorted(self.refresh_now()), ["A", "B", "C", "NEW", "a|b"])
         self.assertEqual(self.refresh.last["queued"], 5)
 
+    def test_a_claimed_member_not_replanned_yet_is_queued_and_counted(self) -> None:
+        """A claim leaves the index naming its member until the replan: the
+        prune drops that dangling entry, counts it removed, and queues it."""
+        self.refresh_now()
+        del self.store.zset[self.store.member_of("B")]
+        self.assertEqual(self.refresh_now(), ["B"])
+        self.assertEqual(self.refresh.last["removed"], 1)
+        self.assertIsNone(self.store.member_of("B"))
+
     def test_a_zone_change_plans_everything_again(self) -> None:
         """A new cron_time_zone changes what every run means: all queued."""
         for name in ("A", "B", "C", "D", "a|b"):
