@@ -388,16 +388,19 @@ class StoreTests(unittest.TestCase):
         fake = FakeStore(Clock())
         fake._clock.advance(now)  # type: ignore[attr-defined]
         for target in (self.store, fake):
-            await target.plan(now, {"A": now + 60, "B": now + 60, "C": now + 60})
+            await target.plan(now, {"A": now + 60, "B": now + 60, "C": now + 60, "F": now - 1})
+            # Claimed and not replanned yet: its index entry dangles.
+            self.assertEqual(await target.claim([job_claim("F", now - 1, "jf")], "t"), [CLAIMED])
         self.sync.zadd(SCHEDULE_SET, {"A|5": 5, "junk": 1})
         fake.add_raw("A|5", 5)
         fake.add_raw("junk", 1)
         last = {"A": now - 9000, "B": now - 9000, "D": now - 9000, "E": now - 10}
         self.sync.hset(LAST_ENQUEUED, mapping=last)
         fake.last_enqueued.update(last)
-        real = await self.store.prune(["A"], existing=["A", "B"])
-        fake_removed = await fake.prune(["A"], existing=["A", "B"])
+        real = await self.store.prune(["A", "F"], existing=["A", "B", "F"])
+        fake_removed = await fake.prune(["A", "F"], existing=["A", "B", "F"])
         self.assertEqual(real, fake_removed)
+        self.assertIn("F", real)
         self.assertEqual([(m, int(w)) for m, w in self.members()], fake._ordered())
         last_runs = self.sync.hgetall(LAST_ENQUEUED)
         self.assertEqual({k.decode(): int(v) for k, v in last_runs.items()}, fake.last_enqueued)
