@@ -18,6 +18,12 @@ whose database cannot be reached then is skipped too, unless
 Once running, a site's failure that would end a one-site daemon (its socket
 taken, its start-up check failed, its key prefix lost) stops that site only,
 logged as critical; the process ends, exit status 1, only when no site is left.
+
+SIGHUP (``systemctl reload``) reads the config file and the bench again, so a
+site added with ``bench new-site`` is served without a restart: new sites are
+started, sites skipped or stopped earlier are tried again, sites gone from the
+bench (or from ``frappe_sites``) are stopped; the sites still served keep
+running untouched, and any other change to the config takes a restart.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, LogLevel
 
 from btu_twisted.alarm import Alarm
-from btu_twisted.config import Config
+from btu_twisted.config import Config, ConfigError
 from btu_twisted.redis_gateway import RedisGateway
 from btu_twisted.redis_target import target_of
 from btu_twisted.service import (
@@ -62,8 +68,12 @@ class SitesService(MultiService):
         reactor: Any,
         on_fatal: Callable[[str], None] | None = None,
         warnings: list[str] | None = None,
+        load_config: Callable[[], tuple[Config, list[str]]] | None = None,
     ) -> None:
         super().__init__()
+        #: Reads the config file again, for :meth:`reload` (None: nothing to reload from).
+        self._load_config = load_config
+        self._reloading: Deferred[str] | None = None
         self.config = config
         self._reactor = reactor
         self._on_fatal = on_fatal or exit_on_fatal(reactor)
@@ -112,7 +122,7 @@ class SitesService(MultiService):
             self.log.warn("site {site} skipped: {why}", site=name, why=why)
         self.redis.start()
         if self.config.frappe_sites == ("*",):
-            names = await self._discover()
+            names = await self._discover(list(self.sites))
         else:
             names = list(self.sites)
         if not self.running:
@@ -134,10 +144,9 @@ class SitesService(MultiService):
         # At once: a slow or failing site does not delay the others' start.
         await DeferredList([site.startService() for site in self.served.values()])
 
-    async def _discover(self) -> list[str]:
-        """The sites of ``["*"]`` whose database has ``tabBTU Task Schedule``,
+    async def _discover(self, names: list[str]) -> list[str]:
+        """The sites among ``names`` whose database has ``tabBTU Task Schedule``,
         all checked at once; one line for each site skipped."""
-        names = list(self.sites)
         checks = [Deferred.fromCoroutine(self._has_btu(self.sites[name].config))
                   for name in names]
         for check in checks:
@@ -171,14 +180,11 @@ class SitesService(MultiService):
         return database is not None and await database.has_btu_tables()
 
     async def _serve_metrics(self) -> None:
-        from btu_twisted.status_page import ScheduleReader, SitesPage
+        from btu_twisted.status_page import SitesPage
 
         assert self.metrics_service is not None
         self.metrics_service.page = SitesPage(
-            self._reactor,
-            {name: (site.status, ScheduleReader(site.store)) for name, site in self.served.items()},
-            title=self.config.name or "btu",
-        )
+            self._reactor, self._sections(), title=self.config.name or "btu")
         try:
             await self.metrics_service.start()
         except Exception as e:
@@ -200,6 +206,88 @@ class SitesService(MultiService):
                                                            site=name))
         if not left and self.running:
             self._on_fatal(message if len(self.served) == 1 else f"no site left: {message}")
+
+    # -- reload (SIGHUP) --------------------------------------------------------------
+    def reload_logged(self) -> None:
+        """SIGHUP: :meth:`reload`; the outcome is in the log (no one waits for a reply)."""
+        d = self.reload()
+        d.addErrback(lambda failure: self.log.failure("reloading the sites failed", failure))
+
+    def reload(self) -> Deferred[str]:
+        """Serve the sites the config file and the bench name now; fires with
+        the one line that says what changed (also logged)."""
+        if self._reloading is not None:
+            message = "sites not reloaded: a reload is already under way"
+            self.log.warn(message)
+            return defer.succeed(message)
+        self._reloading = Deferred.fromCoroutine(self._reload())
+
+        def done(result: Any) -> Any:
+            self._reloading = None
+            return result
+
+        return self._reloading.addBoth(done)
+
+    async def _reload(self) -> str:
+        if self._load_config is None:
+            return self._not_reloaded("the daemon was not started from a config file")
+        if self.started is None or not self.started.called or not self.running:
+            return self._not_reloaded("the daemon is still starting")
+        try:
+            config, _ = self._load_config()
+        except ConfigError as error:
+            return self._not_reloaded("; ".join(error.problems))
+        if target_of(config) != self.redis.target:
+            return self._not_reloaded(
+                f"the config names another Redis ({target_of(config).describe()}, serving "
+                f"{self.redis.target.describe()}): that takes a restart")
+        fresh = config.site_configs
+        gone = [name for name in self.served if name not in fresh]
+        again = [name for name in self.served if name in self.failed and name in fresh]
+        new = [name for name in fresh if name not in self.served]
+        for name in gone + again:
+            site = self.served.pop(name)
+            self.failed.pop(name, None)
+            await _stop_site(site)
+        for name, why in config.skipped_sites.items():
+            if name not in self.served:
+                self.log.warn("site {site} skipped: {why}", site=name, why=why)
+        tried = again + new
+        for name in tried:
+            self.sites[name] = self._site(name, fresh[name])
+        started = (await self._discover(tried) if config.frappe_sites == ("*",) else tried)
+        if not self.running:
+            return self._not_reloaded("the daemon stopped meanwhile")
+        for name in started:
+            self.served[name] = self.sites[name]
+        self._show_served()
+        await DeferredList([self.served[name].startService() for name in started])
+        summary = (f"sites reloaded: {_listed(started)} started, {_listed(gone)} stopped; "
+                   f"serving {_listed(list(self.served))} (other changes to the config "
+                   "take a restart)")
+        self.log.info(summary)
+        if not self.served and self.running:
+            self._on_fatal("no site left after the reload")
+        return summary
+
+    def _not_reloaded(self, why: str) -> str:
+        message = f"sites not reloaded: {why}"
+        self.log.error(message)
+        return message
+
+    def _show_served(self) -> None:
+        """The status page's sections follow the sites served."""
+        from btu_twisted.status_page import SitesPage
+
+        page = self.metrics_service.page if self.metrics_service is not None else None
+        if isinstance(page, SitesPage):
+            page.show(self._sections())
+
+    def _sections(self) -> dict[str, Any]:
+        from btu_twisted.status_page import ScheduleReader
+
+        return {name: (site.status, ScheduleReader(site.store))
+                for name, site in self.served.items()}
 
     def _start_failed(self, failure: Any) -> None:
         self._on_fatal(startup_failure(failure, self.log))
@@ -252,6 +340,10 @@ def _name_site_in_logs(site: BtuService, name: str, shared: tuple[object, ...]) 
         logger = getattr(type(part), "log", None)
         if isinstance(logger, Logger) and not isinstance(part.__dict__.get("log"), SiteLogger):
             part.log = SiteLogger(name, logger.namespace, part)  # type: ignore[attr-defined]
+
+
+def _listed(names: list[str]) -> str:
+    return f"{len(names)} ({', '.join(names)})" if names else "0"
 
 
 async def _stop_site(site: BtuService) -> None:

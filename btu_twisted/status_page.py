@@ -210,6 +210,11 @@ class SitesPage(StatusPage):
         self._sites = dict(sites)
         self._title = title
 
+    def show(self, sites: Mapping[str, tuple[Callable[[], Mapping[str, Any]], ScheduleReader]]
+             ) -> None:
+        """Sections for these sites from the next request on (sites reloaded)."""
+        self._sites = dict(sites)
+
     async def _page(self, limit: int) -> bytes:
         reads = [Deferred.fromCoroutine(read_section(status, reader, limit))
                  for status, reader in self._sites.values()]

@@ -7,6 +7,7 @@ on stderr and exit status 1, before twistd prints any usage text.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -53,20 +54,26 @@ def makeService(options: Options, reactor: Any = None) -> BtuService | SitesServ
         try:
             # Built inside too: metrics_port loads twisted.web here.
             # frappe_sites: one service per site under one parent (sites.py).
-            kind = SitesService if options.config.is_multi_site else BtuService
-            service = kind(options.config, reactor, warnings=list(options.warnings))
+            service: BtuService | SitesService
+            if options.config.is_multi_site:
+                path = os.path.abspath(options["config"])  # twistd may chdir later
+                service = SitesService(options.config, reactor, warnings=list(options.warnings),
+                                       load_config=lambda: load_config(path))
+            else:
+                service = BtuService(options.config, reactor, warnings=list(options.warnings))
         except (ValueError, OSError) as e:
             # e.g. a webserver_ca_file that holds no certificate: still a config problem.
             raise SystemExit(f"btu: bad config {options['config']}: {e}") from None
     # twistd has set up its log observers by the time services start.
     reactor.callWhenRunning(apply_level, log_level(options.config))
-    if options.config.schedules_file and isinstance(service, BtuService):
+    if isinstance(service, SitesService) or options.config.schedules_file:
         reactor.callWhenRunning(reload_on_sighup, reactor, service.reload_logged)
     return service
 
 
 def reload_on_sighup(reactor: Any, reload: Callable[[], object]) -> None:
-    """SIGHUP re-reads the schedules file, as daemons conventionally re-read their files.
+    """SIGHUP re-reads the schedules file (or, serving ``frappe_sites``, the config
+    and the bench's sites), as daemons conventionally re-read their files.
 
     The handler only hands the work to the reactor: nothing else is safe in a
     signal handler.

@@ -316,3 +316,116 @@ class DaemonWiringTests(_Bench):
         self.successResultOf(started)
         self.assertEqual(service.served, {})
         self.assertFalse(any(site.running for site in service.sites.values()))
+
+
+class ReloadTests(_Bench):
+    """SIGHUP in ``frappe_sites`` mode: the config and the bench read again."""
+
+    def setUp(self) -> None:
+        self.starts: list[str] = []
+        self.stops: list[str] = []
+
+        def start(site: BtuService) -> Deferred[None]:
+            site.running = 1
+            self.starts.append(site.config.frappe_site_name or "")
+            return Deferred.fromCoroutine(_done())
+
+        def stop(site: BtuService) -> Deferred[None]:
+            site.running = 0
+            self.stops.append(site.config.frappe_site_name or "")
+            return Deferred.fromCoroutine(_done())
+
+        async def _done() -> None:
+            return None
+
+        self.patch(BtuService, "startService", start)
+        self.patch(BtuService, "stopService", stop)
+
+    def started(self, bench: Path, **more: Any) -> tuple[SitesService, list[str], list[Any]]:
+        values = self.values(bench, **more)
+        fatal: list[str] = []
+        loads: list[Any] = []
+
+        def load() -> tuple[Any, list[str]]:
+            loads.append(1)
+            return parse_config(values)
+
+        config, _ = parse_config(values)
+        service = SitesService(config, MemoryReactorClock(), on_fatal=fatal.append,
+                               load_config=load)
+
+        async def has_btu(config: Any) -> bool:
+            return config.frappe_site_name != "c.local"  # c.local: BTU not installed
+
+        service._has_btu = has_btu  # type: ignore[method-assign]
+        self.successResultOf(service.startService())
+        self.assertEqual(sorted(self.starts), ["a.local", "b.local"])
+        self.starts.clear()
+        return service, fatal, loads
+
+    def test_new_sites_start_gone_ones_stop_the_others_keep_running(self) -> None:
+        """``bench new-site d.local`` and ``bench drop-site b.local``: a reload
+        starts d.local, stops b.local, and leaves a.local's service as it was;
+        c.local (no BTU) is checked again and skipped again, one line."""
+        bench = self.bench({**SITES, "c.local": {"db_name": "_cccc", "db_password": "c"}})
+        service, fatal, _ = self.started(bench)
+        a = service.served["a.local"]
+        (bench / "sites" / "d.local").mkdir()
+        (bench / "sites" / "d.local" / "site_config.json").write_text(
+            json.dumps({"db_name": "_dddd", "db_password": "pw-d"}))
+        (bench / "sites" / "b.local" / "site_config.json").unlink()
+        with capturedLogs() as events:
+            summary = self.successResultOf(service.reload())
+        self.assertEqual(summary, "sites reloaded: 1 (d.local) started, 1 (b.local) stopped; "
+                                  "serving 2 (a.local, d.local) (other changes to the config "
+                                  "take a restart)")
+        self.assertEqual((self.starts, self.stops), (["d.local"], ["b.local"]))
+        self.assertIs(service.served["a.local"], a)
+        self.assertEqual(service.served["d.local"].config.mysql_database, "_dddd")
+        skipped = [e for e in events if "skipped" in str(e.get("log_format"))]
+        self.assertEqual(len(skipped), 1)
+        self.assertEqual(fatal, [])
+
+    def test_a_failed_site_is_tried_again(self) -> None:
+        """A site stopped by its own failure gets a new service at the next reload."""
+        service, fatal, _ = self.started(self.bench())
+        old = service.served["a.local"]
+        service._site_failed("a.local", "cannot listen on /run/a.sock")
+        summary = self.successResultOf(service.reload())
+        self.assertIn("1 (a.local) started, 0 stopped", summary)
+        self.assertIsNot(service.served["a.local"], old)
+        self.assertEqual(service.failed, {})
+        self.assertEqual(self.starts, ["a.local"])
+
+    def test_a_bad_config_or_another_redis_changes_nothing(self) -> None:
+        """The config as it is now must be good, and name the same Redis."""
+        bench = self.bench()
+        service, fatal, _ = self.started(bench)
+        served = dict(service.served)
+        (bench / "sites" / "common_site_config.json").write_text(
+            json.dumps({**COMMON, "redis_queue": "redis://127.0.0.1:11001"}))
+        with capturedLogs() as events:
+            summary = self.successResultOf(service.reload())
+        self.assertTrue(summary.startswith("sites not reloaded: the config names another "
+                                           "Redis"), summary)
+        (bench / "sites" / "common_site_config.json").unlink()
+        summary = self.successResultOf(service.reload())
+        self.assertTrue(summary.startswith("sites not reloaded: frappe_bench_path:"), summary)
+        self.assertEqual(service.served, served)
+        self.assertEqual((self.starts, self.stops), ([], []))
+        self.assertEqual(len(events), 1)
+        self.assertEqual(fatal, [])
+
+    def test_twistd_wires_sighup_to_the_reload(self) -> None:
+        """makeService gives the sites a way to read the same config file again."""
+        path = Path(self.mktemp())
+        lines = [f"{key} = {json.dumps(value)}" for key, value in self.values(self.bench()).items()]
+        path.write_text("\n".join(lines) + "\n")
+        os.chmod(path, 0o600)
+        options = Options()
+        options.parseOptions(["--config", str(path)])
+        service = makeService(options, MemoryReactorClock())
+        assert isinstance(service, SitesService)
+        assert service._load_config is not None
+        config, _ = service._load_config()
+        self.assertEqual(list(config.site_configs), ["a.local", "b.local"])

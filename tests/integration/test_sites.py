@@ -251,6 +251,46 @@ class WholeBenchTests(TestCase):
         self.assertEqual(setup.redis.keys("btu_scheduler:b.test:*"), [])
         await service.stopService()
 
+    async def test_a_reload_serves_a_new_site_and_stops_a_dropped_one(self) -> None:
+        """SIGHUP's reload after ``bench new-site d.test``: d.test is served (its
+        socket, its jobs, its status page section) while a.test's service runs on
+        untouched; after ``bench drop-site d.test`` the next reload stops it and
+        gives its key prefix back."""
+        setup = await self.bench(metrics_port=free_port())
+        config, _ = load_config(setup.config_path)
+        fatal: list[str] = []
+        service = SitesService(config, reactor, on_fatal=fatal.append,
+                               load_config=lambda: load_config(setup.config_path))
+        await service.startService()
+        self.addCleanup(lambda: service.running and service.stopService())
+        a = service.site("a.test")
+        db, values = site_database(self)
+        db.add_task("BTU-1", "myapp.tasks.hello", repr({"site": "d.test"}))
+        db.add_schedule("TS-000001", "BTU-1", "* * * * * * *")
+        (setup.path / "sites" / "d.test").mkdir()
+        (setup.path / "sites" / "d.test" / "site_config.json").write_text(json.dumps(values))
+        summary = await service.reload()
+        self.assertEqual(summary, "sites reloaded: 1 (d.test) started, 0 stopped; serving 3 "
+                                  "(a.test, b.test, d.test) (other changes to the config take "
+                                  "a restart)")
+        self.assertIs(service.site("a.test"), a)
+        await wait_for(lambda: service.site("d.test").timer.stats.enqueued >= 1, timeout=20)
+        code, out, err = await self.btu("--config", setup.config_path, "--site", "d.test",
+                                        "status", "--json")
+        self.assertEqual((code, json.loads(out)["site"]), (0, "d.test"), err)
+        response = await treq.get(f"http://127.0.0.1:{service.metrics_service.port}/",
+                                  persistent=False)
+        self.assertIn("<h2>d.test</h2>", await response.text())
+
+        (setup.path / "sites" / "d.test" / "site_config.json").unlink()
+        summary = await service.reload()
+        self.assertIn("0 started, 1 (d.test) stopped; serving 2 (a.test, b.test)", summary)
+        self.assertEqual(setup.redis.keys("btu_scheduler:d.test:owner"), [])
+        before = a.timer.stats.enqueued
+        await wait_for(lambda: a.timer.stats.enqueued > before, timeout=10)
+        self.assertEqual(fatal, [])
+        await service.stopService()
+
 
 @dataclass
 class Bench:
