@@ -234,8 +234,10 @@ class FullRefresh(Service):
             "refused": refused,
         }
         self.log.info(
+            # "Removed" also counts the index entry a claim leaves until its
+            # replan (store.py), not only members of schedules gone or changed.
             "full refresh: {count} enabled schedules, {queued} queued for planning, "
-            "{removed} stale members removed",
+            "{removed} stale members or index entries pruned",
             count=len(enabled),
             queued=queued,
             removed=len(removed),
