@@ -359,6 +359,9 @@ class ReloadTests(_Bench):
 
         service._has_btu = has_btu  # type: ignore[method-assign]
         self.successResultOf(service.startService())
+        # Its Redis gateway would go on connecting on the global reactor, which
+        # the next (asynchronous) test case runs and finds dirty.
+        self.addCleanup(lambda: self.successResultOf(service.stopService()))
         self.assertEqual(sorted(self.starts), ["a.local", "b.local"])
         self.starts.clear()
         return service, fatal, loads
