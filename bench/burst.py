@@ -18,11 +18,16 @@
     afterwards (FOLD_HISTORY).  Each script runs PASSES times, interleaved, and
     the median pass counts.
     Redis database 12, under its lock.
+    Each pass also sends all of a script's calls at once and reads Redis's
+    own CPU (``INFO cpu``, main thread) around them: ``redis_cpu_us_per_job``
+    includes reading and parsing the arguments, which ``commandstats`` leaves
+    out and no client avoids (``ceiling_with_parsing_jobs_per_s``).
 ``burst10k_paired``
     ``burst10k`` run PAIRS times, each burst between two one-pass ceilings
     (minimal script and CLAIM, as ``ceiling10k``): each burst's jobs/s over
     the mean of the minimal script's jobs/s just before and just after it;
-    the median of those ratios counts.
+    the median of those ratios counts.  ``median_ratio_with_parsing`` is the
+    same against the ceiling with parsing.
 ``burst10k_x3``
     Three daemons (as ``burst10k``, each its own process, same MariaDB
     database and Redis database, own socket) with 10,000 runs due at one
@@ -189,6 +194,35 @@ def time_script(r: Any, script: str, claims: list[Claim], daemon_keys: bool) -> 
     }
 
 
+def _main_thread_cpu(r: Any) -> float:
+    cpu = r.info("cpu")
+    return float(cpu["used_cpu_sys_main_thread"]) + float(cpu["used_cpu_user_main_thread"])
+
+
+def cpu_script(r: Any, script: str, claims: list[Claim], daemon_keys: bool) -> float | None:
+    """Redis's own CPU (``INFO cpu``, main thread) per job, in us, for ``script``
+    over ``claims``: every call sent at once, as the daemon sends them, so it
+    includes what ``INFO commandstats`` leaves out (reading and parsing each
+    call's arguments, writing the reply) and no time between calls.  None if
+    another client's script ran meanwhile."""
+    r.flushdb()
+    sha = r.script_load(script)
+    r.zadd(SCHEDULE_SET, {c.member: c.when for c in claims})
+    if daemon_keys:
+        r.hset(MEMBER_INDEX, mapping={c.schedule: c.member for c in claims})
+    calls = [script_call(claims[i:i + CLAIM_BATCH], daemon_keys)
+             for i in range(0, len(claims), CLAIM_BATCH)]
+    pipe = r.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.evalsha(sha, len(keys), *keys, *args)
+    before, cpu = _evalsha_stats(r)[0], _main_thread_cpu(r)
+    pipe.execute()
+    cpu = _main_thread_cpu(r) - cpu
+    shared = _evalsha_stats(r)[0] - before != len(calls)
+    r.flushdb()
+    return None if shared else round(cpu / len(claims) * 1e6, 3)
+
+
 def _time_fold(r: Any) -> int:
     """Server-side microseconds of FOLD_HISTORY filing the inbox CLAIM filled."""
     sha = r.script_load(FOLD_HISTORY)
@@ -236,8 +270,10 @@ def ceiling_passes(claims: list[Claim], passes: int,
         try:
             for k in range(first, first + passes):
                 for daemon_keys in ((False, True) if k % 2 == 0 else (True, False)):
-                    runs[daemon_keys].append(time_script(
-                        r, CLAIM if daemon_keys else MINIMAL, claims, daemon_keys=daemon_keys))
+                    script = CLAIM if daemon_keys else MINIMAL
+                    run = time_script(r, script, claims, daemon_keys=daemon_keys)
+                    run["redis_cpu_us_per_job"] = cpu_script(r, script, claims, daemon_keys)
+                    runs[daemon_keys].append(run)
         finally:
             r.flushdb()
     return runs
@@ -258,7 +294,19 @@ def case_ceiling(n: int, passes: int = PASSES) -> dict[str, Any]:
         "ceiling_jobs_per_s": minimal["jobs_per_s"],
         "claim_script_over_minimal": (round(ours["usec"] / minimal["usec"], 3)
                                       if minimal["usec"] else None),
+        # The minimal script with what Redis spends reading its arguments.
+        "ceiling_with_parsing_jobs_per_s": _per_s(_median(
+            [run["redis_cpu_us_per_job"] for run in runs[False]])),
     }
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = sorted(v for v in values if v)
+    return known[len(known) // 2] if known else None
+
+
+def _per_s(us_per_job: float | None) -> int | None:
+    return round(1e6 / us_per_job) if us_per_job else None
 
 
 #: Bursts in ``burst10k_paired``, each between two ceiling passes.
@@ -283,9 +331,14 @@ def case_burst_paired(opts: argparse.Namespace, n: int, pairs: int = PAIRS) -> d
         after = ceiling_passes(claims, 1, first=k + 1)
         minimal = [before[False][0]["jobs_per_s"], after[False][0]["jobs_per_s"]]
         claim = [before[True][0]["jobs_per_s"], after[True][0]["jobs_per_s"]]
+        parsed = [_per_s(side[False][0]["redis_cpu_us_per_job"]) for side in (before, after)]
         rate = burst.get("rate_due_to_last_per_s")
         ceiling = sum(minimal) / 2
+        with_parsing = sum(parsed) / 2 if all(parsed) else None  # type: ignore[arg-type]
         out.append({
+            "ratio_with_parsing": (round(rate / with_parsing, 3)
+                                   if rate and with_parsing else None),
+            "ceiling_with_parsing_jobs_per_s": parsed,
             "ceiling_jobs_per_s": [minimal[0], minimal[1]],
             "claim_script_jobs_per_s": claim,
             "burst_jobs_per_s": rate,
@@ -302,6 +355,7 @@ def case_burst_paired(opts: argparse.Namespace, n: int, pairs: int = PAIRS) -> d
         "landed_all": all(p["landed"] == n for p in out),
         "median_ratio": ratios[len(ratios) // 2] if ratios else None,
         "ratios": [p["ratio"] for p in out],
+        "median_ratio_with_parsing": _median([p["ratio_with_parsing"] for p in out]),
     }
 
 

@@ -455,7 +455,9 @@ def table(results: dict[str, Any]) -> str:
         note = (f"Redis-side: minimal script {m['us_per_job']:.2f} us/job, CLAIM"
                 f" {o['us_per_job']:.2f} us/job ({o['jobs_per_s']:,}/s), longest"
                 f" {c['batch']}-job CLAIM {o['call_ms_max']:.2f} ms; filing history after:"
-                f" {o.get('history_fold_us_per_job') or 0:.2f} us/job")
+                f" {o.get('history_fold_us_per_job') or 0:.2f} us/job; with parsing"
+                f" (Redis CPU): minimal {_fmt(m.get('redis_cpu_us_per_job'))},"
+                f" CLAIM {_fmt(o.get('redis_cpu_us_per_job'))} us/job")
         rows.append(("ceiling10k", _fmt(c["expected"]), "", "", "", "", _fmt(m["jobs_per_s"]), "",
                      note))
     p = results["cases"].get("burst10k_paired")
@@ -531,6 +533,8 @@ def ratios(cases: dict[str, Any]) -> dict[str, float | None]:
     if paired:
         out["burst10k_paired jobs/s / Redis-side ceiling (median of bracketed pairs)"] = \
             paired.get("median_ratio")
+        out["burst10k_paired jobs/s / ceiling with parsing (median of bracketed pairs)"] = \
+            paired.get("median_ratio_with_parsing")
     rqs = cases.get("anchor_rqs_burst")
     if "burst" in cases and rqs and not rqs.get("error"):
         for key in ("p50_ms", "p99_ms", "max_ms"):
