@@ -53,6 +53,7 @@ import pickle
 import platform
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -277,12 +278,16 @@ def due_instants(n: int, first_due: int, spread: int) -> list[int]:
 
 
 def case_ours(opts: argparse.Namespace, case: str, n: int, spread: int,
-              source: str = "mariadb") -> dict[str, Any]:
+              source: str = "mariadb", around: Around | None = None) -> dict[str, Any]:
     """``n`` schedules due at ``spread`` consecutive seconds, read by the daemon
     from ``source`` (``mariadb``: a ``btu_bench_*`` database; ``file``: a
-    ``schedules_file`` and no MariaDB)."""
+    ``schedules_file`` and no MariaDB).  ``around`` is run in a thread
+    ``AROUND_LEAD`` seconds before the first due second (the daemon has
+    planned and waits) and again as soon as the daemon has stopped; what it
+    returns is in the report as ``around``."""
     flush(REDIS_DB_OURS)
     db = schedule_source(source)
+    before: dict[str, Any] = {}
     try:
         lead = 7 + n * 0.0004
         first_due = math.ceil(time.time() + lead)
@@ -298,16 +303,42 @@ def case_ours(opts: argparse.Namespace, case: str, n: int, spread: int,
             "queue": QUEUE,
             "config": daemon_config(db.name, REDIS_DB_OURS, schedules_file=db.schedules_file),
         }
-        daemon = run_daemon(case, spec, opts, timeout=deadline - time.time() + 60)
+        if around is not None:
+            thread = threading.Thread(target=_run_around, args=(around, first_due, before))
+            thread.start()
+        try:
+            daemon = run_daemon(case, spec, opts, timeout=deadline - time.time() + 60)
+        finally:
+            if around is not None:
+                thread.join()
+        after = around() if around is not None else None
         watched = _json_line(watcher, "watcher", timeout=max(5, deadline - time.time() + 5))
         report = lateness_report(case, REDIS_DB_OURS, watched, n, first_due)
         report["spread_secs"] = spread
         report["source"] = source
         report["daemon"] = daemon
+        if around is not None:
+            report["around"] = {**before, "after": after}
         return report
     finally:
         db.drop()
         flush(REDIS_DB_OURS)
+
+
+#: What ``case_ours`` runs around a burst (bench.burst: one ceiling pass).
+Around = Callable[[], Any]
+#: Seconds before the first due second that ``around`` starts: after the
+#: daemon planned (it starts 11 s ahead and plans 10,000 in about 1 s) and
+#: early enough for one ceiling pass (2-4 s on this host) to end before the
+#: daemon builds the jobs (2 s ahead, timer.LOOKAHEAD).
+AROUND_LEAD = 8.0
+
+
+def _run_around(around: Around, first_due: float, out: dict[str, Any]) -> None:
+    time.sleep(max(0.0, first_due - AROUND_LEAD - time.time()))
+    out["before"] = around()
+    # Past the start of the builds, it shared the host with them.
+    out["before_ended_secs_before_due"] = round(first_due - time.time(), 3)
 
 
 def case_anchor(opts: argparse.Namespace, case: str, n: int, spread: int) -> dict[str, Any]:
