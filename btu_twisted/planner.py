@@ -30,6 +30,9 @@ from btu_twisted.store import ScheduleStore
 # A last enqueued run further ahead of now than this can only come from a
 # clock that ran ahead (runs are enqueued when due, never early).
 AHEAD_LIMIT = 300
+# Once the FIFO drains after planning at least this many names (start, a full
+# refresh, a big burst's replans), free heap memory is handed back (heap.py).
+DRAINED_AFTER = 1000
 # Inactive schedules are logged when their state changes, remembered for at
 # most this many names (deleted ones would otherwise be remembered forever).
 _REMEMBERED = 10_000
@@ -74,6 +77,7 @@ class Planner(Service):
         dependencies: Sequence[Dependency] = (),
         on_unplanned: Callable[[list[str]], None] = lambda names: None,
         on_failure: Callable[[str], None] = lambda reason: None,
+        on_drained: Callable[[], object] = lambda: None,
     ) -> None:
         self._clock = clock
         self._fifo = fifo
@@ -93,6 +97,8 @@ class Planner(Service):
         self._inactive: OrderedDict[str, str] = OrderedDict()
         self._on_unplanned = on_unplanned
         self._on_failure = on_failure
+        self._on_drained = on_drained
+        self._since_drained = 0
         # Schedules whose last enqueued run lies far in the future (a clock
         # that ran ahead): name -> that run; shown in status until cleared.
         self.ahead: dict[str, int] = {}
@@ -160,6 +166,10 @@ class Planner(Service):
                     self._waiting = None
             else:
                 self._backoff.reset()
+                self._since_drained += len(names)
+                if not self._fifo and self._since_drained >= DRAINED_AFTER:
+                    self._since_drained = 0
+                    self._on_drained()
 
     async def plan(self, names: Sequence[str]) -> dict[str, int]:
         """Plan ``names`` now; returns what was planned (name -> unix time)."""

@@ -32,6 +32,7 @@ from btu_twisted.control_socket import ControlSocketService, SocketInUseError
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.file_schedules import ScheduleFileError
 from btu_twisted.health import Dependency
+from btu_twisted.heap import release_free_memory
 from btu_twisted.job_ids import JobIdRecorder
 from btu_twisted.keys import Keys
 from btu_twisted.planner import Planner
@@ -196,6 +197,7 @@ class BtuService(MultiService):
             dependencies=(*self.sources.dependencies, self.redis.health),
             on_unplanned=self.timer.forget,
             on_failure=self.metrics.failure,
+            on_drained=release_free_memory,
         )
         self.refresh = FullRefresh(
             reactor, config.full_refresh_internal_secs, self.fifo, self.sources, self.store,

@@ -137,6 +137,36 @@ class BatchTests(PlannerCase):
         self.assertEqual(len(self.store.zset), 1200)
 
 
+class DrainedTests(PlannerCase):
+    """Free heap memory goes back once the FIFO drains after a bulk (heap.py)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.drained: list[int] = []
+        self.planner._on_drained = lambda: self.drained.append(self.planner.planned_total)
+
+    def test_called_once_when_a_bulk_has_drained(self) -> None:
+        """1,200 names at start: one call, after the last batch, not after each."""
+        names = [f"TS-{i:04d}" for i in range(1200)]
+        self.db.put(*(make_row(n) for n in names))
+        self.fifo.extend(names)
+        self.planner.startService()
+        self.assertEqual(self.drained, [1200])
+
+    def test_not_called_for_a_few_names(self) -> None:
+        """Names planned one by one (socket requests, replans) add up: the
+        call comes only once DRAINED_AFTER of them have been planned."""
+        self.db.put(make_row("TS-A"))
+        self.planner.startService()
+        for _ in range(planner_module.DRAINED_AFTER - 1):
+            self.fifo.add("TS-A")
+            self.clock.advance(0)
+        self.assertEqual(self.drained, [])
+        self.fifo.add("TS-A")
+        self.clock.advance(0)
+        self.assertEqual(self.drained, [planner_module.DRAINED_AFTER])
+
+
 class UnplanTests(PlannerCase):
     def test_disabled_deleted_and_broken_schedules_lose_their_member(self) -> None:
         """Planning a disabled, a deleted or an unplannable schedule (bad
