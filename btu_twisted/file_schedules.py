@@ -22,7 +22,7 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +164,14 @@ def parse_schedules(text: str, source: str = "<schedules>") -> dict[str, Schedul
         tables = []
     rows: dict[str, ScheduleRow] = {}
     first_line: dict[str, int] = {}
+    # Schedules of one file mostly share their function, queue, zone and
+    # arguments: one copy of each text is kept for all the rows that hold it
+    # (the rows stay in memory; about 2 MiB at 10,000 schedules).
+    texts: dict[object, Any] = {}
+
+    def same(value: Any) -> Any:
+        return texts.setdefault(value, value) if isinstance(value, str) else value
+
     for index, table in enumerate(tables):
         where = lines.of_table(index)
         found: list[tuple[int, str]] = []
@@ -174,7 +182,7 @@ def parse_schedules(text: str, source: str = "<schedules>") -> dict[str, Schedul
             line = lines.of_key(index, key)
             found.append((line, f"{source}:{line}: {named}: {key}: {message}"))
 
-        row = _row(table, problem)
+        row = _row(table, problem, same)
         if row is not None and row.name in rows:
             problem("name", f"duplicate schedule name {row.name!r} "
                             f"(first at line {first_line[row.name]})")
@@ -192,8 +200,10 @@ def _hint(key: str, known: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _row(table: Mapping[str, Any], problem: Any) -> ScheduleRow | None:
-    """Check one table, reporting each problem; the row, or None when any key is unusable."""
+def _row(table: Mapping[str, Any], problem: Any,
+         same: Callable[[Any], Any] = lambda value: value) -> ScheduleRow | None:
+    """Check one table, reporting each problem; the row, or None when any key
+    is unusable.  ``same`` gives the one copy kept of each text."""
     values: dict[str, Any] = {}
     ok = True
     for key in table:
@@ -214,6 +224,7 @@ def _row(table: Mapping[str, Any], problem: Any) -> ScheduleRow | None:
             ok = False
     if not ok:
         return None
+    values = {key: same(value) for key, value in values.items()}
     function = values["function"]
     return ScheduleRow(
         name=values["name"],
@@ -227,7 +238,7 @@ def _row(table: Mapping[str, Any], problem: Any) -> ScheduleRow | None:
         cron_time_zone=values.get("timezone"),
         function_string=function,
         # JSON text, as BTU keeps arguments: the builders parse it (merged_kwargs).
-        task_arguments=json.dumps(values.get("kwargs", {})),
+        task_arguments=same(json.dumps(values.get("kwargs", {}))),
         max_task_duration=values.get("timeout"),
         task_queue_name=None,
         desc_short=None,

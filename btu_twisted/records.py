@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScheduleRow:
     """One ``tabBTU Task Schedule`` row joined with its ``tabBTU Task``.
 

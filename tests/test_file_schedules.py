@@ -77,6 +77,20 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(json.loads(nightly.task_arguments or ""), {"target": "s3"})
         self.assertIsNone(nightly.cron_time_zone)  # time_zone_string applies
 
+    def test_rows_share_equal_texts(self) -> None:
+        """The rows stay in memory: schedules with the same function, cron,
+        queue or arguments hold one copy of each text, not one each."""
+        text = "".join(
+            f'[[schedule]]\nname = "s{i}"\ncron = "0 3 * * *"\nfunction = "app.jobs.f"\n'
+            f'queue = "long"\nkwargs = {{ a = 1 }}\n' for i in range(3))
+        first, *others = parse_schedules(text, "s.toml").values()
+        for row in others:
+            self.assertIs(row.function_string, first.function_string)
+            self.assertIs(row.cron_string, first.cron_string)
+            self.assertIs(row.queue_name, first.queue_name)
+            self.assertIs(row.task_arguments, first.task_arguments)
+        self.assertEqual([row.name for row in others], ["s1", "s2"])
+
     def test_empty_file_has_no_schedules(self) -> None:
         """An empty file is valid: no schedules (every planned one is removed on reload)."""
         self.assertEqual(parse_schedules("", "s.toml"), {})
