@@ -12,7 +12,7 @@ Cases (N shrinks with ``--quick``):
 ``ceiling10k``  what Redis itself needs to claim and enqueue those 10,000 jobs with
                 a minimal script, timed server-side (:mod:`bench.burst`).
 ``burst10k_paired``
-                ``burst10k`` three times, each between two one-pass ceilings:
+                ``burst10k`` five times, each between two one-pass ceilings:
                 its share of the ceiling with the host's swings taken out
                 (:mod:`bench.burst`).
 ``burst10k_x3`` three daemons on one Redis with 10,000 due at one second: each run
