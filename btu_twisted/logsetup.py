@@ -7,6 +7,8 @@ publisher in a level filter.
 
 from __future__ import annotations
 
+import weakref
+
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -16,8 +18,19 @@ from twisted.logger import (
 )
 
 
+# The level filter put on each publisher, so that a second call (SIGHUP) changes its level.
+_FILTERS: weakref.WeakKeyDictionary[LogPublisher, LogLevelFilterPredicate] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def apply_level(level: LogLevel, publisher: LogPublisher = globalLogPublisher) -> None:
-    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    """Filter every observer at ``level``; called again, change the level in place."""
+    predicate = _FILTERS.get(publisher)
+    if predicate is None:
+        predicate = _FILTERS[publisher] = LogLevelFilterPredicate(defaultLogLevel=level)
+    predicate.defaultLogLevel = level
+    predicate.clearLogLevels()  # the root namespace's level is kept apart from the default
     observers = list(getattr(publisher, "_observers", []))
     for observer in observers:
         if isinstance(observer, FilteringLogObserver):

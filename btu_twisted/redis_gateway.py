@@ -39,12 +39,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from typing import Any, Protocol, Sequence
 
 import txredisapi
 from twisted.application.internet import ClientService
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python import log as legacy_log
@@ -66,6 +68,14 @@ _REDIS_REPLY = re.compile(r"[A-Z][A-Z_]+ ")
 
 class RedisRefusedError(Exception):
     """Redis answered but refused the connection's AUTH or SELECT; ``str()`` says which."""
+
+
+class RedisTimeoutError(defer.TimeoutError):
+    """A command got no reply in time; ``str()`` says so in words (addTimeout's own
+    text is ``(5.0, 'Deferred')``)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no reply in time"
 
 
 class _DebugOnlyLogger(Logger):
@@ -246,6 +256,8 @@ class RedisGateway:
         self._tls: Any = None
         # (when, reason) of the last AUTH/SELECT that Redis refused, until a command succeeds.
         self._refusal: tuple[float, str] | None = None
+        # Told of the next refusal at once (the start-up check), instead of a command's timeout.
+        self._refusal_watchers: list[Callable[[str], object]] = []
 
     def start(self) -> None:
         """Connect lazily: start-up must not wait for (or fail on) Redis."""
@@ -332,6 +344,9 @@ class RedisGateway:
         return failure
 
     def _refuse(self, reason: str) -> None:
+        watchers, self._refusal_watchers = self._refusal_watchers, []
+        for watcher in watchers:
+            watcher(reason)
         first = self._refusal is None
         self._refusal = (self._clock.seconds(), reason)
         if not self.health.failed(reason) and first:
@@ -381,6 +396,51 @@ class RedisGateway:
             old.disconnect().addErrback(lambda _: None)
             self._pool = self._new_pool()
         return self._pool
+
+    async def reachable(self, reactor: Any) -> None:
+        """Fail at once when nothing listens where Redis should be.
+
+        The pool reconnects quietly, so a refused connection would only show as
+        a command's timeout; at start-up the admin is better told now that the
+        connection was refused.  Behind Sentinel the Sentinels are asked by the
+        pool itself: nothing to probe here.
+        """
+        target = self.target
+        if target.kind == "unix" and target.path:
+            endpoint: Any = UNIXClientEndpoint(reactor, target.path, timeout=self._timeout)
+        elif target.kind == "tcp" and target.host:
+            endpoint = HostnameEndpoint(reactor, target.host, target.port, timeout=self._timeout)
+        else:
+            return
+        factory = protocol.Factory.forProtocol(protocol.Protocol)
+        factory.noisy = False  # no "Starting factory" lines for a probe
+        connected = await endpoint.connect(factory)
+        connected.transport.loseConnection()
+
+    def ping(self) -> Deferred[Any]:
+        """PING, failing as soon as Redis refuses the connection's AUTH or SELECT
+        rather than when the command times out: start-up must not wait for it."""
+        answer: Deferred[Any] = Deferred()
+
+        def settle(result: Any) -> None:
+            if not answer.called:
+                if isinstance(result, Failure):
+                    answer.errback(result)
+                else:
+                    answer.callback(result)
+
+        def refused(reason: str) -> None:
+            settle(Failure(RedisRefusedError(reason)))
+
+        self._refusal_watchers.append(refused)
+        self.command("PING").addBoth(settle)
+
+        def forget(result: Any) -> Any:
+            if refused in self._refusal_watchers:
+                self._refusal_watchers.remove(refused)
+            return result
+
+        return answer.addBoth(forget)
 
     def stop(self) -> Deferred[None]:
         pool, self._pool = self._pool, None
@@ -453,6 +513,7 @@ class RedisGateway:
             # addTimeout's own text is "(5.0, 'Deferred')"; say what happened.
             reason = f"no reply within {self._timeout:g} s"
             self.health.failed(reason, started=started)
+            return Failure(RedisTimeoutError(reason))
         else:
             self.health.failed(failure, started=started)
         return failure

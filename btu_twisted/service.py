@@ -20,14 +20,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from btu_twisted import __version__
 from btu_twisted.alarm import Alarm
 from btu_twisted.builders import make_builders
-from btu_twisted.config import Config
+from btu_twisted.config import Config, ConfigError, log_level
 from btu_twisted.control_socket import ControlSocketService, SocketInUseError
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.file_schedules import ScheduleFileError
@@ -35,6 +36,8 @@ from btu_twisted.health import Dependency
 from btu_twisted.heap import release_free_memory
 from btu_twisted.job_ids import JobIdRecorder
 from btu_twisted.keys import Keys
+from btu_twisted.live_config import config_change
+from btu_twisted.logsetup import apply_level
 from btu_twisted.planner import Planner
 from btu_twisted.prefix_guard import PrefixGuard, PrefixRefused, PrefixTaken
 from btu_twisted.protocol import ControlFactory
@@ -53,6 +56,8 @@ if TYPE_CHECKING:
 STARTUP_CHECK_TIMEOUT = 10.0
 PREFIX_RETRY_SECS = 2.0
 CANCEL_TIMEOUT = 5.0
+#: A fatal error's clean shutdown may take this long before the process just exits.
+FATAL_EXIT_SECS = 1.0
 
 
 class StartupError(Exception):
@@ -71,14 +76,34 @@ def owner_of(config: Config) -> str:
 
 
 def exit_on_fatal(reactor: Any) -> Callable[[str], None]:
-    """twistd has no way to stop with a failure status, so exit(1) after a clean shutdown."""
+    """twistd has no way to stop with a failure status, so exit(1) after a clean shutdown.
+
+    twistd starts the service before the reactor runs, so a start-up that fails
+    at once (a broken schedules file, a socket path it cannot bind) reaches
+    here with the reactor not yet running: ``reactor.stop()`` would raise and
+    leave a process that runs on, serving nothing.  The stop therefore waits
+    for the reactor to run, and a shutdown that hangs (a service that does not
+    answer while stopping) ends the process all the same after
+    ``FATAL_EXIT_SECS``: systemd must see the failure.
+    """
+    stopping: list[str] = []
 
     def fatal(message: str) -> None:
         # twistd has replaced sys.stderr with its log; the admin's terminal (or
         # journald) is still file descriptor 2.
         os.write(2, f"btu: {message}\n".encode("utf-8", "replace"))
+        if stopping:
+            return
+        stopping.append(message)
         reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-        reactor.stop()
+        reactor.callWhenRunning(stop)
+
+    def stop() -> None:
+        reactor.callLater(FATAL_EXIT_SECS, os._exit, 1)
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass  # already stopping (SIGTERM meanwhile): the trigger above still exits 1
 
     return fatal
 
@@ -127,13 +152,19 @@ class BtuService(MultiService):
         metrics: Metrics | NoMetrics | None = None,
         site: str | None = None,
         alarm: Alarm | None = None,
+        load_config: Callable[[], tuple[Config, list[str]]] | None = None,
     ) -> None:
         """``redis``, ``metrics``, ``site`` and ``alarm``: given by a daemon serving
         several sites (sites.py), which owns the shared gateway, metrics port and
         timer wake-up; the service then neither starts nor stops them, and
-        ``status`` names its site."""
+        ``status`` names its site.  ``load_config`` reads the config file again
+        for :meth:`sighup` (None: the config is not re-read)."""
         super().__init__()
         self.config = config
+        self._load_config = load_config
+        #: Applies a reloaded ``tracing_level`` (tests replace it).
+        self.set_level: Callable[[LogLevel], None] = apply_level
+        self._sighup_running: Deferred[str] | None = None
         self._reactor = reactor
         self._on_fatal = on_fatal or exit_on_fatal(reactor)
         self._warnings = warnings or []
@@ -324,7 +355,7 @@ class BtuService(MultiService):
         c = self.config
         mariadb = Deferred.fromCoroutine(self._check_mariadb())
         mariadb.addTimeout(STARTUP_CHECK_TIMEOUT, self._reactor)
-        redis = self.redis.command("PING")
+        redis = Deferred.fromCoroutine(self._check_redis())
         (mariadb_ok, mariadb_result), (redis_ok, redis_result) = await DeferredList(
             [mariadb, redis], consumeErrors=True
         )
@@ -343,6 +374,11 @@ class BtuService(MultiService):
                 f"{_reason(redis_result.value)} "
                 "(set startup_without_database_connections = true to start anyway)"
             )
+
+    async def _check_redis(self) -> None:
+        """A refused connection fails at once; the PING proves Redis answers."""
+        await self.redis.reachable(self._reactor)
+        await self.redis.ping()
 
     async def _check_mariadb(self) -> None:
         """A Frappe database, with no schedule of the file's names; nothing without MariaDB."""
@@ -414,11 +450,61 @@ class BtuService(MultiService):
         # The socket holds the client's connection until this fires.
         return d.addTimeout(CANCEL_TIMEOUT, self._reactor)
 
-    def reload_logged(self) -> None:
-        """SIGHUP: reload; the outcome is in the log (no one waits for a reply)."""
-        d = self.reload()
-        d.addErrback(lambda failure: None if failure.check(ScheduleFileError, NameConflict)
-                     else self.log.failure("reloading the schedules file failed", failure))
+    def sighup(self) -> Deferred[str]:
+        """SIGHUP (``systemctl reload``): re-read the config file (its live keys apply,
+        the others are named as taking a restart), the schedules file, and every
+        schedule in MariaDB (a full refresh).  Never ends the daemon: whatever
+        fails is one log line and the running settings stay.  Fires with the
+        line that was logged."""
+        if self._sighup_running is not None:
+            return succeed(self._not_reloaded("a reload is already under way"))
+        d = self._sighup_running = Deferred.fromCoroutine(self._sighup())
+
+        def done(result: Any) -> Any:
+            self._sighup_running = None
+            return result
+
+        def failed(failure: Any) -> str:
+            self.log.failure("reload failed", failure)
+            return self._not_reloaded(_reason(failure.value))
+
+        return d.addErrback(failed).addBoth(done)
+
+    async def _sighup(self) -> str:
+        if self.started is None:
+            return self._not_reloaded("the daemon has not started")
+        if not self.started.called:  # systemctl reload right after start: after it, then
+            await settled(self.started)
+        if not self.running:
+            return self._not_reloaded("the daemon is stopping")
+        parts = []
+        if self._load_config is not None:
+            try:
+                fresh, _ = self._load_config()
+            except ConfigError as error:
+                return self._not_reloaded("; ".join(error.problems))
+            change = config_change(self.config, fresh)
+            self.config = change.config
+            if "tracing_level" in change.live:
+                self.set_level(log_level(self.config))
+            parts.append(change.describe())
+        if self.sources.file is not None:
+            try:
+                parts.append("schedules file: " + await self._reload())
+            except (ScheduleFileError, NameConflict):
+                parts.append("schedules file not reloaded (see above)")
+        if self.db is not None:
+            self.refresh.trigger().addErrback(
+                lambda failure: self.log.failure("full refresh failed", failure))
+            parts.append("every schedule in MariaDB read again")
+        message = "reloaded: " + "; ".join(parts)
+        self.log.info("{message}", message=message)
+        return message
+
+    def _not_reloaded(self, why: str) -> str:
+        message = f"not reloaded: {why}; the running settings and schedules stay"
+        self.log.error("{message}", message=message)
+        return message
 
     def reload(self) -> Deferred[str]:
         """Re-read the schedules file (SIGHUP, the ``reload`` request): one line saying
@@ -512,6 +598,19 @@ def startup_failure(failure: Any, log: Logger) -> str:
     return message
 
 
+def settled(d: Deferred[Any]) -> Deferred[None]:
+    """Fires (with None) once ``d`` has fired, leaving ``d``'s own result as it was
+    for its other callbacks (awaiting ``d`` itself would take it)."""
+    after: Deferred[None] = Deferred()
+
+    def passed(result: Any) -> Any:
+        after.callback(None)
+        return result
+
+    d.addBoth(passed)
+    return after
+
+
 async def maybe_deferred(result: Any) -> Any:
     """``result``, awaited when it is a Deferred (stopService may return either)."""
     if isinstance(result, Deferred):
@@ -547,4 +646,4 @@ def _refresh_times(last: dict[str, object]) -> dict[str, object] | None:
 
 
 __all__ = ["BtuService", "StartupError", "database_of", "maybe_deferred", "reason_of",
-           "startup_failure"]
+           "settled", "startup_failure"]

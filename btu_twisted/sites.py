@@ -23,7 +23,8 @@ SIGHUP (``systemctl reload``) reads the config file and the bench again, so a
 site added with ``bench new-site`` is served without a restart: new sites are
 started, sites skipped or stopped earlier are tried again, sites gone from the
 bench (or from ``frappe_sites``) are stopped; the sites still served keep
-running untouched, and any other change to the config takes a restart.
+running untouched.  ``tracing_level`` applies at once; the log line names every
+other key that changed as taking effect at the next restart.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, LogLevel
 
 from btu_twisted.alarm import Alarm
-from btu_twisted.config import Config, ConfigError
+from btu_twisted.config import Config, ConfigError, log_level
+from btu_twisted.live_config import config_change
+from btu_twisted.logsetup import apply_level
 from btu_twisted.redis_gateway import RedisGateway
 from btu_twisted.redis_target import target_of
 from btu_twisted.service import (
@@ -48,6 +51,7 @@ from btu_twisted.service import (
     exit_on_fatal,
     maybe_deferred,
     reason_of,
+    settled,
     startup_failure,
 )
 
@@ -74,6 +78,8 @@ class SitesService(MultiService):
         #: Reads the config file again, for :meth:`reload` (None: nothing to reload from).
         self._load_config = load_config
         self._reloading: Deferred[str] | None = None
+        #: Applies a reloaded ``tracing_level`` (tests replace it).
+        self.set_level: Callable[[LogLevel], None] = apply_level
         self.config = config
         self._reactor = reactor
         self._on_fatal = on_fatal or exit_on_fatal(reactor)
@@ -208,10 +214,15 @@ class SitesService(MultiService):
             self._on_fatal(message if len(self.served) == 1 else f"no site left: {message}")
 
     # -- reload (SIGHUP) --------------------------------------------------------------
-    def reload_logged(self) -> None:
-        """SIGHUP: :meth:`reload`; the outcome is in the log (no one waits for a reply)."""
-        d = self.reload()
-        d.addErrback(lambda failure: self.log.failure("reloading the sites failed", failure))
+    def sighup(self) -> Deferred[str]:
+        """SIGHUP: :meth:`reload`; the outcome is in the log (no one waits for a reply),
+        and nothing that goes wrong ends the daemon."""
+
+        def failed(failure: Any) -> str:
+            self.log.failure("reloading the sites failed", failure)
+            return self._not_reloaded(reason_of(failure.value))
+
+        return self.reload().addErrback(failed)
 
     def reload(self) -> Deferred[str]:
         """Serve the sites the config file and the bench name now; fires with
@@ -231,8 +242,12 @@ class SitesService(MultiService):
     async def _reload(self) -> str:
         if self._load_config is None:
             return self._not_reloaded("the daemon was not started from a config file")
-        if self.started is None or not self.started.called or not self.running:
-            return self._not_reloaded("the daemon is still starting")
+        if self.started is None:
+            return self._not_reloaded("the daemon has not started")
+        if not self.started.called:  # systemctl reload right after start: after it, then
+            await settled(self.started)
+        if not self.running:
+            return self._not_reloaded("the daemon is stopping")
         try:
             config, _ = self._load_config()
         except ConfigError as error:
@@ -241,6 +256,10 @@ class SitesService(MultiService):
             return self._not_reloaded(
                 f"the config names another Redis ({target_of(config).describe()}, serving "
                 f"{self.redis.target.describe()}): that takes a restart")
+        change = config_change(self.config, config, followed=("frappe_sites",))
+        self.config = change.config
+        if "tracing_level" in change.live:
+            self.set_level(log_level(self.config))
         fresh = config.site_configs
         gone = [name for name in self.served if name not in fresh]
         again = [name for name in self.served if name in self.failed and name in fresh]
@@ -263,8 +282,7 @@ class SitesService(MultiService):
         self._show_served()
         await DeferredList([self.served[name].startService() for name in started])
         summary = (f"sites reloaded: {_listed(started)} started, {_listed(gone)} stopped; "
-                   f"serving {_listed(list(self.served))} (other changes to the config "
-                   "take a restart)")
+                   f"serving {_listed(list(self.served))}; {change.describe()}")
         self.log.info(summary)
         if not self.served and self.running:
             self._on_fatal("no site left after the reload")

@@ -60,20 +60,22 @@ def makeService(options: Options, reactor: Any = None) -> BtuService | SitesServ
                 service = SitesService(options.config, reactor, warnings=list(options.warnings),
                                        load_config=lambda: load_config(path))
             else:
-                service = BtuService(options.config, reactor, warnings=list(options.warnings))
+                path = os.path.abspath(options["config"])
+                service = BtuService(options.config, reactor, warnings=list(options.warnings),
+                                     load_config=lambda: load_config(path))
         except (ValueError, OSError) as e:
             # e.g. a webserver_ca_file that holds no certificate: still a config problem.
             raise SystemExit(f"btu: bad config {options['config']}: {e}") from None
     # twistd has set up its log observers by the time services start.
     reactor.callWhenRunning(apply_level, log_level(options.config))
-    if isinstance(service, SitesService) or options.config.schedules_file:
-        reactor.callWhenRunning(reload_on_sighup, reactor, service.reload_logged)
+    # In every mode: without a handler SIGHUP (systemctl reload) would end the process.
+    reactor.callWhenRunning(reload_on_sighup, reactor, service.sighup)
     return service
 
 
 def reload_on_sighup(reactor: Any, reload: Callable[[], object]) -> None:
-    """SIGHUP re-reads the schedules file (or, serving ``frappe_sites``, the config
-    and the bench's sites), as daemons conventionally re-read their files.
+    """SIGHUP re-reads the config, the schedules (file and MariaDB) and, serving
+    ``frappe_sites``, the bench's sites, as daemons conventionally re-read their files.
 
     The handler only hands the work to the reactor: nothing else is safe in a
     signal handler.

@@ -32,3 +32,18 @@ class ApplyLevelTests(unittest.TestCase):
         apply_level(LogLevel.info, publisher)
         Logger(namespace="test", observer=publisher).info("once")
         self.assertEqual(len(seen), 1)
+
+    def test_applying_again_changes_the_level(self) -> None:
+        """SIGHUP with a new tracing_level: the same filter now lets debug through,
+        and back again."""
+        publisher = LogPublisher()
+        seen: list[dict] = []
+        publisher.addObserver(seen.append)
+        log = Logger(namespace="test", observer=publisher)
+        apply_level(LogLevel.info, publisher)
+        log.debug("hidden")
+        apply_level(LogLevel.debug, publisher)
+        log.debug("shown")
+        apply_level(LogLevel.warn, publisher)
+        log.info("hidden again")
+        self.assertEqual([e["log_format"] for e in seen], ["shown"])

@@ -380,8 +380,7 @@ class ReloadTests(_Bench):
         with capturedLogs() as events:
             summary = self.successResultOf(service.reload())
         self.assertEqual(summary, "sites reloaded: 1 (d.local) started, 1 (b.local) stopped; "
-                                  "serving 2 (a.local, d.local) (other changes to the config "
-                                  "take a restart)")
+                                  "serving 2 (a.local, d.local); config unchanged")
         self.assertEqual((self.starts, self.stops), (["d.local"], ["b.local"]))
         self.assertIs(service.served["a.local"], a)
         self.assertEqual(service.served["d.local"].config.mysql_database, "_dddd")

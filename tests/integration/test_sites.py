@@ -271,8 +271,7 @@ class WholeBenchTests(TestCase):
         (setup.path / "sites" / "d.test" / "site_config.json").write_text(json.dumps(values))
         summary = await service.reload()
         self.assertEqual(summary, "sites reloaded: 1 (d.test) started, 0 stopped; serving 3 "
-                                  "(a.test, b.test, d.test) (other changes to the config take "
-                                  "a restart)")
+                                  "(a.test, b.test, d.test); config unchanged")
         self.assertIs(service.site("a.test"), a)
         await wait_for(lambda: service.site("d.test").timer.stats.enqueued >= 1, timeout=20)
         code, out, err = await self.btu("--config", setup.config_path, "--site", "d.test",

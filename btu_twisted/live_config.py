@@ -1,0 +1,49 @@
+"""What a reload (SIGHUP, ``systemctl reload``) can change in a running daemon.
+
+A running daemon holds its socket, pools, key prefix and Redis connections;
+changing those safely is a restart's job.  What it can take at once is listed
+in ``LIVE_KEYS``; every other key whose value changed is named in the reload's
+log line as taking a restart, so an admin is never left guessing whether an
+edit took effect.  The schedules (file or MariaDB) are re-read on every reload
+whatever the config says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from btu_twisted.config import Config, toml_fields
+
+__all__ = ["LIVE_KEYS", "ConfigChange", "config_change"]
+
+#: Keys a reload applies to the running daemon.
+LIVE_KEYS = frozenset({"tracing_level"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigChange:
+    """The config to run with after a reload, and which keys changed."""
+
+    config: Config
+    live: tuple[str, ...]
+    restart: tuple[str, ...]
+
+    def describe(self) -> str:
+        """The part of the reload's log line about the config."""
+        parts = [f"{key} is now {getattr(self.config, key)!r}" for key in self.live]
+        if self.restart:
+            parts.append("changed, taking effect at the next restart: " + ", ".join(self.restart))
+        return "; ".join(parts) if parts else "config unchanged"
+
+
+def config_change(old: Config, new: Config, followed: Iterable[str] = ()) -> ConfigChange:
+    """``old`` with the live keys of ``new``; ``followed`` are keys the caller applies itself
+    (``frappe_sites``: the sites served)."""
+    skip = set(followed)
+    changed = [spec.name for spec in toml_fields()
+               if spec.name not in skip and getattr(old, spec.name) != getattr(new, spec.name)]
+    live = tuple(key for key in changed if key in LIVE_KEYS)
+    restart = tuple(key for key in changed if key not in LIVE_KEYS)
+    config = dataclasses.replace(old, **{key: getattr(new, key) for key in live})
+    return ConfigChange(config, live, restart)
