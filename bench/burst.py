@@ -319,13 +319,13 @@ def case_burst_paired(opts: argparse.Namespace, n: int, pairs: int = PAIRS) -> d
     each burst is compared with the minimal script timed just before and just
     after it (one pass each), and the median of the ``pairs`` ratios counts.
     The pass before runs while the daemon waits for the due second, 8 s
-    ahead (bench.run.AROUND_LEAD); the one after as soon as the daemon stopped,
+    ahead (bench.lateness.AROUND_LEAD); the one after as soon as the daemon stopped,
     under a second after the last job.  ``burst10k`` against ``ceiling10k``
     compares one burst with passes taken seconds apart; on this shared host
     one pass differs from the next by up to 40 %, and that ratio ranged
     0.56-1.22 in one hour.  With the passes 13 s before and 2 s after each
     burst (until 2026-11-29), three pairs of one run gave 0.77-1.16."""
-    from bench.run import case_ours
+    from bench.lateness import case_ours
 
     claims = built_claims(n, int(time.time()) - 1)
     out: list[dict[str, Any]] = []
@@ -371,7 +371,7 @@ def case_burst_paired(opts: argparse.Namespace, n: int, pairs: int = PAIRS) -> d
 
 
 def case_burst_ha(opts: argparse.Namespace, case: str, n: int, daemons: int = 3) -> dict[str, Any]:
-    from bench.run import (
+    from bench.harness import (
         QUEUE_KEY,
         RESULTS,
         _json_line,

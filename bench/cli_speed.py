@@ -150,7 +150,7 @@ def import_offenders(argv: list[str], top: int = 12) -> dict[str, Any]:
 def daemon_files(schedules: int) -> Iterator[tuple[Path, str]]:
     """A bench database with ``schedules`` schedules and a config for it."""
     from bench.idle import idle_crons
-    from bench.run import daemon_config
+    from bench.harness import daemon_config
 
     flush(REDIS_DB_OURS)
     db = BenchDatabase()

@@ -61,7 +61,7 @@ class ScheduleFile:
     Same ``add_schedules`` and ``drop`` as :class:`BenchDatabase`, so a case
     takes either; ``name`` is None because there is no database: the daemon's
     config then has no ``mysql_*`` key and nothing connects to MariaDB
-    (``daemon_config`` in :mod:`bench.run`).  Each schedule calls the same
+    (``daemon_config`` in :mod:`bench.harness`).  Each schedule calls the same
     function with the same keyword arguments as the database's task, on queue
     ``default``, so the jobs differ only in where the schedule came from.
     """

@@ -135,7 +135,7 @@ def idle_daemon(n: int, config: dict[str, Any], source: str = "mariadb",
                 case: str = "idle") -> Iterator[dict[str, Any]]:
     """A ``twistd -n btu`` child with ``n`` schedules from ``source`` planned
     (``mariadb`` or ``file``, :func:`bench.fixtures.schedule_source`); yields its facts."""
-    from bench.run import daemon_config
+    from bench.harness import daemon_config
 
     flush(REDIS_DB_OURS)
     db = schedule_source(source)
@@ -195,7 +195,7 @@ def idle_daemon(n: int, config: dict[str, Any], source: str = "mariadb",
 
 
 def run_pinger(socket_path: str, clients: int, rounds: int) -> dict[str, Any]:
-    from bench.run import _json_line, _spawn
+    from bench.harness import _json_line, _spawn
 
     proc = _spawn("bench.pinger", socket_path, str(clients), str(rounds))
     return _json_line(proc, f"pinger ({clients} clients)", timeout=300)
@@ -239,7 +239,7 @@ def case_anchor_idle(n: int, window: float) -> dict[str, Any]:
     """rq cron (``CronScheduler.start()``) with the same ``n`` cron strings, idle."""
     import json
 
-    from bench.run import _expect_ready, _spawn
+    from bench.harness import _expect_ready, _spawn
 
     flush(REDIS_DB_ANCHOR)
     crons = idle_crons(time.time())

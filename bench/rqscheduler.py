@@ -71,7 +71,7 @@ def ensure_venv() -> dict[str, Any]:
 
 
 def case_rqscheduler_burst(case: str, n: int) -> dict[str, Any]:
-    from bench.run import _json_line, lateness_report, ours_cron, start_watcher
+    from bench.harness import _json_line, lateness_report, ours_cron, start_watcher
 
     venv = ensure_venv()
     if "error" in venv:

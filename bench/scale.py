@@ -305,7 +305,7 @@ def case_main(spec_path: str) -> None:
 def crons(now: float) -> tuple[list[str], list[str]]:
     """50 cron strings for the schedules and 50 others for the changed rows,
     none firing within QUIET_SECS."""
-    from bench.run import planning_crons
+    from bench.harness import planning_crons
 
     chosen = planning_crons(now, 100, QUIET_SECS)
     return chosen[:50], chosen[50:]
@@ -347,7 +347,7 @@ def run(n: int, code: str | None, changed_pct: float, cancels: int,
             cancel = [c for c in cancel if c not in changed]
             admin.config_set("slowlog-log-slower-than", SLOW_USECS)
             admin.config_set("slowlog-max-len", max(1024, int(old_len)))
-            from bench.run import daemon_config
+            from bench.harness import daemon_config
 
             spec = {
                 "n": n, "database": db.name, "changed": changed, "cancel": cancel,
