@@ -55,6 +55,17 @@ from bench.fixtures import (
     schedule_names,
     sync_redis,
 )
+from bench.harness import (
+    QUEUE_KEY,
+    RESULTS,
+    daemon_config,
+    json_line,
+    lateness_report,
+    ours_cron,
+    spawn,
+    start_watcher,
+)
+from bench.lateness import case_ours
 from btu_twisted.builders import FunctionBuilder
 from btu_twisted.history import DEFAULT_LENGTH, FOLD_HISTORY, FOLD_TEXTS
 from btu_twisted.records import ScheduleRow
@@ -325,8 +336,6 @@ def case_burst_paired(opts: argparse.Namespace, n: int, pairs: int = PAIRS) -> d
     one pass differs from the next by up to 40 %, and that ratio ranged
     0.56-1.22 in one hour.  With the passes 13 s before and 2 s after each
     burst (until 2026-11-29), three pairs of one run gave 0.77-1.16."""
-    from bench.lateness import case_ours
-
     claims = built_claims(n, int(time.time()) - 1)
     out: list[dict[str, Any]] = []
     for k in range(pairs):
@@ -371,17 +380,6 @@ def case_burst_paired(opts: argparse.Namespace, n: int, pairs: int = PAIRS) -> d
 
 
 def case_burst_ha(opts: argparse.Namespace, case: str, n: int, daemons: int = 3) -> dict[str, Any]:
-    from bench.harness import (
-        QUEUE_KEY,
-        RESULTS,
-        _json_line,
-        _spawn,
-        daemon_config,
-        lateness_report,
-        ours_cron,
-        start_watcher,
-    )
-
     flush(REDIS_DB_OURS)
     db = BenchDatabase()
     procs = []
@@ -404,10 +402,10 @@ def case_burst_ha(opts: argparse.Namespace, case: str, n: int, daemons: int = 3)
             spec_path = RESULTS / f"{case}.{k}.spec.json"
             (RESULTS / f"{case}.{k}.log").unlink(missing_ok=True)
             spec_path.write_text(__import__("json").dumps(spec))
-            procs.append(_spawn("bench.daemon_case", str(spec_path)))
-        results = [_json_line(p, f"daemon {k} ({case})", deadline - time.time() + 60)
+            procs.append(spawn("bench.daemon_case", str(spec_path)))
+        results = [json_line(p, f"daemon {k} ({case})", deadline - time.time() + 60)
                    for k, p in enumerate(procs)]
-        watched = _json_line(watcher, "watcher", timeout=max(5, deadline - time.time() + 5))
+        watched = json_line(watcher, "watcher", timeout=max(5, deadline - time.time() + 5))
         report = lateness_report(case, REDIS_DB_OURS, watched, n, first_due)
         report.update(exactly_once(n, names, first_due, QUEUE_KEY))
         report["daemons"] = [

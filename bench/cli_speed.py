@@ -48,7 +48,8 @@ from typing import Any
 
 from bench import fixtures
 from bench.fixtures import REDIS_DB_OURS, BenchDatabase, flush, redis_dbs_locked, schedule_names
-from bench.idle import proc_sample
+from bench.harness import daemon_config
+from bench.idle import idle_crons, proc_sample
 from bench.stats import percentile, ratio
 from btu_twisted.cli.common import CliError
 from btu_twisted.cli.daemon import request
@@ -149,9 +150,6 @@ def import_offenders(argv: list[str], top: int = 12) -> dict[str, Any]:
 @contextlib.contextmanager
 def daemon_files(schedules: int) -> Iterator[tuple[Path, str]]:
     """A bench database with ``schedules`` schedules and a config for it."""
-    from bench.idle import idle_crons
-    from bench.harness import daemon_config
-
     flush(REDIS_DB_OURS)
     db = BenchDatabase()
     tmp = Path(tempfile.mkdtemp(prefix="btu-bench-cli-"))

@@ -73,7 +73,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _spawn(module: str, *args: str, stderr: Any = None) -> subprocess.Popen[str]:
+def spawn(module: str, *args: str, stderr: Any = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
         cwd=str(ROOT), env=_env(), text=True,
@@ -81,14 +81,14 @@ def _spawn(module: str, *args: str, stderr: Any = None) -> subprocess.Popen[str]
     )
 
 
-def _expect_ready(proc: subprocess.Popen[str], what: str) -> None:
+def expect_ready(proc: subprocess.Popen[str], what: str) -> None:
     line = proc.stdout.readline() if proc.stdout else ""
     if line.strip() != "ready":
         rest = proc.stderr.read() if proc.stderr else ""
         raise RuntimeError(f"{what} did not start: {line!r} {rest[-2000:]}")
 
 
-def _json_line(proc: subprocess.Popen[str], what: str, timeout: float) -> dict[str, Any]:
+def json_line(proc: subprocess.Popen[str], what: str, timeout: float) -> dict[str, Any]:
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -102,9 +102,9 @@ def _json_line(proc: subprocess.Popen[str], what: str, timeout: float) -> dict[s
 
 
 def start_watcher(db: int, expected: int, deadline: float, first_due: float) -> subprocess.Popen[str]:
-    proc = _spawn("bench.watcher", str(db), QUEUE_KEY, str(expected), repr(deadline),
+    proc = spawn("bench.watcher", str(db), QUEUE_KEY, str(expected), repr(deadline),
                   repr(first_due - 0.5))
-    _expect_ready(proc, "watcher")
+    expect_ready(proc, "watcher")
     return proc
 
 
@@ -136,8 +136,8 @@ def run_daemon(case: str, spec: dict[str, Any], opts: argparse.Namespace,
         spec["patch"] = os.path.abspath(os.environ["BTU_BENCH_PATCH"])
     spec_path = RESULTS / f"{case}.spec.json"
     spec_path.write_text(json.dumps(spec))
-    proc = _spawn("bench.daemon_case", str(spec_path))
-    result = _json_line(proc, f"daemon ({case})", timeout)
+    proc = spawn("bench.daemon_case", str(spec_path))
+    result = json_line(proc, f"daemon ({case})", timeout)
     if result.get("fatal"):
         raise RuntimeError(f"daemon ({case}) could not start: {result['fatal']}")
     return result

@@ -44,6 +44,7 @@ from bench.fixtures import (
     schedule_names,
     schedule_source,
 )
+from bench.harness import daemon_config, expect_ready, json_line, spawn
 from tests.integration import support
 
 ROOT = fixtures.ROOT
@@ -135,8 +136,6 @@ def idle_daemon(n: int, config: dict[str, Any], source: str = "mariadb",
                 case: str = "idle") -> Iterator[dict[str, Any]]:
     """A ``twistd -n btu`` child with ``n`` schedules from ``source`` planned
     (``mariadb`` or ``file``, :func:`bench.fixtures.schedule_source`); yields its facts."""
-    from bench.harness import daemon_config
-
     flush(REDIS_DB_OURS)
     db = schedule_source(source)
     tmp = tempfile.mkdtemp(prefix="btu-bench-idle-")
@@ -195,10 +194,8 @@ def idle_daemon(n: int, config: dict[str, Any], source: str = "mariadb",
 
 
 def run_pinger(socket_path: str, clients: int, rounds: int) -> dict[str, Any]:
-    from bench.harness import _json_line, _spawn
-
-    proc = _spawn("bench.pinger", socket_path, str(clients), str(rounds))
-    return _json_line(proc, f"pinger ({clients} clients)", timeout=300)
+    proc = spawn("bench.pinger", socket_path, str(clients), str(rounds))
+    return json_line(proc, f"pinger ({clients} clients)", timeout=300)
 
 
 def case_idle_and_ping(n: int, window: float, do_idle: bool, do_ping: bool,
@@ -239,8 +236,6 @@ def case_anchor_idle(n: int, window: float) -> dict[str, Any]:
     """rq cron (``CronScheduler.start()``) with the same ``n`` cron strings, idle."""
     import json
 
-    from bench.harness import _expect_ready, _spawn
-
     flush(REDIS_DB_ANCHOR)
     crons = idle_crons(time.time())
     spec = {"db": REDIS_DB_ANCHOR,
@@ -249,9 +244,9 @@ def case_anchor_idle(n: int, window: float) -> dict[str, Any]:
     spec_path.write_text(json.dumps(spec))
     with open(RESULTS / "anchor_idle.log", "w", encoding="utf-8") as log:
         t0 = time.time()
-        proc = _spawn("bench.anchor", str(spec_path), stderr=log)
+        proc = spawn("bench.anchor", str(spec_path), stderr=log)
     try:
-        _expect_ready(proc, "rq cron (idle)")
+        expect_ready(proc, "rq cron (idle)")
         registered_secs = time.time() - t0
         time.sleep(SETTLE_SECS)
         result = measure_idle(proc.pid, window, lambda: proc.poll() is None)

@@ -23,9 +23,9 @@ from bench.fixtures import (
 from bench.harness import (
     QUEUE,
     RESULTS,
-    _expect_ready,
-    _json_line,
-    _spawn,
+    expect_ready,
+    json_line,
+    spawn,
     anchor_cron,
     daemon_config,
     lateness_report,
@@ -96,7 +96,7 @@ def case_ours(opts: argparse.Namespace, case: str, n: int, spread: int,
             if around is not None:
                 thread.join()
         after = around() if around is not None else None
-        watched = _json_line(watcher, "watcher", timeout=max(5, deadline - time.time() + 5))
+        watched = json_line(watcher, "watcher", timeout=max(5, deadline - time.time() + 5))
         report = lateness_report(case, REDIS_DB_OURS, watched, n, first_due)
         report["spread_secs"] = spread
         report["source"] = source
@@ -140,11 +140,11 @@ def case_anchor(opts: argparse.Namespace, case: str, n: int, spread: int) -> dic
     deadline = max(dues) + 15
     watcher = start_watcher(REDIS_DB_ANCHOR, n, deadline, first_due)
     with open(log_path, "w", encoding="utf-8") as log:
-        anchor = _spawn("bench.anchor", str(spec_path), stderr=log)
+        anchor = spawn("bench.anchor", str(spec_path), stderr=log)
         try:
-            _expect_ready(anchor, "rq cron anchor")
+            expect_ready(anchor, "rq cron anchor")
             started = time.time()
-            watched = _json_line(watcher, "watcher", timeout=deadline - time.time() + 10)
+            watched = json_line(watcher, "watcher", timeout=deadline - time.time() + 10)
         finally:
             anchor.terminate()
             try:

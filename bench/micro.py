@@ -50,6 +50,7 @@ from bench.fixtures import (
     redis_dbs_locked,
     sync_redis,
 )
+from bench.burst import script_call
 from btu_twisted import cron
 from btu_twisted.builders import FunctionBuilder
 from btu_twisted.records import ScheduleRow
@@ -137,7 +138,6 @@ async def measure(reactor: Any) -> dict[str, float]:
         try:
             import txredisapi
 
-            from bench.burst import script_call
             from btu_twisted.store import CLAIM
             proto = txredisapi.RedisProtocol()
             keys, args = script_call(batches[0], daemon_keys=True)

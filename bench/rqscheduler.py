@@ -31,6 +31,7 @@ from typing import Any
 
 from bench import fixtures
 from bench.fixtures import REDIS_DB_ANCHOR, flush, schedule_names
+from bench.harness import json_line, lateness_report, ours_cron, start_watcher
 
 ROOT = fixtures.ROOT
 RESULTS = ROOT / "bench" / "results"
@@ -71,8 +72,6 @@ def ensure_venv() -> dict[str, Any]:
 
 
 def case_rqscheduler_burst(case: str, n: int) -> dict[str, Any]:
-    from bench.harness import _json_line, lateness_report, ours_cron, start_watcher
-
     venv = ensure_venv()
     if "error" in venv:
         return {"error": venv["error"], "expected": n}
@@ -107,7 +106,7 @@ def case_rqscheduler_burst(case: str, n: int) -> dict[str, Any]:
                 cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT)
         started = time.time()
         try:
-            watched = _json_line(watcher, "watcher", timeout=deadline - time.time() + 10)
+            watched = json_line(watcher, "watcher", timeout=deadline - time.time() + 10)
         finally:
             proc.terminate()
             try:

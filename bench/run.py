@@ -53,10 +53,13 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import fixtures
+from bench.burst import case_burst_ha, case_burst_paired, case_ceiling
 from bench.fixtures import REDIS_DB_ANCHOR, REDIS_DB_OURS
 from bench.harness import RESULTS
+from bench.idle import case_anchor_idle, case_file_idle, case_idle_and_ping
 from bench.lateness import case_anchor, case_ours, case_plan
 from bench.report import machine, ratios, table
+from bench.rqscheduler import case_rqscheduler_burst
 
 IDLE_SCHEDULES = 10_000  # idle, ping and anchor_idle, with or without --quick
 PING_CLIENTS = 200
@@ -75,9 +78,6 @@ def case_runners(opts: argparse.Namespace,
     n_plan, n, n_big, spread = (2000, 200, 1000, 10) if opts.quick else (10000, 1000, 10000, 60)
     n_idle, idle_secs, ping_rounds = (IDLE_SCHEDULES, 15.0, 100) if opts.quick else \
         (IDLE_SCHEDULES, 60.0, 500)
-    from bench.burst import case_burst_ha, case_burst_paired, case_ceiling
-    from bench.idle import case_anchor_idle, case_file_idle, case_idle_and_ping
-    from bench.rqscheduler import case_rqscheduler_burst
 
     def idle_and_ping(which: str) -> dict[str, Any]:
         # One idle daemon serves both: the ping clients come after the idle window.

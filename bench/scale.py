@@ -48,6 +48,8 @@ from typing import Any
 
 from bench import fixtures
 from bench.fixtures import FUNCTION, REDIS_DB_OURS, TASK, flush, schedule_names, sync_redis
+from bench.harness import daemon_config, planning_crons
+from bench.soak import control_request
 from bench.stats import summary
 
 RESULTS = fixtures.ROOT / "bench" / "results"
@@ -134,8 +136,6 @@ class SlowLog:
 def _cancel_round_trips(path: str, names: list[str]) -> dict[str, Any]:
     """Each request on its own connection, as the BTU app sends it; timed
     from before the connect to the reply's line."""
-    from bench.soak import control_request
-
     samples, bad = [], []
     for name in names:
         t = time.perf_counter()
@@ -305,8 +305,6 @@ def case_main(spec_path: str) -> None:
 def crons(now: float) -> tuple[list[str], list[str]]:
     """50 cron strings for the schedules and 50 others for the changed rows,
     none firing within QUIET_SECS."""
-    from bench.harness import planning_crons
-
     chosen = planning_crons(now, 100, QUIET_SECS)
     return chosen[:50], chosen[50:]
 
@@ -347,8 +345,6 @@ def run(n: int, code: str | None, changed_pct: float, cancels: int,
             cancel = [c for c in cancel if c not in changed]
             admin.config_set("slowlog-log-slower-than", SLOW_USECS)
             admin.config_set("slowlog-max-len", max(1024, int(old_len)))
-            from bench.harness import daemon_config
-
             spec = {
                 "n": n, "database": db.name, "changed": changed, "cancel": cancel,
                 "code": code, "timeout": 900,
