@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from bench.fixtures import (
@@ -341,7 +342,8 @@ def case_burst_paired(opts: argparse.Namespace, n: int, pairs: int = PAIRS) -> d
     for k in range(pairs):
         turn = iter((2 * k, 2 * k + 1))
 
-        def around() -> dict[bool, list[dict[str, Any]]]:
+        # Pass 2k before the burst, 2k + 1 after it: this pair's turn, bound now.
+        def around(turn: Iterator[int] = turn) -> dict[bool, list[dict[str, Any]]]:
             return ceiling_passes(claims, 1, first=next(turn))
 
         burst = case_ours(opts, "burst10k_paired", n, 1, around=around)

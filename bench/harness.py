@@ -152,7 +152,7 @@ def job_times(db: int, ids: list[str]) -> dict[str, tuple[float | None, float | 
     for job_id in ids:
         pipe.hmget("rq:job:" + job_id, "meta", "enqueued_at")
     out: dict[str, tuple[float | None, float | None]] = {}
-    for job_id, (meta, enqueued_at) in zip(ids, pipe.execute()):
+    for job_id, (meta, enqueued_at) in zip(ids, pipe.execute(), strict=True):
         # Our own benchmark jobs, written moments ago by the schedulers under test.
         scheduled = pickle.loads(meta).get("scheduled_time") if meta else None  # noqa: S301
         out[job_id] = (scheduled, support.parse_rq_time(enqueued_at))

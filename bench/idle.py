@@ -143,7 +143,8 @@ def idle_daemon(n: int, config: dict[str, Any], source: str = "mariadb",
     log_path = RESULTS / f"{case}.log"
     try:
         crons = idle_crons(time.time())
-        db.add_schedules(zip(schedule_names(n), [crons[i % len(crons)] for i in range(n)]))
+        db.add_schedules(zip(schedule_names(n), [crons[i % len(crons)] for i in range(n)],
+                             strict=True))
         values = daemon_config(db.name, REDIS_DB_OURS, socket_path=f"{tmp}/btu.sock",
                                schedules_file=db.schedules_file, **config)
         config_path = Path(tmp) / "btu_scheduler.toml"

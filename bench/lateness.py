@@ -23,24 +23,26 @@ from bench.fixtures import (
 from bench.harness import (
     QUEUE,
     RESULTS,
-    expect_ready,
-    json_line,
-    spawn,
     anchor_cron,
     daemon_config,
+    expect_ready,
+    json_line,
     lateness_report,
     ours_cron,
     planning_crons,
     run_daemon,
+    spawn,
     start_watcher,
 )
+
 
 def case_plan(opts: argparse.Namespace, n: int) -> dict[str, Any]:
     flush(REDIS_DB_OURS)
     db = BenchDatabase()
     try:
         crons = planning_crons(time.time())
-        db.add_schedules(zip(schedule_names(n), [crons[i % len(crons)] for i in range(n)]))
+        db.add_schedules(zip(schedule_names(n), [crons[i % len(crons)] for i in range(n)],
+                             strict=True))
         spec = {
             "mode": "plan",
             "expected": n,
@@ -76,7 +78,7 @@ def case_ours(opts: argparse.Namespace, case: str, n: int, spread: int,
         lead = 7 + n * 0.0004
         first_due = math.ceil(time.time() + lead)
         dues = due_instants(n, first_due, spread)
-        db.add_schedules(zip(schedule_names(n), [ours_cron(d) for d in dues]))
+        db.add_schedules(zip(schedule_names(n), [ours_cron(d) for d in dues], strict=True))
         deadline = max(dues) + 10
         watcher = start_watcher(REDIS_DB_OURS, n, deadline, first_due)
         spec = {
@@ -133,7 +135,8 @@ def case_anchor(opts: argparse.Namespace, case: str, n: int, spread: int) -> dic
     dues = due_instants(n, first_due, spread)
     spec = {
         "db": REDIS_DB_ANCHOR,
-        "jobs": [[name, anchor_cron(d), d] for name, d in zip(schedule_names(n), dues)],
+        "jobs": [[name, anchor_cron(d), d]
+                 for name, d in zip(schedule_names(n), dues, strict=True)],
     }
     spec_path = RESULTS / f"{case}.spec.json"
     spec_path.write_text(json.dumps(spec))

@@ -7,7 +7,7 @@ import math
 import os
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
@@ -15,6 +15,7 @@ from bench.fixtures import REDIS_DB_OURS, sync_redis
 from bench.harness import ROOT
 from bench.stats import ratio
 from tests.integration import support
+
 
 def _diff_sha1(diff: str) -> str:
     import hashlib
@@ -52,7 +53,7 @@ def machine() -> dict[str, Any]:
         # Which uncommitted tree it was (empty when clean).
         "btu_twisted_diff_sha1": _diff_sha1(git("diff", "HEAD", "--", "btu_twisted")),
         "nproc": len(os.sched_getaffinity(0)),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),

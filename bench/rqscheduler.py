@@ -56,8 +56,8 @@ def ensure_venv() -> dict[str, Any]:
              "--disable-pip-version-check", "rq-scheduler", f"rq=={rq_version}"],
             capture_output=True, text=True, timeout=600)
         if pip.returncode != 0:
-            return {"error": "pip install rq-scheduler rq==%s failed: %s" % (
-                rq_version, " ".join((pip.stderr or pip.stdout).split())[-400:])}
+            why = " ".join((pip.stderr or pip.stdout).split())[-400:]
+            return {"error": f"pip install rq-scheduler rq=={rq_version} failed: {why}"}
         show = subprocess.run(
             [str(VENV / "bin" / "python"), "-c",
              "import json; from importlib.metadata import version as v; "

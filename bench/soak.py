@@ -176,7 +176,7 @@ class Consumer:
             pipe = r.pipeline(transaction=False)
             for job_id in ids:
                 pipe.hmget(b"rq:job:" + job_id, "meta", "enqueued_at")
-            for job_id, (meta_raw, at_raw) in zip(ids, pipe.execute()):
+            for job_id, (meta_raw, at_raw) in zip(ids, pipe.execute(), strict=True):
                 job = job_id.decode()
                 meta = _meta(meta_raw)
                 if meta is None or "task_schedule" not in meta or "scheduled_time" not in meta:
