@@ -98,13 +98,16 @@ def schedule_source(source: str) -> BenchDatabase | ScheduleFile:
 
 
 def drop_leftover_databases() -> list[str]:
-    """Drop ``btu_bench_*`` databases a crashed earlier run left behind."""
+    """Drop ``btu_bench_*`` databases a crashed earlier run left behind (not
+    ``btu_bench_scale_*`` ones: a ``bench.scale`` may be using one meanwhile)."""
     conn = support.admin_connection()
     dropped = []
     try:
         with conn.cursor() as cur:
             cur.execute("SHOW DATABASES LIKE 'btu\\_bench\\_%%'")
             for (name,) in cur.fetchall():
+                if name.startswith("btu_bench_scale_"):
+                    continue
                 cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
                 dropped.append(name)
     finally:

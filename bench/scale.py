@@ -2,7 +2,7 @@
 
 ``python -m bench.scale [--n 100000] [--code DIR]``
 
-The orchestrator makes a ``btu_scale_*`` database with N enabled schedules
+The orchestrator makes a ``btu_bench_scale_*`` database with N enabled schedules
 (bulk INSERT, 50 cron strings none of which fires in the next 15 minutes, so
 no claim disturbs the figures), holds the lock of Redis database 10 as the
 ``bench.run`` cases do, and runs the daemon in a fresh process
@@ -58,11 +58,12 @@ QUIET_SECS = 900
 
 
 class ScaleDatabase(fixtures.BenchDatabase):
-    """A ``btu_scale_*`` database: not a ``btu_bench_*`` one, which a ``bench.run``
-    starting meanwhile would drop as a leftover of a crashed run."""
+    """A ``btu_bench_scale_*`` database: a ``bench.run`` starting meanwhile drops
+    other ``btu_bench_*`` ones as leftovers of a crashed run, but not these."""
 
     def __init__(self, zone: str = "UTC") -> None:
-        fixtures.support.TestDatabase.__init__(self, load_samples=False, prefix="btu_scale_")
+        fixtures.support.TestDatabase.__init__(self, load_samples=False,
+                                               prefix="btu_bench_scale_")
         self.set_zone(zone)
         self.add_task(TASK, FUNCTION, "{'source': 'btu bench'}", desc="Benchmark no-op")
 
