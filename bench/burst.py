@@ -59,9 +59,11 @@ from bench.fixtures import (
 from bench.harness import (
     QUEUE_KEY,
     RESULTS,
+    SMOKE_LEAD,
     daemon_config,
     json_line,
     lateness_report,
+    lead_secs,
     ours_cron,
     spawn,
     start_watcher,
@@ -386,7 +388,8 @@ def case_burst_ha(opts: argparse.Namespace, case: str, n: int, daemons: int = 3)
     db = BenchDatabase()
     procs = []
     try:
-        first_due = math.ceil(time.time() + 9 + n * 0.0006)
+        # Three daemons start at once: twice the smoke's margin.
+        first_due = math.ceil(time.time() + lead_secs(opts, 9 + n * 0.0006, 2 * SMOKE_LEAD))
         names = schedule_names(n)
         db.add_schedules((name, ours_cron(first_due)) for name in names)
         deadline = first_due + 12

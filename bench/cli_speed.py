@@ -48,7 +48,7 @@ from typing import Any
 
 from bench import fixtures
 from bench.fixtures import REDIS_DB_OURS, BenchDatabase, flush, redis_dbs_locked, schedule_names
-from bench.harness import daemon_config
+from bench.harness import RESULTS, daemon_config
 from bench.idle import idle_crons, proc_sample
 from bench.stats import percentile, ratio
 from btu_twisted.cli.common import CliError
@@ -56,7 +56,6 @@ from btu_twisted.cli.daemon import request
 from tests.integration import support
 
 ROOT = fixtures.ROOT
-RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
 NEXT_RUNS = ["next-runs", "0 13 * * 1-5"]
 

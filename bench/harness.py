@@ -23,9 +23,21 @@ from bench.stats import summary
 from tests.integration import support
 
 ROOT = fixtures.ROOT
-RESULTS = ROOT / "bench" / "results"
+#: Where every case writes its logs, specs and figures (the smoke: a directory of its own).
+RESULTS = Path(os.environ.get("BTU_BENCH_RESULTS") or ROOT / "bench" / "results")
 QUEUE = "default"
 QUEUE_KEY = "rq:queue:" + QUEUE
+
+#: Seconds from a smoke case's start (``bench.run --smoke``) to its first due
+#: second, instead of the full run's margin: enough for a daemon or rq cron
+#: to start and plan a few dozen schedules on a busy 2-core host.
+SMOKE_LEAD = 5.0
+
+
+def lead_secs(opts: argparse.Namespace | None, full: float, smoke: float = SMOKE_LEAD) -> float:
+    """A case's margin before its first due second: ``full``, or ``smoke`` in the smoke."""
+    return smoke if opts is not None and getattr(opts, "smoke", False) else full
+
 
 # -- cron strings ------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from bench.harness import (
     expect_ready,
     json_line,
     lateness_report,
+    lead_secs,
     ours_cron,
     planning_crons,
     run_daemon,
@@ -75,7 +76,7 @@ def case_ours(opts: argparse.Namespace, case: str, n: int, spread: int,
     db = schedule_source(source)
     before: dict[str, Any] = {}
     try:
-        lead = 7 + n * 0.0004
+        lead = lead_secs(opts, 7 + n * 0.0004)
         first_due = math.ceil(time.time() + lead)
         dues = due_instants(n, first_due, spread)
         db.add_schedules(zip(schedule_names(n), [ours_cron(d) for d in dues], strict=True))
@@ -130,7 +131,7 @@ def _run_around(around: Around, first_due: float, out: dict[str, Any]) -> None:
 def case_anchor(opts: argparse.Namespace, case: str, n: int, spread: int) -> dict[str, Any]:
     flush(REDIS_DB_ANCHOR)
     log_path = RESULTS / f"{case}.log"
-    lead = 5 + n * 0.0004
+    lead = lead_secs(opts, 5 + n * 0.0004)
     first_due = math.ceil(time.time() + lead)
     dues = due_instants(n, first_due, spread)
     spec = {

@@ -48,11 +48,10 @@ from typing import Any
 
 from bench import fixtures
 from bench.fixtures import FUNCTION, REDIS_DB_OURS, TASK, flush, schedule_names, sync_redis
-from bench.harness import daemon_config, planning_crons
+from bench.harness import RESULTS, daemon_config, planning_crons
 from bench.soak import control_request
 from bench.stats import summary
 
-RESULTS = fixtures.ROOT / "bench" / "results"
 SLOW_USECS = 10_000
 QUIET_SECS = 900
 

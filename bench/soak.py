@@ -51,12 +51,12 @@ import pymysql
 import redis
 
 from bench.fixtures import FUNCTION, ROOT, TASK
+from bench.harness import RESULTS
 from bench.idle import _twistd, proc_sample
 from bench.private_services import PrivateMariaDB, PrivateRedis, remove_tree
 from bench.soak_report import OUTAGE_GRACE, print_table, read_log, rss_report, runs_report, verdict
 from tests.integration import support
 
-RESULTS = ROOT / "bench" / "results"
 SCHEMA = ROOT / "tests" / "fixtures" / "frappe_schema.sql"
 DATABASE = "btu_soak"
 
