@@ -1,4 +1,4 @@
-"""Run every benchmark in one go: ``python -m bench.run [--quick] [--profile] [--only ...]``.
+"""Run every benchmark in one go: ``python -m bench.run [--quick|--smoke] [--profile] [--only ...]``.
 
 Cases (N shrinks with ``--quick``):
 
