@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from bench.fixtures import (
@@ -55,6 +56,19 @@ from bench.fixtures import (
     schedule_names,
     sync_redis,
 )
+from bench.harness import (
+    QUEUE_KEY,
+    RESULTS,
+    SMOKE_LEAD,
+    daemon_config,
+    json_line,
+    lateness_report,
+    lead_secs,
+    ours_cron,
+    spawn,
+    start_watcher,
+)
+from bench.lateness import case_ours
 from btu_twisted.builders import FunctionBuilder
 from btu_twisted.history import DEFAULT_LENGTH, FOLD_HISTORY, FOLD_TEXTS
 from btu_twisted.records import ScheduleRow
@@ -319,20 +333,19 @@ def case_burst_paired(opts: argparse.Namespace, n: int, pairs: int = PAIRS) -> d
     each burst is compared with the minimal script timed just before and just
     after it (one pass each), and the median of the ``pairs`` ratios counts.
     The pass before runs while the daemon waits for the due second, 8 s
-    ahead (bench.run.AROUND_LEAD); the one after as soon as the daemon stopped,
+    ahead (bench.lateness.AROUND_LEAD); the one after as soon as the daemon stopped,
     under a second after the last job.  ``burst10k`` against ``ceiling10k``
     compares one burst with passes taken seconds apart; on this shared host
     one pass differs from the next by up to 40 %, and that ratio ranged
     0.56-1.22 in one hour.  With the passes 13 s before and 2 s after each
     burst (until 2026-11-29), three pairs of one run gave 0.77-1.16."""
-    from bench.run import case_ours
-
     claims = built_claims(n, int(time.time()) - 1)
     out: list[dict[str, Any]] = []
     for k in range(pairs):
         turn = iter((2 * k, 2 * k + 1))
 
-        def around() -> dict[bool, list[dict[str, Any]]]:
+        # Pass 2k before the burst, 2k + 1 after it: this pair's turn, bound now.
+        def around(turn: Iterator[int] = turn) -> dict[bool, list[dict[str, Any]]]:
             return ceiling_passes(claims, 1, first=next(turn))
 
         burst = case_ours(opts, "burst10k_paired", n, 1, around=around)
@@ -371,22 +384,12 @@ def case_burst_paired(opts: argparse.Namespace, n: int, pairs: int = PAIRS) -> d
 
 
 def case_burst_ha(opts: argparse.Namespace, case: str, n: int, daemons: int = 3) -> dict[str, Any]:
-    from bench.run import (
-        QUEUE_KEY,
-        RESULTS,
-        _json_line,
-        _spawn,
-        daemon_config,
-        lateness_report,
-        ours_cron,
-        start_watcher,
-    )
-
     flush(REDIS_DB_OURS)
     db = BenchDatabase()
     procs = []
     try:
-        first_due = math.ceil(time.time() + 9 + n * 0.0006)
+        # Three daemons start at once: twice the smoke's margin.
+        first_due = math.ceil(time.time() + lead_secs(opts, 9 + n * 0.0006, 2 * SMOKE_LEAD))
         names = schedule_names(n)
         db.add_schedules((name, ours_cron(first_due)) for name in names)
         deadline = first_due + 12
@@ -404,10 +407,10 @@ def case_burst_ha(opts: argparse.Namespace, case: str, n: int, daemons: int = 3)
             spec_path = RESULTS / f"{case}.{k}.spec.json"
             (RESULTS / f"{case}.{k}.log").unlink(missing_ok=True)
             spec_path.write_text(__import__("json").dumps(spec))
-            procs.append(_spawn("bench.daemon_case", str(spec_path)))
-        results = [_json_line(p, f"daemon {k} ({case})", deadline - time.time() + 60)
+            procs.append(spawn("bench.daemon_case", str(spec_path)))
+        results = [json_line(p, f"daemon {k} ({case})", deadline - time.time() + 60)
                    for k, p in enumerate(procs)]
-        watched = _json_line(watcher, "watcher", timeout=max(5, deadline - time.time() + 5))
+        watched = json_line(watcher, "watcher", timeout=max(5, deadline - time.time() + 5))
         report = lateness_report(case, REDIS_DB_OURS, watched, n, first_due)
         report.update(exactly_once(n, names, first_due, QUEUE_KEY))
         report["daemons"] = [

@@ -48,14 +48,14 @@ from typing import Any
 
 from bench import fixtures
 from bench.fixtures import REDIS_DB_OURS, BenchDatabase, flush, redis_dbs_locked, schedule_names
-from bench.idle import proc_sample
+from bench.harness import RESULTS, daemon_config
+from bench.idle import idle_crons, proc_sample
 from bench.stats import percentile, ratio
 from btu_twisted.cli.common import CliError
 from btu_twisted.cli.daemon import request
 from tests.integration import support
 
 ROOT = fixtures.ROOT
-RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
 NEXT_RUNS = ["next-runs", "0 13 * * 1-5"]
 
@@ -149,9 +149,6 @@ def import_offenders(argv: list[str], top: int = 12) -> dict[str, Any]:
 @contextlib.contextmanager
 def daemon_files(schedules: int) -> Iterator[tuple[Path, str]]:
     """A bench database with ``schedules`` schedules and a config for it."""
-    from bench.idle import idle_crons
-    from bench.run import daemon_config
-
     flush(REDIS_DB_OURS)
     db = BenchDatabase()
     tmp = Path(tempfile.mkdtemp(prefix="btu-bench-cli-"))

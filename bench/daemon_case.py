@@ -42,6 +42,10 @@ import sys
 import time
 from typing import Any
 
+from btu_twisted.config import log_level, parse_config
+from btu_twisted.service import BtuService
+from btu_twisted.stats import lateness_summary
+from btu_twisted.store import SCHEDULE_SET
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.logger import (
@@ -51,11 +55,6 @@ from twisted.logger import (
     globalLogBeginner,
     textFileLogObserver,
 )
-
-from btu_twisted.config import log_level, parse_config
-from btu_twisted.service import BtuService
-from btu_twisted.stats import lateness_summary
-from btu_twisted.store import SCHEDULE_SET
 
 TRACED = (
     ("timer", "_step"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -24,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MYSQL = support.MYSQL
 REDIS_HOST = support.REDIS_HOST
 REDIS_PORT = support.REDIS_PORT
+#: The port of a redis-server that the smoke (:mod:`bench.smoke`) started for
+#: this process alone, or None: set only beside ``BTU_TEST_REDIS_PORT``.
+PRIVATE_REDIS_PORT = os.environ.get("BTU_BENCH_PRIVATE_REDIS_PORT") or None
 
 #: Redis database numbers reserved for the benchmarks.
 REDIS_DB_OURS = 10
@@ -61,7 +65,7 @@ class ScheduleFile:
     Same ``add_schedules`` and ``drop`` as :class:`BenchDatabase`, so a case
     takes either; ``name`` is None because there is no database: the daemon's
     config then has no ``mysql_*`` key and nothing connects to MariaDB
-    (``daemon_config`` in :mod:`bench.run`).  Each schedule calls the same
+    (``daemon_config`` in :mod:`bench.harness`).  Each schedule calls the same
     function with the same keyword arguments as the database's task, on queue
     ``default``, so the jobs differ only in where the schedule came from.
     """
@@ -97,14 +101,23 @@ def schedule_source(source: str) -> BenchDatabase | ScheduleFile:
     return BenchDatabase() if source == "mariadb" else ScheduleFile()
 
 
+def on_private_redis() -> bool:
+    """Whether REDIS_HOST:REDIS_PORT is the smoke's own redis-server (nobody
+    else's data there, no lock needed)."""
+    return PRIVATE_REDIS_PORT is not None and int(PRIVATE_REDIS_PORT) == REDIS_PORT
+
+
 def drop_leftover_databases() -> list[str]:
-    """Drop ``btu_bench_*`` databases a crashed earlier run left behind."""
+    """Drop ``btu_bench_*`` databases a crashed earlier run left behind (not
+    ``btu_bench_scale_*`` ones: a ``bench.scale`` may be using one meanwhile)."""
     conn = support.admin_connection()
     dropped = []
     try:
         with conn.cursor() as cur:
             cur.execute("SHOW DATABASES LIKE 'btu\\_bench\\_%%'")
             for (name,) in cur.fetchall():
+                if name.startswith("btu_bench_scale_"):
+                    continue
                 cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
                 dropped.append(name)
     finally:
@@ -125,7 +138,11 @@ def redis_dbs_locked(dbs: Sequence[int] = (REDIS_DB_OURS, REDIS_DB_ANCHOR, REDIS
     databases (``exclusive_redis_db`` in ``tests/integration/support.py``:
     ``flock`` on ``$TMPDIR/btu_twisted-test-redis-db<N>.lock``), so that a test
     run using one of these databases and a benchmark case take turns instead
-    of flushing each other's data."""
+    of flushing each other's data.  On the smoke's private Redis nobody else
+    flushes those databases: no lock then."""
+    if on_private_redis():
+        yield
+        return
     handles = []
     try:
         for db in dbs:

@@ -44,10 +44,10 @@ from bench.fixtures import (
     schedule_names,
     schedule_source,
 )
+from bench.harness import RESULTS, daemon_config, expect_ready, json_line, spawn
 from tests.integration import support
 
 ROOT = fixtures.ROOT
-RESULTS = ROOT / "bench" / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SETTLE_SECS = 3.0      # after planning / registration, before the first reading
 QUIET_SECS = 900       # no run due within this long after the case starts
@@ -132,11 +132,9 @@ def _twistd() -> list[str]:
 
 @contextlib.contextmanager
 def idle_daemon(n: int, config: dict[str, Any], source: str = "mariadb",
-                case: str = "idle") -> Iterator[dict[str, Any]]:
+                case: str = "idle", settle: float = SETTLE_SECS) -> Iterator[dict[str, Any]]:
     """A ``twistd -n btu`` child with ``n`` schedules from ``source`` planned
     (``mariadb`` or ``file``, :func:`bench.fixtures.schedule_source`); yields its facts."""
-    from bench.run import daemon_config
-
     flush(REDIS_DB_OURS)
     db = schedule_source(source)
     tmp = tempfile.mkdtemp(prefix="btu-bench-idle-")
@@ -144,7 +142,8 @@ def idle_daemon(n: int, config: dict[str, Any], source: str = "mariadb",
     log_path = RESULTS / f"{case}.log"
     try:
         crons = idle_crons(time.time())
-        db.add_schedules(zip(schedule_names(n), [crons[i % len(crons)] for i in range(n)]))
+        db.add_schedules(zip(schedule_names(n), [crons[i % len(crons)] for i in range(n)],
+                             strict=True))
         values = daemon_config(db.name, REDIS_DB_OURS, socket_path=f"{tmp}/btu.sock",
                                schedules_file=db.schedules_file, **config)
         config_path = Path(tmp) / "btu_scheduler.toml"
@@ -168,7 +167,7 @@ def idle_daemon(n: int, config: dict[str, Any], source: str = "mariadb",
             time.sleep(0.05)
         if planned_secs is None:
             raise RuntimeError(f"twistd did not plan {n} schedules within 120 s")
-        time.sleep(SETTLE_SECS)
+        time.sleep(settle)
         yield {
             "pid": proc.pid, "proc": proc, "socket": values["socket_path"],
             "schedules": n, "distinct_crons": len(crons), "source": source,
@@ -195,18 +194,16 @@ def idle_daemon(n: int, config: dict[str, Any], source: str = "mariadb",
 
 
 def run_pinger(socket_path: str, clients: int, rounds: int) -> dict[str, Any]:
-    from bench.run import _json_line, _spawn
-
-    proc = _spawn("bench.pinger", socket_path, str(clients), str(rounds))
-    return _json_line(proc, f"pinger ({clients} clients)", timeout=300)
+    proc = spawn("bench.pinger", socket_path, str(clients), str(rounds))
+    return json_line(proc, f"pinger ({clients} clients)", timeout=300)
 
 
 def case_idle_and_ping(n: int, window: float, do_idle: bool, do_ping: bool,
                        clients: int, rounds: int, source: str = "mariadb",
-                       case: str = "idle") -> dict[str, dict[str, Any]]:
+                       case: str = "idle", settle: float = SETTLE_SECS) -> dict[str, dict[str, Any]]:
     """Results of ``idle`` and/or ``ping`` on one daemon (keys ``idle``, ``ping``)."""
     out: dict[str, dict[str, Any]] = {}
-    with idle_daemon(n, {}, source, case) as d:
+    with idle_daemon(n, {}, source, case, settle) as d:
         facts = {k: v for k, v in d.items() if k not in ("proc", "alive", "pid", "socket")}
         if do_idle:
             idle = measure_idle(d["pid"], window, d["alive"])
@@ -229,17 +226,15 @@ def case_idle_and_ping(n: int, window: float, do_idle: bool, do_ping: bool,
     return out
 
 
-def case_file_idle(n: int, window: float) -> dict[str, Any]:
+def case_file_idle(n: int, window: float, settle: float = SETTLE_SECS) -> dict[str, Any]:
     """``idle`` with the ``n`` schedules in a schedules file, no MariaDB."""
     return case_idle_and_ping(n, window, True, False, 0, 0, source="file",
-                              case="file_idle")["idle"]
+                              case="file_idle", settle=settle)["idle"]
 
 
-def case_anchor_idle(n: int, window: float) -> dict[str, Any]:
+def case_anchor_idle(n: int, window: float, settle: float = SETTLE_SECS) -> dict[str, Any]:
     """rq cron (``CronScheduler.start()``) with the same ``n`` cron strings, idle."""
     import json
-
-    from bench.run import _expect_ready, _spawn
 
     flush(REDIS_DB_ANCHOR)
     crons = idle_crons(time.time())
@@ -249,11 +244,11 @@ def case_anchor_idle(n: int, window: float) -> dict[str, Any]:
     spec_path.write_text(json.dumps(spec))
     with open(RESULTS / "anchor_idle.log", "w", encoding="utf-8") as log:
         t0 = time.time()
-        proc = _spawn("bench.anchor", str(spec_path), stderr=log)
+        proc = spawn("bench.anchor", str(spec_path), stderr=log)
     try:
-        _expect_ready(proc, "rq cron (idle)")
+        expect_ready(proc, "rq cron (idle)")
         registered_secs = time.time() - t0
-        time.sleep(SETTLE_SECS)
+        time.sleep(settle)
         result = measure_idle(proc.pid, window, lambda: proc.poll() is None)
         result.update({"schedules": n, "distinct_crons": len(crons),
                        "spawn_to_registered_secs": round(registered_secs, 3),

@@ -29,19 +29,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from twisted.internet import task
-from twisted.internet.defer import Deferred
-from twisted.logger import (
-    FilteringLogObserver,
-    Logger,
-    LogLevel,
-    LogLevelFilterPredicate,
-    LogPublisher,
-    textFileLogObserver,
-)
-
+from bench.burst import script_call
 from bench.fixtures import (
     REDIS_DB_SPARE,
     REDIS_HOST,
@@ -56,6 +47,16 @@ from btu_twisted.records import ScheduleRow
 from btu_twisted.redis_gateway import RedisGateway
 from btu_twisted.store import SCHEDULE_SET, Claim, ScheduleStore, framed, member_for
 from btu_twisted.timer import FETCH_LIMIT
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    LogPublisher,
+    textFileLogObserver,
+)
 
 CRONS = ["*/5 * * * *", "0 13 * * *", "30 2 * * 1", "15 30 2 * * * *", "*/10 4 3 * * * *",
          "0 0 1,15 * *", "7 7 * * * 2099", "*/15 5 * * 1-5"]
@@ -137,7 +138,6 @@ async def measure(reactor: Any) -> dict[str, float]:
         try:
             import txredisapi
 
-            from bench.burst import script_call
             from btu_twisted.store import CLAIM
             proto = txredisapi.RedisProtocol()
             keys, args = script_call(batches[0], daemon_keys=True)
@@ -174,9 +174,9 @@ async def measure(reactor: Any) -> dict[str, float]:
             got = await store.window(horizon, FETCH_LIMIT)
             out[f"window_near_of_{size}_members"] = len(got.near)
             out[f"window_of_{size}_ms"] = await abest(
-                lambda: store.window(horizon, FETCH_LIMIT)) * 1000
+                partial(store.window, horizon, FETCH_LIMIT)) * 1000
             out[f"window_nothing_due_of_{size}_ms"] = await abest(
-                lambda: store.window(base - 60, FETCH_LIMIT)) * 1000
+                partial(store.window, base - 60, FETCH_LIMIT)) * 1000
         plans = {f"TS-{i:06d}": int(time.time()) + 86400 for i in range(500)}
         out["plan_500_ms"] = await abest(lambda: store.plan(time.time(), plans)) * 1000
     finally:

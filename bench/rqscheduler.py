@@ -19,6 +19,7 @@ and the same out-of-process watcher times the landings.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -31,9 +32,16 @@ from typing import Any
 
 from bench import fixtures
 from bench.fixtures import REDIS_DB_ANCHOR, flush, schedule_names
+from bench.harness import (
+    RESULTS,
+    json_line,
+    lateness_report,
+    lead_secs,
+    ours_cron,
+    start_watcher,
+)
 
 ROOT = fixtures.ROOT
-RESULTS = ROOT / "bench" / "results"
 VENV = Path(os.environ.get("BTU_BENCH_RQS_VENV", "/tmp/btu-bench-rqscheduler-venv"))
 INTERVAL = "1"
 
@@ -55,8 +63,8 @@ def ensure_venv() -> dict[str, Any]:
              "--disable-pip-version-check", "rq-scheduler", f"rq=={rq_version}"],
             capture_output=True, text=True, timeout=600)
         if pip.returncode != 0:
-            return {"error": "pip install rq-scheduler rq==%s failed: %s" % (
-                rq_version, " ".join((pip.stderr or pip.stdout).split())[-400:])}
+            why = " ".join((pip.stderr or pip.stdout).split())[-400:]
+            return {"error": f"pip install rq-scheduler rq=={rq_version} failed: {why}"}
         show = subprocess.run(
             [str(VENV / "bin" / "python"), "-c",
              "import json; from importlib.metadata import version as v; "
@@ -70,15 +78,14 @@ def ensure_venv() -> dict[str, Any]:
     return info
 
 
-def case_rqscheduler_burst(case: str, n: int) -> dict[str, Any]:
-    from bench.run import _json_line, lateness_report, ours_cron, start_watcher
-
+def case_rqscheduler_burst(case: str, n: int,
+                           opts: argparse.Namespace | None = None) -> dict[str, Any]:
     venv = ensure_venv()
     if "error" in venv:
         return {"error": venv["error"], "expected": n}
     flush(REDIS_DB_ANCHOR)
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", TZ="UTC")
-    lead = 6 + n * 0.003
+    lead = lead_secs(opts, 6 + n * 0.003)
     first_due = math.ceil(time.time() + lead)
     spec = {"db": REDIS_DB_ANCHOR, "host": fixtures.REDIS_HOST, "port": fixtures.REDIS_PORT,
             "jobs": [[name, ours_cron(first_due), first_due] for name in schedule_names(n)]}
@@ -107,7 +114,7 @@ def case_rqscheduler_burst(case: str, n: int) -> dict[str, Any]:
                 cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT)
         started = time.time()
         try:
-            watched = _json_line(watcher, "watcher", timeout=deadline - time.time() + 10)
+            watched = json_line(watcher, "watcher", timeout=deadline - time.time() + 10)
         finally:
             proc.terminate()
             try:

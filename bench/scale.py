@@ -2,7 +2,7 @@
 
 ``python -m bench.scale [--n 100000] [--code DIR]``
 
-The orchestrator makes a ``btu_scale_*`` database with N enabled schedules
+The orchestrator makes a ``btu_bench_scale_*`` database with N enabled schedules
 (bulk INSERT, 50 cron strings none of which fires in the next 15 minutes, so
 no claim disturbs the figures), holds the lock of Redis database 10 as the
 ``bench.run`` cases do, and runs the daemon in a fresh process
@@ -48,19 +48,21 @@ from typing import Any
 
 from bench import fixtures
 from bench.fixtures import FUNCTION, REDIS_DB_OURS, TASK, flush, schedule_names, sync_redis
+from bench.harness import RESULTS, daemon_config, planning_crons
+from bench.soak import control_request
 from bench.stats import summary
 
-RESULTS = fixtures.ROOT / "bench" / "results"
 SLOW_USECS = 10_000
 QUIET_SECS = 900
 
 
 class ScaleDatabase(fixtures.BenchDatabase):
-    """A ``btu_scale_*`` database: not a ``btu_bench_*`` one, which a ``bench.run``
-    starting meanwhile would drop as a leftover of a crashed run."""
+    """A ``btu_bench_scale_*`` database: a ``bench.run`` starting meanwhile drops
+    other ``btu_bench_*`` ones as leftovers of a crashed run, but not these."""
 
     def __init__(self, zone: str = "UTC") -> None:
-        fixtures.support.TestDatabase.__init__(self, load_samples=False, prefix="btu_scale_")
+        fixtures.support.TestDatabase.__init__(self, load_samples=False,
+                                               prefix="btu_bench_scale_")
         self.set_zone(zone)
         self.add_task(TASK, FUNCTION, "{'source': 'btu bench'}", desc="Benchmark no-op")
 
@@ -134,8 +136,6 @@ class SlowLog:
 def _cancel_round_trips(path: str, names: list[str]) -> dict[str, Any]:
     """Each request on its own connection, as the BTU app sends it; timed
     from before the connect to the reply's line."""
-    from bench.soak import control_request
-
     samples, bad = [], []
     for name in names:
         t = time.perf_counter()
@@ -190,12 +190,11 @@ async def _refresh(reactor: Any, service: Any) -> dict[str, Any]:
 
 
 async def run_case(reactor: Any, spec: dict[str, Any]) -> dict[str, Any]:
-    from twisted.internet import task, threads
-
     from bench.daemon_case import start_logging
     from btu_twisted.config import log_level, parse_config
     from btu_twisted.service import BtuService
     from btu_twisted.store import SCHEDULE_SET
+    from twisted.internet import task, threads
 
     config, warnings = parse_config(spec["config"])
     start_logging(spec["log_file"], log_level(config))
@@ -305,8 +304,6 @@ def case_main(spec_path: str) -> None:
 def crons(now: float) -> tuple[list[str], list[str]]:
     """50 cron strings for the schedules and 50 others for the changed rows,
     none firing within QUIET_SECS."""
-    from bench.run import planning_crons
-
     chosen = planning_crons(now, 100, QUIET_SECS)
     return chosen[:50], chosen[50:]
 
@@ -347,8 +344,6 @@ def run(n: int, code: str | None, changed_pct: float, cancels: int,
             cancel = [c for c in cancel if c not in changed]
             admin.config_set("slowlog-log-slower-than", SLOW_USECS)
             admin.config_set("slowlog-max-len", max(1024, int(old_len)))
-            from bench.run import daemon_config
-
             spec = {
                 "n": n, "database": db.name, "changed": changed, "cancel": cancel,
                 "code": code, "timeout": 900,

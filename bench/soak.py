@@ -51,12 +51,12 @@ import pymysql
 import redis
 
 from bench.fixtures import FUNCTION, ROOT, TASK
+from bench.harness import RESULTS
 from bench.idle import _twistd, proc_sample
 from bench.private_services import PrivateMariaDB, PrivateRedis, remove_tree
 from bench.soak_report import OUTAGE_GRACE, print_table, read_log, rss_report, runs_report, verdict
 from tests.integration import support
 
-RESULTS = ROOT / "bench" / "results"
 SCHEMA = ROOT / "tests" / "fixtures" / "frappe_schema.sql"
 DATABASE = "btu_soak"
 
@@ -176,7 +176,7 @@ class Consumer:
             pipe = r.pipeline(transaction=False)
             for job_id in ids:
                 pipe.hmget(b"rq:job:" + job_id, "meta", "enqueued_at")
-            for job_id, (meta_raw, at_raw) in zip(ids, pipe.execute()):
+            for job_id, (meta_raw, at_raw) in zip(ids, pipe.execute(), strict=True):
                 job = job_id.decode()
                 meta = _meta(meta_raw)
                 if meta is None or "task_schedule" not in meta or "scheduled_time" not in meta:
