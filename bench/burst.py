@@ -69,11 +69,11 @@ from bench.harness import (
     start_watcher,
 )
 from bench.lateness import case_ours
-from btu_twisted.builders import FunctionBuilder
-from btu_twisted.history import DEFAULT_LENGTH, FOLD_HISTORY, FOLD_TEXTS
+from btu_twisted.jobs.builders import FunctionBuilder
+from btu_twisted.store.history import DEFAULT_LENGTH, FOLD_HISTORY, FOLD_TEXTS
 from btu_twisted.records import ScheduleRow
-from btu_twisted.resp import decode
-from btu_twisted.store import (
+from btu_twisted.store.resp import decode
+from btu_twisted.store.schedule_store import (
     CLAIM,
     DEFAULT_KEYS,
     JOB_PREFIX,
@@ -87,7 +87,7 @@ from btu_twisted.store import (
     framed,
     member_for,
 )
-from btu_twisted.timer import CLAIM_BATCH
+from btu_twisted.timing.timer import CLAIM_BATCH
 
 # The minimal claim+enqueue: no checks, no member index, one job at a time.
 MINIMAL = """

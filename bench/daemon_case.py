@@ -43,9 +43,9 @@ import time
 from typing import Any
 
 from btu_twisted.config import log_level, parse_config
-from btu_twisted.service import BtuService
-from btu_twisted.stats import lateness_summary
-from btu_twisted.store import SCHEDULE_SET
+from btu_twisted.daemon.service import BtuService
+from btu_twisted.ops.stats import lateness_summary
+from btu_twisted.store.schedule_store import SCHEDULE_SET
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.logger import (

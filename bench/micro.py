@@ -42,11 +42,11 @@ from bench.fixtures import (
     sync_redis,
 )
 from btu_twisted import cron
-from btu_twisted.builders import FunctionBuilder
+from btu_twisted.jobs.builders import FunctionBuilder
 from btu_twisted.records import ScheduleRow
-from btu_twisted.redis_gateway import RedisGateway
-from btu_twisted.store import SCHEDULE_SET, Claim, ScheduleStore, framed, member_for
-from btu_twisted.timer import FETCH_LIMIT
+from btu_twisted.store.gateway import RedisGateway
+from btu_twisted.store.schedule_store import SCHEDULE_SET, Claim, ScheduleStore, framed, member_for
+from btu_twisted.timing.timer import FETCH_LIMIT
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.logger import (
@@ -138,7 +138,7 @@ async def measure(reactor: Any) -> dict[str, float]:
         try:
             import txredisapi
 
-            from btu_twisted.store import CLAIM
+            from btu_twisted.store.schedule_store import CLAIM
             proto = txredisapi.RedisProtocol()
             keys, args = script_call(batches[0], daemon_keys=True)
             out["claim_args"] = len(keys) + len(args)

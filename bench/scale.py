@@ -85,7 +85,7 @@ def _cpu() -> float:
 def _script_label(script: str) -> str:
     """The store's name of a script SLOWLOG shows (by its SHA1, or by its first
     128 characters: SLOWLOG cuts longer arguments)."""
-    from btu_twisted import store
+    from btu_twisted.store import schedule_store as store
 
     shown = script.split("... (", 1)[0]
     for name in ("PLAN", "CLAIM", "PRUNE", "PRUNE_INDEX", "PRUNE_MEMBERS", "UNPLAN_IF_OWNED",
@@ -192,8 +192,8 @@ async def _refresh(reactor: Any, service: Any) -> dict[str, Any]:
 async def run_case(reactor: Any, spec: dict[str, Any]) -> dict[str, Any]:
     from bench.daemon_case import start_logging
     from btu_twisted.config import log_level, parse_config
-    from btu_twisted.service import BtuService
-    from btu_twisted.store import SCHEDULE_SET
+    from btu_twisted.daemon.service import BtuService
+    from btu_twisted.store.schedule_store import SCHEDULE_SET
     from twisted.internet import task, threads
 
     config, warnings = parse_config(spec["config"])
@@ -311,7 +311,7 @@ def crons(now: float) -> tuple[list[str], list[str]]:
 def seed_last_runs(admin: Any, names: list[str], now: float) -> None:
     """A last run a day ago for every schedule (they have been running), and
     for 1 % more that were deleted since: what a refresh's forgetting walks."""
-    from btu_twisted.store import LAST_ENQUEUED
+    from btu_twisted.store.schedule_store import LAST_ENQUEUED
 
     gone = [f"GONE-{i:06d}" for i in range(len(names) // 100)]
     runs = names + gone

@@ -63,7 +63,7 @@ DATABASE = "btu_soak"
 SCHEDULE_SET = "btu_scheduler:task_execution_times"
 MEMBER_INDEX = "btu_scheduler:schedule_members"
 LAST_ENQUEUED = "btu_scheduler:last_enqueued"
-RECENT_SECS = 3600  # btu_twisted.store.RECENT_SECS (the bench does not import the daemon)
+RECENT_SECS = 3600  # btu_twisted.store.schedule_store.RECENT_SECS (the bench does not import the daemon)
 
 EVERY_SECOND = "* * * * * * *"
 EVERY_MINUTE = "* * * * *"

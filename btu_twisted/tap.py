@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 from twisted.python import usage
 
 from btu_twisted.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, log_level
-from btu_twisted.tls import without_tls
+from btu_twisted.daemon.tls import without_tls
 
 if TYPE_CHECKING:
-    from btu_twisted.service import BtuService
-    from btu_twisted.sites import SitesService
+    from btu_twisted.daemon.service import BtuService
+    from btu_twisted.daemon.sites import SitesService
 
 
 class Options(usage.Options):
@@ -41,11 +41,11 @@ class Options(usage.Options):
 
 def makeService(options: Options, reactor: Any = None) -> BtuService | SitesService:
     # The daemon's modules are imported here, not when twistd lists its
-    # plugins, so that what they load can depend on the config (btu_twisted.tls).
+    # plugins, so that what they load can depend on the config (btu_twisted.daemon.tls).
     with without_tls(options.config):
-        from btu_twisted.logsetup import apply_level
-        from btu_twisted.service import BtuService
-        from btu_twisted.sites import SitesService
+        from btu_twisted.ops.logsetup import apply_level
+        from btu_twisted.daemon.service import BtuService
+        from btu_twisted.daemon.sites import SitesService
 
         if reactor is None:
             from twisted.internet import reactor as default_reactor

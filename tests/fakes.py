@@ -1,9 +1,9 @@
 """In-memory stand-ins for the daemon's outside services, for Clock-driven tests.
 
-* :class:`FakeStore` behaves like :class:`btu_twisted.store.ScheduleStore` over
+* :class:`FakeStore` behaves like :class:`btu_twisted.store.schedule_store.ScheduleStore` over
   real Redis: the same sorted set, member index and last-enqueued hash, with
   the PLAN / CLAIM / PRUNE / CANCEL rules of the Lua scripts re-stated in Python.
-* :class:`FakeDatabase` behaves like :class:`btu_twisted.sql.Database`: exact-name
+* :class:`FakeDatabase` behaves like :class:`btu_twisted.sources.mariadb.Database`: exact-name
   lookups, the full refresh's chunks of (name, enabled, fingerprint) in name
   order, a ``check``.
 * :class:`FlakyBuilder` wraps the real :class:`FunctionBuilder` and can fail
@@ -30,14 +30,14 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 
-from btu_twisted.builders import BuildError, BuiltJob, FunctionBuilder
+from btu_twisted.jobs.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.health import Dependency
-from btu_twisted.history import DEFAULT_LENGTH, ENQUEUED, SKIPPED_OVERLAP, encode_run
-from btu_twisted.plan_memory import row_fingerprint
+from btu_twisted.store.history import DEFAULT_LENGTH, ENQUEUED, SKIPPED_OVERLAP, encode_run
+from btu_twisted.planning.memory import row_fingerprint
 from btu_twisted.records import ScheduleRow
-from btu_twisted.resp import decode
-from btu_twisted.sql import STATES_CHUNK, Changes
-from btu_twisted.store import (
+from btu_twisted.store.resp import decode
+from btu_twisted.sources.mariadb import STATES_CHUNK, Changes
+from btu_twisted.store.schedule_store import (
     CLAIMED,
     JOB_PREFIX,
     LOST,

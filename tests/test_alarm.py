@@ -13,9 +13,9 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
-from btu_twisted.alarm import Alarm
+from btu_twisted.timing.alarm import Alarm
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.timer import LOOKAHEAD, Timer
+from btu_twisted.timing.timer import LOOKAHEAD, Timer
 from tests.fakes import EPOCH, FakeDatabase, FakeStore, FlakyBuilder, make_row, run_until
 
 S = EPOCH

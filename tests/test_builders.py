@@ -1,4 +1,4 @@
-"""Tests for btu_twisted.builders and btu_twisted.frappe_http.
+"""Tests for btu_twisted.jobs.builders and btu_twisted.jobs.frappe_http.
 
 The job hash is checked the way it will be used: rq itself loads it back, and
 in the end-to-end tests a real rq worker (a child process, see
@@ -43,8 +43,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from btu_twisted import builders, frappe_http
-from btu_twisted.builders import (
+from btu_twisted.jobs import builders, frappe_http
+from btu_twisted.jobs.builders import (
     BuildError,
     BuiltJob,
     make_builder,

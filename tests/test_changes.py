@@ -8,10 +8,10 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
-from btu_twisted.changes import ChangeFeed
+from btu_twisted.sources.change_feed import ChangeFeed
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.job_ids import JobIdRecorder
-from btu_twisted.sql import RowsLocked
+from btu_twisted.sources.job_ids import JobIdRecorder
+from btu_twisted.sources.mariadb import RowsLocked
 from tests.fakes import EPOCH, FakeDatabase, run_until
 
 T0 = datetime(2027, 1, 15, 8, 0, 0)

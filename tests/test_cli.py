@@ -45,8 +45,8 @@ from btu_twisted import cli
 from btu_twisted.cli import daemon as cli_daemon
 from btu_twisted.cli import main
 from btu_twisted.cli.pickles import read_job_call
-from btu_twisted.protocol import ControlFactory
-from btu_twisted.store import LAST_ENQUEUED, SCHEDULE_SET
+from btu_twisted.daemon.protocol import ControlFactory
+from btu_twisted.store.schedule_store import LAST_ENQUEUED, SCHEDULE_SET
 from tests.integration.support import (
     TestDatabase,
     config_values,
@@ -747,7 +747,7 @@ class _Control:
         return {"fifo_length": len(self.planned)}
 
     def reload(self) -> Deferred[str]:
-        from btu_twisted.file_schedules import ScheduleFileError
+        from btu_twisted.sources.schedules_file import ScheduleFileError
 
         self.reloads = getattr(self, "reloads", 0) + 1
         if self.full:

@@ -1,4 +1,4 @@
-"""Tests for btu_twisted.control_socket against the real reactor and real sockets.
+"""Tests for btu_twisted.daemon.control_socket against the real reactor and real sockets.
 
 Socket paths live in a short directory under /tmp: AF_UNIX paths are limited
 to about 107 bytes, more than trial's _trial_temp paths can promise.
@@ -27,8 +27,8 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from btu_twisted.control_socket import ControlSocketService, SocketInUseError
-from btu_twisted.protocol import ControlFactory, ControlProtocol
+from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseError
+from btu_twisted.daemon.protocol import ControlFactory, ControlProtocol
 from tests.test_protocol import FakeControl
 
 reactor: Any = _reactor

@@ -26,10 +26,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from btu_twisted.builders import FunctionBuilder
+from btu_twisted.jobs.builders import FunctionBuilder
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.planner import Planner
-from btu_twisted.timer import Timer
+from btu_twisted.planning.planner import Planner
+from btu_twisted.timing.timer import Timer
 from tests.fakes import FakeDatabase, FakeStore, make_row, run_until
 
 FIXED = "TS-FIXED-0130"      # 30 1 * * *

@@ -9,8 +9,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from btu_twisted.builders import FunctionBuilder, make_builders
-from btu_twisted.file_schedules import (
+from btu_twisted.jobs.builders import FunctionBuilder, make_builders
+from btu_twisted.sources.schedules_file import (
     ScheduleFileError,
     SchedulesDiff,
     diff_schedules,
@@ -252,7 +252,7 @@ class BuildTests(SynchronousTestCase):
         from dataclasses import replace
         from types import SimpleNamespace
 
-        from btu_twisted.builders import FRAPPE_EXECUTE_JOB
+        from btu_twisted.jobs.builders import FRAPPE_EXECUTE_JOB
 
         config = SimpleNamespace(
             schedules_file="s.toml", uses_mariadb=True, job_builder="frappe_site",
@@ -269,7 +269,7 @@ def restored(fields: dict[str, object]) -> Any:
     """The rq Job a worker would read from these hash fields."""
     from rq.job import Job
 
-    from btu_twisted.builders import NO_REDIS
+    from btu_twisted.jobs.builders import NO_REDIS
 
     job = Job(id="x", connection=NO_REDIS)
     job.restore(as_stored(fields))

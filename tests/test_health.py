@@ -9,7 +9,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from btu_twisted.health import Dependency, iso_utc
-from btu_twisted.metrics import Metrics
+from btu_twisted.ops.metrics import Metrics
 from tests.fakes import EPOCH
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

@@ -6,7 +6,7 @@ import platform
 
 from twisted.trial import unittest
 
-from btu_twisted import heap
+from btu_twisted.ops import heap
 
 
 class ReleaseTests(unittest.SynchronousTestCase):

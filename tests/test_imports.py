@@ -8,7 +8,7 @@ and HTTP stacks: those imports were most of their start-up time.  The daemon
 must not load the HTTP client (treq) for a builder that makes no HTTP call,
 nor prometheus_client and twisted.web without ``metrics_port``, nor
 pyOpenSSL and service_identity when no builder makes an HTTPS call
-(:mod:`btu_twisted.tls`), nor cryptography's OpenSSL bindings, which PyMySQL
+(:mod:`btu_twisted.daemon.tls`), nor cryptography's OpenSSL bindings, which PyMySQL
 wants only for RSA password logins that MariaDB never asks for.  (The
 ``cryptography`` package itself is loaded, by redis-py, without its bindings.)
 """
@@ -28,7 +28,7 @@ from typing import Any
 from twisted.trial import unittest
 
 from btu_twisted.config import parse_config
-from btu_twisted.tls import uses_tls
+from btu_twisted.daemon.tls import uses_tls
 from tests.integration.support import config_values, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +38,8 @@ CLI_HEAVY = ("twisted", "txredisapi", "pymysql", "redis", "rq", "treq", "OpenSSL
              "cryptography", "service_identity", "prometheus_client")
 
 #: Never loaded by a daemon whose config uses neither the frappe builder nor metrics.
-DAEMON_UNUSED = ("treq", "prometheus_client", "twisted.web", "btu_twisted.frappe_http",
-                 "btu_twisted.metrics", "hyperlink", "OpenSSL", "service_identity",
+DAEMON_UNUSED = ("treq", "prometheus_client", "twisted.web", "btu_twisted.jobs.frappe_http",
+                 "btu_twisted.ops.metrics", "hyperlink", "OpenSSL", "service_identity",
                  "twisted.internet.ssl", "twisted.protocols.tls", "cryptography.hazmat")
 
 
@@ -132,7 +132,7 @@ class DaemonImportTests(_WithConfig):
         no prometheus_client, no twisted.web and no TLS."""
         child = loaded_after(MAKE_SERVICE, self.config(job_builder="function"))
         self.assertEqual(child["result"], ["FunctionBuilder", False])
-        self.assertIn("btu_twisted.service", child["modules"])
+        self.assertIn("btu_twisted.daemon.service", child["modules"])
         self.assertEqual(present(child["modules"], DAEMON_UNUSED), [])
 
     def test_metrics_without_tls(self) -> None:
@@ -140,7 +140,7 @@ class DaemonImportTests(_WithConfig):
         child = loaded_after(MAKE_SERVICE, self.config(job_builder="function", metrics_port=9464))
         self.assertEqual(child["result"], ["FunctionBuilder", True])
         self.assertEqual(present(child["modules"], DAEMON_UNUSED),
-                         ["btu_twisted.metrics", "hyperlink", "prometheus_client", "twisted.web"])
+                         ["btu_twisted.ops.metrics", "hyperlink", "prometheus_client", "twisted.web"])
 
     def test_tls_can_still_be_loaded_afterwards(self) -> None:
         """Built without TLS, the process can still import pyOpenSSL and the real

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.trial import unittest
 
-from btu_twisted.logsetup import apply_level
+from btu_twisted.ops.logsetup import apply_level
 
 
 class ApplyLevelTests(unittest.TestCase):

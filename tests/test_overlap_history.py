@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from twisted.logger import capturedLogs
 
-from btu_twisted.history import (
+from btu_twisted.store.history import (
     DROPPED,
     ENQUEUED,
     SKIPPED_MISFIRE,

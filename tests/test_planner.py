@@ -11,8 +11,8 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted import planner as planner_module
-from btu_twisted.planner import Planner
+from btu_twisted.planning import planner as planner_module
+from btu_twisted.planning.planner import Planner
 from tests.fakes import EPOCH, FakeDatabase, FakeStore, make_row, run_until
 
 S = EPOCH  # minute-aligned; "* * * * *" next runs at S + 60
@@ -408,7 +408,7 @@ class UnexpectedErrorTests(PlannerCase):
         """An exception the cron module did not foresee makes that schedule
         unplannable (one error naming it), while the rest of its batch is
         planned and nothing is retried forever."""
-        from btu_twisted import planner as planner_module
+        from btu_twisted.planning import planner as planner_module
 
         real = planner_module.cron.next_run
 

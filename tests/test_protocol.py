@@ -1,4 +1,4 @@
-"""Tests for btu_twisted.protocol: framing, replies, limits and errors.
+"""Tests for btu_twisted.daemon.protocol: framing, replies, limits and errors.
 
 Everything runs in memory (StringTransport, task.Clock), so the BTU client's
 byte pattern, split deliveries and timeouts are checked deterministically.
@@ -16,7 +16,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from btu_twisted.protocol import ControlFactory, ControlProtocol
+from btu_twisted.daemon.protocol import ControlFactory, ControlProtocol
 
 PING = b'{"request_type": "ping", "request_content": null}'
 TS = "TS-000001"
@@ -161,7 +161,7 @@ class RequestTypeTests(ProtocolTestCase):
 
     def test_reload_waits_then_reports_every_problem(self) -> None:
         """A slow reload holds the next request; a broken file's problems come in one line."""
-        from btu_twisted.file_schedules import ScheduleFileError
+        from btu_twisted.sources.schedules_file import ScheduleFileError
 
         pending: Deferred[str] = Deferred()
         self.control.reload_results.append(pending)

@@ -8,7 +8,7 @@ from twisted.trial.unittest import TestCase
 
 from btu_twisted.config import ConfigError, masked, parse_config
 from btu_twisted.redis_target import mask_url, parse_url, target_of
-from btu_twisted.tls import uses_tls
+from btu_twisted.daemon.tls import uses_tls
 from tests.test_config import minimal
 
 

@@ -10,8 +10,8 @@ from twisted.logger import LogEvent, LogLevel, capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.planner import Planner
-from btu_twisted.refresh import FullRefresh
+from btu_twisted.planning.planner import Planner
+from btu_twisted.planning.refresh import FullRefresh
 from tests.fakes import EPOCH, FakeDatabase, FakeStore, make_row, run_until
 
 S = EPOCH
@@ -238,7 +238,7 @@ class OverlapTests(RefreshCase):
         """A retry after a failure, still running when the period ends, is not
         overlapped by the period's regular refresh.
 
-        DEFECT (btu_twisted/refresh.py, FullRefresh._retry_now): retries run
+        DEFECT (btu_twisted/planning/refresh.py, FullRefresh._retry_now): retries run
         outside the LoopingCall (``Deferred.fromCoroutine`` on a separate
         ``callLater``), so the LoopingCall does not wait for them and starts
         its tick while a retry is in flight (and a retry likewise fires while

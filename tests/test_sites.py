@@ -24,8 +24,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from btu_twisted.cli import main
 from btu_twisted.config import ConfigError, parse_config, site_config
 from btu_twisted.records import ScheduleRow
-from btu_twisted.service import BtuService
-from btu_twisted.sites import SitesService
+from btu_twisted.daemon.service import BtuService
+from btu_twisted.daemon.sites import SitesService
 from btu_twisted.tap import Options, makeService
 from tests.test_frappe_bench import COMMON, make_bench
 
@@ -259,7 +259,7 @@ class DaemonWiringTests(_Bench):
             service.alarm.log.info("shared")
         systems = [str(e.get("log_system")).partition(" ")[0] for e in events]
         self.assertEqual(systems, ["a.local"] * 8 + ["None"] * 3)
-        self.assertEqual(events[1]["log_system"], "a.local btu_twisted.timer.Timer#info")
+        self.assertEqual(events[1]["log_system"], "a.local btu_twisted.timing.timer.Timer#info")
         self.assertIs(events[1]["log_source"], a.timer)
 
     def test_the_sites_timers_share_one_alarm(self) -> None:

@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial import unittest
 
-from btu_twisted.control_socket import ControlSocketService
+from btu_twisted.daemon.control_socket import ControlSocketService
 
 ETC = Path(__file__).resolve().parent.parent / "etc"
 UNIT = ETC / "systemd" / "btu_scheduler.service"

@@ -11,13 +11,13 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from btu_twisted import refresh as refresh_module
-from btu_twisted import sources as sources_module
+from btu_twisted.planning import refresh as refresh_module
+from btu_twisted.sources import combined as sources_module
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.file_schedules import ScheduleFileError, SchedulesDiff
-from btu_twisted.planner import Planner
-from btu_twisted.refresh import FullRefresh
-from btu_twisted.sources import FileSchedules, NameConflict, NoChangeFeed, ScheduleSources
+from btu_twisted.sources.schedules_file import ScheduleFileError, SchedulesDiff
+from btu_twisted.planning.planner import Planner
+from btu_twisted.planning.refresh import FullRefresh
+from btu_twisted.sources.combined import FileSchedules, NameConflict, NoChangeFeed, ScheduleSources
 from tests.fakes import EPOCH, FakeDatabase, FakeStore, make_row, run_until
 
 

@@ -12,9 +12,9 @@ from twisted.trial import unittest
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from btu_twisted.history import ENQUEUED, encode_run
-from btu_twisted.keys import Keys
-from btu_twisted.status_page import (
+from btu_twisted.store.history import ENQUEUED, encode_run
+from btu_twisted.store.keys import Keys
+from btu_twisted.ops.status_page import (
     DEFAULT_LIMIT,
     LATEST_RUNS,
     MAX_LIMIT,

@@ -16,8 +16,8 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.store import BLOCKED, BLOCKED_RETRY_SECS, CANCEL, Blocked, ScheduleStore
-from btu_twisted.timer import Timer
+from btu_twisted.store.schedule_store import BLOCKED, BLOCKED_RETRY_SECS, CANCEL, Blocked, ScheduleStore
+from btu_twisted.timing.timer import Timer
 from tests.fakes import EPOCH, FakeDatabase, FakeStore, FlakyBuilder, make_row, run_until
 
 T = EPOCH + 60  # a run of the rows' "* * * * *", a minute after the clock starts

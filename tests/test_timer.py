@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.records import ScheduleRow
-from btu_twisted.timer import CLAIM_BATCH, FIRST_BATCH, LOOKAHEAD, Timer
+from btu_twisted.timing.timer import CLAIM_BATCH, FIRST_BATCH, LOOKAHEAD, Timer
 from tests.fakes import (
     EPOCH,
     FakeDatabase,
@@ -264,7 +264,7 @@ class MisfireGraceTests(TimerCase):
         could be enqueued, so it is skipped like any other run missed by more
         than the grace.
 
-        Guards a defect this test found (btu_twisted/timer.py,
+        Guards a defect this test found (btu_twisted/timing/timer.py,
         Timer._claim_due): the grace was only checked in ``_prepare`` (at
         T-LOOKAHEAD, when the run was not late), so the prepared job was
         enqueued 600 s late whatever the grace.
@@ -430,7 +430,7 @@ class BuildFailureTests(TimerCase):
         with growing waits, one warning is logged for the schedule (not one per
         attempt), and the run fires once after recovery.
 
-        DEFECT (btu_twisted/timer.py, Timer._backoff_for): the wait never grows
+        DEFECT (btu_twisted/timing/timer.py, Timer._backoff_for): the wait never grows
         past 2 s.  A retry only happens once ``now >= retry_at``, so
         ``previous - now + 1.0`` is at most 1 and ``2 * (...)`` at most 2: the
         gaps are 1, 2, 2, 2, ... instead of 1, 2, 4, 8, ... (capped at 30).
@@ -483,7 +483,7 @@ class BuildFailureTests(TimerCase):
         """A schedule disabled while its build was failing, enabled again
         later and hit by a new outage, gets a warning for the new outage.
 
-        DEFECT (btu_twisted/timer.py, Timer._prepare / Timer._build_failed):
+        DEFECT (btu_twisted/timing/timer.py, Timer._prepare / Timer._build_failed):
         ``self._delayed[name]`` is only cleared by a *successful* build.  When
         the delayed run ends any other way (schedule disabled or deleted,
         misfire skip, permanent failure), the entry stays, and every later
@@ -606,7 +606,7 @@ class StoreOutageTests(TimerCase):
         claim must not enqueue again, and the schedule must still go back on
         the FIFO so its next run is planned.
 
-        Guards a defect this test found (btu_twisted/timer.py, Timer._settle):
+        Guards a defect this test found (btu_twisted/timing/timer.py, Timer._settle):
         the retried claim answers LOST (0) because our own first attempt
         removed the member, and LOST did not put the name back on the FIFO,
         so the schedule had no next run until the next full refresh (up to
@@ -638,7 +638,7 @@ class SynchronousStoreTests(TimerCase):
         """A store whose answers are already there (a failed or fired Deferred,
         as any synchronous error path gives) must not stop the timer for good.
 
-        DEFECT (btu_twisted/timer.py, Timer._tick): ``self._ticking =
+        DEFECT (btu_twisted/timing/timer.py, Timer._tick): ``self._ticking =
         Deferred.fromCoroutine(self._tick_safely())`` is assigned *after* the
         coroutine ran; when it finishes without suspending, its ``finally:
         self._ticking = None`` has already run, so ``_ticking`` keeps the fired

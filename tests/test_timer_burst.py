@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twisted.logger import LogLevel, capturedLogs
 
-from btu_twisted.timer import (
+from btu_twisted.timing.timer import (
     BUILD_CHUNK,
     BUILD_WAIT,
     CLAIM_BATCH,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import LogEvent, LogLevel, capturedLogs
 
-from btu_twisted.store import Window
+from btu_twisted.store.schedule_store import Window
 from tests.test_timer import S, T, TimerCase, mentioning, texts
 
 

@@ -12,8 +12,8 @@ import argparse
 from datetime import UTC, datetime
 
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
-from btu_twisted.history import FOLD_HISTORY, FOLD_TEXTS, Run, parse_run
-from btu_twisted.keys import JOB_PREFIX, Keys
+from btu_twisted.store.history import FOLD_HISTORY, FOLD_TEXTS, Run, parse_run
+from btu_twisted.store.keys import JOB_PREFIX, Keys
 
 __all__ = ["cmd_history"]
 

@@ -24,7 +24,7 @@ from rq.utils import utcformat
 
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
 from btu_twisted.cli.pickles import plain, read_job_call, summarize
-from btu_twisted.keys import JOB_PREFIX, QUEUE_PREFIX, RQ_QUEUES
+from btu_twisted.store.keys import JOB_PREFIX, QUEUE_PREFIX, RQ_QUEUES
 
 __all__ = ["cmd_list_jobs", "cmd_queue_job_now", "cmd_show_job", "describe_job", "read_job"]
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
 from btu_twisted.cli.daemon import request
-from btu_twisted.keys import Keys
+from btu_twisted.store.keys import Keys
 
 __all__ = ["cmd_clear_last_run"]
 

@@ -16,7 +16,7 @@ from btu_twisted.cli.arguments import MAX_RUNS, parse_after
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
 from btu_twisted.cli.sql import cron_time_zone
 from btu_twisted.cron import CronError, get_zone, next_runs
-from btu_twisted.keys import Keys
+from btu_twisted.store.keys import Keys
 
 __all__ = ["MAX_RUNS", "cmd_next_runs", "cmd_show_scheduled", "parse_after"]
 
@@ -68,7 +68,7 @@ def _one_line(error: BaseException) -> str:
 
 def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
     """List every planned run in the sorted set, earliest first."""
-    from btu_twisted.store import split_member  # Twisted: not for next-runs
+    from btu_twisted.store.schedule_store import split_member  # Twisted: not for next-runs
 
     schedule_set = Keys(ctx.config().redis_key_prefix).schedule_set
     entries = ctx.redis().zrange(schedule_set, 0, -1, withscores=True)

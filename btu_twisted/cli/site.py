@@ -9,7 +9,7 @@ reactor never runs, so the site got headers announcing ``Content-Length: 50``
 and no body (issue 9 part 6), and over HTTPS not even the headers.
 
 What the site receives is still the daemon's request: URL, headers and body
-come from :mod:`btu_twisted.frappe_http` (``site_url``, ``request_headers``,
+come from :mod:`btu_twisted.jobs.frappe_http` (``site_url``, ``request_headers``,
 ``request_body``), the answer is checked by its ``parse_pickled_task`` and
 classified like the daemon's, and HTTPS verifies the certificate against the
 same name (``webserver_host_header``, else ``webserver_ip``, also sent as SNI)
@@ -34,7 +34,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from btu_twisted.builders import BuildError, BuiltJob, FrappeBuilder, make_builder
+from btu_twisted.jobs.builders import BuildError, BuiltJob, FrappeBuilder, make_builder
 from btu_twisted.cli.arguments import PING_METHOD
 from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
 from btu_twisted.cli.pickles import read_job_call
@@ -42,7 +42,7 @@ from btu_twisted.cli.sql import read_task
 from btu_twisted.config import Config
 
 # The two private names keep error wording and limits exactly the daemon's.
-from btu_twisted.frappe_http import (
+from btu_twisted.jobs.frappe_http import (
     _ERROR_BODY_BYTES,
     ENDPOINT_PATH,
     MAX_BODY_BYTES,
@@ -53,7 +53,7 @@ from btu_twisted.frappe_http import (
     request_headers,
     site_url,
 )
-from btu_twisted.keys import JOB_PREFIX, QUEUE_PREFIX, RQ_QUEUES
+from btu_twisted.store.keys import JOB_PREFIX, QUEUE_PREFIX, RQ_QUEUES
 
 __all__ = ["PING_METHOD", "BlockingSite", "cmd_queue_task_now", "cmd_test_pickler",
            "cmd_test_ping"]

@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from btu_twisted.config import parse_config
-from btu_twisted.service import BtuService
+from btu_twisted.daemon.service import BtuService
 from tests.integration.support import REDIS_HOST, REDIS_PORT
 
 ROOT = Path(__file__).resolve().parent.parent.parent

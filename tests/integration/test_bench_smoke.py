@@ -26,8 +26,8 @@ from twisted.trial import unittest
 
 from bench import burst, micro
 from bench import run as bench_run
-from btu_twisted.store import CLAIM, CLAIMED
-from btu_twisted.timer import CLAIM_BATCH
+from btu_twisted.store.schedule_store import CLAIM, CLAIMED
+from btu_twisted.timing.timer import CLAIM_BATCH
 from tests.integration.redis_servers import RedisServer, server_directory, start_server
 
 N = CLAIM_BATCH + 5  # two claim calls: a key or argument off by one in the second shows

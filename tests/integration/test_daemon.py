@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from twisted.trial import unittest
 
-from btu_twisted.store import LAST_ENQUEUED, SCHEDULE_SET
+from btu_twisted.store.schedule_store import LAST_ENQUEUED, SCHEDULE_SET
 from tests.integration.daemon import make_service, run_worker, wait_for
 from tests.integration.support import (
     TestDatabase,

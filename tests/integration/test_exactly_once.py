@@ -30,7 +30,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
-from btu_twisted.store import MEMBER_INDEX
+from btu_twisted.store.schedule_store import MEMBER_INDEX
 from tests.integration.daemon import ROOT, make_service, wait_for
 from tests.integration.support import (
     TWISTD,

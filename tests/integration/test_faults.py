@@ -38,8 +38,8 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.server import Site
 
-from btu_twisted import frappe_http
-from btu_twisted.store import LAST_ENQUEUED, MEMBER_INDEX, SCHEDULE_SET
+from btu_twisted.jobs import frappe_http
+from btu_twisted.store.schedule_store import LAST_ENQUEUED, MEMBER_INDEX, SCHEDULE_SET
 from tests.integration.daemon import make_service, wait_for
 from tests.integration.proxy import TcpProxy
 from tests.integration.support import (

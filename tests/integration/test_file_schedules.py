@@ -17,8 +17,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from btu_twisted.cli.daemon import request
-from btu_twisted.file_schedules import ScheduleFileError
-from btu_twisted.keys import MEMBER_INDEX
+from btu_twisted.sources.schedules_file import ScheduleFileError
+from btu_twisted.store.keys import MEMBER_INDEX
 from tests.integration.daemon import make_service, run_worker, wait_for
 from tests.integration.redis_servers import server_directory, start_server
 from tests.integration.support import config_values

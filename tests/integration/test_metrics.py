@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from btu_twisted.protocol import ControlFactory
+from btu_twisted.daemon.protocol import ControlFactory
 from tests.integration.daemon import make_service, wait_for
 from tests.integration.support import config_values, fresh_services
 

@@ -14,8 +14,8 @@ from typing import Any
 from twisted.internet.threads import deferToThread
 
 from btu_twisted.cli import main as btu
-from btu_twisted.history import ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP, parse_run
-from btu_twisted.keys import LAST_ENQUEUED, MEMBER_INDEX, SCHEDULE_SET, Keys
+from btu_twisted.store.history import ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP, parse_run
+from btu_twisted.store.keys import LAST_ENQUEUED, MEMBER_INDEX, SCHEDULE_SET, Keys
 from tests.integration.daemon import run_worker, wait_for
 from tests.integration.support import write_config
 from tests.integration.test_file_schedules import FileDaemonCase, schedule

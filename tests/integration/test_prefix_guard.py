@@ -10,8 +10,8 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from btu_twisted.prefix_guard import PrefixGuard, PrefixTaken
-from btu_twisted.redis_gateway import RedisGateway
+from btu_twisted.store.prefix_guard import PrefixGuard, PrefixTaken
+from btu_twisted.store.gateway import RedisGateway
 from tests.integration.daemon import wait_for
 from tests.integration.redis_servers import server_directory, start_server
 

@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
-from btu_twisted.store import LAST_ENQUEUED, MEMBER_INDEX, SCHEDULE_SET
+from btu_twisted.store.schedule_store import LAST_ENQUEUED, MEMBER_INDEX, SCHEDULE_SET
 from tests.integration.daemon import make_service, run_worker, wait_for
 from tests.integration.support import (
     TestDatabase,

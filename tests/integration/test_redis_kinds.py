@@ -25,8 +25,8 @@ from twisted.trial import unittest
 
 from btu_twisted.cli.common import Context
 from btu_twisted.config import Config, parse_config
-from btu_twisted.prefix_guard import PrefixGuard, PrefixRefused
-from btu_twisted.redis_gateway import RedisGateway, RedisRefusedError
+from btu_twisted.store.prefix_guard import PrefixGuard, PrefixRefused
+from btu_twisted.store.gateway import RedisGateway, RedisRefusedError
 from btu_twisted.redis_target import target_of
 from tests.integration.daemon import ROOT, make_service, wait_for
 from tests.integration.redis_servers import (
@@ -190,7 +190,7 @@ class TlsTests(unittest.TestCase):
         script = (
             "import json, sys\n"
             "from btu_twisted.config import parse_config\n"
-            "from btu_twisted.tls import without_tls\n"
+            "from btu_twisted.daemon.tls import without_tls\n"
             "config, _ = parse_config(json.loads(sys.argv[1]))\n"
             "with without_tls(config) as hidden:\n"
             "    import txredisapi\n"

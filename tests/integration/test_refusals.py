@@ -33,10 +33,10 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent, globalLogPublish
 from twisted.trial import unittest
 from twisted.web.server import Site
 
-from btu_twisted.builders import BuildError, make_builder
+from btu_twisted.jobs.builders import BuildError, make_builder
 from btu_twisted.cli.daemon import request
-from btu_twisted.protocol import ControlFactory
-from btu_twisted.redis_gateway import RedisGateway, RedisRefusedError
+from btu_twisted.daemon.protocol import ControlFactory
+from btu_twisted.store.gateway import RedisGateway, RedisRefusedError
 from tests.integration.daemon import ROOT, make_service, wait_for
 from tests.integration.redis_servers import RedisServer, free_port
 from tests.integration.support import TWISTD, TestDatabase, config_values, write_config

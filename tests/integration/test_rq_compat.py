@@ -53,10 +53,10 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from btu_twisted.builders import BuiltJob, make_builder
+from btu_twisted.jobs.builders import BuiltJob, make_builder
 from btu_twisted.records import ScheduleRow
-from btu_twisted.redis_gateway import RedisGateway
-from btu_twisted.store import CLAIMED, Claim, ScheduleStore, member_for
+from btu_twisted.store.gateway import RedisGateway
+from btu_twisted.store.schedule_store import CLAIMED, Claim, ScheduleStore, member_for
 from tests.integration import rq_venvs
 from tests.integration.support import REDIS_HOST, REDIS_PORT, clean_redis, exclusive_redis_db
 

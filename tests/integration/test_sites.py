@@ -28,7 +28,7 @@ from twisted.trial.unittest import TestCase
 
 from btu_twisted.cli import main as btu
 from btu_twisted.config import load_config
-from btu_twisted.sites import SitesService
+from btu_twisted.daemon.sites import SitesService
 from tests.integration.bench_sites import (
     BENCH_ID,
     bench_path,

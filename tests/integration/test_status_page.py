@@ -25,9 +25,9 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from btu_twisted.history import ENQUEUED, SKIPPED_OVERLAP, encode_run
-from btu_twisted.keys import Keys
-from btu_twisted.service import BtuService
+from btu_twisted.store.history import ENQUEUED, SKIPPED_OVERLAP, encode_run
+from btu_twisted.store.keys import Keys
+from btu_twisted.daemon.service import BtuService
 from tests.integration.daemon import make_service, wait_for
 from tests.integration.proxy import TcpProxy
 from tests.integration.redis_servers import free_port, server_directory, start_server

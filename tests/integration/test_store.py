@@ -17,9 +17,9 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
-from btu_twisted import store as store_module
-from btu_twisted.redis_gateway import RedisGateway
-from btu_twisted.store import (
+from btu_twisted.store import schedule_store as store_module
+from btu_twisted.store.gateway import RedisGateway
+from btu_twisted.store.schedule_store import (
     BLOCKED,
     CLAIMED,
     LAST_ENQUEUED,
@@ -32,10 +32,10 @@ from btu_twisted.store import (
     Claim,
     ScheduleStore,
 )
-from btu_twisted.history import (
+from btu_twisted.store.history import (
     FOLD_TEXTS, ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP, Run, encode_run, parse_run,
 )
-from btu_twisted.keys import Keys
+from btu_twisted.store.keys import Keys
 from tests.fakes import FakeStore
 from tests.integration.support import (
     REDIS_HOST,

@@ -1,13 +1,13 @@
 """One daemon for several sites of a bench (``frappe_sites``).
 
-Each site is a :class:`~btu_twisted.service.BtuService` of its own: its
+Each site is a :class:`~btu_twisted.daemon.service.BtuService` of its own: its
 database pool, socket, key prefix and lease, BTU Configuration, change feed,
 planner, refresh and timer, with the Config bench mode derives for it.  What
 they share lives here: one :class:`RedisGateway` (one Redis connection for
 the process: a bench's sites share its ``redis_queue``), one
 ``metrics_port``, whose metrics carry a ``site`` label and whose status page
 has a section per site, and one timer wake-up: an
-:class:`~btu_twisted.alarm.Alarm` holding a single ``callLater`` at the
+:class:`~btu_twisted.timing.alarm.Alarm` holding a single ``callLater`` at the
 earliest time any site's timer wants, which wakes only the timers whose time
 has come.  Each timer still reads and claims in its own key prefix.
 
@@ -37,13 +37,13 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, LogLevel
 
-from btu_twisted.alarm import Alarm
+from btu_twisted.timing.alarm import Alarm
 from btu_twisted.config import Config, ConfigError, log_level
 from btu_twisted.live_config import config_change
-from btu_twisted.logsetup import apply_level
-from btu_twisted.redis_gateway import RedisGateway
+from btu_twisted.ops.logsetup import apply_level
+from btu_twisted.store.gateway import RedisGateway
 from btu_twisted.redis_target import target_of
-from btu_twisted.service import (
+from btu_twisted.daemon.service import (
     STARTUP_CHECK_TIMEOUT,
     BtuService,
     StartupError,
@@ -56,7 +56,7 @@ from btu_twisted.service import (
 )
 
 if TYPE_CHECKING:
-    from btu_twisted.metrics import Metrics, MetricsService
+    from btu_twisted.ops.metrics import Metrics, MetricsService
 
 __all__ = ["SitesService"]
 
@@ -89,7 +89,7 @@ class SitesService(MultiService):
         self.metrics: Metrics | None = None
         self.metrics_service: MetricsService | None = None
         if config.metrics_port:
-            from btu_twisted.metrics import Metrics, MetricsService
+            from btu_twisted.ops.metrics import Metrics, MetricsService
 
             self.metrics = Metrics(per_site=True)
             self.metrics_service = MetricsService(
@@ -186,7 +186,7 @@ class SitesService(MultiService):
         return database is not None and await database.has_btu_tables()
 
     async def _serve_metrics(self) -> None:
-        from btu_twisted.status_page import SitesPage
+        from btu_twisted.ops.status_page import SitesPage
 
         assert self.metrics_service is not None
         self.metrics_service.page = SitesPage(
@@ -295,14 +295,14 @@ class SitesService(MultiService):
 
     def _show_served(self) -> None:
         """The status page's sections follow the sites served."""
-        from btu_twisted.status_page import SitesPage
+        from btu_twisted.ops.status_page import SitesPage
 
         page = self.metrics_service.page if self.metrics_service is not None else None
         if isinstance(page, SitesPage):
             page.show(self._sections())
 
     def _sections(self) -> dict[str, Any]:
-        from btu_twisted.status_page import ScheduleReader
+        from btu_twisted.ops.status_page import ScheduleReader
 
         return {name: (site.status, ScheduleReader(site.store))
                 for name, site in self.served.items()}
@@ -331,7 +331,7 @@ class SitesService(MultiService):
 class SiteLogger(Logger):
     """A logger whose events say which site they are about: ``log_system``, what
     twistd's log lines show between brackets
-    (``[erp.example.com btu_twisted.planner.Planner#warn] planning deferred ...``)."""
+    (``[erp.example.com btu_twisted.planning.planner.Planner#warn] planning deferred ...``)."""
 
     def __init__(self, site: str, namespace: str, source: object) -> None:
         super().__init__(namespace=namespace, source=source)

@@ -1,7 +1,7 @@
 """The timer: due members become RQ jobs, each (schedule, time) exactly once.
 
 It sleeps until the earliest member is close (a wake-up on an
-:class:`~btu_twisted.alarm.Alarm`, brought forward when the planner adds an
+:class:`~btu_twisted.timing.alarm.Alarm`, brought forward when the planner adds an
 earlier one; the timers of a many-site daemon share one alarm), reads the rows
 and builds the jobs a little *before* they are due — which also hides the
 site's HTTP latency — and at the due instant claims and enqueues them, many per
@@ -35,16 +35,16 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from btu_twisted.alarm import Alarm
-from btu_twisted.builders import BuildError, BuiltJob, JobBuilder
-from btu_twisted.due import DueClaims
+from btu_twisted.timing.alarm import Alarm
+from btu_twisted.jobs.builders import BuildError, BuiltJob, JobBuilder
+from btu_twisted.timing.due import DueClaims
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
-from btu_twisted.history import DROPPED, SKIPPED_MISFIRE, SKIPPED_UNBUILDABLE
-from btu_twisted.planner import Unplannable, next_run_for
+from btu_twisted.store.history import DROPPED, SKIPPED_MISFIRE, SKIPPED_UNBUILDABLE
+from btu_twisted.planning.planner import Unplannable, next_run_for
 from btu_twisted.records import RowReader, ScheduleRow
-from btu_twisted.run_log import Enqueued, RunLog, Skipped, iso
-from btu_twisted.store import (
+from btu_twisted.timing.run_log import Enqueued, RunLog, Skipped, iso
+from btu_twisted.store.schedule_store import (
     BLOCKED,
     BLOCKED_RETRY_SECS,
     CLAIMED,

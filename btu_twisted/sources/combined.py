@@ -1,7 +1,7 @@
 """Where schedule rows come from: a schedules file, a Frappe site's MariaDB, or both.
 
 The planner, the timer, the full refresh and the job-id writer ask one object
-for rows, in the shape :class:`btu_twisted.sql.Database` answers them; this is
+for rows, in the shape :class:`btu_twisted.sources.mariadb.Database` answers them; this is
 that object.  File schedules are served from memory (the last good file,
 ``file_schedules.py``), every other name from MariaDB when one is configured.
 Without MariaDB nothing here opens a connection: there is no pool, no health
@@ -24,18 +24,18 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from btu_twisted.changes import ChangeFeed
+from btu_twisted.sources.change_feed import ChangeFeed
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.file_schedules import (
+from btu_twisted.sources.schedules_file import (
     ScheduleFileError,
     SchedulesDiff,
     diff_schedules,
     read_schedules_file,
 )
 from btu_twisted.health import Dependency
-from btu_twisted.plan_memory import row_fingerprint
+from btu_twisted.planning.memory import row_fingerprint
 from btu_twisted.records import ScheduleRow
-from btu_twisted.sql import STATES_CHUNK, Changes, Database, ScheduleState
+from btu_twisted.sources.mariadb import STATES_CHUNK, Changes, Database, ScheduleState
 
 __all__ = ["FileSchedules", "NameConflict", "NoChangeFeed", "ScheduleSources"]
 

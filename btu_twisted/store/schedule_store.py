@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from btu_twisted.history import DEFAULT_LENGTH, FOLD_HISTORY, FOLD_TEXTS
+from btu_twisted.store.history import DEFAULT_LENGTH, FOLD_HISTORY, FOLD_TEXTS
 
 # The key names live in keys.py (importable without Twisted); store.py still exports them.
-from btu_twisted.keys import (
+from btu_twisted.store.keys import (
     JOB_PREFIX,
     LAST_ENQUEUED,
     MEMBER_INDEX,
@@ -45,10 +45,10 @@ from btu_twisted.keys import (
     SCHEDULE_SET,
     Keys,
 )
-from btu_twisted.resp import Encoded, encode, join
+from btu_twisted.store.resp import Encoded, encode, join
 
 if TYPE_CHECKING:
-    from btu_twisted.redis_gateway import RedisCommands
+    from btu_twisted.store.gateway import RedisCommands
 
 DEFAULT_KEYS = Keys()
 

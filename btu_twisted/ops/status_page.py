@@ -28,9 +28,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from btu_twisted.health import DOWN, OK, iso_utc
-from btu_twisted.history import Run, parse_run
-from btu_twisted.keys import Keys
-from btu_twisted.store import split_member
+from btu_twisted.store.history import Run, parse_run
+from btu_twisted.store.keys import Keys
+from btu_twisted.store.schedule_store import split_member
 
 __all__ = [
     "DEFAULT_LIMIT", "MAX_LIMIT", "ScheduleLine", "ScheduleReader", "SitesPage", "Soonest",
@@ -65,7 +65,7 @@ return #heads > 0 and cjson.encode(heads) or '[]'
 
 
 class ScriptRunner(Protocol):
-    """What the reader needs of :class:`btu_twisted.store.ScheduleStore`."""
+    """What the reader needs of :class:`btu_twisted.store.schedule_store.ScheduleStore`."""
 
     keys: Keys
 

@@ -26,32 +26,32 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 
 from btu_twisted import __version__
-from btu_twisted.alarm import Alarm
-from btu_twisted.builders import make_builders
+from btu_twisted.timing.alarm import Alarm
+from btu_twisted.jobs.builders import make_builders
 from btu_twisted.config import Config, ConfigError, log_level
-from btu_twisted.control_socket import ControlSocketService, SocketInUseError
+from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseError
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.file_schedules import ScheduleFileError
+from btu_twisted.sources.schedules_file import ScheduleFileError
 from btu_twisted.health import Dependency
-from btu_twisted.heap import release_free_memory
-from btu_twisted.job_ids import JobIdRecorder
-from btu_twisted.keys import Keys
+from btu_twisted.ops.heap import release_free_memory
+from btu_twisted.sources.job_ids import JobIdRecorder
+from btu_twisted.store.keys import Keys
 from btu_twisted.live_config import config_change
-from btu_twisted.logsetup import apply_level
-from btu_twisted.planner import Planner
-from btu_twisted.prefix_guard import PrefixGuard, PrefixRefused, PrefixTaken
-from btu_twisted.protocol import ControlFactory
-from btu_twisted.redis_gateway import RedisGateway
+from btu_twisted.ops.logsetup import apply_level
+from btu_twisted.planning.planner import Planner
+from btu_twisted.store.prefix_guard import PrefixGuard, PrefixRefused, PrefixTaken
+from btu_twisted.daemon.protocol import ControlFactory
+from btu_twisted.store.gateway import RedisGateway
 from btu_twisted.redis_target import target_of
-from btu_twisted.refresh import FullRefresh
-from btu_twisted.sources import FileSchedules, NameConflict, ScheduleSources
-from btu_twisted.sql import Database
-from btu_twisted.stats import lateness_summary
-from btu_twisted.store import ScheduleStore
-from btu_twisted.timer import Timer
+from btu_twisted.planning.refresh import FullRefresh
+from btu_twisted.sources.combined import FileSchedules, NameConflict, ScheduleSources
+from btu_twisted.sources.mariadb import Database
+from btu_twisted.ops.stats import lateness_summary
+from btu_twisted.store.schedule_store import ScheduleStore
+from btu_twisted.timing.timer import Timer
 
 if TYPE_CHECKING:
-    from btu_twisted.metrics import Metrics, MetricsService
+    from btu_twisted.ops.metrics import Metrics, MetricsService
 
 STARTUP_CHECK_TIMEOUT = 10.0
 PREFIX_RETRY_SECS = 2.0
@@ -175,7 +175,7 @@ class BtuService(MultiService):
         self.metrics_service: MetricsService | None = None
         if config.metrics_port and metrics is None:
             # prometheus_client and twisted.web: loaded only when served.
-            from btu_twisted.metrics import Metrics, MetricsService
+            from btu_twisted.ops.metrics import Metrics, MetricsService
 
             self.metrics = Metrics()
             self.metrics_service = MetricsService(
@@ -193,7 +193,7 @@ class BtuService(MultiService):
             self.redis, Keys(config.redis_key_prefix), history_length=config.run_history_length
         )
         if self.metrics_service is not None:
-            from btu_twisted.status_page import ScheduleReader, StatusPage
+            from btu_twisted.ops.status_page import ScheduleReader, StatusPage
 
             self.metrics_service.page = StatusPage(reactor, self.status, ScheduleReader(self.store))
         self.guard = PrefixGuard(

@@ -16,11 +16,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from btu_twisted.health import Backoff
-from btu_twisted.sql import RowsLocked
+from btu_twisted.sources.mariadb import RowsLocked
 
 if TYPE_CHECKING:
-    from btu_twisted.sql import Database
-    from btu_twisted.sources import ScheduleSources
+    from btu_twisted.sources.mariadb import Database
+    from btu_twisted.sources.combined import ScheduleSources
 
 
 class JobIdRecorder:

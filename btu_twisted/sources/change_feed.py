@@ -27,7 +27,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.sql import Database
+from btu_twisted.sources.mariadb import Database
 
 POLL_SECS = 2.0
 # How far back each look reaches from the newest `modified` seen: longer than

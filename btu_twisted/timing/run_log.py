@@ -41,7 +41,7 @@ class Skipped:
 class RunLog:
     """Collects one round's runs; :meth:`flush` logs them."""
 
-    log = Logger(namespace="btu_twisted.timer")
+    log = Logger(namespace="btu_twisted.timing.timer")
 
     def __init__(self, grace: float | None) -> None:
         self._grace = grace

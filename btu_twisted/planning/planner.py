@@ -22,10 +22,10 @@ from twisted.logger import Logger
 from btu_twisted import cron
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff, Dependency
-from btu_twisted.plan_memory import PlanMemory, row_fingerprint
+from btu_twisted.planning.memory import PlanMemory, row_fingerprint
 from btu_twisted.records import RowReader, ScheduleRow
-from btu_twisted.sql import BATCH_SIZE
-from btu_twisted.store import ScheduleStore
+from btu_twisted.sources.mariadb import BATCH_SIZE
+from btu_twisted.store.schedule_store import ScheduleStore
 
 # A last enqueued run further ahead of now than this can only come from a
 # clock that ran ahead (runs are enqueued when due, never early).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterator
 
-from btu_twisted.store import Claim
+from btu_twisted.store.schedule_store import Claim
 
 
 class DueClaims:

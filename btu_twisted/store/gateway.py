@@ -32,7 +32,7 @@ commands fail ("Sentinel ... knows no master ..."), not as a bare timeout.
 And one thing it does slowly: framing a command of many thousand arguments
 (a burst's claims) in Python when it is sent.  :meth:`RedisGateway.eval_encoded`
 sends a script call whose arguments were framed ahead of time
-(:mod:`btu_twisted.resp`), through txredisapi's own reply and timeout handling.
+(:mod:`btu_twisted.store.resp`), through txredisapi's own reply and timeout handling.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from twisted.python.failure import Failure
 
 from btu_twisted.health import Dependency
 from btu_twisted.redis_target import RedisTarget
-from btu_twisted.resp import Encoded, command, encode
+from btu_twisted.store.resp import Encoded, command, encode
 
 __all__ = ["RedisCommands", "RedisGateway", "RedisRefusedError", "quiet_txredisapi"]
 

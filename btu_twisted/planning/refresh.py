@@ -30,13 +30,13 @@ from twisted.logger import Logger
 
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
-from btu_twisted.plan_memory import PlanMemory
-from btu_twisted.sql import STATES_CHUNK
-from btu_twisted.store import ScheduleStore
+from btu_twisted.planning.memory import PlanMemory
+from btu_twisted.sources.mariadb import STATES_CHUNK
+from btu_twisted.store.schedule_store import ScheduleStore
 
 if TYPE_CHECKING:
-    from btu_twisted.sql import Database
-    from btu_twisted.sources import ScheduleSources
+    from btu_twisted.sources.mariadb import Database
+    from btu_twisted.sources.combined import ScheduleSources
 
 WATCH_SECS = 2.0
 

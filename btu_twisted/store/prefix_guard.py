@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from btu_twisted.keys import Keys
+from btu_twisted.store.keys import Keys
 from btu_twisted.redis_target import ACL_RULE
 
 if TYPE_CHECKING:
-    from btu_twisted.redis_gateway import RedisCommands
+    from btu_twisted.store.gateway import RedisCommands
 
 __all__ = ["LEASE_SECS", "PrefixGuard", "PrefixRefused", "PrefixTaken"]
 

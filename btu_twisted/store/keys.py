@@ -1,6 +1,6 @@
 """The Redis key names the daemon and ``btu`` share, importable without Twisted or a Redis client.
 
-They live apart from :mod:`btu_twisted.store` (which re-exports them) so that
+They live apart from :mod:`btu_twisted.store.schedule_store` (which re-exports them) so that
 a ``btu`` command that only names a key does not pay for loading txredisapi
 and Twisted, which is most of its start-up time.
 """

@@ -74,7 +74,7 @@ class _NoTLS:
 def _stand_ins() -> dict[str, types.ModuleType]:
     modules = {}
     for name, attribute in _TXREDISAPI_NEEDS.items():
-        module = types.ModuleType(name, "btu_twisted.tls: loaded without pyOpenSSL")
+        module = types.ModuleType(name, "btu_twisted.daemon.tls: loaded without pyOpenSSL")
         setattr(module, attribute, _NoTLS)
         modules[name] = module
     return modules

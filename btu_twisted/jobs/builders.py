@@ -12,7 +12,7 @@ Three builders, chosen by ``job_builder``:
 - ``frappe_site``: the job calls Frappe's ``execute_job`` with the arguments
   ``frappe.enqueue`` would have queued; no web server needed.
 - ``frappe``: the job's pickled data comes from the site's BTU endpoint (see
-  :mod:`btu_twisted.frappe_http`); it is stored, never unpickled.
+  :mod:`btu_twisted.jobs.frappe_http`); it is stored, never unpickled.
 
 No builder touches Redis: rq's Job wants a connection object but
 ``create``/``to_dict`` do no I/O, so they get :data:`NO_REDIS`, which fails
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     # Loaded by the frappe builder only: the HTTP client and its TLS checks
     # (treq, service_identity) are memory and start-up time other builders
     # would spend for nothing.
-    from btu_twisted.frappe_http import FetchError, SiteClient
+    from btu_twisted.jobs.frappe_http import FetchError, SiteClient
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -450,7 +450,7 @@ class FrappeBuilder(_Builder):
             return rq_fields(row, when, origin, _BTU_EXECUTE_JOB, None, data=data)
 
         def failed(failure: Failure) -> Failure:
-            from btu_twisted.frappe_http import FetchError  # loaded with the client
+            from btu_twisted.jobs.frappe_http import FetchError  # loaded with the client
 
             if failure.check(FetchError):
                 exc = failure.value
@@ -541,7 +541,7 @@ def make_builder(config: Any, reactor: Any) -> JobBuilder:
             failure_ttl=FRAPPE_FAILURE_TTL if failure_ttl is None else failure_ttl,
         )
     if kind == "frappe":
-        from btu_twisted.frappe_http import SiteClient, load_trust_root, site_url
+        from btu_twisted.jobs.frappe_http import SiteClient, load_trust_root, site_url
 
         if not config.webserver_ip or not config.webserver_port:
             raise ValueError("job_builder 'frappe' needs webserver_ip and webserver_port")

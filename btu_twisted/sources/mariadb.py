@@ -20,7 +20,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from btu_twisted.health import Dependency
-from btu_twisted.plan_memory import fingerprint
+from btu_twisted.planning.memory import fingerprint
 from btu_twisted.records import ScheduleRow
 
 _log = Logger()
