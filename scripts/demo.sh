@@ -4,6 +4,10 @@
 # DEMO_SECONDS (default 70) bounds the run; Ctrl-C stops it early.
 # DEMO_SOURCE=file: no Frappe, no MariaDB schema: the schedules come from a
 # schedules_file, and the config has no mysql_* key at all.
+# The demo starts a redis-server of its own on a free port and stops it at the
+# end; DEMO_REDIS_URL=redis://host:port/db uses that Redis instead (nothing in it
+# is flushed or deleted: the demo only adds its own keys and jobs).  Its MariaDB
+# database is btu_demo, the only one it creates or drops.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -20,6 +24,23 @@ bash scripts/services.sh || exit 1
 bash scripts/venv.sh || exit 1
 mkdir -p "$WORK"
 
+cleanup_redis() { :; }
+if [ -n "${DEMO_REDIS_URL:-}" ]; then
+  REDIS_URL=$DEMO_REDIS_URL
+  echo "== using the Redis at $REDIS_URL (nothing in it is flushed)"
+else
+  REDIS_PORT=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$WORK/redis"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$WORK/redis" --logfile "$WORK/redis/redis.log" --daemonize no &
+  REDIS_PID=$!
+  cleanup_redis() { kill "$REDIS_PID" 2>/dev/null; wait "$REDIS_PID" 2>/dev/null; }
+  trap cleanup_redis EXIT
+  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  REDIS_URL="redis://127.0.0.1:$REDIS_PORT/$REDIS_DB"
+  echo "== a redis-server of the demo's own on port $REDIS_PORT (stopped at the end)"
+fi
+
 # What both variants' configs share; each adds where its schedules come from.
 cat > "$WORK/btu_scheduler.toml" <<TOML
 name = "demo"
@@ -28,9 +49,7 @@ full_refresh_internal_secs = 600
 scheduler_polling_interval = 30
 time_zone_string = "UTC"
 tracing_level = "INFO"
-rq_host = "127.0.0.1"
-rq_port = 6379
-rq_database = $REDIS_DB
+rq_url = "$REDIS_URL"
 socket_path = "$WORK/btu_scheduler.sock"
 TOML
 chmod 600 "$WORK/btu_scheduler.toml"
@@ -77,15 +96,14 @@ mysql_database = "$DB"
 job_builder = "function"
 TOML
 fi
-redis-cli -n $REDIS_DB FLUSHDB >/dev/null
 
 echo "== starting the daemon: twistd -n btu --config $WORK/btu_scheduler.toml (log: $WORK/daemon.log)"
 ( cd "$WORK" && exec "$ROOT/.venv/bin/twistd" -n --pidfile= btu --config "$WORK/btu_scheduler.toml" ) >"$WORK/daemon.log" 2>&1 &
 DAEMON=$!
 echo "== starting a real rq worker on queue 'default' for ${SECONDS_TO_RUN} s"
-( cd "$WORK" && PYTHONPATH="$ROOT/scripts" exec "$ROOT/.venv/bin/rq" worker --url "redis://127.0.0.1:6379/$REDIS_DB" default ) &
+( cd "$WORK" && PYTHONPATH="$ROOT/scripts" exec "$ROOT/.venv/bin/rq" worker --url "$REDIS_URL" default ) &
 WORKER=$!
-cleanup() { kill "$WORKER" "$DAEMON" 2>/dev/null; wait "$WORKER" "$DAEMON" 2>/dev/null; }
+cleanup() { kill "$WORKER" "$DAEMON" 2>/dev/null; wait "$WORKER" "$DAEMON" 2>/dev/null; cleanup_redis; }
 trap cleanup EXIT INT TERM
 
 for _ in $(seq 1 50); do [ -S "$WORK/btu_scheduler.sock" ] && break; sleep 0.2; done

@@ -53,10 +53,11 @@ from btu_twisted.jobs.builders import (
 )
 from btu_twisted.records import ScheduleRow
 from tests import jobfuncs
+from tests.integration.support import REDIS_HOST, REDIS_PORT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAKE_FRAPPE = Path(__file__).resolve().parent / "fixtures" / "builders_fake_frappe"
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/15"
 TOKEN = "token abcdef0123:s3cr3t-api-secret"
 WHEN = 1_767_225_600  # 2026-01-01T00:00:00Z
 RECORD_FUNC = "tests.jobfuncs.record"

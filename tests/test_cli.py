@@ -48,6 +48,8 @@ from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.daemon.protocol import ControlFactory
 from btu_twisted.store.schedule_store import LAST_ENQUEUED, SCHEDULE_SET
 from tests.integration.support import (
+    REDIS_HOST,
+    REDIS_PORT,
     TestDatabase,
     config_values,
     open_redis_db_lock,
@@ -668,7 +670,7 @@ class JobTests(_Base):
 
     def test_queue_job_now_a_real_worker_runs_it_again(self) -> None:
         """A finished job re-queued from its raw hash is run again by a real rq worker."""
-        url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+        url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
         job = self.enqueue(kwargs={"record_redis": url, "run": "again"})
         argv = worker_argv(url, ["default"])
         first = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=60, check=False)

@@ -1,8 +1,10 @@
 """Real MariaDB and Redis for integration tests: a fresh database per test.
 
-Each test gets its own MariaDB database loaded from the Frappe schema fixture
-and a Redis database number of its own, flushed before and after, so tests
-never see each other's schedules.  These helpers are synchronous: they run in
+Each test gets its own MariaDB database (named ``btu_test_*``: nothing else is
+ever dropped) loaded from the Frappe schema fixture and a Redis database number
+of its own, flushed before and after, so tests never see each other's
+schedules.  That Redis is a redis-server the run starts for itself, never the
+machine's: see :func:`_own_redis_server`.  These helpers are synchronous: they run in
 test set-up, never inside the daemon.
 """
 
@@ -31,8 +33,75 @@ MYSQL = dict(
     user=os.environ.get("BTU_TEST_MYSQL_USER", "root"),
     password=os.environ.get("BTU_TEST_MYSQL_PASSWORD", ""),
 )
+
+
+def _own_redis_server() -> int:
+    """Start a redis-server of this test run's own on a free port; its port.
+
+    The tests flush and fill Redis databases: on the machine's Redis (6379)
+    that would destroy somebody's data.  So unless ``BTU_TEST_REDIS_PORT``
+    names one, every run gets a throw-away server, stopped when the run ends
+    (and, through PR_SET_PDEATHSIG, when the run is killed).  The port goes
+    into the environment, so the processes the tests start (and benchmarks'
+    children) use the same server.
+    """
+    import atexit
+    import ctypes
+    import shutil
+    import signal
+    import socket
+    import subprocess
+
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server), "
+                           "or set BTU_TEST_REDIS_PORT to a Redis the tests may flush")
+    directory = tempfile.mkdtemp(prefix="btu-test-redis-")
+
+    def die_with_parent() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    for _ in range(5):  # a free port can be taken between the probe and the bind
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        proc = subprocess.Popen(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+             "no", "--dir", directory, "--logfile", os.path.join(directory, "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        for _ in range(200):
+            if proc.poll() is not None:
+                break
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            proc.kill()
+            continue
+        if proc.poll() is not None:
+            continue
+
+        def stop(proc: subprocess.Popen[bytes] = proc) -> None:
+            proc.terminate()
+            proc.wait(10)
+            shutil.rmtree(directory, ignore_errors=True)
+
+        atexit.register(stop)
+        os.environ["BTU_TEST_REDIS_HOST"] = "127.0.0.1"
+        os.environ["BTU_TEST_REDIS_PORT"] = str(port)
+        return port
+    raise RuntimeError(f"could not start a redis-server for the tests (see {directory})")
+
+
+REDIS_PORT = int(os.environ.get("BTU_TEST_REDIS_PORT") or _own_redis_server())
 REDIS_HOST = os.environ.get("BTU_TEST_REDIS_HOST", "127.0.0.1")
-REDIS_PORT = int(os.environ.get("BTU_TEST_REDIS_PORT", "6379"))
 # ``twistd`` of this interpreter, as a command line that works without the script.
 TWISTD = [
     sys.executable, "-c",

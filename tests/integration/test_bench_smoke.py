@@ -11,6 +11,7 @@ to the shared server's databases 10-12, and its locks) are patched to it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import math
@@ -24,7 +25,7 @@ import redis
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from bench import burst, micro
+from bench import burst, fixtures, micro, report
 from bench import run as bench_run
 from btu_twisted.store.schedule_store import CLAIM, CLAIMED
 from btu_twisted.timing.timer import CLAIM_BATCH
@@ -126,8 +127,8 @@ class BenchSmokeTests(unittest.TestCase):
             "commit": "abc1234", "btu_twisted_dirty": False, "btu_twisted_diff_sha1": "",
             "nproc": 2, "date": "2026-01-01 00:00 UTC", "python": "3.11", "rq": "2",
             "Twisted": "25", "redis_server": "7", "mariadb_server": "11"}}
-        self.assertIn("ceiling10k", bench_run.table(results))
-        self.assertEqual(bench_run.ratios(results["cases"]), {})
+        self.assertIn("ceiling10k", report.table(results))
+        self.assertEqual(report.ratios(results["cases"]), {})
 
     async def test_micro_steps(self) -> None:
         """bench.micro's steps, each once through, against the private server."""
@@ -146,7 +147,7 @@ class BenchSmokeTests(unittest.TestCase):
         anything runs, and every case ``--only`` accepts has a runner (and
         every runner a case)."""
         shown = subprocess.run(
-            [sys.executable, "-m", "bench.run", "--help"], cwd=str(bench_run.ROOT),
+            [sys.executable, "-m", "bench.run", "--help"], cwd=str(fixtures.ROOT),
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout
         self.assertIn("--only", shown)
@@ -159,10 +160,10 @@ class BenchSmokeTests(unittest.TestCase):
         self.assertIn("unknown cases: no_such_case", errors.getvalue())
 
         for quick in (False, True):
-            opts = bench_run.argparse.Namespace(quick=quick, profile=False, trace=False, only="")
+            opts = argparse.Namespace(quick=quick, profile=False, trace=False, only="")
             runners = bench_run.case_runners(opts, list(bench_run.CASES))
             self.assertEqual(sorted(runners), sorted(bench_run.CASES))
             self.assertTrue(all(callable(r) for r in runners.values()))
-        named = {case for pair in bench_run.ANCHORED + bench_run.FILE_VS_MARIADB
+        named = {case for pair in report.ANCHORED + report.FILE_VS_MARIADB
                  for case in pair}
-        self.assertLessEqual(named | set(bench_run.FILE_LATENESS_CASES), set(bench_run.CASES))
+        self.assertLessEqual(named | set(report.FILE_LATENESS_CASES), set(bench_run.CASES))

@@ -15,6 +15,8 @@ from twisted.trial import unittest
 from btu_twisted.store.schedule_store import LAST_ENQUEUED, SCHEDULE_SET
 from tests.integration.daemon import make_service, run_worker, wait_for
 from tests.integration.support import (
+    REDIS_HOST,
+    REDIS_PORT,
     TestDatabase,
     config_values,
     exclusive_redis_db,
@@ -31,7 +33,7 @@ class DaemonTests(unittest.TestCase):
         self.db = TestDatabase(load_samples=False)
         self.redis = sync_redis(DB)
         self.redis.flushdb()
-        self.url = f"redis://127.0.0.1:6379/{DB}"
+        self.url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB}"
         self.service = None
 
     async def tearDown(self) -> None:

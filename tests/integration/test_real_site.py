@@ -22,6 +22,8 @@ from twisted.trial import unittest
 from btu_twisted.store.schedule_store import LAST_ENQUEUED, MEMBER_INDEX, SCHEDULE_SET
 from tests.integration.daemon import make_service, run_worker, wait_for
 from tests.integration.support import (
+    REDIS_HOST,
+    REDIS_PORT,
     TestDatabase,
     admin_connection,
     clean_redis,
@@ -75,7 +77,7 @@ class RealSiteCase(unittest.TestCase):
         self.db.set_zone("UTC")
         self.redis = clean_redis(self, DB)
         self.db.add_task("BTU-1", "tests.jobfuncs.record",
-                         repr({"record_redis": f"redis://127.0.0.1:6379/{DB}"}))
+                         repr({"record_redis": f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB}"}))
         self.service: Any = None
 
     async def tearDown(self) -> None:
