@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv || exit 1
 fi
 log=$(mktemp)
-if ! .venv/bin/pip install --quiet ".[test]" >"$log" 2>&1; then
+if ! .venv/bin/pip install --quiet ".[test,dev]" >"$log" 2>&1; then
   cat "$log" >&2
   echo "installing btu_twisted into .venv failed" >&2
   exit 1
