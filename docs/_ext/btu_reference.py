@@ -383,6 +383,12 @@ def _arguments(parser: argparse.ArgumentParser, skip: set[str]) -> list[tuple[st
     return rows
 
 
+def _option_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The actions ``_arguments(parser, skip=set())`` lists, in the same order."""
+    return [action for action in parser._actions
+            if not isinstance(action, argparse._HelpAction | argparse._SubParsersAction)]
+
+
 def _subcommands(parser: argparse.ArgumentParser
                  ) -> list[tuple[str, str, argparse.ArgumentParser]]:
     """(name, one-line help, parser) of each subcommand, in the parser's order."""
@@ -414,8 +420,20 @@ def cli_reference(parser: argparse.ArgumentParser) -> str:
     out += [rst_escape(parser.description or ""), "",
             ".. code-block:: text", ""]
     out += ["   " + line for line in _usage(parser).splitlines()] + [""]
-    out += ["These go before or after the command's name:", ""]
-    out += _argument_list(_arguments(parser, skip=set()))
+    subcommands = _subcommands(parser)
+    everywhere = set.intersection(*(
+        {action.dest for action in sub._actions if action.option_strings}
+        for _, _, sub in subcommands)) if subcommands else set()
+    rows = _arguments(parser, skip=set())
+    shared = [row for row, action in zip(rows, _option_actions(parser), strict=True) if action.dest in everywhere]
+    alone = [row for row, action in zip(rows, _option_actions(parser), strict=True)
+             if action.dest not in everywhere]
+    if shared:
+        out += ["These go before or after the command's name:", ""]
+        out += _argument_list(shared)
+    if alone:
+        out += ["Before any command:", ""]
+        out += _argument_list(alone)
     if parser.epilog:
         out += [rst_escape(parser.epilog), ""]
     out += heading("Commands", "-")
