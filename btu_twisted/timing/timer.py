@@ -21,7 +21,6 @@ with them for the reactor or for Redis.
 
 from __future__ import annotations
 
-import gc
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,8 +40,9 @@ from btu_twisted.timing.due import DueClaims
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
 from btu_twisted.store.history import DROPPED, SKIPPED_MISFIRE, SKIPPED_UNBUILDABLE
-from btu_twisted.planning.planner import Unplannable, next_run_for
 from btu_twisted.records import RowReader, ScheduleRow
+from btu_twisted.timing.gc_hold import gc_pause, gc_resume
+from btu_twisted.timing.refusals import refusal_of
 from btu_twisted.timing.run_log import Enqueued, RunLog, Skipped, iso
 from btu_twisted.store.schedule_store import (
     BLOCKED,
@@ -54,24 +54,20 @@ from btu_twisted.store.schedule_store import (
     framed,
     split_member,
 )
-
-LOOKAHEAD = 2.0          # seconds before a run is due to read its row and build its job
-FETCH_LIMIT = 20000      # due members looked at per wake-up
-CLAIM_BATCH = 250        # members claimed per script call (Redis: ~3 ms per 250 jobs)
-CLAIMS_IN_FLIGHT = 4     # claim calls sent before the first one's reply is read
-FIRST_BATCH = 50         # a round's first call is small: its jobs land at once
-BUILD_CHUNK = 500        # rows read per query; the next chunk's are read meanwhile
-BUILD_SLICE = 100        # builds between two reactor turns at most
-SLICE_SECS = 0.005       # and at most this long, for builders that do not wait
-BUILD_CONCURRENCY = 16   # builds in flight at once (HTTP calls to the site)
-# A round of claims waits this long at most for due jobs still being built.
-BUILD_WAIT = 0.25
-# Replans, job ids and log lines of a burst wait at most this long for its
-# last claims (a schedule every second must be planned again in time).
-HOLD_SECS = 0.5
-# A prepared job whose row was read longer ago than this is built again from a
-# fresh read before it is claimed (its claim was held up, e.g. Redis away).
-ROW_FRESHNESS = LOOKAHEAD + 1.0
+from btu_twisted.timing.tuning import (
+    BUILD_CHUNK,
+    BUILD_CONCURRENCY,
+    BUILD_SLICE,
+    BUILD_WAIT,
+    CLAIM_BATCH,
+    CLAIMS_IN_FLIGHT,
+    FETCH_LIMIT,
+    FIRST_BATCH,
+    HOLD_SECS,
+    LOOKAHEAD,
+    ROW_FRESHNESS,
+    SLICE_SECS,
+)
 
 
 @dataclass
@@ -833,61 +829,3 @@ class Timer(Service):
                 self._fold_history()
 
         folding.addCallback(done)
-
-
-# Cyclic garbage collection is held off while a burst is built or claimed (by
-# any site's timer: the collector is the process's); it runs again when the
-# last hold ends.  Objects are still freed as their last reference goes.
-_gc_holds = 0
-_gc_was_enabled = False
-
-
-def gc_pause() -> None:
-    global _gc_holds, _gc_was_enabled
-    if _gc_holds == 0:
-        _gc_was_enabled = gc.isenabled()
-        gc.disable()
-    _gc_holds += 1
-
-
-def gc_resume() -> None:
-    global _gc_holds
-    _gc_holds -= 1
-    if _gc_holds == 0 and _gc_was_enabled:
-        gc.enable()
-
-
-def refusal_of(row: ScheduleRow | None, default_zone: str, when: int) -> str | None:
-    """Why the row as committed now must not run at ``when``; None when it may."""
-    if row is None:
-        return "the schedule is deleted"
-    inactive = row.inactive_reason()
-    if inactive is not None:
-        return inactive
-    produced = _produced(row, default_zone, when)
-    if isinstance(produced, str):
-        return produced
-    if produced != when:
-        return "its cron string or time zone no longer runs at that time"
-    return None
-
-
-# (cron string, zone, due time) -> the run the row produces, or why none: a
-# burst's rows mostly share a few cron strings, and croniter takes ~30 us a run.
-_runs_produced: dict[tuple[str | None, str, int], int | str] = {}
-
-
-def _produced(row: ScheduleRow, default_zone: str, when: int) -> int | str:
-    key = (row.cron_string, row.cron_time_zone or default_zone, when)
-    produced = _runs_produced.get(key)
-    if produced is None:
-        try:
-            produced = next_run_for(row, default_zone, when - 1)
-        except Unplannable as e:
-            produced = f"it cannot be planned: {e}"
-        if len(_runs_produced) >= 4096:
-            _runs_produced.clear()
-        _runs_produced[key] = produced
-    return produced
-
-
