@@ -69,3 +69,27 @@ class DueClaims:
 
     def _skip(self) -> None:
         self._next[self._seconds[0]] += 1
+
+
+class PreparedClaims:
+    """The jobs built (and framed) for runs not claimed yet, shared by the
+    builds that add them and the claim rounds that take them."""
+
+    def __init__(self) -> None:
+        self.claims: dict[str, Claim] = {}
+        self.read_at: dict[str, float] = {}  # member -> when its row was read
+        # Prepared claims by due time (stale entries are skipped when taken).
+        self.due = DueClaims()
+        self.claiming: set[str] = set()
+
+    def ready(self, claim: Claim) -> None:
+        self.claims[claim.member] = claim
+        self.due.add(claim)
+
+    def wanted(self, claim: Claim) -> bool:
+        """Still prepared (not superseded, settled or dropped), not being claimed."""
+        return self.claims.get(claim.member) is claim and claim.member not in self.claiming
+
+    def soonest(self) -> int | None:
+        """Due time of the earliest prepared claim not being claimed."""
+        return self.due.soonest(self.wanted)

@@ -1,0 +1,45 @@
+"""Filing the run history the claims left in Redis's inbox."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from btu_twisted.store.schedule_store import ScheduleStore
+
+
+class HistoryFiler:
+    # Its lines are the timer's, as they were before it had parts.
+    log = Logger(namespace="btu_twisted.timing.timer.Timer")
+
+    def __init__(self, store: ScheduleStore, running: Callable[[], bool]) -> None:
+        self._store = store
+        self._running = running
+        self.folding: Deferred[None] | None = None  # filing the run history
+        self._fold_again = False
+
+    def fold(self) -> None:
+        """File the run history entries claimed so far under their schedules
+        (history.py), one fold at a time.  A failed fold loses nothing: the
+        entries wait in Redis for the next one."""
+        if self.folding is not None:
+            self._fold_again = True
+            return
+        if not self._running() or not hasattr(self._store, "fold_history"):
+            return
+        folding = ensureDeferred(self._store.fold_history())
+        folding.addErrback(lambda failure: self.log.debug(
+            "run history not filed yet: {error}", error=failure.value))
+        if folding.called:
+            return
+        self.folding = folding
+
+        def done(_: object) -> None:
+            self.folding = None
+            if self._fold_again:
+                self._fold_again = False
+                self.fold()
+
+        folding.addCallback(done)
