@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from itertools import count
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+
+from btu_twisted.planning.clock import Clock, DelayedCall
 
 __all__ = ["Alarm", "Waker"]
 
@@ -59,11 +60,11 @@ class Waker:
 class Alarm:
     log = Logger()
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._numbers = count()
         self._waiting: set[Waker] = set()
-        self._call: IDelayedCall | None = None
+        self._call: DelayedCall | None = None
         self._target: float | None = None  # when _call is to fire
         self._firing = False
 

@@ -12,12 +12,12 @@ from collections import Counter
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from btu_twisted.jobs.builders import BuildError, BuiltJob, JobBuilder
+from btu_twisted.planning.clock import Clock, reactor_time
 from btu_twisted.records import RowReader, ScheduleRow
 from btu_twisted.store.history import DROPPED, SKIPPED_MISFIRE, SKIPPED_UNBUILDABLE
 from btu_twisted.store.schedule_store import Claim, ScheduleStore, framed, split_member
@@ -36,7 +36,7 @@ class JobPreparer:
 
     def __init__(
         self,
-        clock: IReactorTime,
+        clock: Clock,
         store: ScheduleStore,
         db: RowReader,
         builder: JobBuilder,
@@ -162,7 +162,7 @@ class JobPreparer:
             start = end
             if start < len(chunk) or not last:
                 # Let the reactor send claims and read replies in between.
-                await deferLater(self._clock, 0, lambda: None)
+                await deferLater(reactor_time(self._clock), 0, lambda: None)
 
     def _rows_unavailable(self, error: Exception) -> None:
         """One warning per kind of unexpected read failure (a SQL error: a column
@@ -251,7 +251,7 @@ class JobPreparer:
         self, member: str, name: str, when: int, row: ScheduleRow, built: BuiltJob,
         read_at: float,
     ) -> None:
-        if self._retries.forget(member, name) or self.unbuildable.pop(name, None):
+        if self._retries.forget(member, name) or self.unbuildable.pop(name, ""):
             self.log.info("schedule {schedule} can be enqueued again", schedule=name)
         # Framed for Redis now, so that claiming it at the due second costs
         # no encoding.

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rq.utils import utcformat
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.planning.clock import Clock, reactor_time
 from btu_twisted.store.history import SKIPPED_MISFIRE
 from btu_twisted.store.schedule_store import (
     BLOCKED,
@@ -48,7 +48,7 @@ class ClaimRound:
 
     def __init__(
         self,
-        clock: IReactorTime,
+        clock: Clock,
         store: ScheduleStore,
         fifo: ScheduleFifo,
         prepared: PreparedClaims,
@@ -112,12 +112,12 @@ class ClaimRound:
                     if not batch:
                         break
                     size = CLAIM_BATCH
-                    enqueued_at = utcformat(datetime.now(timezone.utc))
+                    enqueued_at = utcformat(datetime.now(UTC))
                     in_flight.append((batch, ensureDeferred(self._store.claim(batch, enqueued_at))))
                     if len(in_flight) < CLAIMS_IN_FLIGHT:
                         # Let the reactor write this call out (Redis starts on
                         # it) before the next one is put together.
-                        await deferLater(self._clock, 0, lambda: None)
+                        await deferLater(reactor_time(self._clock), 0, lambda: None)
                 if in_flight:
                     batch, reply = in_flight.popleft()
                     try:
@@ -222,7 +222,7 @@ class ClaimRound:
         if self._held_since is None:
             self._held_since = now
         enqueued = self._enqueued
-        for claim, result in zip(batch, results):
+        for claim, result in zip(batch, results, strict=False):
             self._prepared.claims.pop(claim.member, None)
             self._prepared.read_at.pop(claim.member, None)
             if result == BLOCKED:

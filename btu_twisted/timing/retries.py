@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IReactorTime
+from btu_twisted.planning.clock import Clock
 
 
 class Retries:
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self.at: dict[str, float] = {}
         self.wait: dict[str, float] = {}

@@ -49,5 +49,5 @@ class StepReport:
                 "timer step failed again ({count} in a row, next try in {delay:.0f} s): "
                 "{error_type}: {error}",
                 count=count, delay=next_delay,
-                error_type=failure.type.__name__, error=failure.getErrorMessage(),
+                error_type=type(failure.value).__name__, error=failure.getErrorMessage(),
             )

@@ -25,13 +25,13 @@ from collections.abc import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
 from btu_twisted.jobs.builders import JobBuilder
+from btu_twisted.planning.clock import Clock
 from btu_twisted.records import RowReader
 from btu_twisted.store.schedule_store import Claim, ScheduleStore
 from btu_twisted.timing.alarm import Alarm
@@ -68,7 +68,7 @@ class Timer(Service):
 
     def __init__(
         self,
-        clock: IReactorTime,
+        clock: Clock,
         store: ScheduleStore,
         db: RowReader,
         builder: JobBuilder,
@@ -134,13 +134,13 @@ class Timer(Service):
 
     # -- service ---------------------------------------------------------
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         self._arm(0)
         # What a daemon stopped mid-burst left in the run history inbox.
         self._history.fold()
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         self._wake.cancel()
         self._claims.wake(False)
         pending = [d for d in (self._ticking, self._history.folding) if d is not None]
@@ -175,7 +175,7 @@ class Timer(Service):
         try:
             next_delay = await self._step()
         except Exception:
-            failure = Failure()
+            failure = Failure()  # type: ignore[no-untyped-call]  # twisted's Failure is unannotated
             self._on_failure("timer_step")
             next_delay = self._backoff.next_delay()
         else:
