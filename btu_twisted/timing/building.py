@@ -9,7 +9,7 @@ or skipped (a permanent one); each way its member is settled with the claims.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
 from twisted.internet.task import deferLater
@@ -75,8 +75,8 @@ class JobPreparer:
         d.addErrback(lambda f: self.log.failure("preparing jobs failed", f))
         return d
 
-    def done_building(self, members: object) -> None:
-        for member in members:  # type: ignore[attr-defined]
+    def done_building(self, members: Iterable[str]) -> None:
+        for member in members:
             when = self.building.pop(member, None)
             if when is None:
                 continue
@@ -99,7 +99,9 @@ class JobPreparer:
         # claimed, once due) while later chunks are still being read and built.
         wanted.sort(key=lambda item: (item[2], item[0]))
         chunks = [wanted[i:i + BUILD_CHUNK] for i in range(0, len(wanted), BUILD_CHUNK)]
-        reading = self._read_rows(chunks[0]) if chunks else None
+        if not chunks:
+            return
+        reading: Deferred[dict[str, ScheduleRow]] | None = self._read_rows(chunks[0])
         # A burst's builds allocate enough to set off full collections of the
         # whole heap (40-60 ms each, two or three per 10,000 jobs).
         pause = len(wanted) > BUILD_SLICE
@@ -107,8 +109,9 @@ class JobPreparer:
             gc_pause()
         try:
             for k, chunk in enumerate(chunks):
+                assert reading is not None  # read ahead for every chunk but the first
                 try:
-                    rows = await reading  # type: ignore[misc]
+                    rows = await reading
                 except Exception as e:
                     reading = None
                     for later in chunks[k:]:
@@ -183,14 +186,15 @@ class JobPreparer:
     async def _prepare(
         self, member: str, name: str, when: int, row: ScheduleRow | None, read_at: float
     ) -> None:
-        if not self._may_build(member, name, when, row):
+        buildable = self._buildable(member, name, when, row)
+        if buildable is None:
             return
         try:
-            built = await self._builder.build(row, when)  # type: ignore[arg-type]
+            built = await self._builder.build(buildable, when)
         except Exception as e:
             self._not_built(member, name, when, e)
             return
-        self._got_job(member, name, when, row, built, read_at)  # type: ignore[arg-type]
+        self._got_job(member, name, when, buildable, built, read_at)
 
     def _prepare_now(
         self, member: str, name: str, when: int, row: ScheduleRow | None, read_at: float
@@ -198,23 +202,28 @@ class JobPreparer:
         """:meth:`_prepare` for a builder whose Deferred has fired when
         ``build`` returns: no build slot, no coroutine (they were a third of a
         burst job's build time)."""
-        if not self._may_build(member, name, when, row):
+        buildable = self._buildable(member, name, when, row)
+        if buildable is None:
             return
-        outcome: list[object] = []
-        self._builder.build(row, when).addBoth(outcome.append)  # type: ignore[arg-type]
+        outcome: list[BuiltJob | Failure] = []
+        self._builder.build(buildable, when).addBoth(outcome.append)
         [result] = outcome
         if isinstance(result, Failure):
-            self._not_built(member, name, when, result.value)  # type: ignore[arg-type]
+            assert result.value is not None  # a Failure has its exception; Twisted types it optional
+            self._not_built(member, name, when, result.value)
         else:
-            self._got_job(member, name, when, row, result, read_at)  # type: ignore[arg-type]
+            self._got_job(member, name, when, buildable, result, read_at)
 
-    def _may_build(self, member: str, name: str, when: int, row: ScheduleRow | None) -> bool:
-        """Whether to build this run's job; if not, its member is settled (or left)."""
+    def _buildable(
+        self, member: str, name: str, when: int, row: ScheduleRow | None
+    ) -> ScheduleRow | None:
+        """The row to build this run's job from; None when it is not to be
+        built, its member then settled (or left)."""
         if not self._running():
             # Stopped while the rows were read (or a build slot awaited): the
             # builder is closed next, and a fetch begun now would outlive it.
             # The member stays in Redis for the next start.
-            return False
+            return None
         refusal = refusal_of(row, self._default_zone, when)
         if refusal is not None:
             # The committed row no longer produces this run (edited, disabled,
@@ -226,12 +235,12 @@ class JobPreparer:
             )
             self._settle_without_job(member, name, when, DROPPED)
             self._on_failure("schedule_gone")
-            return False
+            return None
         if self._misfires.misfired(name, when, self._clock.seconds()):
             # Too late already: don't build (or call the site) for nothing.
             self._settle_without_job(member, name, when, SKIPPED_MISFIRE)
-            return False
-        return True
+            return None
+        return row
 
     def _not_built(self, member: str, name: str, when: int, e: BaseException) -> None:
         if not self._running():
@@ -259,8 +268,7 @@ class JobPreparer:
             member=member, schedule=name, when=when,
             job_id=built.job_id, origin=built.origin, fields=built.fields,
             overlap=self._overlap_skips(row),
-        )))
-        self._prepared.read_at[member] = read_at
+        )), read_at)
 
     def _build_failed(self, member: str, name: str, when: int, error: BuildError) -> None:
         reason = str(error)

@@ -126,12 +126,12 @@ class ClaimRound:
                         # The calls after it may still go through: settle them,
                         # then fail this round (backoff); the rest is retried.
                         failure = failure or e
-                        self._unclaim(batch)
+                        self._prepared.unclaim(batch)
                         continue
                     self._prepared.claiming.difference_update(c.member for c in batch)
                     now = self._clock.seconds()
-                    self._settle(batch, results, now)
-                    if now - self._held_since >= HOLD_SECS:  # type: ignore[operator]
+                    held_since = self._settle(batch, results, now)
+                    if now - held_since >= HOLD_SECS:
                         # A burst too big to claim in HOLD_SECS: the schedules
                         # claimed so far must not miss their next runs.
                         self.release_held(now)
@@ -144,7 +144,7 @@ class ClaimRound:
             gc_resume()
             for batch, reply in in_flight:  # only when cancelled or a bug
                 reply.addErrback(lambda _: None)
-                self._unclaim(batch)
+                self._prepared.unclaim(batch)
             self._end_round()
 
     def _next_batch(self, now: float, size: int) -> list[Claim]:
@@ -160,11 +160,9 @@ class ClaimRound:
         """
         batch: list[Claim] = []
         prepared = self._prepared
-        for claim in prepared.due.take(now, size, prepared.wanted):
-            member = claim.member
-            if claim.job_id and now - prepared.read_at.get(member, now) > ROW_FRESHNESS:
-                del prepared.claims[member]
-                prepared.read_at.pop(member, None)
+        for claim in prepared.take(now, size):
+            if claim.job_id and now - prepared.read_at(claim.member, now) > ROW_FRESHNESS:
+                prepared.drop(claim.member)
                 self._fifo.extend([claim.schedule])
                 continue
             batch.append(self._within_grace(claim, now))
@@ -181,15 +179,8 @@ class ClaimRound:
             member=claim.member, schedule=claim.schedule, when=claim.when,
             outcome=SKIPPED_MISFIRE,
         )
-        self._prepared.claims[claim.member] = skip
+        self._prepared.replace(skip)
         return skip
-
-    def _unclaim(self, batch: list[Claim]) -> None:
-        """A claim call failed: its claims stay prepared, to be tried again."""
-        for claim in batch:
-            self._prepared.claiming.discard(claim.member)
-            if self._prepared.claims.get(claim.member) is claim:
-                self._prepared.due.add(claim)
 
     async def _wait_for_builds(self) -> bool:
         """Wait for the next slice of due jobs being built; False if there is
@@ -215,19 +206,20 @@ class ClaimRound:
             waiting, self._built = self._built, None
             waiting.callback(built)
 
-    def _settle(self, batch: list[Claim], results: list[int], now: float) -> None:
+    def _settle(self, batch: list[Claim], results: list[int], now: float) -> float:
         """Record a claim batch's results.  What they set off (metrics, job
         ids, log lines, replans) is held for the end of the round: the next
-        batches' replies are waiting to be read."""
+        batches' replies are waiting to be read.  Returns since when they are
+        held."""
         if self._held_since is None:
             self._held_since = now
+        held_since = self._held_since
         enqueued = self._enqueued
         for claim, result in zip(batch, results, strict=False):
-            self._prepared.claims.pop(claim.member, None)
-            self._prepared.read_at.pop(claim.member, None)
+            self._prepared.drop(claim.member)
             if result == BLOCKED:
                 # Untouched by the store, which logged why: claim it again later.
-                self._retries.at[claim.member] = now + BLOCKED_RETRY_SECS
+                self._retries.block(claim.member, now + BLOCKED_RETRY_SECS)
                 continue
             if result == CLAIMED and claim.job_id:
                 enqueued.append((claim, now - claim.when))
@@ -258,6 +250,7 @@ class ClaimRound:
             # store never brings back a run already enqueued, so planning
             # again is always safe.
             self._replans.append(claim.schedule)
+        return held_since
 
     def _end_round(self) -> None:
         """A round of claims ended: let go of what it set off, unless the

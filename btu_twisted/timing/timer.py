@@ -206,10 +206,10 @@ class Timer(Service):
             next_at = min(next_at, window.beyond[1] - self._lookahead)
         todo: list[tuple[str, int]] = []
         for member, when in window.near:
-            if member in self._prepared.claims:
+            if member in self._prepared:
                 next_at = min(next_at, when)
             elif member not in self._building.building:
-                retry = self._retries.at.get(member, 0.0)
+                retry = self._retries.due_at(member)
                 if retry > now:
                     next_at = min(next_at, retry)
                 else:
@@ -225,23 +225,14 @@ class Timer(Service):
         return next_at - self._clock.seconds()
 
     def _forget_vanished(self, near: list[tuple[str, int]], truncated: bool) -> None:
-        """Drop prepared jobs whose member is gone (cancelled, replanned, claimed elsewhere).
-
-        Prepared members were all due by an earlier, smaller horizon, so a
-        complete window lists every one still there.
-        """
+        """Drop prepared jobs whose member is gone (cancelled, replanned, claimed elsewhere)."""
         alive = {m for m, _ in near}
         last_seen = near[-1][1] if near else 0
-        for member, claim in list(self._prepared.claims.items()):
-            if member not in alive and (not truncated or claim.when < last_seen):
-                del self._prepared.claims[member]
-                self._prepared.read_at.pop(member, None)
+        self._prepared.forget_gone(alive, truncated, last_seen)
         # Runs waiting for a retry were due too: gone from a complete window,
         # their schedule was cancelled or replanned, and the wait is forgotten.
         if not truncated:
-            for member in [m for m in self._retries.at if m not in alive]:
-                self._retries.at.pop(member, None)
-                self._retries.wait.pop(member, None)
+            self._retries.forget_gone(alive)
 
     def forget(self, names: list[str]) -> None:
         """The planner found these schedules gone or inactive: drop what we remember of them.
@@ -272,8 +263,8 @@ class Timer(Service):
             self._arm(0)
         elif soonest is not None:
             self._arm(soonest - self._clock.seconds())
-        elif self._retries.at:
-            self._arm(min(self._retries.at.values()) - self._clock.seconds())
+        elif (retry := self._retries.soonest()) is not None:
+            self._arm(retry - self._clock.seconds())
 
     def _slice_built(self) -> None:
         """Jobs became ready: wake a claim round waiting for them, or arm for them."""
