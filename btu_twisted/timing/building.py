@@ -31,6 +31,10 @@ from btu_twisted.timing.tuning import BUILD_CHUNK, BUILD_CONCURRENCY, BUILD_SLIC
 
 
 class JobPreparer:
+    """Builds ahead of the claims, so that a site's HTTP latency or a slow
+    builder never delays a claim: a prepared job waits in PreparedClaims for
+    its second, and a run not built in time is claimed as soon as it is."""
+
     # Its lines are the timer's, as they were before it had parts.
     log = Logger(namespace="btu_twisted.timing.timer.Timer")
 

@@ -43,6 +43,10 @@ from btu_twisted.timing.tuning import (
 
 
 class ClaimRound:
+    """One round of claims at a time (the timer's step awaits it); holds what
+    the rounds of a burst set off until the burst is claimed, HOLD_SECS at
+    most, so that a schedule due every second is still replanned in time."""
+
     # Its lines are the timer's, as they were before it had parts.
     log = Logger(namespace="btu_twisted.timing.timer.Timer")
 

@@ -11,6 +11,10 @@ from btu_twisted.store.schedule_store import ScheduleStore
 
 
 class HistoryFiler:
+    """One fold in flight at a time: the folds of a burst's rounds would
+    otherwise compete with its claims for Redis; one more is asked for if
+    claims came in during a fold."""
+
     # Its lines are the timer's, as they were before it had parts.
     log = Logger(namespace="btu_twisted.timing.timer.Timer")
 

@@ -8,6 +8,9 @@ from btu_twisted.timing.run_log import RunLog, Skipped
 
 
 class Misfires:
+    """Asked both before a job is built (no site call for a run already
+    missed) and before it is claimed (Redis was away meanwhile)."""
+
     def __init__(self, grace: float | None, runs: RunLog,
                  on_failure: Callable[[str], None]) -> None:
         self._grace = grace

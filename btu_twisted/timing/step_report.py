@@ -9,6 +9,8 @@ from btu_twisted.store.schedule_store import ScheduleStore
 
 
 class StepReport:
+    """Remembers the streak of failed steps, which a single log call cannot."""
+
     # Its lines are the timer's, as they were before it had parts.
     log = Logger(namespace="btu_twisted.timing.timer.Timer")
 

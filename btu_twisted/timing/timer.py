@@ -63,6 +63,11 @@ __all__ = [
 
 
 class Timer(Service):
+    """The service that wakes, and joins the parts that do the work: the
+    builds (JobPreparer), the claim rounds (ClaimRound), the retries, the
+    run log and the history filing.  Its constructor, ``stats``,
+    ``planned()`` and ``forget()`` are what the daemon uses."""
+
     log = Logger()
     name = "timer"
 
@@ -94,11 +99,11 @@ class Timer(Service):
         self._retries = Retries(clock)
         self._runs = RunLog(misfire_grace)
         misfires = Misfires(misfire_grace, self._runs, on_failure)
-        self._history = HistoryFiler(store, lambda: bool(self.running))
+        self._history = HistoryFiler(store, self._is_running)
         self.stats = TimerStats()
         self._building = JobPreparer(
             clock, store, db, builder, self._prepared, self._retries, misfires,
-            running=lambda: bool(self.running),
+            running=self._is_running,
             on_slice_built=self._slice_built,
             on_failure=on_failure,
             default_zone=default_zone,
@@ -108,7 +113,7 @@ class Timer(Service):
         self._claims = ClaimRound(
             clock, store, fifo, self._prepared, self._retries, misfires, self._runs,
             self.stats,
-            running=lambda: bool(self.running),
+            running=self._is_running,
             building_due=self._building.building_due,
             arm=self._arm,
             fold_history=self._history.fold,
@@ -122,6 +127,11 @@ class Timer(Service):
         self._ticking: Deferred[None] | None = None
         self._again = False
         self._truncated = False
+
+    def _is_running(self) -> bool:
+        """Asked by the parts before each step of a burst: a stopping timer
+        leaves the rest in Redis for the next start."""
+        return bool(self.running)
 
     # What the timer remembers of a schedule (tests look at these too).
     @property
