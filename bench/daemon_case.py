@@ -58,9 +58,9 @@ from twisted.logger import (
 
 TRACED = (
     ("timer", "_step"),
-    ("timer", "_claim_due"),
-    ("timer", "_build_all"),
-    ("timer", "_build_chunk"),
+    ("timer._claims", "claim_due"),
+    ("timer._building", "_build_all"),
+    ("timer._building", "_build_chunk"),
     ("store", "claim"),
     ("store", "window"),
     ("store", "plan"),
@@ -101,7 +101,10 @@ def install_trace(service: BtuService, spans: list[list[Any]]) -> None:
 
     txredisapi.BaseRedisProtocol._build_command = traced_build
     for owner_name, method_name in TRACED:
-        owner = getattr(service, owner_name)
+        # A dotted owner is a part of a part (the timer's builds and claims).
+        owner: Any = service
+        for attribute in owner_name.split("."):
+            owner = getattr(owner, attribute) if owner is not None else None
         if owner is None:
             continue
         original = getattr(owner, method_name)

@@ -13,8 +13,8 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
-from btu_twisted.timing.alarm import Alarm
 from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.timing.alarm import Alarm
 from btu_twisted.timing.timer import LOOKAHEAD, Timer
 from tests.fakes import EPOCH, FakeDatabase, FakeStore, FlakyBuilder, make_row, run_until
 
@@ -83,7 +83,7 @@ class AlarmTests(unittest.TestCase):
         """Wakers late together (the reactor was busy) are woken in one go, the
         earliest time first, ties in the order the wakers were made."""
         wakers = [self.alarm.waker(self.record(n)) for n in "abcd"]
-        for waker, when in zip(wakers, (S + 2, S + 1, S + 2, S + 1)):
+        for waker, when in zip(wakers, (S + 2, S + 1, S + 2, S + 1), strict=True):
             waker.at(when)
         self.clock.advance(5)  # every one overdue at the one firing
         self.assertEqual([n for n, _ in self.woken], ["b", "d", "a", "c"])

@@ -20,14 +20,14 @@ The three schedules of every scenario (DESIGN.md, "Cron and time zones"):
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from btu_twisted.jobs.builders import FunctionBuilder
 from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.jobs.builders import FunctionBuilder
 from btu_twisted.planning.planner import Planner
 from btu_twisted.timing.timer import Timer
 from tests.fakes import FakeDatabase, FakeStore, make_row, run_until
@@ -40,11 +40,11 @@ CRONS = {FIXED: "30 1 * * *", HOURLY: "0 * * * *", HALF_TWO: "*/30 2 * * *"}
 
 def utc(text: str) -> int:
     """Unix seconds of ``YYYY-MM-DDTHH:MM`` read as UTC."""
-    return int(datetime.strptime(text, "%Y-%m-%dT%H:%M").replace(tzinfo=timezone.utc).timestamp())
+    return int(datetime.strptime(text, "%Y-%m-%dT%H:%M").replace(tzinfo=UTC).timestamp())
 
 
 def iso(instant: float) -> str:
-    return datetime.fromtimestamp(instant, timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    return datetime.fromtimestamp(instant, UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 class DstCase(unittest.TestCase):

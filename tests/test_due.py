@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from btu_twisted.timing.due import DueClaims
 from btu_twisted.store.schedule_store import Claim
+from btu_twisted.timing.due import DueClaims
 
 
 def claim(name: str, when: int) -> Claim:

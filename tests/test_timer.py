@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from itertools import pairwise
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -455,7 +456,7 @@ class BuildFailureTests(TimerCase):
         self.advance_to(self.clock.seconds() + 300)
         self.assertEqual(self.job_count(), 1)
 
-        gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+        gaps = [b - a for a, b in pairwise(attempts)]
         self.assertEqual(gaps[:2], [1.0, 2.0])
         self.assertEqual(gaps, sorted(gaps), gaps)
         self.assertGreaterEqual(max(gaps), 8.0, f"backoff does not grow: gaps {gaps}")
@@ -588,7 +589,7 @@ class StoreOutageTests(TimerCase):
             )
             self.assertGreaterEqual(len(attempts), 3)
             self.assertEqual(attempts[0], T)
-            gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+            gaps = [b - a for a, b in pairwise(attempts)]
             self.assertEqual(gaps, sorted(gaps))
             self.store.down = False
             self.advance_to(T + 60)

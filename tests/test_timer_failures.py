@@ -52,7 +52,7 @@ class StepFailureTests(TimerCase):
         self.assertIs(traceback["log_failure"].type, RuntimeError)
         again = mentioning(events, "timer step failed again")
         self.assertEqual(len(again), 4, texts(events))
-        for count, line in zip((2, 4, 8, 16), again):
+        for count, line in zip((2, 4, 8, 16), again, strict=True):
             self.assertIn(f"({count} in a row, next try in ", line)
             self.assertIn("RuntimeError: window reply unreadable (test)", line)
         self.assertIn("next try in 2 s", again[0])  # backoff 1, 2, 4, ...

@@ -11,17 +11,17 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from btu_twisted import cron
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff, Dependency
+from btu_twisted.planning.clock import Clock, reactor_time
 from btu_twisted.planning.memory import PlanMemory, row_fingerprint
 from btu_twisted.records import RowReader, ScheduleRow
 from btu_twisted.sources.mariadb import BATCH_SIZE
@@ -67,7 +67,7 @@ class Planner(Service):
 
     def __init__(
         self,
-        clock: IReactorTime,
+        clock: Clock,
         fifo: ScheduleFifo,
         db: RowReader,
         store: ScheduleStore,
@@ -90,7 +90,7 @@ class Planner(Service):
         self._dependencies = dependencies
         self._backoff = Backoff()
         self._loop: Deferred[None] | None = None
-        self._waiting: Deferred[object] | None = None
+        self._waiting: Deferred[str] | Deferred[None] | None = None
         # Broken schedules are logged when they break or their reason changes,
         # not again at every refresh.
         self._broken: dict[str, str] = {}
@@ -115,11 +115,11 @@ class Planner(Service):
         self._runs_second: int | None = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         self._loop = Deferred.fromCoroutine(self._run())
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         if self._waiting is not None:
             self._waiting.cancel()
         loop, self._loop = self._loop, None
@@ -127,9 +127,9 @@ class Planner(Service):
 
     async def _run(self) -> None:
         while self.running:
-            self._waiting = self._fifo.get()
+            getting = self._waiting = self._fifo.get()
             try:
-                first = await self._waiting
+                first = await getting
             except CancelledError:
                 return
             finally:
@@ -138,9 +138,9 @@ class Planner(Service):
                 # Woken by the first name of what is usually a burst (a
                 # refresh, a claim round): let the rest arrive in this reactor
                 # turn so they share one query instead of costing two.
-                self._waiting = deferLater(self._clock, 0, lambda: None)
+                turn = self._waiting = deferLater(reactor_time(self._clock), 0, lambda: None)
                 try:
-                    await self._waiting
+                    await turn
                 except CancelledError:
                     self._fifo.add(first)
                     return
@@ -157,9 +157,10 @@ class Planner(Service):
                     self.log.failure("planning {count} schedules failed", count=len(names))
                 else:
                     self.log.debug("planning deferred: {error}", error=e)
-                self._waiting = deferLater(self._clock, self._backoff.next_delay(), lambda: None)
+                pause = self._waiting = deferLater(
+                    reactor_time(self._clock), self._backoff.next_delay(), lambda: None)
                 try:
-                    await self._waiting
+                    await pause
                 except CancelledError:
                     return
                 finally:
@@ -276,4 +277,4 @@ class Planner(Service):
 
 
 def _iso(when: float) -> str:
-    return datetime.fromtimestamp(when, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(when, UTC).isoformat().replace("+00:00", "Z")

@@ -24,19 +24,19 @@ from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
+from btu_twisted.planning.clock import Clock, DelayedCall, reactor_time
 from btu_twisted.planning.memory import PlanMemory
 from btu_twisted.sources.mariadb import STATES_CHUNK
 from btu_twisted.store.schedule_store import ScheduleStore
 
 if TYPE_CHECKING:
-    from btu_twisted.sources.mariadb import Database
     from btu_twisted.sources.combined import ScheduleSources
+    from btu_twisted.sources.mariadb import Database
 
 WATCH_SECS = 2.0
 
@@ -47,7 +47,7 @@ class FullRefresh(Service):
 
     def __init__(
         self,
-        clock: IReactorTime,
+        clock: Clock,
         interval: float,
         fifo: ScheduleFifo,
         db: Database | ScheduleSources,
@@ -64,12 +64,12 @@ class FullRefresh(Service):
         self._on_refreshed = on_refreshed
         self._backoff = Backoff(first=1.0, limit=min(60.0, interval))
         self._loop = LoopingCall(self._tick)
-        self._loop.clock = clock
+        self._loop.clock = reactor_time(clock)
         self._watch_interval = watch_interval
         self._watch = LoopingCall(self._check_keys)
-        self._watch.clock = clock
+        self._watch.clock = reactor_time(clock)
         self.keys_lost = 0
-        self._retry: IDelayedCall | None = None
+        self._retry: DelayedCall | None = None
         self._in_flight: Deferred[None] | None = None
         self._again: Deferred[None] | None = None
         # The planner's; without it every enabled schedule is queued each time.
@@ -77,12 +77,12 @@ class FullRefresh(Service):
         self.last: dict[str, object] = {}
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         self._loop.start(self._interval, now=True)
         self._watch.start(self._watch_interval, now=False)
 
     def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -111,7 +111,7 @@ class FullRefresh(Service):
 
             self._in_flight.addBoth(then)
         joined: Deferred[None] = Deferred()
-        self._again.addBoth(lambda result: (joined.callback(None), result)[1])
+        self._again.addBoth(_fire_then_pass, joined)
         return joined
 
     def _check_keys(self) -> Deferred[None] | None:
@@ -151,7 +151,7 @@ class FullRefresh(Service):
                 d.addBoth(self._finished)
             return d
         joined: Deferred[None] = Deferred()
-        self._in_flight.addBoth(lambda result: (joined.callback(None), result)[1])
+        self._in_flight.addBoth(_fire_then_pass, joined)
         return joined
 
     def _finished(self, result: object) -> object:
@@ -243,3 +243,10 @@ class FullRefresh(Service):
             removed=len(removed),
         )
         return len(enabled)
+
+
+def _fire_then_pass(result: object, joined: Deferred[None]) -> object:
+    """Fire ``joined`` when the refresh it waits on ends, leaving that
+    refresh's own result to its other callbacks."""
+    joined.callback(None)
+    return result

@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from itertools import count
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+
+from btu_twisted.planning.clock import Clock, DelayedCall
 
 __all__ = ["Alarm", "Waker"]
 
@@ -59,11 +60,11 @@ class Waker:
 class Alarm:
     log = Logger()
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._numbers = count()
-        self._waiting: set[Waker] = set()
-        self._call: IDelayedCall | None = None
+        self._waiting: dict[Waker, float] = {}  # each waker waiting -> its when
+        self._call: DelayedCall | None = None
         self._target: float | None = None  # when _call is to fire
         self._firing = False
 
@@ -73,21 +74,21 @@ class Alarm:
 
     def pending(self) -> list[tuple[float, Waker]]:
         """The wakers waiting, earliest first (what tests look at)."""
-        return sorted(((w.when, w) for w in self._waiting),  # type: ignore[misc]
+        return sorted(((when, w) for w, when in self._waiting.items()),
                       key=lambda item: (item[0], item[1]._order))
 
     # -- the one DelayedCall -----------------------------------------------------
     def _changed(self, waker: Waker) -> None:
         if waker.when is None:
-            self._waiting.discard(waker)
+            self._waiting.pop(waker, None)
         else:
-            self._waiting.add(waker)
+            self._waiting[waker] = waker.when
         if not self._firing:
             self._rearm()
 
     def _rearm(self) -> None:
         """Make the DelayedCall fire at the earliest time wanted (none if none is)."""
-        soonest = min((w.when for w in self._waiting), default=None)  # type: ignore[type-var]
+        soonest = min(self._waiting.values(), default=None)
         if self._call is not None and self._call.active():
             if soonest == self._target:
                 return
@@ -112,7 +113,7 @@ class Alarm:
                 if waker.when != when or when > now:
                     continue
                 waker.when = None
-                self._waiting.discard(waker)
+                self._waiting.pop(waker, None)
                 try:
                     waker._callback()
                 except Exception:  # noqa: BLE001 - logged; the others must run

@@ -69,3 +69,72 @@ class DueClaims:
 
     def _skip(self) -> None:
         self._next[self._seconds[0]] += 1
+
+
+class PreparedClaims:
+    """The jobs built (and framed) for runs not claimed yet.
+
+    The builds add them and the claim rounds take them, at different times
+    and in different coroutines; keeping the four structures behind one set
+    of methods keeps them consistent (a claim is in ``due`` once per
+    attempt, ``claims`` says which attempt is current).
+    """
+
+    def __init__(self) -> None:
+        self.claims: dict[str, Claim] = {}
+        self._read_at: dict[str, float] = {}  # member -> when its row was read
+        # Prepared claims by due time (stale entries are skipped when taken).
+        self._due = DueClaims()
+        self.claiming: set[str] = set()
+
+    def __contains__(self, member: str) -> bool:
+        return member in self.claims
+
+    def ready(self, claim: Claim, read_at: float | None = None) -> None:
+        """``claim`` is the one to make for its member (``read_at``: when the
+        row its job was built from was read; None for a claim with no job)."""
+        self.claims[claim.member] = claim
+        self._due.add(claim)
+        if read_at is not None:
+            self._read_at[claim.member] = read_at
+
+    def replace(self, claim: Claim) -> None:
+        """Make ``claim`` instead of the one being taken for its member."""
+        self.claims[claim.member] = claim
+
+    def drop(self, member: str) -> None:
+        self.claims.pop(member, None)
+        self._read_at.pop(member, None)
+
+    def read_at(self, member: str, default: float) -> float:
+        return self._read_at.get(member, default)
+
+    def wanted(self, claim: Claim) -> bool:
+        """Still prepared (not superseded, settled or dropped), not being claimed."""
+        return self.claims.get(claim.member) is claim and claim.member not in self.claiming
+
+    def soonest(self) -> int | None:
+        """Due time of the earliest prepared claim not being claimed."""
+        return self._due.soonest(self.wanted)
+
+    def take(self, now: float, size: int) -> list[Claim]:
+        """Up to ``size`` wanted claims due by ``now``, earliest first."""
+        return self._due.take(now, size, self.wanted)
+
+    def unclaim(self, batch: list[Claim]) -> None:
+        """A claim call failed: its claims stay prepared, to be tried again."""
+        for claim in batch:
+            self.claiming.discard(claim.member)
+            if self.claims.get(claim.member) is claim:
+                self._due.add(claim)
+
+    def forget_gone(self, alive: set[str], truncated: bool, last_seen: int) -> None:
+        """Drop the claims whose member is no longer in the sorted set.
+
+        Prepared members were all due by an earlier, smaller horizon, so a
+        complete window lists every one still there; a truncated one, those
+        due up to its last member.
+        """
+        for member, claim in list(self.claims.items()):
+            if member not in alive and (not truncated or claim.when < last_seen):
+                self.drop(member)

@@ -10,7 +10,7 @@ the journal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.logger import Logger
 
@@ -122,4 +122,4 @@ def _summary(runs: list[Enqueued] | list[Skipped]) -> dict[str, object]:
 
 
 def iso(when: int) -> str:
-    return datetime.fromtimestamp(when, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(when, UTC).isoformat().replace("+00:00", "Z")
