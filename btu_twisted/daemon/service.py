@@ -14,14 +14,12 @@ again from MariaDB.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
-from twisted.internet.error import ReactorNotRunning
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 
@@ -45,7 +43,16 @@ from btu_twisted.store.gateway import RedisGateway
 from btu_twisted.redis_target import target_of
 from btu_twisted.planning.refresh import FullRefresh
 from btu_twisted.sources.combined import FileSchedules, NameConflict, ScheduleSources
-from btu_twisted.sources.mariadb import Database
+from btu_twisted.daemon.startup import (
+    STARTUP_CHECK_TIMEOUT,
+    StartupError,
+    database_of,
+    exit_on_fatal,
+    maybe_deferred,
+    settled,
+    startup_failure,
+)
+from btu_twisted.daemon.startup import reason_of as _reason
 from btu_twisted.ops.stats import lateness_summary
 from btu_twisted.store.schedule_store import ScheduleStore
 from btu_twisted.timing.timer import Timer
@@ -53,15 +60,8 @@ from btu_twisted.timing.timer import Timer
 if TYPE_CHECKING:
     from btu_twisted.ops.metrics import Metrics, MetricsService
 
-STARTUP_CHECK_TIMEOUT = 10.0
 PREFIX_RETRY_SECS = 2.0
 CANCEL_TIMEOUT = 5.0
-#: A fatal error's clean shutdown may take this long before the process just exits.
-FATAL_EXIT_SECS = 1.0
-
-
-class StartupError(Exception):
-    """The daemon cannot start; the message is the one line an admin sees."""
 
 
 def site_of(config: Config) -> str:
@@ -73,53 +73,6 @@ def owner_of(config: Config) -> str:
     """Which daemons are one site: those of one database (high availability), else
     those of one schedules file."""
     return config.mysql_database or f"file:{config.schedules_file}"
-
-
-def exit_on_fatal(reactor: Any) -> Callable[[str], None]:
-    """twistd has no way to stop with a failure status, so exit(1) after a clean shutdown.
-
-    twistd starts the service before the reactor runs, so a start-up that fails
-    at once (a broken schedules file, a socket path it cannot bind) reaches
-    here with the reactor not yet running: ``reactor.stop()`` would raise and
-    leave a process that runs on, serving nothing.  The stop therefore waits
-    for the reactor to run, and a shutdown that hangs (a service that does not
-    answer while stopping) ends the process all the same after
-    ``FATAL_EXIT_SECS``: systemd must see the failure.
-    """
-    stopping: list[str] = []
-
-    def fatal(message: str) -> None:
-        # twistd has replaced sys.stderr with its log; the admin's terminal (or
-        # journald) is still file descriptor 2.
-        os.write(2, f"btu: {message}\n".encode("utf-8", "replace"))
-        if stopping:
-            return
-        stopping.append(message)
-        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-        reactor.callWhenRunning(stop)
-
-    def stop() -> None:
-        reactor.callLater(FATAL_EXIT_SECS, os._exit, 1)
-        try:
-            reactor.stop()
-        except ReactorNotRunning:
-            pass  # already stopping (SIGTERM meanwhile): the trigger above still exits 1
-
-    return fatal
-
-
-def database_of(config: Config, reactor: Any) -> Database | None:
-    """The (unstarted) pool of the config's MariaDB; None when schedules come from a file only."""
-    if not config.uses_mariadb:
-        return None
-    return Database(
-        reactor,
-        host=config.mysql_host or "",
-        port=config.mysql_port,
-        user=config.mysql_user or "",
-        password=config.mysql_password or "",
-        database=config.mysql_database or "",
-    )
 
 
 class NoMetrics:
@@ -586,47 +539,6 @@ class BtuService(MultiService):
         return status
 
 
-def startup_failure(failure: Any, log: Logger) -> str:
-    """The one line a failed start-up ends with, logged as critical (an unexpected
-    error with its traceback too)."""
-    if failure.check(StartupError):
-        message = str(failure.value)
-    else:
-        log.failure("start-up failed", failure)
-        message = f"start-up failed: {_reason(failure.value)}"
-    log.critical("{message}", message=message)
-    return message
-
-
-def settled(d: Deferred[Any]) -> Deferred[None]:
-    """Fires (with None) once ``d`` has fired, leaving ``d``'s own result as it was
-    for its other callbacks (awaiting ``d`` itself would take it)."""
-    after: Deferred[None] = Deferred()
-
-    def passed(result: Any) -> Any:
-        after.callback(None)
-        return result
-
-    d.addBoth(passed)
-    return after
-
-
-async def maybe_deferred(result: Any) -> Any:
-    """``result``, awaited when it is a Deferred (stopService may return either)."""
-    if isinstance(result, Deferred):
-        return await result
-    return result
-
-
-def reason_of(error: BaseException) -> str:
-    """An error as the one line an admin reads."""
-    text = str(error) or type(error).__name__
-    return " ".join(text.split())[:300]
-
-
-_reason = reason_of
-
-
 def _iso(when: float | None) -> str | None:
     if when is None:
         return None
@@ -645,5 +557,4 @@ def _refresh_times(last: dict[str, object]) -> dict[str, object] | None:
     }
 
 
-__all__ = ["BtuService", "StartupError", "database_of", "maybe_deferred", "reason_of",
-           "settled", "startup_failure"]
+__all__ = ["BtuService"]

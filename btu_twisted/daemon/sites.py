@@ -43,9 +43,9 @@ from btu_twisted.live_config import config_change
 from btu_twisted.ops.logsetup import apply_level
 from btu_twisted.store.gateway import RedisGateway
 from btu_twisted.redis_target import target_of
-from btu_twisted.daemon.service import (
+from btu_twisted.daemon.service import BtuService
+from btu_twisted.daemon.startup import (
     STARTUP_CHECK_TIMEOUT,
-    BtuService,
     StartupError,
     database_of,
     exit_on_fatal,
