@@ -14,7 +14,6 @@ again from MariaDB.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from btu_twisted import __version__
 from btu_twisted.timing.alarm import Alarm
 from btu_twisted.jobs.builders import make_builders
 from btu_twisted.config import Config, ConfigError, log_level
+from btu_twisted.daemon.control import SiteControl
 from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseError
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.sources.schedules_file import ScheduleFileError
@@ -53,7 +53,6 @@ from btu_twisted.daemon.startup import (
     startup_failure,
 )
 from btu_twisted.daemon.startup import reason_of as _reason
-from btu_twisted.ops.stats import lateness_summary
 from btu_twisted.store.schedule_store import ScheduleStore
 from btu_twisted.timing.timer import Timer
 
@@ -189,15 +188,14 @@ class BtuService(MultiService):
         )
         self.changes = self.sources.change_feed(reactor, self.fifo, self.refresh.trigger)
         self.metrics.watch(lambda: len(self.fifo), self._dependencies())
+        self.control = SiteControl(reactor, self, self._dependencies, site)
         self.socket = ControlSocketService(
             reactor,
             config.socket_path,
-            ControlFactory(self, reactor),
+            ControlFactory(self.control, reactor),
             mode=config.socket_mode,
             group=config.socket_file_group_owner,
         )
-        # What `status` says about the schedules file's reloads.
-        self._file_state: dict[str, object] = {"last_reload_at": None, "last_reload_error": None}
         self.started: Deferred[None] | None = None
         self._prefix_wait: Deferred[None] | None = None
 
@@ -385,23 +383,18 @@ class BtuService(MultiService):
         """BTU's redis_job_id is a MariaDB column: file schedules have none."""
         self.job_ids.record(pair for pair in job_ids if self.sources.keeps_job_ids(pair[0]))
 
-    # -- SchedulerControl, for the socket ------------------------------------------
+    # -- SchedulerControl: the socket's requests, answered by self.control --------------
     def request_planning(self, name: str) -> bool:
-        # The BTU app asks before it commits: plan now and again shortly after.
-        if not self.fifo.add(name):
-            return False
-        self.changes.requested(name)
-        return True
+        return self.control.request_planning(name)
 
     def cancel(self, name: str) -> Deferred[bool]:
-        # A name still waiting to be planned would bring the member back.
-        self.fifo.discard(name)
-        # The BTU app cancels a schedule it is about to delete: nothing would
-        # tell the timer otherwise (the change feed sees no deleted rows).
-        self.timer.forget([name])
-        d = Deferred.fromCoroutine(self.store.cancel(name))
-        # The socket holds the client's connection until this fires.
-        return d.addTimeout(CANCEL_TIMEOUT, self._reactor)
+        return self.control.cancel(name)
+
+    def reload(self) -> Deferred[str]:
+        return self.control.reload()
+
+    def status(self) -> dict[str, object]:
+        return self.control.status()
 
     def sighup(self) -> Deferred[str]:
         """SIGHUP (``systemctl reload``): re-read the config file (its live keys apply,
@@ -443,7 +436,7 @@ class BtuService(MultiService):
             parts.append(change.describe())
         if self.sources.file is not None:
             try:
-                parts.append("schedules file: " + await self._reload())
+                parts.append("schedules file: " + await self.control.reload())
             except (ScheduleFileError, NameConflict):
                 parts.append("schedules file not reloaded (see above)")
         if self.db is not None:
@@ -458,103 +451,6 @@ class BtuService(MultiService):
         message = f"not reloaded: {why}; the running settings and schedules stay"
         self.log.error("{message}", message=message)
         return message
-
-    def reload(self) -> Deferred[str]:
-        """Re-read the schedules file (SIGHUP, the ``reload`` request): one line saying
-        what changed, or ScheduleFileError / NameConflict with the old set still in use."""
-        return Deferred.fromCoroutine(self._reload())
-
-    async def _reload(self) -> str:
-        self._file_state["last_reload_at"] = self._reactor.seconds()
-        try:
-            diff = await self.sources.reload()
-        except ScheduleFileError as e:
-            for problem in e.problems:
-                self.log.error("{problem}", problem=problem)
-            self.log.error("schedules file not reloaded: {count} problem(s); the last good "
-                           "schedules keep running", count=len(e.problems))
-            self._file_state["last_reload_error"] = "; ".join(e.problems)
-            raise
-        except NameConflict as e:
-            self.log.error("schedules file not reloaded: {error}", error=str(e))
-            self._file_state["last_reload_error"] = str(e)
-            raise
-        self._file_state["last_reload_error"] = None
-        # Removed names too: the planner unplans the names it cannot read.
-        self.fifo.extend(diff.names())
-        self.log.info("schedules file reloaded: {summary}", summary=diff.summary())
-        return diff.summary()
-
-    def _file_status(self) -> dict[str, object] | None:
-        """The schedules file in use: its schedules and how the last reload went."""
-        file = self.sources.file
-        if file is None:
-            return None
-        at = self._file_state["last_reload_at"]
-        return {
-            "path": file.path,
-            "schedules": len(file.rows),
-            "enabled": sum(1 for row in file.rows.values() if row.enabled),
-            "last_reload_at": _iso(at) if isinstance(at, (int, float)) else None,
-            "last_reload_error": self._file_state["last_reload_error"],
-        }
-
-    def status(self) -> dict[str, object]:
-        """Every time is ISO 8601 UTC, every duration seconds in a ``_secs`` field."""
-        now = self._reactor.seconds()
-        stats = self.timer.stats
-        status: dict[str, object] = {
-            "version": __version__,
-            "name": self.config.name,
-            "environment": self.config.environment_name,
-            **({"site": self._site} if self._site is not None else {}),
-            "started_at": _iso(self.started_at),
-            "uptime_secs": None if self.started_at is None else round(now - self.started_at, 3),
-            "fifo_length": len(self.fifo),
-            "members": stats.members_seen,
-            "next_due": None if stats.next_due is None else {
-                "member": stats.next_due[0], "at": _iso(stats.next_due[1]),
-            },
-            "enqueued": stats.enqueued,
-            "skipped": stats.skipped,
-            "lost_to_other_daemons": stats.lost,
-            "last_enqueue": _iso(stats.last_enqueue),
-            "last_enqueued_schedule": stats.last_schedule,
-            "lateness": lateness_summary(stats.lateness),
-            "planned": self.planner.planned_total,
-            "changes_seen": self.changes.changes_seen,
-            "redis_keys_lost": self.refresh.keys_lost,
-            "redis_job_ids_written": self.job_ids.written,
-            "last_run_ahead": {
-                name: _iso(when) for name, when in sorted(self.planner.ahead.items())
-            },
-            "last_full_refresh": self.refresh.last,
-            "schedules_file": self._file_status(),
-            "services": {name: dep.snapshot() for name, dep in self._dependencies().items()},
-            "now": _iso(now),
-        }
-        # Replaced here, not in the literal (which keeps the key's place in the JSON):
-        # refresh.py's record holds raw unix seconds.
-        status["last_full_refresh"] = _refresh_times(self.refresh.last)
-        return status
-
-
-def _iso(when: float | None) -> str | None:
-    if when is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
-
-
-def _refresh_times(last: dict[str, object]) -> dict[str, object] | None:
-    """The refresh's raw unix ``at`` and ``duration``, as ISO 8601 and ``duration_secs``."""
-    if not last:
-        return None
-    at, duration = last.get("at"), last.get("duration")
-    return {
-        "at": _iso(at) if isinstance(at, (int, float)) else None,
-        "duration_secs": round(duration, 3) if isinstance(duration, (int, float)) else None,
-        **{key: value for key, value in last.items() if key not in ("at", "duration")},
-    }
 
 
 __all__ = ["BtuService"]
