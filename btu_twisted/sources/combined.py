@@ -78,8 +78,8 @@ class NoChangeFeed(Service):
     def __init__(self, fifo: ScheduleFifo) -> None:
         self._fifo = fifo
 
-    def requested(self, name: str) -> None:
-        self._fifo.add(name)
+    def requested(self, name: str) -> bool:
+        return self._fifo.add(name)
 
 
 class ScheduleSources:
