@@ -14,7 +14,7 @@ again from MariaDB.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
@@ -166,7 +166,8 @@ class BtuService(MultiService):
             on_enqueued=lambda claim, lateness: self.metrics.job_enqueued(claim.origin, lateness),
             on_failure=self.metrics.failure,
             default_zone=config.time_zone_string,
-            on_job_ids=self._record_job_ids,
+            # File schedules' ids are left out where they are written (ScheduleSources).
+            on_job_ids=self.job_ids.record,
             default_overlap=config.overlap,
             alarm=alarm,
         )
@@ -378,10 +379,6 @@ class BtuService(MultiService):
             "redis": self.redis.health,
             **self._site_health(),
         }
-
-    def _record_job_ids(self, job_ids: Iterable[tuple[str, str]]) -> None:
-        """BTU's redis_job_id is a MariaDB column: file schedules have none."""
-        self.job_ids.record(pair for pair in job_ids if self.sources.keeps_job_ids(pair[0]))
 
     # -- SchedulerControl: the socket's requests, answered by self.control --------------
     def request_planning(self, name: str) -> bool:
