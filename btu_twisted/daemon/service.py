@@ -27,6 +27,7 @@ from btu_twisted.timing.alarm import Alarm
 from btu_twisted.jobs.builders import make_builders
 from btu_twisted.config import Config, ConfigError, log_level
 from btu_twisted.daemon.control import SiteControl
+from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseError
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.sources.schedules_file import ScheduleFileError
@@ -48,7 +49,6 @@ from btu_twisted.daemon.startup import (
     StartupError,
     database_of,
     exit_on_fatal,
-    maybe_deferred,
     settled,
     startup_failure,
 )
@@ -199,10 +199,35 @@ class BtuService(MultiService):
         )
         self.started: Deferred[None] | None = None
         self._prefix_wait: Deferred[None] | None = None
+        db, owned_redis = self.db, self.redis if self._owns_redis else None
+        metrics_service = self.metrics_service
+        # What serves the site, in the order it starts (stopping runs the other
+        # way).  The prefix lease is released here, below the socket and the
+        # metrics port, so no request can reach Redis in a prefix another
+        # daemon may already hold; it is taken by `scheduling`, once they are up.
+        self.parts = Parts(
+            Part("schedules file", start=self._load_file),
+            Part("mariadb", db.start, db.stop) if db is not None else None,
+            Part("redis", owned_redis.start, owned_redis.stop) if owned_redis else None,
+            Part("builder", stop=self.builder.close),
+            Part("prefix lease", stop=self.guard.release),
+            Part("job ids", stop=self.job_ids.stop),
+            service_part("socket", self.socket, start=self._open_socket),
+            None if config.startup_without_database_connections
+            else Part("checks", start=self._check_services),
+            service_part("metrics", metrics_service, start=self._serve_metrics)
+            if metrics_service is not None else None,
+        )
+        #: Nothing plans, prunes or claims in the key prefix before it is ours.
+        self.scheduling = Parts(
+            Part("prefix lease", start=self._hold_prefix),
+            *(service_part(part.name, part, start=part.startService)
+              for part in (self.timer, self.planner, self.refresh, self.changes)),
+        )
 
     # -- start and stop ------------------------------------------------------
     def startService(self) -> Deferred[None]:  # type: ignore[override]
-        # Children are started by hand, in order, once the checks pass.
+        # No children: self.parts and self.scheduling start the parts, in order.
         self.running = 1
         self.started = Deferred.fromCoroutine(self._start())
         self.started.addErrback(self._start_failed)
@@ -225,40 +250,36 @@ class BtuService(MultiService):
             ),
             redis=self.redis.target.describe(),
         )
-        self._load_file()
-        if self.db is not None:
-            self.db.start()
-        if self._owns_redis:
-            self.redis.start()
+        await self.parts.start()
+        self.started_at = self._reactor.seconds()
+        if self.config.startup_without_database_connections:
+            # Started now, socket answering; the scheduling starts once Redis does.
+            later = Deferred.fromCoroutine(self.scheduling.start())
+            later.addErrback(self._start_failed)
+        else:
+            await self.scheduling.start()
+
+    async def _open_socket(self) -> None:
         try:
             await self.socket.startService()
         except SocketInUseError as e:
             raise StartupError(str(e)) from None
         except OSError as e:
             raise StartupError(f"cannot listen on {self.config.socket_path}: {e}") from None
-        if not self.config.startup_without_database_connections:
-            await self._check_services()
-        if self.metrics_service is not None:
-            try:
-                await self.metrics_service.start()
-            except Exception as e:
-                raise StartupError(
-                    f"cannot serve metrics on {self.config.metrics_host}:"
-                    f"{self.config.metrics_port}: {_reason(e)}"
-                ) from None
-        self.started_at = self._reactor.seconds()
-        if self.config.startup_without_database_connections:
-            # Started now, socket answering; the scheduling starts once Redis does.
-            later = Deferred.fromCoroutine(self._start_scheduling())
-            later.addErrback(self._start_failed)
-        else:
-            await self._start_scheduling()
 
-    async def _start_scheduling(self) -> None:
+    async def _serve_metrics(self) -> None:
+        assert self.metrics_service is not None
+        try:
+            await self.metrics_service.start()
+        except Exception as e:
+            raise StartupError(
+                f"cannot serve metrics on {self.config.metrics_host}:"
+                f"{self.config.metrics_port}: {_reason(e)}"
+            ) from None
+
+    async def _hold_prefix(self) -> bool:
         """Hold the key prefix before anything plans, prunes or claims in it."""
-        if await self._take_prefix() and self.running:
-            for child in (self.timer, self.planner, self.refresh, self.changes):
-                child.startService()
+        return await self._take_prefix() and bool(self.running)
 
     async def _take_prefix(self) -> bool:
         """True once the prefix is ours; False when stopped while waiting for Redis."""
@@ -348,23 +369,8 @@ class BtuService(MultiService):
         self.running = 0
         if self._prefix_wait is not None:
             self._prefix_wait.cancel()
-        children = [
-            self.changes, self.refresh, self.planner, self.timer, self.socket,
-            self.metrics_service,
-        ]
-        for child in children:
-            if child is not None and child.running:
-                try:
-                    await maybe_deferred(child.stopService())
-                except Exception:
-                    self.log.failure("stopping {service} failed", service=child.name)
-        self.job_ids.stop()
-        await self.guard.release()
-        await maybe_deferred(self.builder.close())
-        if self._owns_redis:
-            await maybe_deferred(self.redis.stop())
-        if self.db is not None:
-            self.db.stop()
+        await self.scheduling.stop()
+        await self.parts.stop()
         self.log.info("btu_twisted stopped" + (" serving {site}" if self._site else ""),
                       site=self._site)
 

@@ -43,6 +43,7 @@ from btu_twisted.live_config import config_change
 from btu_twisted.ops.logsetup import apply_level
 from btu_twisted.store.gateway import RedisGateway
 from btu_twisted.redis_target import target_of
+from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.service import BtuService
 from btu_twisted.daemon.startup import (
     STARTUP_CHECK_TIMEOUT,
@@ -101,6 +102,16 @@ class SitesService(MultiService):
         #: Sites that stopped on a failure, with the one line that says why.
         self.failed: dict[str, str] = {}
         self.started: Deferred[None] | None = None
+        metrics_service = self.metrics_service
+        # Started in this order, stopped in the reverse: the sites stop before
+        # the metrics port and the Redis connection they share.
+        self.parts = Parts(
+            Part("redis", self.redis.start, self.redis.stop),
+            Part("sites served", start=self._choose_sites),
+            service_part("metrics", metrics_service, start=self._open_metrics)
+            if metrics_service is not None else None,
+            Part("sites", self._start_sites, self._stop_sites),
+        )
 
     def _site(self, name: str, config: Config) -> BtuService:
         site = BtuService(
@@ -126,13 +137,16 @@ class SitesService(MultiService):
             self.log.warn("config: {warning}", warning=warning)
         for name, why in self.config.skipped_sites.items():
             self.log.warn("site {site} skipped: {why}", site=name, why=why)
-        self.redis.start()
+        await self.parts.start()
+
+    async def _choose_sites(self) -> bool:
+        """The sites to serve; False when stopped while the databases were looked at."""
         if self.config.frappe_sites == ("*",):
             names = await self._discover(list(self.sites))
         else:
             names = list(self.sites)
         if not self.running:
-            return  # stopped while the databases were being looked at
+            return False  # stopped while the databases were being looked at
         if not names:
             raise StartupError(
                 f"no site of the bench {self.config.frappe_bench_path} to serve "
@@ -141,14 +155,25 @@ class SitesService(MultiService):
         self.served = {name: self.sites[name] for name in names}
         self.log.info("serving {count} site(s): {sites}; Redis {redis}", count=len(names),
                       sites=", ".join(names), redis=self.redis.target.describe())
-        if self.metrics_service is not None:
-            await self._serve_metrics()
+        return True
+
+    async def _open_metrics(self) -> bool:
+        """Serve metrics; False when stopped meanwhile (the stop has passed the port)."""
+        assert self.metrics_service is not None
+        await self._serve_metrics()
         if not self.running:  # stopped meanwhile: _stop has passed the metrics port
-            if self.metrics_service is not None and self.metrics_service.running:
+            if self.metrics_service.running:
                 await maybe_deferred(self.metrics_service.stopService())
-            return
+            return False
+        return True
+
+    async def _start_sites(self) -> None:
         # At once: a slow or failing site does not delay the others' start.
         await DeferredList([site.startService() for site in self.served.values()])
+
+    async def _stop_sites(self) -> None:
+        await DeferredList([Deferred.fromCoroutine(_stop_site(site))
+                            for site in reversed(list(self.served.values()))])
 
     async def _discover(self, names: list[str]) -> list[str]:
         """The sites among ``names`` whose database has ``tabBTU Task Schedule``,
@@ -315,11 +340,7 @@ class SitesService(MultiService):
 
     async def _stop(self) -> None:
         self.running = 0
-        await DeferredList([Deferred.fromCoroutine(_stop_site(site))
-                            for site in reversed(list(self.served.values()))])
-        if self.metrics_service is not None and self.metrics_service.running:
-            await maybe_deferred(self.metrics_service.stopService())
-        await self.redis.stop()
+        await self.parts.stop()
         self.log.info("btu_twisted stopped (all sites)")
 
     # -- what the sites share --------------------------------------------------------
