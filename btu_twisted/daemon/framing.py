@@ -13,6 +13,9 @@ import re
 
 from twisted.python.failure import Failure
 
+__all__ = ["MAX_NAME_CHARS", "Framer", "RequestError", "echo", "one_line", "schedule_name",
+           "short_reason", "shorten"]
+
 
 # Frappe's name column is varchar(140): a longer name cannot be a schedule.
 MAX_NAME_CHARS = 140
@@ -30,11 +33,11 @@ _INSIDE_STRING = re.compile(rb'["\\\n]')
 _UNSAFE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
-class _RequestError(Exception):
+class RequestError(Exception):
     """A request we refuse; the message follows ``Error: `` in the reply."""
 
 
-class _Framer:
+class Framer:
     """Cuts a byte stream into requests without waiting for a newline.
 
     Scanning state is kept between chunks, so every byte is looked at once,
@@ -66,7 +69,7 @@ class _Framer:
     def next_request(self) -> bytes | None:
         """The next complete request, None if more bytes are needed.
 
-        Raises _RequestError when the stream cannot hold a valid request.
+        Raises RequestError when the stream cannot hold a valid request.
         """
         buf = self._buffer
         if self._pos == 0:
@@ -78,7 +81,7 @@ class _Framer:
             if buf[0] not in b"{[":
                 # No scalar or garbage can become an object: say so now rather
                 # than wait for a newline a BTU client never sends.
-                raise _RequestError("request is not a JSON object")
+                raise RequestError("request is not a JSON object")
             self._depth = 1
             self._pos = 1
         limit = min(len(buf), self._max_bytes + 1)
@@ -115,7 +118,7 @@ class _Framer:
             elif char in b"{[":
                 self._depth += 1
                 if self._depth > self._max_depth:
-                    raise _RequestError(f"request nested deeper than {self._max_depth} levels")
+                    raise RequestError(f"request nested deeper than {self._max_depth} levels")
             elif char in b"}]":
                 self._depth -= 1
                 if self._depth == 0:
@@ -128,8 +131,8 @@ class _Framer:
             raise self.too_large()
         return None
 
-    def too_large(self) -> _RequestError:
-        return _RequestError(f"request larger than {self._max_bytes} bytes")
+    def too_large(self) -> RequestError:
+        return RequestError(f"request larger than {self._max_bytes} bytes")
 
     def _take(self, end: int, consumed: int) -> bytes:
         if end > self._max_bytes:
@@ -140,46 +143,46 @@ class _Framer:
         return request
 
 
-def _shorten(value: str) -> str:
+def shorten(value: str) -> str:
     """``value`` cut to ``_ECHO_CHARS`` characters, saying how much was cut."""
     if len(value) > _ECHO_CHARS:
         return f"{value[:_ECHO_CHARS]}...[{len(value) - _ECHO_CHARS} more characters]"
     return value
 
 
-def _echo(value: str) -> str:
+def echo(value: str) -> str:
     """``value`` quoted for a reply or log line, shortened and made safe."""
     if len(value) > _ECHO_CHARS:
         return f"{value[:_ECHO_CHARS]!r}...[{len(value) - _ECHO_CHARS} more characters]"
     return repr(value)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return _UNSAFE_IN_LINE.sub(" ", text)
 
 
-def _short_reason(failure: Failure) -> str:
+def short_reason(failure: Failure) -> str:
     """The exception's type and first message line, for a one-line reply."""
     assert failure.type is not None
     name = getattr(failure.type, "__name__", "error")
     lines = failure.getErrorMessage().strip().splitlines()
     text = f"{name}: {lines[0]}" if lines else name
-    return _one_line(text[:200])
+    return one_line(text[:200])
 
 
-def _schedule_name(content: object) -> str:
+def schedule_name(content: object) -> str:
     """The Task Schedule name carried by ``request_content``."""
     if content is None:
-        raise _RequestError("request_content is missing; a Task Schedule name is required")
+        raise RequestError("request_content is missing; a Task Schedule name is required")
     if not isinstance(content, str):
-        raise _RequestError("request_content must be a string (a Task Schedule name)")
+        raise RequestError("request_content must be a string (a Task Schedule name)")
     if not content.strip():
-        raise _RequestError("request_content is empty; a Task Schedule name is required")
+        raise RequestError("request_content is empty; a Task Schedule name is required")
     if len(content) > MAX_NAME_CHARS:
-        raise _RequestError(
+        raise RequestError(
             f"request_content is {len(content)} characters long; a Task Schedule name"
             f" has at most {MAX_NAME_CHARS}"
         )
     if _UNSAFE_IN_LINE.search(content):
-        raise _RequestError("request_content contains control characters")
+        raise RequestError("request_content contains control characters")
     return content

@@ -36,13 +36,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from btu_twisted.daemon.framing import (
-    _echo,
-    _Framer,
-    _one_line,
-    _RequestError,
-    _schedule_name,
-    _short_reason,
-    _shorten,
+    Framer,
+    RequestError,
+    echo,
+    one_line,
+    schedule_name,
+    short_reason,
+    shorten,
 )
 
 __all__ = ["ControlFactory", "ControlProtocol", "SchedulerControl"]
@@ -100,7 +100,7 @@ class ControlProtocol(Protocol):
         self._settings = factory
         self._serial = serial
         self._control = factory.control
-        self._framer = _Framer(factory.max_request_bytes, factory.max_depth)
+        self._framer = Framer(factory.max_request_bytes, factory.max_depth)
         self._peer = f"#{serial}"
         self._connected = False
         self._closing = False
@@ -176,7 +176,7 @@ class ControlProtocol(Protocol):
         self._processing = True
         try:
             step()
-        except _RequestError as error:
+        except RequestError as error:
             self._reject(str(error))
         except Exception:
             self.log.failure("control request from {peer} failed", peer=self._peer)
@@ -198,23 +198,23 @@ class ControlProtocol(Protocol):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise _RequestError("request is not valid UTF-8") from None
+            raise RequestError("request is not valid UTF-8") from None
         try:
             request = json.loads(text)
         except json.JSONDecodeError as error:
-            raise _RequestError(
+            raise RequestError(
                 f"request is not valid JSON ({error.msg} at character {error.pos})"
             ) from None
         except ValueError:
-            raise _RequestError("request is not valid JSON") from None
+            raise RequestError("request is not valid JSON") from None
         if not isinstance(request, dict):
-            raise _RequestError("request is not a JSON object")
+            raise RequestError("request is not a JSON object")
         request_type = request.get("request_type")
         if not isinstance(request_type, str):
-            raise _RequestError("request_type is missing or not a string")
+            raise RequestError("request_type is missing or not a string")
         handler = self._handlers.get(request_type)
         if handler is None:
-            raise _RequestError(f"unhandled request_type {_echo(request_type)}")
+            raise RequestError(f"unhandled request_type {echo(request_type)}")
         handler(request.get("request_content"))
 
     # -- request types ---------------------------------------------------
@@ -227,24 +227,24 @@ class ControlProtocol(Protocol):
         self._write(json.dumps(status, separators=(",", ":"), default=str))
 
     def _create(self, content: object) -> None:
-        name = _schedule_name(content)
+        name = schedule_name(content)
         if self._control.request_planning(name):
             self.log.info(
-                "{peer} asked to plan {schedule}", peer=self._peer, schedule=_shorten(name)
+                "{peer} asked to plan {schedule}", peer=self._peer, schedule=shorten(name)
             )
             self._write(f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ.")
         else:
             self.log.warn(
                 "{peer} asked to plan {schedule}, but the planning queue is full",
                 peer=self._peer,
-                schedule=_shorten(name),
+                schedule=shorten(name),
             )
             self._write(f"Error: the planning queue is full; Task Schedule {name} was not queued.")
 
     def _cancel(self, content: object) -> None:
-        name = _schedule_name(content)
+        name = schedule_name(content)
         self.log.info(
-            "{peer} asked to cancel {schedule}", peer=self._peer, schedule=_shorten(name)
+            "{peer} asked to cancel {schedule}", peer=self._peer, schedule=shorten(name)
         )
         result = self._control.cancel(name)
         if not isinstance(result, Deferred):
@@ -268,7 +268,7 @@ class ControlProtocol(Protocol):
         if problems:
             return (f"Error: schedules file not reloaded ({len(problems)} problem(s); the last "
                     f"good schedules keep running): " + "; ".join(problems))
-        return f"Error: schedules file not reloaded: {_short_reason(failure)}"
+        return f"Error: schedules file not reloaded: {short_reason(failure)}"
 
     def _reply_when(self, result: Deferred[str]) -> None:
         """Answer with ``result``'s line; hold further requests until it fires."""
@@ -287,9 +287,9 @@ class ControlProtocol(Protocol):
     def _cancel_failed(self, failure: Failure, name: str) -> str:
         self.log.failure(
             "could not cancel {schedule} for {peer}", failure,
-            schedule=_shorten(name), peer=self._peer,
+            schedule=shorten(name), peer=self._peer,
         )
-        return f"Error: could not cancel Task Schedule {name}: {_short_reason(failure)}"
+        return f"Error: could not cancel Task Schedule {name}: {short_reason(failure)}"
 
     def _finish_pending(self, line: str) -> None:
         self._pending = False
@@ -318,7 +318,7 @@ class ControlProtocol(Protocol):
 
     def _write(self, line: str) -> None:
         self.transport.write(  # type: ignore[union-attr]
-            _one_line(line).encode("utf-8", "backslashreplace") + b"\n"
+            one_line(line).encode("utf-8", "backslashreplace") + b"\n"
         )
 
     def _reject(self, reason: str, warn: bool = True) -> None:
