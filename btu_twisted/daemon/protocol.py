@@ -23,8 +23,6 @@ before it reaches a log line or an error reply.
 from __future__ import annotations
 
 import json
-import socket
-import struct
 from collections.abc import Callable
 from typing import Protocol as _TypingProtocol
 
@@ -35,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from btu_twisted.daemon.connection import _describe_peer
 from btu_twisted.daemon.framing import (
     Framer,
     RequestError,
@@ -63,25 +62,6 @@ class SchedulerControl(_TypingProtocol):
     def reload(self) -> Deferred[str]:
         """Re-read the schedules file: a one-line summary, or a failure whose
         ``problems`` (or message) say why the old schedules stay."""
-
-
-def _describe_peer(transport: object, serial: int) -> str:
-    """Who is connected: the peer's pid/uid via SO_PEERCRED when available.
-
-    A Unix socket peer has no address worth logging; its credentials are what
-    an operator needs to find a misbehaving client.
-    """
-    try:
-        handle = transport.getHandle()  # type: ignore[attr-defined]
-        raw = handle.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, gid = struct.unpack("3i", raw)
-        return f"#{serial} pid={pid} uid={uid} gid={gid}"
-    except Exception:
-        try:
-            peer: IAddress = transport.getPeer()  # type: ignore[attr-defined]
-            return f"#{serial} {peer}"
-        except Exception:
-            return f"#{serial}"
 
 
 @implementer(IPushProducer)
