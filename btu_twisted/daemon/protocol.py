@@ -25,15 +25,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Protocol as _TypingProtocol
+from typing import cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from btu_twisted.daemon.connection import _describe_peer
+from btu_twisted.daemon.connection import Clock, Connection, DelayedCall, describe_peer
 from btu_twisted.daemon.framing import (
     Framer,
     RequestError,
@@ -90,7 +91,7 @@ class ControlProtocol(Protocol):
         self._admitted = False  # counted in the factory's open connections
         self._processing = False  # inside the request loop
         self._final_error: str | None = None  # to write once the pending reply is out
-        self._idle_call: IDelayedCall | None = None
+        self._idle_call: DelayedCall | None = None
         self._handlers: dict[str, Callable[[object], None]] = {
             "ping": self._ping,
             "status": self._status,
@@ -99,17 +100,22 @@ class ControlProtocol(Protocol):
             "reload": self._reload,
         }
 
+    @property
+    def _link(self) -> Connection:
+        # Twisted types it as ITransport | None; connected, it is a stream transport.
+        return cast(Connection, self.transport)
+
     # -- connection life -------------------------------------------------
 
     def connectionMade(self) -> None:
         self._connected = True
-        self._peer = _describe_peer(self.transport, self._serial)
+        self._peer = describe_peer(self._link, self._serial)
         self._admitted = self._settings.admit()
         if not self._admitted:
             self._closing = True
             self._close_with_error("too many connections; try again later")
             return
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._link.registerProducer(self, True)
         self._registered = True
         self._start_idle_timer()
 
@@ -128,7 +134,7 @@ class ControlProtocol(Protocol):
         if self._throttled or self._closing:
             return
         self._throttled = True
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._link.pauseProducing()
 
     def resumeProducing(self) -> None:
         if not self._throttled:
@@ -136,7 +142,7 @@ class ControlProtocol(Protocol):
         self._throttled = False
         if self._closing or self._pending:
             return
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._link.resumeProducing()
         if not self._processing:
             self._run(self._process)
 
@@ -229,10 +235,9 @@ class ControlProtocol(Protocol):
         result = self._control.cancel(name)
         if not isinstance(result, Deferred):
             raise TypeError(f"cancel() returned {result!r}, not a Deferred")
-        result.addCallbacks(
+        self._reply_when(result.addCallbacks(
             self._cancelled, self._cancel_failed, callbackArgs=(name,), errbackArgs=(name,)
-        )
-        self._reply_when(result)
+        ))
 
     def _reload(self, content: object) -> None:
         self.log.info("{peer} asked to reload the schedules file", peer=self._peer)
@@ -257,7 +262,7 @@ class ControlProtocol(Protocol):
         result.addErrback(self._internal_failure)
         if self._pending:  # not answered synchronously: hold further requests
             self._stop_idle_timer()
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self._link.pauseProducing()
 
     def _cancelled(self, removed: bool, name: str) -> str:
         if removed:
@@ -284,20 +289,20 @@ class ControlProtocol(Protocol):
         self._start_idle_timer()
         if self._throttled:
             return  # resumeProducing goes on once the reply buffer drains
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._link.resumeProducing()
         self._run(self._process)
 
     def _internal_failure(self, failure: Failure) -> None:
         self.log.failure("control reply to {peer} failed", failure, peer=self._peer)
         self._pending = False
-        if self._connected and not self.transport.disconnecting:  # type: ignore[union-attr]
+        if self._connected and not self._link.disconnecting:
             self._closing = True
             self._close_with_error("internal error")
 
     # -- replies ---------------------------------------------------------
 
     def _write(self, line: str) -> None:
-        self.transport.write(  # type: ignore[union-attr]
+        self._link.write(
             one_line(line).encode("utf-8", "backslashreplace") + b"\n"
         )
 
@@ -318,14 +323,14 @@ class ControlProtocol(Protocol):
     def _close_with_error(self, reason: str) -> None:
         self._write("Error: " + reason)
         self._unregister()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._link.loseConnection()
 
     def _unregister(self) -> None:
         """Stop being the transport's producer: a transport whose producer is
         paused would otherwise never finish closing."""
         if self._registered:
             self._registered = False
-            self.transport.unregisterProducer()  # type: ignore[union-attr]
+            self._link.unregisterProducer()
 
     # -- idle timer ------------------------------------------------------
 
@@ -352,7 +357,7 @@ class ControlProtocol(Protocol):
             self._closing = True
             self._framer.clear()
             self._unregister()
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self._link.abortConnection()
             return
         self._reject(f"no complete request within {self._settings.idle_timeout:g} seconds")
 
@@ -370,7 +375,7 @@ class ControlFactory(Factory):
     def __init__(
         self,
         control: SchedulerControl,
-        clock: IReactorTime,
+        clock: Clock,
         idle_timeout: float = 30.0,
         max_request_bytes: int = 65536,
         max_depth: int = 32,
@@ -408,7 +413,7 @@ class ControlFactory(Factory):
             self._refusing = False
             self.log.info("accepting control connections again")
 
-    def buildProtocol(self, addr: IAddress) -> ControlProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> ControlProtocol:
         self._serial += 1
         protocol = ControlProtocol(self, self._serial)
         protocol.factory = self
