@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 
@@ -26,6 +26,7 @@ from btu_twisted import __version__
 from btu_twisted.timing.alarm import Alarm
 from btu_twisted.jobs.builders import make_builders
 from btu_twisted.config import Config, ConfigError, log_level
+from btu_twisted.daemon.checks import check_services
 from btu_twisted.daemon.control import SiteControl
 from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseError
@@ -45,7 +46,6 @@ from btu_twisted.redis_target import target_of
 from btu_twisted.planning.refresh import FullRefresh
 from btu_twisted.sources.combined import FileSchedules, NameConflict, ScheduleSources
 from btu_twisted.daemon.startup import (
-    STARTUP_CHECK_TIMEOUT,
     StartupError,
     database_of,
     exit_on_fatal,
@@ -214,7 +214,8 @@ class BtuService(MultiService):
             Part("job ids", stop=self.job_ids.stop),
             service_part("socket", self.socket, start=self._open_socket),
             None if config.startup_without_database_connections
-            else Part("checks", start=self._check_services),
+            else Part("checks", start=lambda: check_services(
+                reactor, config, self.redis, self.db, self.sources)),
             service_part("metrics", metrics_service, start=self._serve_metrics)
             if metrics_service is not None else None,
         )
@@ -321,43 +322,6 @@ class BtuService(MultiService):
         if self.sources.file is not None:
             self.log.info("schedules file {path}: {count} schedules",
                           path=self.sources.file.path, count=len(diff.added))
-
-    async def _check_services(self) -> None:
-        """Both at once, so start-up waits for the slower one, not their sum;
-        MariaDB's failure is the one reported when both fail."""
-        c = self.config
-        mariadb = Deferred.fromCoroutine(self._check_mariadb())
-        mariadb.addTimeout(STARTUP_CHECK_TIMEOUT, self._reactor)
-        redis = Deferred.fromCoroutine(self._check_redis())
-        (mariadb_ok, mariadb_result), (redis_ok, redis_result) = await DeferredList(
-            [mariadb, redis], consumeErrors=True
-        )
-        if not mariadb_ok and mariadb_result.check(NameConflict):
-            raise StartupError(str(mariadb_result.value))
-        if not mariadb_ok:
-            raise StartupError(
-                f"cannot use MariaDB database {c.mysql_database!r} at "
-                f"{c.mysql_host}:{c.mysql_port} as {c.mysql_user!r}: "
-                f"{_reason(mariadb_result.value)} "
-                "(set startup_without_database_connections = true to start anyway)"
-            )
-        if not redis_ok:
-            raise StartupError(
-                f"cannot reach Redis at {self.redis.target.describe()}: "
-                f"{_reason(redis_result.value)} "
-                "(set startup_without_database_connections = true to start anyway)"
-            )
-
-    async def _check_redis(self) -> None:
-        """A refused connection fails at once; the PING proves Redis answers."""
-        await self.redis.reachable(self._reactor)
-        await self.redis.ping()
-
-    async def _check_mariadb(self) -> None:
-        """A Frappe database, with no schedule of the file's names; nothing without MariaDB."""
-        if self.db is not None:
-            await self.db.check()
-            await self.sources.check_names()
 
     def _start_failed(self, failure: Any) -> None:
         self._on_fatal(startup_failure(failure, self.log))
