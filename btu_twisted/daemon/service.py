@@ -18,8 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, LogLevel
 
 from btu_twisted import __version__
@@ -28,6 +27,7 @@ from btu_twisted.jobs.builders import make_builders
 from btu_twisted.config import Config, ConfigError, log_level
 from btu_twisted.daemon.checks import check_services
 from btu_twisted.daemon.control import SiteControl
+from btu_twisted.daemon.prefix import PrefixHold
 from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseError
 from btu_twisted.fifo import ScheduleFifo
@@ -39,11 +39,12 @@ from btu_twisted.store.keys import Keys
 from btu_twisted.live_config import config_change
 from btu_twisted.ops.logsetup import apply_level
 from btu_twisted.planning.planner import Planner
-from btu_twisted.store.prefix_guard import PrefixGuard, PrefixRefused, PrefixTaken
+from btu_twisted.store.prefix_guard import PrefixGuard
 from btu_twisted.daemon.protocol import ControlFactory
 from btu_twisted.store.gateway import RedisGateway
 from btu_twisted.redis_target import target_of
 from btu_twisted.planning.refresh import FullRefresh
+from btu_twisted.sources.mariadb import Database
 from btu_twisted.sources.combined import FileSchedules, NameConflict, ScheduleSources
 from btu_twisted.daemon.startup import (
     StartupError,
@@ -59,7 +60,6 @@ from btu_twisted.timing.timer import Timer
 if TYPE_CHECKING:
     from btu_twisted.ops.metrics import Metrics, MetricsService
 
-PREFIX_RETRY_SECS = 2.0
 CANCEL_TIMEOUT = 5.0
 
 
@@ -198,7 +198,7 @@ class BtuService(MultiService):
             group=config.socket_file_group_owner,
         )
         self.started: Deferred[None] | None = None
-        self._prefix_wait: Deferred[None] | None = None
+        self.prefix = PrefixHold(reactor, self.guard, lambda: self.config, lambda: bool(self.running))
         db, owned_redis = self.db, self.redis if self._owns_redis else None
         metrics_service = self.metrics_service
         # What serves the site, in the order it starts (stopping runs the other
@@ -237,20 +237,7 @@ class BtuService(MultiService):
     async def _start(self) -> None:
         for warning in self._warnings:
             self.log.warn("config: {warning}", warning=warning)
-        c = self.config
-        self.log.info(
-            "btu_twisted {version} starting: builder {builder}, socket {socket}, "
-            "schedules from {sources}, Redis {redis}",
-            version=__version__,
-            builder=c.job_builder if c.uses_mariadb else "function",
-            socket=c.socket_path,
-            sources=" and ".join(
-                ([f"MariaDB {c.mysql_host}:{c.mysql_port}/{c.mysql_database}"]
-                 if self.db is not None else [])
-                + ([f"file {c.schedules_file}"] if c.schedules_file else [])
-            ),
-            redis=self.redis.target.describe(),
-        )
+        _log_start(self.log, self.config, self.db, self.redis)
         await self.parts.start()
         self.started_at = self._reactor.seconds()
         if self.config.startup_without_database_connections:
@@ -280,30 +267,7 @@ class BtuService(MultiService):
 
     async def _hold_prefix(self) -> bool:
         """Hold the key prefix before anything plans, prunes or claims in it."""
-        return await self._take_prefix() and bool(self.running)
-
-    async def _take_prefix(self) -> bool:
-        """True once the prefix is ours; False when stopped while waiting for Redis."""
-        while self.running:
-            try:
-                await self.guard.acquire()
-                return True
-            except (PrefixTaken, PrefixRefused) as e:
-                raise StartupError(str(e)) from None
-            except Exception as e:
-                if not self.config.startup_without_database_connections:
-                    raise StartupError(
-                        f"cannot take the key prefix {self.config.redis_key_prefix!r} "
-                        f"in Redis: {_reason(e)}"
-                    ) from None
-            self._prefix_wait = deferLater(self._reactor, PREFIX_RETRY_SECS, lambda: None)
-            try:
-                await self._prefix_wait
-            except CancelledError:
-                break
-            finally:
-                self._prefix_wait = None
-        return False
+        return await self.prefix.take() and bool(self.running)
 
     def _lost_prefix(self, message: str) -> None:
         self.log.critical("{message}", message=message)
@@ -331,8 +295,7 @@ class BtuService(MultiService):
 
     async def _stop(self) -> None:
         self.running = 0
-        if self._prefix_wait is not None:
-            self._prefix_wait.cancel()
+        self.prefix.cancel()
         await self.scheduling.stop()
         await self.parts.stop()
         self.log.info("btu_twisted stopped" + (" serving {site}" if self._site else ""),
@@ -418,6 +381,21 @@ class BtuService(MultiService):
         message = f"not reloaded: {why}; the running settings and schedules stay"
         self.log.error("{message}", message=message)
         return message
+
+def _log_start(log: Logger, c: Config, db: Database | None, redis: RedisGateway) -> None:
+    log.info(
+        "btu_twisted {version} starting: builder {builder}, socket {socket}, "
+        "schedules from {sources}, Redis {redis}",
+        version=__version__,
+        builder=c.job_builder if c.uses_mariadb else "function",
+        socket=c.socket_path,
+        sources=" and ".join(
+            ([f"MariaDB {c.mysql_host}:{c.mysql_port}/{c.mysql_database}"]
+             if db is not None else [])
+            + ([f"file {c.schedules_file}"] if c.schedules_file else [])
+        ),
+        redis=redis.target.describe(),
+    )
 
 
 __all__ = ["BtuService"]
