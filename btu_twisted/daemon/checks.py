@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 
 from btu_twisted.config import Config
 from btu_twisted.daemon.startup import STARTUP_CHECK_TIMEOUT, StartupError
@@ -30,24 +30,33 @@ async def check_services(
     mariadb = Deferred.fromCoroutine(_check_mariadb(db, sources))
     mariadb.addTimeout(STARTUP_CHECK_TIMEOUT, reactor)
     redis_check = Deferred.fromCoroutine(_check_redis(reactor, redis))
-    (mariadb_ok, mariadb_result), (redis_ok, redis_result) = await DeferredList(
-        [mariadb, redis_check], consumeErrors=True
-    )
-    if not mariadb_ok and mariadb_result.check(NameConflict):
-        raise StartupError(str(mariadb_result.value))
-    if not mariadb_ok:
+    # Both are running now: awaiting one after the other waits for the slower.
+    mariadb_failure = await _failure_of(mariadb)
+    redis_failure = await _failure_of(redis_check)
+    if isinstance(mariadb_failure, NameConflict):
+        raise StartupError(str(mariadb_failure))
+    if mariadb_failure is not None:
         raise StartupError(
             f"cannot use MariaDB database {c.mysql_database!r} at "
             f"{c.mysql_host}:{c.mysql_port} as {c.mysql_user!r}: "
-            f"{_reason(mariadb_result.value)} "
+            f"{_reason(mariadb_failure)} "
             "(set startup_without_database_connections = true to start anyway)"
         )
-    if not redis_ok:
+    if redis_failure is not None:
         raise StartupError(
             f"cannot reach Redis at {redis.target.describe()}: "
-            f"{_reason(redis_result.value)} "
+            f"{_reason(redis_failure)} "
             "(set startup_without_database_connections = true to start anyway)"
         )
+
+
+async def _failure_of(check: Deferred[None]) -> Exception | None:
+    """What ``check`` failed with, None once it passed."""
+    try:
+        await check
+    except Exception as e:
+        return e
+    return None
 
 
 async def _check_redis(reactor: Any, redis: RedisGateway) -> None:

@@ -132,7 +132,7 @@ class SiteControl:
             "path": file.path,
             "schedules": len(file.rows),
             "enabled": sum(1 for row in file.rows.values() if row.enabled),
-            "last_reload_at": _iso(at) if isinstance(at, (int, float)) else None,
+            "last_reload_at": _iso(at) if isinstance(at, int | float) else None,
             "last_reload_error": self._file_state["last_reload_error"],
         }
 
@@ -189,7 +189,7 @@ def _refresh_times(last: dict[str, object]) -> dict[str, object] | None:
         return None
     at, duration = last.get("at"), last.get("duration")
     return {
-        "at": _iso(at) if isinstance(at, (int, float)) else None,
-        "duration_secs": round(duration, 3) if isinstance(duration, (int, float)) else None,
+        "at": _iso(at) if isinstance(at, int | float) else None,
+        "duration_secs": round(duration, 3) if isinstance(duration, int | float) else None,
         **{key: value for key, value in last.items() if key not in ("at", "duration")},
     }

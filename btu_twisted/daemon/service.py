@@ -22,30 +22,13 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, LogLevel
 
 from btu_twisted import __version__
-from btu_twisted.timing.alarm import Alarm
-from btu_twisted.jobs.builders import make_builders
 from btu_twisted.config import Config, ConfigError, log_level
 from btu_twisted.daemon.checks import check_services
 from btu_twisted.daemon.control import SiteControl
-from btu_twisted.daemon.prefix import PrefixHold
-from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseError
-from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.sources.schedules_file import ScheduleFileError
-from btu_twisted.health import Dependency
-from btu_twisted.ops.heap import release_free_memory
-from btu_twisted.sources.job_ids import JobIdRecorder
-from btu_twisted.store.keys import Keys
-from btu_twisted.live_config import config_change
-from btu_twisted.ops.logsetup import apply_level
-from btu_twisted.planning.planner import Planner
-from btu_twisted.store.prefix_guard import PrefixGuard
+from btu_twisted.daemon.parts import Part, Parts, service_part
+from btu_twisted.daemon.prefix import PrefixHold
 from btu_twisted.daemon.protocol import ControlFactory
-from btu_twisted.store.gateway import RedisGateway
-from btu_twisted.redis_target import target_of
-from btu_twisted.planning.refresh import FullRefresh
-from btu_twisted.sources.mariadb import Database
-from btu_twisted.sources.combined import FileSchedules, NameConflict, ScheduleSources
 from btu_twisted.daemon.startup import (
     StartupError,
     database_of,
@@ -54,7 +37,24 @@ from btu_twisted.daemon.startup import (
     startup_failure,
 )
 from btu_twisted.daemon.startup import reason_of as _reason
+from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.health import Dependency
+from btu_twisted.jobs.builders import make_builders
+from btu_twisted.live_config import config_change
+from btu_twisted.ops.heap import release_free_memory
+from btu_twisted.ops.logsetup import apply_level
+from btu_twisted.planning.planner import Planner
+from btu_twisted.planning.refresh import FullRefresh
+from btu_twisted.redis_target import target_of
+from btu_twisted.sources.combined import FileSchedules, NameConflict, ScheduleSources
+from btu_twisted.sources.job_ids import JobIdRecorder
+from btu_twisted.sources.mariadb import Database
+from btu_twisted.sources.schedules_file import ScheduleFileError
+from btu_twisted.store.gateway import RedisGateway
+from btu_twisted.store.keys import Keys
+from btu_twisted.store.prefix_guard import PrefixGuard
 from btu_twisted.store.schedule_store import ScheduleStore
+from btu_twisted.timing.alarm import Alarm
 from btu_twisted.timing.timer import Timer
 
 if TYPE_CHECKING:

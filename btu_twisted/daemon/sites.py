@@ -37,12 +37,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, LogLevel
 
-from btu_twisted.timing.alarm import Alarm
 from btu_twisted.config import Config, ConfigError, log_level
-from btu_twisted.live_config import config_change
-from btu_twisted.ops.logsetup import apply_level
-from btu_twisted.store.gateway import RedisGateway
-from btu_twisted.redis_target import target_of
 from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.service import BtuService
 from btu_twisted.daemon.startup import (
@@ -55,6 +50,11 @@ from btu_twisted.daemon.startup import (
     settled,
     startup_failure,
 )
+from btu_twisted.live_config import config_change
+from btu_twisted.ops.logsetup import apply_level
+from btu_twisted.redis_target import target_of
+from btu_twisted.store.gateway import RedisGateway
+from btu_twisted.timing.alarm import Alarm
 
 if TYPE_CHECKING:
     from btu_twisted.ops.metrics import Metrics, MetricsService
@@ -184,7 +184,7 @@ class SitesService(MultiService):
             check.addTimeout(STARTUP_CHECK_TIMEOUT, self._reactor)
         served = []
         results: list[tuple[bool, Any]] = await DeferredList(checks, consumeErrors=True)
-        for name, (ok, result) in zip(names, results):
+        for name, (ok, result) in zip(names, results, strict=False):
             c = self.sites[name].config
             where = f"database {c.mysql_database!r} at {c.mysql_host}:{c.mysql_port}"
             if not ok:
