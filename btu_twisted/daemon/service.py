@@ -1,4 +1,4 @@
-"""The daemon as one ``MultiService``: what it owns and in which order it starts.
+"""The daemon as one ``Service``: what it owns and in which order it starts.
 
 Order matters: the database and Redis pools first, then the socket (so a
 second daemon on the same path stops before touching anything), then the
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, LogLevel
 
@@ -90,7 +90,7 @@ class NoMetrics:
         pass
 
 
-class BtuService(MultiService):
+class BtuService(Service):
     log = Logger()
 
     def __init__(
@@ -111,7 +111,6 @@ class BtuService(MultiService):
         timer wake-up; the service then neither starts nor stops them, and
         ``status`` names its site.  ``load_config`` reads the config file again
         for :meth:`sighup` (None: the config is not re-read)."""
-        super().__init__()
         self.config = config
         self._load_config = load_config
         #: Applies a reloaded ``tracing_level`` (tests replace it).
@@ -227,7 +226,7 @@ class BtuService(MultiService):
         )
 
     # -- start and stop ------------------------------------------------------
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
+    def startService(self) -> Deferred[None]:
         # No children: self.parts and self.scheduling start the parts, in order.
         self.running = 1
         self.started = Deferred.fromCoroutine(self._start())
@@ -290,7 +289,7 @@ class BtuService(MultiService):
     def _start_failed(self, failure: Any) -> None:
         self._on_fatal(startup_failure(failure, self.log))
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:

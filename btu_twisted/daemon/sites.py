@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, LogLevel
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 __all__ = ["SitesService"]
 
 
-class SitesService(MultiService):
+class SitesService(Service):
     """The sites of ``config.site_configs``, started once discovery says which to serve."""
 
     log = Logger()
@@ -75,7 +75,6 @@ class SitesService(MultiService):
         warnings: list[str] | None = None,
         load_config: Callable[[], tuple[Config, list[str]]] | None = None,
     ) -> None:
-        super().__init__()
         #: Reads the config file again, for :meth:`reload` (None: nothing to reload from).
         self._load_config = load_config
         self._reloading: Deferred[str] | None = None
@@ -126,7 +125,7 @@ class SitesService(MultiService):
         return site
 
     # -- start and stop ------------------------------------------------------
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
+    def startService(self) -> Deferred[None]:
         self.running = 1
         self.started = Deferred.fromCoroutine(self._start())
         self.started.addErrback(self._start_failed)
@@ -335,7 +334,7 @@ class SitesService(MultiService):
     def _start_failed(self, failure: Any) -> None:
         self._on_fatal(startup_failure(failure, self.log))
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
@@ -378,7 +377,7 @@ def _name_site_in_logs(site: BtuService, name: str, shared: tuple[object, ...]) 
     for part in parts:
         logger = getattr(type(part), "log", None)
         if isinstance(logger, Logger) and not isinstance(part.__dict__.get("log"), SiteLogger):
-            part.log = SiteLogger(name, logger.namespace, part)  # type: ignore[attr-defined]
+            part.log = SiteLogger(name, logger.namespace, part)
 
 
 def _listed(names: list[str]) -> str:
