@@ -197,7 +197,9 @@ class BtuService(Service):
             group=config.socket_file_group_owner,
         )
         self.started: Deferred[None] | None = None
-        self.prefix = PrefixHold(reactor, self.guard, lambda: self.config, lambda: bool(self.running))
+        self.prefix = PrefixHold(
+            reactor, self.guard, lambda: self.config, lambda: bool(self.running)
+        )
         db, owned_redis = self.db, self.redis if self._owns_redis else None
         metrics_service = self.metrics_service
         # What serves the site, in the order it starts (stopping runs the other
@@ -207,7 +209,7 @@ class BtuService(Service):
         self.parts = Parts(
             Part("schedules file", start=self._load_file),
             Part("mariadb", db.start, db.stop) if db is not None else None,
-            Part("redis", owned_redis.start, owned_redis.stop) if owned_redis else None,
+            Part("redis", owned_redis.start, owned_redis.stop) if owned_redis is not None else None,
             Part("builder", stop=self.builder.close),
             Part("prefix lease", stop=self.guard.release),
             Part("job ids", stop=self.job_ids.stop),
