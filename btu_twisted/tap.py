@@ -43,9 +43,9 @@ def makeService(options: Options, reactor: Any = None) -> BtuService | SitesServ
     # The daemon's modules are imported here, not when twistd lists its
     # plugins, so that what they load can depend on the config (btu_twisted.daemon.tls).
     with without_tls(options.config):
-        from btu_twisted.ops.logsetup import apply_level
         from btu_twisted.daemon.service import BtuService
         from btu_twisted.daemon.sites import SitesService
+        from btu_twisted.ops.logsetup import apply_level
 
         if reactor is None:
             from twisted.internet import reactor as default_reactor

@@ -11,8 +11,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from btu_twisted.config import parse_config
+from btu_twisted.daemon.startup import FATAL_EXIT_SECS, exit_on_fatal
 from btu_twisted.live_config import config_change
-from btu_twisted.daemon.service import FATAL_EXIT_SECS, exit_on_fatal
 
 BASE = dict(full_refresh_internal_secs=3600, scheduler_polling_interval=60,
             time_zone_string="UTC", rq_host="127.0.0.1", rq_port=6379, socket_path="/tmp/x.sock",

@@ -23,9 +23,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from btu_twisted.cli import main
 from btu_twisted.config import ConfigError, parse_config, site_config
-from btu_twisted.records import ScheduleRow
 from btu_twisted.daemon.service import BtuService
 from btu_twisted.daemon.sites import SitesService
+from btu_twisted.records import ScheduleRow
 from btu_twisted.tap import Options, makeService
 from tests.test_frappe_bench import COMMON, make_bench
 

@@ -25,7 +25,7 @@ from twisted.application.service import Service
 from twisted.internet import tcp, unix
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -75,18 +75,21 @@ class _OwnedUNIXPort(unix.Port):
     _created: socket.socket | None = None
 
     def createInternetSocket(self) -> socket.socket:
-        self._created = super().createInternetSocket()
-        return self._created
+        # Twisted's tcp.Port and unix.Port are unannotated (here and below).
+        created: socket.socket = super().createInternetSocket()  # type: ignore[no-untyped-call]
+        self._created = created
+        return created
 
     def startListening(self) -> None:
         try:
-            super().startListening()
+            super().startListening()  # type: ignore[no-untyped-call]
         except BaseException:
             # unix.Port leaves the socket of a failed bind open (and the
             # factory started): undo both so a failed start leaks nothing.
             if self._created is not None and not self.connected:
                 self._created.close()
-                self.factory.doStop()
+                if self.factory is not None:
+                    self.factory.doStop()  # type: ignore[no-untyped-call]
             raise
         # Identify the file we bound, so that stopping never removes another's.
         try:
@@ -116,7 +119,7 @@ class _OwnedUNIXPort(unix.Port):
                 path=path,
             )
         # Skip unix.Port.connectionLost (its unconditional unlink); close the socket.
-        tcp.Port.connectionLost(self, reason)
+        tcp.Port.connectionLost(self, reason)  # type: ignore[no-untyped-call]
 
 
 class ControlSocketService(Service):
@@ -128,7 +131,7 @@ class ControlSocketService(Service):
         self,
         reactor: Any,
         path: str,
-        factory: IProtocolFactory,
+        factory: Factory,
         mode: int = 0o660,
         group: str | None = None,
         backlog: int = DEFAULT_BACKLOG,
@@ -141,21 +144,21 @@ class ControlSocketService(Service):
         self._backlog = backlog
         self._port: _OwnedUNIXPort | None = None
 
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
+    def startService(self) -> Deferred[None]:
         """Claim the path, listen, set mode and group.
 
         Raises SocketInUseError at once when the path is taken; a failure to
         listen (permissions, ...) errbacks the Deferred with an OSError.
         """
         self._claim_path()
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's Service: unannotated
         started: Deferred[None] = maybeDeferred(self._listen)
         started.addErrback(self._listen_failed)
         return started
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         """Stop listening; the socket file goes with it (if still ours)."""
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # Twisted's Service: unannotated
         port, self._port = self._port, None
         if port is None:
             return succeed(None)
@@ -185,7 +188,10 @@ class ControlSocketService(Service):
 
     def _listen(self) -> None:
         port = _OwnedUNIXPort(
-            self.path, self._factory, self._backlog, self._mode, self._reactor, wantPID=0
+            # unix.Port takes the path as bytes (as it binds it).
+            os.fsencode(self.path),
+            self._factory,  # type: ignore[arg-type]  # zope's @implementer is invisible to mypy
+            self._backlog, self._mode, self._reactor, wantPID=0,
         )
         port.startListening()  # binds, chmods to mode (umask plays no part), listens
         self._port = port
@@ -220,5 +226,5 @@ class ControlSocketService(Service):
         error = failure.value
         if isinstance(error, CannotListenError) and isinstance(error.socketError, OSError):
             # Hand the caller the plain OSError ("[Errno 13] Permission denied").
-            return Failure(error.socketError)
+            raise error.socketError from None
         return failure

@@ -23,35 +23,29 @@ before it reaches a log line or an error reply.
 from __future__ import annotations
 
 import json
-import re
-import socket
-import struct
 from collections.abc import Callable
 from typing import Protocol as _TypingProtocol
+from typing import cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from btu_twisted.daemon.connection import Clock, Connection, DelayedCall, describe_peer
+from btu_twisted.daemon.framing import (
+    Framer,
+    RequestError,
+    echo,
+    one_line,
+    schedule_name,
+    short_reason,
+    shorten,
+)
+
 __all__ = ["ControlFactory", "ControlProtocol", "SchedulerControl"]
-
-# Frappe's name column is varchar(140): a longer name cannot be a schedule.
-MAX_NAME_CHARS = 140
-# Client-chosen text in log lines and error replies is cut to this many
-# characters: names of up to 64 KiB once made 48 MB of log in two seconds.
-_ECHO_CHARS = 80
-
-_NON_WHITESPACE = re.compile(rb"[^ \t\r\n]")
-# Outside a JSON string only brackets, quotes and newlines matter to framing;
-# UTF-8 continuation bytes are >= 0x80, so scanning bytes is safe.
-_OUTSIDE_STRING = re.compile(rb'[{}\[\]"\n]')
-_INSIDE_STRING = re.compile(rb'["\\\n]')
-# Characters that would break the one-line reply (or the UTF-8 encoding of
-# it) if echoed: C0/C1 controls, Unicode line separators and lone surrogates.
-_UNSAFE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 class SchedulerControl(_TypingProtocol):
@@ -71,162 +65,6 @@ class SchedulerControl(_TypingProtocol):
         ``problems`` (or message) say why the old schedules stay."""
 
 
-class _RequestError(Exception):
-    """A request we refuse; the message follows ``Error: `` in the reply."""
-
-
-class _Framer:
-    """Cuts a byte stream into requests without waiting for a newline.
-
-    Scanning state is kept between chunks, so every byte is looked at once,
-    and never more than ``max_bytes + 1`` bytes of one request are scanned.
-    """
-
-    def __init__(self, max_bytes: int, max_depth: int) -> None:
-        self._buffer = bytearray()
-        self._max_bytes = max_bytes
-        self._max_depth = max_depth
-        self._reset()
-
-    def _reset(self) -> None:
-        self._pos = 0  # next byte of the current request to scan; 0: not started
-        self._depth = 0
-        self._in_string = False
-        self._escaped = False  # the last scanned byte was a backslash in a string
-
-    def __len__(self) -> int:
-        return len(self._buffer)
-
-    def feed(self, data: bytes) -> None:
-        self._buffer += data
-
-    def clear(self) -> None:
-        self._buffer = bytearray()
-        self._reset()
-
-    def next_request(self) -> bytes | None:
-        """The next complete request, None if more bytes are needed.
-
-        Raises _RequestError when the stream cannot hold a valid request.
-        """
-        buf = self._buffer
-        if self._pos == 0:
-            start = _NON_WHITESPACE.search(buf)
-            if start is None:
-                buf.clear()  # whitespace between requests is skipped
-                return None
-            del buf[: start.start()]
-            if buf[0] not in b"{[":
-                # No scalar or garbage can become an object: say so now rather
-                # than wait for a newline a BTU client never sends.
-                raise _RequestError("request is not a JSON object")
-            self._depth = 1
-            self._pos = 1
-        limit = min(len(buf), self._max_bytes + 1)
-        pos = self._pos
-        while pos < limit:
-            if self._escaped:
-                self._escaped = False
-                if buf[pos] != 0x0A:  # a newline still ends the request
-                    pos += 1
-                continue
-            if self._in_string:
-                found = _INSIDE_STRING.search(buf, pos, limit)
-                if found is None:
-                    pos = limit
-                    break
-                pos = found.start()
-                char = buf[pos]
-                if char == 0x22:  # "
-                    self._in_string = False
-                elif char == 0x5C:  # backslash
-                    self._escaped = True
-                else:
-                    return self._take(pos, pos + 1)
-                pos += 1
-                continue
-            found = _OUTSIDE_STRING.search(buf, pos, limit)
-            if found is None:
-                pos = limit
-                break
-            pos = found.start()
-            char = buf[pos]
-            if char == 0x22:
-                self._in_string = True
-            elif char in b"{[":
-                self._depth += 1
-                if self._depth > self._max_depth:
-                    raise _RequestError(f"request nested deeper than {self._max_depth} levels")
-            elif char in b"}]":
-                self._depth -= 1
-                if self._depth == 0:
-                    return self._take(pos + 1, pos + 1)
-            else:
-                return self._take(pos, pos + 1)
-            pos += 1
-        self._pos = pos
-        if len(buf) > self._max_bytes:
-            raise self.too_large()
-        return None
-
-    def too_large(self) -> _RequestError:
-        return _RequestError(f"request larger than {self._max_bytes} bytes")
-
-    def _take(self, end: int, consumed: int) -> bytes:
-        if end > self._max_bytes:
-            raise self.too_large()
-        request = bytes(self._buffer[:end])
-        del self._buffer[:consumed]
-        self._reset()
-        return request
-
-
-def _shorten(value: str) -> str:
-    """``value`` cut to ``_ECHO_CHARS`` characters, saying how much was cut."""
-    if len(value) > _ECHO_CHARS:
-        return f"{value[:_ECHO_CHARS]}...[{len(value) - _ECHO_CHARS} more characters]"
-    return value
-
-
-def _echo(value: str) -> str:
-    """``value`` quoted for a reply or log line, shortened and made safe."""
-    if len(value) > _ECHO_CHARS:
-        return f"{value[:_ECHO_CHARS]!r}...[{len(value) - _ECHO_CHARS} more characters]"
-    return repr(value)
-
-
-def _one_line(text: str) -> str:
-    return _UNSAFE_IN_LINE.sub(" ", text)
-
-
-def _short_reason(failure: Failure) -> str:
-    """The exception's type and first message line, for a one-line reply."""
-    assert failure.type is not None
-    name = getattr(failure.type, "__name__", "error")
-    lines = failure.getErrorMessage().strip().splitlines()
-    text = f"{name}: {lines[0]}" if lines else name
-    return _one_line(text[:200])
-
-
-def _describe_peer(transport: object, serial: int) -> str:
-    """Who is connected: the peer's pid/uid via SO_PEERCRED when available.
-
-    A Unix socket peer has no address worth logging; its credentials are what
-    an operator needs to find a misbehaving client.
-    """
-    try:
-        handle = transport.getHandle()  # type: ignore[attr-defined]
-        raw = handle.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, gid = struct.unpack("3i", raw)
-        return f"#{serial} pid={pid} uid={uid} gid={gid}"
-    except Exception:
-        try:
-            peer: IAddress = transport.getPeer()  # type: ignore[attr-defined]
-            return f"#{serial} {peer}"
-        except Exception:
-            return f"#{serial}"
-
-
 @implementer(IPushProducer)
 class ControlProtocol(Protocol):
     """One client connection: frame, check and answer requests in order.
@@ -243,7 +81,7 @@ class ControlProtocol(Protocol):
         self._settings = factory
         self._serial = serial
         self._control = factory.control
-        self._framer = _Framer(factory.max_request_bytes, factory.max_depth)
+        self._framer = Framer(factory.max_request_bytes, factory.max_depth)
         self._peer = f"#{serial}"
         self._connected = False
         self._closing = False
@@ -253,7 +91,7 @@ class ControlProtocol(Protocol):
         self._admitted = False  # counted in the factory's open connections
         self._processing = False  # inside the request loop
         self._final_error: str | None = None  # to write once the pending reply is out
-        self._idle_call: IDelayedCall | None = None
+        self._idle_call: DelayedCall | None = None
         self._handlers: dict[str, Callable[[object], None]] = {
             "ping": self._ping,
             "status": self._status,
@@ -262,17 +100,22 @@ class ControlProtocol(Protocol):
             "reload": self._reload,
         }
 
+    @property
+    def _link(self) -> Connection:
+        # Twisted types it as ITransport | None; connected, it is a stream transport.
+        return cast(Connection, self.transport)
+
     # -- connection life -------------------------------------------------
 
     def connectionMade(self) -> None:
         self._connected = True
-        self._peer = _describe_peer(self.transport, self._serial)
+        self._peer = describe_peer(self._link, self._serial)
         self._admitted = self._settings.admit()
         if not self._admitted:
             self._closing = True
             self._close_with_error("too many connections; try again later")
             return
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._link.registerProducer(self, True)
         self._registered = True
         self._start_idle_timer()
 
@@ -291,7 +134,7 @@ class ControlProtocol(Protocol):
         if self._throttled or self._closing:
             return
         self._throttled = True
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._link.pauseProducing()
 
     def resumeProducing(self) -> None:
         if not self._throttled:
@@ -299,7 +142,7 @@ class ControlProtocol(Protocol):
         self._throttled = False
         if self._closing or self._pending:
             return
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._link.resumeProducing()
         if not self._processing:
             self._run(self._process)
 
@@ -319,7 +162,7 @@ class ControlProtocol(Protocol):
         self._processing = True
         try:
             step()
-        except _RequestError as error:
+        except RequestError as error:
             self._reject(str(error))
         except Exception:
             self.log.failure("control request from {peer} failed", peer=self._peer)
@@ -341,23 +184,23 @@ class ControlProtocol(Protocol):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise _RequestError("request is not valid UTF-8") from None
+            raise RequestError("request is not valid UTF-8") from None
         try:
             request = json.loads(text)
         except json.JSONDecodeError as error:
-            raise _RequestError(
+            raise RequestError(
                 f"request is not valid JSON ({error.msg} at character {error.pos})"
             ) from None
         except ValueError:
-            raise _RequestError("request is not valid JSON") from None
+            raise RequestError("request is not valid JSON") from None
         if not isinstance(request, dict):
-            raise _RequestError("request is not a JSON object")
+            raise RequestError("request is not a JSON object")
         request_type = request.get("request_type")
         if not isinstance(request_type, str):
-            raise _RequestError("request_type is missing or not a string")
+            raise RequestError("request_type is missing or not a string")
         handler = self._handlers.get(request_type)
         if handler is None:
-            raise _RequestError(f"unhandled request_type {_echo(request_type)}")
+            raise RequestError(f"unhandled request_type {echo(request_type)}")
         handler(request.get("request_content"))
 
     # -- request types ---------------------------------------------------
@@ -370,32 +213,31 @@ class ControlProtocol(Protocol):
         self._write(json.dumps(status, separators=(",", ":"), default=str))
 
     def _create(self, content: object) -> None:
-        name = _schedule_name(content)
+        name = schedule_name(content)
         if self._control.request_planning(name):
             self.log.info(
-                "{peer} asked to plan {schedule}", peer=self._peer, schedule=_shorten(name)
+                "{peer} asked to plan {schedule}", peer=self._peer, schedule=shorten(name)
             )
             self._write(f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ.")
         else:
             self.log.warn(
                 "{peer} asked to plan {schedule}, but the planning queue is full",
                 peer=self._peer,
-                schedule=_shorten(name),
+                schedule=shorten(name),
             )
             self._write(f"Error: the planning queue is full; Task Schedule {name} was not queued.")
 
     def _cancel(self, content: object) -> None:
-        name = _schedule_name(content)
+        name = schedule_name(content)
         self.log.info(
-            "{peer} asked to cancel {schedule}", peer=self._peer, schedule=_shorten(name)
+            "{peer} asked to cancel {schedule}", peer=self._peer, schedule=shorten(name)
         )
         result = self._control.cancel(name)
         if not isinstance(result, Deferred):
             raise TypeError(f"cancel() returned {result!r}, not a Deferred")
-        result.addCallbacks(
+        self._reply_when(result.addCallbacks(
             self._cancelled, self._cancel_failed, callbackArgs=(name,), errbackArgs=(name,)
-        )
-        self._reply_when(result)
+        ))
 
     def _reload(self, content: object) -> None:
         self.log.info("{peer} asked to reload the schedules file", peer=self._peer)
@@ -411,7 +253,7 @@ class ControlProtocol(Protocol):
         if problems:
             return (f"Error: schedules file not reloaded ({len(problems)} problem(s); the last "
                     f"good schedules keep running): " + "; ".join(problems))
-        return f"Error: schedules file not reloaded: {_short_reason(failure)}"
+        return f"Error: schedules file not reloaded: {short_reason(failure)}"
 
     def _reply_when(self, result: Deferred[str]) -> None:
         """Answer with ``result``'s line; hold further requests until it fires."""
@@ -420,7 +262,7 @@ class ControlProtocol(Protocol):
         result.addErrback(self._internal_failure)
         if self._pending:  # not answered synchronously: hold further requests
             self._stop_idle_timer()
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self._link.pauseProducing()
 
     def _cancelled(self, removed: bool, name: str) -> str:
         if removed:
@@ -430,9 +272,9 @@ class ControlProtocol(Protocol):
     def _cancel_failed(self, failure: Failure, name: str) -> str:
         self.log.failure(
             "could not cancel {schedule} for {peer}", failure,
-            schedule=_shorten(name), peer=self._peer,
+            schedule=shorten(name), peer=self._peer,
         )
-        return f"Error: could not cancel Task Schedule {name}: {_short_reason(failure)}"
+        return f"Error: could not cancel Task Schedule {name}: {short_reason(failure)}"
 
     def _finish_pending(self, line: str) -> None:
         self._pending = False
@@ -447,21 +289,21 @@ class ControlProtocol(Protocol):
         self._start_idle_timer()
         if self._throttled:
             return  # resumeProducing goes on once the reply buffer drains
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._link.resumeProducing()
         self._run(self._process)
 
     def _internal_failure(self, failure: Failure) -> None:
         self.log.failure("control reply to {peer} failed", failure, peer=self._peer)
         self._pending = False
-        if self._connected and not self.transport.disconnecting:  # type: ignore[union-attr]
+        if self._connected and not self._link.disconnecting:
             self._closing = True
             self._close_with_error("internal error")
 
     # -- replies ---------------------------------------------------------
 
     def _write(self, line: str) -> None:
-        self.transport.write(  # type: ignore[union-attr]
-            _one_line(line).encode("utf-8", "backslashreplace") + b"\n"
+        self._link.write(
+            one_line(line).encode("utf-8", "backslashreplace") + b"\n"
         )
 
     def _reject(self, reason: str, warn: bool = True) -> None:
@@ -481,14 +323,14 @@ class ControlProtocol(Protocol):
     def _close_with_error(self, reason: str) -> None:
         self._write("Error: " + reason)
         self._unregister()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._link.loseConnection()
 
     def _unregister(self) -> None:
         """Stop being the transport's producer: a transport whose producer is
         paused would otherwise never finish closing."""
         if self._registered:
             self._registered = False
-            self.transport.unregisterProducer()  # type: ignore[union-attr]
+            self._link.unregisterProducer()
 
     # -- idle timer ------------------------------------------------------
 
@@ -515,27 +357,9 @@ class ControlProtocol(Protocol):
             self._closing = True
             self._framer.clear()
             self._unregister()
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self._link.abortConnection()
             return
         self._reject(f"no complete request within {self._settings.idle_timeout:g} seconds")
-
-
-def _schedule_name(content: object) -> str:
-    """The Task Schedule name carried by ``request_content``."""
-    if content is None:
-        raise _RequestError("request_content is missing; a Task Schedule name is required")
-    if not isinstance(content, str):
-        raise _RequestError("request_content must be a string (a Task Schedule name)")
-    if not content.strip():
-        raise _RequestError("request_content is empty; a Task Schedule name is required")
-    if len(content) > MAX_NAME_CHARS:
-        raise _RequestError(
-            f"request_content is {len(content)} characters long; a Task Schedule name"
-            f" has at most {MAX_NAME_CHARS}"
-        )
-    if _UNSAFE_IN_LINE.search(content):
-        raise _RequestError("request_content contains control characters")
-    return content
 
 
 class ControlFactory(Factory):
@@ -551,7 +375,7 @@ class ControlFactory(Factory):
     def __init__(
         self,
         control: SchedulerControl,
-        clock: IReactorTime,
+        clock: Clock,
         idle_timeout: float = 30.0,
         max_request_bytes: int = 65536,
         max_depth: int = 32,
@@ -589,7 +413,7 @@ class ControlFactory(Factory):
             self._refusing = False
             self.log.info("accepting control connections again")
 
-    def buildProtocol(self, addr: IAddress) -> ControlProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> ControlProtocol:
         self._serial += 1
         protocol = ControlProtocol(self, self._serial)
         protocol.factory = self

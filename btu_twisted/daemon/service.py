@@ -1,4 +1,4 @@
-"""The daemon as one ``MultiService``: what it owns and in which order it starts.
+"""The daemon as one ``Service``: what it owns and in which order it starts.
 
 Order matters: the database and Redis pools first, then the socket (so a
 second daemon on the same path stops before touching anything), then the
@@ -14,54 +14,53 @@ again from MariaDB.
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import MultiService
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
-from twisted.internet.error import ReactorNotRunning
-from twisted.internet.task import deferLater
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, LogLevel
 
 from btu_twisted import __version__
-from btu_twisted.timing.alarm import Alarm
-from btu_twisted.jobs.builders import make_builders
 from btu_twisted.config import Config, ConfigError, log_level
+from btu_twisted.daemon.checks import check_services
+from btu_twisted.daemon.control import SiteControl
 from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseError
+from btu_twisted.daemon.parts import Part, Parts, service_part
+from btu_twisted.daemon.prefix import PrefixHold
+from btu_twisted.daemon.protocol import ControlFactory
+from btu_twisted.daemon.startup import (
+    StartupError,
+    database_of,
+    exit_on_fatal,
+    settled,
+    startup_failure,
+)
+from btu_twisted.daemon.startup import reason_of as _reason
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.sources.schedules_file import ScheduleFileError
 from btu_twisted.health import Dependency
-from btu_twisted.ops.heap import release_free_memory
-from btu_twisted.sources.job_ids import JobIdRecorder
-from btu_twisted.store.keys import Keys
+from btu_twisted.jobs.builders import make_builders
 from btu_twisted.live_config import config_change
+from btu_twisted.ops.heap import release_free_memory
 from btu_twisted.ops.logsetup import apply_level
 from btu_twisted.planning.planner import Planner
-from btu_twisted.store.prefix_guard import PrefixGuard, PrefixRefused, PrefixTaken
-from btu_twisted.daemon.protocol import ControlFactory
-from btu_twisted.store.gateway import RedisGateway
-from btu_twisted.redis_target import target_of
 from btu_twisted.planning.refresh import FullRefresh
+from btu_twisted.redis_target import target_of
 from btu_twisted.sources.combined import FileSchedules, NameConflict, ScheduleSources
+from btu_twisted.sources.job_ids import JobIdRecorder
 from btu_twisted.sources.mariadb import Database
-from btu_twisted.ops.stats import lateness_summary
+from btu_twisted.sources.schedules_file import ScheduleFileError
+from btu_twisted.store.gateway import RedisGateway
+from btu_twisted.store.keys import Keys
+from btu_twisted.store.prefix_guard import PrefixGuard
 from btu_twisted.store.schedule_store import ScheduleStore
+from btu_twisted.timing.alarm import Alarm
 from btu_twisted.timing.timer import Timer
 
 if TYPE_CHECKING:
     from btu_twisted.ops.metrics import Metrics, MetricsService
 
-STARTUP_CHECK_TIMEOUT = 10.0
-PREFIX_RETRY_SECS = 2.0
 CANCEL_TIMEOUT = 5.0
-#: A fatal error's clean shutdown may take this long before the process just exits.
-FATAL_EXIT_SECS = 1.0
-
-
-class StartupError(Exception):
-    """The daemon cannot start; the message is the one line an admin sees."""
 
 
 def site_of(config: Config) -> str:
@@ -73,53 +72,6 @@ def owner_of(config: Config) -> str:
     """Which daemons are one site: those of one database (high availability), else
     those of one schedules file."""
     return config.mysql_database or f"file:{config.schedules_file}"
-
-
-def exit_on_fatal(reactor: Any) -> Callable[[str], None]:
-    """twistd has no way to stop with a failure status, so exit(1) after a clean shutdown.
-
-    twistd starts the service before the reactor runs, so a start-up that fails
-    at once (a broken schedules file, a socket path it cannot bind) reaches
-    here with the reactor not yet running: ``reactor.stop()`` would raise and
-    leave a process that runs on, serving nothing.  The stop therefore waits
-    for the reactor to run, and a shutdown that hangs (a service that does not
-    answer while stopping) ends the process all the same after
-    ``FATAL_EXIT_SECS``: systemd must see the failure.
-    """
-    stopping: list[str] = []
-
-    def fatal(message: str) -> None:
-        # twistd has replaced sys.stderr with its log; the admin's terminal (or
-        # journald) is still file descriptor 2.
-        os.write(2, f"btu: {message}\n".encode("utf-8", "replace"))
-        if stopping:
-            return
-        stopping.append(message)
-        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-        reactor.callWhenRunning(stop)
-
-    def stop() -> None:
-        reactor.callLater(FATAL_EXIT_SECS, os._exit, 1)
-        try:
-            reactor.stop()
-        except ReactorNotRunning:
-            pass  # already stopping (SIGTERM meanwhile): the trigger above still exits 1
-
-    return fatal
-
-
-def database_of(config: Config, reactor: Any) -> Database | None:
-    """The (unstarted) pool of the config's MariaDB; None when schedules come from a file only."""
-    if not config.uses_mariadb:
-        return None
-    return Database(
-        reactor,
-        host=config.mysql_host or "",
-        port=config.mysql_port,
-        user=config.mysql_user or "",
-        password=config.mysql_password or "",
-        database=config.mysql_database or "",
-    )
 
 
 class NoMetrics:
@@ -138,7 +90,7 @@ class NoMetrics:
         pass
 
 
-class BtuService(MultiService):
+class BtuService(Service):
     log = Logger()
 
     def __init__(
@@ -159,7 +111,6 @@ class BtuService(MultiService):
         timer wake-up; the service then neither starts nor stops them, and
         ``status`` names its site.  ``load_config`` reads the config file again
         for :meth:`sighup` (None: the config is not re-read)."""
-        super().__init__()
         self.config = config
         self._load_config = load_config
         #: Applies a reloaded ``tracing_level`` (tests replace it).
@@ -214,7 +165,8 @@ class BtuService(MultiService):
             on_enqueued=lambda claim, lateness: self.metrics.job_enqueued(claim.origin, lateness),
             on_failure=self.metrics.failure,
             default_zone=config.time_zone_string,
-            on_job_ids=self._record_job_ids,
+            # File schedules' ids are left out where they are written (ScheduleSources).
+            on_job_ids=self.job_ids.record,
             default_overlap=config.overlap,
             alarm=alarm,
         )
@@ -236,21 +188,48 @@ class BtuService(MultiService):
         )
         self.changes = self.sources.change_feed(reactor, self.fifo, self.refresh.trigger)
         self.metrics.watch(lambda: len(self.fifo), self._dependencies())
+        self.control = SiteControl(reactor, self, self._dependencies, site)
         self.socket = ControlSocketService(
             reactor,
             config.socket_path,
-            ControlFactory(self, reactor),
+            ControlFactory(self.control, reactor),
             mode=config.socket_mode,
             group=config.socket_file_group_owner,
         )
-        # What `status` says about the schedules file's reloads.
-        self._file_state: dict[str, object] = {"last_reload_at": None, "last_reload_error": None}
         self.started: Deferred[None] | None = None
-        self._prefix_wait: Deferred[None] | None = None
+        self.prefix = PrefixHold(
+            reactor, self.guard, lambda: self.config, lambda: bool(self.running)
+        )
+        db, owned_redis = self.db, self.redis if self._owns_redis else None
+        metrics_service = self.metrics_service
+        # What serves the site, in the order it starts (stopping runs the other
+        # way).  The prefix lease is released here, below the socket and the
+        # metrics port, so no request can reach Redis in a prefix another
+        # daemon may already hold; it is taken by `scheduling`, once they are up.
+        self.parts = Parts(
+            Part("schedules file", start=self._load_file),
+            Part("mariadb", db.start, db.stop) if db is not None else None,
+            Part("redis", owned_redis.start, owned_redis.stop) if owned_redis is not None else None,
+            Part("builder", stop=self.builder.close),
+            Part("prefix lease", stop=self.guard.release),
+            Part("job ids", stop=self.job_ids.stop),
+            service_part("socket", self.socket, start=self._open_socket),
+            None if config.startup_without_database_connections
+            else Part("checks", start=lambda: check_services(
+                reactor, config, self.redis, self.db, self.sources)),
+            service_part("metrics", metrics_service, start=self._serve_metrics)
+            if metrics_service is not None else None,
+        )
+        #: Nothing plans, prunes or claims in the key prefix before it is ours.
+        self.scheduling = Parts(
+            Part("prefix lease", start=self._hold_prefix),
+            *(service_part(part.name, part, start=part.startService)
+              for part in (self.timer, self.planner, self.refresh, self.changes)),
+        )
 
     # -- start and stop ------------------------------------------------------
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
-        # Children are started by hand, in order, once the checks pass.
+    def startService(self) -> Deferred[None]:
+        # No children: self.parts and self.scheduling start the parts, in order.
         self.running = 1
         self.started = Deferred.fromCoroutine(self._start())
         self.started.addErrback(self._start_failed)
@@ -259,77 +238,37 @@ class BtuService(MultiService):
     async def _start(self) -> None:
         for warning in self._warnings:
             self.log.warn("config: {warning}", warning=warning)
-        c = self.config
-        self.log.info(
-            "btu_twisted {version} starting: builder {builder}, socket {socket}, "
-            "schedules from {sources}, Redis {redis}",
-            version=__version__,
-            builder=c.job_builder if c.uses_mariadb else "function",
-            socket=c.socket_path,
-            sources=" and ".join(
-                ([f"MariaDB {c.mysql_host}:{c.mysql_port}/{c.mysql_database}"]
-                 if self.db is not None else [])
-                + ([f"file {c.schedules_file}"] if c.schedules_file else [])
-            ),
-            redis=self.redis.target.describe(),
-        )
-        self._load_file()
-        if self.db is not None:
-            self.db.start()
-        if self._owns_redis:
-            self.redis.start()
+        _log_start(self.log, self.config, self.db, self.redis)
+        await self.parts.start()
+        self.started_at = self._reactor.seconds()
+        if self.config.startup_without_database_connections:
+            # Started now, socket answering; the scheduling starts once Redis does.
+            later = Deferred.fromCoroutine(self.scheduling.start())
+            later.addErrback(self._start_failed)
+        else:
+            await self.scheduling.start()
+
+    async def _open_socket(self) -> None:
         try:
             await self.socket.startService()
         except SocketInUseError as e:
             raise StartupError(str(e)) from None
         except OSError as e:
             raise StartupError(f"cannot listen on {self.config.socket_path}: {e}") from None
-        if not self.config.startup_without_database_connections:
-            await self._check_services()
-        if self.metrics_service is not None:
-            try:
-                await self.metrics_service.start()
-            except Exception as e:
-                raise StartupError(
-                    f"cannot serve metrics on {self.config.metrics_host}:"
-                    f"{self.config.metrics_port}: {_reason(e)}"
-                ) from None
-        self.started_at = self._reactor.seconds()
-        if self.config.startup_without_database_connections:
-            # Started now, socket answering; the scheduling starts once Redis does.
-            later = Deferred.fromCoroutine(self._start_scheduling())
-            later.addErrback(self._start_failed)
-        else:
-            await self._start_scheduling()
 
-    async def _start_scheduling(self) -> None:
+    async def _serve_metrics(self) -> None:
+        assert self.metrics_service is not None
+        try:
+            await self.metrics_service.start()
+        except Exception as e:
+            raise StartupError(
+                f"cannot serve metrics on {self.config.metrics_host}:"
+                f"{self.config.metrics_port}: {_reason(e)}"
+            ) from None
+
+    async def _hold_prefix(self) -> bool:
         """Hold the key prefix before anything plans, prunes or claims in it."""
-        if await self._take_prefix() and self.running:
-            for child in (self.timer, self.planner, self.refresh, self.changes):
-                child.startService()
-
-    async def _take_prefix(self) -> bool:
-        """True once the prefix is ours; False when stopped while waiting for Redis."""
-        while self.running:
-            try:
-                await self.guard.acquire()
-                return True
-            except (PrefixTaken, PrefixRefused) as e:
-                raise StartupError(str(e)) from None
-            except Exception as e:
-                if not self.config.startup_without_database_connections:
-                    raise StartupError(
-                        f"cannot take the key prefix {self.config.redis_key_prefix!r} "
-                        f"in Redis: {_reason(e)}"
-                    ) from None
-            self._prefix_wait = deferLater(self._reactor, PREFIX_RETRY_SECS, lambda: None)
-            try:
-                await self._prefix_wait
-            except CancelledError:
-                break
-            finally:
-                self._prefix_wait = None
-        return False
+        return await self.prefix.take() and bool(self.running)
 
     def _lost_prefix(self, message: str) -> None:
         self.log.critical("{message}", message=message)
@@ -349,70 +288,17 @@ class BtuService(MultiService):
             self.log.info("schedules file {path}: {count} schedules",
                           path=self.sources.file.path, count=len(diff.added))
 
-    async def _check_services(self) -> None:
-        """Both at once, so start-up waits for the slower one, not their sum;
-        MariaDB's failure is the one reported when both fail."""
-        c = self.config
-        mariadb = Deferred.fromCoroutine(self._check_mariadb())
-        mariadb.addTimeout(STARTUP_CHECK_TIMEOUT, self._reactor)
-        redis = Deferred.fromCoroutine(self._check_redis())
-        (mariadb_ok, mariadb_result), (redis_ok, redis_result) = await DeferredList(
-            [mariadb, redis], consumeErrors=True
-        )
-        if not mariadb_ok and mariadb_result.check(NameConflict):
-            raise StartupError(str(mariadb_result.value))
-        if not mariadb_ok:
-            raise StartupError(
-                f"cannot use MariaDB database {c.mysql_database!r} at "
-                f"{c.mysql_host}:{c.mysql_port} as {c.mysql_user!r}: "
-                f"{_reason(mariadb_result.value)} "
-                "(set startup_without_database_connections = true to start anyway)"
-            )
-        if not redis_ok:
-            raise StartupError(
-                f"cannot reach Redis at {self.redis.target.describe()}: "
-                f"{_reason(redis_result.value)} "
-                "(set startup_without_database_connections = true to start anyway)"
-            )
-
-    async def _check_redis(self) -> None:
-        """A refused connection fails at once; the PING proves Redis answers."""
-        await self.redis.reachable(self._reactor)
-        await self.redis.ping()
-
-    async def _check_mariadb(self) -> None:
-        """A Frappe database, with no schedule of the file's names; nothing without MariaDB."""
-        if self.db is not None:
-            await self.db.check()
-            await self.sources.check_names()
-
     def _start_failed(self, failure: Any) -> None:
         self._on_fatal(startup_failure(failure, self.log))
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
         self.running = 0
-        if self._prefix_wait is not None:
-            self._prefix_wait.cancel()
-        children = [
-            self.changes, self.refresh, self.planner, self.timer, self.socket,
-            self.metrics_service,
-        ]
-        for child in children:
-            if child is not None and child.running:
-                try:
-                    await maybe_deferred(child.stopService())
-                except Exception:
-                    self.log.failure("stopping {service} failed", service=child.name)
-        self.job_ids.stop()
-        await self.guard.release()
-        await maybe_deferred(self.builder.close())
-        if self._owns_redis:
-            await maybe_deferred(self.redis.stop())
-        if self.db is not None:
-            self.db.stop()
+        self.prefix.cancel()
+        await self.scheduling.stop()
+        await self.parts.stop()
         self.log.info("btu_twisted stopped" + (" serving {site}" if self._site else ""),
                       site=self._site)
 
@@ -428,27 +314,18 @@ class BtuService(MultiService):
             **self._site_health(),
         }
 
-    def _record_job_ids(self, job_ids: Iterable[tuple[str, str]]) -> None:
-        """BTU's redis_job_id is a MariaDB column: file schedules have none."""
-        self.job_ids.record(pair for pair in job_ids if self.sources.keeps_job_ids(pair[0]))
-
-    # -- SchedulerControl, for the socket ------------------------------------------
+    # -- SchedulerControl: the socket's requests, answered by self.control --------------
     def request_planning(self, name: str) -> bool:
-        # The BTU app asks before it commits: plan now and again shortly after.
-        if not self.fifo.add(name):
-            return False
-        self.changes.requested(name)
-        return True
+        return self.control.request_planning(name)
 
     def cancel(self, name: str) -> Deferred[bool]:
-        # A name still waiting to be planned would bring the member back.
-        self.fifo.discard(name)
-        # The BTU app cancels a schedule it is about to delete: nothing would
-        # tell the timer otherwise (the change feed sees no deleted rows).
-        self.timer.forget([name])
-        d = Deferred.fromCoroutine(self.store.cancel(name))
-        # The socket holds the client's connection until this fires.
-        return d.addTimeout(CANCEL_TIMEOUT, self._reactor)
+        return self.control.cancel(name)
+
+    def reload(self) -> Deferred[str]:
+        return self.control.reload()
+
+    def status(self) -> dict[str, object]:
+        return self.control.status()
 
     def sighup(self) -> Deferred[str]:
         """SIGHUP (``systemctl reload``): re-read the config file (its live keys apply,
@@ -490,7 +367,7 @@ class BtuService(MultiService):
             parts.append(change.describe())
         if self.sources.file is not None:
             try:
-                parts.append("schedules file: " + await self._reload())
+                parts.append("schedules file: " + await self.control.reload())
             except (ScheduleFileError, NameConflict):
                 parts.append("schedules file not reloaded (see above)")
         if self.db is not None:
@@ -506,144 +383,20 @@ class BtuService(MultiService):
         self.log.error("{message}", message=message)
         return message
 
-    def reload(self) -> Deferred[str]:
-        """Re-read the schedules file (SIGHUP, the ``reload`` request): one line saying
-        what changed, or ScheduleFileError / NameConflict with the old set still in use."""
-        return Deferred.fromCoroutine(self._reload())
-
-    async def _reload(self) -> str:
-        self._file_state["last_reload_at"] = self._reactor.seconds()
-        try:
-            diff = await self.sources.reload()
-        except ScheduleFileError as e:
-            for problem in e.problems:
-                self.log.error("{problem}", problem=problem)
-            self.log.error("schedules file not reloaded: {count} problem(s); the last good "
-                           "schedules keep running", count=len(e.problems))
-            self._file_state["last_reload_error"] = "; ".join(e.problems)
-            raise
-        except NameConflict as e:
-            self.log.error("schedules file not reloaded: {error}", error=str(e))
-            self._file_state["last_reload_error"] = str(e)
-            raise
-        self._file_state["last_reload_error"] = None
-        # Removed names too: the planner unplans the names it cannot read.
-        self.fifo.extend(diff.names())
-        self.log.info("schedules file reloaded: {summary}", summary=diff.summary())
-        return diff.summary()
-
-    def _file_status(self) -> dict[str, object] | None:
-        """The schedules file in use: its schedules and how the last reload went."""
-        file = self.sources.file
-        if file is None:
-            return None
-        at = self._file_state["last_reload_at"]
-        return {
-            "path": file.path,
-            "schedules": len(file.rows),
-            "enabled": sum(1 for row in file.rows.values() if row.enabled),
-            "last_reload_at": _iso(at) if isinstance(at, (int, float)) else None,
-            "last_reload_error": self._file_state["last_reload_error"],
-        }
-
-    def status(self) -> dict[str, object]:
-        """Every time is ISO 8601 UTC, every duration seconds in a ``_secs`` field."""
-        now = self._reactor.seconds()
-        stats = self.timer.stats
-        status: dict[str, object] = {
-            "version": __version__,
-            "name": self.config.name,
-            "environment": self.config.environment_name,
-            **({"site": self._site} if self._site is not None else {}),
-            "started_at": _iso(self.started_at),
-            "uptime_secs": None if self.started_at is None else round(now - self.started_at, 3),
-            "fifo_length": len(self.fifo),
-            "members": stats.members_seen,
-            "next_due": None if stats.next_due is None else {
-                "member": stats.next_due[0], "at": _iso(stats.next_due[1]),
-            },
-            "enqueued": stats.enqueued,
-            "skipped": stats.skipped,
-            "lost_to_other_daemons": stats.lost,
-            "last_enqueue": _iso(stats.last_enqueue),
-            "last_enqueued_schedule": stats.last_schedule,
-            "lateness": lateness_summary(stats.lateness),
-            "planned": self.planner.planned_total,
-            "changes_seen": self.changes.changes_seen,
-            "redis_keys_lost": self.refresh.keys_lost,
-            "redis_job_ids_written": self.job_ids.written,
-            "last_run_ahead": {
-                name: _iso(when) for name, when in sorted(self.planner.ahead.items())
-            },
-            "last_full_refresh": self.refresh.last,
-            "schedules_file": self._file_status(),
-            "services": {name: dep.snapshot() for name, dep in self._dependencies().items()},
-            "now": _iso(now),
-        }
-        # Replaced here, not in the literal (which keeps the key's place in the JSON):
-        # refresh.py's record holds raw unix seconds.
-        status["last_full_refresh"] = _refresh_times(self.refresh.last)
-        return status
+def _log_start(log: Logger, c: Config, db: Database | None, redis: RedisGateway) -> None:
+    log.info(
+        "btu_twisted {version} starting: builder {builder}, socket {socket}, "
+        "schedules from {sources}, Redis {redis}",
+        version=__version__,
+        builder=c.job_builder if c.uses_mariadb else "function",
+        socket=c.socket_path,
+        sources=" and ".join(
+            ([f"MariaDB {c.mysql_host}:{c.mysql_port}/{c.mysql_database}"]
+             if db is not None else [])
+            + ([f"file {c.schedules_file}"] if c.schedules_file else [])
+        ),
+        redis=redis.target.describe(),
+    )
 
 
-def startup_failure(failure: Any, log: Logger) -> str:
-    """The one line a failed start-up ends with, logged as critical (an unexpected
-    error with its traceback too)."""
-    if failure.check(StartupError):
-        message = str(failure.value)
-    else:
-        log.failure("start-up failed", failure)
-        message = f"start-up failed: {_reason(failure.value)}"
-    log.critical("{message}", message=message)
-    return message
-
-
-def settled(d: Deferred[Any]) -> Deferred[None]:
-    """Fires (with None) once ``d`` has fired, leaving ``d``'s own result as it was
-    for its other callbacks (awaiting ``d`` itself would take it)."""
-    after: Deferred[None] = Deferred()
-
-    def passed(result: Any) -> Any:
-        after.callback(None)
-        return result
-
-    d.addBoth(passed)
-    return after
-
-
-async def maybe_deferred(result: Any) -> Any:
-    """``result``, awaited when it is a Deferred (stopService may return either)."""
-    if isinstance(result, Deferred):
-        return await result
-    return result
-
-
-def reason_of(error: BaseException) -> str:
-    """An error as the one line an admin reads."""
-    text = str(error) or type(error).__name__
-    return " ".join(text.split())[:300]
-
-
-_reason = reason_of
-
-
-def _iso(when: float | None) -> str | None:
-    if when is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
-
-
-def _refresh_times(last: dict[str, object]) -> dict[str, object] | None:
-    """The refresh's raw unix ``at`` and ``duration``, as ISO 8601 and ``duration_secs``."""
-    if not last:
-        return None
-    at, duration = last.get("at"), last.get("duration")
-    return {
-        "at": _iso(at) if isinstance(at, (int, float)) else None,
-        "duration_secs": round(duration, 3) if isinstance(duration, (int, float)) else None,
-        **{key: value for key, value in last.items() if key not in ("at", "duration")},
-    }
-
-
-__all__ = ["BtuService", "StartupError", "database_of", "maybe_deferred", "reason_of",
-           "settled", "startup_failure"]
+__all__ = ["BtuService"]

@@ -32,20 +32,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, LogLevel
 
-from btu_twisted.timing.alarm import Alarm
 from btu_twisted.config import Config, ConfigError, log_level
-from btu_twisted.live_config import config_change
-from btu_twisted.ops.logsetup import apply_level
-from btu_twisted.store.gateway import RedisGateway
-from btu_twisted.redis_target import target_of
-from btu_twisted.daemon.service import (
+from btu_twisted.daemon.parts import Part, Parts, service_part
+from btu_twisted.daemon.service import BtuService
+from btu_twisted.daemon.startup import (
     STARTUP_CHECK_TIMEOUT,
-    BtuService,
     StartupError,
     database_of,
     exit_on_fatal,
@@ -54,6 +50,11 @@ from btu_twisted.daemon.service import (
     settled,
     startup_failure,
 )
+from btu_twisted.live_config import config_change
+from btu_twisted.ops.logsetup import apply_level
+from btu_twisted.redis_target import target_of
+from btu_twisted.store.gateway import RedisGateway
+from btu_twisted.timing.alarm import Alarm
 
 if TYPE_CHECKING:
     from btu_twisted.ops.metrics import Metrics, MetricsService
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 __all__ = ["SitesService"]
 
 
-class SitesService(MultiService):
+class SitesService(Service):
     """The sites of ``config.site_configs``, started once discovery says which to serve."""
 
     log = Logger()
@@ -74,7 +75,6 @@ class SitesService(MultiService):
         warnings: list[str] | None = None,
         load_config: Callable[[], tuple[Config, list[str]]] | None = None,
     ) -> None:
-        super().__init__()
         #: Reads the config file again, for :meth:`reload` (None: nothing to reload from).
         self._load_config = load_config
         self._reloading: Deferred[str] | None = None
@@ -101,6 +101,16 @@ class SitesService(MultiService):
         #: Sites that stopped on a failure, with the one line that says why.
         self.failed: dict[str, str] = {}
         self.started: Deferred[None] | None = None
+        metrics_service = self.metrics_service
+        # Started in this order, stopped in the reverse: the sites stop before
+        # the metrics port and the Redis connection they share.
+        self.parts = Parts(
+            Part("redis", self.redis.start, self.redis.stop),
+            Part("sites served", start=self._choose_sites),
+            service_part("metrics", metrics_service, start=self._open_metrics)
+            if metrics_service is not None else None,
+            Part("sites", self._start_sites, self._stop_sites),
+        )
 
     def _site(self, name: str, config: Config) -> BtuService:
         site = BtuService(
@@ -115,7 +125,7 @@ class SitesService(MultiService):
         return site
 
     # -- start and stop ------------------------------------------------------
-    def startService(self) -> Deferred[None]:  # type: ignore[override]
+    def startService(self) -> Deferred[None]:
         self.running = 1
         self.started = Deferred.fromCoroutine(self._start())
         self.started.addErrback(self._start_failed)
@@ -126,13 +136,16 @@ class SitesService(MultiService):
             self.log.warn("config: {warning}", warning=warning)
         for name, why in self.config.skipped_sites.items():
             self.log.warn("site {site} skipped: {why}", site=name, why=why)
-        self.redis.start()
+        await self.parts.start()
+
+    async def _choose_sites(self) -> bool:
+        """The sites to serve; False when stopped while the databases were looked at."""
         if self.config.frappe_sites == ("*",):
             names = await self._discover(list(self.sites))
         else:
             names = list(self.sites)
         if not self.running:
-            return  # stopped while the databases were being looked at
+            return False  # stopped while the databases were being looked at
         if not names:
             raise StartupError(
                 f"no site of the bench {self.config.frappe_bench_path} to serve "
@@ -141,14 +154,25 @@ class SitesService(MultiService):
         self.served = {name: self.sites[name] for name in names}
         self.log.info("serving {count} site(s): {sites}; Redis {redis}", count=len(names),
                       sites=", ".join(names), redis=self.redis.target.describe())
-        if self.metrics_service is not None:
-            await self._serve_metrics()
+        return True
+
+    async def _open_metrics(self) -> bool:
+        """Serve metrics; False when stopped meanwhile (the stop has passed the port)."""
+        assert self.metrics_service is not None
+        await self._serve_metrics()
         if not self.running:  # stopped meanwhile: _stop has passed the metrics port
-            if self.metrics_service is not None and self.metrics_service.running:
+            if self.metrics_service.running:
                 await maybe_deferred(self.metrics_service.stopService())
-            return
+            return False
+        return True
+
+    async def _start_sites(self) -> None:
         # At once: a slow or failing site does not delay the others' start.
         await DeferredList([site.startService() for site in self.served.values()])
+
+    async def _stop_sites(self) -> None:
+        await DeferredList([Deferred.fromCoroutine(_stop_site(site))
+                            for site in reversed(list(self.served.values()))])
 
     async def _discover(self, names: list[str]) -> list[str]:
         """The sites among ``names`` whose database has ``tabBTU Task Schedule``,
@@ -159,7 +183,7 @@ class SitesService(MultiService):
             check.addTimeout(STARTUP_CHECK_TIMEOUT, self._reactor)
         served = []
         results: list[tuple[bool, Any]] = await DeferredList(checks, consumeErrors=True)
-        for name, (ok, result) in zip(names, results):
+        for name, (ok, result) in zip(names, results, strict=False):
             c = self.sites[name].config
             where = f"database {c.mysql_database!r} at {c.mysql_host}:{c.mysql_port}"
             if not ok:
@@ -310,16 +334,12 @@ class SitesService(MultiService):
     def _start_failed(self, failure: Any) -> None:
         self._on_fatal(startup_failure(failure, self.log))
 
-    def stopService(self) -> Deferred[None]:  # type: ignore[override]
+    def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
         self.running = 0
-        await DeferredList([Deferred.fromCoroutine(_stop_site(site))
-                            for site in reversed(list(self.served.values()))])
-        if self.metrics_service is not None and self.metrics_service.running:
-            await maybe_deferred(self.metrics_service.stopService())
-        await self.redis.stop()
+        await self.parts.stop()
         self.log.info("btu_twisted stopped (all sites)")
 
     # -- what the sites share --------------------------------------------------------
@@ -357,7 +377,7 @@ def _name_site_in_logs(site: BtuService, name: str, shared: tuple[object, ...]) 
     for part in parts:
         logger = getattr(type(part), "log", None)
         if isinstance(logger, Logger) and not isinstance(part.__dict__.get("log"), SiteLogger):
-            part.log = SiteLogger(name, logger.namespace, part)  # type: ignore[attr-defined]
+            part.log = SiteLogger(name, logger.namespace, part)
 
 
 def _listed(names: list[str]) -> str:

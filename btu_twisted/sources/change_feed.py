@@ -80,13 +80,15 @@ class ChangeFeed(Service):
                 call.cancel()
         self._pending.clear()
 
-    def requested(self, name: str) -> None:
-        """A socket request named ``name``: plan it now and again after the commit."""
-        self._fifo.add(name)
-        if not self.running:
-            return
-        for delay in self._follow_ups:
-            self._later(delay, name)
+    def requested(self, name: str) -> bool:
+        """A socket request named ``name``: plan it now and again after the commit.
+        False when the FIFO is full (then no follow-up either)."""
+        if not self._fifo.add(name):
+            return False
+        if self.running:
+            for delay in self._follow_ups:
+                self._later(delay, name)
+        return True
 
     def _later(self, delay: float, name: str) -> None:
         call: IDelayedCall

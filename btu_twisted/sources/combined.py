@@ -78,8 +78,8 @@ class NoChangeFeed(Service):
     def __init__(self, fifo: ScheduleFifo) -> None:
         self._fifo = fifo
 
-    def requested(self, name: str) -> None:
-        self._fifo.add(name)
+    def requested(self, name: str) -> bool:
+        return self._fifo.add(name)
 
 
 class ScheduleSources:
@@ -207,10 +207,13 @@ class ScheduleSources:
         """True when ``name``'s job ids go back to a MariaDB row (BTU's redis_job_id)."""
         return self.db is not None and name not in self._file_rows()
 
-    async def write_job_ids(self, job_ids: Mapping[str, str]) -> None:
+    async def write_job_ids(self, job_ids: Mapping[str, str]) -> int:
+        """The one filter on job ids: how many went to a MariaDB row."""
         wanted = {name: job for name, job in job_ids.items() if self.keeps_job_ids(name)}
         if wanted and self.db is not None:
             await self.db.write_job_ids(wanted)
+            return len(wanted)
+        return 0
 
     async def changes(
         self, since: Mapping[str, datetime | None], overlap: timedelta

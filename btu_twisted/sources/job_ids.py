@@ -62,13 +62,14 @@ class JobIdRecorder:
             while self._pending and not self._stopped:
                 batch, self._pending = self._pending, {}
                 try:
-                    await self._db.write_job_ids(batch)
+                    written = await self._db.write_job_ids(batch)
                 except Exception as e:
                     # Newer ids recorded meanwhile win over the batch's.
                     self._pending = {**batch, **self._pending}
                     self._failed(e)
                     return
-                self.written += len(batch)
+                # ScheduleSources says how many had a row; a Database writes them all.
+                self.written += len(batch) if written is None else written
                 self._backoff.reset()
         finally:
             self._writing = None

@@ -688,13 +688,13 @@ class HostileSocketTests(FaultCase):
         the client still listens), and nothing is queued for planning."""
         service = await self.start()
         queued: list[str] = []
-        original = service.request_planning
+        original = service.control.request_planning
 
         def spy(name: str) -> bool:
             queued.append(name)
             return original(name)
 
-        service.request_planning = spy
+        service.control.request_planning = spy
         await wait_for(lambda: service.refresh.last, timeout=10)
         gc.collect()
         baseline = _rss_bytes()

@@ -1,0 +1,195 @@
+"""What the control socket asks of one site: plan, cancel, reload, status.
+
+The socket only needs these four (``protocol.SchedulerControl``); keeping them
+apart from the service that starts and stops the site's parts keeps each one
+small enough to read whole.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from btu_twisted import __version__
+from btu_twisted.config import Config
+from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.health import Dependency
+from btu_twisted.ops.stats import lateness_summary
+from btu_twisted.planning.planner import Planner
+from btu_twisted.planning.refresh import FullRefresh
+from btu_twisted.sources.combined import NameConflict, ScheduleSources
+from btu_twisted.sources.job_ids import JobIdRecorder
+from btu_twisted.sources.schedules_file import ScheduleFileError
+from btu_twisted.store.schedule_store import ScheduleStore
+from btu_twisted.timing.timer import Timer
+
+if TYPE_CHECKING:
+    from btu_twisted.sources.change_feed import ChangeFeed
+    from btu_twisted.sources.combined import NoChangeFeed
+
+__all__ = ["CANCEL_TIMEOUT", "SiteControl", "SiteParts"]
+
+CANCEL_TIMEOUT = 5.0
+
+
+class SiteParts(Protocol):
+    """The parts of a site's service the control reads (the service itself, in the daemon)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def started_at(self) -> float | None: ...
+    @property
+    def fifo(self) -> ScheduleFifo: ...
+    @property
+    def changes(self) -> ChangeFeed | NoChangeFeed: ...
+    @property
+    def timer(self) -> Timer: ...
+    @property
+    def store(self) -> ScheduleStore: ...
+    @property
+    def sources(self) -> ScheduleSources: ...
+    @property
+    def planner(self) -> Planner: ...
+    @property
+    def refresh(self) -> FullRefresh: ...
+    @property
+    def job_ids(self) -> JobIdRecorder: ...
+
+
+class SiteControl:
+    """The socket's requests, answered from the site's parts."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        parts: SiteParts,
+        dependencies: Callable[[], dict[str, Dependency]],
+        site: str | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._parts = parts
+        self._dependencies = dependencies
+        self._site = site
+        # What `status` says about the schedules file's reloads.
+        self._file_state: dict[str, object] = {"last_reload_at": None, "last_reload_error": None}
+
+    def request_planning(self, name: str) -> bool:
+        # The BTU app asks before it commits: plan now and again shortly after.
+        # Added once, by the feed: a planner asleep on the FIFO takes a name
+        # added twice now, then finds it again in the batch it drains.
+        return self._parts.changes.requested(name)
+
+    def cancel(self, name: str) -> Deferred[bool]:
+        # A name still waiting to be planned would bring the member back.
+        self._parts.fifo.discard(name)
+        # The BTU app cancels a schedule it is about to delete: nothing would
+        # tell the timer otherwise (the change feed sees no deleted rows).
+        self._parts.timer.forget([name])
+        d = Deferred.fromCoroutine(self._parts.store.cancel(name))
+        # The socket holds the client's connection until this fires.
+        return d.addTimeout(CANCEL_TIMEOUT, self._reactor)
+
+    def reload(self) -> Deferred[str]:
+        """Re-read the schedules file (SIGHUP, the ``reload`` request): one line saying
+        what changed, or ScheduleFileError / NameConflict with the old set still in use."""
+        return Deferred.fromCoroutine(self._reload())
+
+    async def _reload(self) -> str:
+        self._file_state["last_reload_at"] = self._reactor.seconds()
+        try:
+            diff = await self._parts.sources.reload()
+        except ScheduleFileError as e:
+            for problem in e.problems:
+                self.log.error("{problem}", problem=problem)
+            self.log.error("schedules file not reloaded: {count} problem(s); the last good "
+                           "schedules keep running", count=len(e.problems))
+            self._file_state["last_reload_error"] = "; ".join(e.problems)
+            raise
+        except NameConflict as e:
+            self.log.error("schedules file not reloaded: {error}", error=str(e))
+            self._file_state["last_reload_error"] = str(e)
+            raise
+        self._file_state["last_reload_error"] = None
+        # Removed names too: the planner unplans the names it cannot read.
+        self._parts.fifo.extend(diff.names())
+        self.log.info("schedules file reloaded: {summary}", summary=diff.summary())
+        return diff.summary()
+
+    def _file_status(self) -> dict[str, object] | None:
+        """The schedules file in use: its schedules and how the last reload went."""
+        file = self._parts.sources.file
+        if file is None:
+            return None
+        at = self._file_state["last_reload_at"]
+        return {
+            "path": file.path,
+            "schedules": len(file.rows),
+            "enabled": sum(1 for row in file.rows.values() if row.enabled),
+            "last_reload_at": _iso(at) if isinstance(at, int | float) else None,
+            "last_reload_error": self._file_state["last_reload_error"],
+        }
+
+    def status(self) -> dict[str, object]:
+        """Every time is ISO 8601 UTC, every duration seconds in a ``_secs`` field."""
+        now = self._reactor.seconds()
+        started_at = self._parts.started_at
+        stats = self._parts.timer.stats
+        status: dict[str, object] = {
+            "version": __version__,
+            "name": self._parts.config.name,
+            "environment": self._parts.config.environment_name,
+            **({"site": self._site} if self._site is not None else {}),
+            "started_at": _iso(started_at),
+            "uptime_secs": None if started_at is None else round(now - started_at, 3),
+            "fifo_length": len(self._parts.fifo),
+            "members": stats.members_seen,
+            "next_due": None if stats.next_due is None else {
+                "member": stats.next_due[0], "at": _iso(stats.next_due[1]),
+            },
+            "enqueued": stats.enqueued,
+            "skipped": stats.skipped,
+            "lost_to_other_daemons": stats.lost,
+            "last_enqueue": _iso(stats.last_enqueue),
+            "last_enqueued_schedule": stats.last_schedule,
+            "lateness": lateness_summary(stats.lateness),
+            "planned": self._parts.planner.planned_total,
+            "changes_seen": self._parts.changes.changes_seen,
+            "redis_keys_lost": self._parts.refresh.keys_lost,
+            "redis_job_ids_written": self._parts.job_ids.written,
+            "last_run_ahead": {
+                name: _iso(when) for name, when in sorted(self._parts.planner.ahead.items())
+            },
+            "last_full_refresh": self._parts.refresh.last,
+            "schedules_file": self._file_status(),
+            "services": {name: dep.snapshot() for name, dep in self._dependencies().items()},
+            "now": _iso(now),
+        }
+        # Replaced here, not in the literal (which keeps the key's place in the JSON):
+        # refresh.py's record holds raw unix seconds.
+        status["last_full_refresh"] = _refresh_times(self._parts.refresh.last)
+        return status
+
+
+def _iso(when: float | None) -> str | None:
+    if when is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+
+
+def _refresh_times(last: dict[str, object]) -> dict[str, object] | None:
+    """The refresh's raw unix ``at`` and ``duration``, as ISO 8601 and ``duration_secs``."""
+    if not last:
+        return None
+    at, duration = last.get("at"), last.get("duration")
+    return {
+        "at": _iso(at) if isinstance(at, int | float) else None,
+        "duration_secs": round(duration, 3) if isinstance(duration, int | float) else None,
+        **{key: value for key, value in last.items() if key not in ("at", "duration")},
+    }
