@@ -58,4 +58,4 @@ class JobIdFilterTests(TestCase):
         config, _ = parse_config({"frappe_bench_path": str(bench), "frappe_site_name": "a.local",
                                   "socket_path": self.mktemp()})
         service = BtuService(config, MemoryReactorClock())
-        self.assertEqual(service.timer._on_job_ids, service.job_ids.record)
+        self.assertEqual(service.timer._claims._on_job_ids, service.job_ids.record)
