@@ -31,6 +31,7 @@ from btu_twisted.health import DOWN, OK, iso_utc
 from btu_twisted.store.history import Run, parse_run
 from btu_twisted.store.keys import Keys
 from btu_twisted.store.schedule_store import split_member
+from btu_twisted.store.scripts import LATEST_RUNS, SOONEST
 
 __all__ = [
     "DEFAULT_LIMIT", "MAX_LIMIT", "ScheduleLine", "ScheduleReader", "SitesPage", "Soonest",
@@ -46,22 +47,9 @@ NOTHING = "\u2014"  # an em dash: no value
 # The soonest members (member, score, member, ...) as one JSON text, and how
 # many there are: parsed by txredisapi element by element, a thousand members
 # would be two thousand reactor-side steps.
-SOONEST = """#!lua flags=no-writes
-local zset, limit = KEYS[1], tonumber(ARGV[1])
-local soonest = redis.call('ZRANGE', zset, 0, limit - 1, 'WITHSCORES')
-return {redis.call('ZCARD', zset), #soonest > 0 and cjson.encode(soonest) or '[]'}
-"""
 
 # The newest entry of each history list in KEYS, '' for none (no list, or a
 # key of another type: one odd key must not cost the whole page).
-LATEST_RUNS = """#!lua flags=no-writes
-local heads = {}
-for i = 1, #KEYS do
-  local head = redis.pcall('LINDEX', KEYS[i], 0)
-  heads[i] = type(head) == 'string' and head or ''
-end
-return #heads > 0 and cjson.encode(heads) or '[]'
-"""
 
 
 class ScriptRunner(Protocol):

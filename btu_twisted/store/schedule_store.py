@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from btu_twisted.store.history import DEFAULT_LENGTH, FOLD_HISTORY, FOLD_TEXTS
+from btu_twisted.store.history import DEFAULT_LENGTH, FOLD_TEXTS
 
 # The key names live in keys.py (importable without Twisted); store.py still exports them.
 from btu_twisted.store.keys import (
@@ -46,6 +46,18 @@ from btu_twisted.store.keys import (
     Keys,
 )
 from btu_twisted.store.resp import Encoded, encode, join
+from btu_twisted.store.scripts import (
+    CANCEL,
+    CLAIM,
+    FOLD_HISTORY,
+    FORGET_LAST_RUNS,
+    LAST_RUN_NAMES,
+    PLAN,
+    PRUNE_INDEX,
+    PRUNE_MEMBERS,
+    UNPLAN_IF_OWNED,
+    WINDOW,
+)
 
 if TYPE_CHECKING:
     from btu_twisted.store.gateway import RedisCommands
@@ -60,47 +72,6 @@ RECENT_SECS = 3600
 # (they are just names) still round-trip.
 _NAME_OF = r"^(.*)|[^|]*$"
 
-PLAN = """#!lua
-local zset, idx, last = KEYS[1], KEYS[2], KEYS[3]
-local now, n = tonumber(ARGV[1]), tonumber(ARGV[2])
--- Checked before the first write, as in CLAIM.
-for _, k in ipairs({{zset, 'zset'}, {idx, 'hash'}, {last, 'hash'}}) do
-  local t = redis.call('TYPE', k[1])['ok']
-  if t ~= 'none' and t ~= k[2] then
-    return redis.error_reply('WRONGTYPE ' .. k[1] .. ' holds a ' .. t .. ', not a ' .. k[2])
-  end
-end
-local rejected = {}
-for i = 0, n - 1 do
-  local name, when = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
-  -- An unreadable last run does not stop planning: the claim reports it.
-  local done = tonumber(redis.call('HGET', last, name) or '-1') or -1
-  if tonumber(when) <= done then
-    rejected[#rejected + 1] = name
-    rejected[#rejected + 1] = tostring(done)
-  else
-    local member = name .. '|' .. when
-    local old = redis.call('HGET', idx, name)
-    local old_score = old and old ~= member and redis.call('ZSCORE', zset, old)
-    -- A member already due belongs to the timer, which may be claiming it
-    -- right now; replacing it would lose that run.  The timer replans the
-    -- schedule after its claim.
-    if not (old_score and tonumber(old_score) <= now) then
-      if old and old ~= member then redis.call('ZREM', zset, old) end
-      redis.call('ZADD', zset, when, member)
-      redis.call('HSET', idx, name, member)
-    end
-  end
-end
-for i = 3 + 2 * n, #ARGV do
-  local old = redis.call('HGET', idx, ARGV[i])
-  if old then
-    redis.call('ZREM', zset, old)
-    redis.call('HDEL', idx, ARGV[i])
-  end
-end
-return rejected
-"""
 
 #: Schedules planned (or unplanned) per PLAN call.
 PLAN_CHUNK = 200
@@ -157,191 +128,6 @@ PLAN_CHUNK = 200
 # a few fields (PER_JOB_FIELDS); the others (queue, timeout, status, callbacks,
 # eight empty ones) are sent once per call, not once per job: Redis reads ~12
 # arguments a job instead of ~23.
-CLAIM = """#!lua
-local KEYS, ARGV, tonumber, unpack = KEYS, ARGV, tonumber, unpack
-local call, pcall_ = redis.call, redis.pcall
-local zset, last, queues, last_job, inbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local enqueued_at = ARGV[1]
-local njobs = tonumber(ARGV[2])
-local keep = tonumber(ARGV[4])
-local function wrong(key, want)
-  local t = call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= want then
-    return key .. ' holds a ' .. t .. ', not a ' .. want
-  end
-end
-for _, k in ipairs({{zset, 'zset'}, {last, 'hash'}, {last_job, 'hash'}}) do
-  local bad = wrong(k[1], k[2])
-  if bad then return redis.error_reply('WRONGTYPE ' .. bad) end
-end
--- Each shape's fields once per call: {'enqueued_at', <time>, own1, <value>,
--- own2, <value>, ..., shared1, value1, ...}, the own values filled in job by job.
-local shapes, counts, nshapes = {}, {[0] = 0}, tonumber(ARGV[3])
-local a = 5
-for s = 1, nshapes do
-  local n, fields = tonumber(ARGV[a]), {'enqueued_at', enqueued_at}
-  for i = 1, n do fields[2 * i + 1], fields[2 * i + 2] = ARGV[a + i], '' end
-  local m = tonumber(ARGV[a + n + 1])
-  if not n or not m then return redis.error_reply('ERR claim: bad shape ' .. s) end
-  for i = 1, 2 * m do fields[2 * n + 2 + i] = ARGV[a + n + 1 + i] end
-  shapes[s], counts[s] = fields, n
-  a = a + 2 + n + 2 * m
-end
-local at, members, names, shape_of = {}, {}, {}, {}
-for j = 1, njobs do
-  local shape = tonumber(ARGV[a + 5])
-  if not tonumber(ARGV[a + 2]) or not shape or not counts[shape] then
-    return redis.error_reply('ERR claim ' .. j .. ': bad time or field names')
-  end
-  at[j], members[j], names[j], shape_of[j] = a, ARGV[a], ARGV[a + 1], shape
-  a = a + 6 + counts[shape]
-end
-local CHUNK = 1000
--- One reply value per item (false when missing), the command sent in chunks.
-local function read(cmd, key, items)
-  if #items <= CHUNK then return call(cmd, key, unpack(items)) end
-  local out, n = {}, 0
-  for i = 1, #items, CHUNK do
-    local part = call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
-    for k = 1, #part do n = n + 1; out[n] = part[k] end
-  end
-  return out
-end
-local function write(cmd, key, items, n)
-  for i = 1, n, CHUNK do
-    call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, n)))
-  end
-end
-local scores
-local ok, got = pcall(read, 'ZMSCORE', zset, members)
-if ok then
-  scores = got
-else  -- Redis before 6.2
-  scores = {}
-  for j = 1, njobs do scores[j] = call('ZSCORE', zset, members[j]) end
-end
-local lasts = read('HMGET', last, names)
-local done = {}
-local queues_bad = wrong(queues, 'set')
-local queue_bad, pushed, queue_order, nqueues = {}, {}, {}, 0
-local removed, zrem, hset = {}, {}, {}
-local nzrem, nhset = 0, 0
--- Overlap: the latest job of each schedule claimed with mode "skip", read
--- when first needed (false: none), then as this batch enqueues.
-local jobs_of, ljset, nljset = {}, {}, 0
-local function busy(name)
-  local prev = jobs_of[name]
-  if prev == nil then
-    prev = call('HGET', last_job, name)
-    jobs_of[name] = prev
-  end
-  if not prev then return false end
-  local status = call('HGET', 'rq:job:' .. prev, 'status')
-  return status == 'queued' or status == 'started'
-end
-local hist, nhist = {}, 0
-local out, reasons, nreasons = {}, {}, 0
-for j = 1, njobs do
-  local b = at[j]
-  local member, name = members[j], names[j]
-  local d = done[name]
-  if d == nil then
-    d = lasts[j]
-    done[name] = d
-  end
-  local bad, code = nil, nil
-  if not scores[j] or removed[member] then
-    code = 0
-  elseif d and not tonumber(d) then
-    bad = last .. ' field ' .. name .. ' holds "' .. string.sub(d, 1, 40)
-      .. '", not a unix time'
-  else
-    local when, job_id, mode = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-    local job_key, queue_key = KEYS[4 + 2 * j], KEYS[5 + 2 * j]
-    if job_id ~= '' then
-      local qb = queue_bad[queue_key]
-      if qb == nil then
-        qb = queues_bad or wrong(queue_key, 'list') or false
-        queue_bad[queue_key] = qb
-      end
-      if qb then bad = qb end
-    end
-    if not bad and tonumber(when) <= tonumber(d or '-1') then
-      code = 2
-      if job_id ~= '' then bad = wrong(job_key, 'hash') end
-    elseif not bad and job_id ~= '' and mode == 'skip' and busy(name) then
-      code = 4
-    elseif not bad and job_id ~= '' then
-      local shape = shape_of[j]
-      local fields = shapes[shape] or {'enqueued_at', enqueued_at}
-      for i = 1, counts[shape] do fields[2 * i + 2] = ARGV[b + 5 + i] end
-      local set = pcall_('HSET', job_key, unpack(fields))
-      if type(set) == 'table' and set.err then
-        bad = wrong(job_key, 'hash')
-        if not bad then return set end
-      end
-    end
-    if not bad then
-      removed[member] = true
-      nzrem = nzrem + 1
-      zrem[nzrem] = member
-      if code == nil or code == 4 then
-        local outcome = 'skipped_overlap'
-        if code == nil then
-          outcome = job_id ~= '' and 'enqueued' or (mode ~= '' and mode or 'skipped')
-        end
-        done[name] = when
-        hset[nhset + 1], hset[nhset + 2] = name, when
-        nhset = nhset + 2
-        if keep > 0 then
-          hist[nhist + 1] = name
-          hist[nhist + 2] = when
-          hist[nhist + 3] = code == nil and job_id or ''
-          hist[nhist + 4] = outcome
-          nhist = nhist + 4
-        end
-      end
-      if code == nil then
-        code = 1
-        if job_id ~= '' and mode == 'skip' then
-          jobs_of[name] = job_id
-          ljset[nljset + 1], ljset[nljset + 2] = name, job_id
-          nljset = nljset + 2
-        end
-        if job_id ~= '' then
-          local ids = pushed[queue_key]
-          if not ids then
-            ids = {}
-            pushed[queue_key] = ids
-            nqueues = nqueues + 1
-            queue_order[nqueues] = queue_key
-          end
-          ids[#ids + 1] = job_id
-        end
-      end
-    end
-  end
-  if bad then
-    code = 3
-    nreasons = nreasons + 1
-    reasons[nreasons] = bad
-  end
-  out[j] = code
-end
-write('ZREM', zset, zrem, nzrem)
-write('HSET', last, hset, nhset)
-for q = 1, nqueues do
-  local ids = pushed[queue_order[q]]
-  write('RPUSH', queue_order[q], ids, #ids)
-end
-write('SADD', queues, queue_order, nqueues)
-write('HSET', last_job, ljset, nljset)
--- pcall: an inbox of the wrong type loses these entries, not the claims.
-if nhist > 0 then pcall_('RPUSH', inbox, cmsgpack.pack(enqueued_at, hist)) end
-local reply = {table.concat(out)}
-for r = 1, nreasons do reply[r + 1] = reasons[r] end
-return reply
-"""
 
 # Pruning goes one page at a time (no call walks the whole set or index, and
 # the caller's list of enabled names never travels to Redis), in two passes,
@@ -362,55 +148,11 @@ return reply
 # Together: what the single PRUNE script over the whole set used to do.
 # Every removed name goes back to the caller, which replans it in case it was
 # enabled (and planned) a moment after its SQL read.
-PRUNE_INDEX = """#!lua flags=allow-oom
-local zset, idx = KEYS[1], KEYS[2]
-local page = redis.call('HSCAN', idx, ARGV[1], 'COUNT', ARGV[2])
-local live, dangling = {}, {}
-local flat = page[2]
-for i = 1, #flat, 2 do
-  if redis.call('ZSCORE', zset, flat[i + 1]) then
-    live[#live + 1] = flat[i]
-    live[#live + 1] = flat[i + 1]
-  else
-    redis.call('HDEL', idx, flat[i])
-    dangling[#dangling + 1] = flat[i]
-  end
-end
--- cjson writes an empty table as {}
-return {page[1], #live > 0 and cjson.encode(live) or '[]', dangling}
-"""
 
-PRUNE_MEMBERS = """#!lua flags=allow-oom
-local zset, idx = KEYS[1], KEYS[2]
-local page = redis.call('ZSCAN', zset, ARGV[1], 'COUNT', ARGV[2])
-local removed = {}
-local flat = page[2]
-for i = 1, #flat, 2 do
-  local m = flat[i]
-  local name = string.match(m, '%s')
-  if not name or redis.call('HGET', idx, name) ~= m then
-    redis.call('ZREM', zset, m)
-    if name then removed[#removed + 1] = name end
-  end
-end
-return {page[1], removed}
-""".replace("%s", _NAME_OF)
 
 # ARGV: name, member pairs of schedules that are no longer enabled; each loses
 # its member if it still owns that one (a plan since then means the planner
 # saw it enabled).  Returns the names whose members went.
-UNPLAN_IF_OWNED = """#!lua flags=allow-oom
-local zset, idx = KEYS[1], KEYS[2]
-local removed = {}
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', idx, ARGV[i]) == ARGV[i + 1] then
-    redis.call('ZREM', zset, ARGV[i + 1])
-    redis.call('HDEL', idx, ARGV[i])
-    removed[#removed + 1] = ARGV[i]
-  end
-end
-return removed
-"""
 
 # Forget the last runs of schedules that no longer exist: ARGV are candidates
 # (found by an HSCAN, one page at a time, so no call walks the whole hash).
@@ -420,30 +162,10 @@ return removed
 # enqueued.  Their last job and run history go with them (KEYS: last runs,
 # last jobs, then the history key of each name in ARGV's order).  Returns how
 # many were forgotten.
-FORGET_LAST_RUNS = """#!lua flags=allow-oom
-local last, last_job = KEYS[1], KEYS[2]
-local now = tonumber(redis.call('TIME')[1])
-local forgotten = 0
-for i = 1, #ARGV do
-  local when = tonumber(redis.call('HGET', last, ARGV[i]) or '')
-  if not (when and math.abs(when - now) <= RECENT) then
-    forgotten = forgotten + redis.call('HDEL', last, ARGV[i])
-    redis.call('HDEL', last_job, ARGV[i])
-    redis.call('DEL', KEYS[2 + i])
-  end
-end
-return forgotten
-""".replace("RECENT", str(RECENT_SECS))
 
 # One HSCAN page of the last runs: the cursor and the page's names as one
 # JSON text (a plain HSCAN reply is two strings per field for txredisapi to
 # take apart, one reactor turn each: seconds at 100,000 schedules).
-LAST_RUN_NAMES = """#!lua flags=no-writes
-local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local names = {}
-for i = 1, #page[2], 2 do names[#names + 1] = page[2][i] end
-return {page[1], #names > 0 and cjson.encode(names) or '[]'}
-"""
 
 # Fields (members, names) looked at per page of a scan.
 SCAN_PAGE = 500
@@ -454,13 +176,6 @@ SCAN_PAGE = 500
 # know (a Rust daemon's stale duplicate) is left to the full refresh's prune,
 # which runs at every start; were one due before that, the timer reads the
 # row first and drops runs of a disabled or deleted schedule.
-CANCEL = """#!lua flags=allow-oom
-local zset, idx, name = KEYS[1], KEYS[2], ARGV[1]
-local owned = redis.call('HGET', idx, name)
-if not owned then return 0 end
-redis.call('HDEL', idx, name)
-return redis.call('ZREM', zset, owned)
-"""
 
 
 # What the timer needs at each wake-up, in one round trip: how many members
@@ -469,17 +184,6 @@ return redis.call('ZREM', zset, owned)
 # many schedules there are.  The near ones come as one JSON array (member,
 # score, member, ...): parsed by txredisapi element by element, 10,000 of them
 # took a quarter of a second of the timer's lookahead.
-WINDOW = """#!lua flags=no-writes
-local zset, horizon, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
-local out = {redis.call('ZCARD', zset)}
-local beyond = redis.call('ZRANGEBYSCORE', zset, '(' .. horizon, '+inf',
-                          'WITHSCORES', 'LIMIT', 0, 1)
-out[2] = beyond[1] or ''
-out[3] = beyond[2] or ''
-local near = redis.call('ZRANGEBYSCORE', zset, '-inf', horizon, 'WITHSCORES', 'LIMIT', 0, limit)
-out[4] = #near > 0 and cjson.encode(near) or '[]'
-return out
-"""
 
 
 @dataclass(frozen=True)
