@@ -27,7 +27,7 @@ from btu_twisted.store.scripts import CLEAR_LAST_RUN as _CLEAR
 
 __all__ = ["cmd_clear_last_run"]
 
-# Delete the field only if it still holds what we read (compare-and-delete).
+# _CLEAR: lua/clear_last_run.lua, a compare-and-delete of the last run.
 
 
 def _when(raw: bytes) -> tuple[float | None, str]:

@@ -44,12 +44,7 @@ MAX_LIMIT = 1000
 
 NOTHING = "\u2014"  # an em dash: no value
 
-# The soonest members (member, score, member, ...) as one JSON text, and how
-# many there are: parsed by txredisapi element by element, a thousand members
-# would be two thousand reactor-side steps.
-
-# The newest entry of each history list in KEYS, '' for none (no list, or a
-# key of another type: one odd key must not cost the whole page).
+# SOONEST and LATEST_RUNS: lua/soonest.lua, lua/latest_runs.lua.
 
 
 class ScriptRunner(Protocol):

@@ -67,11 +67,7 @@ class Run:
 #: take Redis 1-2 ms.
 FOLD_TEXTS = 4
 
-# KEYS: the inbox.  ARGV: what a name follows in its history key, the entries
-# kept per schedule (0: none, the inbox is dropped), the most texts to file.
-# Oldest text first, each text's entries in claim order, so every list stays
-# newest first.  Returns how many texts are still waiting.  A text that does
-# not unpack, or a history key of the wrong type, loses its entries only.
+# FOLD_HISTORY (lua/fold_history.lua) files the inbox.
 
 
 def encode_run(scheduled: int, decided_at: str, job_id: str | None, outcome: str) -> str:

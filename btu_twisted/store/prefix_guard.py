@@ -35,11 +35,7 @@ __all__ = ["LEASE_SECS", "PrefixGuard", "PrefixRefused", "PrefixTaken"]
 LEASE_SECS = 30
 
 # The lease's value is "<owner id> <site>": daemons are the same site when
-# their owner ids (their database) agree, whatever they call the site.
-# Take the lease if it is free or already ours (another daemon of our site);
-# return the value found otherwise.
-
-# Release only our own lease: after an expiry it may be another site's.
+# their owner ids (their database) agree (lua/take.lua, lua/release.lua).
 
 
 class PrefixRefused(Exception):

@@ -65,125 +65,16 @@ if TYPE_CHECKING:
 DEFAULT_KEYS = Keys()
 
 # How close to now a last run must be to be kept although its schedule seems
-# deleted (see FORGET_LAST_RUNS).
+# deleted (lua/forget_last_runs.lua holds the same number; a test checks).
 RECENT_SECS = 3600
-
-# The member's name is everything before the last "|", so names containing "|"
-# (they are just names) still round-trip.
-_NAME_OF = r"^(.*)|[^|]*$"
-
 
 #: Schedules planned (or unplanned) per PLAN call.
 PLAN_CHUNK = 200
 
-# Claim a due member and enqueue its job in one step.  An empty job id claims
-# without enqueueing: a run skipped on purpose (misfire grace, unbuildable task).
-# Results per job: 1 enqueued/skipped by us, 0 member gone (another daemon won,
-# or it was cancelled or replanned), 2 stale (that time was already enqueued),
-# 3 blocked: a key it would write holds the wrong type (or its last run cannot
-# be read), so the claim is left untouched, member kept, to be retried, 4
-# skipped for overlap: the schedule says ``overlap = "skip"`` and its previous
-# job (``last_job``) is still queued or started; the run is settled like a
-# skipped one (member gone, last run set) and no job is written.  That one
-# HGET of the previous job's status is the only key a claim reads that is not
-# in KEYS (its id is only known inside the script: another daemon may have
-# enqueued it); Redis outside cluster mode allows that, and rq has no cluster
-# mode.  Every claim settled by us (1 and 4) adds an entry to its schedule's
-# run history (history.py): the call's entries go to the history inbox as one
-# packed text (one RPUSH, not an LPUSH and LTRIM per job: a quarter of the
-# call's time), filed under each schedule by FOLD_HISTORY once the burst is
-# claimed; an entry is its parts, not a text (the time enqueued once per call),
-# FOLD_HISTORY joins them; an inbox of the wrong type loses those entries,
-# never the claims.  The
-# reply is one string of those digits, one per job (txredisapi takes ~10 us of
-# Python per reply element: 5 ms for 500 integers), then one reason per
-# blocked claim, in order.
-#
-# Redis does not undo the writes of a script that fails part-way, so every key
-# is checked before its first write: a string at rq:queue:X once cost each run
-# on X its member and last run while nothing was queued.  A job key is checked
-# by its own HSET, the first write of its claim (a job id is new, so a wrong
-# type there is next to impossible, and a TYPE per job is a tenth of the cost).
-# The shebang makes Redis refuse the whole script up front when it is out of
-# memory, rather than fail at a write in the middle.
-#
-# Cost: the reads and the writes of the daemon's own keys are one call per
-# batch (ZMSCORE, HMGET, ZREM, HSET), and so are RPUSH and SADD per queue; per
-# job there is only its HSET.  The claims are decided one after the other as
-# if each ran alone (a name twice in a batch sees its first claim).  The member
-# index is not touched: the entry of a claimed member is replaced by the
-# schedule's replan (PLAN), or dropped by PRUNE_INDEX as dangling if none
-# comes.  Reading and deleting it was 7 % of a burst's time in Redis.
-#
-# KEYS: the sorted set, last runs, rq:queues, last jobs, the
-# history inbox, then per claim its job key and queue key.  ARGV: enqueued_at, the
-# number of claims, the number of shapes, the history length (0: none kept),
-# each shape, then per claim: member, schedule, time, job id (empty: no job),
-# its mode (with a job: "skip" for the overlap check, else empty; without: the
-# outcome to record), the number of its shape (0: none) and the values of the
-# shape's own fields in that order.  A shape is what the job hashes of a call
-# share: the names of the fields each job has a value of its own for (their
-# count, then the names), then the fields whose value is the same for them all
-# (their count, then name and value of each).  Jobs of one task differ only in
-# a few fields (PER_JOB_FIELDS); the others (queue, timeout, status, callbacks,
-# eight empty ones) are sent once per call, not once per job: Redis reads ~12
-# arguments a job instead of ~23.
-
-# Pruning goes one page at a time (no call walks the whole set or index, and
-# the caller's list of enabled names never travels to Redis), in two passes,
-# each page one script, so its decisions are atomic with any claim or plan:
-#
-# * PRUNE_INDEX reads one HSCAN page of the member index and drops entries
-#   whose member is gone from the set (dangling: claimed and not replanned
-#   yet, or nothing will replan it); it returns the next cursor, the live entries as name, member
-#   pairs (the caller decides which schedules are no longer enabled, and
-#   sends those to UNPLAN_IF_OWNED) and the names it dropped.  The pairs come
-#   as one JSON text: txredisapi spends a reactor turn (~12 us) on each
-#   string of a reply, which for 100,000 pairs was 2.4 s of CPU;
-# * PRUNE_MEMBERS reads one ZSCAN page of the set and drops members without a
-#   name and members their schedule does not own (stale duplicates: a Rust
-#   daemon added a new member after each cron edit and kept the old one);
-#   it returns the next cursor and the names whose members it removed.
-#
-# Together: what the single PRUNE script over the whole set used to do.
-# Every removed name goes back to the caller, which replans it in case it was
-# enabled (and planned) a moment after its SQL read.
-
-
-# ARGV: name, member pairs of schedules that are no longer enabled; each loses
-# its member if it still owns that one (a plan since then means the planner
-# saw it enabled).  Returns the names whose members went.
-
-# Forget the last runs of schedules that no longer exist: ARGV are candidates
-# (found by an HSCAN, one page at a time, so no call walks the whole hash).
-# Checked again here, atomically with any claim: a last run within RECENT_SECS
-# of now is kept, as it may belong to a schedule created after the caller's
-# SQL read, and it is what stops a slow planner bringing back a run just
-# enqueued.  Their last job and run history go with them (KEYS: last runs,
-# last jobs, then the history key of each name in ARGV's order).  Returns how
-# many were forgotten.
-
-# One HSCAN page of the last runs: the cursor and the page's names as one
-# JSON text (a plain HSCAN reply is two strings per field for txredisapi to
-# take apart, one reactor turn each: seconds at 100,000 schedules).
-
 # Fields (members, names) looked at per page of a scan.
 SCAN_PAGE = 500
 
-# Cancel: the member the schedule owns, found through the index (O(log N),
-# however many members there are), so never a prefix match (COMPAT.md 6.4:
-# cancelling TS-1 also removed TS-10's runs).  A member the index does not
-# know (a Rust daemon's stale duplicate) is left to the full refresh's prune,
-# which runs at every start; were one due before that, the timer reads the
-# row first and drops runs of a disabled or deleted schedule.
-
-
-# What the timer needs at each wake-up, in one round trip: how many members
-# there are, the members due by the horizon, and the first one after it (when
-# to wake next).  Reading only the near ones keeps a wake-up cheap however
-# many schedules there are.  The near ones come as one JSON array (member,
-# score, member, ...): parsed by txredisapi element by element, 10,000 of them
-# took a quarter of a second of the timer's lookahead.
+# The scripts, with what each takes and answers, are lua/*.lua (scripts.py).
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,77 @@
 #!lua
+--[[
+  Claim due members and enqueue their jobs, each exactly once
+  (ScheduleStore.claim; the arguments are framed by claims.claim_arguments).
+
+  An empty job id claims without enqueueing: a run skipped on purpose
+  (misfire grace, unbuildable task).  Result code per claim:
+    1 CLAIMED     enqueued (or skipped on purpose) by us
+    0 LOST        member gone: another daemon won, or it was cancelled or replanned
+    2 STALE       that time was already enqueued
+    3 BLOCKED     a key it would write holds the wrong type (or its last run
+                  cannot be read): left untouched, member kept, to be retried
+    4 OVERLAPPED  the schedule says overlap = "skip" and its previous job
+                  (last jobs) is still queued or started: settled like a skipped
+                  run (member gone, last run set), no job written
+  The HGET of the previous job's status is the only key read that is not in
+  KEYS (its id is only known here: another daemon may have enqueued it);
+  Redis outside cluster mode allows that, and rq has no cluster mode.
+
+  Every claim settled by us (1 and 4) adds an entry to its schedule's run
+  history (history.py): the call's entries go to the history inbox as one
+  cmsgpack text (one RPUSH, not an LPUSH and LTRIM per job: a quarter of the
+  call's time), filed under each schedule by fold_history.lua once the burst
+  is claimed; an entry is its parts (the time enqueued once per call), which
+  fold_history.lua joins; an inbox of the wrong type loses those entries,
+  never the claims.  The reply is one string of digits, one per claim
+  (txredisapi takes ~10 us of Python per reply element: 5 ms for 500
+  integers), then one reason per blocked claim.
+
+  Redis does not undo the writes of a script that fails part-way, so every
+  key is checked before its first write: a string at rq:queue:X once cost
+  each run on X its member and last run while nothing was queued.  A job key
+  is checked by its own HSET, the first write of its claim (a job id is new,
+  so a wrong type there is next to impossible, and a TYPE per job is a tenth
+  of the cost).  The shebang makes Redis refuse the whole script up front
+  when it is out of memory, rather than fail at a write in the middle.
+
+  Cost: the reads and writes of the daemon's own keys are one call per batch
+  (ZMSCORE, HMGET, ZREM, HSET), and so are RPUSH and SADD per queue; per job
+  there is only its HSET.  The claims are decided one after the other as if
+  each ran alone (a name twice in a batch sees its first claim).  The member
+  index is not touched: a claimed member's entry is replaced by the
+  schedule's replan (plan.lua), or dropped by prune_index.lua as dangling if
+  none comes.  Reading and deleting it was 7 % of a burst's time in Redis.
+
+  Input:
+    KEYS[1]       the sorted set (zset)
+    KEYS[2]       last runs (hash)
+    KEYS[3]       rq:queues (set)
+    KEYS[4]       last jobs: schedule -> its latest job id (hash)
+    KEYS[5]       the history inbox (list)
+    KEYS[4 + 2j]  claim j's job key, rq:job:<id>
+    KEYS[5 + 2j]  claim j's queue key, rq:queue:<origin>
+
+    ARGV[1]  enqueued_at, rq's ISO time, for every job and history entry
+    ARGV[2]  the number of claims
+    ARGV[3]  the number of shapes
+    ARGV[4]  history entries kept per schedule (0: none kept)
+    then each shape: the count of own field names, those names, the count of
+             shared fields, then name and value of each shared field
+    then per claim: member, schedule, time, job id (empty: no job), mode
+             (with a job: "skip" for the overlap check, else empty; without
+             a job: the outcome to record), the number of its shape (0: none),
+             then the values of the shape's own fields in that order
+  A shape is what the job hashes of a call share.  Jobs of one task differ
+  only in a few fields (PER_JOB_FIELDS); the others (queue, timeout, status,
+  callbacks, eight empty ones) go once per call, not once per job: Redis
+  reads ~12 arguments a job instead of ~23.
+
+  Output:
+    {codes, reason...}: codes is one digit per claim, in order; then one
+    reason text per BLOCKED claim, in order.  An error before any write for
+    a sorted set, last runs or last jobs of the wrong type, or bad arguments.
+]]
 local KEYS, ARGV, tonumber, unpack = KEYS, ARGV, tonumber, unpack
 local call, pcall_ = redis.call, redis.pcall
 local zset, last, queues, last_job, inbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]

@@ -1,4 +1,29 @@
 #!lua
+--[[
+  Give each schedule exactly one member in the sorted set, and remove the
+  members of schedules no longer planned (ScheduleStore.plan).
+
+  A member already due belongs to the timer, which may be claiming it right
+  now: it is left alone (the timer replans the schedule after its claim).  A
+  planned time not after the schedule's last run is refused, so that no
+  planner, however slow, brings back a run that already happened.  Every key
+  is checked for its type before the first write: Redis does not undo the
+  writes of a script that fails part-way.
+
+  Input:
+    KEYS[1] the sorted set of members "<schedule>|<unix>" (zset)
+    KEYS[2] the member index: schedule -> its member (hash)
+    KEYS[3] last runs: schedule -> latest time enqueued or skipped (hash)
+
+    ARGV[1]            now, unix seconds
+    ARGV[2]            n, how many schedules to plan
+    ARGV[3 .. 2 + 2n]  per schedule: name, planned unix time
+    ARGV[3 + 2n ..]    names of schedules whose members go
+
+  Output:
+    flat list of name, last run for each plan refused (empty: none refused);
+    an error "WRONGTYPE ..." before any write if a key holds another type
+]]
 local zset, idx, last = KEYS[1], KEYS[2], KEYS[3]
 local now, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 -- Checked before the first write, as in CLAIM.

@@ -1,4 +1,24 @@
 #!lua flags=allow-oom
+--[[
+  One ZSCAN page of the sorted set: drop members without a schedule name and
+  members their schedule does not own (stale duplicates: a Rust daemon added
+  a new member after each cron edit and kept the old one)
+  (ScheduleStore.prune, second pass, after prune_index.lua).
+
+  A member's name is everything before its last "|", so names containing "|"
+  still round-trip (the pattern below; member_for and split_member in Python
+  agree with it).
+
+  Input:
+    KEYS[1] the sorted set (zset)
+    KEYS[2] the member index (hash)
+
+    ARGV[1] the ZSCAN cursor ("0" to start)
+    ARGV[2] the ZSCAN COUNT
+
+  Output:
+    {next cursor, names}: names whose members were removed
+]]
 local zset, idx = KEYS[1], KEYS[2]
 local page = redis.call('ZSCAN', zset, ARGV[1], 'COUNT', ARGV[2])
 local removed = {}
