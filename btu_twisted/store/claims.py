@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.logger import Logger
 
@@ -138,7 +138,7 @@ def claim_arguments(
     pieces = [encode((enqueued_at, len(wires), len(shapes), history_length))]
     for _, w in shapes.values():
         pieces += (encode((len(w.names), *w.names, w.shared.count // 2)), w.shared)
-    for w, number in zip(wires, of):
+    for w, number in zip(wires, of, strict=True):
         pieces += (w.head, numbers[number], w.values)
     return join(pieces)
 
@@ -192,7 +192,7 @@ class BlockedClaims:
         self.reasons: dict[str, str] = {}  # schedule -> reason logged
 
     def record(self, claims: Sequence[Claim], results: Sequence[int]) -> None:
-        for claim, result in zip(claims, results):
+        for claim, result in zip(claims, results, strict=True):
             if isinstance(result, Blocked):
                 if self.reasons.get(claim.schedule) == result.reason:
                     continue
@@ -201,7 +201,7 @@ class BlockedClaims:
                     "run of {schedule} at {when} not enqueued, kept and retried every "
                     "{retry:.0f} s until fixed: {reason}",
                     schedule=claim.schedule, reason=result.reason, retry=BLOCKED_RETRY_SECS,
-                    when=datetime.fromtimestamp(claim.when, timezone.utc).isoformat(),
+                    when=datetime.fromtimestamp(claim.when, UTC).isoformat(),
                 )
             elif self.reasons.pop(claim.schedule, None) is not None:
                 self.log.info("claims of {schedule} go through again", schedule=claim.schedule)

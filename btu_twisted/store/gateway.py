@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
-from typing import Any, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import txredisapi
 from twisted.internet import defer, protocol
@@ -52,14 +52,12 @@ from twisted.python.failure import Failure
 
 from btu_twisted.health import Dependency
 from btu_twisted.redis_target import RedisTarget
-
-# The txredisapi set-up moved to gateway_setup.py; quiet_txredisapi is still exported here.
 from btu_twisted.store.gateway_setup import (
-    _Framed,
-    _passing_framed,
-    _SentinelMasterFactory,
-    _tls_options,
+    Framed,
+    SentinelMasterFactory,
+    passing_framed,
     quiet_txredisapi,
+    tls_options,
 )
 from btu_twisted.store.resp import Encoded, command, encode
 
@@ -143,10 +141,10 @@ class RedisGateway:
 
     def _new_pool(self) -> Any:
         pool = self._connect()
-        factory = getattr(pool, "_factory", None)
+        factory: Any = getattr(pool, "_factory", None)
         # Connections are made on later reactor turns, so they all get it.
         if factory is not None and hasattr(factory, "protocol"):
-            factory.protocol = _passing_framed(factory.protocol)
+            factory.protocol = passing_framed(factory.protocol)
         # A pool that never completes fails this Deferred; the outage is
         # reported through ``health``, not as an unhandled error.
         waiting = getattr(factory, "deferred", None)
@@ -181,7 +179,7 @@ class RedisGateway:
         if target.kind == "unix":
             return txredisapi.lazyUnixConnectionPool(path=target.path, **common)
         if target.tls and self._tls is None:
-            self._tls = _tls_options(target)  # read once: a replaced pool reuses it
+            self._tls = tls_options(target)  # read once: a replaced pool reuses it
         tls = self._tls or False
         return txredisapi.lazyConnectionPool(
             host=target.host, port=target.port, ssl_context_factory=tls, **common
@@ -204,11 +202,12 @@ class RedisGateway:
         discover = sentinel.discover_master
 
         def discover_master(service: str) -> Deferred[Any]:
-            return discover(service).addErrback(self._discovery_failed)
+            found: Deferred[Any] = discover(service)
+            return found.addErrback(self._discovery_failed)
 
         sentinel.discover_master = discover_master
         self._sentinel = sentinel
-        return sentinel.master_for(target.service, factory_class=_SentinelMasterFactory, **common)
+        return sentinel.master_for(target.service, factory_class=SentinelMasterFactory, **common)
 
     def _discovery_failed(self, failure: Failure) -> Failure:
         nodes = ", ".join(f"{h}:{p}" for h, p in self.target.sentinels)
@@ -225,7 +224,8 @@ class RedisGateway:
         for watcher in watchers:
             watcher(reason)
         first = self._refusal is None
-        self._refusal = (self._clock.seconds(), reason)
+        now = self._clock.seconds()  # type: ignore[misc]  # zope.interface: IReactorTime's methods lack self
+        self._refusal = (now, reason)
         if not self.health.failed(reason) and first:
             # Already down for another reason (the connection dropped when Redis
             # restarted with a new password): the refusal is the news, once.
@@ -284,8 +284,9 @@ class RedisGateway:
         """
         target = self.target
         if target.kind == "unix" and target.path:
-            endpoint: Any = UNIXClientEndpoint(reactor, target.path, timeout=self._timeout)
-        elif target.kind == "tcp" and target.host:
+            endpoint: Any = UNIXClientEndpoint(  # type: ignore[no-untyped-call]  # Twisted: unannotated
+                reactor, target.path, timeout=self._timeout)
+        elif target.kind == "tcp" and target.host and target.port is not None:
             endpoint = HostnameEndpoint(reactor, target.host, target.port, timeout=self._timeout)
         else:
             return
@@ -307,7 +308,8 @@ class RedisGateway:
                     answer.callback(result)
 
         def refused(reason: str) -> None:
-            settle(Failure(RedisRefusedError(reason)))
+            if not answer.called:
+                answer.errback(RedisRefusedError(reason))
 
         self._refusal_watchers.append(refused)
         self.command("PING").addBoth(settle)
@@ -328,7 +330,8 @@ class RedisGateway:
             d: Deferred[None] = Deferred()
             d.callback(None)
             return d
-        return pool.disconnect()
+        disconnected: Deferred[None] = pool.disconnect()
+        return disconnected
 
     def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
         return self._call("eval", script, list(keys), list(args))
@@ -336,14 +339,14 @@ class RedisGateway:
     def eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Deferred[Any]:
         """EVALSHA (EVAL if Redis does not know the script) of arguments framed ahead of time."""
         head = encode(("EVALSHA", _sha1(script), keys.count))
-        d = self._call("execute_command", _Framed(command(head, keys, args)))
+        d = self._call("execute_command", Framed(command(head, keys, args)))
 
         def unknown_script(failure: Failure) -> Any:
-            if not (failure.check(txredisapi.ResponseError)
+            if not (isinstance(failure.value, txredisapi.ResponseError)
                     and str(failure.value).startswith("NOSCRIPT")):
                 return failure
             head = encode(("EVAL", script, keys.count))
-            return self._call("execute_command", _Framed(command(head, keys, args)))
+            return self._call("execute_command", Framed(command(head, keys, args)))
 
         return d.addErrback(unknown_script)
 
@@ -353,7 +356,7 @@ class RedisGateway:
     def _call(self, method: str, *args: Any) -> Deferred[Any]:
         if self._pool is None:
             raise RuntimeError("RedisGateway used before start()")
-        started = self._clock.seconds()
+        started = self._clock.seconds()  # type: ignore[misc]  # zope.interface: IReactorTime's methods lack self
         d: Deferred[Any] = getattr(self._live_pool(), method)(*args)
         d.addTimeout(self._timeout, self._clock)
         d.addCallbacks(self._ok, self._failed, errbackArgs=(started,))
@@ -385,12 +388,12 @@ class RedisGateway:
             # Refused while this command waited for a connection: that is why it failed.
             reason = self._refusal[1]
             self.health.failed(reason, started=started)
-            return Failure(RedisRefusedError(reason))
+            raise RedisRefusedError(reason) from None
         elif failure.check(TimeoutError, defer.TimeoutError):
             # addTimeout's own text is "(5.0, 'Deferred')"; say what happened.
             reason = f"no reply within {self._timeout:g} s"
             self.health.failed(reason, started=started)
-            return Failure(RedisTimeoutError(reason))
+            raise RedisTimeoutError(reason) from None
         else:
             self.health.failed(failure, started=started)
         return failure

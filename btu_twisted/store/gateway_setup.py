@@ -19,7 +19,9 @@ from twisted.python.failure import Failure
 
 from btu_twisted.redis_target import RedisTarget
 
-__all__ = ["quiet_txredisapi"]
+__all__ = [
+    "Framed", "SentinelMasterFactory", "passing_framed", "quiet_txredisapi", "tls_options",
+]
 
 
 class _DebugOnlyLogger(Logger):
@@ -68,16 +70,16 @@ def quiet_txredisapi() -> None:
         txredisapi.ClientService = _QuietClientService
 
 
-class _Framed(bytes):
+class Framed(bytes):
     """A whole command already framed: sent as it is."""
 
 
-class _PassFramed:
+class PassFramed:
     """Mixed into txredisapi's protocol (plain, or Sentinel's master protocol):
     a command framed ahead of time goes through as it is."""
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
-        if len(args) == 1 and isinstance(args[0], _Framed):
+        if len(args) == 1 and isinstance(args[0], Framed):
             return args[0]
         return super()._build_command(*args, **kwargs)  # type: ignore[misc, no-any-return]
 
@@ -85,19 +87,19 @@ class _PassFramed:
 _FRAMED_PROTOCOLS: dict[type, type] = {}
 
 
-def _passing_framed(protocol: type) -> type:
-    """``protocol`` with :class:`_PassFramed` in front (made once per class)."""
-    if issubclass(protocol, _PassFramed):
+def passing_framed(protocol: type) -> type:
+    """``protocol`` with :class:`PassFramed` in front (made once per class)."""
+    if issubclass(protocol, PassFramed):
         return protocol
     made = _FRAMED_PROTOCOLS.get(protocol)
     if made is None:
         made = _FRAMED_PROTOCOLS[protocol] = type(
-            f"Framed{protocol.__name__}", (_PassFramed, protocol), {}
+            f"Framed{protocol.__name__}", (PassFramed, protocol), {}
         )
     return made
 
 
-class _SentinelMasterProtocol(txredisapi.SentinelRedisProtocol):
+class SentinelMasterProtocol(txredisapi.SentinelRedisProtocol):  # type: ignore[misc]  # untyped
     """txredisapi's Sentinel master protocol, waiting for AUTH before asking ROLE.
 
     The original sends AUTH and ROLE back to back and ignores AUTH's answer:
@@ -129,24 +131,26 @@ class _SentinelMasterProtocol(txredisapi.SentinelRedisProtocol):
         return None
 
 
-class _SentinelMasterFactory(txredisapi.SentinelConnectionFactory):
-    protocol = _SentinelMasterProtocol
+class SentinelMasterFactory(txredisapi.SentinelConnectionFactory):  # type: ignore[misc]  # untyped
+    protocol = SentinelMasterProtocol
 
 
-def _tls_options(target: RedisTarget) -> Any:
+def tls_options(target: RedisTarget) -> Any:
     """Certificate and host name checked against ``rq_tls_ca_file`` (else the system's CAs)."""
     from twisted.internet import ssl
 
     trust = None
     if target.ca_file:
-        with open(target.ca_file, encoding="ascii") as stream:
+        with open(target.ca_file, "rb") as stream:
             pem = stream.read()
-        marker = "-----END CERTIFICATE-----"
-        blocks = [block + marker for block in pem.split(marker) if "-----BEGIN" in block]
-        trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
+        marker = b"-----END CERTIFICATE-----"
+        blocks = [block + marker for block in pem.split(marker) if b"-----BEGIN" in block]
+        trust = ssl.trustRootFromCertificates(  # type: ignore[no-untyped-call]  # Twisted: unannotated
+            [ssl.Certificate.loadPEM(b) for b in blocks])
     client = None
     if target.cert_file and target.key_file:
         with open(target.cert_file, encoding="ascii") as cert, \
                 open(target.key_file, encoding="ascii") as key:
-            client = ssl.PrivateCertificate.loadPEM(cert.read() + "\n" + key.read())
+            client = ssl.PrivateCertificate.loadPEM(  # type: ignore[no-untyped-call]  # Twisted: unannotated
+                cert.read() + "\n" + key.read())
     return ssl.optionsForClientTLS(str(target.host), trustRoot=trust, clientCertificate=client)

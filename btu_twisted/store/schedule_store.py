@@ -264,7 +264,7 @@ class ScheduleStore:
         schedule keeps its last run, which still guards its runs if it is
         enabled again.
         """
-        keep = enabled if isinstance(enabled, (set, frozenset)) else set(enabled)
+        keep = enabled if isinstance(enabled, set | frozenset) else set(enabled)
         keys = [self.keys.schedule_set, self.keys.member_index]
         removed: set[str] = set()
         cursor = "0"
@@ -273,7 +273,7 @@ class ScheduleStore:
             cursor, live = _text(reply[0]), json.loads(_text(reply[1]))
             removed.update(_text(name) for name in reply[2])
             gone: list[str] = []
-            for name, member in zip(live[0::2], live[1::2]):
+            for name, member in zip(live[0::2], live[1::2], strict=False):
                 if name not in keep:
                     gone += [name, member]
                 elif seen is not None:
