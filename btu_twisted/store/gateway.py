@@ -33,6 +33,9 @@ And one thing it does slowly: framing a command of many thousand arguments
 (a burst's claims) in Python when it is sent.  :meth:`RedisGateway.eval_encoded`
 sends a script call whose arguments were framed ahead of time
 (:mod:`btu_twisted.store.resp`), through txredisapi's own reply and timeout handling.
+
+The adaptations of txredisapi themselves (quiet logging, pre-framed commands,
+the Sentinel master protocol, TLS options) are in gateway_setup.py.
 """
 
 from __future__ import annotations

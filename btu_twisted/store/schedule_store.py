@@ -19,6 +19,8 @@ with a ``#!lua`` shebang (Redis 7) declaring what it does: those that may add
 data are refused up front while Redis is out of memory (not stopped at their
 first write, half-done), those that only delete may run then, and the read-only
 one says so.  With a shebang every key a script touches must be in KEYS.
+The scripts are ``lua/*.lua`` (read by scripts.py), each naming its KEYS,
+ARGV and reply; how a claim is framed for CLAIM is claims.py.
 """
 
 from __future__ import annotations
