@@ -30,22 +30,26 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 
-from btu_twisted.jobs.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.health import Dependency
-from btu_twisted.store.history import DEFAULT_LENGTH, ENQUEUED, SKIPPED_OVERLAP, encode_run
+from btu_twisted.jobs.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.planning.memory import row_fingerprint
 from btu_twisted.records import ScheduleRow
-from btu_twisted.store.resp import decode
 from btu_twisted.sources.mariadb import STATES_CHUNK, Changes
+from btu_twisted.store.history import DEFAULT_LENGTH, ENQUEUED, SKIPPED_OVERLAP, encode_run
+from btu_twisted.store.keys import Keys
+from btu_twisted.store.resp import decode
 from btu_twisted.store.schedule_store import (
     CLAIMED,
     JOB_PREFIX,
+    LAST_ENQUEUED,
     LOST,
+    MEMBER_INDEX,
     OVERLAPPED,
-    QUEUE_PREFIX,
     PER_JOB_FIELDS,
+    QUEUE_PREFIX,
     RECENT_SECS,
     RQ_QUEUES,
+    SCHEDULE_SET,
     STALE,
     Blocked,
     BlockedClaims,
@@ -55,6 +59,8 @@ from btu_twisted.store.schedule_store import (
 )
 
 T = TypeVar("T")
+
+LAST_JOB = Keys().last_job
 
 #: A realistic "now" for tests (2027-01-15T08:00:00Z, minute-aligned); a fresh
 #: Clock starts at 0.
@@ -232,6 +238,14 @@ def check_wire(claim: Claim) -> None:
         raise AssertionError(f"wire shared fields of {claim.member}")
 
 
+def _number(value: int | str, default: float | None = None) -> float | None:
+    """Lua's ``tonumber``: the number a last run holds, else ``default``."""
+    try:
+        return float(value)
+    except ValueError:
+        return default
+
+
 def _name_of(member: str) -> str | None:
     """What the Lua pattern ``^(.*)|[^|]*$`` captures: all before the last "|"."""
     name, bar, _ = member.rpartition("|")
@@ -247,7 +261,8 @@ class FakeStore(_FakeService):
         super().__init__(clock, latency)
         self.zset: dict[str, int] = {}           # btu_scheduler:task_execution_times
         self.index: dict[str, str] = {}          # btu_scheduler:schedule_members
-        self.last_enqueued: dict[str, int] = {}  # btu_scheduler:last_enqueued
+        #: btu_scheduler:last_enqueued; a text that is no number is an unreadable last run.
+        self.last_enqueued: dict[str, int | str] = {}
         self.last_job: dict[str, str] = {}       # btu_scheduler:last_job
         #: btu_scheduler:history:<name>, newest first (history.encode_run texts).
         self.run_history: dict[str, list[str]] = {}
@@ -260,9 +275,10 @@ class FakeStore(_FakeService):
         self.runs: list[EnqueuedRun] = []
         #: Every claim call's batch and Clock time.
         self.claim_batches: list[tuple[float, list[Claim]]] = []
-        #: RQ keys holding another type than CLAIM writes (key -> Redis type
-        #: name, e.g. ``{"rq:queue:default": "string"}``): claims needing them
-        #: are BLOCKED, as the real script's checks make them.
+        #: Keys holding another type than the scripts write (key -> Redis type
+        #: name, e.g. ``{"rq:queue:default": "string"}``): claims needing an
+        #: RQ key are BLOCKED, and a daemon key fails the whole call, as the
+        #: real scripts' checks make them.
         self.wrong_type: dict[str, str] = {}
         self.blocked = BlockedClaims()
         #: The full refresh's marker key (btu_scheduler:planned).
@@ -382,10 +398,12 @@ class FakeStore(_FakeService):
         return sorted(self.zset.items(), key=lambda item: (item[1], item[0]))
 
     def _plan(self, now: int, plans: Mapping[str, int], unplans: Iterable[str]) -> dict[str, int]:
+        self._check_types((SCHEDULE_SET, "zset"), (MEMBER_INDEX, "hash"), (LAST_ENQUEUED, "hash"))
         rejected: dict[str, int] = {}
         for name, when in plans.items():
             when = int(when)
-            done = self.last_enqueued.get(name, -1)
+            # PLAN: an unreadable last run does not stop planning (CLAIM reports it).
+            done = _number(self.last_enqueued.get(name, -1), -1)
             if when <= done:
                 rejected[name] = done
                 continue
@@ -406,26 +424,45 @@ class FakeStore(_FakeService):
         return rejected
 
     def _claim(self, claims: list[Claim], enqueued_at: str) -> list[int]:
+        """CLAIM's decisions, in the script's order (tests/store_cases.py holds both to it)."""
+        self._check_types((SCHEDULE_SET, "zset"), (LAST_ENQUEUED, "hash"), (LAST_JOB, "hash"))
         out: list[int] = []
         for c in claims:
             if c.member not in self.zset:
                 out.append(LOST)
                 continue
-            bad = self._wrong_keys(c)
+            done = self.last_enqueued.get(c.schedule)
+            if done is not None and _number(done) is None:
+                out.append(Blocked(f'{LAST_ENQUEUED} field {c.schedule} holds '
+                                   f'"{str(done)[:40]}", not a unix time'))
+                continue
+            if c.job_id:
+                bad = (self._wrong(RQ_QUEUES, "set")
+                       or self._wrong(QUEUE_PREFIX + c.origin, "list"))
+                if bad:
+                    out.append(Blocked(bad))
+                    continue
+            if int(c.when) <= _number(done if done is not None else -1, -1):
+                bad = self._wrong(JOB_PREFIX + c.job_id, "hash") if c.job_id else None
+                if bad:
+                    out.append(Blocked(bad))
+                    continue
+                del self.zset[c.member]
+                out.append(STALE)
+                continue
+            if c.job_id and c.overlap and self._busy(c.schedule):
+                del self.zset[c.member]
+                self.last_enqueued[c.schedule] = int(c.when)
+                self._record(c, enqueued_at, None, SKIPPED_OVERLAP)
+                out.append(OVERLAPPED)
+                continue
+            bad = self._wrong(JOB_PREFIX + c.job_id, "hash") if c.job_id else None
             if bad:
                 out.append(Blocked(bad))
                 continue
             # The index keeps naming the claimed member until a replan (as CLAIM).
             del self.zset[c.member]
-            done = self.last_enqueued.get(c.schedule, -1)
-            if int(c.when) <= done:
-                out.append(STALE)
-                continue
             self.last_enqueued[c.schedule] = int(c.when)
-            if c.job_id and c.overlap and self._busy(c.schedule):
-                self._record(c, enqueued_at, None, SKIPPED_OVERLAP)
-                out.append(OVERLAPPED)
-                continue
             self._record(c, enqueued_at, c.job_id or None,
                          ENQUEUED if c.job_id else (c.outcome or "skipped"))
             if c.job_id and c.overlap:
@@ -454,15 +491,17 @@ class FakeStore(_FakeService):
             runs.insert(0, encode_run(int(c.when), at, job_id, outcome))
             del runs[self.history_length:]
 
-    def _wrong_keys(self, c: Claim) -> str | None:
-        """The real CLAIM's reason for blocking a claim with a job, if any."""
-        if not c.job_id:
-            return None
-        for key, want in ((RQ_QUEUES, "set"), (JOB_PREFIX + c.job_id, "hash"),
-                          (QUEUE_PREFIX + c.origin, "list")):
-            if key in self.wrong_type:
-                return f"{key} holds a {self.wrong_type[key]}, not a {want}"
-        return None
+    def _wrong(self, key: str, want: str) -> str | None:
+        """The real scripts' reason for a key of the wrong type, if it is one."""
+        held = self.wrong_type.get(key)
+        return f"{key} holds a {held}, not a {want}" if held is not None else None
+
+    def _check_types(self, *keys: tuple[str, str]) -> None:
+        """A daemon key of the wrong type fails the whole call before any write."""
+        for key, want in keys:
+            bad = self._wrong(key, want)
+            if bad:
+                raise RuntimeError(f"WRONGTYPE {bad}")
 
     def _prune(
         self,
@@ -491,8 +530,10 @@ class FakeStore(_FakeService):
                     removed.append(name)
         if exists is not None:
             now = self._clock.seconds()
-            for name, when in list(self.last_enqueued.items()):
-                if name not in keep and name not in exists and abs(when - now) > RECENT_SECS:
+            for name, value in list(self.last_enqueued.items()):
+                when = _number(value)
+                recent = when is not None and abs(when - now) <= RECENT_SECS
+                if name not in keep and name not in exists and not recent:
                     del self.last_enqueued[name]
                     self.last_job.pop(name, None)
                     self.run_history.pop(name, None)

@@ -17,9 +17,9 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python import log as legacy_log
 from twisted.trial import unittest
 
+from btu_twisted.redis_target import RedisTarget
 from btu_twisted.store import gateway as redis_gateway
 from btu_twisted.store.gateway import RedisGateway, RedisRefusedError
-from btu_twisted.redis_target import RedisTarget
 from tests.fakes import EPOCH
 
 WRONGPASS = "WRONGPASS invalid username-password pair or user is disabled."

@@ -12,8 +12,6 @@ from twisted.trial import unittest
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from btu_twisted.store.history import ENQUEUED, encode_run
-from btu_twisted.store.keys import Keys
 from btu_twisted.ops.status_page import (
     DEFAULT_LIMIT,
     LATEST_RUNS,
@@ -24,6 +22,8 @@ from btu_twisted.ops.status_page import (
     _duration,
     limit_of,
 )
+from btu_twisted.store.history import ENQUEUED, encode_run
+from btu_twisted.store.keys import Keys
 
 
 class Scripts:

@@ -16,7 +16,13 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.store.schedule_store import BLOCKED, BLOCKED_RETRY_SECS, CANCEL, Blocked, ScheduleStore
+from btu_twisted.store.schedule_store import (
+    BLOCKED,
+    BLOCKED_RETRY_SECS,
+    CANCEL,
+    Blocked,
+    ScheduleStore,
+)
 from btu_twisted.timing.timer import Timer
 from tests.fakes import EPOCH, FakeDatabase, FakeStore, FlakyBuilder, make_row, run_until
 
@@ -68,7 +74,7 @@ class OldRedisTests(unittest.TestCase):
         redis.eval = lambda script, keys, args: fail(  # type: ignore[method-assign]
             Exception("WRONGTYPE Operation against a key holding the wrong kind of value"))
         store = ScheduleStore(redis)  # type: ignore[arg-type]
-        with self.assertRaises(Exception):
+        with self.assertRaisesRegex(Exception, "^WRONGTYPE "):
             await store.cancel("A")
         self.assertTrue(store._shebangs)
 

@@ -23,16 +23,11 @@ from datetime import UTC, datetime
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
 from btu_twisted.cli.daemon import request
 from btu_twisted.store.keys import Keys
+from btu_twisted.store.scripts import CLEAR_LAST_RUN as _CLEAR
 
 __all__ = ["cmd_clear_last_run"]
 
-# Delete the field only if it still holds what we read (compare-and-delete).
-_CLEAR = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
-end
-return 0
-"""
+# _CLEAR: lua/clear_last_run.lua, a compare-and-delete of the last run.
 
 
 def _when(raw: bytes) -> tuple[float | None, str]:

@@ -8,15 +8,17 @@ publisher in a level filter.
 from __future__ import annotations
 
 import weakref
+from typing import cast
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     LogPublisher,
     globalLogPublisher,
 )
-
 
 # The level filter put on each publisher, so that a second call (SIGHUP) changes its level.
 _FILTERS: weakref.WeakKeyDictionary[LogPublisher, LogLevelFilterPredicate] = (
@@ -36,4 +38,6 @@ def apply_level(level: LogLevel, publisher: LogPublisher = globalLogPublisher) -
         if isinstance(observer, FilteringLogObserver):
             continue
         publisher.removeObserver(observer)
-        publisher.addObserver(FilteringLogObserver(observer, [predicate]))
+        # Both provide the interfaces (zope.interface's @implementer), which mypy cannot see.
+        filtering = FilteringLogObserver(observer, [cast(ILogFilterPredicate, predicate)])
+        publisher.addObserver(cast(ILogObserver, filtering))

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.twisted import MetricsResource
 from twisted.application.service import Service
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import Logger
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from btu_twisted.health import OK, STATES, Dependency
@@ -139,12 +139,17 @@ class MetricsService(Service):
         self.page: Resource | None = None
 
     async def start(self) -> None:
-        root = Resource()
-        root.putChild(b"metrics", MetricsResource(self._metrics.registry))
+        # Twisted's web and endpoint constructors are unannotated, and mypy
+        # cannot see that a Resource provides IResource (zope.interface).
+        root = Resource()  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        metrics = MetricsResource(self._metrics.registry)  # type: ignore[no-untyped-call]  # prometheus_client: unannotated
+        root.putChild(b"metrics", cast(IResource, metrics))
         if self.page is not None:
-            root.putChild(b"", self.page)
-        endpoint = TCP4ServerEndpoint(self._reactor, self._port, interface=self._host)
-        self._listening = await endpoint.listen(Site(root))
+            root.putChild(b"", cast(IResource, self.page))
+        endpoint = TCP4ServerEndpoint(  # type: ignore[no-untyped-call]  # Twisted: unannotated
+            self._reactor, self._port, interface=self._host)
+        site = Site(root)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        self._listening = await endpoint.listen(site)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         self.running = 1
         self.log.info("metrics at http://{host}:{port}/metrics", host=self._host,
                       port=self._listening.getHost().port)

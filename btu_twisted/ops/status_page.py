@@ -31,6 +31,7 @@ from btu_twisted.health import DOWN, OK, iso_utc
 from btu_twisted.store.history import Run, parse_run
 from btu_twisted.store.keys import Keys
 from btu_twisted.store.schedule_store import split_member
+from btu_twisted.store.scripts import LATEST_RUNS, SOONEST
 
 __all__ = [
     "DEFAULT_LIMIT", "MAX_LIMIT", "ScheduleLine", "ScheduleReader", "SitesPage", "Soonest",
@@ -43,25 +44,20 @@ MAX_LIMIT = 1000
 
 NOTHING = "\u2014"  # an em dash: no value
 
-# The soonest members (member, score, member, ...) as one JSON text, and how
-# many there are: parsed by txredisapi element by element, a thousand members
-# would be two thousand reactor-side steps.
-SOONEST = """#!lua flags=no-writes
-local zset, limit = KEYS[1], tonumber(ARGV[1])
-local soonest = redis.call('ZRANGE', zset, 0, limit - 1, 'WITHSCORES')
-return {redis.call('ZCARD', zset), #soonest > 0 and cjson.encode(soonest) or '[]'}
-"""
+# SOONEST and LATEST_RUNS: lua/soonest.lua, lua/latest_runs.lua.
 
-# The newest entry of each history list in KEYS, '' for none (no list, or a
-# key of another type: one odd key must not cost the whole page).
-LATEST_RUNS = """#!lua flags=no-writes
-local heads = {}
-for i = 1, #KEYS do
-  local head = redis.pcall('LINDEX', KEYS[i], 0)
-  heads[i] = type(head) == 'string' and head or ''
-end
-return #heads > 0 and cjson.encode(heads) or '[]'
-"""
+
+class _Response(Protocol):
+    """What the page uses of twisted.web's Request, typed: Twisted leaves
+    these methods unannotated, and strict mypy refuses untyped calls."""
+
+    def setHeader(self, name: bytes, value: bytes) -> object: ...
+
+    def setResponseCode(self, code: int) -> object: ...
+
+    def write(self, data: bytes) -> object: ...
+
+    def finish(self) -> object: ...
 
 
 class ScriptRunner(Protocol):
@@ -109,7 +105,7 @@ class ScheduleReader:
                 LATEST_RUNS, [keys.history(name) for name in wanted], []))
         latest = iter(heads)
         lines = []
-        for (member, when), name in zip(members, names):
+        for (member, when), name in zip(members, names, strict=True):
             if name is None:
                 lines.append(ScheduleLine(member, when, None))
             else:
@@ -130,12 +126,13 @@ class StatusPage(Resource):
         status: Callable[[], Mapping[str, Any]],
         reader: ScheduleReader,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted: Resource is unannotated
         self._clock = clock
         self._status = status
         self._reader = reader
 
     def render_GET(self, request: Request) -> Any:
+        response: _Response = request
         gone: list[bool] = []
         request.notifyFinish().addBoth(lambda _: gone.append(True))
         d = Deferred.fromCoroutine(self._page(limit_of(request.args.get(b"limit"))))
@@ -143,23 +140,23 @@ class StatusPage(Resource):
         def send(page: bytes) -> None:
             if gone:
                 return  # the client left
-            request.setHeader(b"content-type", b"text/html; charset=utf-8")
-            request.setHeader(b"cache-control", b"no-store")
-            request.setHeader(b"x-content-type-options", b"nosniff")
-            request.setHeader(
+            response.setHeader(b"content-type", b"text/html; charset=utf-8")
+            response.setHeader(b"cache-control", b"no-store")
+            response.setHeader(b"x-content-type-options", b"nosniff")
+            response.setHeader(
                 b"content-security-policy",
                 b"default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
             )
-            request.write(page)
-            request.finish()
+            response.write(page)
+            response.finish()
 
         def failed(failure: Any) -> None:
             self.log.failure("rendering the status page failed", failure)
             if not gone:
-                request.setResponseCode(500)
-                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-                request.write(b"the status page failed; the daemon's log says why\n")
-                request.finish()
+                response.setResponseCode(500)
+                response.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                response.write(b"the status page failed; the daemon's log says why\n")
+                response.finish()
 
         d.addCallbacks(send, failed)
         return NOT_DONE_YET
@@ -205,7 +202,7 @@ class SitesPage(StatusPage):
         sites: Mapping[str, tuple[Callable[[], Mapping[str, Any]], ScheduleReader]],
         title: str = "btu",
     ) -> None:
-        Resource.__init__(self)
+        Resource.__init__(self)  # type: ignore[no-untyped-call]  # Twisted: unannotated
         self._clock = clock
         self._sites = dict(sites)
         self._title = title
@@ -218,7 +215,7 @@ class SitesPage(StatusPage):
     async def _page(self, limit: int) -> bytes:
         reads = [Deferred.fromCoroutine(read_section(status, reader, limit))
                  for status, reader in self._sites.values()]
-        sections = {site: await read for site, read in zip(self._sites, reads)}
+        sections = {site: await read for site, read in zip(self._sites, reads, strict=True)}
         return render_sites(self._title, sections, limit, self._clock.seconds()).encode("utf-8")
 
 
@@ -367,7 +364,7 @@ def _lateness(run: Run) -> str:
 
 def _duration(secs: object) -> str:
     """``3 d 4 h``, ``5 min 6 s``, ``7 s``: the two largest units, for people."""
-    if not isinstance(secs, (int, float)):
+    if not isinstance(secs, int | float):
         return NOTHING
     sign, left = ("-" if secs < 0 else ""), int(abs(secs))
     units = [("d", 86400), ("h", 3600), ("min", 60), ("s", 1)]

@@ -33,27 +33,35 @@ And one thing it does slowly: framing a command of many thousand arguments
 (a burst's claims) in Python when it is sent.  :meth:`RedisGateway.eval_encoded`
 sends a script call whose arguments were framed ahead of time
 (:mod:`btu_twisted.store.resp`), through txredisapi's own reply and timeout handling.
+
+The adaptations of txredisapi themselves (quiet logging, pre-framed commands,
+the Sentinel master protocol, TLS options) are in gateway_setup.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
-from typing import Any, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import txredisapi
-from twisted.application.internet import ClientService
 from twisted.internet import defer, protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger, LogLevel
-from twisted.python import log as legacy_log
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from btu_twisted.health import Dependency
 from btu_twisted.redis_target import RedisTarget
+from btu_twisted.store.gateway_setup import (
+    Framed,
+    SentinelMasterFactory,
+    passing_framed,
+    quiet_txredisapi,
+    tls_options,
+)
 from btu_twisted.store.resp import Encoded, command, encode
 
 __all__ = ["RedisCommands", "RedisGateway", "RedisRefusedError", "quiet_txredisapi"]
@@ -78,81 +86,6 @@ class RedisTimeoutError(defer.TimeoutError):
         return str(self.args[0]) if self.args else "no reply in time"
 
 
-class _DebugOnlyLogger(Logger):
-    """A Logger whose every event, whatever level it was emitted at, is a debug event."""
-
-    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
-        super().emit(LogLevel.debug, format, **kwargs)
-
-
-class _LegacyLogAsDebug:
-    """Stands in for ``twisted.python.log`` inside txredisapi: its lines become debug events."""
-
-    def __init__(self) -> None:
-        self._log = _DebugOnlyLogger(namespace="txredisapi")
-
-    def msg(self, *message: object, **kwargs: object) -> None:
-        self._log.debug("txredisapi: {text}", text=" ".join(str(m) for m in message))
-
-    def err(self, _stuff: object = None, _why: object = None, **kwargs: object) -> None:
-        if isinstance(_stuff, Failure):
-            self._log.failure("txredisapi: {why}", _stuff, why=_why)
-        else:
-            self._log.debug("txredisapi: {why} {what}", why=_why, what=_stuff)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(legacy_log, name)
-
-
-class _QuietClientService(ClientService):
-    """txredisapi's connection slots, with "Scheduling retry N to connect" at debug level."""
-
-    _log = _DebugOnlyLogger(namespace="txredisapi.ClientService")
-
-
-def quiet_txredisapi() -> None:
-    """Send txredisapi's own log lines to debug level; idempotent.
-
-    It logs through the legacy ``twisted.python.log`` module it imported, and
-    reconnects through Twisted's ``ClientService``, which logs each retry at
-    info.  Both names are looked up in txredisapi's module at call time, so
-    replacing them there affects txredisapi only, not other users of Twisted.
-    """
-    if getattr(txredisapi, "log", None) is legacy_log:
-        txredisapi.log = _LegacyLogAsDebug()
-    if getattr(txredisapi, "ClientService", None) is ClientService:
-        txredisapi.ClientService = _QuietClientService
-
-
-class _Framed(bytes):
-    """A whole command already framed: sent as it is."""
-
-
-class _PassFramed:
-    """Mixed into txredisapi's protocol (plain, or Sentinel's master protocol):
-    a command framed ahead of time goes through as it is."""
-
-    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
-        if len(args) == 1 and isinstance(args[0], _Framed):
-            return args[0]
-        return super()._build_command(*args, **kwargs)  # type: ignore[misc, no-any-return]
-
-
-_FRAMED_PROTOCOLS: dict[type, type] = {}
-
-
-def _passing_framed(protocol: type) -> type:
-    """``protocol`` with :class:`_PassFramed` in front (made once per class)."""
-    if issubclass(protocol, _PassFramed):
-        return protocol
-    made = _FRAMED_PROTOCOLS.get(protocol)
-    if made is None:
-        made = _FRAMED_PROTOCOLS[protocol] = type(
-            f"Framed{protocol.__name__}", (_PassFramed, protocol), {}
-        )
-    return made
-
-
 _SHAS: dict[str, str] = {}
 
 
@@ -169,61 +102,6 @@ class RedisCommands(Protocol):
     def eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Deferred[Any]: ...
 
     def command(self, name: str, *args: Any) -> Deferred[Any]: ...
-
-
-class _SentinelMasterProtocol(txredisapi.SentinelRedisProtocol):
-    """txredisapi's Sentinel master protocol, waiting for AUTH before asking ROLE.
-
-    The original sends AUTH and ROLE back to back and ignores AUTH's answer:
-    with a wrong password ROLE fails too, and the connection is never ready
-    nor closed.  Here a refusal is reported the way txredisapi reports one on
-    a plain connection, and the connection closed.
-    """
-
-    @defer.inlineCallbacks
-    def connectionMade(self) -> Any:
-        step = "auth"
-        try:
-            if self.password is not None:
-                reply = yield self.auth(self.password, self.username)
-                if isinstance(reply, Exception):
-                    raise reply
-            step = "check role"
-            role = yield self.role()
-            if isinstance(role, Exception):
-                raise role
-        except Exception as e:
-            self.transport.loseConnection()
-            self.factory.connectionError(f"Redis error: could not {step}: {e}")
-            return None
-        if self.factory.is_master and role[0] != b"master" and role[0] != "master":
-            self.transport.loseConnection()  # demoted meanwhile: ask the Sentinels again
-            return None
-        yield txredisapi.RedisProtocol.connectionMade(self)
-        return None
-
-
-class _SentinelMasterFactory(txredisapi.SentinelConnectionFactory):
-    protocol = _SentinelMasterProtocol
-
-
-def _tls_options(target: RedisTarget) -> Any:
-    """Certificate and host name checked against ``rq_tls_ca_file`` (else the system's CAs)."""
-    from twisted.internet import ssl
-
-    trust = None
-    if target.ca_file:
-        with open(target.ca_file, encoding="ascii") as stream:
-            pem = stream.read()
-        marker = "-----END CERTIFICATE-----"
-        blocks = [block + marker for block in pem.split(marker) if "-----BEGIN" in block]
-        trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
-    client = None
-    if target.cert_file and target.key_file:
-        with open(target.cert_file, encoding="ascii") as cert, \
-                open(target.key_file, encoding="ascii") as key:
-            client = ssl.PrivateCertificate.loadPEM(cert.read() + "\n" + key.read())
-    return ssl.optionsForClientTLS(str(target.host), trustRoot=trust, clientCertificate=client)
 
 
 class RedisGateway:
@@ -266,10 +144,10 @@ class RedisGateway:
 
     def _new_pool(self) -> Any:
         pool = self._connect()
-        factory = getattr(pool, "_factory", None)
+        factory: Any = getattr(pool, "_factory", None)
         # Connections are made on later reactor turns, so they all get it.
         if factory is not None and hasattr(factory, "protocol"):
-            factory.protocol = _passing_framed(factory.protocol)
+            factory.protocol = passing_framed(factory.protocol)
         # A pool that never completes fails this Deferred; the outage is
         # reported through ``health``, not as an unhandled error.
         waiting = getattr(factory, "deferred", None)
@@ -304,7 +182,7 @@ class RedisGateway:
         if target.kind == "unix":
             return txredisapi.lazyUnixConnectionPool(path=target.path, **common)
         if target.tls and self._tls is None:
-            self._tls = _tls_options(target)  # read once: a replaced pool reuses it
+            self._tls = tls_options(target)  # read once: a replaced pool reuses it
         tls = self._tls or False
         return txredisapi.lazyConnectionPool(
             host=target.host, port=target.port, ssl_context_factory=tls, **common
@@ -327,11 +205,12 @@ class RedisGateway:
         discover = sentinel.discover_master
 
         def discover_master(service: str) -> Deferred[Any]:
-            return discover(service).addErrback(self._discovery_failed)
+            found: Deferred[Any] = discover(service)
+            return found.addErrback(self._discovery_failed)
 
         sentinel.discover_master = discover_master
         self._sentinel = sentinel
-        return sentinel.master_for(target.service, factory_class=_SentinelMasterFactory, **common)
+        return sentinel.master_for(target.service, factory_class=SentinelMasterFactory, **common)
 
     def _discovery_failed(self, failure: Failure) -> Failure:
         nodes = ", ".join(f"{h}:{p}" for h, p in self.target.sentinels)
@@ -348,7 +227,8 @@ class RedisGateway:
         for watcher in watchers:
             watcher(reason)
         first = self._refusal is None
-        self._refusal = (self._clock.seconds(), reason)
+        now = self._clock.seconds()  # type: ignore[misc]  # zope.interface: IReactorTime's methods lack self
+        self._refusal = (now, reason)
         if not self.health.failed(reason) and first:
             # Already down for another reason (the connection dropped when Redis
             # restarted with a new password): the refusal is the news, once.
@@ -407,8 +287,9 @@ class RedisGateway:
         """
         target = self.target
         if target.kind == "unix" and target.path:
-            endpoint: Any = UNIXClientEndpoint(reactor, target.path, timeout=self._timeout)
-        elif target.kind == "tcp" and target.host:
+            endpoint: Any = UNIXClientEndpoint(  # type: ignore[no-untyped-call]  # Twisted: unannotated
+                reactor, target.path, timeout=self._timeout)
+        elif target.kind == "tcp" and target.host and target.port is not None:
             endpoint = HostnameEndpoint(reactor, target.host, target.port, timeout=self._timeout)
         else:
             return
@@ -430,7 +311,8 @@ class RedisGateway:
                     answer.callback(result)
 
         def refused(reason: str) -> None:
-            settle(Failure(RedisRefusedError(reason)))
+            if not answer.called:
+                answer.errback(RedisRefusedError(reason))
 
         self._refusal_watchers.append(refused)
         self.command("PING").addBoth(settle)
@@ -451,7 +333,8 @@ class RedisGateway:
             d: Deferred[None] = Deferred()
             d.callback(None)
             return d
-        return pool.disconnect()
+        disconnected: Deferred[None] = pool.disconnect()
+        return disconnected
 
     def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
         return self._call("eval", script, list(keys), list(args))
@@ -459,14 +342,14 @@ class RedisGateway:
     def eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Deferred[Any]:
         """EVALSHA (EVAL if Redis does not know the script) of arguments framed ahead of time."""
         head = encode(("EVALSHA", _sha1(script), keys.count))
-        d = self._call("execute_command", _Framed(command(head, keys, args)))
+        d = self._call("execute_command", Framed(command(head, keys, args)))
 
         def unknown_script(failure: Failure) -> Any:
-            if not (failure.check(txredisapi.ResponseError)
+            if not (isinstance(failure.value, txredisapi.ResponseError)
                     and str(failure.value).startswith("NOSCRIPT")):
                 return failure
             head = encode(("EVAL", script, keys.count))
-            return self._call("execute_command", _Framed(command(head, keys, args)))
+            return self._call("execute_command", Framed(command(head, keys, args)))
 
         return d.addErrback(unknown_script)
 
@@ -476,7 +359,7 @@ class RedisGateway:
     def _call(self, method: str, *args: Any) -> Deferred[Any]:
         if self._pool is None:
             raise RuntimeError("RedisGateway used before start()")
-        started = self._clock.seconds()
+        started = self._clock.seconds()  # type: ignore[misc]  # zope.interface: IReactorTime's methods lack self
         d: Deferred[Any] = getattr(self._live_pool(), method)(*args)
         d.addTimeout(self._timeout, self._clock)
         d.addCallbacks(self._ok, self._failed, errbackArgs=(started,))
@@ -508,12 +391,12 @@ class RedisGateway:
             # Refused while this command waited for a connection: that is why it failed.
             reason = self._refusal[1]
             self.health.failed(reason, started=started)
-            return Failure(RedisRefusedError(reason))
+            raise RedisRefusedError(reason) from None
         elif failure.check(TimeoutError, defer.TimeoutError):
             # addTimeout's own text is "(5.0, 'Deferred')"; say what happened.
             reason = f"no reply within {self._timeout:g} s"
             self.health.failed(reason, started=started)
-            return Failure(RedisTimeoutError(reason))
+            raise RedisTimeoutError(reason) from None
         else:
             self.health.failed(failure, started=started)
         return failure

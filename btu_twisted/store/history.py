@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from btu_twisted.store.scripts import FOLD_HISTORY
+
 #: Entries kept per schedule unless ``run_history_length`` says otherwise.
 DEFAULT_LENGTH = 100
 
@@ -65,41 +67,7 @@ class Run:
 #: take Redis 1-2 ms.
 FOLD_TEXTS = 4
 
-# KEYS: the inbox.  ARGV: what a name follows in its history key, the entries
-# kept per schedule (0: none, the inbox is dropped), the most texts to file.
-# Oldest text first, each text's entries in claim order, so every list stays
-# newest first.  Returns how many texts are still waiting.  A text that does
-# not unpack, or a history key of the wrong type, loses its entries only.
-FOLD_HISTORY = """#!lua
-local inbox, base = KEYS[1], ARGV[1]
-local keep, most = tonumber(ARGV[2]), tonumber(ARGV[3])
-if redis.call('TYPE', inbox)['ok'] ~= 'list' then return 0 end
-if keep <= 0 then
-  redis.call('DEL', inbox)
-  return 0
-end
-local function file(name, entry)
-  local key = base .. name
-  local n = redis.pcall('LPUSH', key, entry)
-  if type(n) == 'number' and n > keep then
-    redis.pcall('LTRIM', key, 0, keep - 1)
-  end
-end
-for _ = 1, most do
-  local packed = redis.call('LPOP', inbox)
-  if not packed then return 0 end
-  local ok, at, entries = pcall(cmsgpack.unpack, packed)
-  if ok and type(at) == 'string' and type(entries) == 'table' then
-    for i = 1, #entries - 3, 4 do
-      file(entries[i], entries[i + 1] .. '\t' .. at .. '\t' .. entries[i + 2] .. '\t'
-        .. entries[i + 3])
-    end
-  elseif ok and type(at) == 'table' then
-    for i = 1, #at - 1, 2 do file(at[i], at[i + 1]) end
-  end
-end
-return redis.call('LLEN', inbox)
-"""
+# FOLD_HISTORY (lua/fold_history.lua) files the inbox.
 
 
 def encode_run(scheduled: int, decided_at: str, job_id: str | None, outcome: str) -> str:

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from btu_twisted.store.keys import Keys
 from btu_twisted.redis_target import ACL_RULE
+from btu_twisted.store.keys import Keys
+from btu_twisted.store.scripts import RELEASE, TAKE
 
 if TYPE_CHECKING:
     from btu_twisted.store.gateway import RedisCommands
@@ -34,22 +35,7 @@ __all__ = ["LEASE_SECS", "PrefixGuard", "PrefixRefused", "PrefixTaken"]
 LEASE_SECS = 30
 
 # The lease's value is "<owner id> <site>": daemons are the same site when
-# their owner ids (their database) agree, whatever they call the site.
-# Take the lease if it is free or already ours (another daemon of our site);
-# return the value found otherwise.
-TAKE = """
-local owner = redis.call('GET', KEYS[1])
-if owner and string.match(owner, '^%S*') ~= ARGV[1] then return owner end
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', tonumber(ARGV[3]))
-return ''
-"""
-
-# Release only our own lease: after an expiry it may be another site's.
-RELEASE = """
-local owner = redis.call('GET', KEYS[1])
-if owner and string.match(owner, '^%S*') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+# their owner ids (their database) agree (lua/take.lua, lua/release.lua).
 
 
 class PrefixRefused(Exception):

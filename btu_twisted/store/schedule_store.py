@@ -19,20 +19,38 @@ with a ``#!lua`` shebang (Redis 7) declaring what it does: those that may add
 data are refused up front while Redis is out of memory (not stopped at their
 first write, half-done), those that only delete may run then, and the read-only
 one says so.  With a shebang every key a script touches must be in KEYS.
+The scripts are ``lua/*.lua`` (read by scripts.py), each naming its KEYS,
+ARGV and reply; how a claim is framed for CLAIM is claims.py.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from btu_twisted.store.history import DEFAULT_LENGTH, FOLD_HISTORY, FOLD_TEXTS
+from btu_twisted.store.claims import (
+    BLOCKED,
+    BLOCKED_RETRY_SECS,
+    CLAIMED,
+    LOST,
+    OVERLAPPED,
+    PER_JOB_FIELDS,
+    STALE,
+    Blocked,
+    BlockedClaims,
+    Claim,
+    ClaimWire,
+    claim_arguments,
+    framed,
+    member_for,
+    split_member,
+)
+from btu_twisted.store.history import DEFAULT_LENGTH, FOLD_TEXTS
 
 # The key names live in keys.py (importable without Twisted); store.py still exports them.
 from btu_twisted.store.keys import (
@@ -46,440 +64,47 @@ from btu_twisted.store.keys import (
     Keys,
 )
 from btu_twisted.store.resp import Encoded, encode, join
+from btu_twisted.store.scripts import (
+    CANCEL,
+    CLAIM,
+    FOLD_HISTORY,
+    FORGET_LAST_RUNS,
+    LAST_RUN_NAMES,
+    PLAN,
+    PRUNE_INDEX,
+    PRUNE_MEMBERS,
+    UNPLAN_IF_OWNED,
+    WINDOW,
+)
 
 if TYPE_CHECKING:
     from btu_twisted.store.gateway import RedisCommands
 
+# Claims (claims.py), key names (keys.py) and scripts (scripts.py) are still
+# importable from here, as they were before the store was split.
+__all__ = [
+    "BLOCKED", "BLOCKED_RETRY_SECS", "CANCEL", "CLAIM", "CLAIMED", "DEFAULT_KEYS", "FOLD_HISTORY",
+    "FORGET_LAST_RUNS", "JOB_PREFIX", "LAST_ENQUEUED", "LAST_RUN_NAMES", "LOST", "MEMBER_INDEX",
+    "OVERLAPPED", "PER_JOB_FIELDS", "PLAN", "PLANNED_MARKER", "PLAN_CHUNK", "PRUNE_INDEX",
+    "PRUNE_MEMBERS", "QUEUE_PREFIX", "RECENT_SECS", "RQ_QUEUES", "SCAN_PAGE", "SCHEDULE_SET",
+    "STALE", "UNPLAN_IF_OWNED", "WINDOW", "Blocked", "BlockedClaims", "Claim", "ClaimWire",
+    "Keys", "ScheduleStore", "Window", "claim_arguments", "framed", "member_for",
+    "split_member",
+]
+
 DEFAULT_KEYS = Keys()
 
 # How close to now a last run must be to be kept although its schedule seems
-# deleted (see FORGET_LAST_RUNS).
+# deleted (lua/forget_last_runs.lua holds the same number; a test checks).
 RECENT_SECS = 3600
-
-# The member's name is everything before the last "|", so names containing "|"
-# (they are just names) still round-trip.
-_NAME_OF = r"^(.*)|[^|]*$"
-
-PLAN = """#!lua
-local zset, idx, last = KEYS[1], KEYS[2], KEYS[3]
-local now, n = tonumber(ARGV[1]), tonumber(ARGV[2])
--- Checked before the first write, as in CLAIM.
-for _, k in ipairs({{zset, 'zset'}, {idx, 'hash'}, {last, 'hash'}}) do
-  local t = redis.call('TYPE', k[1])['ok']
-  if t ~= 'none' and t ~= k[2] then
-    return redis.error_reply('WRONGTYPE ' .. k[1] .. ' holds a ' .. t .. ', not a ' .. k[2])
-  end
-end
-local rejected = {}
-for i = 0, n - 1 do
-  local name, when = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
-  -- An unreadable last run does not stop planning: the claim reports it.
-  local done = tonumber(redis.call('HGET', last, name) or '-1') or -1
-  if tonumber(when) <= done then
-    rejected[#rejected + 1] = name
-    rejected[#rejected + 1] = tostring(done)
-  else
-    local member = name .. '|' .. when
-    local old = redis.call('HGET', idx, name)
-    local old_score = old and old ~= member and redis.call('ZSCORE', zset, old)
-    -- A member already due belongs to the timer, which may be claiming it
-    -- right now; replacing it would lose that run.  The timer replans the
-    -- schedule after its claim.
-    if not (old_score and tonumber(old_score) <= now) then
-      if old and old ~= member then redis.call('ZREM', zset, old) end
-      redis.call('ZADD', zset, when, member)
-      redis.call('HSET', idx, name, member)
-    end
-  end
-end
-for i = 3 + 2 * n, #ARGV do
-  local old = redis.call('HGET', idx, ARGV[i])
-  if old then
-    redis.call('ZREM', zset, old)
-    redis.call('HDEL', idx, ARGV[i])
-  end
-end
-return rejected
-"""
 
 #: Schedules planned (or unplanned) per PLAN call.
 PLAN_CHUNK = 200
 
-# Claim a due member and enqueue its job in one step.  An empty job id claims
-# without enqueueing: a run skipped on purpose (misfire grace, unbuildable task).
-# Results per job: 1 enqueued/skipped by us, 0 member gone (another daemon won,
-# or it was cancelled or replanned), 2 stale (that time was already enqueued),
-# 3 blocked: a key it would write holds the wrong type (or its last run cannot
-# be read), so the claim is left untouched, member kept, to be retried, 4
-# skipped for overlap: the schedule says ``overlap = "skip"`` and its previous
-# job (``last_job``) is still queued or started; the run is settled like a
-# skipped one (member gone, last run set) and no job is written.  That one
-# HGET of the previous job's status is the only key a claim reads that is not
-# in KEYS (its id is only known inside the script: another daemon may have
-# enqueued it); Redis outside cluster mode allows that, and rq has no cluster
-# mode.  Every claim settled by us (1 and 4) adds an entry to its schedule's
-# run history (history.py): the call's entries go to the history inbox as one
-# packed text (one RPUSH, not an LPUSH and LTRIM per job: a quarter of the
-# call's time), filed under each schedule by FOLD_HISTORY once the burst is
-# claimed; an entry is its parts, not a text (the time enqueued once per call),
-# FOLD_HISTORY joins them; an inbox of the wrong type loses those entries,
-# never the claims.  The
-# reply is one string of those digits, one per job (txredisapi takes ~10 us of
-# Python per reply element: 5 ms for 500 integers), then one reason per
-# blocked claim, in order.
-#
-# Redis does not undo the writes of a script that fails part-way, so every key
-# is checked before its first write: a string at rq:queue:X once cost each run
-# on X its member and last run while nothing was queued.  A job key is checked
-# by its own HSET, the first write of its claim (a job id is new, so a wrong
-# type there is next to impossible, and a TYPE per job is a tenth of the cost).
-# The shebang makes Redis refuse the whole script up front when it is out of
-# memory, rather than fail at a write in the middle.
-#
-# Cost: the reads and the writes of the daemon's own keys are one call per
-# batch (ZMSCORE, HMGET, ZREM, HSET), and so are RPUSH and SADD per queue; per
-# job there is only its HSET.  The claims are decided one after the other as
-# if each ran alone (a name twice in a batch sees its first claim).  The member
-# index is not touched: the entry of a claimed member is replaced by the
-# schedule's replan (PLAN), or dropped by PRUNE_INDEX as dangling if none
-# comes.  Reading and deleting it was 7 % of a burst's time in Redis.
-#
-# KEYS: the sorted set, last runs, rq:queues, last jobs, the
-# history inbox, then per claim its job key and queue key.  ARGV: enqueued_at, the
-# number of claims, the number of shapes, the history length (0: none kept),
-# each shape, then per claim: member, schedule, time, job id (empty: no job),
-# its mode (with a job: "skip" for the overlap check, else empty; without: the
-# outcome to record), the number of its shape (0: none) and the values of the
-# shape's own fields in that order.  A shape is what the job hashes of a call
-# share: the names of the fields each job has a value of its own for (their
-# count, then the names), then the fields whose value is the same for them all
-# (their count, then name and value of each).  Jobs of one task differ only in
-# a few fields (PER_JOB_FIELDS); the others (queue, timeout, status, callbacks,
-# eight empty ones) are sent once per call, not once per job: Redis reads ~12
-# arguments a job instead of ~23.
-CLAIM = """#!lua
-local KEYS, ARGV, tonumber, unpack = KEYS, ARGV, tonumber, unpack
-local call, pcall_ = redis.call, redis.pcall
-local zset, last, queues, last_job, inbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local enqueued_at = ARGV[1]
-local njobs = tonumber(ARGV[2])
-local keep = tonumber(ARGV[4])
-local function wrong(key, want)
-  local t = call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= want then
-    return key .. ' holds a ' .. t .. ', not a ' .. want
-  end
-end
-for _, k in ipairs({{zset, 'zset'}, {last, 'hash'}, {last_job, 'hash'}}) do
-  local bad = wrong(k[1], k[2])
-  if bad then return redis.error_reply('WRONGTYPE ' .. bad) end
-end
--- Each shape's fields once per call: {'enqueued_at', <time>, own1, <value>,
--- own2, <value>, ..., shared1, value1, ...}, the own values filled in job by job.
-local shapes, counts, nshapes = {}, {[0] = 0}, tonumber(ARGV[3])
-local a = 5
-for s = 1, nshapes do
-  local n, fields = tonumber(ARGV[a]), {'enqueued_at', enqueued_at}
-  for i = 1, n do fields[2 * i + 1], fields[2 * i + 2] = ARGV[a + i], '' end
-  local m = tonumber(ARGV[a + n + 1])
-  if not n or not m then return redis.error_reply('ERR claim: bad shape ' .. s) end
-  for i = 1, 2 * m do fields[2 * n + 2 + i] = ARGV[a + n + 1 + i] end
-  shapes[s], counts[s] = fields, n
-  a = a + 2 + n + 2 * m
-end
-local at, members, names, shape_of = {}, {}, {}, {}
-for j = 1, njobs do
-  local shape = tonumber(ARGV[a + 5])
-  if not tonumber(ARGV[a + 2]) or not shape or not counts[shape] then
-    return redis.error_reply('ERR claim ' .. j .. ': bad time or field names')
-  end
-  at[j], members[j], names[j], shape_of[j] = a, ARGV[a], ARGV[a + 1], shape
-  a = a + 6 + counts[shape]
-end
-local CHUNK = 1000
--- One reply value per item (false when missing), the command sent in chunks.
-local function read(cmd, key, items)
-  if #items <= CHUNK then return call(cmd, key, unpack(items)) end
-  local out, n = {}, 0
-  for i = 1, #items, CHUNK do
-    local part = call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
-    for k = 1, #part do n = n + 1; out[n] = part[k] end
-  end
-  return out
-end
-local function write(cmd, key, items, n)
-  for i = 1, n, CHUNK do
-    call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, n)))
-  end
-end
-local scores
-local ok, got = pcall(read, 'ZMSCORE', zset, members)
-if ok then
-  scores = got
-else  -- Redis before 6.2
-  scores = {}
-  for j = 1, njobs do scores[j] = call('ZSCORE', zset, members[j]) end
-end
-local lasts = read('HMGET', last, names)
-local done = {}
-local queues_bad = wrong(queues, 'set')
-local queue_bad, pushed, queue_order, nqueues = {}, {}, {}, 0
-local removed, zrem, hset = {}, {}, {}
-local nzrem, nhset = 0, 0
--- Overlap: the latest job of each schedule claimed with mode "skip", read
--- when first needed (false: none), then as this batch enqueues.
-local jobs_of, ljset, nljset = {}, {}, 0
-local function busy(name)
-  local prev = jobs_of[name]
-  if prev == nil then
-    prev = call('HGET', last_job, name)
-    jobs_of[name] = prev
-  end
-  if not prev then return false end
-  local status = call('HGET', 'rq:job:' .. prev, 'status')
-  return status == 'queued' or status == 'started'
-end
-local hist, nhist = {}, 0
-local out, reasons, nreasons = {}, {}, 0
-for j = 1, njobs do
-  local b = at[j]
-  local member, name = members[j], names[j]
-  local d = done[name]
-  if d == nil then
-    d = lasts[j]
-    done[name] = d
-  end
-  local bad, code = nil, nil
-  if not scores[j] or removed[member] then
-    code = 0
-  elseif d and not tonumber(d) then
-    bad = last .. ' field ' .. name .. ' holds "' .. string.sub(d, 1, 40)
-      .. '", not a unix time'
-  else
-    local when, job_id, mode = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-    local job_key, queue_key = KEYS[4 + 2 * j], KEYS[5 + 2 * j]
-    if job_id ~= '' then
-      local qb = queue_bad[queue_key]
-      if qb == nil then
-        qb = queues_bad or wrong(queue_key, 'list') or false
-        queue_bad[queue_key] = qb
-      end
-      if qb then bad = qb end
-    end
-    if not bad and tonumber(when) <= tonumber(d or '-1') then
-      code = 2
-      if job_id ~= '' then bad = wrong(job_key, 'hash') end
-    elseif not bad and job_id ~= '' and mode == 'skip' and busy(name) then
-      code = 4
-    elseif not bad and job_id ~= '' then
-      local shape = shape_of[j]
-      local fields = shapes[shape] or {'enqueued_at', enqueued_at}
-      for i = 1, counts[shape] do fields[2 * i + 2] = ARGV[b + 5 + i] end
-      local set = pcall_('HSET', job_key, unpack(fields))
-      if type(set) == 'table' and set.err then
-        bad = wrong(job_key, 'hash')
-        if not bad then return set end
-      end
-    end
-    if not bad then
-      removed[member] = true
-      nzrem = nzrem + 1
-      zrem[nzrem] = member
-      if code == nil or code == 4 then
-        local outcome = 'skipped_overlap'
-        if code == nil then
-          outcome = job_id ~= '' and 'enqueued' or (mode ~= '' and mode or 'skipped')
-        end
-        done[name] = when
-        hset[nhset + 1], hset[nhset + 2] = name, when
-        nhset = nhset + 2
-        if keep > 0 then
-          hist[nhist + 1] = name
-          hist[nhist + 2] = when
-          hist[nhist + 3] = code == nil and job_id or ''
-          hist[nhist + 4] = outcome
-          nhist = nhist + 4
-        end
-      end
-      if code == nil then
-        code = 1
-        if job_id ~= '' and mode == 'skip' then
-          jobs_of[name] = job_id
-          ljset[nljset + 1], ljset[nljset + 2] = name, job_id
-          nljset = nljset + 2
-        end
-        if job_id ~= '' then
-          local ids = pushed[queue_key]
-          if not ids then
-            ids = {}
-            pushed[queue_key] = ids
-            nqueues = nqueues + 1
-            queue_order[nqueues] = queue_key
-          end
-          ids[#ids + 1] = job_id
-        end
-      end
-    end
-  end
-  if bad then
-    code = 3
-    nreasons = nreasons + 1
-    reasons[nreasons] = bad
-  end
-  out[j] = code
-end
-write('ZREM', zset, zrem, nzrem)
-write('HSET', last, hset, nhset)
-for q = 1, nqueues do
-  local ids = pushed[queue_order[q]]
-  write('RPUSH', queue_order[q], ids, #ids)
-end
-write('SADD', queues, queue_order, nqueues)
-write('HSET', last_job, ljset, nljset)
--- pcall: an inbox of the wrong type loses these entries, not the claims.
-if nhist > 0 then pcall_('RPUSH', inbox, cmsgpack.pack(enqueued_at, hist)) end
-local reply = {table.concat(out)}
-for r = 1, nreasons do reply[r + 1] = reasons[r] end
-return reply
-"""
-
-# Pruning goes one page at a time (no call walks the whole set or index, and
-# the caller's list of enabled names never travels to Redis), in two passes,
-# each page one script, so its decisions are atomic with any claim or plan:
-#
-# * PRUNE_INDEX reads one HSCAN page of the member index and drops entries
-#   whose member is gone from the set (dangling: claimed and not replanned
-#   yet, or nothing will replan it); it returns the next cursor, the live entries as name, member
-#   pairs (the caller decides which schedules are no longer enabled, and
-#   sends those to UNPLAN_IF_OWNED) and the names it dropped.  The pairs come
-#   as one JSON text: txredisapi spends a reactor turn (~12 us) on each
-#   string of a reply, which for 100,000 pairs was 2.4 s of CPU;
-# * PRUNE_MEMBERS reads one ZSCAN page of the set and drops members without a
-#   name and members their schedule does not own (stale duplicates: a Rust
-#   daemon added a new member after each cron edit and kept the old one);
-#   it returns the next cursor and the names whose members it removed.
-#
-# Together: what the single PRUNE script over the whole set used to do.
-# Every removed name goes back to the caller, which replans it in case it was
-# enabled (and planned) a moment after its SQL read.
-PRUNE_INDEX = """#!lua flags=allow-oom
-local zset, idx = KEYS[1], KEYS[2]
-local page = redis.call('HSCAN', idx, ARGV[1], 'COUNT', ARGV[2])
-local live, dangling = {}, {}
-local flat = page[2]
-for i = 1, #flat, 2 do
-  if redis.call('ZSCORE', zset, flat[i + 1]) then
-    live[#live + 1] = flat[i]
-    live[#live + 1] = flat[i + 1]
-  else
-    redis.call('HDEL', idx, flat[i])
-    dangling[#dangling + 1] = flat[i]
-  end
-end
--- cjson writes an empty table as {}
-return {page[1], #live > 0 and cjson.encode(live) or '[]', dangling}
-"""
-
-PRUNE_MEMBERS = """#!lua flags=allow-oom
-local zset, idx = KEYS[1], KEYS[2]
-local page = redis.call('ZSCAN', zset, ARGV[1], 'COUNT', ARGV[2])
-local removed = {}
-local flat = page[2]
-for i = 1, #flat, 2 do
-  local m = flat[i]
-  local name = string.match(m, '%s')
-  if not name or redis.call('HGET', idx, name) ~= m then
-    redis.call('ZREM', zset, m)
-    if name then removed[#removed + 1] = name end
-  end
-end
-return {page[1], removed}
-""".replace("%s", _NAME_OF)
-
-# ARGV: name, member pairs of schedules that are no longer enabled; each loses
-# its member if it still owns that one (a plan since then means the planner
-# saw it enabled).  Returns the names whose members went.
-UNPLAN_IF_OWNED = """#!lua flags=allow-oom
-local zset, idx = KEYS[1], KEYS[2]
-local removed = {}
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', idx, ARGV[i]) == ARGV[i + 1] then
-    redis.call('ZREM', zset, ARGV[i + 1])
-    redis.call('HDEL', idx, ARGV[i])
-    removed[#removed + 1] = ARGV[i]
-  end
-end
-return removed
-"""
-
-# Forget the last runs of schedules that no longer exist: ARGV are candidates
-# (found by an HSCAN, one page at a time, so no call walks the whole hash).
-# Checked again here, atomically with any claim: a last run within RECENT_SECS
-# of now is kept, as it may belong to a schedule created after the caller's
-# SQL read, and it is what stops a slow planner bringing back a run just
-# enqueued.  Their last job and run history go with them (KEYS: last runs,
-# last jobs, then the history key of each name in ARGV's order).  Returns how
-# many were forgotten.
-FORGET_LAST_RUNS = """#!lua flags=allow-oom
-local last, last_job = KEYS[1], KEYS[2]
-local now = tonumber(redis.call('TIME')[1])
-local forgotten = 0
-for i = 1, #ARGV do
-  local when = tonumber(redis.call('HGET', last, ARGV[i]) or '')
-  if not (when and math.abs(when - now) <= RECENT) then
-    forgotten = forgotten + redis.call('HDEL', last, ARGV[i])
-    redis.call('HDEL', last_job, ARGV[i])
-    redis.call('DEL', KEYS[2 + i])
-  end
-end
-return forgotten
-""".replace("RECENT", str(RECENT_SECS))
-
-# One HSCAN page of the last runs: the cursor and the page's names as one
-# JSON text (a plain HSCAN reply is two strings per field for txredisapi to
-# take apart, one reactor turn each: seconds at 100,000 schedules).
-LAST_RUN_NAMES = """#!lua flags=no-writes
-local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
-local names = {}
-for i = 1, #page[2], 2 do names[#names + 1] = page[2][i] end
-return {page[1], #names > 0 and cjson.encode(names) or '[]'}
-"""
-
 # Fields (members, names) looked at per page of a scan.
 SCAN_PAGE = 500
 
-# Cancel: the member the schedule owns, found through the index (O(log N),
-# however many members there are), so never a prefix match (COMPAT.md 6.4:
-# cancelling TS-1 also removed TS-10's runs).  A member the index does not
-# know (a Rust daemon's stale duplicate) is left to the full refresh's prune,
-# which runs at every start; were one due before that, the timer reads the
-# row first and drops runs of a disabled or deleted schedule.
-CANCEL = """#!lua flags=allow-oom
-local zset, idx, name = KEYS[1], KEYS[2], ARGV[1]
-local owned = redis.call('HGET', idx, name)
-if not owned then return 0 end
-redis.call('HDEL', idx, name)
-return redis.call('ZREM', zset, owned)
-"""
-
-
-# What the timer needs at each wake-up, in one round trip: how many members
-# there are, the members due by the horizon, and the first one after it (when
-# to wake next).  Reading only the near ones keeps a wake-up cheap however
-# many schedules there are.  The near ones come as one JSON array (member,
-# score, member, ...): parsed by txredisapi element by element, 10,000 of them
-# took a quarter of a second of the timer's lookahead.
-WINDOW = """#!lua flags=no-writes
-local zset, horizon, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
-local out = {redis.call('ZCARD', zset)}
-local beyond = redis.call('ZRANGEBYSCORE', zset, '(' .. horizon, '+inf',
-                          'WITHSCORES', 'LIMIT', 0, 1)
-out[2] = beyond[1] or ''
-out[3] = beyond[2] or ''
-local near = redis.call('ZRANGEBYSCORE', zset, '-inf', horizon, 'WITHSCORES', 'LIMIT', 0, limit)
-out[4] = #near > 0 and cjson.encode(near) or '[]'
-return out
-"""
+# The scripts, with what each takes and answers, are lua/*.lua (scripts.py).
 
 
 @dataclass(frozen=True)
@@ -491,198 +116,10 @@ class Window:
     beyond: tuple[str, int] | None
 
 
-@dataclass(frozen=True)
-class Claim:
-    """One due member to claim, with its job's hash (None: claim without a job).
-
-    ``overlap``: hold the job back while the schedule's previous one is still
-    queued or started (``overlap = "skip"``).  ``outcome``: what the run
-    history records for a claim without a job (history.py: skipped_misfire,
-    dropped, ...).  ``wire``: its CLAIM keys and arguments framed ahead of
-    time (:func:`framed`); a claim without is framed when it is sent.
-    """
-
-    member: str
-    schedule: str
-    when: int
-    job_id: str = ""
-    origin: str = ""
-    fields: Mapping[str, bytes | str | int | float] | None = None
-    overlap: bool = False
-    outcome: str = ""
-    wire: ClaimWire | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def mode(self) -> str:
-        """CLAIM's per-claim mode argument."""
-        if self.job_id:
-            return "skip" if self.overlap else ""
-        return self.outcome
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimWire:
-    """A claim's part of a CLAIM call: its two keys; member, schedule, time,
-    job id and mode; the names of its job's own fields (PER_JOB_FIELDS) and
-    their values; its other fields, name and value, framed (``shared``): names
-    and shared fields are sent once per call for all the jobs that have the
-    same."""
-
-    keys: Encoded
-    head: Encoded
-    names: tuple[str, ...]
-    values: Encoded
-    shared: Encoded
-
-
-#: Job hash fields whose value is the job's own (rq's: when it was made, what
-#: it calls with which arguments, its description and meta).  The rest are
-#: mostly the same for all the jobs of a task and go once per CLAIM call.
-PER_JOB_FIELDS = frozenset({"created_at", "data", "description", "meta"})
-_NO_FIELDS = encode(())
-# Framed shared fields, one copy per distinct text (a burst's jobs share a few).
-_shared_texts: dict[bytes, Encoded] = {}
-
-
-def framed(claim: Claim) -> Claim:
-    """The claim with its keys and arguments framed for CLAIM, so that sending
-    it at the due second costs no encoding.  The job's own ``enqueued_at``
-    field, if its builder set one, gives way to the claim's."""
-    own: list[str] = []
-    values: list[object] = []
-    pairs: list[object] = []
-    for name, value in (claim.fields or {}).items():
-        if name in PER_JOB_FIELDS:
-            own.append(name)
-            values.append(value)
-        elif name != "enqueued_at":
-            pairs += (name, value)
-    shared = _NO_FIELDS
-    if pairs:
-        shared = encode(pairs)
-        known = _shared_texts.get(shared.data)
-        if known is not None:
-            shared = known
-        else:
-            if len(_shared_texts) >= 1024:
-                _shared_texts.clear()
-            _shared_texts[shared.data] = shared
-    wire = ClaimWire(
-        keys=encode((
-            JOB_PREFIX + claim.job_id, QUEUE_PREFIX + claim.origin,
-        )),
-        head=encode((claim.member, claim.schedule, claim.when, claim.job_id, claim.mode)),
-        names=tuple(own),
-        values=encode(values),
-        shared=shared,
-    )
-    # Not dataclasses.replace: it costs a third of framing (~6 us a job).
-    return Claim(
-        claim.member, claim.schedule, claim.when, claim.job_id, claim.origin, claim.fields,
-        claim.overlap, claim.outcome, wire,
-    )
-
-
-def claim_arguments(
-    wires: Sequence[ClaimWire], enqueued_at: str, history_length: int = DEFAULT_LENGTH
-) -> Encoded:
-    """CLAIM's ARGV: the time, the count, the number of shapes, the history
-    length, each distinct shape (own field names, shared fields) once, then per
-    claim its head, the number of its shape (0: none) and its own values."""
-    shapes: dict[tuple[tuple[str, ...], bytes], tuple[int, ClaimWire]] = {}
-    of: list[int] = []
-    for w in wires:
-        if not w.names and not w.shared.count:
-            of.append(0)
-            continue
-        key = (w.names, w.shared.data)
-        found = shapes.get(key)
-        if found is None:
-            found = shapes[key] = (len(shapes) + 1, w)
-        of.append(found[0])
-    numbers = [encode((n,)) for n in range(len(shapes) + 1)]
-    pieces = [encode((enqueued_at, len(wires), len(shapes), history_length))]
-    for _, w in shapes.values():
-        pieces += (encode((len(w.names), *w.names, w.shared.count // 2)), w.shared)
-    for w, number in zip(wires, of):
-        pieces += (w.head, numbers[number], w.values)
-    return join(pieces)
-
-
-
-
-CLAIMED, LOST, STALE, BLOCKED, OVERLAPPED = 1, 0, 2, 3, 4
-#: Seconds before a blocked claim is tried again: it waits for an operator to
-#: fix a key, so there is no point in trying every second.
-BLOCKED_RETRY_SECS = 10.0
-
-
-class Blocked(int):
-    """The BLOCKED result code, carrying why (which key holds what).
-
-    An int, so that callers comparing result codes need no second channel for
-    the one code that comes with a reason.
-    """
-
-    reason: str
-
-    def __new__(cls, reason: str) -> Blocked:
-        code = super().__new__(cls, BLOCKED)
-        code.reason = reason
-        return code
-
-
 def _without_shebang(script: str) -> str:
     """The script for Redis before 7.0: its "#!lua" line made a blank one, so
     line numbers in error messages stay the same."""
     return "\n" + script.partition("\n")[2] if script.startswith("#!") else script
-
-
-def member_for(schedule: str, when: int) -> str:
-    return f"{schedule}|{when}"
-
-
-def split_member(member: str) -> tuple[str, int] | None:
-    """(schedule, unix) of a member, or None for a member we cannot read."""
-    name, bar, when = member.rpartition("|")
-    if not bar or not name:
-        return None
-    try:
-        return name, int(when)
-    except ValueError:
-        return None
-
-
-class BlockedClaims:
-    """Logs blocked claims: one error line when a schedule becomes blocked (or
-    its reason changes), not one per retry, and one line when it goes through
-    again.  Shared with the tests' fake store so both log alike."""
-
-    log = Logger()
-
-    def __init__(self) -> None:
-        self.reasons: dict[str, str] = {}  # schedule -> reason logged
-
-    def record(self, claims: Sequence[Claim], results: Sequence[int]) -> None:
-        for claim, result in zip(claims, results):
-            if isinstance(result, Blocked):
-                if self.reasons.get(claim.schedule) == result.reason:
-                    continue
-                self.reasons[claim.schedule] = result.reason
-                self.log.error(
-                    "run of {schedule} at {when} not enqueued, kept and retried every "
-                    "{retry:.0f} s until fixed: {reason}",
-                    schedule=claim.schedule, reason=result.reason, retry=BLOCKED_RETRY_SECS,
-                    when=datetime.fromtimestamp(claim.when, timezone.utc).isoformat(),
-                )
-            elif self.reasons.pop(claim.schedule, None) is not None:
-                self.log.info("claims of {schedule} go through again", schedule=claim.schedule)
-
-    def forget(self, keep: Iterable[str]) -> None:
-        """Drop schedules not in ``keep`` (deleted while blocked)."""
-        wanted = set(keep)
-        for name in [n for n in self.reasons if n not in wanted]:
-            del self.reasons[name]
 
 
 class ScheduleStore:
@@ -829,7 +266,7 @@ class ScheduleStore:
         schedule keeps its last run, which still guards its runs if it is
         enabled again.
         """
-        keep = enabled if isinstance(enabled, (set, frozenset)) else set(enabled)
+        keep = enabled if isinstance(enabled, set | frozenset) else set(enabled)
         keys = [self.keys.schedule_set, self.keys.member_index]
         removed: set[str] = set()
         cursor = "0"
@@ -838,7 +275,7 @@ class ScheduleStore:
             cursor, live = _text(reply[0]), json.loads(_text(reply[1]))
             removed.update(_text(name) for name in reply[2])
             gone: list[str] = []
-            for name, member in zip(live[0::2], live[1::2]):
+            for name, member in zip(live[0::2], live[1::2], strict=False):
                 if name not in keep:
                     gone += [name, member]
                 elif seen is not None:

@@ -19,6 +19,16 @@ from twisted.trial import unittest
 
 from btu_twisted.store import schedule_store as store_module
 from btu_twisted.store.gateway import RedisGateway
+from btu_twisted.store.history import (
+    ENQUEUED,
+    FOLD_TEXTS,
+    SKIPPED_MISFIRE,
+    SKIPPED_OVERLAP,
+    Run,
+    encode_run,
+    parse_run,
+)
+from btu_twisted.store.keys import Keys
 from btu_twisted.store.schedule_store import (
     BLOCKED,
     CLAIMED,
@@ -32,10 +42,6 @@ from btu_twisted.store.schedule_store import (
     Claim,
     ScheduleStore,
 )
-from btu_twisted.store.history import (
-    FOLD_TEXTS, ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP, Run, encode_run, parse_run,
-)
-from btu_twisted.store.keys import Keys
 from tests.fakes import FakeStore
 from tests.integration.support import (
     REDIS_HOST,
