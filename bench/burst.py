@@ -43,6 +43,7 @@ import argparse
 import math
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from bench.fixtures import (
@@ -70,8 +71,8 @@ from bench.harness import (
 )
 from bench.lateness import case_ours
 from btu_twisted.jobs.builders import FunctionBuilder
-from btu_twisted.store.history import DEFAULT_LENGTH, FOLD_HISTORY, FOLD_TEXTS
 from btu_twisted.records import ScheduleRow
+from btu_twisted.store.history import DEFAULT_LENGTH, FOLD_HISTORY, FOLD_TEXTS
 from btu_twisted.store.resp import decode
 from btu_twisted.store.schedule_store import (
     CLAIM,
@@ -90,22 +91,7 @@ from btu_twisted.store.schedule_store import (
 from btu_twisted.timing.timer import CLAIM_BATCH
 
 # The minimal claim+enqueue: no checks, no member index, one job at a time.
-MINIMAL = """
-local zset, last, queues = KEYS[1], KEYS[2], KEYS[3]
-local enqueued_at, n = ARGV[1], tonumber(ARGV[2])
-local a = 3
-for j = 0, n - 1 do
-  local nfields = tonumber(ARGV[a + 4])
-  redis.call('ZREM', zset, ARGV[a])
-  redis.call('HSET', last, ARGV[a + 1], ARGV[a + 2])
-  redis.call('HSET', KEYS[4 + 2 * j], 'enqueued_at', enqueued_at,
-             unpack(ARGV, a + 5, a + 4 + 2 * nfields))
-  redis.call('RPUSH', KEYS[5 + 2 * j], ARGV[a + 3])
-  redis.call('SADD', queues, KEYS[5 + 2 * j])
-  a = a + 5 + 2 * nfields
-end
-return n
-"""
+MINIMAL = (Path(__file__).parent / "minimal_claim.lua").read_text()
 ENQUEUED_AT = "2026-01-01T00:00:00.000000Z"
 QUEUE = "default"
 TRIES = 5  # attempts at a call not shared with another client
