@@ -33,8 +33,7 @@ from btu_twisted.sources.schedules_file import (
     read_schedules_file,
 )
 from btu_twisted.health import Dependency
-from btu_twisted.planning.memory import row_fingerprint
-from btu_twisted.records import ScheduleRow
+from btu_twisted.records import ScheduleRow, row_fingerprint
 from btu_twisted.sources.mariadb import STATES_CHUNK, Changes, Database, ScheduleState
 
 __all__ = ["FileSchedules", "NameConflict", "NoChangeFeed", "ScheduleSources"]

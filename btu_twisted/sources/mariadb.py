@@ -20,8 +20,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from btu_twisted.health import Dependency
-from btu_twisted.planning.memory import fingerprint
-from btu_twisted.records import ScheduleRow
+from btu_twisted.records import ScheduleRow, fingerprint
 
 _log = Logger()
 
