@@ -42,13 +42,11 @@ from btu_twisted.cli.sql import read_task
 from btu_twisted.config import Config
 
 # The two private names keep error wording and limits exactly the daemon's.
+from btu_twisted.jobs.frappe_answers import FetchError, _status_error, parse_pickled_task
 from btu_twisted.jobs.frappe_http import (
     _ERROR_BODY_BYTES,
     ENDPOINT_PATH,
     MAX_BODY_BYTES,
-    FetchError,
-    _status_error,
-    parse_pickled_task,
     request_body,
     request_headers,
     site_url,
