@@ -51,7 +51,7 @@ from btu_twisted.config_checks import (
     _unknown_key_warning,
     _WrongType,
 )
-from btu_twisted.config_sites import _parse_sites, site_config
+from btu_twisted.config_sites import parse_sites, site_config
 from btu_twisted.frappe_bench import FILLS, BenchDefaults, bench_defaults
 from btu_twisted.redis_target import mask_url, parse_url
 
@@ -232,7 +232,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
     worked there must keep working here.
     """
     if "frappe_sites" in data:
-        return _parse_sites(data, source)
+        return parse_sites(data, source, parse_config)
     problems: list[str] = []
     values: dict[str, Any] = {}
     unread: frozenset[str] = frozenset()  # keys a bench that could not be read would fill
@@ -326,14 +326,14 @@ def load_config(path: str) -> tuple[Config, list[str]]:
         with open(path, "rb") as stream:
             raw = stream.read()
     except OSError as error:
-        raise ConfigError([f"cannot read config file {path}: {error.strerror or error}"], path)
+        raise ConfigError([f"cannot read config file {path}: {error.strerror or error}"], path) from None
     try:
         text = raw.decode("utf-8")
         data = tomllib.loads(text)
     except UnicodeDecodeError as error:
-        raise ConfigError([f"config file {path} is not UTF-8 (byte {error.start})"], path)
+        raise ConfigError([f"config file {path} is not UTF-8 (byte {error.start})"], path) from None
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError([f"config file {path}: TOML syntax error: {error}"], path)
+        raise ConfigError([f"config file {path}: TOML syntax error: {error}"], path) from None
 
     problems = []
     if _PREFIXED_SOCKET_MODE.search(text):
@@ -385,7 +385,8 @@ def log_level(config: Config) -> LogLevel:
     """twisted.logger has no TRACE, so TRACE shows what DEBUG shows."""
     from twisted.logger import LogLevel
 
-    return LogLevel.levelWithName(_LOG_LEVELS[config.tracing_level])
+    level: LogLevel = LogLevel.levelWithName(_LOG_LEVELS[config.tracing_level])  # unannotated in Twisted
+    return level
 
 
 def permission_warning(path: str | os.PathLike[str]) -> str | None:

@@ -63,20 +63,21 @@ Check = Callable[[Any], Any]
 
 def _integer_value(value: Any) -> int:
     # bool is an int subclass in Python, but `true` for a port is a mistake.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _WrongType("an integer")
-    return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _WrongType("an integer")
 
 
 def _number_value(value: Any) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise _WrongType("a number")
-    if not math.isfinite(value):
-        raise _Invalid(f"must be a finite number, got {value!r}")
-    return value
+    number: int | float = value
+    if not math.isfinite(number):
+        raise _Invalid(f"must be a finite number, got {number!r}")
+    return number
 
 
-def _integer(minimum: int, maximum: int | None = None) -> Check:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         number = _integer_value(value)
         if maximum is not None and not minimum <= number <= maximum:
@@ -159,7 +160,7 @@ def _octal_mode(value: Any) -> int:
     such as 660 is decimal to TOML but plainly meant as octal, so its digits
     are read as octal text; one with an 8 or a 9 in it cannot be a mode.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise _WrongType('an octal mode string such as "0660"')
     text = str(value)
     match = re.fullmatch(r"(?:0o)?([0-7]+)", text)
@@ -173,11 +174,12 @@ def _octal_mode(value: Any) -> int:
 
 def _redis_url(value: Any) -> str:
     # The URL may hold a password: a mistake is described, the URL never shown.
+    url = _non_empty_string(value)
     try:
-        parse_url(_non_empty_string(value))
+        parse_url(url)
     except ValueError as error:
         raise _Invalid(str(error)) from None
-    return value
+    return url
 
 
 def _sentinel_nodes(value: Any) -> tuple[str, ...]:

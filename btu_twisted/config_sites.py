@@ -8,7 +8,7 @@ checks that the sites can share one daemon.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,10 @@ from btu_twisted.frappe_bench import COMMON_CONFIG, site_names
 if TYPE_CHECKING:
     from btu_twisted.config import Config
 
+#: parse_config: a site is checked exactly as a one-site file is (passed in, since
+#: config.py imports this module).
+ParseOne = Callable[[dict[str, Any], str], "tuple[Config, list[str]]"]
+
 
 # Per site, never shared: bench mode reads them from each site's files.
 _PER_SITE_KEYS = ("mysql_database", "webserver_host_header")
@@ -25,7 +29,9 @@ _PER_SITE_KEYS = ("mysql_database", "webserver_host_header")
 _SITE_TEMPLATES = ("socket_path", "redis_key_prefix")
 
 
-def _parse_sites(data: dict[str, Any], source: str) -> tuple[Config, list[str]]:
+def parse_sites(
+    data: dict[str, Any], source: str, parse_config: ParseOne
+) -> tuple[Config, list[str]]:
     """``frappe_sites``: each site's Config, derived as bench mode derives it for
     ``frappe_site_name = site``; the returned Config holds the shared settings
     and ``site_configs``.
@@ -35,8 +41,6 @@ def _parse_sites(data: dict[str, Any], source: str) -> tuple[Config, list[str]]:
     skipped, with the reason in ``skipped_sites``.  Whether a site's database has
     the BTU tables is only known when the daemon starts (sites.py).
     """
-    from btu_twisted.config import parse_config  # each site is parsed as a single-site file
-
     problems: list[str] = []
     try:
         names = _site_names(data["frappe_sites"])
