@@ -21,12 +21,13 @@ loudly on any use (the daemon must never do synchronous Redis I/O).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
+from twisted.internet.interfaces import IReactorTime
 
+from btu_twisted.health import Dependency
 from btu_twisted.jobs.fields import (
     DEFAULT_TIMEOUT,
     NO_REDIS,
@@ -34,6 +35,7 @@ from btu_twisted.jobs.fields import (
     BuiltJob,
     _Builder,
     _function_string,
+    caught,
     merged_kwargs,
     queue_origin,
     rq_fields,
@@ -59,9 +61,13 @@ __all__ = [
     "FRAPPE_RESULT_TTL",
     "NO_REDIS",
     "BuildError",
+    "BuilderSettings",
     "BuiltJob",
-    "JobBuilder",
     "BySource",
+    "FrappeBuilder",
+    "FrappeSiteBuilder",
+    "FunctionBuilder",
+    "JobBuilder",
     "frappe_job_id",
     "make_builder",
     "make_builders",
@@ -73,6 +79,16 @@ __all__ = [
 class JobBuilder(Protocol):
     """What the scheduler calls for each due run."""
 
+    @property
+    def immediate(self) -> bool:
+        """True when build() returns an already-fired Deferred: the timer builds inline."""
+        ...
+
+    @property
+    def health(self) -> Dependency | None:
+        """The outside service the builder asks (the Frappe site), for status and metrics."""
+        ...
+
     def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
         """Build the job for ``row`` scheduled at unix time ``when``; fails with BuildError."""
         ...
@@ -80,6 +96,44 @@ class JobBuilder(Protocol):
     def close(self) -> Deferred[None]:
         """Release connections; called when the service stops."""
         ...
+
+
+class BuilderSettings(Protocol):
+    """The settings the builders read: a :class:`~btu_twisted.config.Config`, or any
+    object with these attributes (tests use a SimpleNamespace)."""
+
+    @property
+    def job_builder(self) -> str: ...
+    @property
+    def rq_queue_prefix(self) -> str | None: ...
+    @property
+    def result_ttl(self) -> int | None: ...
+    @property
+    def failure_ttl(self) -> int | None: ...
+    @property
+    def schedules_file(self) -> str | None: ...
+    @property
+    def uses_mariadb(self) -> bool: ...
+    @property
+    def frappe_site_name(self) -> str | None: ...
+    @property
+    def frappe_user(self) -> str | None: ...
+    @property
+    def frappe_job_id_style(self) -> str | None: ...
+    @property
+    def webserver_ip(self) -> str | None: ...
+    @property
+    def webserver_port(self) -> int | None: ...
+    @property
+    def webserver_scheme(self) -> str | None: ...
+    @property
+    def webserver_token(self) -> str | None: ...
+    @property
+    def webserver_host_header(self) -> str | None: ...
+    @property
+    def webserver_ca_file(self) -> str | None: ...
+    @property
+    def webserver_timeout_secs(self) -> float: ...
 
 
 class FunctionBuilder(_Builder):
@@ -95,7 +149,8 @@ class FunctionBuilder(_Builder):
         self, prefix: str, *, result_ttl: int | None = None, failure_ttl: int | None = None
     ) -> None:
         self._prefix = prefix
-        self._ttls = {"result_ttl": result_ttl, "failure_ttl": failure_ttl}
+        self._result_ttl = result_ttl
+        self._failure_ttl = failure_ttl
 
     def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
         """Build synchronously; the Deferred has already fired."""
@@ -103,10 +158,10 @@ class FunctionBuilder(_Builder):
             origin = queue_origin(row, self._prefix)
             job = rq_fields(
                 row, when, origin, _function_string(row), merged_kwargs(row),
-                args=row.args, **self._ttls
+                args=row.args, result_ttl=self._result_ttl, failure_ttl=self._failure_ttl,
             )
         except Exception:
-            return defer.fail(self._as_build_error(row, Failure()))
+            return defer.fail(self._as_build_error(row, caught()))
         return defer.succeed(job)
 
 
@@ -119,9 +174,8 @@ class BySource:
         self._function = function
         self._mariadb = mariadb
         # The site's Dependency (frappe builder), reported in status and metrics.
-        self.health = getattr(mariadb, "health", None)
-        self.immediate = getattr(function, "immediate", False) and (
-            mariadb is None or getattr(mariadb, "immediate", False))
+        self.health = mariadb.health if mariadb is not None else None
+        self.immediate = function.immediate and (mariadb is None or mariadb.immediate)
 
     def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
         if row.source == "file" or self._mariadb is None:
@@ -132,30 +186,28 @@ class BySource:
         return self._mariadb.close() if self._mariadb is not None else defer.succeed(None)
 
 
-def make_builders(config: Any, reactor: Any) -> JobBuilder:
+def make_builders(config: BuilderSettings, reactor: IReactorTime | None) -> JobBuilder:
     """The builder for every schedule the config names (file and/or MariaDB)."""
-    if not getattr(config, "schedules_file", None):
+    if not config.schedules_file:
         return make_builder(config, reactor)
     function = FunctionBuilder(
         config.rq_queue_prefix or "",
-        result_ttl=getattr(config, "result_ttl", None),
-        failure_ttl=getattr(config, "failure_ttl", None),
+        result_ttl=config.result_ttl,
+        failure_ttl=config.failure_ttl,
     )
     mariadb = make_builder(config, reactor) if config.uses_mariadb else None
     return BySource(function, mariadb)
 
 
-def make_builder(config: Any, reactor: Any) -> JobBuilder:
+def make_builder(config: BuilderSettings, reactor: IReactorTime | None) -> JobBuilder:
     """Return the builder ``config.job_builder`` names; raise ValueError on a bad config.
 
-    Only the attributes documented in the project brief are read, so any
-    object with them works (tests use a SimpleNamespace).
+    ``reactor`` may be None for the builders that do no I/O (the ``btu`` command's).
     """
     kind = config.job_builder
     prefix = config.rq_queue_prefix or ""
-    # Keys added after the brief are optional on stand-in configs.
-    result_ttl = getattr(config, "result_ttl", None)
-    failure_ttl = getattr(config, "failure_ttl", None)
+    result_ttl = config.result_ttl
+    failure_ttl = config.failure_ttl
     if kind == "function":
         return FunctionBuilder(prefix, result_ttl=result_ttl, failure_ttl=failure_ttl)
     if kind == "frappe_site":
@@ -166,7 +218,7 @@ def make_builder(config: Any, reactor: Any) -> JobBuilder:
             prefix,
             config.frappe_site_name,
             user,
-            id_style=getattr(config, "frappe_job_id_style", None) or "v15",
+            id_style=config.frappe_job_id_style or "v15",
             result_ttl=FRAPPE_RESULT_TTL if result_ttl is None else result_ttl,
             failure_ttl=FRAPPE_FAILURE_TTL if failure_ttl is None else failure_ttl,
         )

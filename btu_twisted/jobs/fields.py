@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow
 
 #: rq job timeout when the task has no positive ``max_task_duration`` (BTU's field default).
@@ -228,18 +229,31 @@ def _function_string(row: ScheduleRow) -> str:
     return function
 
 
+def caught() -> Failure:
+    """The exception being handled, as a Failure (the traceback kept for the log)."""
+    return Failure()  # type: ignore[no-untyped-call]  # Twisted leaves Failure.__init__ unannotated
+
+
+def failure_of(error: BaseException) -> Failure:
+    """``error`` as a Failure, for an errback to hand on."""
+    return Failure(error)  # type: ignore[no-untyped-call]  # Twisted leaves Failure.__init__ unannotated
+
+
 class _Builder:
-    """What the three builders share: a logger and the last-resort error conversion."""
+    """What the three builders share: a logger, the last-resort error conversion,
+    and the JobBuilder attributes' defaults (built later, no site to watch)."""
 
     log = Logger()
+    immediate: bool = False
+    health: Dependency | None = None
 
     def _as_build_error(self, row: ScheduleRow, failure: Failure) -> Failure:
         """Keep a BuildError; log anything else (a bug, or an rq change) and report it as one."""
-        if failure.check(BuildError):
+        if isinstance(failure.value, BuildError):
             return failure
         self.log.failure("building a job for {schedule} failed", failure, schedule=row.name)
-        reason = f"unexpected {failure.type.__name__} while building the job"
-        return Failure(BuildError(row.name, reason, transient=False))
+        reason = f"unexpected {type(failure.value).__name__} while building the job"
+        return failure_of(BuildError(row.name, reason, transient=False))
 
     def close(self) -> Deferred[None]:
         """Nothing to release."""

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from btu_twisted.clock import as_clock
 from btu_twisted.health import Dependency
 from btu_twisted.jobs.fields import (
     BuildError,
     BuiltJob,
     _Builder,
     _function_string,
+    caught,
+    failure_of,
     merged_kwargs,
     queue_origin,
     rq_fields,
@@ -31,7 +35,7 @@ if TYPE_CHECKING:
     # Loaded by the frappe builder only: the HTTP client and its TLS checks
     # (treq, service_identity) are memory and start-up time other builders
     # would spend for nothing.
-    from btu_twisted.jobs.frappe_http import FetchError, SiteClient
+    from btu_twisted.jobs.frappe_answers import FetchError
 
 
 #: What ``frappe.enqueue`` puts on the queue: Frappe's job wrapper.
@@ -126,8 +130,21 @@ class FrappeSiteBuilder(_Builder):
                 on_failure=FRAPPE_FAILURE_CALLBACK,
             )  # fmt: skip
         except Exception:
-            return defer.fail(self._as_build_error(row, Failure()))
+            return defer.fail(self._as_build_error(row, caught()))
         return defer.succeed(job)
+
+
+class PickleSource(Protocol):
+    """Where the frappe builder gets a task's pickle: the daemon's SiteClient, or the
+    ``btu`` command's blocking client (the same requests, without a reactor)."""
+
+    def fetch(self, task: str, schedule: str | None) -> Deferred[bytes]:
+        """The pickled job data; fails with FetchError (or CancelledError)."""
+        ...
+
+    def close(self) -> Deferred[None]:
+        """Drop the connections."""
+        ...
 
 
 class FrappeBuilder(_Builder):
@@ -137,10 +154,12 @@ class FrappeBuilder(_Builder):
     zlib-compressed); the daemon never unpickles them.
     """
 
-    def __init__(self, prefix: str, client: SiteClient, clock: Any = None) -> None:
+    def __init__(
+        self, prefix: str, client: PickleSource, clock: IReactorTime | None = None
+    ) -> None:
         self._prefix = prefix
         self._client = client
-        self._clock = clock
+        self._clock = as_clock(clock) if clock is not None else None
         # The site's state for ``status`` and metrics: transient errors are an
         # outage, 401/403 a refusal (every run dropped), and any other answer
         # (a job, a 404, a bad body) means it answered and accepted the token.
@@ -158,15 +177,15 @@ class FrappeBuilder(_Builder):
             return rq_fields(row, when, origin, _BTU_EXECUTE_JOB, None, data=data)
 
         def failed(failure: Failure) -> Failure:
-            from btu_twisted.jobs.frappe_http import FetchError  # loaded with the client
+            from btu_twisted.jobs.frappe_answers import FetchError  # loaded with the client
 
-            if failure.check(FetchError):
-                exc = failure.value
+            exc = failure.value
+            if isinstance(exc, FetchError):
                 self._record_site_state(exc, started)
-                return Failure(BuildError(
+                return failure_of(BuildError(
                     row.name, exc.reason, transient=exc.transient, site_refused=exc.refused
                 ))
-            if failure.check(defer.CancelledError):
+            if isinstance(exc, defer.CancelledError):
                 return failure
             return self._as_build_error(row, failure)
 

@@ -42,6 +42,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from btu_twisted.jobs.fields import failure_of
 from btu_twisted.jobs.frappe_answers import (
     FetchError,
     _closed_before_answer,
@@ -121,7 +122,9 @@ def load_trust_root(path: str) -> IOpenSSLTrustRoot:
     blocks = [block + end for block in pem.split(end) if b"-----BEGIN CERTIFICATE-----" in block]
     if not blocks:
         raise ValueError(f"{path}: no PEM certificate found")
-    return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+    certificates = [Certificate.loadPEM(block) for block in blocks]
+    root: IOpenSSLTrustRoot = trustRootFromCertificates(certificates)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    return root
 
 
 @implementer(IPolicyForHTTPS)
@@ -136,7 +139,8 @@ class FixedNamePolicy:
 
     def __init__(self, hostname: str, trust_root: IOpenSSLTrustRoot | None) -> None:
         self._creator = optionsForClientTLS(
-            hostname, trustRoot=trust_root if trust_root is not None else platformTrust()
+            hostname,
+            trustRoot=trust_root if trust_root is not None else platformTrust(),  # type: ignore[no-untyped-call]  # unannotated in Twisted
         )
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
@@ -175,7 +179,7 @@ class _BoundedBody(Protocol):
         if self._done:
             return
         self._done = True
-        if reason.check(web_client.ResponseDone, PotentialDataLoss):
+        if isinstance(reason.value, web_client.ResponseDone | PotentialDataLoss):
             self.finished.callback(b"".join(self._chunks))
         else:
             self.finished.errback(
@@ -190,7 +194,8 @@ class _Discard(Protocol):
     """Drop a response's connection without reading its body."""
 
     def connectionMade(self) -> None:
-        self.transport.stopProducing()
+        if self.transport is not None:
+            self.transport.stopProducing()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         pass
@@ -207,12 +212,12 @@ def read_bounded(response: IResponse, limit: int) -> Deferred[bytes]:
     dropped unread.  Cancelling the returned Deferred drops the connection too.
     """
     if response.length is not UNKNOWN_LENGTH and response.length > limit:
-        response.deliverBody(_Discard())
+        response.deliverBody(_Discard())  # type: ignore[call-arg, misc, no-untyped-call]  # zope method: no self
         return defer.fail(_too_large(limit))
     if response.length == 0:
         return defer.succeed(b"")
     protocol = _BoundedBody(limit)
-    response.deliverBody(protocol)
+    response.deliverBody(protocol)  # type: ignore[call-arg, misc, no-untyped-call]  # zope method: no self
     return protocol.finished
 
 
@@ -243,15 +248,18 @@ class SiteClient:
         self._tls_hostname = tls_hostname
         self._timeout = timeout
         self._max_body = max_body
-        self._headers = request_headers(token, host_header)
-        self._pool = web_client.HTTPConnectionPool(reactor, persistent=True)
+        # treq's parameter type, which a dict[str, str] is not (dicts are invariant).
+        self._headers: dict[bytes | str, bytes | str] = {
+            name: value for name, value in request_headers(token, host_header).items()
+        }
+        self._pool = web_client.HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._pool.maxPersistentPerHost = 4
         # Below nginx's default keepalive_timeout (65 s), so idle connections are
         # usually dropped by us first rather than found closed mid-request.
         self._pool.cachedConnectionTimeout = 50
         self._in_flight: set[Deferred[bytes]] = set()
         self._closed = False
-        agent = web_client.Agent(
+        agent = web_client.Agent(  # type: ignore[no-untyped-call]  # unannotated in Twisted
             reactor,
             contextFactory=FixedNamePolicy(tls_hostname, trust_root),
             connectTimeout=timeout,
@@ -286,23 +294,24 @@ class SiteClient:
 
     def _classify(self, failure: Failure) -> Failure:
         """Turn anything that is not already a FetchError into one."""
-        if failure.check(FetchError, defer.CancelledError):
+        if isinstance(failure.value, FetchError | defer.CancelledError):
             return failure
-        if failure.check(defer.TimeoutError):
+        if isinstance(failure.value, defer.TimeoutError):
             reason = f"no complete answer within {self._timeout:g} s"
-        elif _root(failure).check(VerificationError):
+        elif isinstance(_root(failure).value, VerificationError):
             reason = f"TLS certificate is not valid for {self._tls_hostname}"
         else:
             reason = f"request failed ({_describe(failure)})"
-            if not failure.check(
-                error.ConnectError,
-                error.DNSLookupError,
-                web_client.ResponseNeverReceived,
-                web_client.ResponseFailed,
-                web_client.RequestTransmissionFailed,
+            if not isinstance(
+                failure.value,
+                error.ConnectError
+                | error.DNSLookupError
+                | web_client.ResponseNeverReceived
+                | web_client.ResponseFailed
+                | web_client.RequestTransmissionFailed,
             ):
                 self.log.failure("unexpected error fetching a pickled task", failure)
-        return Failure(FetchError(reason, transient=True))
+        return failure_of(FetchError(reason, transient=True))
 
     async def _fetch_with_retry(self, task: str, schedule: str | None) -> bytes:
         try:
@@ -354,4 +363,5 @@ class SiteClient:
         self._closed = True
         for d in list(self._in_flight):
             d.cancel()
-        return self._pool.closeCachedConnections()
+        closed: Deferred[None] = self._pool.closeCachedConnections()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        return closed
