@@ -244,7 +244,7 @@ def flatten(value: Mapping[str, object], prefix: str = "") -> dict[str, object]:
         name = f"{prefix}{key}"
         if isinstance(item, Mapping) and item:
             flat.update(flatten(item, name + "."))
-        elif isinstance(item, (list, tuple)):
+        elif isinstance(item, list | tuple):
             flat[name] = ", ".join(_cell(v) for v in item) if item else "-"
         else:
             flat[name] = item

@@ -66,8 +66,8 @@ def cmd_list_jobs(ctx: Context, args: argparse.Namespace) -> int:
             for job_id in ids:
                 pipe.hmget(JOB_PREFIX + job_id, list(_LISTED_FIELDS))
             replies = pipe.execute()
-        for job_id, values in zip(ids, replies):
-            fields = dict(zip(_LISTED_FIELDS, (_text(v) for v in values)))
+        for job_id, values in zip(ids, replies, strict=False):
+            fields = dict(zip(_LISTED_FIELDS, (_text(v) for v in values), strict=False))
             jobs.append({"queue": queue, "id": job_id, **fields})
             if values[0] is None and values[3] is None:
                 jobs[-1]["status"] = "missing"  # the id is queued but its hash is gone
@@ -159,7 +159,7 @@ def cmd_show_job(ctx: Context, args: argparse.Namespace) -> int:
         ctx.emit_json(described)
     else:
         ctx.pairs({
-            key: json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
+            key: json.dumps(value, default=str) if isinstance(value, dict | list) else value
             for key, value in described.items()
         })
     return OK

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from zoneinfo import ZoneInfo
 
 from btu_twisted.cli.arguments import MAX_RUNS, parse_after
@@ -84,7 +84,7 @@ def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
             "schedule": schedule,
             "unix": unix,
             "local": datetime.fromtimestamp(unix, zone).isoformat(),
-            "utc": datetime.fromtimestamp(unix, timezone.utc).isoformat(),
+            "utc": datetime.fromtimestamp(unix, UTC).isoformat(),
         })
     planned.sort(key=lambda p: (p["unix"], p["member"]))
     if ctx.json:
@@ -92,7 +92,7 @@ def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
         return OK
     rows = [
         (p["schedule"] or f"(unreadable member {p['member']!r})",
-         _short(p["unix"], zone), _short(p["unix"], timezone.utc), _relative(p["unix"] - now))
+         _short(p["unix"], zone), _short(p["unix"], UTC), _relative(p["unix"] - now))
         for p in planned
     ]
     ctx.table(("SCHEDULE", f"NEXT RUN ({zone.key})", "NEXT RUN (UTC)", "WHEN"), rows,
@@ -111,7 +111,7 @@ def cmd_next_runs(ctx: Context, args: argparse.Namespace) -> int:
         config.time_zone_string if config is not None else "UTC")
     try:
         zone = get_zone(zone_name)
-        after = args.after or datetime.now(timezone.utc)
+        after = args.after or datetime.now(UTC)
         if after.tzinfo is None:
             after = after.replace(tzinfo=zone)
         runs = next_runs(args.cron, zone, after.timestamp(), args.count)
@@ -120,7 +120,7 @@ def cmd_next_runs(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.json:
         ctx.emit_json([run.isoformat() for run in runs])
         return OK
-    rows = [(i, _short(run.timestamp(), zone), _short(run.timestamp(), timezone.utc))
+    rows = [(i, _short(run.timestamp(), zone), _short(run.timestamp(), UTC))
             for i, run in enumerate(runs, 1)]
     ctx.table(("#", f"RUN ({zone.key})", "RUN (UTC)"), rows, "No runs.")
     return OK

@@ -34,12 +34,12 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from btu_twisted.jobs.builders import BuildError, BuiltJob, FrappeBuilder, make_builder
 from btu_twisted.cli.arguments import PING_METHOD
 from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
 from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.cli.sql import read_task
 from btu_twisted.config import Config
+from btu_twisted.jobs.builders import BuildError, BuiltJob, FrappeBuilder, make_builder
 
 # The two private names keep error wording and limits exactly the daemon's.
 from btu_twisted.jobs.frappe_answers import FetchError, _status_error, parse_pickled_task
