@@ -181,7 +181,10 @@ def summarize(data: bytes) -> Any:
                 target[items[i]] = items[i + 1]
 
     try:
-        for count, (opcode, arg, _pos) in enumerate(pickletools.genops(data)):
+        for count, (opcode, argument, _pos) in enumerate(pickletools.genops(data)):
+            # Its type is the opcode's (an int for PUT, a str for GLOBAL...); None for
+            # opcodes without one, which never read it.
+            arg: Any = argument
             if count > MAX_OPS:
                 raise PickleSummaryError(f"more than {MAX_OPS} opcodes")
             name = opcode.name

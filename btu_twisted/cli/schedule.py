@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 from datetime import UTC, datetime, timezone
+from typing import TypedDict, cast
 from zoneinfo import ZoneInfo
 
 from btu_twisted.cli.arguments import MAX_RUNS, parse_after
@@ -60,8 +61,18 @@ def _display_zone(ctx: Context) -> ZoneInfo:
     return get_zone(config.time_zone_string)
 
 
+class _Planned(TypedDict):
+    """One member of the schedule set, as show-scheduled prints it (and --json emits it)."""
+
+    member: str
+    schedule: str | None
+    unix: int
+    local: str
+    utc: str
+
+
 def _one_line(error: BaseException) -> str:
-    args = getattr(error, "args", ())
+    args: tuple[object, ...] = getattr(error, "args", ())
     text = args[1] if len(args) == 2 and isinstance(args[1], str) else str(error)
     return " ".join(text.split())[:200] or type(error).__name__
 
@@ -71,10 +82,14 @@ def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
     from btu_twisted.store.schedule_store import split_member  # Twisted: not for next-runs
 
     schedule_set = Keys(ctx.config().redis_key_prefix).schedule_set
-    entries = ctx.redis().zrange(schedule_set, 0, -1, withscores=True)
+    # withscores=True without decode_responses: (member bytes, score) pairs; redis-py's
+    # return type covers every form ZRANGE can take.
+    entries = cast(
+        "list[tuple[bytes, float]]", ctx.redis().zrange(schedule_set, 0, -1, withscores=True)
+    )
     zone = _display_zone(ctx)
     now = time.time()
-    planned = []
+    planned: list[_Planned] = []
     for raw, score in entries:
         member = raw.decode("utf-8", "replace")
         parsed = split_member(member)
