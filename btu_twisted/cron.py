@@ -168,7 +168,7 @@ def _parse(cron_string: str) -> _Schedule:
             f"cron string '{cron_string}' has {len(fields)} fields; expected 5,"
             " 6 (year last) or 7 (seconds first, year last)"
         )
-    expression = " ".join(_expand(text, field) for text, field in zip(fields, _FIELDS))
+    expression = " ".join(_expand(text, field) for text, field in zip(fields, _FIELDS, strict=False))
     years = _YEARS_WITH_YEAR_FIELD if fields[6] != "*" else _YEARS_WITHOUT_YEAR_FIELD
     # cronie (DOM_STAR/DOW_STAR): a day field whose text starts with '*' is
     # unrestricted, and then both fields must match; only when neither starts
@@ -200,7 +200,7 @@ def _schedule(cron_string: object) -> _Schedule:
     return parsed
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_zone(name: str) -> ZoneInfo:
     """The zone named ``name`` (surrounding blanks ignored), or CronError if unknown."""
     key = name.strip() if isinstance(name, str) else ""

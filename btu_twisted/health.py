@@ -19,6 +19,8 @@ import time
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from btu_twisted.clock import as_clock
+
 #: How often a refusal that goes on is reported again.
 REFUSAL_REPEAT_SECS = 3600.0
 
@@ -37,7 +39,7 @@ class Dependency:
         self, name: str, clock: IReactorTime, repeat_secs: float = REFUSAL_REPEAT_SECS
     ) -> None:
         self.name = name
-        self._clock = clock
+        self._clock = as_clock(clock)
         self._repeat = repeat_secs
         self.down_since: float | None = None
         self.last_error: str | None = None

@@ -67,3 +67,13 @@ class RowReader(Protocol):
     async def read_schedules(self, names: Sequence[str]) -> dict[str, ScheduleRow]:
         """Rows for ``names`` that exist, keyed by exact name."""
         ...
+
+
+def fingerprint(cron_string: str | None, zone: str | None, task_docstatus: int | None) -> int:
+    """What a schedule's next run depends on, as one int (Python's hash: a
+    per-process value, which is all the memory needs)."""
+    return hash((cron_string, zone or None, task_docstatus))
+
+
+def row_fingerprint(row: ScheduleRow) -> int:
+    return fingerprint(row.cron_string, row.cron_time_zone, row.task_docstatus)

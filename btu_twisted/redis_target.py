@@ -85,7 +85,7 @@ def parse_url(url: str) -> dict[str, Any]:
         )
     found: dict[str, Any] = {}
     if parts.username not in (None, ""):
-        found["username"] = unquote(parts.username)
+        found["username"] = unquote(parts.username or "")
     if parts.password not in (None, ""):
         found["password"] = unquote(parts.password or "")
     query = parse_qs(parts.query)

@@ -32,8 +32,7 @@ from twisted.internet.task import Clock
 
 from btu_twisted.health import Dependency
 from btu_twisted.jobs.builders import BuildError, BuiltJob, FunctionBuilder
-from btu_twisted.planning.memory import row_fingerprint
-from btu_twisted.records import ScheduleRow
+from btu_twisted.records import ScheduleRow, row_fingerprint
 from btu_twisted.sources.mariadb import STATES_CHUNK, Changes
 from btu_twisted.store.history import DEFAULT_LENGTH, ENQUEUED, SKIPPED_OVERLAP, encode_run
 from btu_twisted.store.keys import Keys

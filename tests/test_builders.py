@@ -44,6 +44,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from btu_twisted.jobs import builders, frappe_http
+from btu_twisted.jobs import frappe as frappe_builders
 from btu_twisted.jobs.builders import (
     BuildError,
     BuiltJob,
@@ -444,6 +445,7 @@ class LocalBuilderTests(SynchronousTestCase):
             raise KeyError("rq changed")
 
         self.patch(builders, "rq_fields", broken)
+        self.patch(frappe_builders, "rq_fields", broken)
         for kind in ("function", "frappe_site"):
             builder = make_builder(make_config(job_builder=kind), reactor)
             failure = self.failureResultOf(builder.build(make_row(), WHEN), BuildError)

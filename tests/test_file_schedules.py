@@ -257,6 +257,7 @@ class BuildTests(SynchronousTestCase):
         config = SimpleNamespace(
             schedules_file="s.toml", uses_mariadb=True, job_builder="frappe_site",
             rq_queue_prefix="", frappe_site_name="site.example", frappe_user=None,
+            frappe_job_id_style="v15", result_ttl=None, failure_ttl=None,
         )
         builder = make_builders(config, None)
         row = parse_schedules(GOOD, "s.toml")["nightly"]

@@ -109,7 +109,7 @@ def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
 
 def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     """The full command line; the streams are where help and usage errors go."""
-    parser_class = type("_BoundParser", (_Parser,), {"out": out, "err": err})
+    parser_class: type[_Parser] = type("_BoundParser", (_Parser,), {"out": out, "err": err})
     parser = parser_class(
         prog="btu",
         description="Inspect and nudge the BTU scheduler (btu_twisted).",
@@ -192,7 +192,7 @@ def _service_name(ctx: Context, kind: str) -> str:
 
 
 def _reason(error: BaseException) -> str:
-    args = getattr(error, "args", ())
+    args: tuple[object, ...] = getattr(error, "args", ())
     # PyMySQL errors are (code, message); the message alone reads better.
     text = args[1] if len(args) == 2 and isinstance(args[1], str) else str(error)
     return " ".join(text.split())[:300] or type(error).__name__

@@ -176,7 +176,8 @@ class Context:
                     socket_timeout=READ_TIMEOUT,
                 ),
             )
-            return sentinel.master_for(str(target.service), **options)
+            master: redis.Redis = sentinel.master_for(str(target.service), **options)
+            return master
         if target.kind == "unix":
             return redis.Redis(unix_socket_path=target.path, **options)
         if target.tls:
@@ -186,7 +187,8 @@ class Context:
                 ssl_certfile=target.cert_file,
                 ssl_keyfile=target.key_file,
             )
-        return redis.Redis(host=target.host, port=target.port, **options)
+        # A tcp target always has both (redis_target.parse_url, target_of).
+        return redis.Redis(host=target.host or "localhost", port=target.port or 6379, **options)
 
     def mariadb(self) -> MariaDBConnection:
         """A PyMySQL connection to the site's database (OperationalError: exit 3)."""
@@ -202,7 +204,7 @@ class Context:
             host=config.mysql_host,
             port=config.mysql_port,
             user=config.mysql_user,
-            password=config.mysql_password,
+            password=config.mysql_password or "",
             database=config.mysql_database,
             charset="utf8mb4",
             autocommit=True,
@@ -244,7 +246,7 @@ def flatten(value: Mapping[str, object], prefix: str = "") -> dict[str, object]:
         name = f"{prefix}{key}"
         if isinstance(item, Mapping) and item:
             flat.update(flatten(item, name + "."))
-        elif isinstance(item, (list, tuple)):
+        elif isinstance(item, list | tuple):
             flat[name] = ", ".join(_cell(v) for v in item) if item else "-"
         else:
             flat[name] = item

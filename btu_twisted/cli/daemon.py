@@ -52,7 +52,7 @@ def request(path: str, request_type: str, content: str | None,
                 size += len(chunk)
                 if b"\n" in chunk or size > _MAX_REPLY:
                     break
-        except socket.timeout:
+        except TimeoutError:
             raise unreachable(f"no reply within {timeout:g} s") from None
         except OSError as error:
             raise unreachable(error.strerror or str(error) or type(error).__name__) from None

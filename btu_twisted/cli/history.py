@@ -54,7 +54,7 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
     runs = [run for run in map(parse_run, raw) if run is not None]
     statuses = _statuses(connection, runs)
     if ctx.json:
-        ctx.emit_json([run.as_json(status) for run, status in zip(runs, statuses)])
+        ctx.emit_json([run.as_json(status) for run, status in zip(runs, statuses, strict=False)])
         return OK
     if not runs:
         raise CliError(f"no run history for schedule {name!r} (never run, history off, "
@@ -62,7 +62,7 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
     ctx.table(
         ("SCHEDULED", "OUTCOME", "DECIDED AT", "JOB", "STATUS"),
         [(_iso(run.scheduled), run.outcome, run.decided_at, run.job_id or "-", status or "-")
-         for run, status in zip(runs, statuses)],
+         for run, status in zip(runs, statuses, strict=False)],
         "",
     )
     return OK

@@ -38,8 +38,17 @@ _REQUEUE_ATTEMPTS = 20
 _REGISTRIES = ("rq:failed:", "rq:scheduled:", "rq:deferred:", "rq:canceled:", "rq:finished:")
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("utf-8", "replace")
+def _text(value: bytes | str | None) -> str | None:
+    """A reply as text; redis-py types replies ``bytes | str`` (str only with
+    decode_responses, which btu never sets)."""
+    if value is None or isinstance(value, str):
+        return value
+    return value.decode("utf-8", "replace")
+
+
+def _raw(value: bytes | str) -> bytes:
+    """A reply as the bytes Redis holds (see _text)."""
+    return value.encode() if isinstance(value, str) else value
 
 
 def read_job(connection: redis.Redis, job_id: str) -> dict[str, bytes]:
@@ -47,7 +56,7 @@ def read_job(connection: redis.Redis, job_id: str) -> dict[str, bytes]:
     raw = connection.hgetall(JOB_PREFIX + job_id)
     if not raw:
         raise CliError(f"no rq job with id {job_id!r}", FAILED)
-    return {key.decode("utf-8", "replace"): value for key, value in raw.items()}
+    return {_text(key) or "": _raw(value) for key, value in raw.items()}
 
 
 def _queues(connection: redis.Redis) -> list[str]:
@@ -66,8 +75,8 @@ def cmd_list_jobs(ctx: Context, args: argparse.Namespace) -> int:
             for job_id in ids:
                 pipe.hmget(JOB_PREFIX + job_id, list(_LISTED_FIELDS))
             replies = pipe.execute()
-        for job_id, values in zip(ids, replies):
-            fields = dict(zip(_LISTED_FIELDS, (_text(v) for v in values)))
+        for job_id, values in zip(ids, replies, strict=False):
+            fields = dict(zip(_LISTED_FIELDS, (_text(v) for v in values), strict=False))
             jobs.append({"queue": queue, "id": job_id, **fields})
             if values[0] is None and values[3] is None:
                 jobs[-1]["status"] = "missing"  # the id is queued but its hash is gone
@@ -104,7 +113,7 @@ def _time(value: bytes | None) -> str | None:
     return stamp.isoformat()
 
 
-def _number(value: bytes | None) -> int | str | None:
+def _number(value: bytes | str | None) -> int | str | None:
     text = _text(value)
     if not text:
         return None
@@ -119,7 +128,8 @@ def _position(connection: redis.Redis, queue: str | None, job_id: str) -> int | 
     if queue is None:
         return None
     try:
-        return connection.lpos(QUEUE_PREFIX + queue, job_id)  # type: ignore[no-any-return]
+        found = connection.lpos(QUEUE_PREFIX + queue, job_id)  # without count: an int or None
+        return found if isinstance(found, int) else None
     except redis.exceptions.ResponseError:  # Redis before 6.0.6 has no LPOS
         ids = [_text(i) for i in connection.lrange(QUEUE_PREFIX + queue, 0, -1)]
         return ids.index(job_id) if job_id in ids else None
@@ -159,7 +169,7 @@ def cmd_show_job(ctx: Context, args: argparse.Namespace) -> int:
         ctx.emit_json(described)
     else:
         ctx.pairs({
-            key: json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
+            key: json.dumps(value, default=str) if isinstance(value, dict | list) else value
             for key, value in described.items()
         })
     return OK
@@ -176,7 +186,7 @@ def _requeue(connection: redis.Redis, job_id: str) -> tuple[str, str]:
     with connection.pipeline(transaction=True) as pipe:
         for _attempt in range(_REQUEUE_ATTEMPTS):
             try:
-                pipe.watch(key)
+                pipe.watch(key)  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 if not pipe.exists(key):
                     raise CliError(f"no rq job with id {job_id!r}", FAILED)
                 status, origin, ttl = pipe.hmget(key, ["status", "origin", "ttl"])

@@ -30,9 +30,12 @@ __all__ = ["cmd_clear_last_run"]
 # _CLEAR: lua/clear_last_run.lua, a compare-and-delete of the last run.
 
 
-def _when(raw: bytes) -> tuple[float | None, str]:
-    """The recorded unix seconds and how to show them (the raw text when it is not a number)."""
-    text = raw.decode("utf-8", "replace")
+def _when(raw: bytes | str) -> tuple[float | None, str]:
+    """The recorded unix seconds and how to show them (the raw text when it is not a number).
+
+    redis-py types the reply ``bytes | str``; it is str only with decode_responses.
+    """
+    text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
     try:
         seconds = float(text)
         shown = datetime.fromtimestamp(seconds, UTC).isoformat()
@@ -58,8 +61,9 @@ def cmd_clear_last_run(ctx: Context, args: argparse.Namespace) -> int:
                        FAILED)
     if not connection.eval(_CLEAR, 1, last_enqueued, name, raw):
         raise CliError(f"the last run of {name} changed while clearing it; look again", FAILED)
+    reply: str | None
     try:
-        reply: str | None = request(config.socket_path, "create_task_schedule", name)
+        reply = request(config.socket_path, "create_task_schedule", name)
         daemon_error = reply if reply.startswith("Error:") else None
     except CliError as error:
         reply, daemon_error = None, error.message

@@ -122,7 +122,7 @@ def _is_plain(value: Any, depth: int = 0) -> bool:
         return False
     if isinstance(value, _PLAIN_SCALARS):
         return True
-    if isinstance(value, (tuple, list, set, frozenset)):
+    if isinstance(value, tuple | list | set | frozenset):
         return len(value) <= 100_000 and all(_is_plain(v, depth + 1) for v in value)
     return False
 
@@ -181,7 +181,10 @@ def summarize(data: bytes) -> Any:
                 target[items[i]] = items[i + 1]
 
     try:
-        for count, (opcode, arg, _pos) in enumerate(pickletools.genops(data)):
+        for count, (opcode, argument, _pos) in enumerate(pickletools.genops(data)):
+            # Its type is the opcode's (an int for PUT, a str for GLOBAL...); None for
+            # opcodes without one, which never read it.
+            arg: Any = argument
             if count > MAX_OPS:
                 raise PickleSummaryError(f"more than {MAX_OPS} opcodes")
             name = opcode.name
@@ -301,16 +304,16 @@ def plain(value: Any) -> Any:
         budget[0] -= 1
         if budget[0] < 0 or depth > _MAX_DEPTH:
             return "..."
-        if item is None or isinstance(item, (str, bool, int, float)):
+        if item is None or isinstance(item, str | bool | int | float):
             return item
         if isinstance(item, dict):
             return {k if isinstance(k, str) else _short(k): walk(v, depth + 1)
                     for k, v in list(item.items())}
-        if isinstance(item, (list, tuple, set, frozenset)):
+        if isinstance(item, list | tuple | set | frozenset):
             return [walk(v, depth + 1) for v in list(item)]
-        if isinstance(item, (datetime.date, datetime.time)):
+        if isinstance(item, datetime.date | datetime.time):
             return item.isoformat()
-        if isinstance(item, (bytes, bytearray)) and len(item) > 120:
+        if isinstance(item, bytes | bytearray) and len(item) > 120:
             return f"<{len(item)} bytes>"
         return _short(item)
 

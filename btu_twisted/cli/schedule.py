@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
+from typing import TypedDict, cast
 from zoneinfo import ZoneInfo
 
 from btu_twisted.cli.arguments import MAX_RUNS, parse_after
@@ -60,8 +61,18 @@ def _display_zone(ctx: Context) -> ZoneInfo:
     return get_zone(config.time_zone_string)
 
 
+class _Planned(TypedDict):
+    """One member of the schedule set, as show-scheduled prints it (and --json emits it)."""
+
+    member: str
+    schedule: str | None
+    unix: int
+    local: str
+    utc: str
+
+
 def _one_line(error: BaseException) -> str:
-    args = getattr(error, "args", ())
+    args: tuple[object, ...] = getattr(error, "args", ())
     text = args[1] if len(args) == 2 and isinstance(args[1], str) else str(error)
     return " ".join(text.split())[:200] or type(error).__name__
 
@@ -71,10 +82,14 @@ def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
     from btu_twisted.store.schedule_store import split_member  # Twisted: not for next-runs
 
     schedule_set = Keys(ctx.config().redis_key_prefix).schedule_set
-    entries = ctx.redis().zrange(schedule_set, 0, -1, withscores=True)
+    # withscores=True without decode_responses: (member bytes, score) pairs; redis-py's
+    # return type covers every form ZRANGE can take.
+    entries = cast(
+        "list[tuple[bytes, float]]", ctx.redis().zrange(schedule_set, 0, -1, withscores=True)
+    )
     zone = _display_zone(ctx)
     now = time.time()
-    planned = []
+    planned: list[_Planned] = []
     for raw, score in entries:
         member = raw.decode("utf-8", "replace")
         parsed = split_member(member)
@@ -84,7 +99,7 @@ def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
             "schedule": schedule,
             "unix": unix,
             "local": datetime.fromtimestamp(unix, zone).isoformat(),
-            "utc": datetime.fromtimestamp(unix, timezone.utc).isoformat(),
+            "utc": datetime.fromtimestamp(unix, UTC).isoformat(),
         })
     planned.sort(key=lambda p: (p["unix"], p["member"]))
     if ctx.json:
@@ -92,7 +107,7 @@ def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
         return OK
     rows = [
         (p["schedule"] or f"(unreadable member {p['member']!r})",
-         _short(p["unix"], zone), _short(p["unix"], timezone.utc), _relative(p["unix"] - now))
+         _short(p["unix"], zone), _short(p["unix"], UTC), _relative(p["unix"] - now))
         for p in planned
     ]
     ctx.table(("SCHEDULE", f"NEXT RUN ({zone.key})", "NEXT RUN (UTC)", "WHEN"), rows,
@@ -111,7 +126,7 @@ def cmd_next_runs(ctx: Context, args: argparse.Namespace) -> int:
         config.time_zone_string if config is not None else "UTC")
     try:
         zone = get_zone(zone_name)
-        after = args.after or datetime.now(timezone.utc)
+        after = args.after or datetime.now(UTC)
         if after.tzinfo is None:
             after = after.replace(tzinfo=zone)
         runs = next_runs(args.cron, zone, after.timestamp(), args.count)
@@ -120,7 +135,7 @@ def cmd_next_runs(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.json:
         ctx.emit_json([run.isoformat() for run in runs])
         return OK
-    rows = [(i, _short(run.timestamp(), zone), _short(run.timestamp(), timezone.utc))
+    rows = [(i, _short(run.timestamp(), zone), _short(run.timestamp(), UTC))
             for i, run in enumerate(runs, 1)]
     ctx.table(("#", f"RUN ({zone.key})", "RUN (UTC)"), rows, "No runs.")
     return OK

@@ -25,7 +25,7 @@ import json
 import ssl
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from rq.utils import utcformat
@@ -34,26 +34,36 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from btu_twisted.jobs.builders import BuildError, BuiltJob, FrappeBuilder, make_builder
 from btu_twisted.cli.arguments import PING_METHOD
 from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
 from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.cli.sql import read_task
 from btu_twisted.config import Config
+from btu_twisted.jobs.builders import (
+    BuildError,
+    BuiltJob,
+    FrappeBuilder,
+    JobBuilder,
+    make_builder,
+)
 
 # The two private names keep error wording and limits exactly the daemon's.
+from btu_twisted.jobs.frappe_answers import FetchError, _status_error, parse_pickled_task
 from btu_twisted.jobs.frappe_http import (
     _ERROR_BODY_BYTES,
     ENDPOINT_PATH,
     MAX_BODY_BYTES,
-    FetchError,
-    _status_error,
-    parse_pickled_task,
     request_body,
     request_headers,
     site_url,
 )
+from btu_twisted.records import ScheduleRow
 from btu_twisted.store.keys import JOB_PREFIX, QUEUE_PREFIX, RQ_QUEUES
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
+_T = TypeVar("_T")
 
 __all__ = ["PING_METHOD", "BlockingSite", "cmd_queue_task_now", "cmd_test_pickler",
            "cmd_test_ping"]
@@ -181,15 +191,16 @@ class BlockingSite:
         return defer.succeed(None)
 
 
-def _fired(d: Deferred[Any]) -> Any:
+def _fired(d: Deferred[_T]) -> _T:
     """The result of a Deferred that has already fired (the builders here never wait)."""
-    box: list[Any] = []
+    box: list[_T | Failure] = []
     d.addBoth(box.append)
     if not box:
         raise RuntimeError("the job builder did not finish synchronously")
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    return box[0]
+    result = box[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
 
 
 def cmd_test_ping(ctx: Context, args: argparse.Namespace) -> int:
@@ -244,17 +255,18 @@ def cmd_test_pickler(ctx: Context, args: argparse.Namespace) -> int:
     return OK
 
 
-def _build(config: Config, row: Any, when: int) -> BuiltJob:
+def _build(config: Config, row: ScheduleRow, when: int) -> BuiltJob:
     """Build the job with the configured builder, as the daemon would for a due run."""
     try:
+        builder: JobBuilder
         if config.job_builder == "frappe":
-            builder: Any = FrappeBuilder(config.rq_queue_prefix or "", BlockingSite(config))
+            builder = FrappeBuilder(config.rq_queue_prefix or "", BlockingSite(config))
         else:
             builder = make_builder(config, None)
     except (ValueError, OSError) as exc:
         raise CliError(f"job_builder {config.job_builder}: {exc}", USAGE) from None
     try:
-        return _fired(builder.build(row, when))  # type: ignore[no-any-return]
+        return _fired(builder.build(row, when))
     except BuildError as exc:
         code = UNREACHABLE if exc.transient else FAILED
         raise CliError(f"cannot build a job for task {row.task}: {exc.reason}", code) from None
@@ -267,7 +279,8 @@ def cmd_queue_task_now(ctx: Context, args: argparse.Namespace) -> int:
     if row is None:
         raise CliError(f"no BTU Task named {args.task!r}", FAILED)
     job = _build(config, row, int(time.time()))
-    fields = dict(job.fields)
+    # Copied into redis-py's own mapping type (dicts are invariant in their keys).
+    fields: dict[FieldT, EncodableT] = {key: value for key, value in job.fields.items()}
     fields["enqueued_at"] = utcformat(datetime.now(UTC))
     queue_key = QUEUE_PREFIX + job.origin
     # One transaction, like the daemon's claim: a worker never sees the id before the hash.

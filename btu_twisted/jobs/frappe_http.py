@@ -24,7 +24,6 @@ import json
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
-from OpenSSL import SSL
 from service_identity import VerificationError
 from treq.client import HTTPClient
 from twisted.internet import defer, error
@@ -42,6 +41,16 @@ from twisted.web import client as web_client
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
+
+from btu_twisted.jobs.fields import failure_of
+from btu_twisted.jobs.frappe_answers import (
+    FetchError,
+    _closed_before_answer,
+    _describe,
+    _root,
+    _status_error,
+    parse_pickled_task,
+)
 
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot
@@ -70,10 +79,6 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 #: How much of an error response is read, only to name Frappe's exception type.
 _ERROR_BODY_BYTES = 64 * 1024
 
-#: Status codes below 500 that still mean "try again later".
-_TRANSIENT_4XX = frozenset({408, 425, 429})
-
-
 def request_headers(token: str, host_header: str | None) -> dict[str, str]:
     """The headers of a request to the site, for the daemon and the ``btu`` command alike."""
     headers = {
@@ -89,24 +94,6 @@ def request_headers(token: str, host_header: str | None) -> dict[str, str]:
 def request_body(task: str, schedule: str | None) -> bytes:
     """The JSON body BTU's ``get_pickled_task`` reads."""
     return json.dumps({"task_id": task, "task_schedule_id": schedule}).encode()
-
-
-class FetchError(Exception):
-    """The site did not give usable job data.
-
-    ``transient`` is True when asking again later may work (connection refused,
-    timeout, TLS failure, 5xx, 429) and False when the site's answer itself is
-    wrong (other 4xx, redirects, a body that is not Frappe's byte array).
-    ``str()`` is one short line and never contains the token.  ``refused`` is
-    True when the site answered 401/403: it is up but will not serve this
-    daemon (wrong or revoked token), which the site's health shows as such.
-    """
-
-    def __init__(self, reason: str, *, transient: bool, refused: bool = False) -> None:
-        self.reason = " ".join(reason.split())
-        self.transient = transient
-        self.refused = refused
-        super().__init__(self.reason)
 
 
 def site_url(ip: str, port: int, scheme: str | None) -> str:
@@ -135,7 +122,9 @@ def load_trust_root(path: str) -> IOpenSSLTrustRoot:
     blocks = [block + end for block in pem.split(end) if b"-----BEGIN CERTIFICATE-----" in block]
     if not blocks:
         raise ValueError(f"{path}: no PEM certificate found")
-    return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
+    certificates = [Certificate.loadPEM(block) for block in blocks]
+    root: IOpenSSLTrustRoot = trustRootFromCertificates(certificates)  # type: ignore[no-untyped-call]  # unannotated in Twisted
+    return root
 
 
 @implementer(IPolicyForHTTPS)
@@ -150,7 +139,8 @@ class FixedNamePolicy:
 
     def __init__(self, hostname: str, trust_root: IOpenSSLTrustRoot | None) -> None:
         self._creator = optionsForClientTLS(
-            hostname, trustRoot=trust_root if trust_root is not None else platformTrust()
+            hostname,
+            trustRoot=trust_root if trust_root is not None else platformTrust(),  # type: ignore[no-untyped-call]  # unannotated in Twisted
         )
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
@@ -189,7 +179,7 @@ class _BoundedBody(Protocol):
         if self._done:
             return
         self._done = True
-        if reason.check(web_client.ResponseDone, PotentialDataLoss):
+        if isinstance(reason.value, web_client.ResponseDone | PotentialDataLoss):
             self.finished.callback(b"".join(self._chunks))
         else:
             self.finished.errback(
@@ -204,7 +194,8 @@ class _Discard(Protocol):
     """Drop a response's connection without reading its body."""
 
     def connectionMade(self) -> None:
-        self.transport.stopProducing()
+        if self.transport is not None:
+            self.transport.stopProducing()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         pass
@@ -221,107 +212,13 @@ def read_bounded(response: IResponse, limit: int) -> Deferred[bytes]:
     dropped unread.  Cancelling the returned Deferred drops the connection too.
     """
     if response.length is not UNKNOWN_LENGTH and response.length > limit:
-        response.deliverBody(_Discard())
+        response.deliverBody(_Discard())  # type: ignore[call-arg, misc, no-untyped-call]  # zope method: no self
         return defer.fail(_too_large(limit))
     if response.length == 0:
         return defer.succeed(b"")
     protocol = _BoundedBody(limit)
-    response.deliverBody(protocol)
+    response.deliverBody(protocol)  # type: ignore[call-arg, misc, no-untyped-call]  # zope method: no self
     return protocol.finished
-
-
-def _root(failure: Failure) -> Failure:
-    """The first underlying cause, looking inside Agent's ResponseFailed-style wrappers."""
-    reasons = getattr(failure.value, "reasons", None)
-    if reasons and isinstance(reasons[0], Failure):
-        return _root(reasons[0])
-    return failure
-
-
-def _describe(failure: Failure) -> str:
-    """One short phrase for a connection-level failure."""
-    root = _root(failure)
-    exc = root.value
-    if isinstance(exc, VerificationError):
-        return "TLS certificate does not match the expected host name"
-    if isinstance(exc, SSL.Error):
-        return f"TLS handshake failed: {_openssl_reason(exc)}"
-    text = " ".join(str(exc).split())
-    if len(text) > 200:
-        text = text[:200] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _openssl_reason(exc: SSL.Error) -> str:
-    """OpenSSL's reason strings (e.g. 'certificate verify failed') without the tuple noise."""
-    try:
-        reasons = [entry[-1] for entry in exc.args[0] if entry and entry[-1]]
-    except (IndexError, TypeError):
-        reasons = []
-    return ", ".join(reasons) or str(exc)[:200]
-
-
-def _closed_before_answer(exc: web_client.ResponseNeverReceived) -> bool:
-    """True when the server just closed the connection: worth one immediate retry."""
-    return all(
-        reason.check(error.ConnectionDone, error.ConnectionLost) and not reason.check(SSL.Error)
-        for reason in exc.reasons
-    )
-
-
-def _json_or_none(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
-def _status_error(response: IResponse, body: bytes) -> FetchError:
-    """Classify a non-200 answer; Frappe's ``exc_type`` is named when present."""
-    code = response.code
-    phrase = response.phrase.decode("latin-1", "replace") if response.phrase else ""
-    detail = f"HTTP {code} {phrase}".strip()
-    document = _json_or_none(body)
-    if isinstance(document, dict) and isinstance(document.get("exc_type"), str):
-        detail += f" ({document['exc_type'][:80]})"
-    if 300 <= code < 400:
-        location = response.headers.getRawHeaders(b"location", [b""])[0]
-        detail += f", redirect to {location[:200].decode('latin-1', 'replace')!r} not followed"
-        return FetchError(detail + "; check webserver_scheme/port", transient=False)
-    refused = code in (401, 403)
-    if refused:
-        detail += "; check webserver_token"
-    return FetchError(detail, transient=code >= 500 or code in _TRANSIENT_4XX, refused=refused)
-
-
-def parse_pickled_task(body: bytes, content_type: str) -> bytes:
-    """Return the pickle bytes from Frappe's ``{"message": [int, ...]}`` answer.
-
-    Frappe's JSON encoder turns the endpoint's ``bytes`` into a list of byte
-    values.  Anything else is refused with a short reason that describes, but
-    does not quote, the body.  The result must start like a protocol-2+ pickle
-    and end with the STOP opcode, a cheap check that catches a wrong endpoint
-    answering; it is never unpickled here.
-    """
-    document = _json_or_none(body)
-    what = f"{len(body)} bytes of {content_type or 'no Content-Type'}"
-    if document is None:
-        raise FetchError(f"response is not JSON ({what})", transient=False)
-    if not isinstance(document, dict) or "message" not in document:
-        raise FetchError(f"response has no 'message' ({what})", transient=False)
-    message = document["message"]
-    if not isinstance(message, list) or not message:
-        kind = type(message).__name__
-        raise FetchError(f"'message' is a {kind}, not a non-empty byte array", transient=False)
-    if set(map(type, message)) != {int}:
-        raise FetchError("'message' holds values that are not integers", transient=False)
-    try:
-        data = bytes(message)
-    except ValueError:
-        raise FetchError("'message' holds integers outside 0..255", transient=False) from None
-    if data[0] != 0x80 or data[-1] != 0x2E:
-        raise FetchError("'message' bytes are not a pickle (protocol 2 or later)", transient=False)
-    return data
 
 
 class SiteClient:
@@ -351,15 +248,18 @@ class SiteClient:
         self._tls_hostname = tls_hostname
         self._timeout = timeout
         self._max_body = max_body
-        self._headers = request_headers(token, host_header)
-        self._pool = web_client.HTTPConnectionPool(reactor, persistent=True)
+        # treq's parameter type, which a dict[str, str] is not (dicts are invariant).
+        self._headers: dict[bytes | str, bytes | str] = {
+            name: value for name, value in request_headers(token, host_header).items()
+        }
+        self._pool = web_client.HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._pool.maxPersistentPerHost = 4
         # Below nginx's default keepalive_timeout (65 s), so idle connections are
         # usually dropped by us first rather than found closed mid-request.
         self._pool.cachedConnectionTimeout = 50
         self._in_flight: set[Deferred[bytes]] = set()
         self._closed = False
-        agent = web_client.Agent(
+        agent = web_client.Agent(  # type: ignore[no-untyped-call]  # unannotated in Twisted
             reactor,
             contextFactory=FixedNamePolicy(tls_hostname, trust_root),
             connectTimeout=timeout,
@@ -394,23 +294,24 @@ class SiteClient:
 
     def _classify(self, failure: Failure) -> Failure:
         """Turn anything that is not already a FetchError into one."""
-        if failure.check(FetchError, defer.CancelledError):
+        if isinstance(failure.value, FetchError | defer.CancelledError):
             return failure
-        if failure.check(defer.TimeoutError):
+        if isinstance(failure.value, defer.TimeoutError):
             reason = f"no complete answer within {self._timeout:g} s"
-        elif _root(failure).check(VerificationError):
+        elif isinstance(_root(failure).value, VerificationError):
             reason = f"TLS certificate is not valid for {self._tls_hostname}"
         else:
             reason = f"request failed ({_describe(failure)})"
-            if not failure.check(
-                error.ConnectError,
-                error.DNSLookupError,
-                web_client.ResponseNeverReceived,
-                web_client.ResponseFailed,
-                web_client.RequestTransmissionFailed,
+            if not isinstance(
+                failure.value,
+                error.ConnectError
+                | error.DNSLookupError
+                | web_client.ResponseNeverReceived
+                | web_client.ResponseFailed
+                | web_client.RequestTransmissionFailed,
             ):
                 self.log.failure("unexpected error fetching a pickled task", failure)
-        return Failure(FetchError(reason, transient=True))
+        return failure_of(FetchError(reason, transient=True))
 
     async def _fetch_with_retry(self, task: str, schedule: str | None) -> bytes:
         try:
@@ -462,5 +363,5 @@ class SiteClient:
         self._closed = True
         for d in list(self._in_flight):
             d.cancel()
-        return self._pool.closeCachedConnections()
-
+        closed: Deferred[None] = self._pool.closeCachedConnections()  # type: ignore[no-untyped-call]  # unannotated in Twisted
+        return closed

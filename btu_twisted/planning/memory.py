@@ -23,17 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterable
 
-from btu_twisted.records import ScheduleRow
-
-
-def fingerprint(cron_string: str | None, zone: str | None, task_docstatus: int | None) -> int:
-    """What a schedule's next run depends on, as one int (Python's hash: a
-    per-process value, which is all the memory needs)."""
-    return hash((cron_string, zone or None, task_docstatus))
-
-
-def row_fingerprint(row: ScheduleRow) -> int:
-    return fingerprint(row.cron_string, row.cron_time_zone, row.task_docstatus)
+# Kept here too for the planner; they live with the rows (sources compare them).
+from btu_twisted.records import fingerprint as fingerprint
+from btu_twisted.records import row_fingerprint as row_fingerprint
 
 
 class PlanMemory:

@@ -22,10 +22,12 @@ from datetime import datetime, timedelta
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from btu_twisted.clock import DelayedCall, as_clock
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.sources.mariadb import Database
 
@@ -52,7 +54,7 @@ class ChangeFeed(Service):
         overlap: timedelta = OVERLAP,
         follow_ups: Iterable[float] = FOLLOW_UPS,
     ) -> None:
-        self._clock = clock
+        self._clock = as_clock(clock)
         self._db = db
         self._fifo = fifo
         self._on_zone_changed = on_zone_changed
@@ -64,15 +66,15 @@ class ChangeFeed(Service):
         self._marks: dict[str, datetime | None] = {"schedule": None, "task": None}
         self._seen: dict[tuple[str, str], datetime] = {}
         self._zone: tuple[str | None] | None = None  # None: not looked yet
-        self._pending: set[IDelayedCall] = set()
+        self._pending: set[DelayedCall] = set()
         self.changes_seen = 0
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._loop.start(self._interval, now=True)
 
     def stopService(self) -> None:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         if self._loop.running:
             self._loop.stop()
         for call in self._pending:
@@ -91,7 +93,7 @@ class ChangeFeed(Service):
         return True
 
     def _later(self, delay: float, name: str) -> None:
-        call: IDelayedCall
+        call: DelayedCall
 
         def follow_up() -> None:
             self._pending.discard(call)
@@ -100,16 +102,16 @@ class ChangeFeed(Service):
         call = self._clock.callLater(delay, follow_up)
         self._pending.add(call)
 
-    def _tick(self) -> Deferred[None]:
+    def _tick(self) -> Deferred[int | None]:
         # Never fails, so the LoopingCall never stops; an outage is logged
         # once by the Database's Dependency.
-        d = Deferred.fromCoroutine(self.look())
+        d: Deferred[int | None] = Deferred.fromCoroutine(self.look())
         d.addErrback(self._failed)
         return d
 
-    def _failed(self, failure: object) -> None:
+    def _failed(self, failure: Failure) -> None:
         if self._db.health.up:
-            self.log.failure("reading changed schedules failed", failure)  # type: ignore[arg-type]
+            self.log.failure("reading changed schedules failed", failure)
 
     async def look(self) -> int:
         """One look at MariaDB; returns how many schedules were queued."""

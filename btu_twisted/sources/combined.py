@@ -24,18 +24,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from btu_twisted.sources.change_feed import ChangeFeed
 from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.health import Dependency
+from btu_twisted.records import ScheduleRow, row_fingerprint
+from btu_twisted.sources.change_feed import ChangeFeed
+from btu_twisted.sources.mariadb import STATES_CHUNK, Changes, Database, ScheduleState
 from btu_twisted.sources.schedules_file import (
     ScheduleFileError,
     SchedulesDiff,
     diff_schedules,
     read_schedules_file,
 )
-from btu_twisted.health import Dependency
-from btu_twisted.planning.memory import row_fingerprint
-from btu_twisted.records import ScheduleRow
-from btu_twisted.sources.mariadb import STATES_CHUNK, Changes, Database, ScheduleState
 
 __all__ = ["FileSchedules", "NameConflict", "NoChangeFeed", "ScheduleSources"]
 

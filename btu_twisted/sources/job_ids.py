@@ -12,26 +12,27 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from btu_twisted.clock import DelayedCall, as_clock
 from btu_twisted.health import Backoff
 from btu_twisted.sources.mariadb import RowsLocked
 
 if TYPE_CHECKING:
-    from btu_twisted.sources.mariadb import Database
     from btu_twisted.sources.combined import ScheduleSources
+    from btu_twisted.sources.mariadb import Database
 
 
 class JobIdRecorder:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, db: Database | ScheduleSources) -> None:
-        self._clock = clock
+        self._clock = as_clock(clock)
         self._db = db
         self._pending: dict[str, str] = {}
         self._writing: Deferred[None] | None = None
-        self._retry: IDelayedCall | None = None
+        self._retry: DelayedCall | None = None
         self._backoff = Backoff(first=2.0, limit=60.0)
         self._stopped = False
         self.written = 0

@@ -7,10 +7,10 @@ daemon returned TS-000001 for the name ``x' OR '1'='1``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pymysql
 from twisted.enterprise import adbapi
@@ -20,8 +20,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from btu_twisted.health import Dependency
-from btu_twisted.planning.memory import fingerprint
-from btu_twisted.records import ScheduleRow
+from btu_twisted.records import ScheduleRow, fingerprint
+
+_R = TypeVar("_R")
 
 _log = Logger()
 
@@ -154,16 +155,16 @@ class _QuietPool(adbapi.ConnectionPool):
     """
 
     def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
-        conn = self.connectionFactory(self)
-        trans = self.transactionFactory(self, conn)
+        conn = self.connectionFactory(self)  # type: ignore[no-untyped-call]  # adbapi is unannotated
+        trans = self.transactionFactory(self, conn)  # type: ignore[no-untyped-call]  # adbapi is unannotated
         try:
             result = interaction(trans, *args, **kw)
-            trans.close()
+            trans.close()  # type: ignore[no-untyped-call]  # adbapi is unannotated
             conn.commit()
             return result
         except Exception as e:
             if _is_connection_error(e):
-                dead = self.connections.pop(self.threadID(), None)
+                dead = self.connections.pop(self.threadID(), None)  # type: ignore[no-untyped-call]  # adbapi is unannotated
                 if dead is not None:
                     try:
                         dead.close()
@@ -171,7 +172,7 @@ class _QuietPool(adbapi.ConnectionPool):
                         pass  # already closed by the driver
             else:
                 try:
-                    conn.rollback()
+                    conn.rollback()  # type: ignore[no-untyped-call]  # adbapi is unannotated
                 except Exception:
                     _log.failure("Rollback failed")
             raise
@@ -192,7 +193,7 @@ class Database:
         timeout: float = 10.0,
         max_connections: int = 3,
     ) -> None:
-        self.health = Dependency("MariaDB", reactor)  # type: ignore[arg-type]
+        self.health = Dependency("MariaDB", reactor)
         self._reactor = reactor
         self._connect = dict(
             host=host,
@@ -211,7 +212,7 @@ class Database:
 
     def start(self) -> None:
         """Start the thread pool; connections open on first use."""
-        self._pool = _QuietPool(
+        self._pool = _QuietPool(  # type: ignore[no-untyped-call]  # adbapi is unannotated
             "pymysql",
             cp_reactor=self._reactor,
             cp_min=1,
@@ -220,12 +221,12 @@ class Database:
             cp_noisy=False,
             **self._connect,
         )
-        self._pool.start()
+        self._pool.start()  # type: ignore[no-untyped-call]  # adbapi is unannotated
 
     def stop(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.close()
+            pool.close()  # type: ignore[no-untyped-call]  # adbapi is unannotated
 
     async def check(self) -> int:
         """Count DocTypes, as the Rust daemon did, to prove this is a Frappe database."""
@@ -240,7 +241,7 @@ class Database:
         :meth:`start`: a database that hangs holds a thread until its timeouts,
         where stopping a pool would join that thread in the reactor.
         """
-        pool = self._reactor.getThreadPool()  # type: ignore[attr-defined]
+        pool = self._reactor.getThreadPool()
         return deferToThreadPool(self._reactor, pool, _probe_btu, dict(self._connect))
 
     async def schedule_states(self, after: str, limit: int = STATES_CHUNK) -> list[ScheduleState]:
@@ -279,12 +280,12 @@ class Database:
         for start in range(0, len(items), BATCH_SIZE):
             await self._run(_write_job_ids, items[start:start + BATCH_SIZE])
 
-    async def _run(self, func: Any, *args: Any) -> Any:
+    async def _run(self, func: Callable[..., _R], *args: Any) -> _R:
         if self._pool is None:
             raise RuntimeError("Database used before start()")
-        started = self._reactor.seconds()  # type: ignore[attr-defined]
+        started = self._reactor.seconds()
         try:
-            result = await self._pool.runInteraction(func, *args)
+            result: _R = await self._pool.runInteraction(func, *args)  # type: ignore[no-untyped-call]  # adbapi is unannotated
         except Exception as e:
             if _is_connection_error(e):
                 self.health.failed(e, started=started)
@@ -327,7 +328,7 @@ def _read_states(cursor: Any, after: str, limit: int) -> list[ScheduleState]:
 def _is_connection_error(error: Exception) -> bool:
     if isinstance(error, pymysql.err.OperationalError):
         return True
-    return isinstance(error, (pymysql.err.InterfaceError, OSError, ConnectionError))
+    return isinstance(error, pymysql.err.InterfaceError | OSError | ConnectionError)
 
 
 def _read_changes(

@@ -178,7 +178,10 @@ def parse_schedules(text: str, source: str = "<schedules>") -> dict[str, Schedul
         label = table.get("name") if isinstance(table.get("name"), str) else None
         named = f"schedule {label!r}" if label else f"schedule #{index + 1}"
 
-        def problem(key: str, message: str, index: int = index, named: str = named) -> None:
+        def problem(
+            key: str, message: str, index: int = index, named: str = named,
+            found: list[tuple[int, str]] = found,
+        ) -> None:
             line = lines.of_key(index, key)
             found.append((line, f"{source}:{line}: {named}: {key}: {message}"))
 
@@ -289,7 +292,7 @@ def _function(value: Any) -> str:
 
 def _plain(value: Any, key: str) -> None:
     """Arguments travel as JSON: TOML dates and times (and NaN/inf) cannot."""
-    if isinstance(value, (_dt.date, _dt.time, _dt.datetime)):
+    if isinstance(value, _dt.date | _dt.time | _dt.datetime):
         raise _Problem(f"{key} holds a TOML date or time; pass it as a string")
     if isinstance(value, float) and not math.isfinite(value):
         raise _Problem(f"{key} holds {value!r}, which JSON cannot carry")
@@ -337,9 +340,10 @@ def _timezone(value: Any) -> str:
 def _timeout(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Problem(f"expected a whole number of seconds, got {_type(value)}")
-    if value <= 0:
-        raise _Problem(f"must be greater than 0, got {value}")
-    return value
+    seconds: int = value
+    if seconds <= 0:
+        raise _Problem(f"must be greater than 0, got {seconds}")
+    return seconds
 
 
 def _enabled(value: Any) -> bool:

@@ -9,8 +9,8 @@ from twisted.trial import unittest
 
 from btu_twisted import cron
 from btu_twisted.planning import refresh as refresh_module
+from btu_twisted.records import row_fingerprint
 from btu_twisted.sources import mariadb as sql_module
-from btu_twisted.planning.memory import row_fingerprint
 from btu_twisted.store.schedule_store import SCHEDULE_SET
 from tests.integration.daemon import make_service, wait_for
 from tests.integration.support import config_values, fresh_services
