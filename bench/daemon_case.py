@@ -42,10 +42,6 @@ import sys
 import time
 from typing import Any
 
-from btu_twisted.config import log_level, parse_config
-from btu_twisted.daemon.service import BtuService
-from btu_twisted.ops.stats import lateness_summary
-from btu_twisted.store.schedule_store import SCHEDULE_SET
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.logger import (
@@ -55,6 +51,11 @@ from twisted.logger import (
     globalLogBeginner,
     textFileLogObserver,
 )
+
+from btu_twisted.config import log_level, parse_config
+from btu_twisted.daemon.service import BtuService
+from btu_twisted.ops.stats import lateness_summary
+from btu_twisted.store.schedule_store import SCHEDULE_SET
 
 TRACED = (
     ("timer", "_step"),

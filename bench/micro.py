@@ -32,6 +32,17 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    LogPublisher,
+    textFileLogObserver,
+)
+
 from bench.burst import script_call
 from bench.fixtures import (
     REDIS_DB_SPARE,
@@ -47,16 +58,6 @@ from btu_twisted.records import ScheduleRow
 from btu_twisted.store.gateway import RedisGateway
 from btu_twisted.store.schedule_store import SCHEDULE_SET, Claim, ScheduleStore, framed, member_for
 from btu_twisted.timing.timer import FETCH_LIMIT
-from twisted.internet import task
-from twisted.internet.defer import Deferred
-from twisted.logger import (
-    FilteringLogObserver,
-    Logger,
-    LogLevel,
-    LogLevelFilterPredicate,
-    LogPublisher,
-    textFileLogObserver,
-)
 
 CRONS = ["*/5 * * * *", "0 13 * * *", "30 2 * * 1", "15 30 2 * * * *", "*/10 4 3 * * * *",
          "0 0 1,15 * *", "7 7 * * * 2099", "*/15 5 * * 1-5"]

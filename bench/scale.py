@@ -190,11 +190,12 @@ async def _refresh(reactor: Any, service: Any) -> dict[str, Any]:
 
 
 async def run_case(reactor: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    from twisted.internet import task, threads
+
     from bench.daemon_case import start_logging
     from btu_twisted.config import log_level, parse_config
     from btu_twisted.daemon.service import BtuService
     from btu_twisted.store.schedule_store import SCHEDULE_SET
-    from twisted.internet import task, threads
 
     config, warnings = parse_config(spec["config"])
     start_logging(spec["log_file"], log_level(config))
