@@ -6,9 +6,7 @@ crosses back to the reactor thread holds a cursor or a connection.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +56,6 @@ class ScheduleRow:
         if self.task_docstatus == 2:
             return f"its task {self.task} is cancelled"
         return None
-
-
-class RowReader(Protocol):
-    """Where the planner and the timer read rows: MariaDB (sql.Database) or
-    every configured source (sources.ScheduleSources)."""
-
-    async def read_schedules(self, names: Sequence[str]) -> dict[str, ScheduleRow]:
-        """Rows for ``names`` that exist, keyed by exact name."""
-        ...
 
 
 def fingerprint(cron_string: str | None, zone: str | None, task_docstatus: int | None) -> int:

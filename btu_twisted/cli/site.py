@@ -39,13 +39,7 @@ from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Con
 from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.cli.sql import read_task
 from btu_twisted.config import Config
-from btu_twisted.jobs.builders import (
-    BuildError,
-    BuiltJob,
-    FrappeBuilder,
-    JobBuilder,
-    make_builder,
-)
+from btu_twisted.jobs.builders import BuildError, BuiltJob, FrappeBuilder, make_builder
 
 # The two private names keep error wording and limits exactly the daemon's.
 from btu_twisted.jobs.frappe_answers import FetchError, _status_error, parse_pickled_task
@@ -58,6 +52,7 @@ from btu_twisted.jobs.frappe_http import (
     site_url,
 )
 from btu_twisted.records import ScheduleRow
+from btu_twisted.seams import JobBuilder
 from btu_twisted.store.keys import JOB_PREFIX, QUEUE_PREFIX, RQ_QUEUES
 
 if TYPE_CHECKING:

@@ -11,22 +11,9 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "Connection", "DelayedCall", "Producer", "describe_peer"]
-
-
-class DelayedCall(Protocol):
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    def callLater(
-        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
-    ) -> DelayedCall: ...
+__all__ = ["Connection", "Producer", "describe_peer"]
 
 
 class Producer(Protocol):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Protocol as _TypingProtocol
 from typing import cast
 
 from twisted.internet.defer import Deferred
@@ -34,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from btu_twisted.daemon.connection import Clock, Connection, DelayedCall, describe_peer
+from btu_twisted.daemon.connection import Connection, describe_peer
 from btu_twisted.daemon.framing import (
     Framer,
     RequestError,
@@ -44,25 +43,9 @@ from btu_twisted.daemon.framing import (
     short_reason,
     shorten,
 )
+from btu_twisted.seams import Clock, DelayedCall, SchedulerControl
 
-__all__ = ["ControlFactory", "ControlProtocol", "SchedulerControl"]
-
-
-class SchedulerControl(_TypingProtocol):
-    """What the socket needs from the scheduler service (faked in tests)."""
-
-    def request_planning(self, name: str) -> bool:
-        """Put ``name`` on the planning FIFO; False if the FIFO is full."""
-
-    def cancel(self, name: str) -> Deferred[bool]:
-        """Remove the schedule's member: True if one was removed."""
-
-    def status(self) -> dict[str, object]:
-        """A JSON-able summary for the ``status`` request."""
-
-    def reload(self) -> Deferred[str]:
-        """Re-read the schedules file: a one-line summary, or a failure whose
-        ``problems`` (or message) say why the old schedules stay."""
+__all__ = ["ControlFactory", "ControlProtocol"]
 
 
 @implementer(IPushProducer)

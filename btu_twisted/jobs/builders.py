@@ -21,13 +21,10 @@ loudly on any use (the daemon must never do synchronous Redis I/O).
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from btu_twisted.health import Dependency
 from btu_twisted.jobs.fields import (
     DEFAULT_TIMEOUT,
     NO_REDIS,
@@ -51,6 +48,7 @@ from btu_twisted.jobs.frappe import (
     frappe_job_id,
 )
 from btu_twisted.records import ScheduleRow
+from btu_twisted.seams import BuilderSettings, JobBuilder
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -61,79 +59,17 @@ __all__ = [
     "FRAPPE_RESULT_TTL",
     "NO_REDIS",
     "BuildError",
-    "BuilderSettings",
     "BuiltJob",
     "BySource",
     "FrappeBuilder",
     "FrappeSiteBuilder",
     "FunctionBuilder",
-    "JobBuilder",
     "frappe_job_id",
     "make_builder",
     "make_builders",
     "merged_kwargs",
     "queue_origin",
 ]
-
-
-class JobBuilder(Protocol):
-    """What the scheduler calls for each due run."""
-
-    @property
-    def immediate(self) -> bool:
-        """True when build() returns an already-fired Deferred: the timer builds inline."""
-        ...
-
-    @property
-    def health(self) -> Dependency | None:
-        """The outside service the builder asks (the Frappe site), for status and metrics."""
-        ...
-
-    def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
-        """Build the job for ``row`` scheduled at unix time ``when``; fails with BuildError."""
-        ...
-
-    def close(self) -> Deferred[None]:
-        """Release connections; called when the service stops."""
-        ...
-
-
-class BuilderSettings(Protocol):
-    """The settings the builders read: a :class:`~btu_twisted.config.Config`, or any
-    object with these attributes (tests use a SimpleNamespace)."""
-
-    @property
-    def job_builder(self) -> str: ...
-    @property
-    def rq_queue_prefix(self) -> str | None: ...
-    @property
-    def result_ttl(self) -> int | None: ...
-    @property
-    def failure_ttl(self) -> int | None: ...
-    @property
-    def schedules_file(self) -> str | None: ...
-    @property
-    def uses_mariadb(self) -> bool: ...
-    @property
-    def frappe_site_name(self) -> str | None: ...
-    @property
-    def frappe_user(self) -> str | None: ...
-    @property
-    def frappe_job_id_style(self) -> str | None: ...
-    @property
-    def webserver_ip(self) -> str | None: ...
-    @property
-    def webserver_port(self) -> int | None: ...
-    @property
-    def webserver_scheme(self) -> str | None: ...
-    @property
-    def webserver_token(self) -> str | None: ...
-    @property
-    def webserver_host_header(self) -> str | None: ...
-    @property
-    def webserver_ca_file(self) -> str | None: ...
-    @property
-    def webserver_timeout_secs(self) -> float: ...
 
 
 class FunctionBuilder(_Builder):

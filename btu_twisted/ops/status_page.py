@@ -28,8 +28,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from btu_twisted.health import DOWN, OK, iso_utc
+from btu_twisted.seams import ScriptRunner
 from btu_twisted.store.history import Run, parse_run
-from btu_twisted.store.keys import Keys
 from btu_twisted.store.schedule_store import split_member
 from btu_twisted.store.scripts import LATEST_RUNS, SOONEST
 
@@ -58,14 +58,6 @@ class _Response(Protocol):
     def write(self, data: bytes) -> object: ...
 
     def finish(self) -> object: ...
-
-
-class ScriptRunner(Protocol):
-    """What the reader needs of :class:`btu_twisted.store.schedule_store.ScheduleStore`."""
-
-    keys: Keys
-
-    async def evaluate(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any: ...
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from twisted.logger import Logger
 from btu_twisted import cron
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff, Dependency
-from btu_twisted.planning.clock import Clock, reactor_time
 from btu_twisted.planning.memory import PlanMemory, row_fingerprint
-from btu_twisted.records import RowReader, ScheduleRow
+from btu_twisted.records import ScheduleRow
+from btu_twisted.seams import Clock, RowReader, reactor_time
 from btu_twisted.sources.mariadb import BATCH_SIZE
 from btu_twisted.store.schedule_store import ScheduleStore
 

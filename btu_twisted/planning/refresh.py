@@ -29,8 +29,8 @@ from twisted.logger import Logger
 
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
-from btu_twisted.planning.clock import Clock, DelayedCall, reactor_time
 from btu_twisted.planning.memory import PlanMemory
+from btu_twisted.seams import Clock, DelayedCall, reactor_time
 from btu_twisted.sources.mariadb import STATES_CHUNK
 from btu_twisted.store.schedule_store import ScheduleStore
 

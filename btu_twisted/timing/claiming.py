@@ -16,7 +16,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.planning.clock import Clock, reactor_time
+from btu_twisted.seams import Clock, reactor_time
 from btu_twisted.store.history import SKIPPED_MISFIRE
 from btu_twisted.store.schedule_store import (
     BLOCKED,

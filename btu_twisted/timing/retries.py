@@ -7,7 +7,7 @@ logged for its schedule (one line when a site goes away, one when it is back).
 
 from __future__ import annotations
 
-from btu_twisted.planning.clock import Clock
+from btu_twisted.seams import Clock
 
 
 class Retries:

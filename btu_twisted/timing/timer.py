@@ -30,9 +30,7 @@ from twisted.python.failure import Failure
 
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
-from btu_twisted.jobs.builders import JobBuilder
-from btu_twisted.planning.clock import Clock
-from btu_twisted.records import RowReader
+from btu_twisted.seams import Clock, JobBuilder, RowReader
 from btu_twisted.store.schedule_store import Claim, ScheduleStore
 from btu_twisted.timing.alarm import Alarm
 from btu_twisted.timing.building import JobPreparer

@@ -1,0 +1,177 @@
+"""The typed seams where the rooms meet, in one place.
+
+Each Protocol says what one part needs of another, named for its user: the
+timer, the planner, the refresh and the socket each see the store through the
+few methods they call, so a fake in the tests (``tests/fakes.py``) and the real
+object are held to the same shape.  Types that cross a seam (a ``Claim``, a
+``BuiltJob``) are named here for annotations only: this module imports nothing
+of the rooms at run time, so every room may import it.
+
+The reactor's clock is here too: Twisted declares ``IReactorTime`` as a zope
+Interface, whose methods are written without ``self``, and without the zope
+mypy plugin every call on one is an error.  Classes keep taking
+``IReactorTime`` (what their callers hold) and view it through
+:func:`as_clock` once; :func:`reactor_time` goes the other way for Twisted's
+own helpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+if TYPE_CHECKING:
+    from btu_twisted.health import Dependency
+    from btu_twisted.jobs.fields import BuiltJob
+    from btu_twisted.records import ScheduleRow
+    from btu_twisted.store.keys import Keys
+    from btu_twisted.store.resp import Encoded
+
+__all__ = [
+    "BuilderSettings",
+    "Clock",
+    "DelayedCall",
+    "JobBuilder",
+    "RedisCommands",
+    "RowReader",
+    "SchedulerControl",
+    "ScriptRunner",
+    "as_clock",
+    "reactor_time",
+]
+
+
+class DelayedCall(Protocol):
+    """What ``callLater`` returns, as far as a retry timer needs it."""
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """The time and the timers of ``IReactorTime`` (a reactor, or ``task.Clock`` in tests)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], /, *args: object, **kw: object
+    ) -> DelayedCall: ...
+
+
+def as_clock(reactor: IReactorTime) -> Clock:
+    """``reactor`` seen through :class:`Clock`: it provides IReactorTime, which is this."""
+    return cast(Clock, reactor)
+
+
+def reactor_time(clock: Clock) -> IReactorTime:
+    """The clock as what Twisted's own helpers (``deferLater``,
+    ``LoopingCall.clock``) are typed to take; every Clock given here is a
+    reactor or a task.Clock, which provide IReactorTime (Twisted casts the
+    same way in LoopingCall)."""
+    return cast(IReactorTime, clock)
+
+
+class RowReader(Protocol):
+    """Where the planner and the timer read rows: MariaDB (sql.Database) or
+    every configured source (sources.ScheduleSources)."""
+
+    async def read_schedules(self, names: Sequence[str]) -> dict[str, ScheduleRow]:
+        """Rows for ``names`` that exist, keyed by exact name."""
+        ...
+
+
+class JobBuilder(Protocol):
+    """What the scheduler calls for each due run."""
+
+    @property
+    def immediate(self) -> bool:
+        """True when build() returns an already-fired Deferred: the timer builds inline."""
+        ...
+
+    @property
+    def health(self) -> Dependency | None:
+        """The outside service the builder asks (the Frappe site), for status and metrics."""
+        ...
+
+    def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
+        """Build the job for ``row`` scheduled at unix time ``when``; fails with BuildError."""
+        ...
+
+    def close(self) -> Deferred[None]:
+        """Release connections; called when the service stops."""
+        ...
+
+
+class BuilderSettings(Protocol):
+    """The settings the builders read: a :class:`~btu_twisted.config.Config`, or any
+    object with these attributes (tests use a SimpleNamespace)."""
+
+    @property
+    def job_builder(self) -> str: ...
+    @property
+    def rq_queue_prefix(self) -> str | None: ...
+    @property
+    def result_ttl(self) -> int | None: ...
+    @property
+    def failure_ttl(self) -> int | None: ...
+    @property
+    def schedules_file(self) -> str | None: ...
+    @property
+    def uses_mariadb(self) -> bool: ...
+    @property
+    def frappe_site_name(self) -> str | None: ...
+    @property
+    def frappe_user(self) -> str | None: ...
+    @property
+    def frappe_job_id_style(self) -> str | None: ...
+    @property
+    def webserver_ip(self) -> str | None: ...
+    @property
+    def webserver_port(self) -> int | None: ...
+    @property
+    def webserver_scheme(self) -> str | None: ...
+    @property
+    def webserver_token(self) -> str | None: ...
+    @property
+    def webserver_host_header(self) -> str | None: ...
+    @property
+    def webserver_ca_file(self) -> str | None: ...
+    @property
+    def webserver_timeout_secs(self) -> float: ...
+
+
+class RedisCommands(Protocol):
+    def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]: ...
+
+    def eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Deferred[Any]: ...
+
+    def command(self, name: str, *args: Any) -> Deferred[Any]: ...
+
+
+class ScriptRunner(Protocol):
+    """What the reader needs of :class:`btu_twisted.store.schedule_store.ScheduleStore`."""
+
+    keys: Keys
+
+    async def evaluate(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any: ...
+
+
+class SchedulerControl(Protocol):
+    """What the socket needs from the scheduler service (faked in tests)."""
+
+    def request_planning(self, name: str) -> bool:
+        """Put ``name`` on the planning FIFO; False if the FIFO is full."""
+
+    def cancel(self, name: str) -> Deferred[bool]:
+        """Remove the schedule's member: True if one was removed."""
+
+    def status(self) -> dict[str, object]:
+        """A JSON-able summary for the ``status`` request."""
+
+    def reload(self) -> Deferred[str]:
+        """Re-read the schedules file: a one-line summary, or a failure whose
+        ``problems`` (or message) say why the old schedules stay."""
