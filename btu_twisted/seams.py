@@ -17,31 +17,41 @@ own helpers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 
 if TYPE_CHECKING:
     from btu_twisted.health import Dependency
     from btu_twisted.jobs.fields import BuiltJob
     from btu_twisted.records import ScheduleRow
+    from btu_twisted.store.claims import Claim
     from btu_twisted.store.keys import Keys
     from btu_twisted.store.resp import Encoded
+    from btu_twisted.store.schedule_store import Window
 
 __all__ = [
     "BuilderSettings",
     "Clock",
+    "ControlStore",
     "DelayedCall",
     "JobBuilder",
+    "MetricsSink",
+    "PlannerStore",
     "RedisCommands",
+    "RefreshStore",
     "RowReader",
     "SchedulerControl",
     "ScriptRunner",
+    "TimerStore",
     "as_clock",
+    "as_deferred",
     "reactor_time",
 ]
+
+T = TypeVar("T")
 
 
 class DelayedCall(Protocol):
@@ -175,3 +185,93 @@ class SchedulerControl(Protocol):
     def reload(self) -> Deferred[str]:
         """Re-read the schedules file: a one-line summary, or a failure whose
         ``problems`` (or message) say why the old schedules stay."""
+
+
+def as_deferred(awaitable: Awaitable[T]) -> Deferred[T]:
+    """A store call's answer as a Deferred: the real store's methods are coroutines,
+    the fake's Deferreds, and ``ensureDeferred`` takes either (its signature says
+    coroutine, hence the cast)."""
+    return ensureDeferred(cast(Any, awaitable))
+
+
+# -- The store, as each of its users sees it ---------------------------------------
+# ScheduleStore (store/schedule_store.py) is all four; tests/fakes.py's FakeStore
+# too, its methods answering with Deferreds where the real ones are coroutines.
+
+
+class TimerStore(Protocol):
+    """What the timer reads and writes: the near members, the claims, the history."""
+
+    @property
+    def health(self) -> Dependency | None: ...
+
+    def window(self, horizon: float, limit: int) -> Awaitable[Window]:
+        """The members due before ``horizon`` (at most ``limit``), the count and the next one."""
+        ...
+
+    def claim(self, claims: Sequence[Claim], enqueued_at: str) -> Awaitable[list[int]]:
+        """Claim and enqueue, one result code each (CLAIMED, LOST, STALE, ...)."""
+        ...
+
+    def discard(self, members: Sequence[str]) -> Awaitable[None]:
+        """Drop members whose schedule name cannot be read."""
+        ...
+
+    def fold_history(self) -> Awaitable[int]:
+        """File the history inbox into each schedule's run list."""
+        ...
+
+
+class PlannerStore(Protocol):
+    """What the planner writes: each schedule's one member."""
+
+    def plan(
+        self, now: float, plans: Mapping[str, int], unplans: Iterable[str] = ()
+    ) -> Awaitable[dict[str, int]]:
+        """Replace the members; the schedules refused because their time is not after
+        their last enqueued run, with that run's time."""
+        ...
+
+
+class RefreshStore(Protocol):
+    """What the full refresh reads and prunes."""
+
+    @property
+    def health(self) -> Dependency | None: ...
+
+    def prune(
+        self,
+        enabled: Collection[str],
+        existing: Iterable[str] | None = None,
+        seen: Callable[[str, str], object] | None = None,
+    ) -> Awaitable[list[str]]:
+        """Remove members of schedules not in ``enabled``; the names removed."""
+        ...
+
+    def count(self) -> Awaitable[int]: ...
+
+    def mark_planned(self) -> Awaitable[None]:
+        """Set the marker whose loss says Redis lost the daemon's keys."""
+        ...
+
+    def keys_present(self) -> Awaitable[bool]: ...
+
+
+class ControlStore(Protocol):
+    """What the socket's ``cancel_task_schedule`` needs."""
+
+    def cancel(self, schedule: str) -> Awaitable[bool]: ...
+
+
+class MetricsSink(Protocol):
+    """Where the parts report what Prometheus shows (ops/metrics.py), or nothing
+    when ``metrics_port`` is unset."""
+
+    def watch(self, fifo_length: Callable[[], int],
+              dependencies: Mapping[str, Dependency]) -> None: ...
+
+    def job_enqueued(self, queue: str, lateness: float) -> None: ...
+
+    def failure(self, reason: str) -> None: ...
+
+    def refreshed(self, at: float, duration: float, members: int) -> None: ...

@@ -648,6 +648,10 @@ class FlakyBuilder:
     builds: list[BuildCall] = field(default_factory=list)
     pending: list[tuple[ScheduleRow, int, Deferred[BuiltJob]]] = field(default_factory=list)
 
+    #: Builds may be held (not fired at once), and no outside service is asked.
+    immediate = False
+    health = None
+
     def __post_init__(self) -> None:
         self._inner = FunctionBuilder(self.prefix)
 

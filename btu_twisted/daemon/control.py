@@ -21,10 +21,10 @@ from btu_twisted.health import Dependency
 from btu_twisted.ops.stats import lateness_summary
 from btu_twisted.planning.planner import Planner
 from btu_twisted.planning.refresh import FullRefresh
+from btu_twisted.seams import ControlStore, as_deferred
 from btu_twisted.sources.combined import NameConflict, ScheduleSources
 from btu_twisted.sources.job_ids import JobIdRecorder
 from btu_twisted.sources.schedules_file import ScheduleFileError
-from btu_twisted.store.schedule_store import ScheduleStore
 from btu_twisted.timing.timer import Timer
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class SiteParts(Protocol):
     @property
     def timer(self) -> Timer: ...
     @property
-    def store(self) -> ScheduleStore: ...
+    def store(self) -> ControlStore: ...
     @property
     def sources(self) -> ScheduleSources: ...
     @property
@@ -92,7 +92,7 @@ class SiteControl:
         # The BTU app cancels a schedule it is about to delete: nothing would
         # tell the timer otherwise (the change feed sees no deleted rows).
         self._parts.timer.forget([name])
-        d = Deferred.fromCoroutine(self._parts.store.cancel(name))
+        d = as_deferred(self._parts.store.cancel(name))
         # The socket holds the client's connection until this fires.
         return d.addTimeout(CANCEL_TIMEOUT, self._reactor)
 

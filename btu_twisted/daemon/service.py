@@ -46,6 +46,7 @@ from btu_twisted.ops.logsetup import apply_level
 from btu_twisted.planning.planner import Planner
 from btu_twisted.planning.refresh import FullRefresh
 from btu_twisted.redis_target import target_of
+from btu_twisted.seams import MetricsSink
 from btu_twisted.sources.combined import FileSchedules, NameConflict, ScheduleSources
 from btu_twisted.sources.job_ids import JobIdRecorder
 from btu_twisted.sources.mariadb import Database
@@ -58,7 +59,7 @@ from btu_twisted.timing.alarm import Alarm
 from btu_twisted.timing.timer import Timer
 
 if TYPE_CHECKING:
-    from btu_twisted.ops.metrics import Metrics, MetricsService
+    from btu_twisted.ops.metrics import MetricsService
 
 CANCEL_TIMEOUT = 5.0
 
@@ -101,7 +102,7 @@ class BtuService(Service):
         warnings: list[str] | None = None,
         *,
         redis: RedisGateway | None = None,
-        metrics: Metrics | NoMetrics | None = None,
+        metrics: MetricsSink | None = None,
         site: str | None = None,
         alarm: Alarm | None = None,
         load_config: Callable[[], tuple[Config, list[str]]] | None = None,
@@ -122,7 +123,7 @@ class BtuService(Service):
         self._site = site
         self.started_at: float | None = None
         self.fifo = ScheduleFifo()
-        self.metrics: Metrics | NoMetrics = NoMetrics() if metrics is None else metrics
+        self.metrics: MetricsSink = NoMetrics() if metrics is None else metrics
         self.metrics_service: MetricsService | None = None
         if config.metrics_port and metrics is None:
             # prometheus_client and twisted.web: loaded only when served.
@@ -303,8 +304,8 @@ class BtuService(Service):
                       site=self._site)
 
     def _site_health(self) -> dict[str, Dependency]:
-        health = getattr(self.builder, "health", None)
-        return {"site": health} if isinstance(health, Dependency) else {}
+        health = self.builder.health
+        return {"site": health} if health is not None else {}
 
     def _dependencies(self) -> dict[str, Dependency]:
         """The outside services the daemon uses: MariaDB only when configured."""

@@ -23,9 +23,8 @@ from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff, Dependency
 from btu_twisted.planning.memory import PlanMemory, row_fingerprint
 from btu_twisted.records import ScheduleRow
-from btu_twisted.seams import Clock, RowReader, reactor_time
+from btu_twisted.seams import Clock, PlannerStore, RowReader, reactor_time
 from btu_twisted.sources.mariadb import BATCH_SIZE
-from btu_twisted.store.schedule_store import ScheduleStore
 
 # A last enqueued run further ahead of now than this can only come from a
 # clock that ran ahead (runs are enqueued when due, never early).
@@ -70,7 +69,7 @@ class Planner(Service):
         clock: Clock,
         fifo: ScheduleFifo,
         db: RowReader,
-        store: ScheduleStore,
+        store: PlannerStore,
         default_zone: str,
         on_planned: Callable[[int], None] = lambda when: None,
         batch_size: int = BATCH_SIZE,

@@ -30,9 +30,8 @@ from twisted.logger import Logger
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
 from btu_twisted.planning.memory import PlanMemory
-from btu_twisted.seams import Clock, DelayedCall, reactor_time
+from btu_twisted.seams import Clock, DelayedCall, RefreshStore, reactor_time
 from btu_twisted.sources.mariadb import STATES_CHUNK
-from btu_twisted.store.schedule_store import ScheduleStore
 
 if TYPE_CHECKING:
     from btu_twisted.sources.combined import ScheduleSources
@@ -51,7 +50,7 @@ class FullRefresh(Service):
         interval: float,
         fifo: ScheduleFifo,
         db: Database | ScheduleSources,
-        store: ScheduleStore,
+        store: RefreshStore,
         on_refreshed: Callable[[float, float, int], None] = lambda at, duration, members: None,
         watch_interval: float = WATCH_SECS,
         memory: PlanMemory | None = None,

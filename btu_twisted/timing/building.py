@@ -18,9 +18,9 @@ from twisted.python.failure import Failure
 
 from btu_twisted.jobs.builders import BuildError, BuiltJob
 from btu_twisted.records import ScheduleRow
-from btu_twisted.seams import Clock, JobBuilder, RowReader, reactor_time
+from btu_twisted.seams import Clock, JobBuilder, RowReader, TimerStore, reactor_time
 from btu_twisted.store.history import DROPPED, SKIPPED_MISFIRE, SKIPPED_UNBUILDABLE
-from btu_twisted.store.schedule_store import Claim, ScheduleStore, framed, split_member
+from btu_twisted.store.schedule_store import Claim, framed, split_member
 from btu_twisted.timing.due import PreparedClaims
 from btu_twisted.timing.gc_hold import gc_pause, gc_resume
 from btu_twisted.timing.misfire import Misfires
@@ -41,7 +41,7 @@ class JobPreparer:
     def __init__(
         self,
         clock: Clock,
-        store: ScheduleStore,
+        store: TimerStore,
         db: RowReader,
         builder: JobBuilder,
         prepared: PreparedClaims,
@@ -141,7 +141,7 @@ class JobPreparer:
         self, chunk: list[tuple[str, str, int]], rows: dict[str, ScheduleRow], read_at: float,
         last: bool,
     ) -> None:
-        immediate = getattr(self._builder, "immediate", False)
+        immediate = self._builder.immediate
         start = 0
         while start < len(chunk):
             if immediate:

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from rq.utils import utcformat
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.seams import Clock, reactor_time
+from btu_twisted.seams import Clock, TimerStore, as_deferred, reactor_time
 from btu_twisted.store.history import SKIPPED_MISFIRE
 from btu_twisted.store.schedule_store import (
     BLOCKED,
@@ -24,7 +24,6 @@ from btu_twisted.store.schedule_store import (
     CLAIMED,
     OVERLAPPED,
     Claim,
-    ScheduleStore,
 )
 from btu_twisted.timing.due import PreparedClaims
 from btu_twisted.timing.gc_hold import gc_pause, gc_resume
@@ -53,7 +52,7 @@ class ClaimRound:
     def __init__(
         self,
         clock: Clock,
-        store: ScheduleStore,
+        store: TimerStore,
         fifo: ScheduleFifo,
         prepared: PreparedClaims,
         retries: Retries,
@@ -117,7 +116,7 @@ class ClaimRound:
                         break
                     size = CLAIM_BATCH
                     enqueued_at = utcformat(datetime.now(UTC))
-                    in_flight.append((batch, ensureDeferred(self._store.claim(batch, enqueued_at))))
+                    in_flight.append((batch, as_deferred(self._store.claim(batch, enqueued_at))))
                     if len(in_flight) < CLAIMS_IN_FLIGHT:
                         # Let the reactor write this call out (Redis starts on
                         # it) before the next one is put together.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from btu_twisted.store.schedule_store import ScheduleStore
+from btu_twisted.seams import TimerStore, as_deferred
 
 
 class HistoryFiler:
@@ -18,7 +18,7 @@ class HistoryFiler:
     # Its lines are the timer's, as they were before it had parts.
     log = Logger(namespace="btu_twisted.timing.timer.Timer")
 
-    def __init__(self, store: ScheduleStore, running: Callable[[], bool]) -> None:
+    def __init__(self, store: TimerStore, running: Callable[[], bool]) -> None:
         self._store = store
         self._running = running
         self.folding: Deferred[None] | None = None  # filing the run history
@@ -31,10 +31,10 @@ class HistoryFiler:
         if self.folding is not None:
             self._fold_again = True
             return
-        if not self._running() or not hasattr(self._store, "fold_history"):
+        if not self._running():
             return
         # How many script calls it took matters to no one here.
-        folding = ensureDeferred(self._store.fold_history()).addCallback(lambda _: None)
+        folding = as_deferred(self._store.fold_history()).addCallback(lambda _: None)
         folding.addErrback(lambda failure: self.log.debug(
             "run history not filed yet: {error}", error=failure.value))
         if folding.called:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from btu_twisted.store.schedule_store import ScheduleStore
+from btu_twisted.seams import TimerStore
 
 
 class StepReport:
@@ -14,7 +14,7 @@ class StepReport:
     # Its lines are the timer's, as they were before it had parts.
     log = Logger(namespace="btu_twisted.timing.timer.Timer")
 
-    def __init__(self, store: ScheduleStore) -> None:
+    def __init__(self, store: TimerStore) -> None:
         self._store = store
         self._step_failures = 0              # timer steps failed in a row
         self._step_failures_logged = False   # this streak's traceback is logged

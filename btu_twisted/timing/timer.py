@@ -30,8 +30,8 @@ from twisted.python.failure import Failure
 
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
-from btu_twisted.seams import Clock, JobBuilder, RowReader
-from btu_twisted.store.schedule_store import Claim, ScheduleStore
+from btu_twisted.seams import Clock, JobBuilder, RowReader, TimerStore
+from btu_twisted.store.schedule_store import Claim
 from btu_twisted.timing.alarm import Alarm
 from btu_twisted.timing.building import JobPreparer
 from btu_twisted.timing.claiming import ClaimRound
@@ -72,7 +72,7 @@ class Timer(Service):
     def __init__(
         self,
         clock: Clock,
-        store: ScheduleStore,
+        store: TimerStore,
         db: RowReader,
         builder: JobBuilder,
         fifo: ScheduleFifo,
