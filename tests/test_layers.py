@@ -204,6 +204,30 @@ class LayerTests(SynchronousTestCase):
         self.assertEqual(rooms - set(ALLOWED), set())
 
 
+#: A module past this many lines, or a class past that many, has become two things.
+MODULE_LINES, CLASS_LINES, TOP_MODULES = 450, 300, 15
+
+
+class SizeTests(SynchronousTestCase):
+    def test_modules_and_classes_stay_small(self) -> None:
+        big = []
+        for path in sorted((ROOT / "btu_twisted").rglob("*.py")):
+            text = path.read_text()
+            where = path.relative_to(ROOT)
+            if len(text.splitlines()) > MODULE_LINES:
+                big.append(f"{where}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                    size = node.end_lineno - node.lineno + 1
+                    if size > CLASS_LINES:
+                        big.append(f"{where}: class {node.name} {size} lines")
+        self.assertEqual(big, [])
+
+    def test_the_top_of_the_package_stays_short(self) -> None:
+        top = sorted(path.name for path in (ROOT / "btu_twisted").glob("*.py"))
+        self.assertLessEqual(len(top), TOP_MODULES, top)
+
+
 class CheckerTests(SynchronousTestCase):
     """The checks above can fail: a tree with a circle and an upward import."""
 
