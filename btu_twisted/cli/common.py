@@ -167,7 +167,8 @@ class Context:
         if target.kind == "sentinel":
             from redis.sentinel import Sentinel
 
-            sentinel = Sentinel(
+            # redis-py before 8.2 (pinned: see pyproject) leaves Sentinel unannotated.
+            sentinel = Sentinel(  # type: ignore[no-untyped-call]
                 list(target.sentinels),
                 sentinel_kwargs=dict(
                     username=target.sentinel_username,
@@ -176,7 +177,8 @@ class Context:
                     socket_timeout=READ_TIMEOUT,
                 ),
             )
-            master: redis.Redis = sentinel.master_for(str(target.service), **options)
+            master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+                str(target.service), **options)
             return master
         if target.kind == "unix":
             return redis.Redis(unix_socket_path=target.path, **options)
