@@ -220,8 +220,8 @@ class UsageTests(_Base):
         code, out, err = self.run_plain("next-runs", "0 13 * * *",
                                         "--after", "2025-01-01T00:00:00Z", "-n", "2")
         self.assertEqual((code, err), (0, ""))
-        self.assertIn("RUN (UTC)", out)
-        self.assertIn("2025-01-01 13:00:00 UTC", out)
+        self.assertEqual(out.count("RUN (UTC)"), 1, out)  # one column: the zone is UTC
+        self.assertEqual(out.count("2025-01-01 13:00:00 UTC"), 1, out)
         self.assertIn("2025-01-02 13:00:00 UTC", out)
 
     def test_next_runs_json_across_spring_forward(self) -> None:
@@ -448,6 +448,34 @@ class ConfigAndTaskTests(_WithDatabase):
         self.assertIn("2027-01-15 00:00:00 PST", lines[1])
         self.assertIn("2027-01-15 08:00:00 UTC", lines[1])
         self.assertTrue(lines[2].startswith("TS-000002"))
+
+    def test_show_scheduled_in_utc_has_one_time_column(self) -> None:
+        self.db.set_zone("UTC")
+        self.redis.zadd(SCHEDULE_SET, {"TS-000001|1800000000": 1800000000})
+        code, out, err = self.btu("show-scheduled")
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(out.splitlines()[0].split(), ["SCHEDULE", "NEXT", "RUN", "(UTC)", "WHEN"])
+        self.assertEqual(out.count("2027-01-15 08:00:00 UTC"), 1, out)
+
+    def test_next_runs_in_the_site_zone(self) -> None:
+        """Bench mode and plain MariaDB alike: next-runs reads cron strings in the
+        site's cron_time_zone, as the daemon plans them, not in time_zone_string."""
+        self.db.set_zone("Asia/Kolkata")
+        code, out, err = self.btu("--json", "next-runs", "0 3 * * *",
+                                  "--after", "2025-06-01T00:00:00+00:00", "-n", "1")
+        self.assertEqual((code, err), (0, ""))
+        # 00:00Z is 05:30 in Kolkata: the next 03:00 there is the next day (in the
+        # config's UTC it would have been 03:00Z the same day).
+        self.assertEqual(json.loads(out), ["2025-06-02T03:00:00+05:30"])
+
+    def test_config_from_btu_config(self) -> None:
+        """Without --config, $BTU_CONFIG names the file."""
+        path = self.write_config(time_zone_string="Asia/Tokyo")
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(os, "environ", {**os.environ, "BTU_CONFIG": path})
+        code = main(["print-config"], stdout=out, stderr=err)
+        self.assertEqual(code, 0, err.getvalue())
+        self.assertIn("Asia/Tokyo", out.getvalue())
 
     def test_show_scheduled_json(self) -> None:
         """--json gives the zone and each member with ISO times; unreadable members are kept."""
@@ -1232,7 +1260,8 @@ class SiteBytesTests(_WithDatabase):
                                   config=self.site_config())
         requests = self.site.received(1)
         self.assertEqual(len(requests), 1, requests)
-        self.assertPickledTaskRequest(requests[0], "BTU-00001", "manual")
+        # No schedule: BTU's TaskRunner takes null (a name it cannot find is a 404).
+        self.assertPickledTaskRequest(requests[0], "BTU-00001", None)
         self.assertEqual((code, err), (0, ""))
         job_id = json.loads(out)["job_id"]
         self.assertEqual(self.redis.hget(f"rq:job:{job_id}", "data"), zlib.compress(PICKLE))
@@ -1275,3 +1304,46 @@ class SiteBytesHTTPSTests(SiteBytesTests):
         self.assertEqual((code, out), (3, ""))
         self.assertOneErrorLine(err, "TLS certificate is not valid for other.local")
         self.assertEqual(self.site.requests, [])
+
+
+class SlowReplyTests(TestCase):
+    """``btu reload`` waits for a reload that takes longer than a ping may (50,000
+    schedules take about 5 s), while connecting still fails fast."""
+
+    def serve_once(self, delay: float) -> str:
+        import socket
+        import threading
+
+        path = os.path.join(tempfile.mkdtemp(dir="/tmp", prefix="btuslow"), "d.sock")
+        self.addCleanup(shutil.rmtree, os.path.dirname(path), True)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        server.listen(1)
+        self.addCleanup(server.close)
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                time.sleep(delay)
+                conn.sendall(b"Schedules file reloaded: 0 added, 0 changed, 0 removed.\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 5)
+        return path
+
+    def test_the_reply_may_take_longer_than_the_connection(self) -> None:
+        from btu_twisted.cli.daemon import request
+
+        path = self.serve_once(0.4)
+        reply = request(path, "reload", None, timeout=0.1, reply_timeout=5)
+        self.assertTrue(reply.startswith("Schedules file reloaded"), reply)
+
+    def test_without_a_reply_timeout_the_request_timeout_holds(self) -> None:
+        from btu_twisted.cli.common import CliError
+        from btu_twisted.cli.daemon import request
+
+        path = self.serve_once(0.4)
+        error = self.assertRaises(CliError, request, path, "reload", None, timeout=0.1)
+        self.assertIn("no reply within 0.1 s", str(error))

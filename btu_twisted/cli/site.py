@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import re
 import ssl
 import time
 from datetime import UTC, datetime
@@ -37,7 +38,7 @@ from twisted.web.http_headers import Headers
 from btu_twisted.cli.arguments import PING_METHOD
 from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
 from btu_twisted.cli.pickles import read_job_call
-from btu_twisted.cli.sql import read_task
+from btu_twisted.cli.sql import MANUAL_SCHEDULE, read_task
 from btu_twisted.config import Config
 from btu_twisted.jobs.builders import BuildError, BuiltJob, FrappeBuilder, make_builder
 
@@ -171,12 +172,22 @@ class BlockingSite:
         answer, body = self.request("POST", self.url, request_body(task, schedule),
                                     self._headers, MAX_BODY_BYTES)
         if answer.code != 200:
-            raise _status_error(answer, body[:_ERROR_BODY_BYTES])  # type: ignore[arg-type]
+            error = _status_error(answer, body[:_ERROR_BODY_BYTES])  # type: ignore[arg-type]
+            said = frappe_message(body[:MAX_BODY_BYTES])
+            if said:
+                raise FetchError(f"{error.reason}; the site says: {said}",
+                                 transient=error.transient, refused=error.refused)
+            raise error
         content_type = (answer.headers.getRawHeaders(b"content-type") or [b""])[0]
         return parse_pickled_task(body, content_type.decode("latin-1", "replace")[:60])
 
     def fetch(self, task: str, schedule: str | None) -> Deferred[bytes]:
-        """SiteClient's interface for FrappeBuilder; the Deferred has already fired."""
+        """SiteClient's interface for FrappeBuilder; the Deferred has already fired.
+
+        A task queued by hand has no schedule: BTU's TaskRunner takes a null
+        ``task_schedule_id`` (a name it cannot find is a 404)."""
+        if schedule == MANUAL_SCHEDULE:
+            schedule = None
         try:
             return defer.succeed(self.pickled_task(task, schedule))
         except FetchError:
@@ -184,6 +195,36 @@ class BlockingSite:
 
     def close(self) -> Deferred[None]:
         return defer.succeed(None)
+
+
+def frappe_message(body: bytes) -> str | None:
+    """What Frappe told the user in an error answer, as one short line.
+
+    Frappe puts it in ``_server_messages`` (a JSON list of JSON objects with a
+    ``message``, often HTML), else ``exception`` or ``message``; the admin needs
+    that, not only "HTTP 404 NOT FOUND".
+    """
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    texts: list[str] = []
+    try:
+        for item in json.loads(document.get("_server_messages") or "[]"):
+            inner = json.loads(item) if isinstance(item, str) else item
+            if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+                texts.append(inner["message"])
+    except (ValueError, TypeError):
+        pass
+    if not texts:
+        for key in ("exception", "message"):
+            if isinstance(document.get(key), str):
+                texts.append(document[key])
+                break
+    text = re.sub(r"<[^>]*>", "", " ".join(texts))
+    return " ".join(text.split())[:300] or None
 
 
 def _fired(d: Deferred[_T]) -> _T:
