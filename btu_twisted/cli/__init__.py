@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
@@ -99,7 +100,8 @@ def cmd_print_config(ctx: Context, args: argparse.Namespace) -> int:
 def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
     """Options every subcommand takes, valid before or after the subcommand's name."""
     parser.add_argument("--config", metavar="PATH", default=default,
-                        help=f"the daemon's TOML config (default {DEFAULT_CONFIG_PATH})")
+                        help="the daemon's TOML config (default: $BTU_CONFIG, else "
+                             f"{DEFAULT_CONFIG_PATH})")
     parser.add_argument("--json", action="store_true",
                         default=False if default is None else default,
                         help="machine-readable output on stdout")
@@ -168,7 +170,8 @@ def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
                "preview a cron string's next runs (no config needed)")
     runs.add_argument("cron", metavar="CRON", help='e.g. "0 13 * * 1-5"')
     runs.add_argument("--tz", metavar="ZONE",
-                      help="IANA zone (default: the config's time_zone_string, else UTC)")
+                      help="IANA zone (default: the site's cron_time_zone, else the "
+                           "config's time_zone_string, else UTC)")
     runs.add_argument("--after", metavar="ISO-8601", type=parse_after,
                       help="start after this time (default now; naive times are in --tz)")
     runs.add_argument("-n", dest="count", metavar="N", type=run_count, default=10,
@@ -260,7 +263,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None,
     except _ParserExit as stop:
         return stop.code
     ctx = Context(out=out, err=err, json=bool(args.json),
-                  config_path=args.config or DEFAULT_CONFIG_PATH,
+                  config_path=args.config or os.environ.get("BTU_CONFIG") or DEFAULT_CONFIG_PATH,
                   config_explicit=args.config is not None, site=args.site)
     try:
         return _run(ctx, args)

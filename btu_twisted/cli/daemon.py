@@ -15,23 +15,29 @@ import socket
 
 from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, CliError, Context, flatten
 
-__all__ = ["REQUEST_TIMEOUT", "cmd_cancel", "cmd_ping", "cmd_reload", "cmd_status", "request"]
+__all__ = ["RELOAD_TIMEOUT", "REQUEST_TIMEOUT", "cmd_cancel", "cmd_ping", "cmd_reload", "cmd_status", "request"]
 
 #: Seconds allowed for connecting, sending and the whole reply (the BTU app uses 5 too).
 REQUEST_TIMEOUT = 5.0
+#: A reload answers once the whole schedules file is read and checked: 50,000
+#: schedules take about 5 s, so the reply may take this long once connected.
+RELOAD_TIMEOUT = 120.0
 #: A reply longer than this is not one of the daemon's lines.
 _MAX_REPLY = 1024 * 1024
 
 
 def request(path: str, request_type: str, content: str | None,
-            timeout: float | None = None) -> str:
+            timeout: float | None = None, reply_timeout: float | None = None) -> str:
     """Send one request and return the reply line (without its newline).
 
-    ``timeout`` (default :data:`REQUEST_TIMEOUT`) applies to each socket
-    operation; CliError with exit 3 when the daemon cannot be reached.
+    ``timeout`` (default :data:`REQUEST_TIMEOUT`) applies to connecting and
+    sending, ``reply_timeout`` (default: the same) to waiting for the reply;
+    CliError with exit 3 when the daemon cannot be reached.
     """
     if timeout is None:
         timeout = REQUEST_TIMEOUT
+    if reply_timeout is None:
+        reply_timeout = timeout
 
     def unreachable(reason: str) -> CliError:
         return CliError(f"cannot reach the btu daemon at {path}: {reason}", UNREACHABLE)
@@ -44,6 +50,8 @@ def request(path: str, request_type: str, content: str | None,
         try:
             sock.connect(path)
             sock.sendall(payload.encode("utf-8"))
+            sock.settimeout(reply_timeout)
+            timeout = reply_timeout  # what the message below names
             while True:
                 chunk = sock.recv(65536)
                 if not chunk:
@@ -63,8 +71,10 @@ def request(path: str, request_type: str, content: str | None,
     return line.decode("utf-8", "replace")
 
 
-def _ask(ctx: Context, request_type: str, content: str | None) -> str:
-    reply = request(ctx.config().socket_path, request_type, content)
+def _ask(ctx: Context, request_type: str, content: str | None,
+         reply_timeout: float | None = None) -> str:
+    reply = request(ctx.config().socket_path, request_type, content,
+                    reply_timeout=reply_timeout)
     if reply.startswith("Error:"):
         raise CliError(f"the daemon refused the request: {reply}", FAILED)
     return reply
@@ -87,7 +97,7 @@ def cmd_reload(ctx: Context, args: argparse.Namespace) -> int:
     """Ask the daemon to re-read one schedule and plan its next run or, with no
     name, to re-read its schedules_file."""
     if args.name is None:
-        return _show_reply(ctx, _ask(ctx, "reload", None))
+        return _show_reply(ctx, _ask(ctx, "reload", None, reply_timeout=RELOAD_TIMEOUT))
     return _show_reply(ctx, _ask(ctx, "create_task_schedule", args.name))
 
 

@@ -105,14 +105,21 @@ def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.json:
         ctx.emit_json({"zone": zone.key, "planned": planned})
         return OK
+    utc_too = not _is_utc(zone)  # a second column of the same times says nothing
     rows = [
         (p["schedule"] or f"(unreadable member {p['member']!r})",
-         _short(p["unix"], zone), _short(p["unix"], UTC), _relative(p["unix"] - now))
+         _short(p["unix"], zone), *([_short(p["unix"], UTC)] if utc_too else []),
+         _relative(p["unix"] - now))
         for p in planned
     ]
-    ctx.table(("SCHEDULE", f"NEXT RUN ({zone.key})", "NEXT RUN (UTC)", "WHEN"), rows,
-              "No runs are planned.")
+    ctx.table(("SCHEDULE", f"NEXT RUN ({zone.key})", *(["NEXT RUN (UTC)"] if utc_too else []),
+               "WHEN"), rows, "No runs are planned.")
     return OK
+
+
+def _is_utc(zone: ZoneInfo) -> bool:
+    return zone.key in ("UTC", "Etc/UTC", "Etc/Universal", "Universal", "Zulu", "Etc/Zulu",
+                        "GMT", "Etc/GMT", "Etc/UCT", "UCT")
 
 
 def _short(unix: float, zone: ZoneInfo | timezone) -> str:
@@ -122,10 +129,13 @@ def _short(unix: float, zone: ZoneInfo | timezone) -> str:
 def cmd_next_runs(ctx: Context, args: argparse.Namespace) -> int:
     """Preview the next runs of a cron string, computed as the daemon computes them."""
     config = ctx.optional_config()  # an explicit --config must load even with --tz
-    zone_name = args.tz if args.tz is not None else (
-        config.time_zone_string if config is not None else "UTC")
     try:
-        zone = get_zone(zone_name)
+        if args.tz is not None:
+            zone = get_zone(args.tz)
+        elif config is not None:
+            zone = _display_zone(ctx)  # the site's cron_time_zone, as the daemon plans
+        else:
+            zone = get_zone("UTC")
         after = args.after or datetime.now(UTC)
         if after.tzinfo is None:
             after = after.replace(tzinfo=zone)
@@ -135,7 +145,8 @@ def cmd_next_runs(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.json:
         ctx.emit_json([run.isoformat() for run in runs])
         return OK
-    rows = [(i, _short(run.timestamp(), zone), _short(run.timestamp(), UTC))
+    utc_too = not _is_utc(zone)
+    rows = [(i, _short(run.timestamp(), zone), *([_short(run.timestamp(), UTC)] if utc_too else []))
             for i, run in enumerate(runs, 1)]
-    ctx.table(("#", f"RUN ({zone.key})", "RUN (UTC)"), rows, "No runs.")
+    ctx.table(("#", f"RUN ({zone.key})", *(["RUN (UTC)"] if utc_too else [])), rows, "No runs.")
     return OK
