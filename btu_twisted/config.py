@@ -276,7 +276,12 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
         order = {spec.name: i for i, spec in enumerate(toml_fields())}
         problems.sort(key=lambda p: order.get(p.split(":")[0], len(order)))
         raise ConfigError(problems, source)
-    return Config(**values), warnings
+    config = Config(**values)
+    if config.socket_mode & 0o002:
+        warnings.append(
+            f"socket_mode: {config.socket_mode:04o} lets every local user plan, cancel and "
+            "reload schedules; use 0660 with socket_file_group_owner")
+    return config, warnings
 
 
 def from_bench(data: Mapping[str, Any]) -> BenchDefaults:
@@ -347,8 +352,15 @@ def load_config(path: str) -> tuple[Config, list[str]]:
     if problems:
         raise ConfigError(problems, path)
 
-    loose = permission_warning(path)
+    loose = permission_warning(path, holds_secrets=holds_secrets(config))
     return config, ([loose] if loose else []) + warnings
+
+
+def holds_secrets(config: Config) -> bool:
+    """Whether the config holds a password or token (a URL's password too)."""
+    return any(spec.metadata["secret"] and getattr(config, spec.name)
+               for spec in toml_fields()) or bool(
+        config.rq_url and mask_url(config.rq_url) != config.rq_url)
 
 
 def masked(config: Config) -> dict[str, object]:
@@ -389,17 +401,20 @@ def log_level(config: Config) -> LogLevel:
     return level
 
 
-def permission_warning(path: str | os.PathLike[str]) -> str | None:
-    """Warn when other users can read (passwords leak) or write (anyone redirects jobs) the file."""
+def permission_warning(path: str | os.PathLike[str], holds_secrets: bool = True) -> str | None:
+    """Warn when other users can read the file while it holds passwords (they leak),
+    or write it at all (anyone redirects jobs)."""
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
         return None
     bits = ((stat.S_IROTH, "readable"), (stat.S_IWOTH, "writable"))
-    loose = [word for bit, word in bits if mode & bit]
+    loose = [word for bit, word in bits
+             if mode & bit and (holds_secrets or word == "writable")]
     if not loose:
         return None
+    why = "it holds passwords" if holds_secrets else "anyone could change where jobs go"
     return (
         f"config file {os.fspath(path)} is {' and '.join(loose)} by other users "
-        f"(mode {mode:04o}); it holds passwords"
+        f"(mode {mode:04o}); {why}"
     )

@@ -625,6 +625,28 @@ class PermissionTests(ConfigTestCase):
         for mode in [0o600, 0o640]:
             self.assertIsNone(permission_warning(self.write("", mode)))
 
+    def test_readable_without_secrets_does_not_warn(self) -> None:
+        """A config holding no password or token (a schedules file and a local Redis) may
+        be world-readable: no "holds passwords" warning on every start and call."""
+        text = "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}"
+                          for k, v in minimal().items() if not k.startswith("mysql_"))
+        schedules = self.write("", 0o644)
+        path = self.write(text.replace("'", '"') + f'\nschedules_file = "{schedules}"\n', 0o644)
+        self.assertEqual(load_config(path)[1], [])
+        self.assertIsNone(permission_warning(path, holds_secrets=False))
+        self.assertIn("holds passwords", permission_warning(path) or "")
+
+    def test_writable_without_secrets_still_warns(self) -> None:
+        path = self.write("", 0o646)
+        self.assertIn("writable by other users",
+                      permission_warning(path, holds_secrets=False) or "")
+
+    def test_world_writable_socket_mode_warns(self) -> None:
+        _, warnings = parse_config(minimal(socket_mode="0777"))
+        self.assertEqual(warnings, ["socket_mode: 0777 lets every local user plan, cancel and "
+                                    "reload schedules; use 0660 with socket_file_group_owner"])
+        self.assertEqual(parse_config(minimal(socket_mode="0660"))[1], [])
+
     def test_missing_file_does_not_warn(self) -> None:
         """A file that cannot be stated gives no permission warning (reading it fails anyway)."""
         self.assertIsNone(permission_warning(os.path.join(self.mktemp(), "nope")))
