@@ -128,6 +128,19 @@ class ParseTests(SynchronousTestCase):
         self.assertIn("out of range", problems[0])
         self.assertIn("Mars/Olympus", problems[3])
 
+    def test_a_cron_that_will_never_fire_again_is_refused(self) -> None:
+        """Only past matches (a year gone by) is refused like no match at all."""
+        for cron in ("* * * * * * 1999", "0 0 29 2 * 2027"):
+            problems = problems_of(f"""
+                [[schedule]]
+                name = "x"
+                cron = "{cron}"
+                function = "app.jobs.backup"
+                """)
+            self.assertEqual(len(problems), 1, problems)
+            self.assertIn("schedule 'x': cron:", problems[0])
+            self.assertIn("never matches", problems[0])
+
     def test_missing_keys_point_at_the_table(self) -> None:
         """A missing required key is reported at its table's header line."""
         problems = problems_of(

@@ -21,6 +21,7 @@ import difflib
 import json
 import math
 import re
+import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -275,9 +276,13 @@ def _name(value: Any) -> str:
 
 
 def _cron(value: Any) -> str:
+    """A cron string that will fire: one whose matches all lie in the past
+    (``* * * * * * 1999``) is refused like one that never matches at all
+    (``0 0 29 2 * 2027``), not accepted to sit idle forever."""
     text = _non_empty(value)
     try:
         cron.validate(text)
+        cron.next_run(text, "UTC", time.time())
     except cron.CronError as error:
         raise _Problem(str(error)) from None
     return text
