@@ -806,6 +806,25 @@ class FrappeBuilderTests(TestCase):
             return exc
         self.fail("the build should have failed")
 
+    async def test_a_fetch_logs_no_factory_lines(self) -> None:
+        """Twisted's HTTP client factory said "Starting/Stopping factory" on every
+        connection: 94 lines for 43 runs on a real site."""
+        from twisted.logger import globalLogPublisher
+        from twisted.web import client as web_client
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        builder = self.builder(self.listen())
+        await builder.build(make_row(), WHEN)
+        await builder.close()
+        # The stand-in site's own (server) factory may speak; the client's must not.
+        client = [e for e in events if isinstance(e.get("factory"),
+                                                  web_client._HTTP11ClientFactory)]
+        self.assertEqual(client, [])
+        self.assertEqual([e for e in events if "HTTP11ClientFactory" in str(e.get("factory"))],
+                         [])
+
     async def test_request_and_job(self) -> None:
         """POST with token, Host, JSON body; the site's pickle becomes the job's data as is."""
         builder = self.builder(

@@ -221,6 +221,10 @@ def read_bounded(response: IResponse, limit: int) -> Deferred[bytes]:
     return protocol.finished
 
 
+class _QuietHTTP11ClientFactory(web_client._HTTP11ClientFactory):
+    noisy = False
+
+
 class SiteClient:
     """POSTs to ``get_pickled_task`` over one persistent connection pool.
 
@@ -254,6 +258,9 @@ class SiteClient:
         }
         self._pool = web_client.HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]  # unannotated in Twisted
         self._pool.maxPersistentPerHost = 4
+        # Twisted's own factory logs "Starting/Stopping factory" for every
+        # connection: two lines per fetch, dozens an hour for nothing.
+        self._pool._factory = _QuietHTTP11ClientFactory
         # Below nginx's default keepalive_timeout (65 s), so idle connections are
         # usually dropped by us first rather than found closed mid-request.
         self._pool.cachedConnectionTimeout = 50
