@@ -19,7 +19,7 @@ import time
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from btu_twisted.seams import as_clock
+from btu_twisted.clock import as_clock
 
 #: How often a refusal that goes on is reported again.
 REFUSAL_REPEAT_SECS = 3600.0

@@ -7,12 +7,9 @@ object are held to the same shape.  Types that cross a seam (a ``Claim``, a
 ``BuiltJob``) are named here for annotations only: this module imports nothing
 of the rooms at run time, so every room may import it.
 
-The reactor's clock is here too: Twisted declares ``IReactorTime`` as a zope
-Interface, whose methods are written without ``self``, and without the zope
-mypy plugin every call on one is an error.  Classes keep taking
-``IReactorTime`` (what their callers hold) and view it through
-:func:`as_clock` once; :func:`reactor_time` goes the other way for Twisted's
-own helpers.
+The reactor's clock, as mypy can check it, is in ``clock.py``; the store's own
+connection (``RedisCommands``) in ``store/gateway.py``: neither is a meeting point
+of two rooms.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IReactorTime
 
 if TYPE_CHECKING:
     from btu_twisted.health import Dependency
@@ -29,60 +25,23 @@ if TYPE_CHECKING:
     from btu_twisted.records import ScheduleRow
     from btu_twisted.store.claims import Claim
     from btu_twisted.store.keys import Keys
-    from btu_twisted.store.resp import Encoded
     from btu_twisted.store.schedule_store import Window
 
 __all__ = [
     "BuilderSettings",
-    "Clock",
     "ControlStore",
-    "DelayedCall",
     "JobBuilder",
     "MetricsSink",
     "PlannerStore",
-    "RedisCommands",
     "RefreshStore",
     "RowReader",
     "SchedulerControl",
     "ScriptRunner",
     "TimerStore",
-    "as_clock",
     "as_deferred",
-    "reactor_time",
 ]
 
 T = TypeVar("T")
-
-
-class DelayedCall(Protocol):
-    """What ``callLater`` returns, as far as a retry timer needs it."""
-
-    def active(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    """The time and the timers of ``IReactorTime`` (a reactor, or ``task.Clock`` in tests)."""
-
-    def seconds(self) -> float: ...
-
-    def callLater(
-        self, delay: float, callable: Callable[..., object], /, *args: object, **kw: object
-    ) -> DelayedCall: ...
-
-
-def as_clock(reactor: IReactorTime) -> Clock:
-    """``reactor`` seen through :class:`Clock`: it provides IReactorTime, which is this."""
-    return cast(Clock, reactor)
-
-
-def reactor_time(clock: Clock) -> IReactorTime:
-    """The clock as what Twisted's own helpers (``deferLater``,
-    ``LoopingCall.clock``) are typed to take; every Clock given here is a
-    reactor or a task.Clock, which provide IReactorTime (Twisted casts the
-    same way in LoopingCall)."""
-    return cast(IReactorTime, clock)
 
 
 class RowReader(Protocol):
@@ -152,14 +111,6 @@ class BuilderSettings(Protocol):
     def webserver_ca_file(self) -> str | None: ...
     @property
     def webserver_timeout_secs(self) -> float: ...
-
-
-class RedisCommands(Protocol):
-    def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]: ...
-
-    def eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Deferred[Any]: ...
-
-    def command(self, name: str, *args: Any) -> Deferred[Any]: ...
 
 
 class ScriptRunner(Protocol):

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from btu_twisted.clock import Clock, DelayedCall
 from btu_twisted.daemon.connection import Connection, describe_peer
 from btu_twisted.daemon.framing import (
     Framer,
@@ -43,7 +44,7 @@ from btu_twisted.daemon.framing import (
     short_reason,
     shorten,
 )
-from btu_twisted.seams import Clock, DelayedCall, SchedulerControl
+from btu_twisted.seams import SchedulerControl
 
 __all__ = ["ControlFactory", "ControlProtocol"]
 

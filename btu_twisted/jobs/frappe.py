@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from btu_twisted.clock import as_clock
 from btu_twisted.health import Dependency
 from btu_twisted.jobs.fields import (
     BuildError,
@@ -29,7 +30,6 @@ from btu_twisted.jobs.fields import (
     rq_fields,
 )
 from btu_twisted.records import ScheduleRow
-from btu_twisted.seams import as_clock
 
 if TYPE_CHECKING:
     # Loaded by the frappe builder only: the HTTP client and its TLS checks

@@ -19,11 +19,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from btu_twisted import cron
+from btu_twisted.clock import Clock, reactor_time
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff, Dependency
 from btu_twisted.planning.memory import PlanMemory, row_fingerprint
 from btu_twisted.records import ScheduleRow
-from btu_twisted.seams import Clock, PlannerStore, RowReader, reactor_time
+from btu_twisted.seams import PlannerStore, RowReader
 from btu_twisted.sources.mariadb import BATCH_SIZE
 
 # A last enqueued run further ahead of now than this can only come from a

@@ -27,10 +27,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from btu_twisted.clock import Clock, DelayedCall, reactor_time
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
 from btu_twisted.planning.memory import PlanMemory
-from btu_twisted.seams import Clock, DelayedCall, RefreshStore, reactor_time
+from btu_twisted.seams import RefreshStore
 from btu_twisted.sources.mariadb import STATES_CHUNK
 
 if TYPE_CHECKING:

@@ -27,8 +27,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from btu_twisted.clock import DelayedCall, as_clock
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.seams import DelayedCall, as_clock
 from btu_twisted.sources.mariadb import Database
 
 POLL_SECS = 2.0

@@ -15,8 +15,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from btu_twisted.clock import DelayedCall, as_clock
 from btu_twisted.health import Backoff
-from btu_twisted.seams import DelayedCall, as_clock
 from btu_twisted.sources.mariadb import RowsLocked
 
 if TYPE_CHECKING:

@@ -43,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import txredisapi
 from twisted.internet import defer, protocol
@@ -64,7 +64,7 @@ from btu_twisted.store.gateway_setup import (
 )
 from btu_twisted.store.resp import Encoded, command, encode
 
-__all__ = ["RedisGateway", "RedisRefusedError", "quiet_txredisapi"]
+__all__ = ["RedisCommands", "RedisGateway", "RedisRefusedError", "quiet_txredisapi"]
 
 # "Redis error: could not auth: WRONGPASS ..." / "... could not set dbid=3: NOAUTH ...",
 # as txredisapi words a refused AUTH or SELECT.
@@ -94,6 +94,14 @@ def _sha1(script: str) -> str:
     if sha is None:
         sha = _SHAS[script] = hashlib.sha1(script.encode()).hexdigest()
     return sha
+
+
+class RedisCommands(Protocol):
+    def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]: ...
+
+    def eval_encoded(self, script: str, keys: Encoded, args: Encoded) -> Deferred[Any]: ...
+
+    def command(self, name: str, *args: Any) -> Deferred[Any]: ...
 
 
 class RedisGateway:

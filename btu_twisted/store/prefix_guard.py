@@ -27,7 +27,7 @@ from btu_twisted.store.keys import Keys
 from btu_twisted.store.scripts import RELEASE, TAKE
 
 if TYPE_CHECKING:
-    from btu_twisted.seams import RedisCommands
+    from btu_twisted.store.gateway import RedisCommands
 
 __all__ = ["LEASE_SECS", "PrefixGuard", "PrefixRefused", "PrefixTaken"]
 

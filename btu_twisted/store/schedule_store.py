@@ -78,7 +78,7 @@ from btu_twisted.store.scripts import (
 )
 
 if TYPE_CHECKING:
-    from btu_twisted.seams import RedisCommands
+    from btu_twisted.store.gateway import RedisCommands
 
 # Claims (claims.py), key names (keys.py) and scripts (scripts.py) are still
 # importable from here, as they were before the store was split.

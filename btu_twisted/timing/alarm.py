@@ -21,7 +21,7 @@ from itertools import count
 
 from twisted.logger import Logger
 
-from btu_twisted.seams import Clock, DelayedCall
+from btu_twisted.clock import Clock, DelayedCall
 
 __all__ = ["Alarm", "Waker"]
 

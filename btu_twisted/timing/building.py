@@ -16,9 +16,10 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from btu_twisted.clock import Clock, reactor_time
 from btu_twisted.jobs.builders import BuildError, BuiltJob
 from btu_twisted.records import ScheduleRow
-from btu_twisted.seams import Clock, JobBuilder, RowReader, TimerStore, reactor_time
+from btu_twisted.seams import JobBuilder, RowReader, TimerStore
 from btu_twisted.store.history import DROPPED, SKIPPED_MISFIRE, SKIPPED_UNBUILDABLE
 from btu_twisted.store.schedule_store import Claim, framed, split_member
 from btu_twisted.timing.due import PreparedClaims

@@ -15,8 +15,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from btu_twisted.clock import Clock, reactor_time
 from btu_twisted.fifo import ScheduleFifo
-from btu_twisted.seams import Clock, TimerStore, as_deferred, reactor_time
+from btu_twisted.seams import TimerStore, as_deferred
 from btu_twisted.store.history import SKIPPED_MISFIRE
 from btu_twisted.store.schedule_store import (
     BLOCKED,

@@ -7,7 +7,7 @@ logged for its schedule (one line when a site goes away, one when it is back).
 
 from __future__ import annotations
 
-from btu_twisted.seams import Clock
+from btu_twisted.clock import Clock
 
 
 class Retries:

@@ -28,9 +28,10 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from btu_twisted.clock import Clock
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
-from btu_twisted.seams import Clock, JobBuilder, RowReader, TimerStore
+from btu_twisted.seams import JobBuilder, RowReader, TimerStore
 from btu_twisted.store.schedule_store import Claim
 from btu_twisted.timing.alarm import Alarm
 from btu_twisted.timing.building import JobPreparer
