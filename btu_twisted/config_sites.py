@@ -16,7 +16,7 @@ from btu_twisted.config_checks import ConfigError, _Invalid, _site_names, _Wrong
 from btu_twisted.frappe_bench import COMMON_CONFIG, site_names
 
 if TYPE_CHECKING:
-    from btu_twisted.config import Config
+    from btu_twisted.config_fields import Config
 
 #: parse_config: a site is checked exactly as a one-site file is (passed in, since
 #: config.py imports this module).

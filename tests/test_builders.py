@@ -428,9 +428,9 @@ class LocalBuilderTests(SynchronousTestCase):
 
     def test_config_knows_the_id_styles(self) -> None:
         """The config check accepts exactly the styles the builder can write."""
-        from btu_twisted import config
+        from btu_twisted import config_fields
 
-        self.assertEqual(config._FRAPPE_JOB_ID_STYLES, tuple(builders.FRAPPE_JOB_ID_STYLES))
+        self.assertEqual(config_fields._FRAPPE_JOB_ID_STYLES, tuple(builders.FRAPPE_JOB_ID_STYLES))
 
     def test_bad_id_style(self) -> None:
         """An unknown id style is refused when the builder is made, not at the first run."""
