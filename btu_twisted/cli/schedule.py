@@ -132,8 +132,10 @@ def cmd_next_runs(ctx: Context, args: argparse.Namespace) -> int:
     try:
         if args.tz is not None:
             zone = get_zone(args.tz)
-        elif config is not None:
+        elif config is not None and not (config.is_multi_site and ctx.site is None):
             zone = _display_zone(ctx)  # the site's cron_time_zone, as the daemon plans
+        elif config is not None:  # several sites and none chosen: the config's zone
+            zone = get_zone(config.time_zone_string)
         else:
             zone = get_zone("UTC")
         after = args.after or datetime.now(UTC)
