@@ -272,6 +272,17 @@ async def run(store: Any, call: tuple[Any, ...]) -> Any:
     return await getattr(store, method)(*args)
 
 
+async def answer_as_expected(test: Any, store: Any, case: Case) -> None:
+    """The store answers ``case.call`` with ``case.reply``, or fails saying ``case.error``:
+    the same check for the real scripts and the fake."""
+    if case.error:
+        with test.assertRaises(Exception) as caught:
+            await run(store, case.call)
+        test.assertIn(case.error, str(caught.exception))
+    else:
+        test.assertEqual(await run(store, case.call), case.reply)
+
+
 def resolve(text: str, now: float) -> str:
     return str(int(now) - 60) if text == RECENT else text
 

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.fakes import FakeStore
-from tests.store_cases import Case, fake_state, register, run, seed_fake
+from tests.store_cases import Case, answer_as_expected, fake_state, register, seed_fake
 
 
 class FakeStoreCases(unittest.TestCase):
@@ -24,12 +24,7 @@ class FakeStoreCases(unittest.TestCase):
         store = FakeStore(clock)
         store.history_length = case.history_length
         seed_fake(store, case.before, now)
-        if case.error:
-            with self.assertRaises(Exception) as caught:
-                await run(store, case.call)
-            self.assertIn(case.error, str(caught.exception))
-        else:
-            self.assertEqual(await run(store, case.call), case.reply)
+        await answer_as_expected(self, store, case)
         self.assertEqual(fake_state(store, now), case.after or case.before)
 
 

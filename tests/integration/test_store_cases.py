@@ -25,9 +25,9 @@ from tests.store_cases import (
     ZSET,
     Case,
     State,
+    answer_as_expected,
     register,
     resolve,
-    run,
     unresolve,
 )
 
@@ -105,12 +105,7 @@ class RealStoreCases(unittest.TestCase):
         store = ScheduleStore(gateway, history_length=case.history_length)
         now = time.time()
         seed(sync, case.before, now)
-        if case.error:
-            with self.assertRaises(Exception) as caught:
-                await run(store, case.call)
-            self.assertIn(case.error, str(caught.exception))
-        else:
-            self.assertEqual(await run(store, case.call), case.reply)
+        await answer_as_expected(self, store, case)
         await store.fold_history()  # the fake files its history at once
         after = case.after or case.before
         self.assertEqual(snapshot(sync, set(case.before.wrong) | set(after.wrong), now), after)
