@@ -49,7 +49,7 @@ from typing import Any
 from bench import fixtures
 from bench.fixtures import FUNCTION, REDIS_DB_OURS, TASK, flush, schedule_names, sync_redis
 from bench.harness import RESULTS, daemon_config, planning_crons
-from bench.soak import control_request
+from bench.soak_parts import control_request
 from bench.stats import summary
 
 SLOW_USECS = 10_000
