@@ -94,6 +94,7 @@ class Running:
         env.update({
             "BTU_TEST_REDIS_HOST": "127.0.0.1",
             "BTU_TEST_REDIS_PORT": str(self.redis.port),
+            "BTU_TEST_REDIS_MAY_FLUSH": "1",  # the smoke's own server
             "BTU_BENCH_PRIVATE_REDIS_PORT": str(self.redis.port),
             "BTU_BENCH_RESULTS": str(self.results),
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),

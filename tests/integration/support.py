@@ -39,11 +39,11 @@ def _own_redis_server() -> int:
     """Start a redis-server of this test run's own on a free port; its port.
 
     The tests flush and fill Redis databases: on the machine's Redis (6379)
-    that would destroy somebody's data.  So unless ``BTU_TEST_REDIS_PORT``
-    names one, every run gets a throw-away server, stopped when the run ends
-    (and, through PR_SET_PDEATHSIG, when the run is killed).  The port goes
-    into the environment, so the processes the tests start (and benchmarks'
-    children) use the same server.
+    that would destroy somebody's data.  So every run gets a throw-away
+    server, stopped when the run ends (and, through PR_SET_PDEATHSIG, when the
+    run is killed).  The port goes into the environment, with
+    ``BTU_TEST_REDIS_MAY_FLUSH=1``, so the processes the tests start (and
+    benchmarks' children) use the same server; see :func:`_redis_port`.
     """
     import atexit
     import ctypes
@@ -55,7 +55,8 @@ def _own_redis_server() -> int:
     server = shutil.which("redis-server")
     if server is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server), "
-                           "or set BTU_TEST_REDIS_PORT to a Redis the tests may flush")
+                           f"or set BTU_TEST_REDIS_PORT and {MAY_FLUSH}=1 for a Redis the "
+                           "tests may flush")
     directory = tempfile.mkdtemp(prefix="btu-test-redis-")
 
     def die_with_parent() -> None:
@@ -96,11 +97,34 @@ def _own_redis_server() -> int:
         atexit.register(stop)
         os.environ["BTU_TEST_REDIS_HOST"] = "127.0.0.1"
         os.environ["BTU_TEST_REDIS_PORT"] = str(port)
+        os.environ[MAY_FLUSH] = "1"
         return port
     raise RuntimeError(f"could not start a redis-server for the tests (see {directory})")
 
 
-REDIS_PORT = int(os.environ.get("BTU_TEST_REDIS_PORT") or _own_redis_server())
+#: Set beside BTU_TEST_REDIS_PORT by whoever started that server for the tests.
+MAY_FLUSH = "BTU_TEST_REDIS_MAY_FLUSH"
+
+
+def _redis_port() -> int:
+    """The port of a Redis the tests may flush: one started for them, never another.
+
+    ``BTU_TEST_REDIS_PORT`` is taken only beside ``BTU_TEST_REDIS_MAY_FLUSH=1``,
+    which this module and the bench smoke set for the servers they start; a port
+    named without it is refused rather than flushed.
+    """
+    port = os.environ.get("BTU_TEST_REDIS_PORT")
+    if not port:
+        return _own_redis_server()
+    if os.environ.get(MAY_FLUSH) != "1":
+        raise RuntimeError(
+            f"BTU_TEST_REDIS_PORT={port} names a Redis the tests did not start, and they "
+            f"flush its databases: unset it (the tests start their own), or set {MAY_FLUSH}=1 "
+            "if that Redis holds nothing of anyone's")
+    return int(port)
+
+
+REDIS_PORT = _redis_port()
 REDIS_HOST = os.environ.get("BTU_TEST_REDIS_HOST", "127.0.0.1")
 # ``twistd`` of this interpreter, as a command line that works without the script.
 TWISTD = [
