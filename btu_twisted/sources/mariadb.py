@@ -295,6 +295,8 @@ class Database:
 
 
 def _probe_btu(connect: dict[str, Any]) -> bool:
+    """Whether the database has BTU's tables; blocking, so it runs in a pool thread
+    (``has_btu_tables`` hands it to ``deferToThreadPool``), never on the reactor."""
     connection = pymysql.connect(**connect)
     try:
         with connection.cursor() as cursor:
