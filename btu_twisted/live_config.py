@@ -11,11 +11,15 @@ whatever the config says.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from btu_twisted.config import Config, toml_fields
+from btu_twisted.config import Config, log_level, toml_fields
 
-__all__ = ["LIVE_KEYS", "ConfigChange", "config_change"]
+if TYPE_CHECKING:
+    from twisted.logger import LogLevel
+
+__all__ = ["LIVE_KEYS", "ConfigChange", "apply_change", "config_change"]
 
 #: Keys a reload applies to the running daemon.
 LIVE_KEYS = frozenset({"tracing_level"})
@@ -47,3 +51,12 @@ def config_change(old: Config, new: Config, followed: Iterable[str] = ()) -> Con
     restart = tuple(key for key in changed if key not in LIVE_KEYS)
     config = dataclasses.replace(old, **{key: getattr(new, key) for key in live})
     return ConfigChange(config, live, restart)
+
+
+def apply_change(old: Config, new: Config, set_level: Callable[[LogLevel], None],
+                 followed: Iterable[str] = ()) -> ConfigChange:
+    """:func:`config_change`, with its live keys put in force (the log level)."""
+    change = config_change(old, new, followed)
+    if "tracing_level" in change.live:
+        set_level(log_level(change.config))
+    return change

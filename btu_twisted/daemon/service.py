@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, LogLevel
 
 from btu_twisted import __version__
-from btu_twisted.config import Config, ConfigError, log_level
+from btu_twisted.config import Config, ConfigError
 from btu_twisted.daemon.checks import check_services
 from btu_twisted.daemon.control import SiteControl
 from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseError
@@ -33,14 +33,14 @@ from btu_twisted.daemon.startup import (
     StartupError,
     database_of,
     exit_on_fatal,
-    settled,
+    not_ready_for_reload,
     startup_failure,
 )
 from btu_twisted.daemon.startup import reason_of as _reason
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Dependency
 from btu_twisted.jobs.builders import make_builders
-from btu_twisted.live_config import config_change
+from btu_twisted.live_config import apply_change
 from btu_twisted.ops.heap import release_free_memory
 from btu_twisted.ops.logsetup import apply_level
 from btu_twisted.planning.planner import Planner
@@ -349,22 +349,17 @@ class BtuService(Service):
         return d.addErrback(failed).addBoth(done)
 
     async def _sighup(self) -> str:
-        if self.started is None:
-            return self._not_reloaded("the daemon has not started")
-        if not self.started.called:  # systemctl reload right after start: after it, then
-            await settled(self.started)
-        if not self.running:
-            return self._not_reloaded("the daemon is stopping")
+        why = await not_ready_for_reload(self)
+        if why is not None:
+            return self._not_reloaded(why)
         parts = []
         if self._load_config is not None:
             try:
                 fresh, _ = self._load_config()
             except ConfigError as error:
                 return self._not_reloaded("; ".join(error.problems))
-            change = config_change(self.config, fresh)
+            change = apply_change(self.config, fresh, self.set_level)
             self.config = change.config
-            if "tracing_level" in change.live:
-                self.set_level(log_level(self.config))
             parts.append(change.describe())
         if self.sources.file is not None:
             try:

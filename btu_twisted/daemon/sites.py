@@ -37,7 +37,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, LogLevel
 
-from btu_twisted.config import Config, ConfigError, log_level
+from btu_twisted.config import Config, ConfigError
 from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.service import BtuService
 from btu_twisted.daemon.startup import (
@@ -46,11 +46,11 @@ from btu_twisted.daemon.startup import (
     database_of,
     exit_on_fatal,
     maybe_deferred,
+    not_ready_for_reload,
     reason_of,
-    settled,
     startup_failure,
 )
-from btu_twisted.live_config import config_change
+from btu_twisted.live_config import apply_change
 from btu_twisted.ops.logsetup import apply_level
 from btu_twisted.redis_target import target_of
 from btu_twisted.store.gateway import RedisGateway
@@ -266,12 +266,9 @@ class SitesService(Service):
     async def _reload(self) -> str:
         if self._load_config is None:
             return self._not_reloaded("the daemon was not started from a config file")
-        if self.started is None:
-            return self._not_reloaded("the daemon has not started")
-        if not self.started.called:  # systemctl reload right after start: after it, then
-            await settled(self.started)
-        if not self.running:
-            return self._not_reloaded("the daemon is stopping")
+        why = await not_ready_for_reload(self)
+        if why is not None:
+            return self._not_reloaded(why)
         try:
             config, _ = self._load_config()
         except ConfigError as error:
@@ -280,10 +277,8 @@ class SitesService(Service):
             return self._not_reloaded(
                 f"the config names another Redis ({target_of(config).describe()}, serving "
                 f"{self.redis.target.describe()}): that takes a restart")
-        change = config_change(self.config, config, followed=("frappe_sites",))
+        change = apply_change(self.config, config, self.set_level, followed=("frappe_sites",))
         self.config = change.config
-        if "tracing_level" in change.live:
-            self.set_level(log_level(self.config))
         fresh = config.site_configs
         gone = [name for name in self.served if name not in fresh]
         again = [name for name in self.served if name in self.failed and name in fresh]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
@@ -100,6 +100,21 @@ def settled(d: Deferred[Any]) -> Deferred[None]:
     return after
 
 
+class _Starting(Protocol):
+    started: Deferred[None] | None
+    running: int
+
+
+async def not_ready_for_reload(service: _Starting) -> str | None:
+    """Why a reload cannot run now, or None once the start has finished (a reload
+    right after ``systemctl start`` waits for it instead of being refused)."""
+    if service.started is None:
+        return "the daemon has not started"
+    if not service.started.called:
+        await settled(service.started)
+    return None if service.running else "the daemon is stopping"
+
+
 async def maybe_deferred(result: Any) -> Any:
     """``result``, awaited when it is a Deferred (stopService may return either)."""
     if isinstance(result, Deferred):
@@ -118,4 +133,5 @@ _reason = reason_of
 
 
 __all__ = ["FATAL_EXIT_SECS", "STARTUP_CHECK_TIMEOUT", "StartupError", "database_of",
-           "exit_on_fatal", "maybe_deferred", "reason_of", "settled", "startup_failure"]
+           "exit_on_fatal", "maybe_deferred", "not_ready_for_reload", "reason_of", "settled",
+           "startup_failure"]
