@@ -731,7 +731,7 @@ class _FakeDaemon(LineOnlyReceiver):
         kind, name = request["request_type"], request["request_content"]
         if kind == "ping":
             self.sendLine(b"pong")
-        elif kind == "create_task_schedule":
+        elif kind == "create_task_schedule" or (kind == "reload" and name is not None):
             reply = f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ."
             self.sendLine(reply.encode())
         elif kind == "cancel_task_schedule" and name == "broken":
@@ -775,6 +775,16 @@ class _Control:
 
     def status(self) -> dict[str, object]:
         return {"fifo_length": len(self.planned)}
+
+    def replan(self, name: str) -> Deferred[str]:
+        from btu_twisted.daemon.framing import Declined, echo
+
+        if name.startswith("NOSUCH"):
+            return fail(Declined(f"no Task Schedule {echo(name)} in MariaDB"))
+        if not self.request_planning(name):
+            return fail(Declined(f"the planning queue is full; Task Schedule {name} "
+                                 "was not queued"))
+        return succeed(f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ.")
 
     def reload(self) -> Deferred[str]:
         from btu_twisted.sources.schedules_file import ScheduleFileError
@@ -824,7 +834,8 @@ class DaemonSocketTests(_Base):
         self.assertEqual((code, json.loads(out)), (0, {"reply": "pong"}))
 
     async def test_reload_and_cancel(self) -> None:
-        """reload and cancel send the schedule name with the BTU request types."""
+        """reload sends the name with its own request (one that must exist), cancel
+        with the BTU request type."""
         requests = self.serve(_FakeDaemon)
         code, out, _ = await self.btu_in_thread("reload", "TS-000001")
         self.assertEqual(code, 0)
@@ -833,7 +844,7 @@ class DaemonSocketTests(_Base):
         self.assertEqual(code, 0)
         self.assertIn("Successfully cancelled", json.loads(out)["reply"])
         self.assertEqual([json.loads(r) for r in requests], [
-            {"request_type": "create_task_schedule", "request_content": "TS-000001"},
+            {"request_type": "reload", "request_content": "TS-000001"},
             {"request_type": "cancel_task_schedule", "request_content": "TS-000002"},
         ])
 
@@ -878,6 +889,19 @@ class DaemonSocketTests(_Base):
         code, out, err = await self.btu_in_thread("reload", "TS-000002")
         self.assertEqual((code, out), (1, ""))
         self.assertOneErrorLine(err, "planning queue is full")
+
+    async def test_reload_of_an_unknown_schedule_fails(self) -> None:
+        """``btu reload NOSUCH``: the daemon's error line, exit 1, nothing planned; a
+        20,000-character name is not echoed whole."""
+        control = _Control()
+        self.listen(ControlFactory(control, reactor))
+        code, out, err = await self.btu_in_thread("reload", "NOSUCH")
+        self.assertEqual((code, out, control.planned), (1, "", []))
+        self.assertOneErrorLine(err, "no Task Schedule 'NOSUCH' in MariaDB")
+        code, out, err = await self.btu_in_thread("reload", "NOSUCH" + "x" * 19994)
+        self.assertEqual((code, out, control.planned), (1, "", []))
+        self.assertOneErrorLine(err, "20000 characters")
+        self.assertLess(len(err), 300)
 
     async def test_reload_without_a_name_rereads_the_schedules_file(self) -> None:
         """``btu reload`` with no SCHEDULE sends the reload request; a broken file exits 1

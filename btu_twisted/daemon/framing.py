@@ -13,8 +13,8 @@ import re
 
 from twisted.python.failure import Failure
 
-__all__ = ["MAX_NAME_CHARS", "Framer", "RequestError", "echo", "one_line", "schedule_name",
-           "short_reason", "shorten"]
+__all__ = ["MAX_NAME_CHARS", "Declined", "Framer", "RequestError", "echo", "one_line",
+           "schedule_name", "short_reason", "shorten"]
 
 
 # Frappe's name column is varchar(140): a longer name cannot be a schedule.
@@ -35,6 +35,12 @@ _UNSAFE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 class RequestError(Exception):
     """A request we refuse; the message follows ``Error: `` in the reply."""
+
+
+class Declined(Exception):
+    """A well-formed request the scheduler cannot do (``reload NAME`` of an
+    unknown name, a full planning queue): the message follows ``Error: `` in
+    the reply, and the connection stays open."""
 
 
 class Framer:

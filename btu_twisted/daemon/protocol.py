@@ -36,6 +36,7 @@ from zope.interface import implementer
 from btu_twisted.clock import Clock, DelayedCall
 from btu_twisted.daemon.connection import Connection, describe_peer
 from btu_twisted.daemon.framing import (
+    Declined,
     Framer,
     RequestError,
     echo,
@@ -47,6 +48,10 @@ from btu_twisted.daemon.framing import (
 from btu_twisted.seams import SchedulerControl
 
 __all__ = ["ControlFactory", "ControlProtocol"]
+
+
+def _status_line(status: dict[str, object]) -> str:
+    return json.dumps(status, separators=(",", ":"), default=str)
 
 
 @implementer(IPushProducer)
@@ -194,7 +199,11 @@ class ControlProtocol(Protocol):
 
     def _status(self, content: object) -> None:
         status = self._control.status()
-        self._write(json.dumps(status, separators=(",", ":"), default=str))
+        if isinstance(status, Deferred):
+            # Counted in Redis first (SiteControl.status): answered in order, like cancel.
+            self._reply_when(status.addCallback(_status_line))
+            return
+        self._write(_status_line(status))
 
     def _create(self, content: object) -> None:
         name = schedule_name(content)
@@ -224,6 +233,17 @@ class ControlProtocol(Protocol):
         ))
 
     def _reload(self, content: object) -> None:
+        if content is not None:
+            # ``btu reload NAME``: one schedule, which must exist (not the BTU
+            # app's create_task_schedule, which takes names not yet committed).
+            name = schedule_name(content)
+            self.log.info("{peer} asked to re-plan {schedule}", peer=self._peer,
+                          schedule=shorten(name))
+            replanned = self._control.replan(name)
+            if not isinstance(replanned, Deferred):
+                raise TypeError(f"replan() returned {replanned!r}, not a Deferred")
+            self._reply_when(replanned.addErrback(self._replan_failed, name))
+            return
         self.log.info("{peer} asked to reload the schedules file", peer=self._peer)
         result = self._control.reload()
         if not isinstance(result, Deferred):
@@ -231,6 +251,15 @@ class ControlProtocol(Protocol):
         result.addCallbacks(lambda summary: f"Schedules file reloaded: {summary}.",
                             self._reload_failed)
         self._reply_when(result)
+
+    def _replan_failed(self, failure: Failure, name: str) -> str:
+        """An unknown name or a full FIFO is the reply; anything else is logged too."""
+        if isinstance(failure.value, Declined):
+            self.log.warn("{peer}: {reason}", peer=self._peer, reason=failure.getErrorMessage())
+            return f"Error: {failure.getErrorMessage()}"
+        self.log.failure("could not re-plan {schedule} for {peer}", failure,
+                         schedule=shorten(name), peer=self._peer)
+        return f"Error: could not look up Task Schedule {shorten(name)}: {short_reason(failure)}"
 
     def _reload_failed(self, failure: Failure) -> str:
         problems = getattr(failure.value, "problems", None)

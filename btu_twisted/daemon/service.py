@@ -325,8 +325,13 @@ class BtuService(Service):
     def reload(self) -> Deferred[str]:
         return self.control.reload()
 
+    def replan(self, name: str) -> Deferred[str]:
+        return self.control.replan(name)
+
     def status(self) -> dict[str, object]:
-        return self.control.status()
+        """What the status page and the tests read, without a Redis round trip
+        (the socket's ``status`` counts the sorted set again)."""
+        return self.control.snapshot()
 
     def sighup(self) -> Deferred[str]:
         """SIGHUP (``systemctl reload``): re-read the config file (its live keys apply,
