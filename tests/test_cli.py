@@ -180,6 +180,20 @@ class UsageTests(_Base):
         self.assertEqual(code, 2)
         self.assertOneErrorLine(err, "invalid choice", "frobnicate")
 
+    def test_a_very_long_argument_is_not_repeated_whole(self) -> None:
+        """Whatever quotes what was typed (argparse, the cron parser, the zone and
+        --site checks) repeats its first 80 characters and says how many were cut."""
+        long = "N" * 20000
+        for argv in ([long], ["next-runs", long], ["next-runs", "* * * * *", "--tz", long],
+                     ["next-runs", "* * * * *", "-n", long],
+                     ["next-runs", "* * * * *", "--after", long],
+                     ["--config", self.write_config(), "--site", long, "status"]):
+            code, out, err = self.run_plain(*argv)
+            self.assertIn(code, (1, 2), argv[:3])
+            self.assertEqual(out, "")
+            self.assertOneErrorLine(err, "N" * 80 + "'...[19920 more characters]")
+            self.assertLess(len(err), 500, argv[:3])
+
     def test_missing_argument_names_the_subcommand(self) -> None:
         """show-job without an id exits 2 and says which subcommand wanted what."""
         code, _, err = self.run_plain("show-job")
@@ -597,6 +611,16 @@ class JobTests(_Base):
         code, out, err = self.btu("show-job", "no-such-job")
         self.assertEqual((code, out), (1, ""))
         self.assertOneErrorLine(err, "no-such-job")
+
+    def test_unknown_long_names_are_not_repeated_whole(self) -> None:
+        """show-job, queue-job-now, history and clear-last-run of a 20,000-character
+        name or id: exit 1, one short line."""
+        long = "N" * 20000
+        for command in ("show-job", "queue-job-now", "history", "clear-last-run"):
+            code, out, err = self.btu(command, long)
+            self.assertEqual((code, out), (1, ""), command)
+            self.assertOneErrorLine(err, "N" * 80 + "'...[19920 more characters]")
+            self.assertLess(len(err), 300, command)
 
     def test_show_job_without_redis(self) -> None:
         """Redis down: exit 3."""

@@ -24,7 +24,15 @@ from typing import Any, NoReturn, TextIO
 
 from btu_twisted import __version__
 from btu_twisted.cli.arguments import PING_METHOD, parse_after, run_count
-from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
+from btu_twisted.cli.common import (
+    FAILED,
+    OK,
+    UNREACHABLE,
+    USAGE,
+    CliError,
+    Context,
+    one_error_line,
+)
 from btu_twisted.config import DEFAULT_CONFIG_PATH, ConfigError, masked, value_sources
 
 __all__ = ["build_parser", "main"]
@@ -75,7 +83,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         command = self.prog.partition(" ")[2]  # "btu show-job" -> "show-job"
         where = f"{command}: " if command else ""
-        self.err.write(f"btu: {where}{message} (see '{self.prog} --help')\n")
+        self.err.write(f"btu: {where}{one_error_line(message)} (see '{self.prog} --help')\n")
         raise _ParserExit(USAGE)
 
 
@@ -211,7 +219,7 @@ def _run(ctx: Context, args: argparse.Namespace) -> int:
     except ConfigError as error:
         for problem in error.problems:
             where = "" if error.source in problem else f"{error.source}: "
-            ctx.err.write(f"btu: {where}{' '.join(problem.split())}\n")
+            ctx.err.write(f"btu: {where}{one_error_line(problem)}\n")
         return USAGE
     except Exception as error:
         code = _client_failure(ctx, error)

@@ -52,7 +52,7 @@ from btu_twisted.jobs.frappe_http import (
     request_headers,
     site_url,
 )
-from btu_twisted.records import ScheduleRow
+from btu_twisted.records import ScheduleRow, echo, shorten
 from btu_twisted.seams import JobBuilder
 from btu_twisted.store.keys import JOB_PREFIX, QUEUE_PREFIX, RQ_QUEUES
 
@@ -279,14 +279,14 @@ def cmd_test_pickler(ctx: Context, args: argparse.Namespace) -> int:
         data = site.pickled_task(args.task, None)
     except FetchError as exc:
         code = UNREACHABLE if exc.transient else FAILED
-        raise CliError(f"get_pickled_task for task {args.task} at {site.url}: {exc.reason}",
+        raise CliError(f"get_pickled_task for task {echo(args.task)} at {site.url}: {exc.reason}",
                        code) from None
     func_name = read_job_call(data).get("func_name")
     if ctx.json:
         ctx.emit_json({"task": args.task, "url": site.url, "bytes": len(data),
                        "func_name": func_name})
     else:
-        ctx.line(f"get_pickled_task returned {len(data)} bytes for task {args.task}"
+        ctx.line(f"get_pickled_task returned {len(data)} bytes for task {shorten(args.task)}"
                  f" (function {func_name or 'unreadable'}).")
     return OK
 
@@ -313,7 +313,7 @@ def cmd_queue_task_now(ctx: Context, args: argparse.Namespace) -> int:
     config = ctx.config()
     row = read_task(ctx, args.task)
     if row is None:
-        raise CliError(f"no BTU Task named {args.task!r}", FAILED)
+        raise CliError(f"no BTU Task named {echo(args.task)}", FAILED)
     job = _build(config, row, int(time.time()))
     # Copied into redis-py's own mapping type (dicts are invariant in their keys).
     fields: dict[FieldT, EncodableT] = {key: value for key, value in job.fields.items()}
