@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import socket
 import ssl
@@ -209,6 +210,25 @@ class UsageTests(_Base):
         self.assertEqual((code, err), (0, ""))
         for command in ("list-jobs", "queue-task-now", "next-runs", "status"):
             self.assertIn(command, out)
+
+    def test_help_lists_the_frappe_commands_apart(self) -> None:
+        """--help lists the commands every user has, then the Frappe-only ones under
+        their own title; no command is listed twice, none is left out."""
+        code, out, _ = self.run_plain("--help")
+        self.assertEqual(code, 0)
+        every = out.index("commands for every user")
+        frappe = out.index("Frappe-only commands")
+        self.assertLess(every, frappe)
+        listed = re.findall(r"^  ([a-z][a-z-]+)  ", out, re.MULTILINE)
+        parser = cli.build_parser(io.StringIO(), io.StringIO())
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        self.assertEqual(sorted(listed), sorted(commands.choices))
+        for name in ("list-tasks", "queue-task-now", "test-ping", "test-pickler"):
+            self.assertGreater(out.index(f"\n  {name} "), frappe, name)
+        for name in ("ping", "status", "history", "next-runs", "show-job"):
+            self.assertLess(every, out.index(f"\n  {name} "), name)
+            self.assertLess(out.index(f"\n  {name} "), frappe, name)
+        self.assertNotIn("positional arguments", out)
 
     def test_missing_default_config(self) -> None:
         """A command that needs the config exits 2 when the default file is missing."""
