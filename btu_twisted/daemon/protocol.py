@@ -22,8 +22,9 @@ before it reaches a log line or an error reply.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import cast
 
 from twisted.internet.defer import Deferred
@@ -45,9 +46,15 @@ from btu_twisted.daemon.framing import (
     short_reason,
     shorten,
 )
+from btu_twisted.ops.logsetup import SiteLogger
 from btu_twisted.seams import SchedulerControl
 
 __all__ = ["ControlFactory", "ControlProtocol"]
+
+
+#: Connection numbers (``#N`` in the log lines): one count for the process, so
+#: that with a bench's sites (a socket each) no two connections share one.
+_SERIALS = itertools.count(1)
 
 
 def _status_line(status: dict[str, object]) -> str:
@@ -393,8 +400,12 @@ class ControlFactory(Factory):
         max_request_bytes: int = 65536,
         max_depth: int = 32,
         max_connections: int = 1024,
+        site: str | None = None,
+        serials: Iterator[int] = _SERIALS,
     ) -> None:
         self.control = control
+        self.site = site
+        self._serials = serials
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_request_bytes = max_request_bytes
@@ -402,7 +413,6 @@ class ControlFactory(Factory):
         self.max_connections = max_connections
         self.connections = 0
         self._refusing = False
-        self._serial = 0
 
     def admit(self) -> bool:
         """Count a new connection in, or False when there are too many.
@@ -427,7 +437,9 @@ class ControlFactory(Factory):
             self.log.info("accepting control connections again")
 
     def buildProtocol(self, addr: IAddress | None) -> ControlProtocol:
-        self._serial += 1
-        protocol = ControlProtocol(self, self._serial)
+        protocol = ControlProtocol(self, next(self._serials))
         protocol.factory = self
+        if self.site is not None:
+            # A bench's sites each have a socket: say whose request each line is.
+            protocol.log = SiteLogger(self.site, ControlProtocol.log.namespace, protocol)
         return protocol

@@ -193,7 +193,7 @@ class BtuService(Service):
         self.socket = ControlSocketService(
             reactor,
             config.socket_path,
-            ControlFactory(self.control, reactor),
+            ControlFactory(self.control, reactor, site=site),
             mode=config.socket_mode,
             group=config.socket_file_group_owner,
         )
