@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterator
-from typing import cast
+from typing import TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IPushProducer
@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from btu_twisted.clock import Clock, DelayedCall
+from btu_twisted.daemon import replies
 from btu_twisted.daemon.connection import Connection, describe_peer
 from btu_twisted.daemon.framing import (
     Declined,
@@ -52,13 +53,18 @@ from btu_twisted.seams import SchedulerControl
 __all__ = ["ControlFactory", "ControlProtocol"]
 
 
+T = TypeVar("T")
+
 #: Connection numbers (``#N`` in the log lines): one count for the process, so
 #: that with a bench's sites (a socket each) no two connections share one.
 _SERIALS = itertools.count(1)
 
 
-def _status_line(status: dict[str, object]) -> str:
-    return json.dumps(status, separators=(",", ":"), default=str)
+def _deferred(result: Deferred[T], method: str) -> Deferred[T]:
+    """The control's answer, which must be a Deferred (a bug otherwise: internal error)."""
+    if not isinstance(result, Deferred):
+        raise TypeError(f"{method}() returned {result!r}, not a Deferred")
+    return result
 
 
 @implementer(IPushProducer)
@@ -208,9 +214,9 @@ class ControlProtocol(Protocol):
         status = self._control.status()
         if isinstance(status, Deferred):
             # Counted in Redis first (SiteControl.status): answered in order, like cancel.
-            self._reply_when(status.addCallback(_status_line))
+            self._reply_when(status.addCallback(replies.status_line))
             return
-        self._write(_status_line(status))
+        self._write(replies.status_line(status))
 
     def _create(self, content: object) -> None:
         name = schedule_name(content)
@@ -218,25 +224,23 @@ class ControlProtocol(Protocol):
             self.log.info(
                 "{peer} asked to plan {schedule}", peer=self._peer, schedule=shorten(name)
             )
-            self._write(f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ.")
+            self._write(replies.created(name))
         else:
             self.log.warn(
                 "{peer} asked to plan {schedule}, but the planning queue is full",
                 peer=self._peer,
                 schedule=shorten(name),
             )
-            self._write(f"Error: the planning queue is full; Task Schedule {name} was not queued.")
+            self._write(replies.queue_full(name))
 
     def _cancel(self, content: object) -> None:
         name = schedule_name(content)
         self.log.info(
             "{peer} asked to cancel {schedule}", peer=self._peer, schedule=shorten(name)
         )
-        result = self._control.cancel(name)
-        if not isinstance(result, Deferred):
-            raise TypeError(f"cancel() returned {result!r}, not a Deferred")
+        result = _deferred(self._control.cancel(name), "cancel")
         self._reply_when(result.addCallbacks(
-            self._cancelled, self._cancel_failed, callbackArgs=(name,), errbackArgs=(name,)
+            replies.cancelled, self._cancel_failed, callbackArgs=(name,), errbackArgs=(name,)
         ))
 
     def _reload(self, content: object) -> None:
@@ -246,18 +250,12 @@ class ControlProtocol(Protocol):
             name = schedule_name(content)
             self.log.info("{peer} asked to re-plan {schedule}", peer=self._peer,
                           schedule=shorten(name))
-            replanned = self._control.replan(name)
-            if not isinstance(replanned, Deferred):
-                raise TypeError(f"replan() returned {replanned!r}, not a Deferred")
+            replanned = _deferred(self._control.replan(name), "replan")
             self._reply_when(replanned.addErrback(self._replan_failed, name))
             return
         self.log.info("{peer} asked to reload the schedules file", peer=self._peer)
-        result = self._control.reload()
-        if not isinstance(result, Deferred):
-            raise TypeError(f"reload() returned {result!r}, not a Deferred")
-        result.addCallbacks(lambda summary: f"Schedules file reloaded: {summary}.",
-                            self._reload_failed)
-        self._reply_when(result)
+        result = _deferred(self._control.reload(), "reload")
+        self._reply_when(result.addCallbacks(replies.file_reloaded, replies.file_not_reloaded))
 
     def _replan_failed(self, failure: Failure, name: str) -> str:
         """An unknown name or a full FIFO is the reply; anything else is logged too."""
@@ -268,13 +266,6 @@ class ControlProtocol(Protocol):
                          schedule=shorten(name), peer=self._peer)
         return f"Error: could not look up Task Schedule {shorten(name)}: {short_reason(failure)}"
 
-    def _reload_failed(self, failure: Failure) -> str:
-        problems = getattr(failure.value, "problems", None)
-        if problems:
-            return (f"Error: schedules file not reloaded ({len(problems)} problem(s); the last "
-                    f"good schedules keep running): " + "; ".join(problems))
-        return f"Error: schedules file not reloaded: {short_reason(failure)}"
-
     def _reply_when(self, result: Deferred[str]) -> None:
         """Answer with ``result``'s line; hold further requests until it fires."""
         self._pending = True
@@ -283,11 +274,6 @@ class ControlProtocol(Protocol):
         if self._pending:  # not answered synchronously: hold further requests
             self._stop_idle_timer()
             self._link.pauseProducing()
-
-    def _cancelled(self, removed: bool, name: str) -> str:
-        if removed:
-            return f"Successfully cancelled BTU Task Schedule {name} in Python RQ."
-        return f"BTU Task Schedule {name} was not scheduled in Python RQ; nothing to cancel."
 
     def _cancel_failed(self, failure: Failure, name: str) -> str:
         self.log.failure(
