@@ -1180,14 +1180,21 @@ class SiteTests(_WithDatabase):
         self.assertOneErrorLine(err, "BTU-00001")
 
     async def test_queue_task_now_frappe_builder(self) -> None:
-        """With the frappe builder the site's pickle becomes the queued job's data, untouched."""
+        """With the frappe builder the site's pickle becomes the queued job's data, untouched,
+        in a job shaped as frappe.enqueue's (the site's id, Frappe's TTLs, the callback)."""
         code, out, _ = await self.btu_in_thread("--json", "queue-task-now", "BTU-00001",
                                                 config=self.site_config())
         self.assertEqual(code, 0)
-        job = Job.fetch(json.loads(out)["job_id"], connection=self.redis)
+        job_id = json.loads(out)["job_id"]
+        self.assertRegex(job_id, r"\Asite1\.local::[0-9a-f-]{36}\Z")
+        job = Job(connection=self.redis)  # this rq refuses the id itself; the hash is its
+        job.restore(self.redis.hgetall(f"rq:job:{job_id}"))
         self.assertEqual(job.data, PICKLE)
         self.assertEqual(job.func_name, "btu.btu_api.execute_job")
-        self.assertEqual(self.redis.lrange("rq:queue:default", 0, -1), [job.id.encode()])
+        self.assertEqual((job.result_ttl, job.failure_ttl), (600, 604800))
+        self.assertEqual(job._failure_callback_name,
+                         "frappe.utils.background_jobs.truncate_failed_registry")
+        self.assertEqual(self.redis.lrange("rq:queue:default", 0, -1), [job_id.encode()])
 
 
 class _RawSite:

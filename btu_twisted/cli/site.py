@@ -40,7 +40,13 @@ from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Con
 from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.cli.sql import MANUAL_SCHEDULE, read_task
 from btu_twisted.config import Config
-from btu_twisted.jobs.builders import BuildError, BuiltJob, FrappeBuilder, make_builder
+from btu_twisted.jobs.builders import (
+    BuildError,
+    BuiltJob,
+    FrappeBuilder,
+    frappe_enqueue,
+    make_builder,
+)
 
 # The two private names keep error wording and limits exactly the daemon's.
 from btu_twisted.jobs.frappe_answers import FetchError, _status_error, parse_pickled_task
@@ -296,7 +302,8 @@ def _build(config: Config, row: ScheduleRow, when: int) -> BuiltJob:
     try:
         builder: JobBuilder
         if config.job_builder == "frappe":
-            builder = FrappeBuilder(config.rq_queue_prefix or "", BlockingSite(config))
+            builder = FrappeBuilder(config.rq_queue_prefix or "", BlockingSite(config),
+                                    enqueue=frappe_enqueue(config))
         else:
             builder = make_builder(config, None)
     except (ValueError, OSError) as exc:
