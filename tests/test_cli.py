@@ -195,6 +195,17 @@ class UsageTests(_Base):
             self.assertOneErrorLine(err, "N" * 80 + "'...[19920 more characters]")
             self.assertLess(len(err), 500, argv[:3])
 
+    def test_long_quoted_texts_only_are_shortened(self) -> None:
+        """Only a quoted text over 80 characters is cut: the text between two short
+        quoted names (a long URL) is not taken for one."""
+        from btu_twisted.cli.common import one_error_line
+
+        url = "https://127.0.0.1:8000/api/method/btu.btu_api.endpoints.get_pickled_task"
+        line = f"task 'BTU-00001' at {url}: TLS certificate is not valid for 'other.local'."
+        self.assertEqual(one_error_line(line), line)
+        self.assertEqual(one_error_line(f'zone "{"Z" * 81}".'),
+                         f"zone '{'Z' * 80}'...[1 more characters].")
+
     def test_missing_argument_names_the_subcommand(self) -> None:
         """show-job without an id exits 2 and says which subcommand wanted what."""
         code, _, err = self.run_plain("show-job")

@@ -44,9 +44,12 @@ CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 15
 
 
-# A quoted text (Python's repr quotes) longer than the echo limit.
+# A quoted text (as repr quotes it) longer than the echo limit: the opening
+# quote starts a word and the closing one ends it, so that the text between two
+# short quoted names is not taken for one.
 _LONG = ECHO_CHARS + 1
-_LONG_QUOTED = re.compile(rf"'([^'\n]{{{_LONG},}})'|\"([^\"\n]{{{_LONG},}})\"")
+_LONG_QUOTED = re.compile(
+    rf"(?<![\w'\"])(?:'([^'\n]{{{_LONG},}})'|\"([^\"\n]{{{_LONG},}})\")(?!\w)")
 
 
 def one_error_line(message: str) -> str:
