@@ -773,6 +773,19 @@ class _Control:
     def cancel(self, name: str) -> Deferred[bool]:
         return succeed(False)
 
+    def cancel_note(self, name: str) -> str | None:
+        return "It is in the schedules file." if name == "file-one" else None
+
+    def pause(self, name: str) -> Deferred[str]:
+        from btu_twisted.seams import UnknownSchedule
+
+        if name == "NOSUCH":
+            return fail(UnknownSchedule(f"no Task Schedule named {name}"))
+        return succeed(f"Paused Task Schedule {name}.")
+
+    def resume(self, name: str) -> Deferred[str]:
+        return succeed(f"Task Schedule {name} is not paused; nothing to resume.")
+
     def status(self) -> dict[str, object]:
         return {"fifo_length": len(self.planned)}
 
