@@ -23,13 +23,16 @@ from twisted.trial import unittest
 
 from btu_twisted.cli import main as btu
 from btu_twisted.cli.daemon import request
+from btu_twisted.config import load_config
 from btu_twisted.daemon import control as control_module
+from btu_twisted.daemon.sites import SitesService
 from btu_twisted.store.history import ENQUEUED, PAUSED, RESUMED, encode_run, parse_run
 from btu_twisted.store.keys import MEMBER_INDEX, Keys
 from tests.integration.daemon import make_service, run_worker, wait_for
 from tests.integration.redis_servers import server_directory, start_server
 from tests.integration.support import TestDatabase, config_values
 from tests.integration.test_file_schedules import FileDaemonCase, schedule
+from tests.integration import test_sites  # the module: trial would run an imported TestCase
 from tests.jobfuncs import read_redis_records
 
 QUEUE = "rq:queue:ticks"
@@ -210,3 +213,41 @@ class MariaDBPauseTests(unittest.TestCase):
         await wait_for(self.planned, timeout=5)
         self.assertFalse(self.redis.exists(key))
         self.assertFalse(self.redis.hexists(Keys().paused, "TS-000123"))
+
+
+class BenchPauseTests(unittest.TestCase):
+    """One daemon for two sites of a bench, each with its own TS-000001 every second."""
+
+    timeout = 120
+    bench = test_sites.WholeBenchTests.bench
+    btu = test_sites.WholeBenchTests.btu
+
+    async def test_a_pause_holds_for_its_site_only(self) -> None:
+        """``btu --site a.test pause TS-000001`` stops a.test's runs, in a.test's key
+        prefix; b.test's schedule of the same name keeps running; resume starts it again."""
+        setup = await self.bench()
+        config, warnings = load_config(setup.config_path)
+        fatal: list[str] = []
+        service = SitesService(config, reactor, on_fatal=fatal.append, warnings=warnings)
+        await service.startService()
+        self.addCleanup(lambda: service.running and service.stopService())
+        a, b = service.site("a.test"), service.site("b.test")
+        for site in (a, b):
+            await wait_for(lambda s=site: s.timer.stats.enqueued >= 1, timeout=20)
+        site_a = ("--config", setup.config_path, "--site", "a.test")
+        code, out, err = await self.btu(*site_a, "pause", "TS-000001")
+        self.assertEqual((code, err), (0, ""))
+        self.assertTrue(out.startswith("Paused Task Schedule TS-000001"), out)
+        self.assertEqual(setup.redis.hkeys("btu_scheduler:a.test:paused"), [b"TS-000001"])
+        self.assertFalse(setup.redis.exists("btu_scheduler:b.test:paused"))
+        await sleep(1.5)  # a claim settled before the pause is counted by now
+        held = a.timer.stats.enqueued
+        running = b.timer.stats.enqueued
+        await wait_for(lambda: b.timer.stats.enqueued >= running + 3, timeout=15)
+        self.assertEqual(a.timer.stats.enqueued, held)
+        self.assertFalse(setup.redis.hexists("btu_scheduler:a.test:schedule_members",
+                                             "TS-000001"))
+        code, out, _ = await self.btu(*site_a, "resume", "TS-000001")
+        self.assertEqual(code, 0)
+        await wait_for(lambda: a.timer.stats.enqueued > held, timeout=10)
+        self.assertEqual(fatal, [])
