@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from btu_twisted.records import ScheduleRow
     from btu_twisted.store.claims import Claim
     from btu_twisted.store.keys import Keys
+    from btu_twisted.store.pauses import Paused
     from btu_twisted.store.schedule_store import Window
 
 __all__ = [
@@ -221,6 +222,12 @@ class RefreshStore(Protocol):
         ...
 
     def count(self) -> Awaitable[int]: ...
+
+    def paused(self, limit: int = ...) -> Awaitable[Paused]:
+        """The paused schedules (store/pauses.py), to clear those of deleted schedules."""
+        ...
+
+    def close_lives(self, schedules: Sequence[str]) -> Awaitable[int]: ...
 
     def mark_planned(self) -> Awaitable[None]:
         """Set the marker whose loss says Redis lost the daemon's keys."""

@@ -227,6 +227,17 @@ class PlanningTests(unittest.TestCase):
             self.assertEqual(set(self.store.index), {"TS-2"})
             self.clock.advance(3600)
 
+    def test_full_refresh_clears_pauses_of_deleted_schedules(self) -> None:
+        """A schedule deleted unseen (no cancel, no request) loses its pause at the next
+        full refresh; a pause taken after the refresh began reading is kept (it may
+        be a schedule created since)."""
+        self.store.paused_since.update({"GONE": S - 10, "TS-1": S - 10, "NEWER": S + 5})
+        refresh = FullRefresh(self.clock, 3600, self.fifo, self.db, self.store,  # type: ignore[arg-type]
+                              memory=self.planner.memory)
+        self.successResultOf(refresh.refresh())
+        self.assertEqual(self.store.closed, [["GONE"]])
+        self.assertEqual(set(self.store.paused_since), {"TS-1", "NEWER"})
+
     def test_deleted_row_ends_its_life(self) -> None:
         """A row read as deleted loses its history and pause, so a new schedule
         created under the same name starts with an empty history."""
