@@ -142,6 +142,36 @@ class PauseUnderTwistdTests(FileDaemonCase):
         self.assertNotIn("Traceback", daemon.output())
 
 
+class TwoDaemonsPauseTests(FileDaemonCase):
+    """Two daemons of one site on one Redis (high availability), one prefix."""
+
+    async def test_a_pause_through_one_daemon_holds_for_the_other(self) -> None:
+        """Paused through daemon 1's socket: daemon 2's full refresh and reload leave it
+        unplanned too; resumed through daemon 2, both plan it again."""
+        self.path.write_text(schedule("tick", "* * * * * * *", queue="ticks"))
+        first = await self.start()
+        service, fatal = make_service(dict(self.values(), socket_path=str(self.dir / "two.sock")))
+        self.services.append(service)
+        await service.startService()
+        self.assertEqual(fatal, [])
+        second = service
+        await wait_for(lambda: "tick" in self.members(), timeout=10)
+        reply = await deferToThread(request, first.config.socket_path, "pause_task_schedule",
+                                    "tick")
+        self.assertTrue(reply.startswith("Paused"), reply)
+        self.redis.delete(QUEUE)
+        await second.refresh.trigger()
+        self.path.write_text(schedule("tick", "* * * * * * *", queue="ticks", timeout=30))
+        self.assertIn("1 changed", await second.control.reload())
+        await sleep(2.5)
+        self.assertNotIn("tick", self.members())
+        self.assertEqual(self.redis.llen(QUEUE), 0)
+        reply = await deferToThread(request, second.config.socket_path, "resume_task_schedule",
+                                    "tick")
+        self.assertTrue(reply.startswith("Resumed"), reply)
+        await wait_for(lambda: self.redis.llen(QUEUE) >= 1, timeout=10)
+
+
 class MariaDBPauseTests(unittest.TestCase):
     """An in-process daemon on a fresh Frappe database."""
 
