@@ -9,6 +9,7 @@ The store's scripts themselves are held to the same rules by the store cases
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -154,9 +155,8 @@ class ProtocolTests(unittest.TestCase):
         protocol = ControlFactory(self.control, self.clock).buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
-        protocol.dataReceived(
-            ('{"request_type": "%s", "request_content": "%s"}\n' % (request_type, content))
-            .encode())
+        line = json.dumps({"request_type": request_type, "request_content": content}) + "\n"
+        protocol.dataReceived(line.encode())
         reply = transport.value().decode()
         protocol.connectionLost(None)
         return reply

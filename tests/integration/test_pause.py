@@ -28,11 +28,11 @@ from btu_twisted.daemon import control as control_module
 from btu_twisted.daemon.sites import SitesService
 from btu_twisted.store.history import ENQUEUED, PAUSED, RESUMED, encode_run, parse_run
 from btu_twisted.store.keys import MEMBER_INDEX, Keys
+from tests.integration import test_sites  # the module: trial would run an imported TestCase
 from tests.integration.daemon import make_service, run_worker, wait_for
 from tests.integration.redis_servers import server_directory, start_server
 from tests.integration.support import TestDatabase, config_values
 from tests.integration.test_file_schedules import FileDaemonCase, schedule
-from tests.integration import test_sites  # the module: trial would run an imported TestCase
 from tests.jobfuncs import read_redis_records
 
 QUEUE = "rq:queue:ticks"
