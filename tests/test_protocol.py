@@ -46,6 +46,10 @@ class FakeControl:
         self.error: Exception | None = None  # raised by every method when set
         self.reloads = 0
         self.reload_results: list[Deferred[str]] = []
+        self.paused: list[str] = []
+        self.resumed: list[str] = []
+        self.pause_results: list[Deferred[str]] = []  # handed out in order
+        self.notes: dict[str, str] = {}  # cancel_note per name
 
     def request_planning(self, name: str) -> bool:
         if self.error is not None:
@@ -72,6 +76,17 @@ class FakeControl:
             raise self.error
         self.reloads += 1
         return self.reload_results.pop(0) if self.reload_results else succeed("0 added")
+
+    def pause(self, name: str) -> Deferred[str]:
+        self.paused.append(name)
+        return self.pause_results.pop(0) if self.pause_results else succeed(f"Paused {name}.")
+
+    def resume(self, name: str) -> Deferred[str]:
+        self.resumed.append(name)
+        return self.pause_results.pop(0) if self.pause_results else succeed(f"Resumed {name}.")
+
+    def cancel_note(self, name: str) -> str | None:
+        return self.notes.get(name)
 
     def saw_nothing(self) -> bool:
         return not (self.planned or self.cancelled or self.status_calls)

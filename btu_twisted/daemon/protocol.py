@@ -44,7 +44,7 @@ from btu_twisted.daemon.framing import (
     short_reason,
     shorten,
 )
-from btu_twisted.seams import SchedulerControl
+from btu_twisted.seams import SchedulerControl, UnknownSchedule
 
 __all__ = ["ControlFactory", "ControlProtocol"]
 
@@ -82,6 +82,8 @@ class ControlProtocol(Protocol):
             "create_task_schedule": self._create,
             "cancel_task_schedule": self._cancel,
             "reload": self._reload,
+            "pause_task_schedule": lambda c: self._pausing(c, "pause", self._control.pause),
+            "resume_task_schedule": lambda c: self._pausing(c, "resume", self._control.resume),
         }
 
     @property
@@ -223,6 +225,11 @@ class ControlProtocol(Protocol):
             self._cancelled, self._cancel_failed, callbackArgs=(name,), errbackArgs=(name,)
         ))
 
+    def _pausing(self, content: object, verb: str, act: Callable[[str], Deferred[str]]) -> None:
+        name = schedule_name(content)  # pause_task_schedule / resume_task_schedule
+        self.log.info("{peer} asked to {verb} {s}", peer=self._peer, verb=verb, s=shorten(name))
+        self._reply_when(act(name).addErrback(_pause_failed, verb, name, self._peer))
+
     def _reload(self, content: object) -> None:
         self.log.info("{peer} asked to reload the schedules file", peer=self._peer)
         result = self._control.reload()
@@ -249,9 +256,8 @@ class ControlProtocol(Protocol):
             self._link.pauseProducing()
 
     def _cancelled(self, removed: bool, name: str) -> str:
-        if removed:
-            return f"Successfully cancelled BTU Task Schedule {name} in Python RQ."
-        return f"BTU Task Schedule {name} was not scheduled in Python RQ; nothing to cancel."
+        note = self._control.cancel_note(name)
+        return _cancel_line(removed, name) + ("" if note is None else f" {note}")
 
     def _cancel_failed(self, failure: Failure, name: str) -> str:
         self.log.failure(
@@ -344,6 +350,22 @@ class ControlProtocol(Protocol):
             self._link.abortConnection()
             return
         self._reject(f"no complete request within {self._settings.idle_timeout:g} seconds")
+
+
+def _cancel_line(removed: bool, name: str) -> str:
+    """The Rust daemon's reply when a member was removed (the BTU app reads it)."""
+    if removed:
+        return f"Successfully cancelled BTU Task Schedule {name} in Python RQ."
+    return f"BTU Task Schedule {name} was not scheduled in Python RQ; nothing to cancel."
+
+
+def _pause_failed(failure: Failure, verb: str, name: str, peer: str) -> str:
+    """The error line of a pause or resume that failed; an unknown name is no fault of ours."""
+    if isinstance(failure.value, UnknownSchedule):
+        return f"Error: {failure.getErrorMessage()}; nothing to {verb}."
+    ControlProtocol.log.failure("could not {verb} {schedule} for {peer}", failure, verb=verb,
+                                schedule=shorten(name), peer=peer)
+    return f"Error: could not {verb} Task Schedule {name}: {short_reason(failure)}"
 
 
 class ControlFactory(Factory):

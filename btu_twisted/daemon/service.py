@@ -297,6 +297,7 @@ class BtuService(Service):
 
     async def _stop(self) -> None:
         self.running = 0
+        self.control.stop()
         self.prefix.cancel()
         await self.scheduling.stop()
         await self.parts.stop()
@@ -324,6 +325,15 @@ class BtuService(Service):
 
     def reload(self) -> Deferred[str]:
         return self.control.reload()
+
+    def pause(self, name: str) -> Deferred[str]:
+        return self.control.pause(name)
+
+    def resume(self, name: str) -> Deferred[str]:
+        return self.control.resume(name)
+
+    def cancel_note(self, name: str) -> str | None:
+        return self.control.cancel_note(name)
 
     def status(self) -> dict[str, object]:
         return self.control.status()
