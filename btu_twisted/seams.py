@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from btu_twisted.records import ScheduleRow
     from btu_twisted.store.claims import Claim
     from btu_twisted.store.keys import Keys
+    from btu_twisted.store.pauses import Paused
     from btu_twisted.store.schedule_store import Window
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "SchedulerControl",
     "ScriptRunner",
     "TimerStore",
+    "UnknownSchedule",
     "as_deferred",
 ]
 
@@ -121,6 +123,11 @@ class ScriptRunner(Protocol):
     async def evaluate(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any: ...
 
 
+class UnknownSchedule(Exception):
+    """No source has a schedule of that name (``btu pause NOSUCH``): the socket
+    answers it with an error line, the ``btu`` command exits 1."""
+
+
 class SchedulerControl(Protocol):
     """What the socket needs from the scheduler service (faked in tests)."""
 
@@ -140,6 +147,16 @@ class SchedulerControl(Protocol):
     def reload(self) -> Deferred[str]:
         """Re-read the schedules file: a one-line summary, or a failure whose
         ``problems`` (or message) say why the old schedules stay."""
+
+    def pause(self, name: str) -> Deferred[str]:
+        """Pause the schedule: the reply line, or a failure (UnknownSchedule)."""
+
+    def resume(self, name: str) -> Deferred[str]:
+        """Resume the schedule, planned from now: the reply line, or a failure."""
+
+    def cancel_note(self, name: str) -> str | None:
+        """What to add to a cancel's reply: a file schedule comes back at the next
+        refresh (the BTU app never cancels one, so its replies stay as they were)."""
 
 
 def as_deferred(awaitable: Awaitable[T]) -> Deferred[T]:
@@ -184,7 +201,12 @@ class PlannerStore(Protocol):
         self, now: float, plans: Mapping[str, int], unplans: Iterable[str] = ()
     ) -> Awaitable[dict[str, int]]:
         """Replace the members; the schedules refused because their time is not after
-        their last enqueued run, with that run's time."""
+        their last enqueued run, with that run's time, and the paused ones with
+        ``store.pauses.PAUSED_RUN``."""
+        ...
+
+    def close_lives(self, schedules: Sequence[str]) -> Awaitable[int]:
+        """Drop the history and pause of schedules found deleted."""
         ...
 
 
@@ -205,6 +227,12 @@ class RefreshStore(Protocol):
 
     def count(self) -> Awaitable[int]: ...
 
+    def paused(self, limit: int = ...) -> Awaitable[Paused]:
+        """The paused schedules (store/pauses.py), to clear those of deleted schedules."""
+        ...
+
+    def close_lives(self, schedules: Sequence[str]) -> Awaitable[int]: ...
+
     def mark_planned(self) -> Awaitable[None]:
         """Set the marker whose loss says Redis lost the daemon's keys."""
         ...
@@ -213,9 +241,17 @@ class RefreshStore(Protocol):
 
 
 class ControlStore(Protocol):
-    """What the socket's ``cancel_task_schedule`` and ``status`` need."""
+    """What the socket's ``cancel_task_schedule``, ``pause``/``resume`` and ``status`` need."""
 
     def cancel(self, schedule: str) -> Awaitable[bool]: ...
+
+    def pause(self, schedule: str, now: float) -> Awaitable[bool]: ...
+
+    def resume(self, schedule: str, now: float) -> Awaitable[bool]: ...
+
+    def close_lives(self, schedules: Sequence[str]) -> Awaitable[int]: ...
+
+    def fold_history(self) -> Awaitable[int]: ...
 
     def window(self, horizon: float, limit: int) -> Awaitable[Window]:
         """The member count and the next member, read now (``status``)."""

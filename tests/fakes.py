@@ -34,8 +34,16 @@ from btu_twisted.health import Dependency
 from btu_twisted.jobs.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.records import ScheduleRow, row_fingerprint
 from btu_twisted.sources.mariadb import STATES_CHUNK, Changes
-from btu_twisted.store.history import DEFAULT_LENGTH, ENQUEUED, SKIPPED_OVERLAP, encode_run
+from btu_twisted.store.history import (
+    DEFAULT_LENGTH,
+    ENQUEUED,
+    PAUSED,
+    RESUMED,
+    SKIPPED_OVERLAP,
+    encode_run,
+)
 from btu_twisted.store.keys import Keys
+from btu_twisted.store.pauses import PAUSED_RUN, Paused, rq_time
 from btu_twisted.store.resp import decode
 from btu_twisted.store.schedule_store import (
     CLAIMED,
@@ -61,6 +69,7 @@ from btu_twisted.store.schedule_store import (
 T = TypeVar("T")
 
 LAST_JOB = Keys().last_job
+PAUSED_KEY = Keys().paused
 
 #: A realistic "now" for tests (2027-01-15T08:00:00Z, minute-aligned); a fresh
 #: Clock starts at 0.
@@ -283,6 +292,10 @@ class FakeStore(_FakeService):
         self.blocked = BlockedClaims()
         #: The full refresh's marker key (btu_scheduler:planned).
         self.marked = False
+        #: btu_scheduler:paused: schedule -> unix seconds paused (pause.lua).
+        self.paused_since: dict[str, int] = {}
+        #: Every close_lives call's names, in order.
+        self.closed: list[list[str]] = []
 
     # -- test helpers (synchronous, never fail) ------------------------------
     def add(self, name: str, when: int) -> None:
@@ -355,6 +368,26 @@ class FakeStore(_FakeService):
     def cancel(self, schedule: str) -> Deferred[bool]:
         return self._call("cancel", lambda: self._cancel(schedule), schedule)
 
+    def pause(self, schedule: str, now: float) -> Deferred[bool]:
+        return self._call("pause", lambda: self._pause(schedule, now), schedule)
+
+    def resume(self, schedule: str, now: float) -> Deferred[bool]:
+        return self._call("resume", lambda: self._resume(schedule, now), schedule)
+
+    def paused(self, limit: int = 1000) -> Deferred[Paused]:
+        def read() -> Paused:
+            since = dict(sorted(self.paused_since.items())[:limit])
+            return Paused(len(self.paused_since), since)
+
+        return self._call("paused", read, limit)
+
+    def close_lives(self, schedules: Sequence[str]) -> Deferred[int]:
+        names = list(schedules)
+        if not names:  # the real store makes no call at all
+            return succeed(0)
+        self.closed.append(names)
+        return self._call("close_lives", lambda: self._close_lives(names), names)
+
     def earliest(self, limit: int) -> Deferred[list[tuple[str, int]]]:
         return self._call("earliest", lambda: self._ordered()[:limit], limit)
 
@@ -387,6 +420,7 @@ class FakeStore(_FakeService):
 
     def flush(self) -> None:
         """FLUSHDB: every key of ours is gone."""
+        self.paused_since.clear()
         self.zset.clear()
         self.index.clear()
         self.last_enqueued.clear()
@@ -398,10 +432,15 @@ class FakeStore(_FakeService):
         return sorted(self.zset.items(), key=lambda item: (item[1], item[0]))
 
     def _plan(self, now: int, plans: Mapping[str, int], unplans: Iterable[str]) -> dict[str, int]:
-        self._check_types((SCHEDULE_SET, "zset"), (MEMBER_INDEX, "hash"), (LAST_ENQUEUED, "hash"))
+        self._check_types((SCHEDULE_SET, "zset"), (MEMBER_INDEX, "hash"), (LAST_ENQUEUED, "hash"),
+                          (PAUSED_KEY, "hash"))
         rejected: dict[str, int] = {}
         for name, when in plans.items():
             when = int(when)
+            if name in self.paused_since:  # PLAN: a paused schedule loses its member
+                self._cancel(name)
+                rejected[name] = PAUSED_RUN
+                continue
             # PLAN: an unreadable last run does not stop planning (CLAIM reports it).
             done = _number(self.last_enqueued.get(name, -1), -1)
             if when <= done:
@@ -541,6 +580,37 @@ class FakeStore(_FakeService):
                     self.last_job.pop(name, None)
                     self.run_history.pop(name, None)
         return sorted({n for n in removed if n})
+
+    def _pause(self, schedule: str, now: float) -> bool:
+        """PAUSE: the pause once, the member gone, a "paused" history entry."""
+        if schedule in self.paused_since:
+            return False
+        self.paused_since[schedule] = int(now)
+        self._cancel(schedule)
+        self._note(schedule, now, PAUSED)
+        return True
+
+    def _resume(self, schedule: str, now: float) -> bool:
+        if self.paused_since.pop(schedule, None) is None:
+            return False
+        self._note(schedule, now, RESUMED)
+        return True
+
+    def _note(self, schedule: str, now: float, outcome: str) -> None:
+        if self.history_length > 0:
+            runs = self.run_history.setdefault(schedule, [])
+            runs.insert(0, encode_run(int(now), rq_time(now), None, outcome))
+            del runs[self.history_length:]
+
+    def _close_lives(self, names: list[str]) -> int:
+        """CLOSE_LIVES: history, pause and last job go; the last run stays."""
+        closed = 0
+        for name in names:
+            had = self.run_history.pop(name, None) is not None
+            had = self.paused_since.pop(name, None) is not None or had
+            self.last_job.pop(name, None)
+            closed += had
+        return closed
 
     def _cancel(self, schedule: str) -> bool:
         """CANCEL: the member the index says the schedule owns, nothing else."""

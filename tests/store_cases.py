@@ -18,8 +18,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from btu_twisted.store.claims import BLOCKED, CLAIMED, LOST, OVERLAPPED, STALE, WITHDRAWN, Claim
-from btu_twisted.store.history import ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP, encode_run
+from btu_twisted.store.history import (
+    ENQUEUED,
+    PAUSED,
+    RESUMED,
+    SKIPPED_MISFIRE,
+    SKIPPED_OVERLAP,
+    encode_run,
+)
 from btu_twisted.store.keys import Keys
+from btu_twisted.store.pauses import PAUSED_RUN, Paused, rq_time
 from btu_twisted.store.schedule_store import PLAN_CHUNK, Window
 from btu_twisted.store.scripts import RELEASE, TAKE
 
@@ -30,6 +38,7 @@ KEYS = Keys()
 ZSET, INDEX, LAST, LAST_JOB = (KEYS.schedule_set, KEYS.member_index, KEYS.last_enqueued,
                                KEYS.last_job)
 OWNER = KEYS.owner
+PAUSED_KEY = KEYS.paused
 QUEUE, OTHER_QUEUE = "rq:queue:default", "rq:queue:other"
 AT = "2027-01-15T08:00:00.000000Z"  # the claims' enqueued_at
 #: A last run within RECENT_SECS of the store's clock, resolved when a case runs.
@@ -50,6 +59,7 @@ class State:
     rq_queues: frozenset[str] = frozenset()
     history: Mapping[str, Sequence[str]] = field(default_factory=dict)  # newest first
     strings: Mapping[str, str] = field(default_factory=dict)  # the lease
+    paused: Mapping[str, str] = field(default_factory=dict)  # name -> unix seconds paused
     wrong: Mapping[str, str] = field(default_factory=dict)  # key -> the type it holds
 
     def but(self, **changes: Any) -> State:
@@ -116,6 +126,40 @@ PLAN_CASES = [
                last={"TS-007": "9000"})),
     Case("plan_wrong_type_fails_before_writing", State(wrong={INDEX: "string"}),
          ("plan", 1000, {"A": 2000}), error=f"WRONGTYPE {INDEX} holds a string, not a hash"),
+    Case("plan_leaves_a_paused_schedule_out", AB.but(paused={"A": "900"}),
+         ("plan", 1000, {"A": 3000, "B": 3000}), {"A": PAUSED_RUN},
+         State(members={"B|3000": 3000}, index={"B": "B|3000"}, paused={"A": "900"})),
+    Case("plan_paused_wrong_type_fails_before_writing", State(wrong={PAUSED_KEY: "string"}),
+         ("plan", 1000, {"A": 2000}),
+         error=f"WRONGTYPE {PAUSED_KEY} holds a string, not a hash"),
+]
+
+
+def noted(when: int, outcome: str) -> str:
+    """A pause's or resume's history entry at unix ``when``."""
+    return encode_run(when, rq_time(when), None, outcome)
+
+
+PAUSE_CASES = [
+    Case("pause_removes_the_member_and_notes_it", AB, ("pause", "A", 1500), True,
+         State(members={"B|2000": 2000}, index={"B": "B|2000"}, paused={"A": "1500"},
+               history={"A": [noted(1500, PAUSED)]})),
+    Case("pause_twice_changes_nothing", State(paused={"A": "1500"}), ("pause", "A", 1600), False),
+    Case("pause_without_history", A1, ("pause", "A", 1500), True, State(paused={"A": "1500"}),
+         history_length=0),
+    Case("resume_lifts_the_pause_and_notes_it",
+         State(paused={"A": "1500"}, history={"A": [noted(1500, PAUSED)]}),
+         ("resume", "A", 1700), True,
+         State(history={"A": [noted(1700, RESUMED), noted(1500, PAUSED)]})),
+    Case("resume_not_paused", A1, ("resume", "A", 1700), False),
+    Case("paused_lists_them", State(paused={"A": "1500", "B": "1600"}), ("paused",),
+         Paused(2, {"A": 1500, "B": 1600})),
+    Case("paused_none", State(), ("paused",), Paused()),
+    Case("close_lives_drops_history_pause_and_last_job",
+         State(paused={"A": "1500"}, last={"A": OLD, "B": OLD}, last_job={"A": "J1", "B": "J2"},
+               history={"A": ["a"], "B": ["b"]}),
+         ("close_lives", ["A", "GONE"]), 1,
+         State(last={"A": OLD, "B": OLD}, last_job={"B": "J2"}, history={"B": ["b"]})),
 ]
 
 CLAIM_CASES = [
@@ -263,7 +307,8 @@ LEASE_CASES = [
          ("release", "db1"), 0, fake=False),
 ]
 
-CASES = PLAN_CASES + CLAIM_CASES + PRUNE_CASES + CANCEL_CASES + READ_CASES + LEASE_CASES
+CASES = (PLAN_CASES + CLAIM_CASES + PRUNE_CASES + CANCEL_CASES + PAUSE_CASES + READ_CASES
+         + LEASE_CASES)
 
 
 async def run(store: Any, call: tuple[Any, ...]) -> Any:
@@ -315,6 +360,7 @@ def seed_fake(store: FakeStore, state: State, now: float) -> None:
     store.rq_queues.update(state.rq_queues)
     store.run_history.update({k: list(v) for k, v in state.history.items()})
     store.wrong_type.update(state.wrong)
+    store.paused_since.update({k: int(v) for k, v in state.paused.items()})
 
 
 def fake_state(store: FakeStore, now: float) -> State:
@@ -328,6 +374,7 @@ def fake_state(store: FakeStore, now: float) -> State:
         rq_queues=frozenset(store.rq_queues),
         history={k: list(v) for k, v in store.run_history.items() if v},
         wrong=dict(store.wrong_type),
+        paused={k: str(v) for k, v in store.paused_since.items()},
     )
 
 

@@ -47,6 +47,7 @@ from btu_twisted.cli import daemon as cli_daemon
 from btu_twisted.cli import main
 from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.daemon.protocol import ControlFactory
+from btu_twisted.store.keys import Keys
 from btu_twisted.store.schedule_store import LAST_ENQUEUED, SCHEDULE_SET
 from tests.integration.support import (
     REDIS_HOST,
@@ -534,6 +535,40 @@ class ConfigAndTaskTests(_WithDatabase):
         self.assertEqual(shown["planned"][2]["local"], "2027-01-15T13:30:00+05:30")
         self.assertEqual(shown["planned"][2]["utc"], "2027-01-15T08:00:00+00:00")
 
+    def test_show_scheduled_lists_paused_schedules(self) -> None:
+        """Paused schedules (no member) are listed after the runs, as paused, with since
+        when; --json gives them under "paused"."""
+        self.db.set_zone("UTC")
+        self.redis.zadd(SCHEDULE_SET, {"TS-000001|1800000000": 1800000000})
+        self.redis.hset(Keys().paused, mapping={"TS-000009": "1799996400"})
+        code, out, err = self.btu("show-scheduled")
+        self.assertEqual((code, err), (0, ""))
+        lines = out.splitlines()
+        self.assertTrue(lines[1].startswith("TS-000001"))
+        self.assertEqual(lines[2].split()[:2], ["TS-000009", "paused"])
+        self.assertIn("since 2027-01-15 07:00:00 UTC", lines[2])
+        shown = json.loads(self.btu("--json", "show-scheduled")[1])
+        self.assertEqual(shown["paused"],
+                         [{"schedule": "TS-000009", "since": "2027-01-15T07:00:00+00:00"}])
+
+    def test_history_shows_pause_and_resume(self) -> None:
+        """A pause and a resume are history entries, newest first, with their time and
+        no scheduled run."""
+        from btu_twisted.store.history import PAUSED, RESUMED, encode_run
+
+        key = Keys().history("TS-000001")
+        self.redis.rpush(key, encode_run(1800000600, "2027-01-15T08:10:00.000000Z", None, RESUMED),
+                         encode_run(1800000000, "2027-01-15T08:00:00.000000Z", None, PAUSED))
+        code, out, err = self.btu("history", "TS-000001")
+        self.assertEqual((code, err), (0, ""))
+        rows = [line.split() for line in out.splitlines()[1:]]
+        self.assertEqual([row[:3] for row in rows],
+                         [["-", "resumed", "2027-01-15T08:10:00.000000Z"],
+                          ["-", "paused", "2027-01-15T08:00:00.000000Z"]])
+        shown = json.loads(self.btu("--json", "history", "TS-000001")[1])
+        self.assertEqual([(r["outcome"], r["scheduled"], r["job_id"]) for r in shown],
+                         [(RESUMED, 1800000600, None), (PAUSED, 1800000000, None)])
+
     def test_show_scheduled_empty(self) -> None:
         """An empty set reads as a sentence for people and an empty list for scripts."""
         self.assertEqual(self.btu("show-scheduled")[:2], (0, "No runs are planned.\n"))
@@ -828,14 +863,28 @@ class _Control:
     def cancel(self, name: str) -> Deferred[bool]:
         return succeed(False)
 
+    def cancel_note(self, name: str) -> str | None:
+        return "It is in the schedules file." if name == "file-one" else None
+
+    def pause(self, name: str) -> Deferred[str]:
+        from btu_twisted.seams import UnknownSchedule
+
+        if name == "NOSUCH":
+            return fail(UnknownSchedule(f"no Task Schedule named {name}"))
+        return succeed(f"Paused Task Schedule {name}.")
+
+    def resume(self, name: str) -> Deferred[str]:
+        return succeed(f"Task Schedule {name} is not paused; nothing to resume.")
+
     def status(self) -> dict[str, object]:
         return {"fifo_length": len(self.planned)}
 
     def replan(self, name: str) -> Deferred[str]:
         from btu_twisted.daemon.framing import Declined, echo
+        from btu_twisted.seams import UnknownSchedule
 
         if name.startswith("NOSUCH"):
-            return fail(Declined(f"no Task Schedule {echo(name)} in MariaDB"))
+            return fail(UnknownSchedule(f"no Task Schedule {echo(name)} in MariaDB"))
         if not self.request_planning(name):
             return fail(Declined(f"the planning queue is full; Task Schedule {name} "
                                  "was not queued"))
@@ -957,6 +1006,24 @@ class DaemonSocketTests(_Base):
         self.assertEqual((code, out, control.planned), (1, "", []))
         self.assertOneErrorLine(err, "20000 characters")
         self.assertLess(len(err), 300)
+
+    async def test_pause_and_resume(self) -> None:
+        """``btu pause``/``resume`` send the new requests; an unknown name exits 1 with the
+        daemon's line, a schedule not paused exits 0 saying so; a cancel of a file
+        schedule says it comes back."""
+        control = _Control()
+        self.listen(ControlFactory(control, reactor))
+        code, out, err = await self.btu_in_thread("pause", "TS-000001")
+        self.assertEqual((code, out, err), (0, "Paused Task Schedule TS-000001.\n", ""))
+        code, out, err = await self.btu_in_thread("pause", "NOSUCH")
+        self.assertEqual((code, out), (1, ""))
+        self.assertOneErrorLine(err, "no Task Schedule named NOSUCH; nothing to pause")
+        code, out, err = await self.btu_in_thread("--json", "resume", "TS-000001")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("is not paused", json.loads(out)["reply"])
+        code, out, _ = await self.btu_in_thread("cancel", "file-one")
+        self.assertEqual(code, 0)
+        self.assertTrue(out.endswith("nothing to cancel. It is in the schedules file.\n"), out)
 
     async def test_reload_without_a_name_rereads_the_schedules_file(self) -> None:
         """``btu reload`` with no SCHEDULE sends the reload request; a broken file exits 1

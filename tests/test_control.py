@@ -14,6 +14,7 @@ from twisted.trial import unittest
 from btu_twisted.daemon.control import SiteControl
 from btu_twisted.daemon.framing import Declined
 from btu_twisted.fifo import ScheduleFifo
+from btu_twisted.seams import UnknownSchedule
 from btu_twisted.sources.change_feed import ChangeFeed
 from btu_twisted.sources.combined import NoChangeFeed
 from btu_twisted.timing.stats import TimerStats
@@ -116,7 +117,7 @@ class ReplanTests(unittest.TestCase):
         self.assertEqual(self.parts.fifo.take(10), ["TS-1"])  # its member goes
 
     def test_unknown_schedule_is_declined(self) -> None:
-        failure = self.failureResultOf(self.replan("NOSUCH"), Declined)
+        failure = self.failureResultOf(self.replan("NOSUCH"), UnknownSchedule)
         self.assertEqual(failure.getErrorMessage(), "no Task Schedule 'NOSUCH' in MariaDB")
         self.assertEqual(self.parts.fifo.take(10), [])
 
@@ -124,11 +125,11 @@ class ReplanTests(unittest.TestCase):
         """Without MariaDB the reply names the file."""
         parts = _site(self.clock, FakeStore(self.clock, latency=0.0), None, file=object())
         control = SiteControl(self.clock, parts, dependencies=dict)
-        failure = self.failureResultOf(control.replan("NOSUCH"), Declined)
+        failure = self.failureResultOf(control.replan("NOSUCH"), UnknownSchedule)
         self.assertEqual(failure.getErrorMessage(), "no Task Schedule 'NOSUCH' in the schedules file")
 
     def test_long_unknown_name_is_shortened(self) -> None:
-        failure = self.failureResultOf(self.replan("x" * 20000), Declined)
+        failure = self.failureResultOf(self.replan("x" * 20000), UnknownSchedule)
         message = failure.getErrorMessage()
         self.assertLess(len(message), 200)
         self.assertIn("19920 more characters", message)

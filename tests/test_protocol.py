@@ -16,8 +16,8 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from btu_twisted.daemon.framing import Declined
 from btu_twisted.daemon.protocol import ControlFactory, ControlProtocol
+from btu_twisted.seams import UnknownSchedule
 
 PING = b'{"request_type": "ping", "request_content": null}'
 TS = "TS-000001"
@@ -47,6 +47,10 @@ class FakeControl:
         self.error: Exception | None = None  # raised by every method when set
         self.reloads = 0
         self.reload_results: list[Deferred[str]] = []
+        self.paused: list[str] = []
+        self.resumed: list[str] = []
+        self.pause_results: list[Deferred[str]] = []  # handed out in order
+        self.notes: dict[str, str] = {}  # cancel_note per name
 
     def request_planning(self, name: str) -> bool:
         if self.error is not None:
@@ -72,7 +76,7 @@ class FakeControl:
         if self.error is not None:
             raise self.error
         if name == "NOSUCH":
-            return fail(Declined("no Task Schedule 'NOSUCH' in MariaDB"))
+            return fail(UnknownSchedule("no Task Schedule 'NOSUCH' in MariaDB"))
         self.planned.append(name)
         return succeed(f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ.")
 
@@ -81,6 +85,17 @@ class FakeControl:
             raise self.error
         self.reloads += 1
         return self.reload_results.pop(0) if self.reload_results else succeed("0 added")
+
+    def pause(self, name: str) -> Deferred[str]:
+        self.paused.append(name)
+        return self.pause_results.pop(0) if self.pause_results else succeed(f"Paused {name}.")
+
+    def resume(self, name: str) -> Deferred[str]:
+        self.resumed.append(name)
+        return self.pause_results.pop(0) if self.pause_results else succeed(f"Resumed {name}.")
+
+    def cancel_note(self, name: str) -> str | None:
+        return self.notes.get(name)
 
     def saw_nothing(self) -> bool:
         return not (self.planned or self.cancelled or self.status_calls)
@@ -175,15 +190,14 @@ class RequestTypeTests(ProtocolTestCase):
         self.assertFalse(self.transport.disconnecting)
 
     def test_reload_an_unknown_schedule(self) -> None:
-        """An unknown name is an Error line (the CLI exits 1), logged once, and the
-        connection keeps serving."""
+        """An unknown name is an Error line (the CLI exits 1) and the connection keeps
+        serving; no warning (a mistyped name is no fault of the daemon's)."""
         with capturedLogs() as events:
             reply = self.send(request("reload", "NOSUCH"), request("ping"))
-        self.assertEqual(reply, b"Error: no Task Schedule 'NOSUCH' in MariaDB\npong\n")
+        self.assertEqual(reply, b"Error: no Task Schedule 'NOSUCH' in MariaDB; nothing to "
+                                b"re-plan.\npong\n")
         self.assertEqual(self.control.planned, [])
-        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
-        self.assertEqual(len(warnings), 1)
-        self.assertIn("NOSUCH", warnings[0])
+        self.assertEqual([e for e in events if e["log_level"] != LogLevel.info], [])
 
     def test_reload_a_name_too_long(self) -> None:
         """A name no schedule can have is refused like create's, without being echoed."""

@@ -16,6 +16,7 @@ from btu_twisted.ops.status_page import (
     DEFAULT_LIMIT,
     LATEST_RUNS,
     MAX_LIMIT,
+    PAUSED_LIST,
     SOONEST,
     ScheduleReader,
     StatusPage,
@@ -37,6 +38,7 @@ class Scripts:
         self.total = len(members) if total is None else total
         self.error = error
         self.calls: list[tuple[str, list[str], list[object]]] = []
+        self.paused: dict[str, int] = {}
 
     async def evaluate(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         self.calls.append((script, list(keys), list(args)))
@@ -47,6 +49,11 @@ class Scripts:
             for member, score in self.members[: int(args[0])]:  # type: ignore[call-overload]
                 flat += [member, str(score)]
             return [self.total, json.dumps(flat)]
+        if script == PAUSED_LIST:
+            flat = []
+            for name, since in sorted(self.paused.items()):
+                flat += [name, str(since)]
+            return [len(self.paused), json.dumps(flat) if flat else "[]"]
         assert script == LATEST_RUNS
         return json.dumps([self.heads.get(key, "") for key in keys])
 
@@ -96,11 +103,20 @@ class ReaderTests(unittest.TestCase):
         self.assertIsNone(soonest.lines[2].last)
 
     async def test_no_members_no_second_call(self) -> None:
-        """An empty sorted set costs one call."""
+        """An empty sorted set costs no history call: the soonest members, then the paused."""
         scripts = Scripts([], {})
         soonest = await ScheduleReader(scripts).read(DEFAULT_LIMIT)
         self.assertEqual((soonest.total, soonest.lines), (0, []))
-        self.assertEqual(len(scripts.calls), 1)
+        self.assertEqual([call[0] for call in scripts.calls], [SOONEST, PAUSED_LIST])
+        self.assertEqual(scripts.calls[1][1:], (["p:paused"], [DEFAULT_LIMIT]))
+        self.assertEqual(soonest.paused.total, 0)
+
+    async def test_paused_schedules_read(self) -> None:
+        """The paused schedules come with the soonest ones, since when each was paused."""
+        scripts = Scripts([("A|100", 100)], {})
+        scripts.paused = {"B": 50, "C": 60}
+        soonest = await ScheduleReader(scripts).read(5)
+        self.assertEqual((soonest.paused.total, soonest.paused.since), (2, {"B": 50, "C": 60}))
 
 
 class PageTests(unittest.TestCase):
@@ -117,6 +133,22 @@ class PageTests(unittest.TestCase):
         self.assertIn("site &amp; co", html)
         self.assertIn("1 h 2 min", html)
         self.assertIn("the 1 soonest of 7 planned schedules (list truncated)", html)
+
+    async def test_paused_table(self) -> None:
+        """Paused schedules get a table of their own, escaped, with since when;
+        none paused, no table."""
+        scripts = Scripts([("A|100", 100)], {})
+        html = await get(StatusPage(Clock(), status, ScheduleReader(scripts)))
+        self.assertNotIn("id=\"paused\"", html)
+        scripts.paused = {"<b>": 0}
+        clock = Clock()
+        clock.advance(3600)
+        html = await get(StatusPage(clock, status, ScheduleReader(scripts)))
+        self.assertIn("id=\"paused\"", html)
+        self.assertIn("<td class=\"name\">&lt;b&gt;</td>", html)
+        self.assertIn("<td class=\"since\">1970-01-01T00:00:00Z</td>", html)
+        self.assertIn("<td class=\"for\">1 h 0 min</td>", html)
+        self.assertIn("1 paused schedules", html)
 
     async def test_redis_known_down_reads_nothing(self) -> None:
         """While Redis is down the page does not wait on it: no script call,

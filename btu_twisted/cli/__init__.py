@@ -206,6 +206,12 @@ def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     add("cancel", "daemon:cmd_cancel",
         "ask the daemon to drop a Task Schedule's planned run").add_argument(
         "name", metavar="SCHEDULE")
+    add("pause", "daemon:cmd_pause",
+        "pause a Task Schedule: no run until 'btu resume' (kept across refreshes and "
+        "restarts)").add_argument("name", metavar="SCHEDULE")
+    add("resume", "daemon:cmd_resume",
+        "resume a paused Task Schedule; its next run is planned from now").add_argument(
+        "name", metavar="SCHEDULE")
     add("status", "daemon:cmd_status", "show the daemon's status")
     clear = add("clear-last-run", "lastrun:cmd_clear_last_run",
                 "forget a Task Schedule's last run recorded in the future (a clock that ran "

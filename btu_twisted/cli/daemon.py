@@ -1,4 +1,4 @@
-"""``btu ping|reload [SCHEDULE]|cancel|status``: talk to the running daemon over its Unix socket.
+"""``btu ping|reload [SCHEDULE]|cancel|pause|resume|status``: talk to the running daemon over its Unix socket.
 
 The request is exactly what the BTU app sends (one JSON object), followed by a
 newline so the daemon need not wait for the object's end.  The reply is read
@@ -15,7 +15,8 @@ import socket
 
 from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, CliError, Context, flatten
 
-__all__ = ["RELOAD_TIMEOUT", "REQUEST_TIMEOUT", "cmd_cancel", "cmd_ping", "cmd_reload", "cmd_status", "request"]
+__all__ = ["RELOAD_TIMEOUT", "REQUEST_TIMEOUT", "cmd_cancel", "cmd_pause", "cmd_ping", "cmd_reload",
+           "cmd_resume", "cmd_status", "request"]
 
 #: Seconds allowed for connecting, sending and the whole reply (the BTU app uses 5 too).
 REQUEST_TIMEOUT = 5.0
@@ -110,6 +111,18 @@ def cmd_reload(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
     """Ask the daemon to drop one schedule's planned run."""
     return _show_reply(ctx, _ask(ctx, "cancel_task_schedule", args.name))
+
+
+def cmd_pause(ctx: Context, args: argparse.Namespace) -> int:
+    """Ask the daemon to pause one schedule until ``btu resume``; an unknown name exits 1,
+    a schedule already paused exits 0 and says so."""
+    return _show_reply(ctx, _ask(ctx, "pause_task_schedule", args.name))
+
+
+def cmd_resume(ctx: Context, args: argparse.Namespace) -> int:
+    """Ask the daemon to resume a paused schedule, planned from now; an unknown name
+    exits 1, a schedule not paused exits 0 and says so."""
+    return _show_reply(ctx, _ask(ctx, "resume_task_schedule", args.name))
 
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:

@@ -1,5 +1,9 @@
 """``btu history NAME``: a schedule's latest runs, newest first, with their jobs' status now.
 
+Its pauses and resumes (``btu pause``) are entries too, outcome ``paused`` or
+``resumed``, at the time they happened.  A schedule found deleted loses its
+history (close_lives.lua), so one created later under the same name starts empty.
+
 The entries are what CLAIM wrote (history.py; the ones the daemon has not filed
 yet are filed first); the status is read from each
 job's hash in one pipelined round trip, so a job rq has since removed (its
@@ -13,7 +17,7 @@ from datetime import UTC, datetime
 
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
 from btu_twisted.records import echo
-from btu_twisted.store.history import FOLD_HISTORY, FOLD_TEXTS, Run, parse_run
+from btu_twisted.store.history import FOLD_HISTORY, FOLD_TEXTS, PAUSED, RESUMED, Run, parse_run
 from btu_twisted.store.keys import JOB_PREFIX, Keys
 
 __all__ = ["cmd_history"]
@@ -62,7 +66,9 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
                        "or a name the daemon does not know)", FAILED)
     ctx.table(
         ("SCHEDULED", "OUTCOME", "DECIDED AT", "JOB", "STATUS"),
-        [(_iso(run.scheduled), run.outcome, run.decided_at, run.job_id or "-", status or "-")
+        # A pause or resume is no run: its time is DECIDED AT's.
+        [("-" if run.outcome in (PAUSED, RESUMED) else _iso(run.scheduled), run.outcome,
+          run.decided_at, run.job_id or "-", status or "-")
          for run, status in zip(runs, statuses, strict=False)],
         "",
     )

@@ -18,6 +18,7 @@ from btu_twisted.cli.common import FAILED, OK, CliError, Context
 from btu_twisted.cli.sql import cron_time_zone
 from btu_twisted.cron import CronError, get_zone, next_runs
 from btu_twisted.store.keys import Keys
+from btu_twisted.store.pauses import read_paused
 
 __all__ = ["MAX_RUNS", "cmd_next_runs", "cmd_show_scheduled", "parse_after"]
 
@@ -78,15 +79,17 @@ def _one_line(error: BaseException) -> str:
 
 
 def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
-    """List every planned run in the sorted set, earliest first."""
+    """List every planned run in the sorted set, earliest first, then the paused schedules."""
     from btu_twisted.store.schedule_store import split_member  # Twisted: not for next-runs
 
-    schedule_set = Keys(ctx.config().redis_key_prefix).schedule_set
+    keys = Keys(ctx.config().redis_key_prefix)
+    connection = ctx.redis()
     # withscores=True without decode_responses: (member bytes, score) pairs; redis-py's
     # return type covers every form ZRANGE can take.
     entries = cast(
-        "list[tuple[bytes, float]]", ctx.redis().zrange(schedule_set, 0, -1, withscores=True)
+        "list[tuple[bytes, float]]", connection.zrange(keys.schedule_set, 0, -1, withscores=True)
     )
+    paused = read_paused(connection, keys)
     zone = _display_zone(ctx)
     now = time.time()
     planned: list[_Planned] = []
@@ -103,7 +106,9 @@ def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
         })
     planned.sort(key=lambda p: (p["unix"], p["member"]))
     if ctx.json:
-        ctx.emit_json({"zone": zone.key, "planned": planned})
+        ctx.emit_json({"zone": zone.key, "planned": planned, "paused": [
+            {"schedule": name, "since": datetime.fromtimestamp(since, UTC).isoformat()}
+            for name, since in sorted(paused.since.items())]})
         return OK
     utc_too = not _is_utc(zone)  # a second column of the same times says nothing
     rows = [
@@ -112,6 +117,10 @@ def cmd_show_scheduled(ctx: Context, args: argparse.Namespace) -> int:
          _relative(p["unix"] - now))
         for p in planned
     ]
+    # Paused schedules have no run planned: listed after the runs, saying since when.
+    rows += [(name, "paused", *(["paused"] if utc_too else []),
+              f"since {_short(since, zone)} ({_relative(since - now)})")
+             for name, since in sorted(paused.since.items())]
     ctx.table(("SCHEDULE", f"NEXT RUN ({zone.key})", *(["NEXT RUN (UTC)"] if utc_too else []),
                "WHEN"), rows, "No runs are planned.")
     return OK

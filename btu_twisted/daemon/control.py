@@ -1,8 +1,16 @@
-"""What the control socket asks of one site: plan, re-plan, cancel, reload, status.
+"""What the control socket asks of one site: plan, re-plan, cancel, pause, resume,
+reload, status.
 
-The socket only needs these five (``protocol.SchedulerControl``); keeping them
+The socket only needs these (``protocol.SchedulerControl``); keeping them
 apart from the service that starts and stops the site's parts keeps each one
 small enough to read whole.
+
+A pause lives in Redis (store/pauses.py), not here: plan.lua refuses to plan
+a paused schedule, so full refreshes, reloads, restarts and the other daemons
+of the prefix all honour it.  A schedule found deleted loses its history and
+pause (``close_lives``): when the planner reads it gone, when a pause or
+resume names it, and a few seconds after a cancel (the BTU app cancels a
+schedule it is about to delete, before its transaction commits).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from btu_twisted import __version__
+from btu_twisted.clock import DelayedCall
 from btu_twisted.config import Config
 from btu_twisted.daemon.framing import Declined, echo, shorten
 from btu_twisted.fifo import ScheduleFifo
@@ -22,7 +31,7 @@ from btu_twisted.health import Dependency
 from btu_twisted.ops.stats import lateness_summary
 from btu_twisted.planning.planner import Planner
 from btu_twisted.planning.refresh import FullRefresh
-from btu_twisted.seams import ControlStore, as_deferred
+from btu_twisted.seams import ControlStore, UnknownSchedule, as_deferred
 from btu_twisted.sources.combined import NameConflict, ScheduleSources
 from btu_twisted.sources.job_ids import JobIdRecorder
 from btu_twisted.sources.schedules_file import ScheduleFileError
@@ -32,11 +41,16 @@ if TYPE_CHECKING:
     from btu_twisted.sources.change_feed import ChangeFeed
     from btu_twisted.sources.combined import NoChangeFeed
 
-__all__ = ["CANCEL_TIMEOUT", "SiteControl", "SiteParts"]
+__all__ = ["CANCEL_TIMEOUT", "GONE_CHECK_SECS", "SiteControl", "SiteParts", "UnknownSchedule"]
+# UnknownSchedule lives in seams.py (the socket answers it too); re-exported here.
 
 CANCEL_TIMEOUT = 5.0
 #: Seconds a ``reload NAME`` may wait for its row, and ``status`` for Redis.
 LOOKUP_TIMEOUT = 3.0
+
+#: How long after a cancel the schedule's row is looked for: the BTU app sends
+#: the cancel of a deleted schedule before the delete commits (COMPAT.md 8.1).
+GONE_CHECK_SECS = 5.0
 
 
 class SiteParts(Protocol):
@@ -82,6 +96,15 @@ class SiteControl:
         self._site = site
         # What `status` says about the schedules file's reloads.
         self._file_state: dict[str, object] = {"last_reload_at": None, "last_reload_error": None}
+        # Cancelled names whose rows are looked for again shortly (GONE_CHECK_SECS).
+        self._gone_checks: dict[str, DelayedCall] = {}
+
+    def stop(self) -> None:
+        """Drop the pending looks for cancelled rows (the service is stopping)."""
+        for call in self._gone_checks.values():
+            if call.active():
+                call.cancel()
+        self._gone_checks.clear()
 
     def request_planning(self, name: str) -> bool:
         # The BTU app asks before it commits: plan now and again shortly after.
@@ -96,6 +119,7 @@ class SiteControl:
         # tell the timer otherwise (the change feed sees no deleted rows).
         self._parts.timer.forget([name])
         d = as_deferred(self._parts.store.cancel(name))
+        self._check_gone_later(name)
         # The socket holds the client's connection until this fires.
         return d.addTimeout(CANCEL_TIMEOUT, self._reactor)
 
@@ -105,7 +129,7 @@ class SiteControl:
         Unlike ``create_task_schedule`` (which the BTU app sends before its
         row is committed, so it must take any name), this is asked by a person
         who expects the name to exist: an unknown one fails with
-        Declined, and nothing is queued.
+        UnknownSchedule (a full FIFO with Declined), and nothing is queued.
         """
         return Deferred.fromCoroutine(self._replan(name))
 
@@ -119,7 +143,7 @@ class SiteControl:
                 label for label, source in (("the schedules file", sources.file),
                                             ("MariaDB", sources.db)) if source is not None
             )
-            raise Declined(f"no Task Schedule {echo(name)} in {where}")
+            raise UnknownSchedule(f"no Task Schedule {echo(name)} in {where}")
         if not self.request_planning(name):
             raise Declined(
                 f"the planning queue is full; Task Schedule {shorten(name)} was not queued")
@@ -128,6 +152,73 @@ class SiteControl:
         if not row.enabled:
             line += " It is disabled: its planned run, if any, is removed."
         return line
+
+    def cancel_note(self, name: str) -> str | None:
+        """A file schedule is planned again by the next full refresh or reload:
+        say so, and how to keep it from running."""
+        file = self._parts.sources.file
+        if file is None or name not in file.rows:
+            return None
+        return (f"It is in the schedules file and comes back at the next full refresh or "
+                f"reload; to keep it from running, use 'btu pause {name}'.")
+
+    def _check_gone_later(self, name: str) -> None:
+        old = self._gone_checks.pop(name, None)
+        if old is not None and old.active():
+            old.cancel()
+        self._gone_checks[name] = self._reactor.callLater(
+            GONE_CHECK_SECS, self._check_gone, name)
+
+    def _check_gone(self, name: str) -> None:
+        self._gone_checks.pop(name, None)
+        d = Deferred.fromCoroutine(self._exists(name))
+        d.addErrback(lambda failure: self.log.warn(
+            "could not look for cancelled schedule {schedule}: {error}",
+            schedule=name[:200], error=failure.getErrorMessage()))
+
+    async def _exists(self, name: str) -> bool:
+        """Whether ``name`` has a row; when not, its history and pause end."""
+        rows = await self._parts.sources.read_schedules([name])
+        if name in rows:
+            return True
+        if await self._parts.store.close_lives([name]):
+            self.log.info("deleted schedule {schedule}: its run history and pause are cleared",
+                          schedule=name[:200])
+        return False
+
+    def pause(self, name: str) -> Deferred[str]:
+        """Pause ``name``: the reply line, or UnknownSchedule."""
+        return Deferred.fromCoroutine(self._pause(name))
+
+    async def _pause(self, name: str) -> str:
+        if not await self._exists(name):
+            raise UnknownSchedule(f"no Task Schedule named {name}")
+        # Neither a name waiting to be planned nor a run being built may bring it back.
+        self._parts.fifo.discard(name)
+        self._parts.timer.forget([name])
+        store = self._parts.store
+        if not await store.pause(name, self._reactor.seconds()):
+            return f"Task Schedule {name} was already paused; 'btu resume {name}' resumes it."
+        await store.fold_history()
+        self.log.info("paused {schedule}", schedule=name[:200])
+        return f"Paused Task Schedule {name}: no run is planned until 'btu resume {name}'."
+
+    def resume(self, name: str) -> Deferred[str]:
+        """Resume ``name`` and plan its next run from now: the reply line, or UnknownSchedule."""
+        return Deferred.fromCoroutine(self._resume(name))
+
+    async def _resume(self, name: str) -> str:
+        if not await self._exists(name):
+            raise UnknownSchedule(f"no Task Schedule named {name}")
+        store = self._parts.store
+        if not await store.resume(name, self._reactor.seconds()):
+            return f"Task Schedule {name} is not paused; nothing to resume."
+        await store.fold_history()
+        # From now: the runs missed while paused are not fired.
+        self._parts.fifo.add(name)
+        self.log.info("resumed {schedule}", schedule=name[:200])
+        return (f"Resumed Task Schedule {name}: its next run is planned from now "
+                "(runs missed while it was paused are not fired).")
 
     def reload(self) -> Deferred[str]:
         """Re-read the schedules file (SIGHUP, the ``reload`` request): one line saying

@@ -48,7 +48,7 @@ from btu_twisted.daemon.framing import (
     shorten,
 )
 from btu_twisted.ops.logsetup import SiteLogger
-from btu_twisted.seams import SchedulerControl
+from btu_twisted.seams import SchedulerControl, UnknownSchedule
 
 __all__ = ["ControlFactory", "ControlProtocol"]
 
@@ -100,6 +100,8 @@ class ControlProtocol(Protocol):
             "create_task_schedule": self._create,
             "cancel_task_schedule": self._cancel,
             "reload": self._reload,
+            "pause_task_schedule": lambda c: self._one(c, "pause", self._control.pause),
+            "resume_task_schedule": lambda c: self._one(c, "resume", self._control.resume),
         }
 
     @property
@@ -240,31 +242,25 @@ class ControlProtocol(Protocol):
         )
         result = _deferred(self._control.cancel(name), "cancel")
         self._reply_when(result.addCallbacks(
-            replies.cancelled, self._cancel_failed, callbackArgs=(name,), errbackArgs=(name,)
+            self._cancelled, self._cancel_failed, callbackArgs=(name,), errbackArgs=(name,)
         ))
+
+    def _one(self, content: object, verb: str, act: Callable[[str], Deferred[str]]) -> None:
+        """pause_task_schedule, resume_task_schedule, reload NAME: one named schedule."""
+        name = schedule_name(content)
+        self.log.info("{peer} asked to {verb} {s}", peer=self._peer, verb=verb, s=shorten(name))
+        result = _deferred(act(name), verb)
+        self._reply_when(result.addErrback(_failed, verb, name, self._peer, self.log))
 
     def _reload(self, content: object) -> None:
         if content is not None:
             # ``btu reload NAME``: one schedule, which must exist (not the BTU
             # app's create_task_schedule, which takes names not yet committed).
-            name = schedule_name(content)
-            self.log.info("{peer} asked to re-plan {schedule}", peer=self._peer,
-                          schedule=shorten(name))
-            replanned = _deferred(self._control.replan(name), "replan")
-            self._reply_when(replanned.addErrback(self._replan_failed, name))
+            self._one(content, "re-plan", self._control.replan)
             return
         self.log.info("{peer} asked to reload the schedules file", peer=self._peer)
         result = _deferred(self._control.reload(), "reload")
         self._reply_when(result.addCallbacks(replies.file_reloaded, replies.file_not_reloaded))
-
-    def _replan_failed(self, failure: Failure, name: str) -> str:
-        """An unknown name or a full FIFO is the reply; anything else is logged too."""
-        if isinstance(failure.value, Declined):
-            self.log.warn("{peer}: {reason}", peer=self._peer, reason=failure.getErrorMessage())
-            return f"Error: {failure.getErrorMessage()}"
-        self.log.failure("could not re-plan {schedule} for {peer}", failure,
-                         schedule=shorten(name), peer=self._peer)
-        return f"Error: could not look up Task Schedule {shorten(name)}: {short_reason(failure)}"
 
     def _reply_when(self, result: Deferred[str]) -> None:
         """Answer with ``result``'s line; hold further requests until it fires."""
@@ -274,6 +270,10 @@ class ControlProtocol(Protocol):
         if self._pending:  # not answered synchronously: hold further requests
             self._stop_idle_timer()
             self._link.pauseProducing()
+
+    def _cancelled(self, removed: bool, name: str) -> str:
+        note = self._control.cancel_note(name)
+        return replies.cancelled(removed, name) + ("" if note is None else f" {note}")
 
     def _cancel_failed(self, failure: Failure, name: str) -> str:
         self.log.failure(
@@ -366,6 +366,18 @@ class ControlProtocol(Protocol):
             self._link.abortConnection()
             return
         self._reject(f"no complete request within {self._settings.idle_timeout:g} seconds")
+
+
+def _failed(failure: Failure, verb: str, name: str, peer: str, log: Logger) -> str:
+    """The error line of a request about one schedule that failed: a name no source
+    has, or a full planning queue, is no fault of ours; anything else is logged."""
+    if isinstance(failure.value, UnknownSchedule):
+        return f"Error: {failure.getErrorMessage()}; nothing to {verb}."
+    if isinstance(failure.value, Declined):
+        return f"Error: {failure.getErrorMessage()}"
+    log.failure("could not {verb} {schedule} for {peer}", failure, verb=verb,
+                schedule=shorten(name), peer=peer)
+    return f"Error: could not {verb} Task Schedule {shorten(name)}: {short_reason(failure)}"
 
 
 class ControlFactory(Factory):

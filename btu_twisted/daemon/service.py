@@ -297,6 +297,7 @@ class BtuService(Service):
 
     async def _stop(self) -> None:
         self.running = 0
+        self.control.stop()
         self.prefix.cancel()
         await self.scheduling.stop()
         await self.parts.stop()
@@ -325,12 +326,16 @@ class BtuService(Service):
     def reload(self) -> Deferred[str]:
         return self.control.reload()
 
-    def replan(self, name: str) -> Deferred[str]:
-        return self.control.replan(name)
+    def pause(self, name: str) -> Deferred[str]:
+        return self.control.pause(name)
 
-    def status(self) -> dict[str, object]:
-        """What the status page and the tests read, without a Redis round trip
-        (the socket's ``status`` counts the sorted set again)."""
+    def resume(self, name: str) -> Deferred[str]:
+        return self.control.resume(name)
+
+    def cancel_note(self, name: str) -> str | None:
+        return self.control.cancel_note(name)
+
+    def status(self) -> dict[str, object]:  # no Redis round trip (the socket's counts)
         return self.control.snapshot()
 
     def sighup(self) -> Deferred[str]:

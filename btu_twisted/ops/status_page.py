@@ -7,10 +7,12 @@ JavaScript at all (the Content-Security-Policy forbids any), and every value
 escaped: schedule names and error texts come from whoever may edit schedules.
 
 It must stay cheap with 100,000 schedules and never hold up the reactor, so a
-page costs two read-only script calls whatever the number of schedules: the
+page costs three read-only script calls whatever the number of schedules: the
 ``limit`` soonest members (one ZRANGE) with the total, then the newest history
 entry of each shown schedule (one LINDEX each, in one call).  With Redis down
 the page still answers, at once, saying so instead of listing schedules.
+Paused schedules (``btu pause``) have no run planned: a third call lists them
+(one HSCAN page) in a table of their own.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 from btu_twisted.health import DOWN, OK, iso_utc
 from btu_twisted.seams import ScriptRunner
 from btu_twisted.store.history import Run, parse_run
+from btu_twisted.store.pauses import Paused, parse_paused
 from btu_twisted.store.schedule_store import split_member
-from btu_twisted.store.scripts import LATEST_RUNS, SOONEST
+from btu_twisted.store.scripts import LATEST_RUNS, PAUSED_LIST, SOONEST
 
 __all__ = [
     "DEFAULT_LIMIT", "MAX_LIMIT", "ScheduleLine", "ScheduleReader", "SitesPage", "Soonest",
@@ -73,6 +76,7 @@ class ScheduleLine:
 class Soonest:
     total: int
     lines: list[ScheduleLine]
+    paused: Paused = Paused()
 
 
 class ScheduleReader:
@@ -103,7 +107,9 @@ class ScheduleReader:
             else:
                 head = next(latest, "")
                 lines.append(ScheduleLine(name, when, parse_run(head) if head else None))
-        return Soonest(int(reply[0]), lines)
+        paused = parse_paused(list(await self._store.evaluate(
+            PAUSED_LIST, [keys.paused], [limit])))
+        return Soonest(int(reply[0]), lines, paused)
 
 
 class StatusPage(Resource):
@@ -326,6 +332,25 @@ def _schedules(soonest: Soonest, limit: int, now: float, suffix: str = "",
         f"<table id=\"schedules{suffix}\"><thead><tr><th>schedule</th><th>next run (UTC)</th>"
         "<th>in</th><th>last run (scheduled, UTC)</th><th>outcome</th><th>lateness</th>"
         "<th>job id</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        + _paused(soonest.paused, now, suffix, heading)
+    )
+
+
+def _paused(paused: Paused, now: float, suffix: str, heading: str) -> str:
+    """The paused schedules (no run planned until ``btu resume``), or nothing."""
+    if not paused.total:
+        return ""
+    rows = "".join(
+        f"<tr class=\"paused\"><td class=\"name\">{_e(name)}</td>"
+        f"<td class=\"since\">{_e(iso_utc(since))}</td>"
+        f"<td class=\"for\">{_e(_duration(now - since))}</td></tr>"
+        for name, since in sorted(paused.since.items()))
+    more = "" if paused.total <= len(paused.since) else f" (showing {len(paused.since)})"
+    return (
+        f"<{heading}>Paused</{heading}><p id=\"paused-summary{suffix}\">{paused.total} paused "
+        f"schedules{more}: no run until 'btu resume'.</p><table id=\"paused{suffix}\"><thead>"
+        "<tr><th>schedule</th><th>paused since (UTC)</th><th>for</th></tr></thead><tbody>"
+        + rows + "</tbody></table>"
     )
 
 

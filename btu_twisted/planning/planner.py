@@ -26,6 +26,7 @@ from btu_twisted.planning.memory import PlanMemory, row_fingerprint
 from btu_twisted.records import ScheduleRow
 from btu_twisted.seams import PlannerStore, RowReader
 from btu_twisted.sources.mariadb import BATCH_SIZE
+from btu_twisted.store.pauses import PAUSED_RUN
 
 # A last enqueued run further ahead of now than this can only come from a
 # clock that ran ahead (runs are enqueued when due, never early).
@@ -185,6 +186,11 @@ class Planner(Service):
             else:
                 plans[name] = when
         rejected = await self._store.plan(now, plans, unplans)
+        # Paused (btu pause): plan.lua removed their members; nothing to replan.
+        paused = [name for name, done in rejected.items() if done == PAUSED_RUN]
+        for name in paused:
+            plans.pop(name, None)
+            del rejected[name]
         if rejected:
             # Those times were already enqueued (another daemon, or a refresh
             # that raced an enqueue): plan after the last enqueued run instead.
@@ -200,19 +206,32 @@ class Planner(Service):
             still = await self._store.plan(now, again)
             for name in still:
                 plans.pop(name, None)
+                if still[name] == PAUSED_RUN:
+                    paused.append(name)
         for name in plans:
             self.ahead.pop(name, None)
             self.memory.record(name, row_fingerprint(rows[name]), plans[name])
         self.memory.forget(name for name in names if name not in plans)
-        if unplans:
+        if unplans or paused:
             for name in unplans:
                 self.ahead.pop(name, None)
-            self._on_unplanned(unplans)
+            self._on_unplanned([*unplans, *paused])
+        await self._close_lives([name for name in names if name not in rows])
         self.batches += 1
         self.planned_total += len(plans)
         if plans:
             self._on_planned(min(plans.values()))
         return plans
+
+    async def _close_lives(self, gone: list[str]) -> None:
+        """Rows read as deleted: their history and pause end with them, so a
+        schedule created later under the same name (Frappe reuses names)
+        starts with neither."""
+        if gone and await self._store.close_lives(gone):
+            self.log.info(
+                "deleted schedules {schedules}: their run history and pause are cleared",
+                schedules=", ".join(sorted(gone)[:20]) + (" ..." if len(gone) > 20 else ""),
+            )
 
     def _ran_ahead(self, name: str, done: int, now: float) -> bool:
         """True (logged once, counted) when the last run lies far in the future."""

@@ -35,7 +35,12 @@ SKIPPED_OVERLAP = "skipped_overlap"
 SKIPPED_MISFIRE = "skipped_misfire"
 SKIPPED_UNBUILDABLE = "skipped_unbuildable"
 DROPPED = "dropped"
-OUTCOMES = (ENQUEUED, SKIPPED_OVERLAP, SKIPPED_MISFIRE, SKIPPED_UNBUILDABLE, DROPPED)
+#: Not runs: the schedule was paused or resumed (``btu pause``); ``scheduled`` is then
+#: the unix time it happened, and there is no job.
+PAUSED = "paused"
+RESUMED = "resumed"
+OUTCOMES = (ENQUEUED, SKIPPED_OVERLAP, SKIPPED_MISFIRE, SKIPPED_UNBUILDABLE, DROPPED, PAUSED,
+            RESUMED)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ def parse_run(text: str | bytes) -> Run | None:
 
 
 __all__ = [
-    "DEFAULT_LENGTH", "DROPPED", "ENQUEUED", "FOLD_HISTORY", "FOLD_TEXTS", "OUTCOMES", "Run",
+    "DEFAULT_LENGTH", "DROPPED", "ENQUEUED", "FOLD_HISTORY", "FOLD_TEXTS", "OUTCOMES", "PAUSED",
+    "RESUMED", "Run",
     "SKIPPED_MISFIRE", "SKIPPED_OVERLAP", "SKIPPED_UNBUILDABLE", "encode_run", "parse_run",
 ]

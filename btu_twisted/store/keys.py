@@ -73,6 +73,12 @@ class Keys:
         return self.prefix + "history_inbox"
 
     @property
+    def paused(self) -> str:
+        """Hash: schedule name -> unix seconds it was paused (``btu pause``); kept
+        across refreshes and restarts, shared by every daemon of the prefix."""
+        return self.prefix + "paused"
+
+    @property
     def owner(self) -> str:
         """The site whose daemons hold this prefix (prefix_guard.py)."""
         return self.prefix + "owner"

@@ -64,16 +64,21 @@ from btu_twisted.store.keys import (
     SCHEDULE_SET,
     Keys,
 )
+from btu_twisted.store.pauses import DEFAULT_LIMIT, PAUSED_RUN, Paused, parse_paused, rq_time
 from btu_twisted.store.resp import Encoded, encode, join
 from btu_twisted.store.scripts import (
     CANCEL,
     CLAIM,
+    CLOSE_LIVES,
     FOLD_HISTORY,
     FORGET_LAST_RUNS,
     LAST_RUN_NAMES,
+    PAUSE,
+    PAUSED_LIST,
     PLAN,
     PRUNE_INDEX,
     PRUNE_MEMBERS,
+    RESUME,
     UNPLAN_IF_OWNED,
     WINDOW,
 )
@@ -201,10 +206,11 @@ class ScheduleStore:
             for name, when in part:
                 args += [name, when]
             args += drop
-            reply = await self._eval(PLAN, self._three, args)
-            pairs = list(reply or [])
+            reply = await self._eval(PLAN, [*self._three, self.keys.paused], args)
+            pairs = [_text(value) for value in reply or []]
             rejected.update(
-                (pairs[i], int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)
+                (pairs[i], PAUSED_RUN if pairs[i + 1] == "paused" else int(float(pairs[i + 1])))
+                for i in range(0, len(pairs), 2)
             )
         return rejected
 
@@ -314,6 +320,32 @@ class ScheduleStore:
     async def cancel(self, schedule: str) -> bool:
         removed = await self._eval(CANCEL, self._three[:2], [schedule])
         return int(removed) > 0
+
+    async def pause(self, schedule: str, now: float) -> bool:
+        """Pause ``schedule`` (pauses.py): False when it already was."""
+        keys = [*self._three[:2], self.keys.paused, self.keys.history_inbox]
+        return bool(int(await self._eval(
+            PAUSE, keys, [schedule, int(now), rq_time(now), self.history_length])))
+
+    async def resume(self, schedule: str, now: float) -> bool:
+        """Lift ``schedule``'s pause: False when it was not paused.  The caller plans it."""
+        keys = [self.keys.paused, self.keys.history_inbox]
+        return bool(int(await self._eval(
+            RESUME, keys, [schedule, int(now), rq_time(now), self.history_length])))
+
+    async def paused(self, limit: int = DEFAULT_LIMIT) -> Paused:
+        """Which schedules are paused, since when (about ``limit`` of them at most)."""
+        return parse_paused(list(await self._eval(PAUSED_LIST, [self.keys.paused], [limit])))
+
+    async def close_lives(self, schedules: Sequence[str]) -> int:
+        """The schedules were found deleted: drop their history, pause and last job,
+        so that a new schedule under the same name starts afresh; returns how
+        many had a history or a pause.  Claims not yet filed are filed first."""
+        if not schedules:
+            return 0
+        await self.fold_history()
+        keys = [self.keys.paused, self.keys.last_job, *map(self.keys.history, schedules)]
+        return int(await self._eval(CLOSE_LIVES, keys, list(schedules)))
 
     async def earliest(self, limit: int) -> list[tuple[str, int]]:
         """The ``limit`` earliest members with their scores."""

@@ -147,7 +147,8 @@ class FileOnlyDaemonTests(FileDaemonCase):
         reply = await deferToThread(request, socket_path, "reload", "old")
         self.assertEqual(reply, "BTU Scheduler now re-processing Task Schedule old in Python RQ.")
         reply = await deferToThread(request, socket_path, "reload", "nosuch")
-        self.assertEqual(reply, "Error: no Task Schedule 'nosuch' in the schedules file")
+        self.assertEqual(reply, "Error: no Task Schedule 'nosuch' in the schedules file; "
+                                "nothing to re-plan.")
         self.assertNotIn("nosuch", service.fifo)
 
     async def test_broken_file_at_start_is_one_fatal_line(self) -> None:

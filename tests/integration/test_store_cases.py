@@ -22,6 +22,7 @@ from tests.store_cases import (
     KEYS,
     LAST,
     LAST_JOB,
+    PAUSED_KEY,
     ZSET,
     Case,
     State,
@@ -43,6 +44,7 @@ def seed(sync: redis.Redis, state: State, now: float) -> None:
     if state.members:
         sync.zadd(ZSET, dict(state.members))
     for key, mapping in ((INDEX, state.index), (LAST_JOB, state.last_job),
+                         (PAUSED_KEY, state.paused),
                          (LAST, {k: resolve(v, now) for k, v in state.last.items()}),
                          *((f"rq:job:{k}", v) for k, v in state.jobs.items())):
         if mapping:
@@ -65,7 +67,7 @@ def snapshot(sync: redis.Redis, wrong: set[str], now: float) -> State:
     """Every key in Redis, as a State; a key no field takes fails the test."""
     found: dict[str, Any] = {"members": {}, "index": {}, "last": {}, "last_job": {}, "jobs": {},
                              "queues": {}, "rq_queues": frozenset(), "history": {},
-                             "strings": {}, "wrong": {}}
+                             "strings": {}, "wrong": {}, "paused": {}}
     for raw in sorted(sync.keys("*")):
         key = _text(raw)
         kind = _text(sync.type(key))
@@ -74,11 +76,12 @@ def snapshot(sync: redis.Redis, wrong: set[str], now: float) -> State:
         elif key == ZSET:
             found["members"] = {_text(m): int(s) for m, s in sync.zrange(key, 0, -1,
                                                                          withscores=True)}
-        elif key in (INDEX, LAST, LAST_JOB):
+        elif key in (INDEX, LAST, LAST_JOB, PAUSED_KEY):
             values = {_text(k): _text(v) for k, v in sync.hgetall(key).items()}
             if key == LAST:
                 values = {k: unresolve(v, now) for k, v in values.items()}
-            found[{INDEX: "index", LAST: "last", LAST_JOB: "last_job"}[key]] = values
+            found[{INDEX: "index", LAST: "last", LAST_JOB: "last_job",
+                   PAUSED_KEY: "paused"}[key]] = values
         elif key.startswith("rq:job:"):
             found["jobs"][key[7:]] = {_text(k): _text(v) for k, v in sync.hgetall(key).items()}
         elif key.startswith("rq:queue:"):
