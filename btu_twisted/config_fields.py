@@ -49,7 +49,7 @@ _LOG_LEVELS = {
     "ERROR": "error",
 }
 
-# frappe_job_id_style values: which Frappe's create_job_id the frappe_site ids copy.
+# frappe_job_id_style values: which Frappe's create_job_id the frappe_site and frappe ids copy.
 _FRAPPE_JOB_ID_STYLES = ("v15", "develop", "uuid")
 
 

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Characters of a text from outside (a schedule name, a job id, a cron string)
+#: that a log line or an error message repeats: names of up to 64 KiB once
+#: made 48 MB of log in two seconds, and a 20,000-character name a whole screen.
+ECHO_CHARS = 80
+
 
 @dataclass(frozen=True, slots=True)
 class ScheduleRow:
@@ -66,3 +71,17 @@ def fingerprint(cron_string: str | None, zone: str | None, task_docstatus: int |
 
 def row_fingerprint(row: ScheduleRow) -> int:
     return fingerprint(row.cron_string, row.cron_time_zone, row.task_docstatus)
+
+
+def shorten(value: str) -> str:
+    """``value`` cut to :data:`ECHO_CHARS` characters, saying how much was cut."""
+    if len(value) > ECHO_CHARS:
+        return f"{value[:ECHO_CHARS]}...[{len(value) - ECHO_CHARS} more characters]"
+    return value
+
+
+def echo(value: str) -> str:
+    """``value`` quoted (``repr``) for a message, shortened like :func:`shorten`."""
+    if len(value) > ECHO_CHARS:
+        return f"{value[:ECHO_CHARS]!r}...[{len(value) - ECHO_CHARS} more characters]"
+    return repr(value)

@@ -137,8 +137,12 @@ class SchedulerControl(Protocol):
     def cancel(self, name: str) -> Deferred[bool]:
         """Remove the schedule's member: True if one was removed."""
 
-    def status(self) -> dict[str, object]:
-        """A JSON-able summary for the ``status`` request."""
+    def status(self) -> dict[str, object] | Deferred[dict[str, object]]:
+        """A JSON-able summary for the ``status`` request (now or once read)."""
+
+    def replan(self, name: str) -> Deferred[str]:
+        """``reload NAME``: plan a schedule a source has (one reply line), or
+        fail with a message that is the reply (unknown name, FIFO full)."""
 
     def reload(self) -> Deferred[str]:
         """Re-read the schedules file: a one-line summary, or a failure whose
@@ -237,7 +241,7 @@ class RefreshStore(Protocol):
 
 
 class ControlStore(Protocol):
-    """What the socket's ``cancel_task_schedule`` and ``pause``/``resume`` need."""
+    """What the socket's ``cancel_task_schedule``, ``pause``/``resume`` and ``status`` need."""
 
     def cancel(self, schedule: str) -> Awaitable[bool]: ...
 
@@ -248,6 +252,10 @@ class ControlStore(Protocol):
     def close_lives(self, schedules: Sequence[str]) -> Awaitable[int]: ...
 
     def fold_history(self) -> Awaitable[int]: ...
+
+    def window(self, horizon: float, limit: int) -> Awaitable[Window]:
+        """The member count and the next member, read now (``status``)."""
+        ...
 
 
 class MetricsSink(Protocol):

@@ -58,6 +58,7 @@ from btu_twisted.store.schedule_store import (
     RQ_QUEUES,
     SCHEDULE_SET,
     STALE,
+    WITHDRAWN,
     Blocked,
     BlockedClaims,
     Claim,
@@ -466,10 +467,13 @@ class FakeStore(_FakeService):
         self._check_types((SCHEDULE_SET, "zset"), (LAST_ENQUEUED, "hash"), (LAST_JOB, "hash"))
         out: list[int] = []
         for c in claims:
-            if c.member not in self.zset:
-                out.append(LOST)
-                continue
             done = self.last_enqueued.get(c.schedule)
+            if c.member not in self.zset:
+                # Taken by a claim (its time is the last run), or withdrawn.
+                done_at = _number(done) if done is not None else None
+                out.append(LOST if done_at is not None and int(c.when) <= done_at
+                           else WITHDRAWN)
+                continue
             if done is not None and _number(done) is None:
                 out.append(Blocked(f'{LAST_ENQUEUED} field {c.schedule} holds '
                                    f'"{str(done)[:40]}", not a unix time'))

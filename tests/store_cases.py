@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from btu_twisted.store.claims import BLOCKED, CLAIMED, LOST, OVERLAPPED, STALE, Claim
+from btu_twisted.store.claims import BLOCKED, CLAIMED, LOST, OVERLAPPED, STALE, WITHDRAWN, Claim
 from btu_twisted.store.history import (
     ENQUEUED,
     PAUSED,
@@ -165,7 +165,17 @@ PAUSE_CASES = [
 CLAIM_CASES = [
     Case("claim_enqueues", A1, ("claim", [claim("A", 2000, "J1")]), [CLAIMED], ENQUEUED_A),
     Case("claim_nothing", A1, ("claim", []), []),
-    Case("claim_lost", State(), ("claim", [claim("A", 2000, "J1")]), [LOST]),
+    # The member gone: taken when its time is the last run (another daemon's
+    # claim), withdrawn otherwise (a cancel or a replan, ours).
+    Case("claim_lost", State(last={"A": "2000"}), ("claim", [claim("A", 2000, "J1")]), [LOST],
+         State(last={"A": "2000"})),
+    Case("claim_lost_to_a_later_run", State(last={"A": "2060"}),
+         ("claim", [claim("A", 2000, "J1")]), [LOST], State(last={"A": "2060"})),
+    Case("claim_withdrawn", State(), ("claim", [claim("A", 2000, "J1")]), [WITHDRAWN]),
+    Case("claim_withdrawn_after_an_earlier_run",
+         State(members={"A|2060": 2060}, index={"A": "A|2060"}, last={"A": "1940"}),
+         ("claim", [claim("A", 2000, "J1")]), [WITHDRAWN],
+         State(members={"A|2060": 2060}, index={"A": "A|2060"}, last={"A": "1940"})),
     Case("claim_twice_in_one_call", A1,
          ("claim", [claim("A", 2000, "J1"), claim("A", 2000, "J2")]), [CLAIMED, LOST],
          ENQUEUED_A),
@@ -173,7 +183,7 @@ CLAIM_CASES = [
          [STALE], State(index={"A": "A|2000"}, last={"A": "2000"})),
     Case("claim_without_a_job", A1,
          ("claim", [claim("A", 2000, outcome=SKIPPED_MISFIRE), claim("B", 2000, member="B|2000")]),
-         [CLAIMED, LOST],
+         [CLAIMED, WITHDRAWN],
          State(index={"A": "A|2000"}, last={"A": "2000"},
                history={"A": [entry(2000, "", SKIPPED_MISFIRE)]})),
     Case("claim_without_a_job_or_outcome", A1, ("claim", [claim("A", 2000)]), [CLAIMED],
@@ -228,7 +238,8 @@ CLAIM_CASES = [
          ("claim", [claim("A", 2000, "J1"), claim("B", 2000, "J2"), claim("E", 2000, "J3"),
                     claim("C", 2000, "J4", origin="other"),
                     claim("D", 2000, "J5", overlap=True)]),
-         [CLAIMED, STALE, LOST, blocked(f"{OTHER_QUEUE} holds a hash, not a list"), OVERLAPPED],
+         [CLAIMED, STALE, WITHDRAWN, blocked(f"{OTHER_QUEUE} holds a hash, not a list"),
+          OVERLAPPED],
          State(members={"C|2000": 2000},
                index={"A": "A|2000", "B": "B|2000", "C": "C|2000", "D": "D|2000"},
                last={"A": "2000", "B": "2000", "D": "2000"}, last_job={"D": "J0"},

@@ -853,6 +853,38 @@ class FrappeBuilderTests(TestCase):
         self.assertEqual(job.meta["task_schedule"], "TS-000001")
         self.assertEqual(built.fields["status"], "queued")
 
+    async def test_jobs_have_the_frappe_enqueue_shape(self) -> None:
+        """Like frappe_site's (frappe.enqueue's): a "<site>::<uuid>" id, Frappe's TTLs
+        (not rq's year for a failed job) and truncate_failed_registry on failure."""
+        built = await self.builder(self.listen()).build(make_row(), WHEN)
+        self.assertRegex(built.job_id, r"\Asite1\.local::[0-9a-f-]{36}\Z")
+        job = restore(built)
+        self.assertEqual((job.result_ttl, job.failure_ttl), (600, 604800))
+        self.assertEqual(job._failure_callback_name, builders.FRAPPE_FAILURE_CALLBACK)
+        site_job = restore(build_now(make_builder(make_config(job_builder="frappe_site"),
+                                                  reactor), make_row()))
+        shape = ("result_ttl", "failure_ttl", "failure_callback_name", "failure_callback_timeout")
+        self.assertEqual({k: built.fields[k] for k in shape},
+                         {k: site_job.to_dict()[k] for k in shape})
+
+    async def test_frappe_enqueue_shape_follows_the_config(self) -> None:
+        """The site is frappe_site_name, else the Host header's name, else unknown (a
+        bare uuid); the id style and the TTLs are the config's."""
+        port = self.listen()
+        cases = [
+            ({"frappe_site_name": None, "webserver_host_header": "erp.example.com"},
+             r"erp\.example\.com::[0-9a-f-]{36}"),
+            ({"frappe_site_name": None, "frappe_job_id_style": "develop",
+              "webserver_host_header": "erp.example.com"}, r"erp\.example\.com\|\|[0-9a-f-]{36}"),
+            ({"frappe_site_name": None}, r"[0-9a-f-]{36}"),
+        ]
+        for changes, pattern in cases:
+            built = await self.builder(port, **changes).build(make_row(), WHEN)
+            self.assertRegex(built.job_id, rf"\A{pattern}\Z", changes)
+            self.assertEqual(built.fields["failure_ttl"], 604800)
+        built = await self.builder(port, result_ttl=0, failure_ttl=-1).build(make_row(), WHEN)
+        self.assertEqual((built.fields["result_ttl"], built.fields["failure_ttl"]), (0, -1))
+
     async def test_host_defaults_to_address(self) -> None:
         """Without webserver_host_header, Host is the address and port connected to."""
         port = self.listen()
@@ -927,7 +959,9 @@ class FrappeBuilderTests(TestCase):
         self.addCleanup(client.flushdb)
         records = os.path.abspath(self.mktemp())
         self.site.respond = ok_answer({"record_file": records, "from": "site"})
-        built = await self.builder(self.listen()).build(make_row(), WHEN)
+        # This rq (2.12) refuses Frappe's "site::uuid" ids: the style meant for it.
+        built = await self.builder(self.listen(), frappe_job_id_style="uuid").build(
+            make_row(), WHEN)
         enqueue_like_store(client, built)
         await run_worker(self, ["default"])
         [entry] = jobfuncs.read_records(records)

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import socket
 import ssl
@@ -181,6 +182,31 @@ class UsageTests(_Base):
         self.assertEqual(code, 2)
         self.assertOneErrorLine(err, "invalid choice", "frobnicate")
 
+    def test_a_very_long_argument_is_not_repeated_whole(self) -> None:
+        """Whatever quotes what was typed (argparse, the cron parser, the zone and
+        --site checks) repeats its first 80 characters and says how many were cut."""
+        long = "N" * 20000
+        for argv in ([long], ["next-runs", long], ["next-runs", "* * * * *", "--tz", long],
+                     ["next-runs", "* * * * *", "-n", long],
+                     ["next-runs", "* * * * *", "--after", long],
+                     ["--config", self.write_config(), "--site", long, "status"]):
+            code, out, err = self.run_plain(*argv)
+            self.assertIn(code, (1, 2), argv[:3])
+            self.assertEqual(out, "")
+            self.assertOneErrorLine(err, "N" * 80 + "'...[19920 more characters]")
+            self.assertLess(len(err), 500, argv[:3])
+
+    def test_long_quoted_texts_only_are_shortened(self) -> None:
+        """Only a quoted text over 80 characters is cut: the text between two short
+        quoted names (a long URL) is not taken for one."""
+        from btu_twisted.cli.common import one_error_line
+
+        url = "https://127.0.0.1:8000/api/method/btu.btu_api.endpoints.get_pickled_task"
+        line = f"task 'BTU-00001' at {url}: TLS certificate is not valid for 'other.local'."
+        self.assertEqual(one_error_line(line), line)
+        self.assertEqual(one_error_line(f'zone "{"Z" * 81}".'),
+                         f"zone '{'Z' * 80}'...[1 more characters].")
+
     def test_missing_argument_names_the_subcommand(self) -> None:
         """show-job without an id exits 2 and says which subcommand wanted what."""
         code, _, err = self.run_plain("show-job")
@@ -196,6 +222,25 @@ class UsageTests(_Base):
         self.assertEqual((code, err), (0, ""))
         for command in ("list-jobs", "queue-task-now", "next-runs", "status"):
             self.assertIn(command, out)
+
+    def test_help_lists_the_frappe_commands_apart(self) -> None:
+        """--help lists the commands every user has, then the Frappe-only ones under
+        their own title; no command is listed twice, none is left out."""
+        code, out, _ = self.run_plain("--help")
+        self.assertEqual(code, 0)
+        every = out.index("commands for every user")
+        frappe = out.index("Frappe-only commands")
+        self.assertLess(every, frappe)
+        listed = re.findall(r"^  ([a-z][a-z-]+)  ", out, re.MULTILINE)
+        parser = cli.build_parser(io.StringIO(), io.StringIO())
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        self.assertEqual(sorted(listed), sorted(commands.choices))
+        for name in ("list-tasks", "queue-task-now", "test-ping", "test-pickler"):
+            self.assertGreater(out.index(f"\n  {name} "), frappe, name)
+        for name in ("ping", "status", "history", "next-runs", "show-job"):
+            self.assertLess(every, out.index(f"\n  {name} "), name)
+            self.assertLess(out.index(f"\n  {name} "), frappe, name)
+        self.assertNotIn("positional arguments", out)
 
     def test_missing_default_config(self) -> None:
         """A command that needs the config exits 2 when the default file is missing."""
@@ -633,6 +678,16 @@ class JobTests(_Base):
         self.assertEqual((code, out), (1, ""))
         self.assertOneErrorLine(err, "no-such-job")
 
+    def test_unknown_long_names_are_not_repeated_whole(self) -> None:
+        """show-job, queue-job-now, history and clear-last-run of a 20,000-character
+        name or id: exit 1, one short line."""
+        long = "N" * 20000
+        for command in ("show-job", "queue-job-now", "history", "clear-last-run"):
+            code, out, err = self.btu(command, long)
+            self.assertEqual((code, out), (1, ""), command)
+            self.assertOneErrorLine(err, "N" * 80 + "'...[19920 more characters]")
+            self.assertLess(len(err), 300, command)
+
     def test_show_job_without_redis(self) -> None:
         """Redis down: exit 3."""
         code, _, err = self.btu("show-job", "x", config=self.write_config(rq_port=1))
@@ -766,7 +821,7 @@ class _FakeDaemon(LineOnlyReceiver):
         kind, name = request["request_type"], request["request_content"]
         if kind == "ping":
             self.sendLine(b"pong")
-        elif kind == "create_task_schedule":
+        elif kind == "create_task_schedule" or (kind == "reload" and name is not None):
             reply = f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ."
             self.sendLine(reply.encode())
         elif kind == "cancel_task_schedule" and name == "broken":
@@ -824,6 +879,17 @@ class _Control:
     def status(self) -> dict[str, object]:
         return {"fifo_length": len(self.planned)}
 
+    def replan(self, name: str) -> Deferred[str]:
+        from btu_twisted.daemon.framing import Declined, echo
+        from btu_twisted.seams import UnknownSchedule
+
+        if name.startswith("NOSUCH"):
+            return fail(UnknownSchedule(f"no Task Schedule {echo(name)} in MariaDB"))
+        if not self.request_planning(name):
+            return fail(Declined(f"the planning queue is full; Task Schedule {name} "
+                                 "was not queued"))
+        return succeed(f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ.")
+
     def reload(self) -> Deferred[str]:
         from btu_twisted.sources.schedules_file import ScheduleFileError
 
@@ -872,7 +938,8 @@ class DaemonSocketTests(_Base):
         self.assertEqual((code, json.loads(out)), (0, {"reply": "pong"}))
 
     async def test_reload_and_cancel(self) -> None:
-        """reload and cancel send the schedule name with the BTU request types."""
+        """reload sends the name with its own request (one that must exist), cancel
+        with the BTU request type."""
         requests = self.serve(_FakeDaemon)
         code, out, _ = await self.btu_in_thread("reload", "TS-000001")
         self.assertEqual(code, 0)
@@ -881,7 +948,7 @@ class DaemonSocketTests(_Base):
         self.assertEqual(code, 0)
         self.assertIn("Successfully cancelled", json.loads(out)["reply"])
         self.assertEqual([json.loads(r) for r in requests], [
-            {"request_type": "create_task_schedule", "request_content": "TS-000001"},
+            {"request_type": "reload", "request_content": "TS-000001"},
             {"request_type": "cancel_task_schedule", "request_content": "TS-000002"},
         ])
 
@@ -926,6 +993,19 @@ class DaemonSocketTests(_Base):
         code, out, err = await self.btu_in_thread("reload", "TS-000002")
         self.assertEqual((code, out), (1, ""))
         self.assertOneErrorLine(err, "planning queue is full")
+
+    async def test_reload_of_an_unknown_schedule_fails(self) -> None:
+        """``btu reload NOSUCH``: the daemon's error line, exit 1, nothing planned; a
+        20,000-character name is not echoed whole."""
+        control = _Control()
+        self.listen(ControlFactory(control, reactor))
+        code, out, err = await self.btu_in_thread("reload", "NOSUCH")
+        self.assertEqual((code, out, control.planned), (1, "", []))
+        self.assertOneErrorLine(err, "no Task Schedule 'NOSUCH' in MariaDB")
+        code, out, err = await self.btu_in_thread("reload", "NOSUCH" + "x" * 19994)
+        self.assertEqual((code, out, control.planned), (1, "", []))
+        self.assertOneErrorLine(err, "20000 characters")
+        self.assertLess(len(err), 300)
 
     async def test_pause_and_resume(self) -> None:
         """``btu pause``/``resume`` send the new requests; an unknown name exits 1 with the
@@ -1178,14 +1258,21 @@ class SiteTests(_WithDatabase):
         self.assertOneErrorLine(err, "BTU-00001")
 
     async def test_queue_task_now_frappe_builder(self) -> None:
-        """With the frappe builder the site's pickle becomes the queued job's data, untouched."""
+        """With the frappe builder the site's pickle becomes the queued job's data, untouched,
+        in a job shaped as frappe.enqueue's (the site's id, Frappe's TTLs, the callback)."""
         code, out, _ = await self.btu_in_thread("--json", "queue-task-now", "BTU-00001",
                                                 config=self.site_config())
         self.assertEqual(code, 0)
-        job = Job.fetch(json.loads(out)["job_id"], connection=self.redis)
+        job_id = json.loads(out)["job_id"]
+        self.assertRegex(job_id, r"\Asite1\.local::[0-9a-f-]{36}\Z")
+        job = Job(connection=self.redis)  # this rq refuses the id itself; the hash is its
+        job.restore(self.redis.hgetall(f"rq:job:{job_id}"))
         self.assertEqual(job.data, PICKLE)
         self.assertEqual(job.func_name, "btu.btu_api.execute_job")
-        self.assertEqual(self.redis.lrange("rq:queue:default", 0, -1), [job.id.encode()])
+        self.assertEqual((job.result_ttl, job.failure_ttl), (600, 604800))
+        self.assertEqual(job._failure_callback_name,
+                         "frappe.utils.background_jobs.truncate_failed_registry")
+        self.assertEqual(self.redis.lrange("rq:queue:default", 0, -1), [job_id.encode()])
 
 
 class _RawSite:

@@ -16,7 +16,7 @@ from types import ModuleType
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from btu_twisted.cli import build_parser
+from btu_twisted.cli import EVERY_USER_COMMANDS, FRAPPE_COMMANDS, build_parser
 from btu_twisted.config import toml_fields
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +99,21 @@ class CliReferenceTests(SynchronousTestCase):
             self.assertIn(f".. _cli-{name}:", text, name)
             self.assertIn(f"usage: btu {name}", text, name)
         self.assertIn("``--tz ZONE``", text)
+
+    def test_frappe_commands_apart(self) -> None:
+        """The reference groups the commands as ``btu --help`` does: every command
+        once, the Frappe-only ones under their own title, after the others."""
+        ref = _extension()
+        parser = build_parser(io.StringIO(), io.StringIO())
+        groups = dict(ref.command_groups(parser))
+        self.assertEqual(list(groups), [EVERY_USER_COMMANDS, FRAPPE_COMMANDS])
+        self.assertEqual(sorted(n for names in groups.values() for n in names),
+                         sorted(ref.subcommand_names(parser)))
+        self.assertEqual(groups[FRAPPE_COMMANDS],
+                         ["list-tasks", "queue-task-now", "test-ping", "test-pickler"])
+        text = ref.cli_reference(parser)
+        self.assertLess(text.index("Frappe-only commands"), text.index(":ref:`list-tasks"))
+        self.assertLess(text.index(":ref:`status"), text.index("Frappe-only commands"))
 
 
 class ReadmeTests(SynchronousTestCase):

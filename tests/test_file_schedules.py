@@ -209,6 +209,22 @@ class ParseTests(SynchronousTestCase):
                          "(write [[schedule]] tables)")
         self.assertIn("s.toml:3: schedule 'a|b': name: must not contain '|'", problems[1])
 
+    def test_a_very_long_name_is_not_repeated_whole(self) -> None:
+        """A 20,000-character name is refused, and the problem (a log line, the
+        reply to ``btu reload``) repeats only its first 80 characters."""
+        problems = problems_of(
+            f"""\
+            [[schedule]]
+            name = "{'n' * 20000}"
+            cron = "* * * * *"
+            function = "m.f"
+            """
+        )
+        self.assertEqual(problems, [
+            f"s.toml:2: schedule '{'n' * 80}'...[19920 more characters]: name: longer than "
+            "140 characters"
+        ])
+
     def test_syntax_error(self) -> None:
         """A TOML syntax error is one problem, with tomllib's line and column."""
         problems = problems_of('[[schedule]]\nname = "x\n')

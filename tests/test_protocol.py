@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from btu_twisted.daemon.protocol import ControlFactory, ControlProtocol
+from btu_twisted.seams import UnknownSchedule
 
 PING = b'{"request_type": "ping", "request_content": null}'
 TS = "TS-000001"
@@ -70,6 +71,14 @@ class FakeControl:
             raise self.error
         self.status_calls += 1
         return {"queued": 2, "started": datetime.datetime(2024, 1, 2, 3, 4, 5)}
+
+    def replan(self, name: str) -> Deferred[str]:
+        if self.error is not None:
+            raise self.error
+        if name == "NOSUCH":
+            return fail(UnknownSchedule("no Task Schedule 'NOSUCH' in MariaDB"))
+        self.planned.append(name)
+        return succeed(f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ.")
 
     def reload(self) -> Deferred[str]:
         if self.error is not None:
@@ -173,6 +182,36 @@ class RequestTypeTests(ProtocolTestCase):
         self.assertEqual(self.send(request("reload")), b"Schedules file reloaded: 0 added.\n")
         self.assertEqual(self.control.reloads, 1)
         self.assertFalse(self.transport.disconnecting)
+
+    def test_reload_a_schedule(self) -> None:
+        """reload with a name re-plans that schedule, not the file; the connection stays."""
+        self.assertEqual(self.send(request("reload", TS)), CREATED)
+        self.assertEqual((self.control.planned, self.control.reloads), ([TS], 0))
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_reload_an_unknown_schedule(self) -> None:
+        """An unknown name is an Error line (the CLI exits 1) and the connection keeps
+        serving; no warning (a mistyped name is no fault of the daemon's)."""
+        with capturedLogs() as events:
+            reply = self.send(request("reload", "NOSUCH"), request("ping"))
+        self.assertEqual(reply, b"Error: no Task Schedule 'NOSUCH' in MariaDB; nothing to "
+                                b"re-plan.\npong\n")
+        self.assertEqual(self.control.planned, [])
+        self.assertEqual([e for e in events if e["log_level"] != LogLevel.info], [])
+
+    def test_reload_a_name_too_long(self) -> None:
+        """A name no schedule can have is refused like create's, without being echoed."""
+        self.assertRejected(request("reload", "x" * 20000),
+                            "request_content is 20000 characters long; a Task Schedule name"
+                            " has at most 140")
+
+    def test_status_counted_later(self) -> None:
+        """A status that is read first (a Deferred) is answered when it fires, in order."""
+        pending: Deferred[dict[str, object]] = Deferred()
+        self.control.status = lambda: pending  # type: ignore[method-assign,assignment,return-value]
+        self.assertEqual(self.send(request("status"), request("ping")), b"")
+        pending.callback({"members": 1})
+        self.assertEqual(self.transport.value(), b'{"members":1}\npong\n')
 
     def test_reload_waits_then_reports_every_problem(self) -> None:
         """A slow reload holds the next request; a broken file's problems come in one line."""

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import capturedLogs
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from btu_twisted.cli import main
@@ -261,6 +261,26 @@ class DaemonWiringTests(_Bench):
         self.assertEqual(systems, ["a.local"] * 8 + ["None"] * 3)
         self.assertEqual(events[1]["log_system"], "a.local btu_twisted.timing.timer.Timer#info")
         self.assertIs(events[1]["log_source"], a.timer)
+
+    def test_socket_request_lines_name_their_site(self) -> None:
+        """Each site's socket logs its requests with the site as the event's system,
+        and the connection numbers (``#N``) come from one count for the process:
+        two sites' first requests are not both "#1"."""
+        config, _ = parse_config(self.values(self.bench()))
+        service = SitesService(config, MemoryReactorClock())
+        with capturedLogs() as events:
+            for name in ("a.local", "b.local", "a.local"):
+                factory = service.sites[name].socket._factory
+                protocol = factory.buildProtocol(None)
+                protocol.makeConnection(StringTransport())
+                protocol.dataReceived(b'{"request_type": "create_task_schedule", '
+                                      b'"request_content": "TS-000001"}')
+                protocol.connectionLost(None)
+        asked = [e for e in events if "asked to plan" in formatEvent(e)]
+        self.assertEqual([str(e["log_system"]).partition(" ")[0] for e in asked],
+                         ["a.local", "b.local", "a.local"])
+        serials = [int(str(e["peer"]).lstrip("#").split()[0]) for e in asked]
+        self.assertEqual(serials, sorted(set(serials)))
 
     def test_the_sites_timers_share_one_alarm(self) -> None:
         """One timer wake-up for all the sites (issue 10): every site's timer wakes

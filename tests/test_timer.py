@@ -219,6 +219,22 @@ class OnTimeTests(TimerCase):
         self.assertEqual(self.job_count("TS-1"), 1)
         self.assertEqual(self.timer.stats.enqueued + other.stats.enqueued, 1)
         self.assertEqual(self.timer.stats.lost + other.stats.lost, 1)
+        self.assertEqual(self.timer.stats.withdrawn + other.stats.withdrawn, 0)
+
+    def test_own_cancel_during_the_claim_is_not_lost_to_another_daemon(self) -> None:
+        """A socket cancel (or a replan) removing the member between its build
+        and its claim is counted as withdrawn: with one daemon, none is lost."""
+        self.schedule("TS-1", T)
+        self.timer.startService()
+        self.advance_to(T - 0.001)
+        self.assertEqual(len(self.builder.builds_of("TS-1")), 1)
+        cancelled = self.store.cancel("TS-1")
+        self.settle()
+        self.assertTrue(self.successResultOf(cancelled))
+        self.advance_to(T + 60)
+        self.assertEqual(self.job_count("TS-1"), 0)
+        stats = self.timer.stats
+        self.assertEqual((stats.withdrawn, stats.lost, stats.enqueued), (1, 0, 0))
 
 
 class LateTests(TimerCase):

@@ -24,10 +24,18 @@ from typing import Any, NoReturn, TextIO
 
 from btu_twisted import __version__
 from btu_twisted.cli.arguments import PING_METHOD, parse_after, run_count
-from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Context
+from btu_twisted.cli.common import (
+    FAILED,
+    OK,
+    UNREACHABLE,
+    USAGE,
+    CliError,
+    Context,
+    one_error_line,
+)
 from btu_twisted.config import DEFAULT_CONFIG_PATH, ConfigError, masked, value_sources
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EVERY_USER_COMMANDS", "FRAPPE_COMMANDS", "build_parser", "main"]
 
 Command = Callable[[Context, argparse.Namespace], int]
 
@@ -75,7 +83,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         command = self.prog.partition(" ")[2]  # "btu show-job" -> "show-job"
         where = f"{command}: " if command else ""
-        self.err.write(f"btu: {where}{message} (see '{self.prog} --help')\n")
+        self.err.write(f"btu: {where}{one_error_line(message)} (see '{self.prog} --help')\n")
         raise _ParserExit(USAGE)
 
 
@@ -95,6 +103,42 @@ def cmd_print_config(ctx: Context, args: argparse.Namespace) -> int:
         ctx.table(("KEY", "VALUE", "FROM"),
                   [(key, value, sources[key]) for key, value in settings.items()], "")
     return OK
+
+
+#: The titles ``btu --help`` (and the docs' command reference) group the commands under.
+EVERY_USER_COMMANDS = "commands for every user (the daemon, its schedules, rq jobs)"
+FRAPPE_COMMANDS = "Frappe-only commands (the BTU app's tables in MariaDB, or the site's web server)"
+
+
+class _CommandGroups:
+    """Lists the commands in titled groups in ``--help``, the ones only a Frappe
+    site has apart from the ones every user has.
+
+    argparse allows one subparsers action, which lists every command under
+    one heading.  Parsing keeps that action; for the help, its listing lines
+    move into argument groups of their own (help lines only: parsing never
+    reads a group's list).  ``parser.command_groups`` keeps the grouping for
+    the docs' reference.
+    """
+
+    def __init__(self, parser: argparse.ArgumentParser,
+                 commands: argparse._SubParsersAction[Any]) -> None:
+        self._parser = parser
+        self._commands = commands
+        self.titles: dict[str, list[str]] = {EVERY_USER_COMMANDS: [], FRAPPE_COMMANDS: []}
+
+    def file(self, name: str, title: str) -> None:
+        self.titles[title].append(name)
+
+    def show(self) -> None:
+        listing = {line.dest: line for line in self._commands._get_subactions()}
+        for group in self._parser._action_groups:  # "positional arguments": COMMAND alone
+            if self._commands in group._group_actions:
+                group._group_actions.remove(self._commands)
+        for title, names in self.titles.items():
+            group = self._parser.add_argument_group(title)
+            group._group_actions.extend(listing[name] for name in names)
+        self._parser.command_groups = self.titles  # type: ignore[attr-defined]
 
 
 def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -125,28 +169,36 @@ def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     common = parser_class(add_help=False)
     _add_global_options(common, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups = _CommandGroups(parser, commands)
 
-    def add(name: str, func: Command | str, summary: str) -> argparse.ArgumentParser:
-        """``func`` is a command, or ``"module:function"`` under btu_twisted.cli."""
+    def add(name: str, func: Command | str, summary: str,
+            frappe: bool = False) -> argparse.ArgumentParser:
+        """``func`` is a command, or ``"module:function"`` under btu_twisted.cli;
+        ``frappe``: it needs the Frappe site (its BTU tables or its web server)."""
         sub = commands.add_parser(name, help=summary, description=summary, parents=[common])
         sub.set_defaults(func=_Lazy(*func.split(":")) if isinstance(func, str) else func)
+        groups.file(name, FRAPPE_COMMANDS if frappe else EVERY_USER_COMMANDS)
         return sub
 
     add("print-config", cmd_print_config, "show the configuration, secrets masked")
-    add("list-tasks", "sql:cmd_list_tasks", "list submitted, non-transient BTU Tasks")
     add("list-jobs", "jobs:cmd_list_jobs", "list the jobs waiting in the rq queues")
     add("show-scheduled", "schedule:cmd_show_scheduled", "list the planned runs, earliest first")
     add("show-job", "jobs:cmd_show_job", "show one rq job").add_argument("job_id", metavar="JOB_ID")
     add("queue-job-now", "jobs:cmd_queue_job_now",
         "put an existing rq job back on its queue now").add_argument("job_id", metavar="JOB_ID")
+    add("list-tasks", "sql:cmd_list_tasks", "list submitted, non-transient BTU Tasks",
+        frappe=True)
     add("queue-task-now", "site:cmd_queue_task_now",
-        "build a job for a BTU Task and queue it now").add_argument("task", metavar="TASK")
-    ping = add("test-ping", "site:cmd_test_ping", "call the site's ping method as the daemon would")
+        "build a job for a BTU Task and queue it now", frappe=True).add_argument(
+        "task", metavar="TASK")
+    ping = add("test-ping", "site:cmd_test_ping", "call the site's ping method as the daemon would",
+               frappe=True)
     ping.add_argument("--method", default=PING_METHOD,
                       help=f"whitelisted method to call (default {PING_METHOD}; "
                            "frappe.ping needs no BTU app)")
     add("test-pickler", "site:cmd_test_pickler",
-        "fetch a task's pickled job from the site").add_argument("task", metavar="TASK")
+        "fetch a task's pickled job from the site", frappe=True).add_argument(
+        "task", metavar="TASK")
     add("ping", "daemon:cmd_ping", "check that the daemon answers on its socket")
     add("reload", "daemon:cmd_reload",
         "ask the daemon to re-plan a Task Schedule, or with no SCHEDULE to re-read its "
@@ -182,6 +234,7 @@ def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
                       help="start after this time (default now; naive times are in --tz)")
     runs.add_argument("-n", dest="count", metavar="N", type=run_count, default=10,
                       help="how many runs (default 10)")
+    groups.show()
     return parser
 
 
@@ -217,7 +270,7 @@ def _run(ctx: Context, args: argparse.Namespace) -> int:
     except ConfigError as error:
         for problem in error.problems:
             where = "" if error.source in problem else f"{error.source}: "
-            ctx.err.write(f"btu: {where}{' '.join(problem.split())}\n")
+            ctx.err.write(f"btu: {where}{one_error_line(problem)}\n")
         return USAGE
     except Exception as error:
         code = _client_failure(ctx, error)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from btu_twisted.config import Config, ConfigError, load_config, site_config
+from btu_twisted.records import ECHO_CHARS, echo
 
 if TYPE_CHECKING:
     # Aliases: inside Context the names ``redis`` and ``mariadb`` are its methods.
@@ -30,6 +32,7 @@ __all__ = [
     "Context",
     "flatten",
     "format_table",
+    "one_error_line",
 ]
 
 #: Exit codes: success; not found / refused / invalid; usage (argparse's); a service unreachable.
@@ -41,12 +44,31 @@ CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 15
 
 
+# A quoted text (as repr quotes it) longer than the echo limit: the opening
+# quote starts a word and the closing one ends it, so that the text between two
+# short quoted names is not taken for one.
+_LONG = ECHO_CHARS + 1
+_LONG_QUOTED = re.compile(
+    rf"(?<![\w'\"])(?:'([^'\n]{{{_LONG},}})'|\"([^\"\n]{{{_LONG},}})\")(?!\w)")
+
+
+def one_error_line(message: str) -> str:
+    """``message`` on one line, every long quoted text in it shortened.
+
+    The commands quote what the user typed (a schedule name, a job id, a cron
+    string, a zone) with :func:`~btu_twisted.records.echo`; argparse, the
+    config checks and the cron parser quote it whole, so a 20,000-character
+    name came back whole.  This catches those too.
+    """
+    return _LONG_QUOTED.sub(lambda m: echo(m.group(1) or m.group(2)), " ".join(message.split()))
+
+
 class CliError(Exception):
     """End the command with one stderr line and ``code``."""
 
     def __init__(self, message: str, code: int = FAILED) -> None:
         super().__init__(message)
-        self.message = " ".join(message.split())
+        self.message = one_error_line(message)
         self.code = code
 
 
@@ -118,7 +140,7 @@ class Context:
         return self.config()
 
     def warn(self, message: str) -> None:
-        self.err.write(f"btu: warning: {' '.join(message.split())}\n")
+        self.err.write(f"btu: warning: {one_error_line(message)}\n")
 
     def line(self, text: str = "") -> None:
         self.out.write(text + "\n")

@@ -23,6 +23,8 @@ REQUEST_TIMEOUT = 5.0
 #: A reload answers once the whole schedules file is read and checked: 50,000
 #: schedules take about 5 s, so the reply may take this long once connected.
 RELOAD_TIMEOUT = 120.0
+#: The status reply waits for Redis to count the planned runs (3 s at most).
+STATUS_TIMEOUT = 10.0
 #: A reply longer than this is not one of the daemon's lines.
 _MAX_REPLY = 1024 * 1024
 
@@ -96,10 +98,14 @@ def cmd_ping(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_reload(ctx: Context, args: argparse.Namespace) -> int:
     """Ask the daemon to re-read one schedule and plan its next run or, with no
-    name, to re-read its schedules_file."""
-    if args.name is None:
-        return _show_reply(ctx, _ask(ctx, "reload", None, reply_timeout=RELOAD_TIMEOUT))
-    return _show_reply(ctx, _ask(ctx, "create_task_schedule", args.name))
+    name, to re-read its schedules_file.
+
+    A name goes as ``reload`` with the name, not as the BTU app's
+    ``create_task_schedule``: the app sends that before its row is committed,
+    so the daemon takes any name there; here it looks the name up and answers
+    ``Error:`` (exit 1) for one that neither MariaDB nor the file has.
+    """
+    return _show_reply(ctx, _ask(ctx, "reload", args.name, reply_timeout=RELOAD_TIMEOUT))
 
 
 def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
@@ -121,7 +127,8 @@ def cmd_resume(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     """Show the daemon's status document; ``--json`` passes it through unchanged."""
-    reply = _ask(ctx, "status", None)
+    # The daemon counts the sorted set before it answers (a few seconds at most).
+    reply = _ask(ctx, "status", None, reply_timeout=STATUS_TIMEOUT)
     try:
         status = json.loads(reply)
     except ValueError:

@@ -16,6 +16,7 @@ import argparse
 from datetime import UTC, datetime
 
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
+from btu_twisted.records import echo
 from btu_twisted.store.history import FOLD_HISTORY, FOLD_TEXTS, PAUSED, RESUMED, Run, parse_run
 from btu_twisted.store.keys import JOB_PREFIX, Keys
 
@@ -61,7 +62,7 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
         ctx.emit_json([run.as_json(status) for run, status in zip(runs, statuses, strict=False)])
         return OK
     if not runs:
-        raise CliError(f"no run history for schedule {name!r} (never run, history off, "
+        raise CliError(f"no run history for schedule {echo(name)} (never run, history off, "
                        "or a name the daemon does not know)", FAILED)
     ctx.table(
         ("SCHEDULED", "OUTCOME", "DECIDED AT", "JOB", "STATUS"),

@@ -24,6 +24,7 @@ from rq.utils import utcformat
 
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
 from btu_twisted.cli.pickles import plain, read_job_call, summarize
+from btu_twisted.records import echo
 from btu_twisted.store.keys import JOB_PREFIX, QUEUE_PREFIX, RQ_QUEUES
 
 __all__ = ["cmd_list_jobs", "cmd_queue_job_now", "cmd_show_job", "describe_job", "read_job"]
@@ -55,7 +56,7 @@ def read_job(connection: redis.Redis, job_id: str) -> dict[str, bytes]:
     """The job's hash exactly as stored (field name -> raw bytes); CliError (exit 1) if none."""
     raw = connection.hgetall(JOB_PREFIX + job_id)
     if not raw:
-        raise CliError(f"no rq job with id {job_id!r}", FAILED)
+        raise CliError(f"no rq job with id {echo(job_id)}", FAILED)
     return {_text(key) or "": _raw(value) for key, value in raw.items()}
 
 
@@ -188,7 +189,7 @@ def _requeue(connection: redis.Redis, job_id: str) -> tuple[str, str]:
             try:
                 pipe.watch(key)  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 if not pipe.exists(key):
-                    raise CliError(f"no rq job with id {job_id!r}", FAILED)
+                    raise CliError(f"no rq job with id {echo(job_id)}", FAILED)
                 status, origin, ttl = pipe.hmget(key, ["status", "origin", "ttl"])
                 status_text = _text(status) or "created"
                 queue = _text(origin) or "default"

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
 from btu_twisted.cli.daemon import request
+from btu_twisted.records import echo
 from btu_twisted.store.keys import Keys
 from btu_twisted.store.scripts import CLEAR_LAST_RUN as _CLEAR
 
@@ -52,7 +53,7 @@ def cmd_clear_last_run(ctx: Context, args: argparse.Namespace) -> int:
     last_enqueued = Keys(config.redis_key_prefix).last_enqueued
     raw = connection.hget(last_enqueued, name)
     if raw is None:
-        raise CliError(f"no last run is recorded for schedule {name!r}; nothing to clear", FAILED)
+        raise CliError(f"no last run is recorded for schedule {echo(name)}; nothing to clear", FAILED)
     seconds, shown = _when(raw)
     now = datetime.now(UTC).timestamp()
     if seconds is not None and seconds <= now and not args.force:

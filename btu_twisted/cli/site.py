@@ -40,7 +40,13 @@ from btu_twisted.cli.common import FAILED, OK, UNREACHABLE, USAGE, CliError, Con
 from btu_twisted.cli.pickles import read_job_call
 from btu_twisted.cli.sql import MANUAL_SCHEDULE, read_task
 from btu_twisted.config import Config
-from btu_twisted.jobs.builders import BuildError, BuiltJob, FrappeBuilder, make_builder
+from btu_twisted.jobs.builders import (
+    BuildError,
+    BuiltJob,
+    FrappeBuilder,
+    frappe_enqueue,
+    make_builder,
+)
 
 # The two private names keep error wording and limits exactly the daemon's.
 from btu_twisted.jobs.frappe_answers import FetchError, _status_error, parse_pickled_task
@@ -52,7 +58,7 @@ from btu_twisted.jobs.frappe_http import (
     request_headers,
     site_url,
 )
-from btu_twisted.records import ScheduleRow
+from btu_twisted.records import ScheduleRow, echo, shorten
 from btu_twisted.seams import JobBuilder
 from btu_twisted.store.keys import JOB_PREFIX, QUEUE_PREFIX, RQ_QUEUES
 
@@ -279,14 +285,14 @@ def cmd_test_pickler(ctx: Context, args: argparse.Namespace) -> int:
         data = site.pickled_task(args.task, None)
     except FetchError as exc:
         code = UNREACHABLE if exc.transient else FAILED
-        raise CliError(f"get_pickled_task for task {args.task} at {site.url}: {exc.reason}",
+        raise CliError(f"get_pickled_task for task {echo(args.task)} at {site.url}: {exc.reason}",
                        code) from None
     func_name = read_job_call(data).get("func_name")
     if ctx.json:
         ctx.emit_json({"task": args.task, "url": site.url, "bytes": len(data),
                        "func_name": func_name})
     else:
-        ctx.line(f"get_pickled_task returned {len(data)} bytes for task {args.task}"
+        ctx.line(f"get_pickled_task returned {len(data)} bytes for task {shorten(args.task)}"
                  f" (function {func_name or 'unreadable'}).")
     return OK
 
@@ -296,7 +302,8 @@ def _build(config: Config, row: ScheduleRow, when: int) -> BuiltJob:
     try:
         builder: JobBuilder
         if config.job_builder == "frappe":
-            builder = FrappeBuilder(config.rq_queue_prefix or "", BlockingSite(config))
+            builder = FrappeBuilder(config.rq_queue_prefix or "", BlockingSite(config),
+                                    enqueue=frappe_enqueue(config))
         else:
             builder = make_builder(config, None)
     except (ValueError, OSError) as exc:
@@ -313,7 +320,7 @@ def cmd_queue_task_now(ctx: Context, args: argparse.Namespace) -> int:
     config = ctx.config()
     row = read_task(ctx, args.task)
     if row is None:
-        raise CliError(f"no BTU Task named {args.task!r}", FAILED)
+        raise CliError(f"no BTU Task named {echo(args.task)}", FAILED)
     job = _build(config, row, int(time.time()))
     # Copied into redis-py's own mapping type (dicts are invariant in their keys).
     fields: dict[FieldT, EncodableT] = {key: value for key, value in job.fields.items()}

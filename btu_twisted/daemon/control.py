@@ -1,4 +1,5 @@
-"""What the control socket asks of one site: plan, cancel, pause, resume, reload, status.
+"""What the control socket asks of one site: plan, re-plan, cancel, pause, resume,
+reload, status.
 
 The socket only needs these (``protocol.SchedulerControl``); keeping them
 apart from the service that starts and stops the site's parts keeps each one
@@ -24,6 +25,7 @@ from twisted.logger import Logger
 from btu_twisted import __version__
 from btu_twisted.clock import DelayedCall
 from btu_twisted.config import Config
+from btu_twisted.daemon.framing import Declined, echo, shorten
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Dependency
 from btu_twisted.ops.stats import lateness_summary
@@ -43,6 +45,9 @@ __all__ = ["CANCEL_TIMEOUT", "GONE_CHECK_SECS", "SiteControl", "SiteParts", "Unk
 # UnknownSchedule lives in seams.py (the socket answers it too); re-exported here.
 
 CANCEL_TIMEOUT = 5.0
+#: Seconds a ``reload NAME`` may wait for its row, and ``status`` for Redis.
+LOOKUP_TIMEOUT = 3.0
+
 #: How long after a cancel the schedule's row is looked for: the BTU app sends
 #: the cancel of a deleted schedule before the delete commits (COMPAT.md 8.1).
 GONE_CHECK_SECS = 5.0
@@ -117,6 +122,36 @@ class SiteControl:
         self._check_gone_later(name)
         # The socket holds the client's connection until this fires.
         return d.addTimeout(CANCEL_TIMEOUT, self._reactor)
+
+    def replan(self, name: str) -> Deferred[str]:
+        """``btu reload NAME``: plan one schedule again, if a source has it.
+
+        Unlike ``create_task_schedule`` (which the BTU app sends before its
+        row is committed, so it must take any name), this is asked by a person
+        who expects the name to exist: an unknown one fails with
+        UnknownSchedule (a full FIFO with Declined), and nothing is queued.
+        """
+        return Deferred.fromCoroutine(self._replan(name))
+
+    async def _replan(self, name: str) -> str:
+        sources = self._parts.sources
+        read = as_deferred(sources.read_schedules([name]))
+        rows = await read.addTimeout(LOOKUP_TIMEOUT, self._reactor)
+        row = rows.get(name)
+        if row is None:
+            where = " or ".join(
+                label for label, source in (("the schedules file", sources.file),
+                                            ("MariaDB", sources.db)) if source is not None
+            )
+            raise UnknownSchedule(f"no Task Schedule {echo(name)} in {where}")
+        if not self.request_planning(name):
+            raise Declined(
+                f"the planning queue is full; Task Schedule {shorten(name)} was not queued")
+        self.log.info("{schedule} re-planned on request", schedule=shorten(name))
+        line = f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ."
+        if not row.enabled:
+            line += " It is disabled: its planned run, if any, is removed."
+        return line
 
     def cancel_note(self, name: str) -> str | None:
         """A file schedule is planned again by the next full refresh or reload:
@@ -225,8 +260,32 @@ class SiteControl:
             "last_reload_error": self._file_state["last_reload_error"],
         }
 
-    def status(self) -> dict[str, object]:
-        """Every time is ISO 8601 UTC, every duration seconds in a ``_secs`` field."""
+    def status(self) -> Deferred[dict[str, object]]:
+        """The ``status`` request: :meth:`snapshot` with the sorted set counted
+        now, not at the timer's last look (which may be a polling interval
+        old: right after start-up it said 0 members while runs were planned)."""
+        return Deferred.fromCoroutine(self._counted_status())
+
+    async def _counted_status(self) -> dict[str, object]:
+        status = self.snapshot()
+        try:
+            counted = as_deferred(self._parts.store.window(self._reactor.seconds(), 1))
+            window = await counted.addTimeout(LOOKUP_TIMEOUT, self._reactor)
+        except Exception as e:
+            status["members_error"] = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            return status
+        due = window.near[0] if window.near else window.beyond
+        status["members"] = window.count
+        status["members_counted_at"] = status["now"]
+        status["next_due"] = None if due is None else {"member": due[0], "at": _iso(due[1])}
+        return status
+
+    def snapshot(self) -> dict[str, object]:
+        """Every time is ISO 8601 UTC, every duration seconds in a ``_secs`` field.
+
+        ``members`` and ``next_due`` are the timer's last look at the sorted set
+        (``members_counted_at``); :meth:`status` counts them again.
+        """
         now = self._reactor.seconds()
         started_at = self._parts.started_at
         stats = self._parts.timer.stats
@@ -239,12 +298,16 @@ class SiteControl:
             "uptime_secs": None if started_at is None else round(now - started_at, 3),
             "fifo_length": len(self._parts.fifo),
             "members": stats.members_seen,
+            "members_counted_at": _iso(stats.seen_at),
+            # Due within the timer's lookahead at that look: the runs it prepares.
+            "members_near": stats.near_seen,
             "next_due": None if stats.next_due is None else {
                 "member": stats.next_due[0], "at": _iso(stats.next_due[1]),
             },
             "enqueued": stats.enqueued,
             "skipped": stats.skipped,
             "lost_to_other_daemons": stats.lost,
+            "cancelled_while_claiming": stats.withdrawn,
             "last_enqueue": _iso(stats.last_enqueue),
             "last_enqueued_schedule": stats.last_schedule,
             "lateness": lateness_summary(stats.lateness),

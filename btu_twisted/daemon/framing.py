@@ -13,15 +13,16 @@ import re
 
 from twisted.python.failure import Failure
 
-__all__ = ["MAX_NAME_CHARS", "Framer", "RequestError", "echo", "one_line", "schedule_name",
-           "short_reason", "shorten"]
+# Client-chosen text in log lines and error replies is cut by these (shared
+# with the btu command and the schedules file's messages).
+from btu_twisted.records import echo, shorten
+
+__all__ = ["MAX_NAME_CHARS", "Declined", "Framer", "RequestError", "echo", "one_line",
+           "schedule_name", "short_reason", "shorten"]
 
 
 # Frappe's name column is varchar(140): a longer name cannot be a schedule.
 MAX_NAME_CHARS = 140
-# Client-chosen text in log lines and error replies is cut to this many
-# characters: names of up to 64 KiB once made 48 MB of log in two seconds.
-_ECHO_CHARS = 80
 
 _NON_WHITESPACE = re.compile(rb"[^ \t\r\n]")
 # Outside a JSON string only brackets, quotes and newlines matter to framing;
@@ -35,6 +36,12 @@ _UNSAFE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 class RequestError(Exception):
     """A request we refuse; the message follows ``Error: `` in the reply."""
+
+
+class Declined(Exception):
+    """A well-formed request the scheduler cannot do (``reload NAME`` of an
+    unknown name, a full planning queue): the message follows ``Error: `` in
+    the reply, and the connection stays open."""
 
 
 class Framer:
@@ -141,20 +148,6 @@ class Framer:
         del self._buffer[:consumed]
         self._reset()
         return request
-
-
-def shorten(value: str) -> str:
-    """``value`` cut to ``_ECHO_CHARS`` characters, saying how much was cut."""
-    if len(value) > _ECHO_CHARS:
-        return f"{value[:_ECHO_CHARS]}...[{len(value) - _ECHO_CHARS} more characters]"
-    return value
-
-
-def echo(value: str) -> str:
-    """``value`` quoted for a reply or log line, shortened and made safe."""
-    if len(value) > _ECHO_CHARS:
-        return f"{value[:_ECHO_CHARS]!r}...[{len(value) - _ECHO_CHARS} more characters]"
-    return repr(value)
 
 
 def one_line(text: str) -> str:

@@ -22,9 +22,10 @@ before it reaches a log line or an error reply.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Iterator
+from typing import TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IPushProducer
@@ -34,8 +35,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from btu_twisted.clock import Clock, DelayedCall
+from btu_twisted.daemon import replies
 from btu_twisted.daemon.connection import Connection, describe_peer
 from btu_twisted.daemon.framing import (
+    Declined,
     Framer,
     RequestError,
     echo,
@@ -44,9 +47,24 @@ from btu_twisted.daemon.framing import (
     short_reason,
     shorten,
 )
+from btu_twisted.ops.logsetup import SiteLogger
 from btu_twisted.seams import SchedulerControl, UnknownSchedule
 
 __all__ = ["ControlFactory", "ControlProtocol"]
+
+
+T = TypeVar("T")
+
+#: Connection numbers (``#N`` in the log lines): one count for the process, so
+#: that with a bench's sites (a socket each) no two connections share one.
+_SERIALS = itertools.count(1)
+
+
+def _deferred(result: Deferred[T], method: str) -> Deferred[T]:
+    """The control's answer, which must be a Deferred (a bug otherwise: internal error)."""
+    if not isinstance(result, Deferred):
+        raise TypeError(f"{method}() returned {result!r}, not a Deferred")
+    return result
 
 
 @implementer(IPushProducer)
@@ -82,8 +100,8 @@ class ControlProtocol(Protocol):
             "create_task_schedule": self._create,
             "cancel_task_schedule": self._cancel,
             "reload": self._reload,
-            "pause_task_schedule": lambda c: self._pausing(c, "pause", self._control.pause),
-            "resume_task_schedule": lambda c: self._pausing(c, "resume", self._control.resume),
+            "pause_task_schedule": lambda c: self._one(c, "pause", self._control.pause),
+            "resume_task_schedule": lambda c: self._one(c, "resume", self._control.resume),
         }
 
     @property
@@ -196,7 +214,11 @@ class ControlProtocol(Protocol):
 
     def _status(self, content: object) -> None:
         status = self._control.status()
-        self._write(json.dumps(status, separators=(",", ":"), default=str))
+        if isinstance(status, Deferred):
+            # Counted in Redis first (SiteControl.status): answered in order, like cancel.
+            self._reply_when(status.addCallback(replies.status_line))
+            return
+        self._write(replies.status_line(status))
 
     def _create(self, content: object) -> None:
         name = schedule_name(content)
@@ -204,47 +226,41 @@ class ControlProtocol(Protocol):
             self.log.info(
                 "{peer} asked to plan {schedule}", peer=self._peer, schedule=shorten(name)
             )
-            self._write(f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ.")
+            self._write(replies.created(name))
         else:
             self.log.warn(
                 "{peer} asked to plan {schedule}, but the planning queue is full",
                 peer=self._peer,
                 schedule=shorten(name),
             )
-            self._write(f"Error: the planning queue is full; Task Schedule {name} was not queued.")
+            self._write(replies.queue_full(name))
 
     def _cancel(self, content: object) -> None:
         name = schedule_name(content)
         self.log.info(
             "{peer} asked to cancel {schedule}", peer=self._peer, schedule=shorten(name)
         )
-        result = self._control.cancel(name)
-        if not isinstance(result, Deferred):
-            raise TypeError(f"cancel() returned {result!r}, not a Deferred")
+        result = _deferred(self._control.cancel(name), "cancel")
         self._reply_when(result.addCallbacks(
             self._cancelled, self._cancel_failed, callbackArgs=(name,), errbackArgs=(name,)
         ))
 
-    def _pausing(self, content: object, verb: str, act: Callable[[str], Deferred[str]]) -> None:
-        name = schedule_name(content)  # pause_task_schedule / resume_task_schedule
+    def _one(self, content: object, verb: str, act: Callable[[str], Deferred[str]]) -> None:
+        """pause_task_schedule, resume_task_schedule, reload NAME: one named schedule."""
+        name = schedule_name(content)
         self.log.info("{peer} asked to {verb} {s}", peer=self._peer, verb=verb, s=shorten(name))
-        self._reply_when(act(name).addErrback(_pause_failed, verb, name, self._peer))
+        result = _deferred(act(name), verb)
+        self._reply_when(result.addErrback(_failed, verb, name, self._peer, self.log))
 
     def _reload(self, content: object) -> None:
+        if content is not None:
+            # ``btu reload NAME``: one schedule, which must exist (not the BTU
+            # app's create_task_schedule, which takes names not yet committed).
+            self._one(content, "re-plan", self._control.replan)
+            return
         self.log.info("{peer} asked to reload the schedules file", peer=self._peer)
-        result = self._control.reload()
-        if not isinstance(result, Deferred):
-            raise TypeError(f"reload() returned {result!r}, not a Deferred")
-        result.addCallbacks(lambda summary: f"Schedules file reloaded: {summary}.",
-                            self._reload_failed)
-        self._reply_when(result)
-
-    def _reload_failed(self, failure: Failure) -> str:
-        problems = getattr(failure.value, "problems", None)
-        if problems:
-            return (f"Error: schedules file not reloaded ({len(problems)} problem(s); the last "
-                    f"good schedules keep running): " + "; ".join(problems))
-        return f"Error: schedules file not reloaded: {short_reason(failure)}"
+        result = _deferred(self._control.reload(), "reload")
+        self._reply_when(result.addCallbacks(replies.file_reloaded, replies.file_not_reloaded))
 
     def _reply_when(self, result: Deferred[str]) -> None:
         """Answer with ``result``'s line; hold further requests until it fires."""
@@ -257,7 +273,7 @@ class ControlProtocol(Protocol):
 
     def _cancelled(self, removed: bool, name: str) -> str:
         note = self._control.cancel_note(name)
-        return _cancel_line(removed, name) + ("" if note is None else f" {note}")
+        return replies.cancelled(removed, name) + ("" if note is None else f" {note}")
 
     def _cancel_failed(self, failure: Failure, name: str) -> str:
         self.log.failure(
@@ -352,20 +368,16 @@ class ControlProtocol(Protocol):
         self._reject(f"no complete request within {self._settings.idle_timeout:g} seconds")
 
 
-def _cancel_line(removed: bool, name: str) -> str:
-    """The Rust daemon's reply when a member was removed (the BTU app reads it)."""
-    if removed:
-        return f"Successfully cancelled BTU Task Schedule {name} in Python RQ."
-    return f"BTU Task Schedule {name} was not scheduled in Python RQ; nothing to cancel."
-
-
-def _pause_failed(failure: Failure, verb: str, name: str, peer: str) -> str:
-    """The error line of a pause or resume that failed; an unknown name is no fault of ours."""
+def _failed(failure: Failure, verb: str, name: str, peer: str, log: Logger) -> str:
+    """The error line of a request about one schedule that failed: a name no source
+    has, or a full planning queue, is no fault of ours; anything else is logged."""
     if isinstance(failure.value, UnknownSchedule):
         return f"Error: {failure.getErrorMessage()}; nothing to {verb}."
-    ControlProtocol.log.failure("could not {verb} {schedule} for {peer}", failure, verb=verb,
-                                schedule=shorten(name), peer=peer)
-    return f"Error: could not {verb} Task Schedule {name}: {short_reason(failure)}"
+    if isinstance(failure.value, Declined):
+        return f"Error: {failure.getErrorMessage()}"
+    log.failure("could not {verb} {schedule} for {peer}", failure, verb=verb,
+                schedule=shorten(name), peer=peer)
+    return f"Error: could not {verb} Task Schedule {shorten(name)}: {short_reason(failure)}"
 
 
 class ControlFactory(Factory):
@@ -386,8 +398,12 @@ class ControlFactory(Factory):
         max_request_bytes: int = 65536,
         max_depth: int = 32,
         max_connections: int = 1024,
+        site: str | None = None,
+        serials: Iterator[int] = _SERIALS,
     ) -> None:
         self.control = control
+        self.site = site
+        self._serials = serials
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_request_bytes = max_request_bytes
@@ -395,7 +411,6 @@ class ControlFactory(Factory):
         self.max_connections = max_connections
         self.connections = 0
         self._refusing = False
-        self._serial = 0
 
     def admit(self) -> bool:
         """Count a new connection in, or False when there are too many.
@@ -420,7 +435,9 @@ class ControlFactory(Factory):
             self.log.info("accepting control connections again")
 
     def buildProtocol(self, addr: IAddress | None) -> ControlProtocol:
-        self._serial += 1
-        protocol = ControlProtocol(self, self._serial)
+        protocol = ControlProtocol(self, next(self._serials))
         protocol.factory = self
+        if self.site is not None:
+            # A bench's sites each have a socket: say whose request each line is.
+            protocol.log = SiteLogger(self.site, ControlProtocol.log.namespace, protocol)
         return protocol

@@ -193,7 +193,7 @@ class BtuService(Service):
         self.socket = ControlSocketService(
             reactor,
             config.socket_path,
-            ControlFactory(self.control, reactor),
+            ControlFactory(self.control, reactor, site=site),
             mode=config.socket_mode,
             group=config.socket_file_group_owner,
         )
@@ -335,8 +335,8 @@ class BtuService(Service):
     def cancel_note(self, name: str) -> str | None:
         return self.control.cancel_note(name)
 
-    def status(self) -> dict[str, object]:
-        return self.control.status()
+    def status(self) -> dict[str, object]:  # no Redis round trip (the socket's counts)
+        return self.control.snapshot()
 
     def sighup(self) -> Deferred[str]:
         """SIGHUP (``systemctl reload``): re-read the config file (its live keys apply,

@@ -51,7 +51,7 @@ from btu_twisted.daemon.startup import (
     startup_failure,
 )
 from btu_twisted.live_config import apply_change
-from btu_twisted.ops.logsetup import apply_level
+from btu_twisted.ops.logsetup import SiteLogger, apply_level
 from btu_twisted.redis_target import target_of
 from btu_twisted.store.gateway import RedisGateway
 from btu_twisted.timing.alarm import Alarm
@@ -341,21 +341,6 @@ class SitesService(Service):
     def site(self, name: str) -> BtuService:
         """A served site's service (KeyError for another name)."""
         return self.served[name]
-
-
-class SiteLogger(Logger):
-    """A logger whose events say which site they are about: ``log_system``, what
-    twistd's log lines show between brackets
-    (``[erp.example.com btu_twisted.planning.planner.Planner#warn] planning deferred ...``)."""
-
-    def __init__(self, site: str, namespace: str, source: object) -> None:
-        super().__init__(namespace=namespace, source=source)
-        self.site = site
-
-    def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
-        # What twistd shows when there is no system, with the site in front.
-        kwargs.setdefault("log_system", f"{self.site} {self.namespace}#{level.name}")
-        super().emit(level, format, **kwargs)
 
 
 def _name_site_in_logs(site: BtuService, name: str, shared: tuple[object, ...]) -> None:

@@ -44,6 +44,7 @@ from btu_twisted.jobs.frappe import (
     FRAPPE_JOB_ID_STYLES,
     FRAPPE_RESULT_TTL,
     FrappeBuilder,
+    FrappeEnqueue,
     FrappeSiteBuilder,
     frappe_job_id,
 )
@@ -62,8 +63,10 @@ __all__ = [
     "BuiltJob",
     "BySource",
     "FrappeBuilder",
+    "FrappeEnqueue",
     "FrappeSiteBuilder",
     "FunctionBuilder",
+    "frappe_enqueue",
     "frappe_job_id",
     "make_builder",
     "make_builders",
@@ -150,13 +153,14 @@ def make_builder(config: BuilderSettings, reactor: IReactorTime | None) -> JobBu
         if not config.frappe_site_name:
             raise ValueError("job_builder 'frappe_site' needs frappe_site_name")
         user = config.frappe_user or "Administrator"
+        enqueue = frappe_enqueue(config)
         return FrappeSiteBuilder(
             prefix,
             config.frappe_site_name,
             user,
-            id_style=config.frappe_job_id_style or "v15",
-            result_ttl=FRAPPE_RESULT_TTL if result_ttl is None else result_ttl,
-            failure_ttl=FRAPPE_FAILURE_TTL if failure_ttl is None else failure_ttl,
+            id_style=enqueue.id_style,
+            result_ttl=enqueue.result_ttl,
+            failure_ttl=enqueue.failure_ttl,
         )
     if kind == "frappe":
         from btu_twisted.jobs.frappe_http import SiteClient, load_trust_root, site_url
@@ -173,5 +177,19 @@ def make_builder(config: BuilderSettings, reactor: IReactorTime | None) -> JobBu
             trust_root=load_trust_root(ca_file) if ca_file else None,
             timeout=float(config.webserver_timeout_secs),
         )
-        return FrappeBuilder(prefix, client, clock=reactor)
+        return FrappeBuilder(prefix, client, clock=reactor, enqueue=frappe_enqueue(config))
     raise ValueError(f"unknown job_builder {kind!r}")
+
+
+def frappe_enqueue(config: BuilderSettings) -> FrappeEnqueue:
+    """The ``frappe.enqueue`` shape of the config's Frappe jobs: the site is
+    ``frappe_site_name``, else the site ``webserver_host_header`` names (what
+    selects the site for the ``frappe`` builder's requests); the TTLs are the
+    config's, else Frappe's."""
+    site = config.frappe_site_name or config.webserver_host_header or None
+    return FrappeEnqueue(
+        site,
+        id_style=config.frappe_job_id_style or "v15",
+        result_ttl=FRAPPE_RESULT_TTL if config.result_ttl is None else config.result_ttl,
+        failure_ttl=FRAPPE_FAILURE_TTL if config.failure_ttl is None else config.failure_ttl,
+    )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -72,6 +73,44 @@ def frappe_job_id(site: str, style: str) -> str:
     return FRAPPE_JOB_ID_STYLES[style](site, str(uuid.uuid4()))
 
 
+@dataclass(frozen=True)
+class FrappeEnqueue:
+    """What ``frappe.enqueue`` gives every job besides its call (COMPAT.md 8.2): an id
+    in the site's namespace, the site's TTLs and ``truncate_failed_registry`` on
+    failure.  Both Frappe builders' jobs get it, so that Frappe's RQ Job list and
+    ``remove_failed_jobs`` see them, and a failed one is kept days, not rq's year.
+
+    ``site`` None (a ``frappe`` builder whose config names no site): bare uuid
+    ids, the TTLs and the callback still.  The callback reads the site from the
+    job's kwargs, which BTU's pickle holds too.
+    """
+
+    site: str | None
+    id_style: str = "v15"
+    result_ttl: int = FRAPPE_RESULT_TTL
+    failure_ttl: int = FRAPPE_FAILURE_TTL
+
+    def __post_init__(self) -> None:
+        if self.id_style not in FRAPPE_JOB_ID_STYLES:
+            raise ValueError(
+                f"frappe_job_id_style must be one of {', '.join(FRAPPE_JOB_ID_STYLES)},"
+                f" got {self.id_style!r}"
+            )
+
+    def job(
+        self, row: ScheduleRow, when: int, origin: str, func: str,
+        kwargs: dict[str, Any] | None, data: bytes | None = None,
+    ) -> BuiltJob:
+        """:func:`rq_fields` for a job of this shape (a new id each call)."""
+        return rq_fields(
+            row, when, origin, func, kwargs, data,
+            job_id=frappe_job_id(self.site, self.id_style) if self.site else None,
+            result_ttl=self.result_ttl,
+            failure_ttl=self.failure_ttl,
+            on_failure=FRAPPE_FAILURE_CALLBACK,
+        )
+
+
 class FrappeSiteBuilder(_Builder):
     """``frappe_site``: the job is what ``frappe.enqueue(function_string, **kwargs)`` queues.
 
@@ -96,17 +135,10 @@ class FrappeSiteBuilder(_Builder):
         result_ttl: int = FRAPPE_RESULT_TTL,
         failure_ttl: int = FRAPPE_FAILURE_TTL,
     ) -> None:
-        if id_style not in FRAPPE_JOB_ID_STYLES:
-            raise ValueError(
-                f"frappe_job_id_style must be one of {', '.join(FRAPPE_JOB_ID_STYLES)},"
-                f" got {id_style!r}"
-            )
         self._prefix = prefix
         self._site = site
         self._user = user
-        self._id_style = id_style
-        self._result_ttl = result_ttl
-        self._failure_ttl = failure_ttl
+        self._enqueue = FrappeEnqueue(site, id_style, result_ttl, failure_ttl)
 
     def build(self, row: ScheduleRow, when: int) -> Deferred[BuiltJob]:
         """Build synchronously; the Deferred has already fired."""
@@ -122,13 +154,7 @@ class FrappeSiteBuilder(_Builder):
                 "kwargs": merged_kwargs(row),
             }
             origin = queue_origin(row, self._prefix)
-            job = rq_fields(
-                row, when, origin, FRAPPE_EXECUTE_JOB, queue_args,
-                job_id=frappe_job_id(self._site, self._id_style),
-                result_ttl=self._result_ttl,
-                failure_ttl=self._failure_ttl,
-                on_failure=FRAPPE_FAILURE_CALLBACK,
-            )  # fmt: skip
+            job = self._enqueue.job(row, when, origin, FRAPPE_EXECUTE_JOB, queue_args)
         except Exception:
             return defer.fail(self._as_build_error(row, caught()))
         return defer.succeed(job)
@@ -151,14 +177,18 @@ class FrappeBuilder(_Builder):
     """``frappe``: the job's data is the pickle BTU's ``get_pickled_task`` returns.
 
     The site's bytes become the job's ``data`` untouched (rq's hash holds them
-    zlib-compressed); the daemon never unpickles them.
+    zlib-compressed); the daemon never unpickles them.  The rest of the job is
+    ``frappe.enqueue``'s, as ``frappe_site``'s (``enqueue``): the id, the TTLs,
+    the failure callback.
     """
 
     def __init__(
-        self, prefix: str, client: PickleSource, clock: IReactorTime | None = None
+        self, prefix: str, client: PickleSource, clock: IReactorTime | None = None,
+        enqueue: FrappeEnqueue | None = None,
     ) -> None:
         self._prefix = prefix
         self._client = client
+        self._enqueue = enqueue if enqueue is not None else FrappeEnqueue(None)
         self._clock = as_clock(clock) if clock is not None else None
         # The site's state for ``status`` and metrics: transient errors are an
         # outage, 401/403 a refusal (every run dropped), and any other answer
@@ -174,7 +204,7 @@ class FrappeBuilder(_Builder):
         def built(data: bytes) -> BuiltJob:
             if self.health is not None:
                 self.health.succeeded()
-            return rq_fields(row, when, origin, _BTU_EXECUTE_JOB, None, data=data)
+            return self._enqueue.job(row, when, origin, _BTU_EXECUTE_JOB, None, data=data)
 
         def failed(failure: Failure) -> Failure:
             from btu_twisted.jobs.frappe_answers import FetchError  # loaded with the client

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from btu_twisted import cron
-from btu_twisted.records import ScheduleRow
+from btu_twisted.records import ScheduleRow, echo
 
 __all__ = [
     "OVERLAP_CHOICES",
@@ -177,7 +177,7 @@ def parse_schedules(text: str, source: str = "<schedules>") -> dict[str, Schedul
         where = lines.of_table(index)
         found: list[tuple[int, str]] = []
         label = table.get("name") if isinstance(table.get("name"), str) else None
-        named = f"schedule {label!r}" if label else f"schedule #{index + 1}"
+        named = f"schedule {echo(label)}" if label else f"schedule #{index + 1}"
 
         def problem(
             key: str, message: str, index: int = index, named: str = named,

@@ -20,6 +20,7 @@ from btu_twisted.store.resp import Encoded, encode, join
 
 __all__ = [
     "BLOCKED", "BLOCKED_RETRY_SECS", "CLAIMED", "LOST", "OVERLAPPED", "PER_JOB_FIELDS", "STALE",
+    "WITHDRAWN",
     "Blocked", "BlockedClaims", "Claim", "ClaimWire", "claim_arguments", "framed", "member_for",
     "split_member",
 ]
@@ -145,7 +146,7 @@ def claim_arguments(
 
 
 
-CLAIMED, LOST, STALE, BLOCKED, OVERLAPPED = 1, 0, 2, 3, 4
+CLAIMED, LOST, STALE, BLOCKED, OVERLAPPED, WITHDRAWN = 1, 0, 2, 3, 4, 5
 #: Seconds before a blocked claim is tried again: it waits for an operator to
 #: fix a key, so there is no point in trying every second.
 BLOCKED_RETRY_SECS = 10.0

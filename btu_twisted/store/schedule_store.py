@@ -41,6 +41,7 @@ from btu_twisted.store.claims import (
     OVERLAPPED,
     PER_JOB_FIELDS,
     STALE,
+    WITHDRAWN,
     Blocked,
     BlockedClaims,
     Claim,
@@ -92,7 +93,7 @@ __all__ = [
     "FORGET_LAST_RUNS", "JOB_PREFIX", "LAST_ENQUEUED", "LAST_RUN_NAMES", "LOST", "MEMBER_INDEX",
     "OVERLAPPED", "PER_JOB_FIELDS", "PLAN", "PLANNED_MARKER", "PLAN_CHUNK", "PRUNE_INDEX",
     "PRUNE_MEMBERS", "QUEUE_PREFIX", "RECENT_SECS", "RQ_QUEUES", "SCAN_PAGE", "SCHEDULE_SET",
-    "STALE", "UNPLAN_IF_OWNED", "WINDOW", "Blocked", "BlockedClaims", "Claim", "ClaimWire",
+    "STALE", "UNPLAN_IF_OWNED", "WINDOW", "WITHDRAWN", "Blocked", "BlockedClaims", "Claim", "ClaimWire",
     "Keys", "ScheduleStore", "Window", "claim_arguments", "framed", "member_for",
     "split_member",
 ]

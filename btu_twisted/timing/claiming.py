@@ -24,6 +24,7 @@ from btu_twisted.store.schedule_store import (
     BLOCKED_RETRY_SECS,
     CLAIMED,
     OVERLAPPED,
+    WITHDRAWN,
     Claim,
 )
 from btu_twisted.timing.due import PreparedClaims
@@ -246,13 +247,17 @@ class ClaimRound:
                     )
             elif result == CLAIMED:
                 self.stats.skipped += 1
+            elif result == WITHDRAWN:
+                # A socket cancel or a planning removed or replaced the member
+                # between its build and its claim: ours, not another daemon's.
+                self.stats.withdrawn += 1
             else:
                 self.stats.lost += 1
             # LOST too: the winner normally plans the next run, but it may have
             # been killed right after its claim, or the winner may be us (an
             # earlier attempt of this claim ran but its reply was lost).  The
             # store never brings back a run already enqueued, so planning
-            # again is always safe.
+            # again is always safe (WITHDRAWN: the planner decides again).
             self._replans.append(claim.schedule)
         return held_since
 

@@ -207,6 +207,8 @@ class Timer(Service):
         # it would be late by however long Redis took.
         now = self._clock.seconds()
         self.stats.members_seen = window.count
+        self.stats.near_seen = len(window.near)
+        self.stats.seen_at = now
         self.stats.next_due = window.near[0] if window.near else window.beyond
         truncated = len(window.near) >= FETCH_LIMIT
         self._forget_vanished(window.near, truncated)

@@ -403,6 +403,14 @@ def subcommand_names(parser: argparse.ArgumentParser) -> list[str]:
     return [name for name, _, _ in _subcommands(parser)]
 
 
+def command_groups(parser: argparse.ArgumentParser) -> list[tuple[str, list[str]]]:
+    """(title, command names) as ``btu --help`` groups them; one untitled group
+    holding every command when the parser has no grouping."""
+    groups: dict[str, list[str]] = getattr(parser, "command_groups", None) or {
+        "": subcommand_names(parser)}
+    return [(title, names) for title, names in groups.items() if names]
+
+
 def _argument_list(rows: Sequence[tuple[str, str]]) -> list[str]:
     out = []
     for name, help_text in rows:
@@ -437,12 +445,19 @@ def cli_reference(parser: argparse.ArgumentParser) -> str:
     if parser.epilog:
         out += [rst_escape(parser.epilog), ""]
     out += heading("Commands", "-")
-    out += [".. list-table::", "   :header-rows: 1", "   :widths: 25 75", "",
-            "   * - command", "     - what it does"]
-    for name, summary, _ in _subcommands(parser):
-        out += [f"   * - :ref:`{name} <cli-{name}>`", f"     - {rst_escape(summary)}"]
-    out.append("")
-    for name, summary, sub in _subcommands(parser):
+    by_name = {name: (summary, sub) for name, summary, sub in subcommands}
+    groups = command_groups(parser)
+    for title, names in groups:
+        if title:
+            out += [f"**{rst_escape(title[0].upper() + title[1:])}**", ""]
+        out += [".. list-table::", "   :header-rows: 1", "   :widths: 25 75", "",
+                "   * - command", "     - what it does"]
+        for name in names:
+            out += [f"   * - :ref:`{name} <cli-{name}>`",
+                    f"     - {rst_escape(by_name[name][0])}"]
+        out.append("")
+    for name in (name for _, names in groups for name in names):
+        summary, sub = by_name[name]
         out += [f".. _cli-{name}:", ""]
         out += heading(literal(f"btu {name}"), "~")
         out += [rst_escape(sub.description or summary), "", ".. code-block:: text", ""]

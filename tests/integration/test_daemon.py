@@ -4,14 +4,18 @@ runs them."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import pickle
 import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
+from btu_twisted.cli import main
 from btu_twisted.store.schedule_store import LAST_ENQUEUED, SCHEDULE_SET
 from tests.integration.daemon import make_service, run_worker, wait_for
 from tests.integration.support import (
@@ -21,6 +25,7 @@ from tests.integration.support import (
     config_values,
     exclusive_redis_db,
     sync_redis,
+    toml_text,
 )
 
 DB = 2
@@ -156,6 +161,43 @@ class DaemonTests(unittest.TestCase):
         self.assertFalse(await self.service.cancel("TS-1"))
         self.assertEqual([m.split(b"|")[0] for m in self.redis.zrange(SCHEDULE_SET, 0, -1)],
                          [b"TS-10"])
+
+    async def test_btu_reload_and_status_over_the_socket(self) -> None:
+        """``btu reload NAME`` asks the running daemon, which looks the name up in
+        MariaDB: an unknown name exits 1 (nothing planned), a known one exits 0.
+        ``btu status`` counts the run planned hours ahead when asked, whatever the
+        timer saw at its last look."""
+        self.db.add_task("BTU-1", "tests.jobfuncs.record")
+        self.db.add_schedules([("TS-1", "BTU-1", "0 13 * * *", True, "default", None)])
+        values = config_values(self.db.name, redis_db=DB)
+        self.service, self.fatal = make_service(values)
+        await self.service.startService()
+        await wait_for(lambda: self.redis.zcard(SCHEDULE_SET) == 1)
+        config = self.mktemp()
+        with open(config, "w") as stream:
+            stream.write(toml_text(values))
+        os.chmod(config, 0o600)
+
+        def btu(*argv: str) -> tuple[int, str, str]:
+            out, err = io.StringIO(), io.StringIO()
+            code = main(["--config", config, *argv], stdout=out, stderr=err)
+            return code, out.getvalue(), err.getvalue()
+
+        code, out, err = await deferToThread(btu, "reload", "NOSUCH")
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn("no Task Schedule 'NOSUCH' in MariaDB", err)
+        self.assertNotIn("NOSUCH", self.service.fifo)
+        code, out, err = await deferToThread(btu, "reload", "TS-1")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("re-processing Task Schedule TS-1", out)
+        self.service.timer.stats.members_seen = 0  # a look from before the planning
+        code, out, err = await deferToThread(btu, "--json", "status")
+        self.assertEqual((code, err), (0, ""))
+        status = json.loads(out)
+        self.assertEqual(status["members"], 1)
+        self.assertTrue(status["next_due"]["member"].startswith("TS-1|"))
+        self.assertEqual((status["lost_to_other_daemons"], status["cancelled_while_claiming"]),
+                         (0, 0))
 
     async def test_unreachable_database_is_fatal(self) -> None:
         """Without startup_without_database_connections, an unreachable MariaDB

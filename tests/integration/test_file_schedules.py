@@ -137,6 +137,20 @@ class FileOnlyDaemonTests(FileDaemonCase):
         self.assertIsNotNone(shown["last_reload_at"])
         self.assertEqual(set(self.members()), {"new"})
 
+    async def test_reload_of_one_schedule_must_name_one_in_the_file(self) -> None:
+        """``reload`` with a name (``btu reload NAME``): a name of the file is planned;
+        another is an error line, and nothing is queued for it."""
+        self.path.write_text(schedule("old", "0 0 1 1 *"))
+        service = await self.start()
+        await wait_for(lambda: "old" in self.members(), timeout=5)
+        socket_path = service.config.socket_path
+        reply = await deferToThread(request, socket_path, "reload", "old")
+        self.assertEqual(reply, "BTU Scheduler now re-processing Task Schedule old in Python RQ.")
+        reply = await deferToThread(request, socket_path, "reload", "nosuch")
+        self.assertEqual(reply, "Error: no Task Schedule 'nosuch' in the schedules file; "
+                                "nothing to re-plan.")
+        self.assertNotIn("nosuch", service.fifo)
+
     async def test_broken_file_at_start_is_one_fatal_line(self) -> None:
         """A schedules file with errors stops the start with one line naming them."""
         self.path.write_text(schedule("x", "not a cron"))

@@ -484,7 +484,9 @@ class _WorkerMatrix:
         site = PickleSite(payload)
         port = reactor.listenTCP(0, Site(site), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        config = builder_config("frappe", webserver_port=port.getHost().port)
+        # frappe.enqueue's id, as frappe_site's: the style this worker's rq reads.
+        config = builder_config("frappe", webserver_port=port.getHost().port,
+                                frappe_job_id_style=self.frappe_id_style)
         row = schedule_row("TS-COMPAT-FRAPPE")
         built = await self.enqueue(config, row)
         self.assertEqual(site.bodies, [{"task_id": "BTU-COMPAT", "task_schedule_id": row.name}])

@@ -39,6 +39,7 @@ from btu_twisted.store.schedule_store import (
     RECENT_SECS,
     SCHEDULE_SET,
     STALE,
+    WITHDRAWN,
     Claim,
     ScheduleStore,
 )
@@ -603,7 +604,7 @@ class StoreTests(unittest.TestCase):
         claims = [job_claim(name, 2000, f"job-{name}") for name in names]
         results = await self.store.claim(claims, "t")
         expected = [CLAIMED] * 2500
-        expected[7], expected[2222] = LOST, STALE
+        expected[7], expected[2222] = WITHDRAWN, STALE
         self.assertEqual(results, expected)
         queued = [j.decode() for j in self.sync.lrange("rq:queue:default", 0, -1)]
         self.assertEqual(queued, [f"job-{n}" for n in names if n not in ("TS-0007", "TS-2222")])

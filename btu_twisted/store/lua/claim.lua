@@ -6,7 +6,10 @@
   An empty job id claims without enqueueing: a run skipped on purpose
   (misfire grace, unbuildable task).  Result code per claim:
     1 CLAIMED     enqueued (or skipped on purpose) by us
-    0 LOST        member gone: another daemon won, or it was cancelled or replanned
+    0 LOST        member gone and that time enqueued: another daemon won (or an
+                  earlier attempt of ours whose reply was lost)
+    5 WITHDRAWN   member gone and that time never enqueued: it was cancelled or
+                  replanned (a socket cancel, the planner) while being claimed
     2 STALE       that time was already enqueued
     3 BLOCKED     a key it would write holds the wrong type (or its last run
                   cannot be read): left untouched, member kept, to be retried
@@ -165,7 +168,10 @@ for j = 1, njobs do
   end
   local bad, code = nil, nil
   if not scores[j] or removed[member] then
-    code = 0
+    -- Who took it: a claim always records its time as the last run, a
+    -- cancel or a replan never does.
+    local done_at = tonumber(d or '')
+    if done_at and tonumber(ARGV[at[j] + 2]) <= done_at then code = 0 else code = 5 end
   elseif d and not tonumber(d) then
     bad = last .. ' field ' .. name .. ' holds "' .. string.sub(d, 1, 40)
       .. '", not a unix time'
