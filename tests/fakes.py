@@ -374,6 +374,9 @@ class FakeStore(_FakeService):
     def resume(self, schedule: str, now: float) -> Deferred[bool]:
         return self._call("resume", lambda: self._resume(schedule, now), schedule)
 
+    def is_paused(self, schedule: str) -> Deferred[bool]:
+        return self._call("is_paused", lambda: schedule in self.paused_since, schedule)
+
     def paused(self, limit: int = 1000) -> Deferred[Paused]:
         def read() -> Paused:
             since = dict(sorted(self.paused_since.items())[:limit])

@@ -116,6 +116,13 @@ class ReplanTests(unittest.TestCase):
         self.assertIn("It is disabled", line)
         self.assertEqual(self.parts.fifo.take(10), ["TS-1"])  # its member goes
 
+    def test_paused_schedule_says_so(self) -> None:
+        """Planning refuses a paused schedule: the reply must not promise a run."""
+        self.db.put(make_row("TS-1"))
+        self.parts.store.paused_since["TS-1"] = int(EPOCH)
+        line = self.successResultOf(self.replan("TS-1"))
+        self.assertIn("It is paused: nothing is planned until 'btu resume TS-1'.", line)
+
     def test_unknown_schedule_is_declined(self) -> None:
         failure = self.failureResultOf(self.replan("NOSUCH"), UnknownSchedule)
         self.assertEqual(failure.getErrorMessage(), "no Task Schedule 'NOSUCH' in MariaDB")

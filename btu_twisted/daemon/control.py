@@ -149,7 +149,9 @@ class SiteControl:
                 f"the planning queue is full; Task Schedule {shorten(name)} was not queued")
         self.log.info("{schedule} re-planned on request", schedule=shorten(name))
         line = f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ."
-        if not row.enabled:
+        if await as_deferred(self._parts.store.is_paused(name)):
+            line += f" It is paused: nothing is planned until 'btu resume {name}'."
+        elif not row.enabled:
             line += " It is disabled: its planned run, if any, is removed."
         return line
 

@@ -337,6 +337,9 @@ class ScheduleStore:
         """Which schedules are paused, since when (about ``limit`` of them at most)."""
         return parse_paused(list(await self._eval(PAUSED_LIST, [self.keys.paused], [limit])))
 
+    async def is_paused(self, schedule: str) -> bool:
+        return bool(int(await self._redis.command("HEXISTS", self.keys.paused, schedule)))
+
     async def close_lives(self, schedules: Sequence[str]) -> int:
         """The schedules were found deleted: drop their history, pause and last job,
         so that a new schedule under the same name starts afresh; returns how
