@@ -186,7 +186,9 @@ class FullRefresh(Service):
         await self._store.mark_planned()
         memory = self._memory
         enabled: set[str] = set()
-        existing: set[str] = set()
+        # The schedules there are besides the enabled ones, for the store to
+        # keep their last runs: not a second set of every name (store.prune).
+        disabled: set[str] = set()
         # Enabled rows the planner planned as they are now: they are queued
         # too unless the member index holds the very member it planned.
         unchanged: set[str] = set()
@@ -196,8 +198,9 @@ class FullRefresh(Service):
             chunk = await self._db.schedule_states(after)
             changed = []
             for name, on, fp in chunk:
-                existing.add(name)
-                if on:
+                if not on:
+                    disabled.add(name)
+                else:
                     enabled.add(name)
                     if memory.matches(name, fp):
                         unchanged.add(name)
@@ -215,7 +218,7 @@ class FullRefresh(Service):
 
         # The last runs of deleted schedules go too (those of disabled ones
         # stay: they still guard the runs if the schedule is enabled again).
-        removed = await self._store.prune(enabled, existing, seen=seen)
+        removed = await self._store.prune(enabled, disabled, seen=seen)
         queued += len(unchanged)
         refused += self._fifo.extend(sorted(unchanged), bulk=True)
         # A name removed here may have been enabled (and planned) just after
