@@ -136,9 +136,9 @@ class FullRefresh(Service):
             self._retry.cancel()  # this refresh is the retry
         self._retry = None
         # Every member the planner remembers planning is gone: forgotten, each
-        # name is queued as its chunk of rows is read, and the planner starts
-        # at once, instead of after the whole read and the prune (2-4 s of a
-        # 100,000-schedule replan, which must end within 10 s).
+        # name is queued as its chunk of rows is read and the planner starts
+        # at once, instead of every name waiting, in a set and then a sorted
+        # list, for the whole read and the prune to find its member missing.
         self._memory.clear()
         await self._start_refresh()
 
