@@ -234,6 +234,7 @@ async def run_case(reactor: Any, spec: dict[str, Any]) -> dict[str, Any]:
             await task.deferLater(reactor, 0.02, lambda: None)
         out["plan_secs"] = round(time.time() - t0, 3)
         out["plan_cpu_secs"] = round(_cpu() - cpu0, 3)
+        out["plan_batches"] = service.planner.batches
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(spec["profile"].replace(".refresh.", ".plan."))
@@ -429,7 +430,8 @@ def _rows(r: dict[str, Any]) -> dict[str, str]:
     same, changed, cancel = r["refresh_same"], r["refresh_changed"], r["cancel"]["ms"]
     slow = r["slowlog"]["max_ms_by_command"]
     rows = {
-        "start -> all planned": f"{r['plan_secs']:.2f} s (CPU {r['plan_cpu_secs']:.2f} s)",
+        "start -> all planned": f"{r['plan_secs']:.2f} s (CPU {r['plan_cpu_secs']:.2f} s,"
+                                f" {r.get('plan_batches', '?')} batches)",
         "RSS planned / end": f"{r['rss_mib_planned']:.1f} / {r['rss_mib_end']:.1f} MiB",
         "peak RSS planned / refreshed": f"{r['rss_mib_peak_planned']:.1f} /"
                                         f" {r['rss_mib_peak_refreshed']:.1f} MiB",
