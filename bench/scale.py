@@ -1,17 +1,27 @@
 """Scale: N enabled schedules (100,000 by default), start, refresh, cancel.
 
-``python -m bench.scale [--n 100000] [--code DIR]``
+``python -m bench.scale [--n 100000] [--code DIR] [--cases warm,cold]``
 
 The orchestrator makes a ``btu_bench_scale_*`` database with N enabled schedules
 (bulk INSERT, 50 cron strings none of which fires in the next 15 minutes, so
 no claim disturbs the figures), holds the lock of Redis database 10 as the
 ``bench.run`` cases do, and runs the daemon in a fresh process
 (``python -m bench.scale --case SPEC``) that measures, on the real reactor,
-the following.  Every schedule, and 1 % more deleted ones, has a last run a
-day old in ``last_enqueued`` (what a refresh walks to forget the deleted ones).
+the following.  Two cases, each with a database and a daemon of its own,
+reported side by side:
+
+* ``warm``: every schedule, and 1 % more deleted ones, has a last run a day
+  old in ``last_enqueued`` (what a refresh walks to forget the deleted ones):
+  a daemon restarted on a Redis that kept its data;
+* ``cold``: Redis is empty, no schedule has a last run: a fresh install, or a
+  Redis restarted without persistence.
+
+Each case measures:
 
 * ``plan_secs``: ``startService()`` until ``ZCARD`` reaches N and the FIFO is
-  empty; ``rss_mib`` (``VmRSS``) then;
+  empty; ``rss_mib_planned`` (``VmRSS``) and ``rss_mib_peak_planned``
+  (``VmHWM``, the process's peak so far) then, ``rss_mib_peak_refreshed``
+  after the two refreshes below, ``rss_mib_end`` after the cancels;
 * ``refresh_same``: one full refresh with nothing changed, and
   ``refresh_changed``: one after 1 % of the rows got another cron string
   (``modified`` left alone, so only the refresh can see it): CPU seconds of
@@ -21,6 +31,9 @@ day old in ``last_enqueued`` (what a refresh walks to forget the deleted ones).
   socket, one after the other, each on its own connection (as the BTU app
   sends them), from a child process (the reactor is otherwise idle):
   connect-to-reply p50/p99/max in ms;
+* ``keys_lost``: then ``FLUSHDB`` under the running daemon (Redis restarted
+  without persistence): seconds until every schedule is planned again (the
+  daemon looks for its keys every 2 s), and the peak RSS by then;
 * ``slowlog``: the Redis ``SLOWLOG`` entries over 10 ms from the daemon's own
   connections during all of the above, the longest per command (scripts
   named by the store's name for them).  The orchestrator sets
@@ -29,7 +42,8 @@ day old in ``last_enqueued`` (what a refresh walks to forget the deleted ones).
 ``--code DIR`` runs the daemon from DIR (first on its ``sys.path``), so that a
 ``btu_twisted`` package extracted there (``git archive main btu_twisted |
 tar -x -C DIR``) is measured with this benchmark: the before/after figures.
-Result: one table on stdout, the details in ``bench/results/scale.json``.
+Result: one table on stdout, the cases side by side; the details in
+``bench/results/scale.json``, by case.
 """
 
 from __future__ import annotations
@@ -69,10 +83,10 @@ class ScaleDatabase(fixtures.BenchDatabase):
 
 # -- the daemon's side ------------------------------------------------------------
 
-def _rss_mib() -> float:
+def _rss_mib(field: str = "VmRSS") -> float:
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
 
@@ -84,19 +98,17 @@ def _cpu() -> float:
 
 def _script_label(script: str) -> str:
     """The store's name of a script SLOWLOG shows (by its SHA1, or by its first
-    128 characters: SLOWLOG cuts longer arguments)."""
+    128 characters: SLOWLOG cuts longer arguments): any of ``lua/*.lua``."""
     from btu_twisted.store import schedule_store as store
+    from btu_twisted.store import scripts
 
     shown = script.split("... (", 1)[0]
-    for name in ("PLAN", "CLAIM", "PRUNE", "PRUNE_INDEX", "PRUNE_MEMBERS", "UNPLAN_IF_OWNED",
-                 "FORGET_LAST_RUNS", "CANCEL", "WINDOW"):
-        text = getattr(store, name, None)
-        if not isinstance(text, str):
-            continue
+    for name in scripts.NAMES:
+        text = scripts.load(name)
         for variant in (text, store._without_shebang(text)):
             if shown == hashlib.sha1(variant.encode()).hexdigest() or (
                     len(shown) > 40 and variant.startswith(shown)):
-                return name
+                return name.upper()
     return shown.strip().splitlines()[0][:40] if shown.strip() else "?"
 
 
@@ -222,12 +234,14 @@ async def run_case(reactor: Any, spec: dict[str, Any]) -> dict[str, Any]:
             await task.deferLater(reactor, 0.02, lambda: None)
         out["plan_secs"] = round(time.time() - t0, 3)
         out["plan_cpu_secs"] = round(_cpu() - cpu0, 3)
+        out["plan_batches"] = service.planner.batches
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(spec["profile"].replace(".refresh.", ".plan."))
         out["zcard"] = count
         await _idle(reactor, service)
         out["rss_mib_planned"] = _rss_mib()
+        out["rss_mib_peak_planned"] = _rss_mib("VmHWM")
         slow.note_clients()
         profiler = cProfile.Profile() if spec.get("profile") else None
         if profiler is not None:
@@ -240,18 +254,42 @@ async def run_case(reactor: Any, spec: dict[str, Any]) -> dict[str, Any]:
         await threads.deferToThread(_change_rows, spec["database"], changed)
         out["refresh_changed"] = await _refresh(reactor, service)
         out["refresh_changed"]["rows_changed"] = len(changed)
+        out["rss_mib_peak_refreshed"] = _rss_mib("VmHWM")
         out["cancel"] = await threads.deferToThread(
             _cancel_in_child, config.socket_path, spec["cancel"])
         out["rss_mib_end"] = _rss_mib()
-        out["slowlog"] = slow.read()
-        # Read after the slow log, by the bench's own client: a whole-set read.
+        out["rss_mib_peak"] = _rss_mib("VmHWM")
+        # By the bench's own client (not in the slow log's figures): a whole-set read.
         members = [m.decode() for m in slow.redis.zrange(SCHEDULE_SET, 0, -1)]
         out["members_after_refreshes"] = len(members)
         out["changed_rows_planned_right"] = _check_changed(members, changed)
+        out["keys_lost"] = await _keys_lost(reactor, service, slow.redis, n,
+                                            float(spec.get("timeout", 600)))
+        out["slowlog"] = slow.read()
         out["code_file"] = sys.modules[BtuService.__module__].__file__
     finally:
         await service.stopService()
     return out
+
+
+async def _keys_lost(reactor: Any, service: Any, admin: Any, n: int,
+                     timeout: float) -> dict[str, Any]:
+    """FLUSHDB under the running daemon (a Redis restarted without persistence):
+    seconds until every schedule is planned again, and the peak RSS since start."""
+    from twisted.internet import task, threads
+
+    from btu_twisted.store.schedule_store import SCHEDULE_SET
+
+    t0 = time.time()
+    await threads.deferToThread(admin.flushdb)
+    count = 0
+    while time.time() < t0 + timeout:
+        count = int(await service.redis.command("ZCARD", SCHEDULE_SET))
+        if count >= n and not len(service.fifo):
+            break
+        await task.deferLater(reactor, 0.02, lambda: None)
+    return {"secs": round(time.time() - t0, 3), "zcard": count,
+            "rss_mib_peak": _rss_mib("VmHWM")}
 
 
 def _change_rows(database: str, changed: dict[str, str]) -> None:
@@ -322,8 +360,9 @@ def seed_last_runs(admin: Any, names: list[str], now: float) -> None:
 
 
 def run(n: int, code: str | None, changed_pct: float, cancels: int,
-        profile: bool = False) -> dict[str, Any]:
+        profile: bool = False, cold: bool = False) -> dict[str, Any]:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    case = "cold" if cold else "warm"
     with fixtures.redis_dbs_locked((REDIS_DB_OURS,)):
         flush(REDIS_DB_OURS)
         admin = sync_redis(REDIS_DB_OURS)
@@ -337,7 +376,8 @@ def run(n: int, code: str | None, changed_pct: float, cancels: int,
             names = schedule_names(n)
             db.add_schedules((name, base[i % len(base)]) for i, name in enumerate(names))
             insert_secs = time.time() - t
-            seed_last_runs(admin, names, t)
+            if not cold:
+                seed_last_runs(admin, names, t)
             step = max(1, round(100 / changed_pct))
             changed = {name: others[i % len(others)] for i, name in enumerate(names[::step])}
             # Never a changed row: those are checked after the cancels.
@@ -348,7 +388,8 @@ def run(n: int, code: str | None, changed_pct: float, cancels: int,
             spec = {
                 "n": n, "database": db.name, "changed": changed, "cancel": cancel,
                 "code": code, "timeout": 900,
-                "profile": str(RESULTS / "scale.refresh.prof") if profile else None,
+                "profile": (str(RESULTS / f"scale.{case}.refresh.prof") if profile
+                            else None),
                 "log_file": str(RESULTS / "scale.log"),
                 "config": daemon_config(db.name, REDIS_DB_OURS),
             }
@@ -371,6 +412,7 @@ def run(n: int, code: str | None, changed_pct: float, cancels: int,
             if not lines:
                 raise RuntimeError(f"scale case printed nothing: {proc.stderr[-3000:]}")
             result = json.loads(lines[-1])
+            result["case"] = case
             result["insert_secs"] = round(insert_secs, 1)
             result["load_avg"] = os.getloadavg()
             return result
@@ -381,24 +423,50 @@ def run(n: int, code: str | None, changed_pct: float, cancels: int,
             flush(REDIS_DB_OURS)
 
 
-def table(r: dict[str, Any]) -> str:
+def _rows(r: dict[str, Any]) -> dict[str, str]:
+    """One case's figures, by the table's row names."""
     if "fatal" in r:
-        return f"daemon could not start: {r['fatal']}"
+        return {"start -> all planned": f"could not start: {r['fatal']}"[:60]}
     same, changed, cancel = r["refresh_same"], r["refresh_changed"], r["cancel"]["ms"]
     slow = r["slowlog"]["max_ms_by_command"]
-    lines = [
-        f"N = {r['n']} ({r['code']}); load {', '.join(f'{x:.2f}' for x in r['load_avg'])}",
-        f"start -> all planned      {r['plan_secs']:8.2f} s   (CPU {r['plan_cpu_secs']:.2f} s)",
-        f"RSS planned / end         {r['rss_mib_planned']:8.1f} / {r['rss_mib_end']:.1f} MiB",
-        f"refresh, nothing changed  {same['cpu_secs']:8.2f} s CPU, {same['planned']} planned",
-        f"refresh, 1 % changed      {changed['cpu_secs']:8.2f} s CPU, {changed['planned']} planned"
-        f" ({r['changed_rows_planned_right']}/{changed['rows_changed']} changed rows right)",
-        f"cancel round trip         p50 {cancel.get('p50_ms')} ms, p99 {cancel.get('p99_ms')} ms,"
-        f" max {cancel.get('max_ms')} ms",
-        f"SLOWLOG > 10 ms           {r['slowlog']['entries']} entries"
-        + "".join(f"\n    {k:28s} max {v:.1f} ms" for k, v in sorted(slow.items())),
-    ]
-    return "\n".join(lines)
+    rows = {
+        "start -> all planned": f"{r['plan_secs']:.2f} s (CPU {r['plan_cpu_secs']:.2f} s,"
+                                f" {r.get('plan_batches', '?')} batches)",
+        "RSS planned / end": f"{r['rss_mib_planned']:.1f} / {r['rss_mib_end']:.1f} MiB",
+        "peak RSS planned / refreshed": f"{r['rss_mib_peak_planned']:.1f} /"
+                                        f" {r['rss_mib_peak_refreshed']:.1f} MiB",
+        "refresh, nothing changed": f"{same['cpu_secs']:.2f} s CPU, {same['planned']} planned",
+        "refresh, 1 % changed": f"{changed['cpu_secs']:.2f} s CPU, {changed['planned']} planned"
+                                f" ({r['changed_rows_planned_right']}/{changed['rows_changed']}"
+                                " right)",
+        "cancel p50 / p99 / max": f"{cancel.get('p50_ms')} / {cancel.get('p99_ms')} /"
+                                  f" {cancel.get('max_ms')} ms",
+        "keys lost -> all planned": f"{r['keys_lost']['secs']:.2f} s, peak RSS since start"
+                                    f" {r['keys_lost']['rss_mib_peak']:.1f} MiB",
+        "SLOWLOG > 10 ms": f"{r['slowlog']['entries']} entries",
+    }
+    for command, ms in sorted(slow.items()):
+        rows[f"  {command}"] = f"max {ms:.1f} ms"
+    return rows
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """The cases side by side, one column each."""
+    columns = [_rows(r) for r in results]
+    names: list[str] = []
+    for rows in columns:
+        names += [name for name in rows if name not in names]
+    first = results[0]
+    head = (f"N = {first['n']} ({first['code']}); load "
+            f"{', '.join(f'{x:.2f}' for x in first.get('load_avg', ()))}")
+    width = [max([len(r.get("case", "?")), *(len(c.get(n, "")) for n in names)])
+             for r, c in zip(results, columns, strict=True)]
+    lines = [head, f"{'':30s}" + "  ".join(f"{r.get('case', '?'):{w}s}"
+                                          for r, w in zip(results, width, strict=True))]
+    for name in names:
+        lines.append(f"{name:30s}" + "  ".join(f"{c.get(name, '-'):{w}s}"
+                                              for c, w in zip(columns, width, strict=True)))
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000, help="enabled schedules")
     parser.add_argument("--code", help="directory holding the btu_twisted package to measure")
+    parser.add_argument("--cases", default="warm,cold",
+                        help="warm (every schedule has a last run a day old), cold (empty "
+                             "Redis: none has); each with its own database and daemon")
     parser.add_argument("--changed-pct", type=float, default=1.0)
     parser.add_argument("--cancels", type=int, default=100)
     parser.add_argument("--profile", action="store_true",
@@ -421,9 +492,15 @@ def main(argv: list[str] | None = None) -> int:
         names = json.loads(sys.stdin.read())
         print(json.dumps(_cancel_round_trips(opts.cancel_client, names)))
         return 0
-    result = run(opts.n, opts.code, opts.changed_pct, opts.cancels, opts.profile)
-    (RESULTS / "scale.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    print(table(result))
+    cases = [case.strip() for case in opts.cases.split(",") if case.strip()]
+    unknown = set(cases) - {"warm", "cold"}
+    if unknown or not cases:
+        parser.error(f"--cases takes warm and/or cold, not {opts.cases!r}")
+    results = [run(opts.n, opts.code, opts.changed_pct, opts.cancels, opts.profile,
+                   cold=case == "cold") for case in cases]
+    (RESULTS / "scale.json").write_text(
+        json.dumps({r["case"]: r for r in results}, indent=2, sort_keys=True) + "\n")
+    print(table(results))
     return 0
 
 

@@ -106,6 +106,19 @@ class CliImportTests(_WithConfig):
         self.assertIn("croniter", child["modules"])
         self.assertEqual(present(child["modules"], CLI_HEAVY), [])
 
+    def test_next_runs_with_a_config_loads_pymysql_without_its_rsa_bindings(self) -> None:
+        """With a MariaDB config ``next-runs`` reads the site's zone through
+        PyMySQL, loaded without cryptography's OpenSSL bindings (a sixth of the
+        command's time; MariaDB never asks for an RSA login).  Here the database
+        does not exist: a warning, and the listing in the config's zone."""
+        child = loaded_after(CLI, "next-runs", "0 13 * * 1-5", "-n", "2",
+                             "--config", self.config())
+        code, out, err = child["result"]
+        self.assertEqual(code, 0, err)
+        self.assertIn("cannot read cron_time_zone", err)
+        self.assertIn("pymysql", child["modules"])
+        self.assertEqual(present(child["modules"], ("cryptography.hazmat", "twisted", "rq")), [])
+
     def test_a_client_command_still_reports_its_client_error(self) -> None:
         """``list-jobs`` loads redis-py itself, and its connection error still maps
         to exit 3 and one line (the error classes are found once loaded)."""
@@ -134,6 +147,15 @@ class DaemonImportTests(_WithConfig):
         self.assertEqual(child["result"], ["FunctionBuilder", False])
         self.assertIn("btu_twisted.daemon.service", child["modules"])
         self.assertEqual(present(child["modules"], DAEMON_UNUSED), [])
+
+    def test_rq_is_not_loaded_to_start(self) -> None:
+        """rq and redis-py (a third to a half of exec to first ``pong``) are
+        loaded by the timer once the daemon has started, not to build it."""
+        for builder in ({"job_builder": "function"},
+                        {"job_builder": "frappe_site", "frappe_site_name": "site1.local"}):
+            child = loaded_after(MAKE_SERVICE, self.config(**builder))
+            self.assertIn("btu_twisted.timing.timer", child["modules"])
+            self.assertEqual(present(child["modules"], ("rq", "redis")), [], builder)
 
     def test_metrics_without_tls(self) -> None:
         """metrics_port brings prometheus_client and twisted.web, still without TLS."""
@@ -178,6 +200,19 @@ class DaemonImportTests(_WithConfig):
                                        "service_identity")),
             ["OpenSSL", "prometheus_client", "service_identity", "treq", "twisted.web"],
         )
+
+
+class LoopbackTests(unittest.TestCase):
+    def test_no_tls_context_for_a_database_on_loopback(self) -> None:
+        """PyMySQL would build an SSL context with the system's CA certificates
+        (25-30 ms) to try TLS it does not verify; the CLI skips it on loopback
+        only, where TLS protects nothing."""
+        from btu_twisted.cli.common import _is_loopback
+
+        for host in (None, "", "localhost", "127.0.0.1", "127.0.1.1", "::1"):
+            self.assertTrue(_is_loopback(host), host)
+        for host in ("db.example.com", "10.0.0.5", "::ffff:10.0.0.5", "localhost.example"):
+            self.assertFalse(_is_loopback(host), host)
 
 
 class UsesTlsTests(unittest.TestCase):

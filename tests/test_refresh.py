@@ -323,6 +323,24 @@ class ChangedOnlyTests(unittest.TestCase):
         self.assertEqual(self.refresh.last["schedules"], 5)
         self.assertEqual(self.db.calls["read_schedules"], reads)
 
+    def test_keys_lost_queue_every_name_as_it_is_read(self) -> None:
+        """Redis lost its keys: what the planner remembers planning is gone
+        too, so each name is queued with its chunk of rows, before the prune
+        (the planner starts at once), not after it as a missing member."""
+        self.store.flush()
+        self.store.hold.add("prune")
+        prunes = self.store.calls["prune"]
+        self.refresh._watch.stop()  # the check, by hand
+        lost = self.refresh._check_keys()
+        self.assertEqual(len(self.planner.memory), 0)
+        self.assertEqual(self.fifo.take(10), ["A", "B", "C", "D", "a|b"])
+        self.assertEqual(self.store.calls["prune"], prunes + 1)  # and held
+        self.store.hold.clear()
+        self.store.release()
+        self.successResultOf(lost)
+        self.assertEqual(self.fifo.take(10), [])
+        self.assertEqual(self.refresh.keys_lost, 1)
+
     def test_changed_rows_and_missing_or_foreign_members_are_queued(self) -> None:
         """Queued: a cron edited behind ``modified``'s back, a task cancelled,
         a new schedule, a member gone (claimed, cancelled) and a member some

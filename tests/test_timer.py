@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.records import ScheduleRow
+from btu_twisted.timing import timer as timer_module
 from btu_twisted.timing.timer import CLAIM_BATCH, FIRST_BATCH, LOOKAHEAD, Timer
 from tests.fakes import (
     EPOCH,
@@ -235,6 +236,26 @@ class OnTimeTests(TimerCase):
         self.assertEqual(self.job_count("TS-1"), 0)
         stats = self.timer.stats
         self.assertEqual((stats.withdrawn, stats.lost, stats.enqueued), (1, 0, 0))
+
+
+class StartTests(TimerCase):
+    def test_rq_is_loaded_on_the_turn_after_the_start(self) -> None:
+        """The daemon starts without rq (jobs/fields.py); the timer loads it on
+        the next reactor turn, so that a first due run does not wait for it."""
+        loads: list[float] = []
+        self.patch(timer_module, "load_rq", lambda: loads.append(self.clock.seconds()))
+        self.timer.startService()
+        self.assertEqual(loads, [])
+        self.clock.advance(0)
+        self.assertEqual(loads, [S])
+
+    def test_a_timer_stopped_at_once_loads_nothing(self) -> None:
+        loads: list[float] = []
+        self.patch(timer_module, "load_rq", lambda: loads.append(self.clock.seconds()))
+        self.timer.startService()
+        _deferred(self.timer.stopService())
+        self.clock.advance(1)
+        self.assertEqual(loads, [])
 
 
 class LateTests(TimerCase):

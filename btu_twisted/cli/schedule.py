@@ -14,7 +14,7 @@ from typing import TypedDict, cast
 from zoneinfo import ZoneInfo
 
 from btu_twisted.cli.arguments import MAX_RUNS, parse_after
-from btu_twisted.cli.common import FAILED, OK, CliError, Context
+from btu_twisted.cli.common import FAILED, OK, CliError, Context, load_pymysql
 from btu_twisted.cli.sql import cron_time_zone
 from btu_twisted.cron import CronError, get_zone, next_runs
 from btu_twisted.store.keys import Keys
@@ -42,11 +42,12 @@ def _display_zone(ctx: Context) -> ZoneInfo:
     The database only names the zone here, so when it cannot be read the
     listing still works, with a warning, in the config's zone.
     """
-    import pymysql
-
     config = ctx.config()
     if not config.uses_mariadb:  # schedules_file only: no site zone to read
         return get_zone(config.time_zone_string)
+    load_pymysql()
+    import pymysql
+
     try:
         site_zone = cron_time_zone(ctx)
     except (pymysql.err.MySQLError, OSError) as error:

@@ -13,9 +13,9 @@ import json
 import uuid
 from dataclasses import dataclass
 from enum import Enum
+from types import ModuleType
 from typing import Any
 
-from rq.job import Callback, Job, JobStatus
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -26,6 +26,25 @@ from btu_twisted.records import ScheduleRow
 
 #: rq job timeout when the task has no positive ``max_task_duration`` (BTU's field default).
 DEFAULT_TIMEOUT = 600
+
+_rq_job: ModuleType | None = None
+
+
+def load_rq() -> ModuleType:
+    """rq's job module, imported the first time it is needed.
+
+    rq brings redis-py, and the two took 100-350 ms of the daemon's start on
+    this host (a third to a half of exec to first ``pong``), for a module no
+    builder uses before its first due run.  The timer imports it right after
+    the daemon starts (:meth:`Timer.startService`), so that a first run does
+    not pay for it either.
+    """
+    global _rq_job
+    if _rq_job is None:
+        import rq.job
+
+        _rq_job = rq.job
+    return _rq_job
 
 
 @dataclass(frozen=True)
@@ -193,7 +212,8 @@ def rq_fields(
     and the failure callback (a dotted name, run with rq's default callback
     timeout) are stored as rq 1.15 and 2.x both read them.
     """
-    job = Job.create(
+    rq = _rq_job or load_rq()
+    job = rq.Job.create(
         func,
         args=args,
         kwargs=kwargs,
@@ -203,10 +223,10 @@ def rq_fields(
         timeout=job_timeout(row),
         description=job_description(row),
         meta={"task_schedule": row.name, "task": row.task, "scheduled_time": when},
-        status=JobStatus.QUEUED,
+        status=rq.JobStatus.QUEUED,
         result_ttl=result_ttl,
         failure_ttl=failure_ttl,
-        on_failure=Callback(on_failure) if on_failure else None,
+        on_failure=rq.Callback(on_failure) if on_failure else None,
     )
     if data is not None:
         job.data = data  # to_dict() stores it zlib-compressed, as rq stores its own

@@ -135,6 +135,11 @@ class FullRefresh(Service):
         if self._retry is not None and self._retry.active():
             self._retry.cancel()  # this refresh is the retry
         self._retry = None
+        # Every member the planner remembers planning is gone: forgotten, each
+        # name is queued as its chunk of rows is read and the planner starts
+        # at once, instead of every name waiting, in a set and then a sorted
+        # list, for the whole read and the prune to find its member missing.
+        self._memory.clear()
         await self._start_refresh()
 
     def _tick(self) -> Deferred[None]:
@@ -186,7 +191,9 @@ class FullRefresh(Service):
         await self._store.mark_planned()
         memory = self._memory
         enabled: set[str] = set()
-        existing: set[str] = set()
+        # The schedules there are besides the enabled ones, for the store to
+        # keep their last runs: not a second set of every name (store.prune).
+        disabled: set[str] = set()
         # Enabled rows the planner planned as they are now: they are queued
         # too unless the member index holds the very member it planned.
         unchanged: set[str] = set()
@@ -196,8 +203,9 @@ class FullRefresh(Service):
             chunk = await self._db.schedule_states(after)
             changed = []
             for name, on, fp in chunk:
-                existing.add(name)
-                if on:
+                if not on:
+                    disabled.add(name)
+                else:
                     enabled.add(name)
                     if memory.matches(name, fp):
                         unchanged.add(name)
@@ -215,7 +223,7 @@ class FullRefresh(Service):
 
         # The last runs of deleted schedules go too (those of disabled ones
         # stay: they still guard the runs if the schedule is enabled again).
-        removed = await self._store.prune(enabled, existing, seen=seen)
+        removed = await self._store.prune(enabled, disabled, seen=seen)
         queued += len(unchanged)
         refused += self._fifo.extend(sorted(unchanged), bulk=True)
         await _close_paused(self._store, existing, started)

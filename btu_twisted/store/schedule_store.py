@@ -268,10 +268,10 @@ class ScheduleStore:
         each member the index holds for an enabled schedule, which lets the
         full refresh find the schedules whose member is missing without a
         second pass.  With ``existing`` (the names of every schedule there is,
-        enabled or not), also forget the last runs of schedules not among
-        them, so that deleted schedules leave nothing behind; a disabled
-        schedule keeps its last run, which still guards its runs if it is
-        enabled again.
+        enabled or not; those in ``enabled`` may be left out), also forget the
+        last runs of schedules not among them, so that deleted schedules leave
+        nothing behind; a disabled schedule keeps its last run, which still
+        guards its runs if it is enabled again.
         """
         keep = enabled if isinstance(enabled, set | frozenset) else set(enabled)
         keys = [self.keys.schedule_set, self.keys.member_index]
@@ -299,18 +299,23 @@ class ScheduleStore:
                 break
         self.blocked.forget(keep)
         if existing is not None:
-            await self._forget_last_runs(keep.union(existing))
+            # Not keep.union(existing): at 100,000 schedules that is one more
+            # set of them all (4 MiB) at the refresh's peak.
+            others = existing if isinstance(existing, set | frozenset) else set(existing)
+            await self._forget_last_runs(keep, others)
         return sorted(name for name in removed if name)
 
-    async def _forget_last_runs(self, existing: Container[str]) -> int:
-        """Drop the last runs of names not in ``existing``, one HSCAN page per call."""
+    async def _forget_last_runs(self, keep: Container[str], others: Container[str]) -> int:
+        """Drop the last runs of names in neither ``keep`` nor ``others``, one
+        HSCAN page per call."""
         forgotten = 0
         cursor = "0"
         while True:
             last = [self.keys.last_enqueued]
             reply = await self._eval(LAST_RUN_NAMES, last, [cursor, SCAN_PAGE])
             cursor = _text(reply[0])
-            gone = [name for name in json.loads(_text(reply[1])) if name not in existing]
+            gone = [name for name in json.loads(_text(reply[1]))
+                    if name not in keep and name not in others]
             if gone:
                 keys = [*last, self.keys.last_job, *map(self.keys.history, gone)]
                 forgotten += int(await self._eval(FORGET_LAST_RUNS, keys, gone))

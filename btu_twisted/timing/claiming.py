@@ -10,7 +10,6 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from rq.utils import utcformat
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -110,6 +109,9 @@ class ClaimRound:
         # jobs prepared, one full collection took 40-80 ms.  It runs after.
         gc_pause()
         size = FIRST_BATCH
+        # Loaded with rq's Job by the builders already (jobs/fields.py load_rq).
+        from rq.utils import utcformat
+
         try:
             while True:
                 while failure is None and self._running() and len(in_flight) < CLAIMS_IN_FLIGHT:

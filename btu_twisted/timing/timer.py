@@ -28,9 +28,10 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from btu_twisted.clock import Clock
+from btu_twisted.clock import Clock, DelayedCall
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Backoff
+from btu_twisted.jobs.fields import load_rq
 from btu_twisted.seams import JobBuilder, RowReader, TimerStore
 from btu_twisted.store.schedule_store import Claim
 from btu_twisted.timing.alarm import Alarm
@@ -126,6 +127,7 @@ class Timer(Service):
         self._ticking: Deferred[None] | None = None
         self._again = False
         self._truncated = False
+        self._preload: DelayedCall | None = None
 
     def _is_running(self) -> bool:
         """Asked by the parts before each step of a burst: a stopping timer
@@ -147,11 +149,16 @@ class Timer(Service):
         self._arm(0)
         # What a daemon stopped mid-burst left in the run history inbox.
         self._history.fold()
+        # rq is left out of the start (jobs/fields.py): loaded on a later
+        # reactor turn, once the socket answers, not by the first due run.
+        self._preload = self._clock.callLater(0, load_rq)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()  # type: ignore[no-untyped-call]  # twisted's Service is unannotated
         self._wake.cancel()
         self._claims.wake(False)
+        if self._preload is not None and self._preload.active():
+            self._preload.cancel()
         pending = [d for d in (self._ticking, self._history.folding) if d is not None]
         if not pending:
             return None
