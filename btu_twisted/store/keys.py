@@ -73,6 +73,11 @@ class Keys:
         return self.prefix + "history_inbox"
 
     @property
+    def health(self) -> str:
+        """Hash: schedule name -> its health record as JSON (health_record.py)."""
+        return self.prefix + "health"
+
+    @property
     def owner(self) -> str:
         """The site whose daemons hold this prefix (prefix_guard.py)."""
         return self.prefix + "owner"

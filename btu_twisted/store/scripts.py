@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib.resources import files
 
 __all__ = [
-    "CANCEL", "CLAIM", "CLEAR_LAST_RUN", "FOLD_HISTORY", "FORGET_LAST_RUNS", "LAST_RUN_NAMES",
+    "CANCEL", "CLAIM", "CLEAR_LAST_RUN", "FOLD_HISTORY", "FOLLOW_JOBS", "FORGET_LAST_RUNS", "LAST_RUN_NAMES",
     "LATEST_RUNS", "NAMES", "PLAN", "PRUNE_INDEX", "PRUNE_MEMBERS", "RELEASE", "SOONEST", "TAKE",
     "UNPLAN_IF_OWNED", "WINDOW", "load",
 ]
@@ -28,7 +28,7 @@ def load(name: str) -> str:
 NAMES = (
     "plan", "claim", "prune_index", "prune_members", "unplan_if_owned", "forget_last_runs",
     "last_run_names", "cancel", "window", "fold_history", "take", "release", "soonest",
-    "latest_runs", "clear_last_run",
+    "latest_runs", "clear_last_run", "follow_jobs",
 )
 
 PLAN = load("plan")
@@ -46,3 +46,4 @@ RELEASE = load("release")
 SOONEST = load("soonest")
 LATEST_RUNS = load("latest_runs")
 CLEAR_LAST_RUN = load("clear_last_run")
+FOLLOW_JOBS = load("follow_jobs")
