@@ -139,7 +139,12 @@ class JobFollower:
             self._loop.stop()
         if self._pass is not None:
             await self._pass
-        await self._save()
+        try:
+            await self._save()
+        except Exception as e:
+            # Only what changed since the last pass is lost; the jobs are
+            # followed again from the saved records at the next start.
+            self.log.warn("schedule health not saved at stop: {error}", error=e)
 
     def _tick(self) -> None:
         if self._pass is not None:
