@@ -64,7 +64,7 @@ class HealthWebhook:
         self._site = site
         self._http = http if http is not None else treq
         self._queue: deque[dict[str, Any]] = deque()
-        self._sending: Deferred[None] | None = None
+        self._busy = False  # a POST is out
         self._backoff = Backoff(first=1.0, limit=60.0)
         self._tries = 0
         self._later: Any = None
@@ -80,22 +80,25 @@ class HealthWebhook:
         self._next()
 
     def _next(self) -> None:
-        if self._sending is not None or self._later is not None or not self._queue:
+        if self._busy or self._later is not None or not self._queue:
             return
-        self._sending = Deferred.fromCoroutine(self._send(self._queue[0]))
+        self._busy = True
+        Deferred.fromCoroutine(self._send(self._queue[0]))
 
     async def _send(self, body: dict[str, Any]) -> None:
         try:
             response = await self._http.post(
                 self._url, data=json.dumps(body).encode("utf-8"),
                 headers={b"Content-Type": [b"application/json"]},
-                timeout=TIMEOUT_SECS, reactor=self._reactor)
+                timeout=TIMEOUT_SECS, reactor=self._reactor,
+                # A few changes an hour: no connection is kept between them.
+                persistent=False)
             code = int(response.code)
             await self._http.content(response)
             problem = None if 200 <= code < 300 else f"HTTP {code}"
         except Exception as e:
             problem = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-        self._sending = None
+        self._busy = False
         if problem is None:
             self._queue.popleft()
             self.sent += 1
