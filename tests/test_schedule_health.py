@@ -32,6 +32,7 @@ from btu_twisted.store.health_record import (
     error_line,
 )
 from btu_twisted.store.health_store import JobState, job_state
+from btu_twisted.timing.coalesced import CoalescedRuns
 from btu_twisted.timing.job_follower import JobFollower
 
 T = Thresholds(failing_warning=1, failing_critical=3, late_secs=60, stuck_grace_secs=30)
@@ -236,3 +237,38 @@ class FollowerTests(SynchronousTestCase):
         self.clock.advance(3)
         self.assertIsNotNone(self.follower.records["v"].last_success)
         self.assertEqual(self.follower.states["v"].state, OK)
+
+
+class CoalescedTests(SynchronousTestCase):
+    def test_times_a_late_run_covered(self) -> None:
+        from tests.fakes import FakeDatabase, make_row
+
+        clock = Clock()
+        db = FakeDatabase(clock)
+        db.put(make_row("minutely", "* * * * *"), make_row("bad", "not a cron"))
+        runs = CoalescedRuns(db, "UTC")
+        got = self.successResultOf(Deferred.fromCoroutine(runs(
+            {"minutely": (600, 600 + 185.5), "bad": (600, 900), "gone": (600, 900)})))
+        self.assertEqual(got, {"minutely": [660, 720, 780]})
+
+    def test_the_follower_counts_them_as_missed(self) -> None:
+        clock = Clock()
+        clock.advance(1000)
+        store = FakeHealthStore()
+        asked: list[dict[str, tuple[int, float]]] = []
+
+        async def covered(late: Mapping[str, tuple[int, float]]) -> dict[str, list[int]]:
+            asked.append(dict(late))
+            return {name: [when + 60] for name, (when, _) in late.items()}
+
+        follower = JobFollower(clock, store, T, interval=3, coalesced=covered)
+        self.successResultOf(Deferred.fromCoroutine(follower.start()))
+        store.jobs["j1"] = store.jobs["j2"] = JobState("queued", None, None, None, 10, None)
+        follower.enqueued(claim("on-time", 1000, "j1"), 0.2)
+        follower.enqueued(claim("late", 880, "j2"), 120.0)
+        clock.advance(3)
+        self.assertEqual(asked, [{"late": (880, 1000.0)}])
+        self.assertEqual(follower.records["late"].missed_times, (940,))
+        self.assertEqual(follower.states["late"].state, MISSED)
+        self.assertEqual(follower.states["on-time"].state, OK)
+        self.successResultOf(Deferred.fromCoroutine(follower.stop()))

@@ -14,11 +14,13 @@ from typing import Any
 
 from btu_twisted.config import Config
 from btu_twisted.daemon.parts import Part
+from btu_twisted.seams import RowReader
 from btu_twisted.store.claims import Claim
 from btu_twisted.store.gateway import RedisCommands
 from btu_twisted.store.health_record import LEVELS, Thresholds
 from btu_twisted.store.health_store import HealthStore
 from btu_twisted.store.keys import Keys
+from btu_twisted.timing.coalesced import CoalescedRuns
 from btu_twisted.timing.job_follower import JobFollower
 
 __all__ = ["ScheduleHealth", "thresholds_of"]
@@ -44,17 +46,20 @@ class ScheduleHealth:
         site: str | None = None,
         metrics: object = None,
         paused: Callable[[], Container[str]] = frozenset,
+        rows: RowReader | None = None,
     ) -> None:
         """``metrics``: the site's ops.metrics.Metrics (its ``registry`` gets the
         schedules' series), or anything else for none.  ``paused``: the names of
-        the paused schedules (shown as paused, never alarming)."""
+        the paused schedules (shown as paused, never alarming).  ``rows``: where the
+        rows are read to count the runs a late run covered (None: not counted)."""
         self.follower: JobFollower | None = None
         self._webhook: Any = None
         if not config.schedule_health:
             return
         self.follower = JobFollower(
             reactor, HealthStore(redis, Keys(config.redis_key_prefix)), thresholds_of(config),
-            config.health_follow_secs, paused=paused)
+            config.health_follow_secs, paused=paused,
+            coalesced=None if rows is None else CoalescedRuns(rows, config.time_zone_string))
         if config.health_webhook_url:
             from btu_twisted.ops.health_webhook import HealthWebhook
 

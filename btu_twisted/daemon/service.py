@@ -146,7 +146,8 @@ class BtuService(Service):
         self.store = ScheduleStore(
             self.redis, Keys(config.redis_key_prefix), history_length=config.run_history_length
         )
-        self.health = ScheduleHealth(config, reactor, self.redis, site, self.metrics)
+        self.health = ScheduleHealth(config, reactor, self.redis, site, self.metrics,
+                                     rows=self.sources)
         if self.metrics_service is not None:
             from btu_twisted.ops.status_page import ScheduleReader, StatusPage
 

@@ -16,7 +16,7 @@ touches the timer's path: a slow or failed pass delays only the next pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import replace
 from itertools import islice
 from typing import Protocol
@@ -49,6 +49,13 @@ _FAILED = frozenset({"failed", "stopped", "canceled"})
 
 #: (schedule, state before, state now, its record)
 StateListener = Callable[[str, Health, Health, HealthRecord], None]
+#: Late runs (schedule -> its time, when it was enqueued) -> the times each covered.
+Coalesced = Callable[[Mapping[str, tuple[int, float]]], Awaitable[dict[str, list[int]]]]
+#: Late runs looked at per pass, and waiting at most.
+LATE_PER_PASS = 500
+MAX_LATE = 10_000
+#: A run this late may have covered others (coalesced.py).
+LATE_SECS = 1.0
 
 
 class FollowerStore(Protocol):
@@ -74,8 +81,10 @@ class JobFollower:
         interval: float,
         paused: Callable[[], Container[str]] = frozenset,
         pass_limit: int = PASS_LIMIT,
+        coalesced: Coalesced | None = None,
     ) -> None:
-        """``paused``: the schedules paused now (shown as paused, never alarming)."""
+        """``paused``: the schedules paused now (shown as paused, never alarming).
+        ``coalesced``: what late runs covered (timing/coalesced.py); None: not asked."""
         self._clock = clock
         self._store = store
         self.thresholds = thresholds
@@ -85,6 +94,8 @@ class JobFollower:
         self.records: dict[str, HealthRecord] = {}
         self.states: dict[str, Health] = {}
         self._pending: dict[str, str] = {}  # job id -> schedule, the longest unasked first
+        self._coalesced = coalesced
+        self._late: dict[str, tuple[int, float]] = {}  # late runs to look at
         self._dirty: set[str] = set()
         self._loop: LoopingCall | None = None
         self._pass: Deferred[None] | None = None
@@ -101,6 +112,8 @@ class JobFollower:
             job=PendingJob(claim.job_id, claim.when, now))
         self._pending[claim.job_id] = claim.schedule
         self._dirty.add(claim.schedule)
+        if self._coalesced is not None and lateness >= LATE_SECS and len(self._late) < MAX_LATE:
+            self._late[claim.schedule] = (claim.when, now)
         if len(self._pending) > MAX_PENDING:
             dropped = next(iter(self._pending))
             del self._pending[dropped]
@@ -169,6 +182,12 @@ class JobFollower:
                     continue
                 if not self._apply(schedule, job_id, state, now):
                     self._pending[job_id] = schedule  # asked again after the others
+        if self._late and self._coalesced is not None:
+            late = dict(islice(self._late.items(), LATE_PER_PASS))
+            for name in late:
+                del self._late[name]
+            for name, times in (await self._coalesced(late)).items():
+                self.skipped(name, times)
         self._evaluate(self._clock.seconds())
         await self._save()
 

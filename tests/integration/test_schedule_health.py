@@ -26,6 +26,7 @@ from twisted.trial import unittest
 from btu_twisted.cli import main as btu_main
 from tests.integration import rq_venvs
 from tests.integration.daemon import ROOT, wait_for
+from tests.integration.redis_servers import free_port
 from tests.integration.test_exactly_once import Daemon, wait_answering
 from tests.integration.test_file_schedules import FileDaemonCase, schedule
 
@@ -101,7 +102,8 @@ class FailingScheduleTests(ScheduleHealthCase):
                 "tests.jobfuncs.record", "tests.jobfuncs.fail")
             + schedule("good", "*/2 * * * * * *", queue="health"))
         self.worker(python, "health")
-        daemon = self.daemon(health_follow_secs=2)
+        port = free_port()
+        daemon = self.daemon(health_follow_secs=2, metrics_port=port)
         started = time.monotonic()
         daemon.start()
         await wait_answering([daemon], timeout=30)
@@ -121,6 +123,15 @@ class FailingScheduleTests(ScheduleHealthCase):
         self.assertIsNotNone(bad["last_failure"])
         self.assertEqual((good["state"], good["consecutive_failures"]), ("ok", 0))
         self.assertIsNotNone(good["last_success"])
+        # The same on /metrics and first on the status page.
+        metrics = await _get(f"http://127.0.0.1:{port}/metrics")
+        self.assertRegex(metrics, r'btu_schedule_consecutive_failures\{schedule="bad"\} [3-9]')
+        self.assertRegex(metrics,
+                         r'btu_schedule_last_success_timestamp_seconds\{schedule="good"\} 1')
+        page = await _get(f"http://127.0.0.1:{port}/")
+        self.assertIn("Unwell schedules", page)
+        self.assertIn("RuntimeError: failing on purpose", page)
+        self.assertLess(page.index("Unwell schedules"), page.index("Dependencies"))
 
         self.path.write_text(schedule("bad", "*/2 * * * * * *", queue="health")
                              + schedule("good", "*/2 * * * * * *", queue="health"))
@@ -200,6 +211,13 @@ async def _poll(check: Any, timeout: float) -> Any:
             raise AssertionError(f"not seen within {timeout} s")
         await wait_for(lambda: True, timeout=1)  # yield to the reactor
         await deferToThread(time.sleep, 0.3)
+
+
+async def _get(url: str) -> str:
+    import treq
+
+    response = await treq.get(url, persistent=False)
+    return str(await treq.text_content(response))
 
 
 def _unix(iso: str) -> float:
