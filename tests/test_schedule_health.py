@@ -122,13 +122,16 @@ class FakeHealthStore:
         self.asked: list[list[str]] = []
         self.fail_next = False
 
-    async def follow(self, job_ids: Sequence[str]) -> list[JobState]:
-        self.asked.append(list(job_ids))
+    async def follow(self, jobs: Sequence[tuple[str, str]]) -> list[JobState | None]:
+        self.asked.append([job_id for job_id, _ in jobs])
         if self.fail_next:
             self.fail_next = False
             raise ConnectionError("Redis away")
         gone = JobState("", None, None, None, None, None)
-        return [self.jobs.get(job_id, gone) for job_id in job_ids]
+        found = [self.jobs.get(job_id, gone) for job_id, _ in jobs]
+        # As the script does: nothing for a job whose status is the one last seen.
+        return [None if state.status == seen else state
+                for state, (_, seen) in zip(found, jobs, strict=True)]
 
     async def save(self, records: Mapping[str, HealthRecord]) -> None:
         self.saved.update(records)

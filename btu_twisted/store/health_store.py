@@ -10,6 +10,7 @@ health``) with HSCAN, never one HGETALL of a hash that may hold 100,000.
 from __future__ import annotations
 
 import base64
+import json
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,6 @@ FOLLOW_BATCH = 500
 SAVE_BATCH = 500
 #: rq's results stream of a job (rq >= 1.12 on a Redis with streams).
 RESULTS_PREFIX = "rq:results:"
-_FIELDS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +68,10 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _raw(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+
+
 def _error(raw: Any) -> str | None:
     """The first line that says what went wrong, from the stream's base64 zlib
     text or the hash's zlib bytes (or plain text, as a hand or an old rq wrote)."""
@@ -85,7 +89,7 @@ def _error(raw: Any) -> str | None:
 
 
 def job_state(values: Sequence[Any]) -> JobState:
-    """One job's six texts from FOLLOW_JOBS."""
+    """One job's status, enqueued_at, started_at, ended_at, timeout and error text."""
     status, enqueued, started, ended, timeout, error = values
     try:
         seconds: float | None = float(_text(timeout)) if _text(timeout) else None
@@ -102,15 +106,23 @@ class HealthStore:
         self._redis = redis
         self.keys = keys
 
-    async def follow(self, job_ids: Sequence[str]) -> list[JobState]:
-        """Where each job stands, in order; FOLLOW_BATCH per call."""
-        states: list[JobState] = []
-        for start in range(0, len(job_ids), FOLLOW_BATCH):
-            batch = job_ids[start:start + FOLLOW_BATCH]
-            keys = [key for job_id in batch for key in (JOB_PREFIX + job_id,
-                                                        RESULTS_PREFIX + job_id)]
-            reply = await self._redis.eval(FOLLOW_JOBS, keys, [])
-            states += [job_state(reply[i:i + _FIELDS]) for i in range(0, len(reply), _FIELDS)]
+    async def follow(self, jobs: Sequence[tuple[str, str]]) -> list[JobState | None]:
+        """Where each (job id, status last seen) stands now, in order; None
+        for a job whose status is still the one last seen.  FOLLOW_BATCH per call."""
+        states: list[JobState | None] = []
+        for start in range(0, len(jobs), FOLLOW_BATCH):
+            batch = jobs[start:start + FOLLOW_BATCH]
+            keys = [key for job_id, _ in batch for key in (JOB_PREFIX + job_id,
+                                                           RESULTS_PREFIX + job_id)]
+            reply = await self._redis.eval(FOLLOW_JOBS, keys, [seen for _, seen in batch])
+            found: list[JobState | None] = [None] * len(batch)
+            for index, *values in json.loads(_text(reply[0])):
+                error = values[-1]
+                if isinstance(error, str) and error.startswith("h:"):
+                    number = int(error[2:])
+                    values[-1] = b"h:" + _raw(reply[number])
+                found[int(index) - 1] = job_state(values)
+            states += found
         return states
 
     async def save(self, records: Mapping[str, HealthRecord]) -> None:

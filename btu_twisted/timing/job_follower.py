@@ -61,7 +61,7 @@ LATE_SECS = 1.0
 class FollowerStore(Protocol):
     """What the follower needs of :class:`~btu_twisted.store.health_store.HealthStore`."""
 
-    async def follow(self, job_ids: Sequence[str]) -> list[JobState]: ...
+    async def follow(self, jobs: Sequence[tuple[str, str]]) -> list[JobState | None]: ...
 
     async def save(self, records: Mapping[str, HealthRecord]) -> None: ...
 
@@ -94,6 +94,7 @@ class JobFollower:
         self.records: dict[str, HealthRecord] = {}
         self.states: dict[str, Health] = {}
         self._pending: dict[str, str] = {}  # job id -> schedule, the longest unasked first
+        self._seen: dict[str, str] = {}  # job id -> its status at the last pass
         self._coalesced = coalesced
         self._late: dict[str, tuple[int, float]] = {}  # late runs to look at
         self._dirty: set[str] = set()
@@ -117,6 +118,7 @@ class JobFollower:
         if len(self._pending) > MAX_PENDING:
             dropped = next(iter(self._pending))
             del self._pending[dropped]
+            self._seen.pop(dropped, None)
             self.log.warn("following more than {count:,} unfinished jobs: job {job} no longer "
                           "followed", count=MAX_PENDING, job=dropped)
 
@@ -174,14 +176,18 @@ class JobFollower:
     async def follow_once(self) -> None:
         ids = list(islice(self._pending, self._limit))
         if ids:
-            found = await self._store.follow(ids)
+            found = await self._store.follow([(job, self._seen.get(job, "?")) for job in ids])
             now = self._clock.seconds()
             for job_id, state in zip(ids, found, strict=False):
                 schedule = self._pending.pop(job_id, None)
                 if schedule is None:
                     continue
-                if not self._apply(schedule, job_id, state, now):
+                if state is None or not self._apply(schedule, job_id, state, now):
                     self._pending[job_id] = schedule  # asked again after the others
+                    if state is not None:
+                        self._seen[job_id] = state.status
+                else:
+                    self._seen.pop(job_id, None)
         if self._late and self._coalesced is not None:
             late = dict(islice(self._late.items(), LATE_PER_PASS))
             for name in late:

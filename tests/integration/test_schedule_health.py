@@ -225,3 +225,49 @@ def _unix(iso: str) -> float:
 
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
+
+
+class HealthStoreTests(FileDaemonCase):
+    """The FOLLOW_JOBS script and the records on a real Redis."""
+
+    async def test_follow_answers_only_changes_with_both_error_forms(self) -> None:
+        import base64
+        import zlib
+
+        from twisted.internet import reactor
+
+        from btu_twisted.store.gateway import RedisGateway
+        from btu_twisted.store.health_record import HealthRecord
+        from btu_twisted.store.health_store import HealthStore
+        from btu_twisted.store.keys import Keys
+
+        gateway = RedisGateway(reactor, "127.0.0.1", self.server.port, database=0)
+        gateway.start()
+        self.addCleanup(gateway.stop)
+        store = HealthStore(gateway, Keys("p:"))
+        self.redis.hset("rq:job:q", mapping={"status": "queued", "timeout": "30",
+                                             "enqueued_at": "2026-12-07T10:00:00.5Z"})
+        self.redis.hset("rq:job:h", mapping={
+            "status": "failed", "exc_info": zlib.compress(b"Traceback\n\xff\nKeyError: 'k'")})
+        self.redis.hset("rq:job:s", mapping={"status": "failed",
+                                             "started_at": "2026-12-07T10:00:01Z",
+                                             "ended_at": "2026-12-07T10:00:03Z"})
+        text = base64.b64encode(zlib.compress(b"Traceback\nValueError: from rq 2")).decode()
+        self.redis.xadd("rq:results:s", {"type": "2", "exc_string": text})
+        states = await store.follow([("q", "?"), ("h", "?"), ("s", "?"), ("gone", "?")])
+        q, h, s, gone = states
+        assert q is not None and h is not None and s is not None and gone is not None
+        self.assertEqual((q.status, q.timeout), ("queued", 30.0))
+        self.assertEqual(h.error, "KeyError: 'k'")
+        self.assertEqual((s.error, s.ended - s.started), ("ValueError: from rq 2", 2.0))  # type: ignore[operator]
+        self.assertEqual(gone.status, "")
+        again = await store.follow([("q", "queued"), ("gone", "")])
+        self.assertEqual(again, [None, None])
+        many = [(f"x{i}", "?") for i in range(1200)]  # more than one call's batch
+        self.assertEqual(len(await store.follow(many)), 1200)
+
+        records = {f"s{i}": HealthRecord(last_enqueued=i, consecutive_failures=i % 4)
+                   for i in range(1500)}
+        await store.save(records)
+        self.redis.hset("p:health", "broken", "not json")
+        self.assertEqual(await store.load(), records)
