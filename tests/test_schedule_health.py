@@ -139,6 +139,10 @@ class FakeHealthStore:
     async def load(self) -> dict[str, HealthRecord]:
         return dict(self.saved)
 
+    async def forget(self, names: Sequence[str]) -> None:
+        for name in names:
+            self.saved.pop(name, None)
+
 
 def claim(name: str, when: int, job_id: str) -> Claim:
     return Claim(member=f"{name}|{when}", schedule=name, when=when, job_id=job_id)
@@ -274,4 +278,40 @@ class CoalescedTests(SynchronousTestCase):
         self.assertEqual(follower.records["late"].missed_times, (940,))
         self.assertEqual(follower.states["late"].state, MISSED)
         self.assertEqual(follower.states["on-time"].state, OK)
+        self.successResultOf(Deferred.fromCoroutine(follower.stop()))
+
+
+class UnplannedTests(SynchronousTestCase):
+    def test_deleted_goes_disabled_stops_alarming_a_new_run_clears_it(self) -> None:
+        clock = Clock()
+        clock.advance(1000)
+        store = FakeHealthStore()
+        why = {"off": "the schedule is disabled", "broken-cron": None}
+
+        async def inactive(names: Sequence[str]) -> dict[str, str | None]:
+            return {name: why.get(name) for name in names if name != "broken-cron"}
+
+        follower = JobFollower(clock, store, T, interval=3, inactive=inactive)
+        self.successResultOf(Deferred.fromCoroutine(follower.start()))
+        for name in ("gone", "off", "broken-cron"):
+            follower.enqueued(claim(name, 1000, f"{name}-1"), 0.0)
+            store.jobs[f"{name}-1"] = JobState("failed", None, 1001, 1002, 10, "E: x")
+        store.jobs["gone-2"] = JobState("queued", None, None, None, 10, None)
+        follower.enqueued(claim("gone", 1001, "gone-2"), 0.0)
+        clock.advance(3)
+        self.assertEqual(follower.states["gone"].state, FAILING)
+        follower.unplanned(["gone", "off", "broken-cron", "never-seen"])
+        clock.advance(3)
+        self.assertNotIn("gone", store.saved)
+        self.assertNotIn("gone", follower.states)
+        self.assertEqual(follower.states["off"], Health("inactive", 0, "the schedule is disabled"))
+        self.assertEqual(follower.states["broken-cron"].state, FAILING)
+        store.jobs["gone-2"] = JobState("finished", None, 1005, 1006, 10, None)
+        clock.advance(3)
+        self.assertNotIn("gone", follower.records)  # its last job is no longer followed
+        follower.enqueued(claim("off", 2000, "off-2"), 0.0)
+        store.jobs["off-2"] = JobState("queued", None, None, None, 10, None)
+        clock.advance(3)
+        self.assertIsNone(follower.records["off"].inactive)
+        self.assertEqual(follower.states["off"].state, FAILING)
         self.successResultOf(Deferred.fromCoroutine(follower.stop()))

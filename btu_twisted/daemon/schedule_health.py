@@ -9,7 +9,7 @@ costs anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from typing import Any
 
 from btu_twisted.config import Config
@@ -24,6 +24,24 @@ from btu_twisted.timing.coalesced import CoalescedRuns
 from btu_twisted.timing.job_follower import JobFollower
 
 __all__ = ["ScheduleHealth", "thresholds_of"]
+
+
+def _inactive_of(rows: RowReader) -> Callable[[Sequence[str]], Awaitable[dict[str, str | None]]]:
+    """Why each unplanned schedule does not run: None when its row is gone; left
+    out when it is active (a cron that cannot be planned: the planner says why)."""
+
+    async def inactive(names: Sequence[str]) -> dict[str, str | None]:
+        found = await rows.read_schedules(list(names))
+        why: dict[str, str | None] = {}
+        for name in names:
+            row = found.get(name)
+            if row is None:
+                why[name] = None
+            elif (reason := row.inactive_reason()) is not None:
+                why[name] = reason
+        return why
+
+    return inactive
 
 
 def thresholds_of(config: Config) -> Thresholds:
@@ -59,7 +77,8 @@ class ScheduleHealth:
         self.follower = JobFollower(
             reactor, HealthStore(redis, Keys(config.redis_key_prefix)), thresholds_of(config),
             config.health_follow_secs, paused=paused,
-            coalesced=None if rows is None else CoalescedRuns(rows, config.time_zone_string))
+            coalesced=None if rows is None else CoalescedRuns(rows, config.time_zone_string),
+            inactive=None if rows is None else _inactive_of(rows))
         if config.health_webhook_url:
             from btu_twisted.ops.health_webhook import HealthWebhook
 
@@ -74,9 +93,35 @@ class ScheduleHealth:
                 site, lambda: follower.records, lambda: follower.states,
                 config.health_metrics_max_schedules))
 
-    def enqueued(self, claim: Claim, lateness: float) -> None:
-        if self.follower is not None:
-            self.follower.enqueued(claim, lateness)
+    def and_enqueued(self, first: Callable[[Claim, float], None]
+                     ) -> Callable[[Claim, float], None]:
+        """The timer's ``on_enqueued``: ``first``, then the follower is told."""
+        follower = self.follower
+        if follower is None:
+            return first
+
+        def enqueued(claim: Claim, lateness: float) -> None:
+            first(claim, lateness)
+            follower.enqueued(claim, lateness)
+
+        return enqueued
+
+    def and_unplanned(self, first: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+        """The planner's ``on_unplanned``: ``first``, then the follower is told."""
+        follower = self.follower
+        if follower is None:
+            return first
+
+        def unplanned(names: list[str]) -> None:
+            first(names)
+            follower.unplanned(names)
+
+        return unplanned
+
+    def with_unwell(self, status: Callable[[], Mapping[str, object]]
+                    ) -> Callable[[], Mapping[str, object]]:
+        """What the status page shows: ``status``, and the unwell schedules first."""
+        return lambda: {**status(), "unwell_schedules": self.unwell()}
 
     def skipped(self, schedule: str, times: list[int]) -> None:
         if self.follower is not None:

@@ -52,7 +52,6 @@ from btu_twisted.sources.combined import FileSchedules, NameConflict, ScheduleSo
 from btu_twisted.sources.job_ids import JobIdRecorder
 from btu_twisted.sources.mariadb import Database
 from btu_twisted.sources.schedules_file import ScheduleFileError
-from btu_twisted.store.claims import Claim
 from btu_twisted.store.gateway import RedisGateway
 from btu_twisted.store.keys import Keys
 from btu_twisted.store.prefix_guard import PrefixGuard
@@ -152,7 +151,7 @@ class BtuService(Service):
             from btu_twisted.ops.status_page import ScheduleReader, StatusPage
 
             self.metrics_service.page = StatusPage(
-                reactor, self.page_status, ScheduleReader(self.store))
+                reactor, self.health.with_unwell(self.status), ScheduleReader(self.store))
         self.guard = PrefixGuard(
             reactor, self.redis, config.redis_key_prefix, site_of(config), self._lost_prefix,
             # Daemons of one database are one site (high availability): they share it.
@@ -168,7 +167,8 @@ class BtuService(Service):
             self.fifo,
             polling_interval=config.scheduler_polling_interval,
             misfire_grace=config.misfire_grace_secs,
-            on_enqueued=self._enqueued,
+            on_enqueued=self.health.and_enqueued(
+                lambda claim, lateness: self.metrics.job_enqueued(claim.origin, lateness)),
             on_failure=self.metrics.failure,
             default_zone=config.time_zone_string,
             # File schedules' ids are left out where they are written (ScheduleSources).
@@ -185,7 +185,7 @@ class BtuService(Service):
             default_zone=config.time_zone_string,
             on_planned=self.timer.planned,
             dependencies=(*self.sources.dependencies, self.redis.health),
-            on_unplanned=self.timer.forget,
+            on_unplanned=self.health.and_unplanned(self.timer.forget),
             on_failure=self.metrics.failure,
             on_drained=release_free_memory,
         )
@@ -234,14 +234,6 @@ class BtuService(Service):
             *(service_part(part.name, part, start=part.startService)
               for part in (self.timer, self.planner, self.refresh, self.changes)),
         )
-
-    def _enqueued(self, claim: Claim, lateness: float) -> None:
-        self.metrics.job_enqueued(claim.origin, lateness)
-        self.health.enqueued(claim, lateness)
-
-    def page_status(self) -> dict[str, object]:
-        """What the status page shows: the status, and the unwell schedules first."""
-        return {**self.status(), "unwell_schedules": self.health.unwell()}
 
     # -- start and stop ------------------------------------------------------
     def startService(self) -> Deferred[None]:

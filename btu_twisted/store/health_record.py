@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 __all__ = [
-    "CRITICAL", "FAILING", "LATE", "LEVELS", "MISSED", "MISSED_KEPT", "NEVER_RUN", "OK",
+    "CRITICAL", "FAILING", "INACTIVE", "LATE", "LEVELS", "MISSED", "MISSED_KEPT", "NEVER_RUN", "OK",
     "PAUSED", "STUCK", "WARNING", "Health", "HealthRecord", "PendingJob", "Thresholds",
     "classify", "decode", "encode", "error_line", "states_of",
 ]
@@ -31,6 +31,7 @@ STUCK = "stuck"
 MISSED = "missed"
 PAUSED = "paused"
 NEVER_RUN = "never_run"
+INACTIVE = "inactive"
 
 #: Levels, as Nagios plugins exit: 0 ok, 1 warning, 2 critical.
 WARNING = 1
@@ -80,6 +81,7 @@ class HealthRecord:
     missed: int = 0  # runs skipped or coalesced since the last success
     missed_times: tuple[int, ...] = ()  # the latest MISSED_KEPT of them
     job: PendingJob | None = None
+    inactive: str | None = None  # why it no longer runs (disabled, its task cancelled)
 
     def with_missed(self, times: list[int]) -> HealthRecord:
         kept = (*self.missed_times, *times)[-MISSED_KEPT:]
@@ -143,6 +145,8 @@ def classify(record: HealthRecord | None, now: float, thresholds: Thresholds,
         return Health(PAUSED, 0, "paused")
     if record is None or record.last_enqueued is None:
         return Health(NEVER_RUN, 0, "no run enqueued yet")
+    if record.inactive is not None:
+        return Health(INACTIVE, 0, record.inactive)
     job, t = record.job, thresholds
     if job is not None and job.started is not None:
         limit = (job.timeout if job.timeout and job.timeout > 0 else RQ_DEFAULT_TIMEOUT)

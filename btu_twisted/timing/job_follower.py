@@ -51,6 +51,8 @@ _FAILED = frozenset({"failed", "stopped", "canceled"})
 StateListener = Callable[[str, Health, Health, HealthRecord], None]
 #: Late runs (schedule -> its time, when it was enqueued) -> the times each covered.
 Coalesced = Callable[[Mapping[str, tuple[int, float]]], Awaitable[dict[str, list[int]]]]
+#: Schedules no longer planned -> why each does not run (None: it is gone).
+Inactive = Callable[[Sequence[str]], Awaitable[dict[str, str | None]]]
 #: Late runs looked at per pass, and waiting at most.
 LATE_PER_PASS = 500
 MAX_LATE = 10_000
@@ -67,6 +69,8 @@ class FollowerStore(Protocol):
 
     async def load(self) -> dict[str, HealthRecord]: ...
 
+    async def forget(self, names: Sequence[str]) -> None: ...
+
 
 class JobFollower:
     """Started and stopped by the daemon as one of its parts (daemon/parts.py)."""
@@ -82,9 +86,11 @@ class JobFollower:
         paused: Callable[[], Container[str]] = frozenset,
         pass_limit: int = PASS_LIMIT,
         coalesced: Coalesced | None = None,
+        inactive: Inactive | None = None,
     ) -> None:
         """``paused``: the schedules paused now (shown as paused, never alarming).
-        ``coalesced``: what late runs covered (timing/coalesced.py); None: not asked."""
+        ``coalesced``: what late runs covered (timing/coalesced.py); None: not asked.
+        ``inactive``: why unplanned schedules do not run; None: not asked."""
         self._clock = clock
         self._store = store
         self.thresholds = thresholds
@@ -97,6 +103,9 @@ class JobFollower:
         self._seen: dict[str, str] = {}  # job id -> its status at the last pass
         self._coalesced = coalesced
         self._late: dict[str, tuple[int, float]] = {}  # late runs to look at
+        self._inactive = inactive
+        self._unplanned: dict[str, None] = {}  # schedules to look at, in order
+        self._gone: set[str] = set()  # records to delete
         self._dirty: set[str] = set()
         self._loop: LoopingCall | None = None
         self._pass: Deferred[None] | None = None
@@ -109,7 +118,7 @@ class JobFollower:
         now = self._clock.seconds()
         record = self.records.get(claim.schedule, HealthRecord())
         self.records[claim.schedule] = replace(
-            record, last_scheduled=claim.when, last_enqueued=now,
+            record, last_scheduled=claim.when, last_enqueued=now, inactive=None,
             job=PendingJob(claim.job_id, claim.when, now))
         self._pending[claim.job_id] = claim.schedule
         self._dirty.add(claim.schedule)
@@ -121,6 +130,15 @@ class JobFollower:
             self._seen.pop(dropped, None)
             self.log.warn("following more than {count:,} unfinished jobs: job {job} no longer "
                           "followed", count=MAX_PENDING, job=dropped)
+
+    def unplanned(self, names: Sequence[str]) -> None:
+        """The planner found these disabled, deleted or their task cancelled: a
+        deleted one's record goes, the others show why and alarm no more (a
+        schedule deleted while failing must not keep ``btu health`` critical)."""
+        if self._inactive is not None:
+            for name in names:
+                if name in self.records and len(self._unplanned) < MAX_LATE:
+                    self._unplanned[name] = None
 
     def skipped(self, schedule: str, times: list[int]) -> None:
         """Runs that will not run: skipped (overlap, misfire) or coalesced into one."""
@@ -194,12 +212,33 @@ class JobFollower:
                 del self._late[name]
             for name, times in (await self._coalesced(late)).items():
                 self.skipped(name, times)
+        if self._unplanned and self._inactive is not None:
+            await self._look_at_unplanned(self._inactive)
         self._evaluate(self._clock.seconds())
         await self._save()
 
+    async def _look_at_unplanned(self, inactive: Inactive) -> None:
+        names = list(islice(self._unplanned, LATE_PER_PASS))
+        for name in names:
+            del self._unplanned[name]
+        for name, why in (await inactive(names)).items():
+            record = self.records.get(name)
+            if record is None:
+                continue
+            if why is None:
+                del self.records[name]
+                self.states.pop(name, None)
+                self._dirty.discard(name)
+                self._gone.add(name)
+            elif record.inactive != why:
+                self.records[name] = replace(record, inactive=why)
+                self._dirty.add(name)
+
     def _apply(self, schedule: str, job_id: str, job: JobState, now: float) -> bool:
         """Fold one job's state into its schedule's record; True when the job has ended."""
-        record = self.records.get(schedule, HealthRecord())
+        record = self.records.get(schedule)
+        if record is None:
+            return True  # its schedule is gone: no longer followed
         latest = record.job is not None and record.job.job_id == job_id
         if job.status in _UNFINISHED:
             if job.status == "started" and latest and record.job is not None \
@@ -263,6 +302,13 @@ class JobFollower:
                 self.log.failure("a schedule health listener failed")
 
     async def _save(self) -> None:
+        if self._gone:
+            gone, self._gone = self._gone, set()
+            try:
+                await self._store.forget(sorted(gone))
+            except Exception:
+                self._gone |= gone
+                raise
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
