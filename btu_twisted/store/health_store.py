@@ -126,9 +126,12 @@ class HealthStore:
         return states
 
     async def save(self, records: Mapping[str, HealthRecord]) -> None:
-        items = [(name, encode(record)) for name, record in records.items()]
-        for start in range(0, len(items), SAVE_BATCH):
-            flat = [part for pair in items[start:start + SAVE_BATCH] for part in pair]
+        """Encoded a batch at a time, between the batches' round trips: the
+        10,000 records of a burst's jobs are not one long stretch of the reactor."""
+        names = list(records)
+        for start in range(0, len(names), SAVE_BATCH):
+            flat = [part for name in names[start:start + SAVE_BATCH]
+                    for part in (name, encode(records[name]))]
             await self._redis.command("HSET", self.keys.health, *flat)
 
     async def forget(self, names: Sequence[str]) -> None:
