@@ -159,7 +159,7 @@ class FollowerTests(SynchronousTestCase):
         self.changes: list[tuple[str, str, str]] = []
         self.follower.listeners.append(
             lambda name, old, new, record: self.changes.append((name, old.state, new.state)))
-        started = Deferred.fromCoroutine(self.follower.start())
+        started = self.follower.start()
         self.assertIsNone(self.successResultOf(started))
 
     def tearDown(self) -> None:
@@ -233,7 +233,7 @@ class FollowerTests(SynchronousTestCase):
         self.clock.advance(3)
         self.successResultOf(Deferred.fromCoroutine(self.follower.stop()))
         again = JobFollower(self.clock, self.store, T, interval=3)
-        self.successResultOf(Deferred.fromCoroutine(again.start()))
+        self.successResultOf(again.start())
         self.job("r1", "failed", "OSError: disk", 1001, 1002)
         self.clock.advance(3)
         self.assertEqual(again.records["r"].last_error, "OSError: disk")
@@ -269,7 +269,7 @@ class CoalescedTests(SynchronousTestCase):
             return {name: [when + 60] for name, (when, _) in late.items()}
 
         follower = JobFollower(clock, store, T, interval=3, coalesced=covered)
-        self.successResultOf(Deferred.fromCoroutine(follower.start()))
+        self.successResultOf(follower.start())
         store.jobs["j1"] = store.jobs["j2"] = JobState("queued", None, None, None, 10, None)
         follower.enqueued(claim("on-time", 1000, "j1"), 0.2)
         follower.enqueued(claim("late", 880, "j2"), 120.0)
@@ -292,7 +292,7 @@ class UnplannedTests(SynchronousTestCase):
             return {name: why.get(name) for name in names if name != "broken-cron"}
 
         follower = JobFollower(clock, store, T, interval=3, inactive=inactive)
-        self.successResultOf(Deferred.fromCoroutine(follower.start()))
+        self.successResultOf(follower.start())
         for name in ("gone", "off", "broken-cron"):
             follower.enqueued(claim(name, 1000, f"{name}-1"), 0.0)
             store.jobs[f"{name}-1"] = JobState("failed", None, 1001, 1002, 10, "E: x")
@@ -314,4 +314,33 @@ class UnplannedTests(SynchronousTestCase):
         clock.advance(3)
         self.assertIsNone(follower.records["off"].inactive)
         self.assertEqual(follower.states["off"].state, FAILING)
+        self.successResultOf(Deferred.fromCoroutine(follower.stop()))
+
+
+class SlowLoadTests(SynchronousTestCase):
+    def test_runs_reported_while_loading_are_applied_after(self) -> None:
+        """Reading 100,000 records must not hold the timer: the start returns at
+        once, and what the timer reports meanwhile lands on the loaded records."""
+        clock = Clock()
+        store = FakeHealthStore()
+        store.saved["s"] = HealthRecord(last_enqueued=1, consecutive_failures=2)
+        loaded: Deferred[None] = Deferred()
+        real_load = store.load
+
+        async def slow_load() -> dict[str, HealthRecord]:
+            await loaded
+            return await real_load()
+
+        store.load = slow_load  # type: ignore[method-assign]
+        follower = JobFollower(clock, store, T, interval=3)
+        starting = follower.start()
+        self.assertNoResult(starting)
+        follower.enqueued(claim("s", 100, "j"), 0.0)
+        follower.skipped("s", [99])
+        self.assertEqual(follower.records, {})
+        loaded.callback(None)
+        self.successResultOf(starting)
+        record = follower.records["s"]
+        self.assertEqual((record.consecutive_failures, record.missed, record.job.job_id),  # type: ignore[union-attr]
+                         (2, 1, "j"))
         self.successResultOf(Deferred.fromCoroutine(follower.stop()))

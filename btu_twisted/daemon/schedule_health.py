@@ -130,7 +130,12 @@ class ScheduleHealth:
     def part(self) -> Part | None:
         if self.follower is None:
             return None
-        return Part("schedule health", self.follower.start, self._stop)
+        follower = self.follower
+
+        def start() -> None:
+            follower.start()  # its records are read meanwhile: never holds the timer up
+
+        return Part("schedule health", start, self._stop)
 
     async def _stop(self) -> None:
         if self._webhook is not None:

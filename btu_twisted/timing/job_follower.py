@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from itertools import islice
 from typing import Protocol
 
@@ -109,12 +110,18 @@ class JobFollower:
         self._dirty: set[str] = set()
         self._loop: LoopingCall | None = None
         self._pass: Deferred[None] | None = None
+        #: What the timer reported while the records were still being read.
+        self._early: list[Callable[[], None]] | None = []
+        self._loading: Deferred[None] | None = None
         self.listeners: list[StateListener] = []
         #: Called with the records that changed, after each pass (metrics).
         self.observers: list[Callable[[Mapping[str, HealthRecord]], None]] = []
 
     # -- what the timer reports ---------------------------------------------------
     def enqueued(self, claim: Claim, lateness: float) -> None:
+        if self._early is not None:
+            self._early.append(partial(self.enqueued, claim, lateness))
+            return
         now = self._clock.seconds()
         record = self.records.get(claim.schedule, HealthRecord())
         self.records[claim.schedule] = replace(
@@ -135,6 +142,9 @@ class JobFollower:
         """The planner found these disabled, deleted or their task cancelled: a
         deleted one's record goes, the others show why and alarm no more (a
         schedule deleted while failing must not keep ``btu health`` critical)."""
+        if self._early is not None:
+            self._early.append(partial(self.unplanned, names))
+            return
         if self._inactive is not None:
             for name in names:
                 if name in self.records and len(self._unplanned) < MAX_LATE:
@@ -142,13 +152,23 @@ class JobFollower:
 
     def skipped(self, schedule: str, times: list[int]) -> None:
         """Runs that will not run: skipped (overlap, misfire) or coalesced into one."""
+        if self._early is not None:
+            self._early.append(partial(self.skipped, schedule, times))
+            return
         record = self.records.get(schedule, HealthRecord())
         self.records[schedule] = record.with_missed(times)
         self._dirty.add(schedule)
 
     # -- start, stop ----------------------------------------------------------------
-    async def start(self) -> None:
-        """Carry on from the records a previous daemon left (its jobs out are followed)."""
+    def start(self) -> Deferred[None]:
+        """Carry on from the records a previous daemon left (its jobs out are
+        followed), read in the background: a bench's 100,000 take a second or
+        two, which must not hold up the timer's start; what the timer reports
+        meanwhile is applied once they are in.  Fires when they are."""
+        self._loading = Deferred.fromCoroutine(self._load())
+        return self._loading
+
+    async def _load(self) -> None:
         try:
             loaded = await self._store.load()
         except Exception as e:
@@ -159,6 +179,9 @@ class JobFollower:
             self.records.setdefault(name, record)
             if record.job is not None:
                 self._pending.setdefault(record.job.job_id, name)
+        early, self._early = self._early or [], None
+        for call in early:
+            call()
         now = self._clock.seconds()
         paused = self._paused()
         for name, record in self.records.items():
@@ -168,6 +191,8 @@ class JobFollower:
         self._loop.start(self._interval, now=False)
 
     async def stop(self) -> None:
+        if self._loading is not None:
+            await self._loading
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self._pass is not None:
