@@ -211,3 +211,39 @@ class RealHttpTests(TestCase):
         await arrived
         self.assertEqual(got[0]["schedule"], "nightly")
         self.assertIn("schedule nightly is failing", got[0]["text"])
+
+
+class BenchCliTests(SynchronousTestCase):
+    def test_every_site_without_site_one_with_it(self) -> None:
+        """With frappe_sites, each row names its site (each site has its own
+        key prefix); --site shows one."""
+        from tests.test_frappe_bench import COMMON, make_bench
+
+        bench = make_bench(Path(self.mktemp()), COMMON, {
+            "a.local": {"db_name": "_a", "db_password": "x"},
+            "b.local": {"db_name": "_b", "db_password": "y"}})
+        path = Path(self.mktemp())
+        path.write_text(f'frappe_bench_path = "{bench}"\nfrappe_sites = ["a.local", "b.local"]\n'
+                        'socket_path = "/tmp/{site}.sock"\n')
+        values = {"btu_scheduler:a.local:health": {"x": encode(BAD)},
+                  "btu_scheduler:b.local:health": {"x": encode(GOOD)}}
+
+        class Keyed:
+            def hscan_iter(self, key: str, count: int) -> Iterator[tuple[bytes, bytes]]:
+                for name, value in values.get(key, {}).items():
+                    yield name.encode(), value.encode()
+
+        self.patch(common.Context, "redis", lambda self: Keyed())
+        args = type("Args", (), {"names": []})()
+        out = io.StringIO()
+        ctx = common.Context(out=out, err=io.StringIO(), json=True, config_path=str(path),
+                             config_explicit=True)
+        self.assertEqual(cmd_health(ctx, args), 2)  # type: ignore[arg-type]
+        rows = json.loads(out.getvalue())
+        self.assertEqual([(r["site"], r["name"], r["state"]) for r in rows],
+                         [("a.local", "x", "failing"), ("b.local", "x", "ok")])
+        out = io.StringIO()
+        ctx = common.Context(out=out, err=io.StringIO(), json=True, config_path=str(path),
+                             config_explicit=True, site="b.local")
+        self.assertEqual(cmd_health(ctx, args), 0)  # type: ignore[arg-type]
+        self.assertEqual([r["site"] for r in json.loads(out.getvalue())], ["b.local"])
