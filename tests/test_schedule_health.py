@@ -344,3 +344,19 @@ class SlowLoadTests(SynchronousTestCase):
         self.assertEqual((record.consecutive_failures, record.missed, record.job.job_id),  # type: ignore[union-attr]
                          (2, 1, "j"))
         self.successResultOf(Deferred.fromCoroutine(follower.stop()))
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_thresholds_in_order(self) -> None:
+        from btu_twisted.config import ConfigError, parse_config
+        from btu_twisted.daemon.schedule_health import thresholds_of
+
+        base = {"full_refresh_internal_secs": 60, "scheduler_polling_interval": 5,
+                "time_zone_string": "UTC", "rq_host": "h", "rq_port": 6379, "socket_path": "/s",
+                "schedules_file": __file__}
+        config, _ = parse_config({**base, "health_failing_critical": 5, "health_late_secs": 9})
+        self.assertEqual(thresholds_of(config), Thresholds(1, 5, 9.0, 20.0))
+        error = self.assertRaises(ConfigError, parse_config, {**base, "health_failing_warning": 4})
+        self.assertEqual(error.problems, [
+            "health_failing_critical: 3 is below health_failing_warning (4): a schedule would "
+            "be critical before it is a warning"])
