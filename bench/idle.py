@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +132,14 @@ def _twistd() -> list[str]:
 
 @contextlib.contextmanager
 def idle_daemon(n: int, config: dict[str, Any], source: str = "mariadb",
-                case: str = "idle", settle: float = SETTLE_SECS) -> Iterator[dict[str, Any]]:
+                case: str = "idle", settle: float = SETTLE_SECS,
+                prepare: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
     """A ``twistd -n btu`` child with ``n`` schedules from ``source`` planned
-    (``mariadb`` or ``file``, :func:`bench.fixtures.schedule_source`); yields its facts."""
+    (``mariadb`` or ``file``, :func:`bench.fixtures.schedule_source`); yields its facts.
+    ``prepare``: called on the flushed Redis before the daemon starts."""
     flush(REDIS_DB_OURS)
+    if prepare is not None:
+        prepare()
     db = schedule_source(source)
     tmp = tempfile.mkdtemp(prefix="btu-bench-idle-")
     proc: subprocess.Popen[bytes] | None = None

@@ -28,6 +28,7 @@ from btu_twisted.config_checks import (
     _MARIADB_KEYS,
     ConfigError,
     _builder_problems,
+    _health_problems,
     _Invalid,
     _redis_problems,
     _source_problems,
@@ -110,6 +111,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> tuple[Config
     if not unread & set(_MARIADB_KEYS):
         problems += [p for p in _source_problems(data) if p.split(":")[0] not in named]
     problems += [p for p in _builder_problems(data, values) if p.split(":")[0] not in named]
+    problems += [p for p in _health_problems(values) if p.split(":")[0] not in named]
     if not unread & {"rq_host", "rq_url", "rq_sentinels"}:
         named = {problem.split(":")[0] for problem in problems}
         problems += [p for p in _redis_problems(data, values) if p.split(":")[0] not in named]

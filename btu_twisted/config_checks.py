@@ -289,3 +289,13 @@ def _unknown_key_warning(key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return f"unknown key {key!r} ignored{hint}"
+
+
+def _health_problems(values: Mapping[str, Any]) -> list[str]:
+    """Schedule health's two failure counts must be in order."""
+    warning = values.get("health_failing_warning", 1)
+    critical = values.get("health_failing_critical", 3)
+    if critical < warning:
+        return [f"health_failing_critical: {critical} is below health_failing_warning "
+                f"({warning}): a schedule would be critical before it is a warning"]
+    return []

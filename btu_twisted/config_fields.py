@@ -150,6 +150,16 @@ class Config:
     metrics_port: int | None = _key(_port, None)
     metrics_host: str = _key(_non_empty_string, "127.0.0.1")
 
+    # Schedule health (store/health_record.py): each job followed to its end.
+    schedule_health: bool = _key(_boolean, True)
+    health_follow_secs: float = _key(_positive_float, 3.0)
+    health_failing_warning: int = _key(_positive_integer, 1)
+    health_failing_critical: int = _key(_positive_integer, 3)
+    health_late_secs: float = _key(_positive_float, 60.0)
+    health_stuck_grace_secs: float = _key(_positive_float, 20.0)
+    health_metrics_max_schedules: int = _key(_integer(0), 1000)
+    health_webhook_url: str | None = _key(_non_empty_string, None, secret=True)
+
     # With frappe_sites: each site's own Config, derived as bench mode derives it
     # for frappe_site_name = site; and the sites of ["*"] that could not be read, with why.
     site_configs: Mapping[str, Config] = _derived()

@@ -97,5 +97,7 @@ class DaemonOrderTests(SynchronousTestCase):
             "schedules file", "mariadb", "redis", "builder", "prefix lease", "job ids",
             "socket", "checks", "metrics",
         ])
+        # Schedule health follows jobs from before the timer enqueues any until after it stops.
         self.assertEqual(service.scheduling.names,
-                         ["prefix lease", "timer", "planner", "refresh", "changes"])
+                         ["prefix lease", "schedule health", "timer", "planner", "refresh",
+                          "changes"])

@@ -224,6 +224,10 @@ def build_parser(out: TextIO, err: TextIO) -> argparse.ArgumentParser:
     history.add_argument("name", metavar="SCHEDULE")
     history.add_argument("-n", dest="count", metavar="N", type=run_count, default=20,
                          help="how many runs (default 20)")
+    health = add("health", "health:cmd_health",
+                 "show whether each schedule works (exit 0 ok, 1 warning, 2 critical)")
+    health.add_argument("names", metavar="SCHEDULE", nargs="*",
+                        help="only these schedules (default: every one with a run)")
     runs = add("next-runs", "schedule:cmd_next_runs",
                "preview a cron string's next runs (no config needed)")
     runs.add_argument("cron", metavar="CRON", help='e.g. "0 13 * * 1-5"')

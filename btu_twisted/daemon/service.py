@@ -29,6 +29,7 @@ from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseE
 from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.prefix import PrefixHold
 from btu_twisted.daemon.protocol import ControlFactory
+from btu_twisted.daemon.schedule_health import ScheduleHealth
 from btu_twisted.daemon.startup import (
     StartupError,
     database_of,
@@ -144,10 +145,13 @@ class BtuService(Service):
         self.store = ScheduleStore(
             self.redis, Keys(config.redis_key_prefix), history_length=config.run_history_length
         )
+        self.health = ScheduleHealth(config, reactor, self.redis, site, self.metrics,
+                                     rows=self.sources)
         if self.metrics_service is not None:
             from btu_twisted.ops.status_page import ScheduleReader, StatusPage
 
-            self.metrics_service.page = StatusPage(reactor, self.status, ScheduleReader(self.store))
+            self.metrics_service.page = StatusPage(
+                reactor, self.health.with_unwell(self.status), ScheduleReader(self.store))
         self.guard = PrefixGuard(
             reactor, self.redis, config.redis_key_prefix, site_of(config), self._lost_prefix,
             # Daemons of one database are one site (high availability): they share it.
@@ -163,13 +167,15 @@ class BtuService(Service):
             self.fifo,
             polling_interval=config.scheduler_polling_interval,
             misfire_grace=config.misfire_grace_secs,
-            on_enqueued=lambda claim, lateness: self.metrics.job_enqueued(claim.origin, lateness),
+            on_enqueued=self.health.and_enqueued(
+                lambda claim, lateness: self.metrics.job_enqueued(claim.origin, lateness)),
             on_failure=self.metrics.failure,
             default_zone=config.time_zone_string,
             # File schedules' ids are left out where they are written (ScheduleSources).
             on_job_ids=self.job_ids.record,
             default_overlap=config.overlap,
             alarm=alarm,
+            on_skipped=self.health.skipped,
         )
         self.planner = Planner(
             reactor,
@@ -179,7 +185,7 @@ class BtuService(Service):
             default_zone=config.time_zone_string,
             on_planned=self.timer.planned,
             dependencies=(*self.sources.dependencies, self.redis.health),
-            on_unplanned=self.timer.forget,
+            on_unplanned=self.health.and_unplanned(self.timer.forget),
             on_failure=self.metrics.failure,
             on_drained=release_free_memory,
         )
@@ -224,6 +230,7 @@ class BtuService(Service):
         #: Nothing plans, prunes or claims in the key prefix before it is ours.
         self.scheduling = Parts(
             Part("prefix lease", start=self._hold_prefix),
+            self.health.part(),
             *(service_part(part.name, part, start=part.startService)
               for part in (self.timer, self.planner, self.refresh, self.changes)),
         )

@@ -323,7 +323,7 @@ class SitesService(Service):
     def _sections(self) -> dict[str, Any]:
         from btu_twisted.ops.status_page import ScheduleReader
 
-        return {name: (site.status, ScheduleReader(site.store))
+        return {name: (site.health.with_unwell(site.status), ScheduleReader(site.store))
                 for name, site in self.served.items()}
 
     def _start_failed(self, failure: Any) -> None:

@@ -273,6 +273,7 @@ def _section(
         _item("skipped", status.get("skipped")),
         _item("waiting to be planned", status.get("fifo_length")),
         "</dl>",
+        _unwell(status.get("unwell_schedules") or [], suffix, heading),
         _dependencies(status.get("services") or {}, suffix, heading),
     ]
     if problem is not None or soonest is None:
@@ -281,6 +282,20 @@ def _section(
     else:
         parts.append(_schedules(soonest, limit, now, suffix, heading))
     return "".join(parts)
+
+
+def _unwell(schedules: Sequence[Mapping[str, Any]], suffix: str, heading: str) -> str:
+    """The schedules that need a person, worst first, with their last error (btu health)."""
+    if not schedules:
+        return ""
+    rows = "".join(
+        f"<tr class=\"unwell {_e(s.get('level'))}\"><td class=\"name\">{_e(s.get('name'))}</td>"
+        f"<td class=\"state\">{_e(s.get('state'))}</td><td>{_e(s.get('reason') or '')}</td>"
+        f"<td class=\"error\">{_e(s.get('last_error') or NOTHING)}</td></tr>"
+        for s in schedules)
+    return (f"<{heading}>Unwell schedules</{heading}><table id=\"unwell{suffix}\"><thead><tr>"
+            "<th>schedule</th><th>state</th><th>why</th><th>last error</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>")
 
 
 def _dependencies(services: Mapping[str, Any], suffix: str = "", heading: str = "h2") -> str:
@@ -400,6 +415,7 @@ _CSS = (
     "table{border-collapse:collapse}td,th{padding:.2em .6em;text-align:left;"
     "border-bottom:1px solid #ddd}dl{display:grid;grid-template-columns:max-content auto;"
     "gap:.1em 1em}dt{color:#666}dd{margin:0}.down td.state,.refusing td.state{color:#b00;"
-    "font-weight:bold}.ok td.state{color:#070}.note{color:#b00;font-weight:bold}"
+    "font-weight:bold}.critical td.state{color:#b00;font-weight:bold}.warning td.state"
+    "{color:#a60;font-weight:bold}.ok td.state{color:#070}.note{color:#b00;font-weight:bold}"
     "td.next,td.last,td.lateness{font-variant-numeric:tabular-nums}"
 )

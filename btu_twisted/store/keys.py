@@ -79,6 +79,11 @@ class Keys:
         return self.prefix + "paused"
 
     @property
+    def health(self) -> str:
+        """Hash: schedule name -> its health record as JSON (health_record.py)."""
+        return self.prefix + "health"
+
+    @property
     def owner(self) -> str:
         """The site whose daemons hold this prefix (prefix_guard.py)."""
         return self.prefix + "owner"

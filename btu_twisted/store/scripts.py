@@ -12,9 +12,10 @@ from __future__ import annotations
 from importlib.resources import files
 
 __all__ = [
-    "CANCEL", "CLAIM", "CLEAR_LAST_RUN", "CLOSE_LIVES", "FOLD_HISTORY", "FORGET_LAST_RUNS",
-    "LAST_RUN_NAMES", "LATEST_RUNS", "NAMES", "PAUSE", "PAUSED_LIST", "PLAN", "PRUNE_INDEX",
-    "PRUNE_MEMBERS", "RELEASE", "RESUME", "SOONEST", "TAKE", "UNPLAN_IF_OWNED", "WINDOW", "load",
+    "CANCEL", "CLAIM", "CLEAR_LAST_RUN", "CLOSE_LIVES", "FOLD_HISTORY", "FOLLOW_JOBS",
+    "FORGET_LAST_RUNS", "LAST_RUN_NAMES", "LATEST_RUNS", "NAMES", "PAUSE", "PAUSED_LIST", "PLAN",
+    "PRUNE_INDEX", "PRUNE_MEMBERS", "RELEASE", "RESUME", "SOONEST", "TAKE", "UNPLAN_IF_OWNED",
+    "WINDOW", "load",
 ]
 
 
@@ -29,6 +30,7 @@ NAMES = (
     "plan", "claim", "prune_index", "prune_members", "unplan_if_owned", "forget_last_runs",
     "last_run_names", "cancel", "window", "fold_history", "take", "release", "soonest",
     "latest_runs", "clear_last_run", "pause", "resume", "paused_list", "close_lives",
+    "follow_jobs",
 )
 
 PLAN = load("plan")
@@ -50,3 +52,4 @@ PAUSE = load("pause")
 RESUME = load("resume")
 PAUSED_LIST = load("paused_list")
 CLOSE_LIVES = load("close_lives")
+FOLLOW_JOBS = load("follow_jobs")

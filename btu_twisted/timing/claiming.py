@@ -89,6 +89,8 @@ class ClaimRound:
         self._replans: list[str] = []
         self._enqueued: list[tuple[Claim, float]] = []  # with lateness
         self.overlapping: set[str] = set()     # schedules whose last run was held back
+        #: Told of each run settled without a job (skipped, dropped): schedule health.
+        self.on_skipped: Callable[[str, list[int]], None] = lambda schedule, times: None
 
     @property
     def waiting(self) -> bool:
@@ -238,6 +240,7 @@ class ClaimRound:
                     )
             elif result == OVERLAPPED:
                 self.stats.skipped += 1
+                self.on_skipped(claim.schedule, [claim.when])
                 self._on_failure("overlap_skipped")
                 if claim.schedule not in self.overlapping:
                     # Once per stretch of held-back runs, not once per run.
@@ -249,6 +252,7 @@ class ClaimRound:
                     )
             elif result == CLAIMED:
                 self.stats.skipped += 1
+                self.on_skipped(claim.schedule, [claim.when])
             elif result == WITHDRAWN:
                 # A socket cancel or a planning removed or replaced the member
                 # between its build and its claim: ours, not another daemon's.

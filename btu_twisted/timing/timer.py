@@ -87,9 +87,11 @@ class Timer(Service):
         on_job_ids: Callable[[list[tuple[str, str]]], None] = lambda pairs: None,
         default_overlap: str = "allow",
         alarm: Alarm | None = None,
+        on_skipped: Callable[[str, list[int]], None] | None = None,
     ) -> None:
         """``alarm``: shared by the timers of a daemon serving several sites
-        (sites.py); None gives this timer one of its own."""
+        (sites.py); None gives this timer one of its own.  ``on_skipped``: told
+        of the runs settled without a job (schedule health)."""
         self._clock = clock
         self._store = store
         self._polling = polling_interval
@@ -121,6 +123,8 @@ class Timer(Service):
             on_failure=on_failure,
             on_job_ids=on_job_ids,
         )
+        if on_skipped is not None:
+            self._claims.on_skipped = on_skipped
         self._backoff = Backoff()
         self._step_report = StepReport(store)
         self._wake = (alarm or Alarm(clock)).waker(self._tick)

@@ -91,6 +91,11 @@ GROUPS: tuple[KeyGroup, ...] = (
         "result_ttl", "failure_ttl", "misfire_grace_secs", "run_history_length",
         "metrics_port", "metrics_host",
     )),
+    KeyGroup("Schedule health", _EVERY, (
+        "schedule_health", "health_follow_secs", "health_failing_warning",
+        "health_failing_critical", "health_late_secs", "health_stuck_grace_secs",
+        "health_metrics_max_schedules", "health_webhook_url",
+    ), "``btu health``, the status page, ``/metrics`` and the webhook read the same records."),
 )
 
 # Keys of a group whose modes are narrower than the group's.

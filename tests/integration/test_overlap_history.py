@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.threads import deferToThread
 
 from btu_twisted.cli import main as btu
+from btu_twisted.store.health_record import decode
 from btu_twisted.store.history import ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP, parse_run
 from btu_twisted.store.keys import LAST_ENQUEUED, MEMBER_INDEX, SCHEDULE_SET, Keys
 from tests.integration.daemon import run_worker, wait_for
@@ -69,6 +70,11 @@ class OverlapHistoryTests(FileDaemonCase):
                             for run in skipped))
         oldest = shown[-1]
         self.assertEqual((oldest["job_id"], oldest["status"]), (first_job, "finished"))
+        # How it ended: seconds on the queue (the worker came later) and running.
+        self.assertGreater(oldest["queue_secs"], 0)
+        self.assertGreaterEqual(oldest["run_secs"], 0)
+        self.assertIsNotNone(oldest["ended_at"])
+        self.assertIsNone(shown[0]["run_secs"])
         scheduled = [run["scheduled"] for run in shown]
         self.assertEqual(scheduled, sorted(scheduled, reverse=True))
         self.assertEqual(len(scheduled), len(set(scheduled)))
@@ -103,6 +109,11 @@ class OverlapHistoryTests(FileDaemonCase):
                                    .rpartition(b"|")[2]) > now, timeout=5)
         member = self.redis.hget(MEMBER_INDEX, "minutely").decode()
         self.assertIn(member.encode(), self.redis.zrange(SCHEDULE_SET, 0, -1))
+        # Schedule health counts the skipped run as missed (health_record.py).
+        await wait_for(lambda: self.redis.hget(Keys().health, "minutely"), timeout=10)
+        record = decode(self.redis.hget(Keys().health, "minutely"))
+        self.assertIsNotNone(record)
+        self.assertIn(missed, record.missed_times)  # type: ignore[union-attr]
 
     async def test_file_schedules_planned_again_after_redis_loses_its_keys(self) -> None:
         """FLUSHDB (a Redis restart without persistence): every enabled file
