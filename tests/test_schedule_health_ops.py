@@ -133,8 +133,13 @@ class StatusPageTests(SynchronousTestCase):
 
 
 class FakeRedis:
-    def __init__(self, values: dict[str, str]) -> None:
+    def __init__(self, values: dict[str, str], paused: dict[str, int] | None = None) -> None:
         self.values = values
+        self.paused = paused or {}
+
+    def hgetall(self, key: str) -> dict[bytes, bytes]:
+        assert key == Keys().paused
+        return {name.encode(): str(at).encode() for name, at in self.paused.items()}
 
     def hmget(self, key: str, names: list[str]) -> list[bytes | None]:
         return [self.values[n].encode() if n in self.values else None for n in names]
@@ -147,7 +152,8 @@ class FakeRedis:
 
 class CliTests(SynchronousTestCase):
     def run_health(self, records: dict[str, HealthRecord], *names: str,
-                   json_out: bool = False) -> tuple[int, str]:
+                   json_out: bool = False, paused: dict[str, int] | None = None
+                   ) -> tuple[int, str]:
         directory = Path(self.mktemp())
         directory.mkdir()
         (directory / "s.toml").write_text("")
@@ -155,7 +161,7 @@ class CliTests(SynchronousTestCase):
             'full_refresh_internal_secs = 60\nscheduler_polling_interval = 5\n'
             'time_zone_string = "UTC"\nrq_host = "127.0.0.1"\nrq_port = 6379\n'
             f'socket_path = "{directory}/d.sock"\nschedules_file = "{directory}/s.toml"\n')
-        fake = FakeRedis({name: encode(record) for name, record in records.items()})
+        fake = FakeRedis({name: encode(record) for name, record in records.items()}, paused)
         out = io.StringIO()
         ctx = common.Context(out=out, err=io.StringIO(), json=json_out,
                              config_path=str(directory / "btu.toml"), config_explicit=True)
@@ -173,6 +179,12 @@ class CliTests(SynchronousTestCase):
         self.assertIn("ValueError: <boom>", out)
         late = HealthRecord(last_enqueued=1, job=PendingJob("j", 1, 1))
         self.assertEqual(self.run_health({"late": late})[0], 1)
+
+    def test_a_paused_schedule_is_paused_not_critical(self) -> None:
+        """``btu pause`` is how an admin silences a failing schedule."""
+        code, out = self.run_health({"bad": BAD}, json_out=True, paused={"bad": 1_700_000_000})
+        self.assertEqual(code, 0)
+        self.assertEqual([(r["name"], r["state"]) for r in json.loads(out)], [("bad", "paused")])
 
     def test_json_names_and_never_run(self) -> None:
         code, out = self.run_health({"bad": BAD}, "bad", "unknown", json_out=True)
@@ -229,6 +241,9 @@ class BenchCliTests(SynchronousTestCase):
                   "btu_scheduler:b.local:health": {"x": encode(GOOD)}}
 
         class Keyed:
+            def hgetall(self, key: str) -> dict[bytes, bytes]:
+                return {}  # nothing paused
+
             def hscan_iter(self, key: str, count: int) -> Iterator[tuple[bytes, bytes]]:
                 for name, value in values.get(key, {}).items():
                     yield name.encode(), value.encode()
@@ -247,3 +262,28 @@ class BenchCliTests(SynchronousTestCase):
                              config_explicit=True, site="b.local")
         self.assertEqual(cmd_health(ctx, args), 0)  # type: ignore[arg-type]
         self.assertEqual([r["site"] for r in json.loads(out.getvalue())], ["b.local"])
+
+
+class PausedNamesTests(SynchronousTestCase):
+    """The daemon's follower asks for the paused names synchronously: they are
+    read from the store once an interval, and a failed read keeps the last ones."""
+
+    def test_read_every_interval_and_kept_on_failure(self) -> None:
+        from twisted.internet.defer import fail, succeed
+        from twisted.internet.task import Clock
+
+        from btu_twisted.daemon.schedule_health import PausedNames
+        from btu_twisted.store.pauses import Paused
+
+        answers: list[Any] = [succeed(Paused(1, {"a": 1})), fail(ConnectionError("down")),
+                              succeed(Paused(0, {}))]
+        clock = Clock()
+        names = PausedNames(clock, lambda: answers.pop(0), 3.0)
+        names.start()
+        self.assertEqual(names.names(), {"a"})
+        clock.advance(3)
+        self.assertEqual(names.names(), {"a"})  # Redis away: the last names stay
+        clock.advance(3)
+        self.assertEqual(names.names(), frozenset())
+        names.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])

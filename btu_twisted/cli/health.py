@@ -28,6 +28,7 @@ from btu_twisted.store.health_record import (
     decode,
 )
 from btu_twisted.store.keys import Keys
+from btu_twisted.store.pauses import read_paused
 
 __all__ = ["cmd_health", "paused_names", "read_records"]
 
@@ -49,8 +50,8 @@ def read_records(connection: object, keys: Keys, names: Sequence[str]) -> dict[s
 
 
 def paused_names(connection: object, keys: Keys) -> Container[str]:
-    """The schedules paused with ``btu pause`` (none until that lands)."""
-    return frozenset()
+    """The schedules paused with ``btu pause``: shown as paused, never alarming."""
+    return frozenset(read_paused(connection, keys).since)
 
 
 def _thresholds(config: Config) -> Thresholds:

@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+
 from btu_twisted.config import Config
 from btu_twisted.daemon.parts import Part
 from btu_twisted.seams import RowReader
@@ -20,10 +24,43 @@ from btu_twisted.store.gateway import RedisCommands
 from btu_twisted.store.health_record import LEVELS, Thresholds
 from btu_twisted.store.health_store import HealthStore
 from btu_twisted.store.keys import Keys
+from btu_twisted.store.pauses import Paused
 from btu_twisted.timing.coalesced import CoalescedRuns
 from btu_twisted.timing.job_follower import JobFollower
 
-__all__ = ["ScheduleHealth", "thresholds_of"]
+__all__ = ["PausedNames", "ScheduleHealth", "thresholds_of"]
+
+
+class PausedNames:
+    """The paused schedules as the follower asks for them (synchronously): read
+    from Redis every ``interval`` seconds.  A failed read keeps the last names:
+    Redis being away is said once, by its Dependency."""
+
+    def __init__(self, clock: IReactorTime, read: Callable[[], Awaitable[Paused]],
+                 interval: float) -> None:
+        self.current: frozenset[str] = frozenset()
+        self._read = read
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+        self._interval = interval
+
+    def names(self) -> frozenset[str]:
+        return self.current
+
+    def start(self) -> None:
+        self._loop.start(self._interval, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def _tick(self) -> Deferred[None]:
+        d = Deferred.fromCoroutine(self.refresh())
+        d.addErrback(lambda _: None)
+        return d
+
+    async def refresh(self) -> None:
+        self.current = frozenset((await self._read()).since)
 
 
 def _inactive_of(rows: RowReader) -> Callable[[Sequence[str]], Awaitable[dict[str, str | None]]]:
@@ -65,15 +102,22 @@ class ScheduleHealth:
         metrics: object = None,
         paused: Callable[[], Container[str]] = frozenset,
         rows: RowReader | None = None,
+        paused_from: Callable[[], Awaitable[Paused]] | None = None,
     ) -> None:
         """``metrics``: the site's ops.metrics.Metrics (its ``registry`` gets the
         schedules' series), or anything else for none.  ``paused``: the names of
-        the paused schedules (shown as paused, never alarming).  ``rows``: where the
-        rows are read to count the runs a late run covered (None: not counted)."""
+        the paused schedules (shown as paused, never alarming); ``paused_from``
+        reads them from the store instead, once a follow interval (a pause may
+        be taken by another daemon of the prefix).  ``rows``: where the rows are
+        read to count the runs a late run covered (None: not counted)."""
         self.follower: JobFollower | None = None
         self._webhook: Any = None
+        self._pauses: PausedNames | None = None
         if not config.schedule_health:
             return
+        if paused_from is not None:
+            self._pauses = PausedNames(reactor, paused_from, config.health_follow_secs)
+            paused = self._pauses.names
         self.follower = JobFollower(
             reactor, HealthStore(redis, Keys(config.redis_key_prefix)), thresholds_of(config),
             config.health_follow_secs, paused=paused,
@@ -132,12 +176,18 @@ class ScheduleHealth:
             return None
         follower = self.follower
 
+        pauses = self._pauses
+
         def start() -> None:
             follower.start()  # its records are read meanwhile: never holds the timer up
+            if pauses is not None:
+                pauses.start()
 
         return Part("schedule health", start, self._stop)
 
     async def _stop(self) -> None:
+        if self._pauses is not None:
+            self._pauses.stop()
         if self._webhook is not None:
             self._webhook.stop()
         if self.follower is not None:

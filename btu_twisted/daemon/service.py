@@ -146,7 +146,7 @@ class BtuService(Service):
             self.redis, Keys(config.redis_key_prefix), history_length=config.run_history_length
         )
         self.health = ScheduleHealth(config, reactor, self.redis, site, self.metrics,
-                                     rows=self.sources)
+                                     rows=self.sources, paused_from=self.store.paused)
         if self.metrics_service is not None:
             from btu_twisted.ops.status_page import ScheduleReader, StatusPage
 
@@ -311,16 +311,13 @@ class BtuService(Service):
         self.log.info("btu_twisted stopped" + (" serving {site}" if self._site else ""),
                       site=self._site)
 
-    def _site_health(self) -> dict[str, Dependency]:
-        health = self.builder.health
-        return {"site": health} if health is not None else {}
-
     def _dependencies(self) -> dict[str, Dependency]:
         """The outside services the daemon uses: MariaDB only when configured."""
+        site = self.builder.health
         return {
             **({"mariadb": self.db.health} if self.db is not None else {}),
             "redis": self.redis.health,
-            **self._site_health(),
+            **({"site": site} if site is not None else {}),
         }
 
     # -- SchedulerControl: the socket's requests, answered by self.control --------------
