@@ -50,7 +50,9 @@ class Parts:
                 if run is not None]
 
 
-class ControlTests(unittest.TestCase):
+class ControlCase(unittest.TestCase):
+    """A real SiteControl on fake parts, at second S."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(S)
@@ -58,6 +60,8 @@ class ControlTests(unittest.TestCase):
         self.control = SiteControl(self.clock, self.parts, dependencies=dict)  # type: ignore[arg-type]
         self.addCleanup(self.control.stop)
 
+
+class ControlTests(ControlCase):
     def test_pause_removes_the_member_and_keeps_it_from_coming_back(self) -> None:
         """A pause drops the planned member, the name waiting in the FIFO and the timer's
         builds, records when in Redis and in the history, and answers one line."""
@@ -141,15 +145,8 @@ class ControlTests(unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
-class ProtocolTests(unittest.TestCase):
+class ProtocolTests(ControlCase):
     """The new request types over the real protocol and a real SiteControl."""
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(S)
-        self.parts = Parts(self.clock)
-        self.control = SiteControl(self.clock, self.parts, dependencies=dict)  # type: ignore[arg-type]
-        self.addCleanup(self.control.stop)
 
     def ask(self, request_type: str, content: Any) -> str:
         protocol = ControlFactory(self.control, self.clock).buildProtocol(None)

@@ -98,6 +98,18 @@ class Daemon:
             self.proc.send_signal(sig)
 
 
+def killed_at_cleanup(case: Any, daemon: Daemon) -> Daemon:
+    """``daemon``, killed (SIGKILL) and reaped when ``case`` ends, whatever happened."""
+
+    def stop() -> None:
+        daemon.kill(signal.SIGKILL)
+        if daemon.proc is not None:
+            daemon.proc.wait(30)
+
+    case.addCleanup(stop)
+    return daemon
+
+
 async def wait_answering(daemons: list[Daemon], timeout: float = 60) -> None:
     async def check() -> bool:
         return all(await deferToThread(lambda: [d.answers() for d in daemons]))

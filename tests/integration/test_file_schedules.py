@@ -169,17 +169,10 @@ class FileOnlyDaemonTests(FileDaemonCase):
     async def test_sighup_rereads_the_file_under_twistd(self) -> None:
         """``twistd -n btu`` with only a schedules_file: SIGHUP re-reads the file, the
         change is planned within 5 s, and the daemon keeps running."""
-        from tests.integration.test_exactly_once import Daemon, wait_answering
+        from tests.integration.test_exactly_once import Daemon, killed_at_cleanup, wait_answering
 
         self.path.write_text(schedule("before", "0 0 1 1 *"))
-        daemon = Daemon(self.dir, 0, self.values())
-
-        def stop() -> None:
-            daemon.kill(signal.SIGKILL)
-            if daemon.proc is not None:
-                daemon.proc.wait(30)
-
-        self.addCleanup(stop)
+        daemon = killed_at_cleanup(self, Daemon(self.dir, 0, self.values()))
         daemon.start()
         await wait_answering([daemon], timeout=30)
         await wait_for(lambda: "before" in self.members(), timeout=10)

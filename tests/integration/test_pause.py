@@ -64,18 +64,11 @@ class PauseUnderTwistdTests(FileDaemonCase):
         self.assertTrue(await deferToThread(daemon.answers))
 
     async def test_pause_holds_across_sighup_and_restart_until_resumed(self) -> None:
-        from tests.integration.test_exactly_once import Daemon, wait_answering
+        from tests.integration.test_exactly_once import Daemon, killed_at_cleanup, wait_answering
 
         self.path.write_text(schedule("tick", "* * * * * * *", queue="ticks",
                                       kwargs={"record_redis": self.url}))
-        daemon = Daemon(self.dir, 0, self.values())
-
-        def stop() -> None:
-            daemon.kill(signal.SIGKILL)
-            if daemon.proc is not None:
-                daemon.proc.wait(30)
-
-        self.addCleanup(stop)
+        daemon = killed_at_cleanup(self, Daemon(self.dir, 0, self.values()))
         daemon.start()
         await wait_answering([daemon], timeout=30)
         await wait_for(lambda: self.redis.llen(QUEUE) >= 1, timeout=10)

@@ -27,7 +27,7 @@ from btu_twisted.cli import main as btu_main
 from tests.integration import rq_venvs
 from tests.integration.daemon import ROOT, wait_for
 from tests.integration.redis_servers import free_port
-from tests.integration.test_exactly_once import Daemon, wait_answering
+from tests.integration.test_exactly_once import Daemon, killed_at_cleanup, wait_answering
 from tests.integration.test_file_schedules import FileDaemonCase, schedule
 
 #: A worker that keeps listening (SimpleWorker: the job runs in this process,
@@ -73,14 +73,7 @@ class ScheduleHealthCase(FileDaemonCase):
     def daemon(self, **extra: Any) -> Daemon:
         values = self.values(**extra)
         values.pop("socket_path")
-        daemon = Daemon(self.dir, 0, values)
-
-        def stop() -> None:
-            daemon.kill(signal.SIGKILL)
-            if daemon.proc is not None:
-                daemon.proc.wait(30)
-
-        self.addCleanup(stop)
+        daemon = killed_at_cleanup(self, Daemon(self.dir, 0, values))
         return daemon
 
     async def health(self, daemon: Daemon) -> tuple[int, dict[str, dict[str, Any]]]:
