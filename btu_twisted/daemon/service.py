@@ -48,6 +48,7 @@ from btu_twisted.planning.refresh import FullRefresh
 from btu_twisted.redis_target import target_of
 from btu_twisted.seams import MetricsSink
 from btu_twisted.sources.combined import FileSchedules, NameConflict, ScheduleSources
+from btu_twisted.sources.db_pool import DbPool
 from btu_twisted.sources.job_ids import JobIdRecorder
 from btu_twisted.sources.mariadb import Database
 from btu_twisted.sources.schedules_file import ScheduleFileError
@@ -106,10 +107,11 @@ class BtuService(Service):
         site: str | None = None,
         alarm: Alarm | None = None,
         load_config: Callable[[], tuple[Config, list[str]]] | None = None,
+        db_pool: DbPool | None = None,
     ) -> None:
-        """``redis``, ``metrics``, ``site`` and ``alarm``: given by a daemon serving
-        several sites (sites.py), which owns the shared gateway, metrics port and
-        timer wake-up; the service then neither starts nor stops them, and
+        """``redis``, ``metrics``, ``site``, ``alarm`` and ``db_pool``: given by a daemon
+        serving several sites (sites.py), which owns the shared gateway, metrics port,
+        timer wake-up and MariaDB connections; the service then neither starts nor stops them, and
         ``status`` names its site.  ``load_config`` reads the config file again
         for :meth:`sighup` (None: the config is not re-read)."""
         self.config = config
@@ -133,7 +135,7 @@ class BtuService(Service):
             self.metrics_service = MetricsService(
                 reactor, self.metrics, config.metrics_host, config.metrics_port
             )
-        self.db = database_of(config, reactor)
+        self.db = database_of(config, reactor, db_pool)
         self.sources = ScheduleSources(
             reactor,
             self.db,
