@@ -34,7 +34,7 @@ from btu_twisted.health import Dependency
 from btu_twisted.jobs.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.records import ScheduleRow, row_fingerprint
 from btu_twisted.sources.mariadb import STATES_CHUNK, Changes
-from btu_twisted.sources.table_times import Digest
+from btu_twisted.sources.table_times import Digest, Look
 from btu_twisted.store.history import DEFAULT_LENGTH, ENQUEUED, SKIPPED_OVERLAP, encode_run
 from btu_twisted.store.keys import Keys
 from btu_twisted.store.resp import decode
@@ -572,21 +572,22 @@ class FakeDatabase(_FakeService):
         self.null_times = False
         self._writes = 0  # job-id writes move the schedule table's time, as ours do
 
-    def table_times(self, previous: Any, digest_anyway: bool) -> Deferred[tuple[Any, Any]]:
+    def table_times(self, previous: Any, digest_anyway: bool) -> Deferred[Look]:
         """As the real look: a table's "time" moves whenever its rows change (here a
-        picture of them stands for it), and the digest comes when they moved."""
+        picture of them stands for it), and the digest comes when they moved;
+        ``recent`` is never set (the fake's times are not seconds)."""
 
-        def read() -> tuple[Any, Any]:
+        def read() -> Look:
             names = sorted(set(self.rows) | set(self.modified))
             times = (None, None, None) if self.null_times else (
                 repr((sorted(self.modified.items()), names, self._writes)),
                 repr(sorted(self.task_modified.items())), repr(self.zone))
             if not digest_anyway and previous is not None and previous == times:
-                return times, None
+                return Look(times, None, False)
             digest = Digest((len(names), hash(tuple(names))),
                             (hash(tuple(sorted(self.modified.items()))),
                              hash(tuple(sorted(self.task_modified.items())))), self.zone)
-            return times, digest
+            return Look(times, digest, False)
 
         return self._call("table_times", read, digest_anyway)
 

@@ -12,6 +12,7 @@ from btu_twisted.sources.change_feed import ChangeFeed, interval_for
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.sources.job_ids import JobIdRecorder
 from btu_twisted.sources.mariadb import RowsLocked
+from btu_twisted.sources.table_times import Look
 from tests.fakes import EPOCH, FakeDatabase, make_row, run_until
 
 T0 = datetime(2027, 1, 15, 8, 0, 0)
@@ -172,31 +173,31 @@ class TableTimesTests(ChangeFeedCase):
         self.assertEqual(self.db.calls["changes"], 1)
         self.assertEqual(self.names_changes, 0)
 
-    def test_a_move_is_checked_again_at_the_next_look(self) -> None:
-        """UPDATE_TIME counts whole seconds: a write later in the same second does
-        not move it, so after a move the next look reads the digest anyway."""
+    def test_a_time_of_this_second_is_checked_again_at_the_next_look(self) -> None:
+        """UPDATE_TIME counts whole seconds: a write later in the second a look saw
+        does not move it, so the next look reads the digest anyway."""
         frozen: list[object] = []
+        recent = [True]
         real = self.db.table_times
 
         def same_second(previous: object, digest_anyway: bool) -> object:
             """The fake's digest, under a time that moves only when the test says."""
 
-            def freeze(result: tuple[object, object]) -> tuple[object, object]:
+            def freeze(look: Look) -> Look:
                 if not frozen:
-                    frozen.append(result[0])
+                    frozen.append(look.times)
                 times = frozen[0]
-                return times, (result[1] if digest_anyway or previous != times else None)
+                read = digest_anyway or previous != times
+                return Look(times, look.digest if read else None, recent[0])  # type: ignore[arg-type]
             return real(None, True).addCallback(freeze)
 
         self.db.table_times = same_second  # type: ignore[assignment, method-assign]
         self.feed.startService()
         self.fifo.take(10)
-        frozen[0] = ("moved",)  # a write, seen as a new time at the next look
-        self.db.modified["TS-1"] = T0 + timedelta(seconds=1)
-        self.assertEqual(self.look(7.0), ["TS-1"])
         self.db.modified["TS-2"] = T0 + timedelta(seconds=1)  # same second: time unchanged
-        self.assertEqual(self.look(15.0), ["TS-2"])
-        self.db.modified["TS-1"] = T0 + timedelta(seconds=2)  # no move, no recheck now
+        recent[0] = False
+        self.assertEqual(self.look(7.0), ["TS-2"])
+        self.db.modified["TS-1"] = T0 + timedelta(seconds=2)  # not recent any more: unseen
         self.assertEqual(self.look(15.0), [])
 
     def test_null_times_fall_back_to_the_digest_every_so_often(self) -> None:

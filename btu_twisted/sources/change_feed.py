@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 from btu_twisted.clock import DelayedCall, as_clock
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.sources.mariadb import Database
-from btu_twisted.sources.table_times import Digest, TableTimes, moved
+from btu_twisted.sources.table_times import Digest, TableTimes
 
 POLL_SECS = 2.0
 #: However many sites, each looks at least this often (a plain SQL edit within a minute).
@@ -179,20 +179,21 @@ class ChangeFeed(Service):
     async def look(self) -> int:
         """One look at MariaDB; returns how many schedules were queued.
 
-        The digest is read when a table's UPDATE_TIME moved, once more at the
-        next look (UPDATE_TIME counts whole seconds: a write later in the
-        second the last look saw would not move it), and every ``fallback``
-        seconds while a time is NULL.
+        The digest is read when a table's UPDATE_TIME moved, at the next look
+        too when a time was of the second the look was made in (UPDATE_TIME
+        counts whole seconds: a write later in that second would not move
+        it), and every ``fallback`` seconds while a time is NULL.
         """
         now = self._clock.seconds()
         blind = self._times is not None and None in self._times and (
             self._digest_at is None or now - self._digest_at >= self._fallback)
         previous_times = self._times
-        times, digest = await self._db.table_times(
+        look = await self._db.table_times(
             previous_times, self._digest is None or self._recheck or blind)
         self.looks += 1
-        self._times = times
-        self._recheck = moved(previous_times, times)
+        self._times = times = look.times
+        digest = look.digest
+        self._recheck = look.recent
         if digest is None:
             return 0
         self._digest_at = now

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorCore
 from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow, fingerprint
 from btu_twisted.sources.db_pool import DbPool, is_connection_error
-from btu_twisted.sources.table_times import Digest, TableTimes, read_times
+from btu_twisted.sources.table_times import Look, TableTimes, read_times
 
 _R = TypeVar("_R")
 
@@ -207,9 +207,7 @@ class Database:
         """
         return self.pool.run(self._connect, _probe_btu)
 
-    async def table_times(
-        self, previous: TableTimes | None, digest_anyway: bool
-    ) -> tuple[TableTimes, Digest | None]:
+    async def table_times(self, previous: TableTimes | None, digest_anyway: bool) -> Look:
         """The change feed's cheap look: InnoDB's UPDATE_TIME of the three tables
         it watches, and the digest of their rows when a time moved (or went
         NULL), or when ``digest_anyway`` — one connection, one or two statements."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["WATCHED", "Digest", "TableTimes", "moved", "read_times"]
+__all__ = ["WATCHED", "Digest", "Look", "TableTimes", "moved", "read_times"]
 
 #: The tables watched, in the order of :data:`TableTimes`.
 WATCHED = ("tabBTU Task Schedule", "tabBTU Task", "tabSingles")
@@ -31,8 +31,11 @@ WATCHED = ("tabBTU Task Schedule", "tabBTU Task", "tabSingles")
 #: UPDATE_TIME of each table of :data:`WATCHED` (None: NULL, or no such table).
 TableTimes = tuple[datetime | None, ...]
 
+# Whether a time is this second's too: a write later in the same second would
+# not move it, so the next look must read the digest anyway.
 _TIMES = (
-    "SELECT `TABLE_NAME`, `UPDATE_TIME` FROM information_schema.`TABLES`"
+    "SELECT `TABLE_NAME`, `UPDATE_TIME`, `UPDATE_TIME` >= NOW() - INTERVAL 1 SECOND"
+    " FROM information_schema.`TABLES`"
     " WHERE `TABLE_SCHEMA` = DATABASE() AND `TABLE_NAME` IN (%s, %s, %s)"
 )
 _DIGEST = """
@@ -68,16 +71,27 @@ def moved(previous: TableTimes | None, now: TableTimes) -> bool:
     return previous is None or previous != now
 
 
-def read_times(
-    cursor: Any, previous: TableTimes | None, digest_anyway: bool
-) -> tuple[TableTimes, Digest | None]:
+@dataclass(frozen=True)
+class Look:
+    """One look: the times; the digest when read; ``recent``: a time is of this very
+    second, so a write later in it would go unseen by the times alone."""
+
+    times: TableTimes
+    digest: Digest | None
+    recent: bool
+
+
+def read_times(cursor: Any, previous: TableTimes | None, digest_anyway: bool) -> Look:
     """In a pool thread: the times, and the digest when they moved or when asked."""
     cursor.execute(_TIMES, WATCHED)
-    found = {name: when for name, when in cursor.fetchall()}
+    rows = cursor.fetchall()
+    found = {name: when for name, when, _ in rows}
+    recent = any(bool(flag) for _, _, flag in rows)
     times = tuple(found.get(name) for name in WATCHED)
     if not (digest_anyway or moved(previous, times)):
-        return times, None
+        return Look(times, None, recent)
     cursor.execute(_DIGEST)
     n, names, pairs, task_pairs, zone = cursor.fetchone()
-    return times, Digest((int(n), int(names or 0)), (int(pairs or 0), int(task_pairs or 0)),
-                         zone or None)
+    digest = Digest((int(n), int(names or 0)), (int(pairs or 0), int(task_pairs or 0)),
+                    zone or None)
+    return Look(times, digest, recent)
