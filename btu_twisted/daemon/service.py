@@ -26,6 +26,7 @@ from btu_twisted.config import Config, ConfigError
 from btu_twisted.daemon.checks import check_services
 from btu_twisted.daemon.control import SiteControl
 from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseError
+from btu_twisted.daemon.key_watch import SITE_WATCH_OFF
 from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.prefix import PrefixHold
 from btu_twisted.daemon.protocol import ControlFactory
@@ -108,10 +109,12 @@ class BtuService(Service):
         alarm: Alarm | None = None,
         load_config: Callable[[], tuple[Config, list[str]]] | None = None,
         db_pool: DbPool | None = None,
+        watch_keys: bool = True,
     ) -> None:
         """``redis``, ``metrics``, ``site``, ``alarm`` and ``db_pool``: given by a daemon
         serving several sites (sites.py), which owns the shared gateway, metrics port,
-        timer wake-up and MariaDB connections; the service then neither starts nor stops them, and
+        timer wake-up and MariaDB connections, and watches for lost Redis keys for all
+        its sites (``watch_keys`` False); the service then neither starts nor stops them, and
         ``status`` names its site.  ``load_config`` reads the config file again
         for :meth:`sighup` (None: the config is not re-read)."""
         self.config = config
@@ -188,6 +191,7 @@ class BtuService(Service):
         self.refresh = FullRefresh(
             reactor, config.full_refresh_internal_secs, self.fifo, self.sources, self.store,
             on_refreshed=self.metrics.refreshed, memory=self.planner.memory,
+            **({} if watch_keys else {"watch_interval": SITE_WATCH_OFF}),
         )
         self.changes = self.sources.change_feed(reactor, self.fifo, self.refresh.trigger)
         self.metrics.watch(lambda: len(self.fifo), self._dependencies())

@@ -6,7 +6,8 @@ planner, refresh and timer, with the Config bench mode derives for it.  What
 they share lives here: one :class:`~btu_twisted.sources.db_pool.DbPool` (at most
 ``mysql_max_connections`` MariaDB connections for all the sites together, so a
 bench of hundreds of sites leaves MariaDB to Frappe; each site's change feed
-paced by their number), one :class:`RedisGateway` (one Redis connection for
+paced by their number), one watch for Redis losing the sites' keys
+(``key_watch``), one :class:`RedisGateway` (one Redis connection for
 the process: a bench's sites share its ``redis_queue``), one
 ``metrics_port``, whose metrics carry a ``site`` label and whose status page
 has a section per site, and one timer wake-up: an
@@ -41,6 +42,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, LogLevel
 
 from btu_twisted.config import Config, ConfigError
+from btu_twisted.daemon.key_watch import KeyWatch
 from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.service import BtuService
 from btu_twisted.daemon.startup import (
@@ -94,6 +96,8 @@ class SitesService(Service):
         bound = config.mysql_max_connections
         #: Every site's MariaDB connections, at most ``mysql_max_connections`` in all.
         self.db_pool = DbPool(reactor, bound, per_site=site_limit(bound))
+        #: One EXISTS for every site's "keys still there" marker, in place of one per site.
+        self.key_watch = KeyWatch(reactor, self.redis, lambda: self.served.values())
         self.metrics: Metrics | None = None
         self.metrics_service: MetricsService | None = None
         if config.metrics_port:
@@ -119,6 +123,7 @@ class SitesService(Service):
             service_part("metrics", metrics_service, start=self._open_metrics)
             if metrics_service is not None else None,
             Part("sites", self._start_sites, self._stop_sites),
+            Part("key watch", self.key_watch.start, self.key_watch.stop),
         )
 
     def _site(self, name: str, config: Config) -> BtuService:
@@ -130,9 +135,10 @@ class SitesService(Service):
             site=name,
             alarm=self.alarm,
             db_pool=self.db_pool,
+            watch_keys=False,
         )
         _name_site_in_logs(site, name, shared=(self.redis, self.redis.health, self.alarm,
-                                               self.db_pool))
+                                               self.db_pool, self.key_watch))
         return site
 
     # -- start and stop ------------------------------------------------------

@@ -191,7 +191,7 @@ class ChangeFeed(Service):
         look = await self._db.table_times(
             previous_times, self._digest is None or self._recheck or blind)
         self.looks += 1
-        self._times = times = look.times
+        self._times = look.times
         digest = look.digest
         self._recheck = look.recent
         if digest is None:
