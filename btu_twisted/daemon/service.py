@@ -55,7 +55,7 @@ from btu_twisted.sources.mariadb import Database
 from btu_twisted.sources.schedules_file import ScheduleFileError
 from btu_twisted.store.gateway import RedisGateway
 from btu_twisted.store.keys import Keys
-from btu_twisted.store.prefix_guard import PrefixGuard
+from btu_twisted.store.prefix_guard import LEASE_SECS, PrefixGuard
 from btu_twisted.store.schedule_store import ScheduleStore
 from btu_twisted.timing.alarm import Alarm
 from btu_twisted.timing.timer import Timer
@@ -64,6 +64,9 @@ if TYPE_CHECKING:
     from btu_twisted.ops.metrics import MetricsService
 
 CANCEL_TIMEOUT = 5.0
+#: The key prefix lease of each site of a bench (a dead daemon's sites free
+#: their prefixes this long after; the same sites' next daemon takes them at once).
+BENCH_LEASE_SECS = 90
 
 
 def site_of(config: Config) -> str:
@@ -114,7 +117,8 @@ class BtuService(Service):
         """``redis``, ``metrics``, ``site``, ``alarm`` and ``db_pool``: given by a daemon
         serving several sites (sites.py), which owns the shared gateway, metrics port,
         timer wake-up and MariaDB connections, and watches for lost Redis keys for all
-        its sites (``watch_keys`` False); the service then neither starts nor stops them, and
+        its sites (``watch_keys`` False: then the prefix lease is renewed less often
+        too); the service then neither starts nor stops them, and
         ``status`` names its site.  ``load_config`` reads the config file again
         for :meth:`sighup` (None: the config is not re-read)."""
         self.config = config
@@ -157,6 +161,8 @@ class BtuService(Service):
             reactor, self.redis, config.redis_key_prefix, site_of(config), self._lost_prefix,
             # Daemons of one database are one site (high availability): they share it.
             owner_id=owner_of(config),
+            # A bench's daemon renews hundreds of leases: every 30 s, not every 10.
+            lease_secs=LEASE_SECS if watch_keys else BENCH_LEASE_SECS,
         )
         self.builder = make_builders(config, reactor)
         self.job_ids = JobIdRecorder(reactor, self.sources)
