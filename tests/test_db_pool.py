@@ -249,3 +249,29 @@ class SlowSiteTests(PoolCase):
         self.assertEqual(await first, "first")
         await pool.run(site("a"), which_site)
         self.assertEqual(ran, ["first"])
+
+    async def test_a_failing_site_gets_one_worker(self) -> None:
+        """Once its database failed, a site's queries go one at a time until one succeeds."""
+        pool = self.pool(4, per_site=3)
+        self.server.refuse.add("down")
+        with self.assertRaises(pymysql.err.OperationalError):
+            await pool.run(site("down"), which_site)
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+        running: list[int] = []
+
+        def slow_fail(cursor: FakeCursor, i: int) -> None:
+            running.append(i)
+            gate.wait(10)
+            raise pymysql.err.OperationalError(2013, "Lost connection")
+
+        self.server.refuse.clear()
+        calls = [pool.run(site("down"), slow_fail, i) for i in range(3)]
+        self.assertEqual(await pool.run(site("other"), which_site), "other")
+        self.assertEqual(running, [0])
+        gate.set()
+        for d in calls:
+            with self.assertRaises(pymysql.err.OperationalError):
+                await d
+        self.assertEqual(sorted(running), [0, 1, 2])
+

@@ -10,9 +10,10 @@ worker holds one connection at a time and there are no more workers than the
 bound, so a worker in need always finds one to reuse or to close.
 
 Idle connections are closed after ``idle_secs``: a connection not needed is
-not held.  One site may have only ``per_site`` queries in flight; the rest
-wait in its own queue on the reactor thread, so a site whose database hangs
-(until its connect/read timeouts) holds a few workers, never all of them.
+not held.  One site may have only ``per_site`` queries in flight, and one
+while its database fails; the rest wait in its own queue on the reactor
+thread, so a site whose database hangs (until its connect/read timeouts)
+holds one worker, never all of them.
 
 A connection that dies (MariaDB restarted, network cut) is dropped quietly,
 without adbapi's "Rollback failed" tracebacks: the caller gets the error and
@@ -128,6 +129,8 @@ class DbPool:
         #: Idle connections, least recently used first: (key, connection, idle since).
         self._idle: list[tuple[Key, Any, float]] = []
         self._sites: dict[Key, _Site] = {}
+        #: Sites whose last query failed for want of a connection.
+        self._failing: set[Key] = set()
         self._threads: ThreadPool | None = None
         self._reaper = LoopingCall(self._reap)
         self._reaper.clock = reactor
@@ -183,7 +186,9 @@ class DbPool:
 
     # -- reactor thread -------------------------------------------------------
     def _next(self, key: Key, site: _Site) -> None:
-        while site.running < self.per_site and site.waiting and self._threads is not None:
+        # A site whose database just failed (down, hanging) gets one worker only.
+        limit = 1 if key in self._failing else self.per_site
+        while site.running < limit and site.waiting and self._threads is not None:
             connect, work, args, d = site.waiting.popleft()
             site.running += 1
             done = deferToThreadPool(
@@ -194,6 +199,11 @@ class DbPool:
 
     def _finished(self, result: Any, key: Key, site: _Site, d: Deferred[Any]) -> None:
         site.running -= 1
+        error = result.value if isinstance(result, Failure) else None
+        if not isinstance(result, Failure):
+            self._failing.discard(key)
+        elif isinstance(error, BaseException) and is_connection_error(error):
+            self._failing.add(key)
         self._next(key, site)
         if d.called:
             return  # cancelled (a start-up probe's timeout): nobody waits for it
