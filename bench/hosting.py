@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import os
+import selectors
 import socket
 import subprocess
 import sys
@@ -55,15 +56,40 @@ QUIET_CRON = "0 0 3 1 1 *"  # 03:00 on the first of January: never during a case
 QUEUE_KEY = f"rq:queue:{BENCH_ID}:default"
 
 
-def ping(path: str, timeout: float = 1.0) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
+PING = b'{"request_type": "ping", "request_content": null}\n'
+
+
+def ping_all(paths: dict[str, str], wait: float = 1.0) -> dict[str, float]:
+    """Ping every socket at once (a busy reactor answers each late: pinging one after
+    the other would add those waits up); when each answered ``pong``."""
+    selector = selectors.DefaultSelector()
+    answered: dict[str, float] = {}
+    for site, path in paths.items():
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
             s.connect(path)
-            s.sendall(b'{"request_type": "ping", "request_content": null}\n')
-            return s.recv(64).startswith(b"pong")
-    except OSError:
-        return False
+            s.send(PING)
+        except OSError:
+            s.close()  # not there yet, or its backlog is full: the next sweep
+            continue
+        selector.register(s, selectors.EVENT_READ, site)
+    end = time.time() + wait
+    while selector.get_map() and time.time() < end:
+        for key, _ in selector.select(timeout=max(0.0, end - time.time())):
+            s = key.fileobj
+            assert isinstance(s, socket.socket)
+            try:
+                if s.recv(64).startswith(b"pong"):
+                    answered[key.data] = time.time()
+            except OSError:
+                pass
+            selector.unregister(s)
+            s.close()
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()  # type: ignore[union-attr]
+    selector.close()
+    return answered
 
 
 def wait_sockets(paths: dict[str, str], t0: float, proc: Any, limit: float) -> dict[str, float]:
@@ -72,9 +98,9 @@ def wait_sockets(paths: dict[str, str], t0: float, proc: Any, limit: float) -> d
     while len(answered) < len(paths) and time.time() - t0 < limit:
         if proc.poll() is not None:
             raise RuntimeError(f"twistd exited {proc.returncode} during the start")
-        for site, path in paths.items():
-            if site not in answered and os.path.exists(path) and ping(path):
-                answered[site] = time.time() - t0
+        pending = {site: path for site, path in paths.items() if site not in answered}
+        for site, when in ping_all(pending).items():
+            answered[site] = when - t0
         time.sleep(0.05)
     return answered
 
