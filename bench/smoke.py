@@ -2,7 +2,7 @@
 
 It checks that each benchmark still runs, not what it measures: every case
 of :mod:`bench.run` (20-200 schedules, due 5 s after the case starts, 1 s
-idle windows, one ``burst10k_paired`` pair), then ``bench.scale``,
+idle windows, one ``burst10k_paired`` pair), then ``bench.scale``, ``bench.hosting``,
 ``bench.micro``, ``bench.cli_speed`` and ``bench.soak`` as small as they go.
 A step fails when it exits non-zero (a ``bench.run`` case fails when it
 raises, reports an error, or a job is missing, early or doubled); the smoke
@@ -54,6 +54,8 @@ MODULES = (
     # The soak's restarts need a run of some length: 4 outages of 5 s each.
     ("soak", ("bench.soak", "--minutes", "1")),
     ("scale", ("bench.scale", "--n", "300", "--cancels", "5")),
+    ("hosting", ("bench.hosting", "--sites", "20", "--settle-secs", "1", "--idle-secs", "3",
+                 "--lead-secs", "10", "--quiet-secs", "1")),
     ("micro", ("bench.micro",)),
     ("cli_speed", ("bench.cli_speed", "--runs", "1", "--starts", "1", "--schedules", "5")),
 )

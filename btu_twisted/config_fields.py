@@ -96,6 +96,8 @@ class Config:
     mysql_host: str | None = _key(_non_empty_string, None)
     mysql_port: int = _key(_port, 3306)
     mysql_database: str | None = _key(_non_empty_string, None)
+    # Every MariaDB connection of the daemon, all sites together (db_pool.py).
+    mysql_max_connections: int = _key(_positive_integer, 10)
     # TOML [[schedule]] tables (file_schedules.py): schedules without Frappe.
     schedules_file: str | None = _key(_readable_file, None)
 

@@ -34,6 +34,7 @@ from btu_twisted.health import Dependency
 from btu_twisted.jobs.builders import BuildError, BuiltJob, FunctionBuilder
 from btu_twisted.records import ScheduleRow, row_fingerprint
 from btu_twisted.sources.mariadb import STATES_CHUNK, Changes
+from btu_twisted.sources.table_times import Digest, Look
 from btu_twisted.store.history import (
     DEFAULT_LENGTH,
     ENQUEUED,
@@ -644,6 +645,28 @@ class FakeDatabase(_FakeService):
         self.zone: str | None = None
         #: redis_job_id as written back.
         self.job_ids: dict[str, str] = {}
+        #: UPDATE_TIME reads NULL for every table while set (MariaDB restarted).
+        self.null_times = False
+        self._writes = 0  # job-id writes move the schedule table's time, as ours do
+
+    def table_times(self, previous: Any, digest_anyway: bool) -> Deferred[Look]:
+        """As the real look: a table's "time" moves whenever its rows change (here a
+        picture of them stands for it), and the digest comes when they moved;
+        ``recent`` is never set (the fake's times are not seconds)."""
+
+        def read() -> Look:
+            names = sorted(set(self.rows) | set(self.modified))
+            times = (None, None, None) if self.null_times else (
+                repr((sorted(self.modified.items()), names, self._writes)),
+                repr(sorted(self.task_modified.items())), repr(self.zone))
+            if not digest_anyway and previous is not None and previous == times:
+                return Look(times, None, False)
+            digest = Digest((len(names), hash(tuple(names))),
+                            (hash(tuple(sorted(self.modified.items()))),
+                             hash(tuple(sorted(self.task_modified.items())))), self.zone)
+            return Look(times, digest, False)
+
+        return self._call("table_times", read, digest_anyway)
 
     def put(self, *rows: ScheduleRow) -> None:
         for row in rows:
@@ -654,6 +677,7 @@ class FakeDatabase(_FakeService):
 
     def delete(self, name: str) -> None:
         del self.rows[name]
+        self.modified.pop(name, None)
 
     def read_schedules(self, names: Sequence[str]) -> Deferred[dict[str, ScheduleRow]]:
         names = list(names)
@@ -699,6 +723,7 @@ class FakeDatabase(_FakeService):
 
         def write() -> None:
             self.job_ids.update(batch)
+            self._writes += 1
 
         return self._call("write_job_ids", write, batch)
 

@@ -8,11 +8,12 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial import unittest
 
-from btu_twisted.sources.change_feed import ChangeFeed
+from btu_twisted.sources.change_feed import ChangeFeed, interval_for
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.sources.job_ids import JobIdRecorder
 from btu_twisted.sources.mariadb import RowsLocked
-from tests.fakes import EPOCH, FakeDatabase, run_until
+from btu_twisted.sources.table_times import Look
+from tests.fakes import EPOCH, FakeDatabase, make_row, run_until
 
 T0 = datetime(2027, 1, 15, 8, 0, 0)
 
@@ -26,7 +27,7 @@ class ChangeFeedCase(unittest.TestCase):
         self.zone_changes = 0
         self.feed = ChangeFeed(
             self.clock, self.db, self.fifo, on_zone_changed=self.zone_changed,  # type: ignore[arg-type]
-            interval=2.0, overlap=timedelta(seconds=120), follow_ups=(1.5, 4.0),
+            interval=2.0, overlap=timedelta(seconds=120), follow_ups=(1.5, 4.0), stagger=2.0,
         )
         self.addCleanup(self.stop)
 
@@ -111,6 +112,120 @@ class FeedTests(ChangeFeedCase):
         self.assertEqual(len([e for e in events if "log_failure" in e]), 0)
         self.db.down = False
         self.assertEqual(self.look(), ["TS-1"])
+
+
+class TableTimesTests(ChangeFeedCase):
+    """The change queries run only when a look sees the site's tables written."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.names_changes = 0
+        self.feed = ChangeFeed(
+            self.clock, self.db, self.fifo, on_zone_changed=self.zone_changed,  # type: ignore[arg-type]
+            interval=15.0, overlap=timedelta(seconds=120), follow_ups=(1.5, 4.0), stagger=7.0,
+            on_names_changed=self.names_changed, fallback=40.0,
+        )
+        self.db.put(make_row("TS-1"), make_row("TS-2"))
+        self.db.modified.update({"TS-1": T0, "TS-2": T0})
+
+    def names_changed(self) -> None:
+        self.names_changes += 1
+
+    def test_an_idle_site_costs_one_cheap_statement_a_look(self) -> None:
+        """Ten idle minutes: one look every 15 s, the change queries only at the first."""
+        self.feed.startService()
+        run_until(self.clock, self.clock.seconds() + 600)
+        self.assertEqual(self.db.calls["changes"], 1)
+        self.assertEqual(self.db.calls["table_times"], self.feed.looks)
+        self.assertEqual(self.feed.looks, 1 + 40)  # at 0, then 7, 22, ... 592
+        self.assertEqual(self.names_changes, 0)
+
+    def test_looks_of_a_site_start_at_its_stagger(self) -> None:
+        self.feed.startService()
+        run_until(self.clock, self.clock.seconds() + 6.9)
+        self.assertEqual(self.feed.looks, 1)
+        run_until(self.clock, self.clock.seconds() + 0.1)
+        self.assertEqual(self.feed.looks, 2)
+
+    def test_an_sql_edit_is_queued_at_the_next_look(self) -> None:
+        self.feed.startService()
+        self.fifo.take(10)
+        self.db.modified["TS-2"] = T0 + timedelta(seconds=5)
+        self.assertEqual(self.look(7.0), ["TS-2"])
+        self.assertEqual(self.db.calls["changes"], 2)
+
+    def test_a_delete_by_sql_starts_a_full_refresh(self) -> None:
+        """No ``modified`` moves on a DELETE; the name set's digest does, and the full
+        refresh (called back here) unplans what is gone."""
+        self.feed.startService()
+        self.fifo.take(10)
+        self.db.delete("TS-1")
+        self.look(7.0)
+        self.assertEqual(self.names_changes, 1)
+        self.look(15.0)
+        self.assertEqual(self.names_changes, 1)
+
+    def test_our_own_job_id_writes_read_no_rows(self) -> None:
+        """Our redis_job_id writes move the table's time but not its digest."""
+        self.feed.startService()
+        self.db.write_job_ids({"TS-1": "job-1"})
+        self.look(7.0)
+        self.assertEqual(self.db.calls["changes"], 1)
+        self.assertEqual(self.names_changes, 0)
+
+    def test_a_time_of_this_second_is_checked_again_at_the_next_look(self) -> None:
+        """UPDATE_TIME counts whole seconds: a write later in the second a look saw
+        does not move it, so the next look reads the digest anyway."""
+        frozen: list[object] = []
+        recent = [True]
+        real = self.db.table_times
+
+        def same_second(previous: object, digest_anyway: bool) -> object:
+            """The fake's digest, under a time that moves only when the test says."""
+
+            def freeze(look: Look) -> Look:
+                if not frozen:
+                    frozen.append(look.times)
+                times = frozen[0]
+                read = digest_anyway or previous != times
+                return Look(times, look.digest if read else None, recent[0])  # type: ignore[arg-type]
+            return real(None, True).addCallback(freeze)
+
+        self.db.table_times = same_second  # type: ignore[assignment, method-assign]
+        self.feed.startService()
+        self.fifo.take(10)
+        self.db.modified["TS-2"] = T0 + timedelta(seconds=1)  # same second: time unchanged
+        recent[0] = False
+        self.assertEqual(self.look(7.0), ["TS-2"])
+        self.db.modified["TS-1"] = T0 + timedelta(seconds=2)  # not recent any more: unseen
+        self.assertEqual(self.look(15.0), [])
+
+    def test_null_times_fall_back_to_the_digest_every_so_often(self) -> None:
+        """UPDATE_TIME NULL (MariaDB restarted): an SQL edit is still queued within a
+        minute, and the digest is read only every ``fallback`` seconds."""
+        self.db.null_times = True
+        self.feed.startService()
+        self.fifo.take(10)
+        edited_at = self.clock.seconds() + 1
+        run_until(self.clock, edited_at)
+        self.db.modified["TS-2"] = T0 + timedelta(seconds=5)
+        for _ in range(120):
+            run_until(self.clock, self.clock.seconds() + 1)
+            if self.fifo.take(10):
+                break
+        self.assertLess(self.clock.seconds() - edited_at, 60)
+        digests = [c for c in self.db.history if c.op == "table_times" and c.detail]
+        self.assertLessEqual(len(digests), 3)  # the first look, one fallback, maybe a recheck
+
+
+class PaceTests(unittest.TestCase):
+    def test_many_sites_look_less_often_but_at_least_every_15_s(self) -> None:
+        """One site keeps the 2 s look (the 5 s rule with no request); 500 sites make
+        about 33 looks a second in all; no site ever waits more than 15 s."""
+        self.assertEqual(interval_for(1), 2.0)
+        self.assertEqual(interval_for(66), 2.0)
+        self.assertAlmostEqual(500 / interval_for(500), 33.0, places=0)
+        self.assertEqual(interval_for(5000), 15.0)
 
 
 class FollowUpTests(ChangeFeedCase):

@@ -44,7 +44,7 @@ class RequestPlanningTests(unittest.TestCase):
     def test_once_with_the_change_feed(self) -> None:
         feed = ChangeFeed(
             self.clock, FakeDatabase(self.clock), self.fifo,  # type: ignore[arg-type]
-            on_zone_changed=lambda: None, interval=2.0, overlap=timedelta(seconds=120),
+            on_zone_changed=lambda: None, interval=2.0, overlap=timedelta(seconds=120), stagger=2.0,
             follow_ups=(1.5,),
         )
         feed.startService()
@@ -61,7 +61,7 @@ class RequestPlanningTests(unittest.TestCase):
         fifo = ScheduleFifo(max_names=1)
         feed = ChangeFeed(
             self.clock, FakeDatabase(self.clock), fifo,  # type: ignore[arg-type]
-            on_zone_changed=lambda: None, interval=2.0, overlap=timedelta(seconds=120),
+            on_zone_changed=lambda: None, interval=2.0, overlap=timedelta(seconds=120), stagger=2.0,
             follow_ups=(1.5,),
         )
         feed.startService()

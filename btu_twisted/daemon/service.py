@@ -26,6 +26,7 @@ from btu_twisted.config import Config, ConfigError
 from btu_twisted.daemon.checks import check_services
 from btu_twisted.daemon.control import SiteControl
 from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseError
+from btu_twisted.daemon.key_watch import SITE_WATCH_OFF
 from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.prefix import PrefixHold
 from btu_twisted.daemon.protocol import ControlFactory
@@ -49,12 +50,13 @@ from btu_twisted.planning.refresh import FullRefresh
 from btu_twisted.redis_target import target_of
 from btu_twisted.seams import MetricsSink
 from btu_twisted.sources.combined import FileSchedules, NameConflict, ScheduleSources
+from btu_twisted.sources.db_pool import DbPool
 from btu_twisted.sources.job_ids import JobIdRecorder
 from btu_twisted.sources.mariadb import Database
 from btu_twisted.sources.schedules_file import ScheduleFileError
 from btu_twisted.store.gateway import RedisGateway
 from btu_twisted.store.keys import Keys
-from btu_twisted.store.prefix_guard import PrefixGuard
+from btu_twisted.store.prefix_guard import LEASE_SECS, PrefixGuard
 from btu_twisted.store.schedule_store import ScheduleStore
 from btu_twisted.timing.alarm import Alarm
 from btu_twisted.timing.timer import Timer
@@ -63,6 +65,9 @@ if TYPE_CHECKING:
     from btu_twisted.ops.metrics import MetricsService
 
 CANCEL_TIMEOUT = 5.0
+#: The key prefix lease of each site of a bench (a dead daemon's sites free
+#: their prefixes this long after; the same sites' next daemon takes them at once).
+BENCH_LEASE_SECS = 90
 
 
 def site_of(config: Config) -> str:
@@ -107,10 +112,14 @@ class BtuService(Service):
         site: str | None = None,
         alarm: Alarm | None = None,
         load_config: Callable[[], tuple[Config, list[str]]] | None = None,
+        db_pool: DbPool | None = None,
+        watch_keys: bool = True,
     ) -> None:
-        """``redis``, ``metrics``, ``site`` and ``alarm``: given by a daemon serving
-        several sites (sites.py), which owns the shared gateway, metrics port and
-        timer wake-up; the service then neither starts nor stops them, and
+        """``redis``, ``metrics``, ``site``, ``alarm`` and ``db_pool``: given by a daemon
+        serving several sites (sites.py), which owns the shared gateway, metrics port,
+        timer wake-up and MariaDB connections, and watches for lost Redis keys for all
+        its sites (``watch_keys`` False: then the prefix lease is renewed less often
+        too); the service then neither starts nor stops them, and
         ``status`` names its site.  ``load_config`` reads the config file again
         for :meth:`sighup` (None: the config is not re-read)."""
         self.config = config
@@ -134,7 +143,7 @@ class BtuService(Service):
             self.metrics_service = MetricsService(
                 reactor, self.metrics, config.metrics_host, config.metrics_port
             )
-        self.db = database_of(config, reactor)
+        self.db = database_of(config, reactor, db_pool)
         self.sources = ScheduleSources(
             reactor,
             self.db,
@@ -156,6 +165,8 @@ class BtuService(Service):
             reactor, self.redis, config.redis_key_prefix, site_of(config), self._lost_prefix,
             # Daemons of one database are one site (high availability): they share it.
             owner_id=owner_of(config),
+            # A bench's daemon renews hundreds of leases: every 30 s, not every 10.
+            lease_secs=LEASE_SECS if watch_keys else BENCH_LEASE_SECS,
         )
         self.builder = make_builders(config, reactor)
         self.job_ids = JobIdRecorder(reactor, self.sources)
@@ -192,6 +203,7 @@ class BtuService(Service):
         self.refresh = FullRefresh(
             reactor, config.full_refresh_internal_secs, self.fifo, self.sources, self.store,
             on_refreshed=self.metrics.refreshed, memory=self.planner.memory,
+            **({} if watch_keys else {"watch_interval": SITE_WATCH_OFF}),
         )
         self.changes = self.sources.change_feed(reactor, self.fifo, self.refresh.trigger)
         self.metrics.watch(lambda: len(self.fifo), self._dependencies())

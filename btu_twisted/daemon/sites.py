@@ -1,9 +1,13 @@
 """One daemon for several sites of a bench (``frappe_sites``).
 
 Each site is a :class:`~btu_twisted.daemon.service.BtuService` of its own: its
-database pool, socket, key prefix and lease, BTU Configuration, change feed,
+database credentials, socket, key prefix and lease, BTU Configuration, change feed,
 planner, refresh and timer, with the Config bench mode derives for it.  What
-they share lives here: one :class:`RedisGateway` (one Redis connection for
+they share lives here: one :class:`~btu_twisted.sources.db_pool.DbPool` (at most
+``mysql_max_connections`` MariaDB connections for all the sites together, so a
+bench of hundreds of sites leaves MariaDB to Frappe; each site's change feed
+paced by their number), one watch for Redis losing the sites' keys
+(``key_watch``), one :class:`RedisGateway` (one Redis connection for
 the process: a bench's sites share its ``redis_queue``), one
 ``metrics_port``, whose metrics carry a ``site`` label and whose status page
 has a section per site, and one timer wake-up: an
@@ -38,6 +42,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, LogLevel
 
 from btu_twisted.config import Config, ConfigError
+from btu_twisted.daemon.key_watch import KeyWatch
 from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.service import BtuService
 from btu_twisted.daemon.startup import (
@@ -53,6 +58,8 @@ from btu_twisted.daemon.startup import (
 from btu_twisted.live_config import apply_change
 from btu_twisted.ops.logsetup import SiteLogger, apply_level
 from btu_twisted.redis_target import target_of
+from btu_twisted.sources.change_feed import interval_for
+from btu_twisted.sources.db_pool import DbPool, site_limit
 from btu_twisted.store.gateway import RedisGateway
 from btu_twisted.timing.alarm import Alarm
 
@@ -86,6 +93,11 @@ class SitesService(Service):
         self._warnings = warnings or []
         self.redis = RedisGateway(reactor, target=target_of(config))
         self.alarm = Alarm(reactor)
+        bound = config.mysql_max_connections
+        #: Every site's MariaDB connections, at most ``mysql_max_connections`` in all.
+        self.db_pool = DbPool(reactor, bound, per_site=site_limit(bound))
+        #: One EXISTS for every site's "keys still there" marker, in place of one per site.
+        self.key_watch = KeyWatch(reactor, self.redis, lambda: self.served.values())
         self.metrics: Metrics | None = None
         self.metrics_service: MetricsService | None = None
         if config.metrics_port:
@@ -105,11 +117,13 @@ class SitesService(Service):
         # Started in this order, stopped in the reverse: the sites stop before
         # the metrics port and the Redis connection they share.
         self.parts = Parts(
+            Part("mariadb", self.db_pool.start, self.db_pool.stop),
             Part("redis", self.redis.start, self.redis.stop),
             Part("sites served", start=self._choose_sites),
             service_part("metrics", metrics_service, start=self._open_metrics)
             if metrics_service is not None else None,
             Part("sites", self._start_sites, self._stop_sites),
+            Part("key watch", self.key_watch.start, self.key_watch.stop),
         )
 
     def _site(self, name: str, config: Config) -> BtuService:
@@ -120,8 +134,11 @@ class SitesService(Service):
             metrics=self.metrics.for_site(name) if self.metrics is not None else None,
             site=name,
             alarm=self.alarm,
+            db_pool=self.db_pool,
+            watch_keys=False,
         )
-        _name_site_in_logs(site, name, shared=(self.redis, self.redis.health, self.alarm))
+        _name_site_in_logs(site, name, shared=(self.redis, self.redis.health, self.alarm,
+                                               self.db_pool, self.key_watch))
         return site
 
     # -- start and stop ------------------------------------------------------
@@ -168,7 +185,14 @@ class SitesService(Service):
 
     async def _start_sites(self) -> None:
         # At once: a slow or failing site does not delay the others' start.
+        self._pace_changes()
         await DeferredList([site.startService() for site in self.served.values()])
+
+    def _pace_changes(self) -> None:
+        """Each site's change feed looks as often as the number of sites allows."""
+        interval = interval_for(len(self.served))
+        for site in self.served.values():
+            site.changes.interval = interval
 
     async def _stop_sites(self) -> None:
         await DeferredList([Deferred.fromCoroutine(_stop_site(site))
@@ -206,7 +230,7 @@ class SitesService(Service):
         return served
 
     async def _has_btu(self, config: Config) -> bool:
-        database = database_of(config, self._reactor)
+        database = database_of(config, self._reactor, self.db_pool)
         return database is not None and await database.has_btu_tables()
 
     async def _serve_metrics(self) -> None:
@@ -299,6 +323,7 @@ class SitesService(Service):
         for name in started:
             self.served[name] = self.sites[name]
         self._show_served()
+        self._pace_changes()  # the sites already running keep their pace until restarted
         await DeferredList([self.served[name].startService() for name in started])
         summary = (f"sites reloaded: {_listed(started)} started, {_listed(gone)} stopped; "
                    f"serving {_listed(list(self.served))}; {change.describe()}")

@@ -16,6 +16,7 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.logger import Logger
 
 from btu_twisted.config import Config
+from btu_twisted.sources.db_pool import DbPool
 from btu_twisted.sources.mariadb import Database
 
 STARTUP_CHECK_TIMEOUT = 10.0
@@ -61,8 +62,9 @@ def exit_on_fatal(reactor: Any) -> Callable[[str], None]:
     return fatal
 
 
-def database_of(config: Config, reactor: Any) -> Database | None:
-    """The (unstarted) pool of the config's MariaDB; None when schedules come from a file only."""
+def database_of(config: Config, reactor: Any, pool: DbPool | None = None) -> Database | None:
+    """The config's MariaDB (not started), on ``pool`` (a bench's, shared by its sites)
+    or on a pool of its own; None when schedules come from a file only."""
     if not config.uses_mariadb:
         return None
     return Database(
@@ -72,6 +74,8 @@ def database_of(config: Config, reactor: Any) -> Database | None:
         user=config.mysql_user or "",
         password=config.mysql_password or "",
         database=config.mysql_database or "",
+        max_connections=config.mysql_max_connections,
+        pool=pool,
     )
 
 

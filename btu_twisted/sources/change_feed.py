@@ -13,10 +13,21 @@ SQL that bumps ``modified``, with no request at all; a change of the site's
 commits, so a row can appear with a ``modified`` older than rows already
 seen.  Each look therefore reaches ``overlap`` back from the newest value seen
 and skips (name, modified) pairs it has already handled.
+
+Those queries run only when something was written: each look first asks
+InnoDB whether the site's BTU tables moved, then reads their digest, and reads
+the changed rows only when the digest moved (``table_times.py``).  A change of
+the set of names (a plain SQL ``DELETE`` bumps no ``modified``) starts a full
+refresh, which unplans what is gone.  One site looks every 2 s: one cheap
+statement.  A bench of many sites spreads its looks (:func:`interval_for`, a
+random offset per site) so that the daemon makes about ``LOOKS_PER_SEC``
+looks a second, each site at least every ``MAX_POLL_SECS``: an edit with no
+request is then seen within a minute, a socket request still within seconds.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
@@ -30,14 +41,26 @@ from twisted.python.failure import Failure
 from btu_twisted.clock import DelayedCall, as_clock
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.sources.mariadb import Database
+from btu_twisted.sources.table_times import Digest, TableTimes
 
 POLL_SECS = 2.0
+#: However many sites, each looks at least this often (a plain SQL edit within a minute).
+MAX_POLL_SECS = 15.0
+#: About this many looks a second for the whole daemon, once a bench has many sites.
+LOOKS_PER_SEC = 33.0
+#: While UPDATE_TIME is NULL a move cannot be seen: read the digest at least this often.
+FALLBACK_SECS = 40.0
 # How far back each look reaches from the newest `modified` seen: longer than
 # any save-to-commit delay of a Frappe request.
 OVERLAP = timedelta(seconds=120)
 # After a socket request, plan the schedule again at these delays: the BTU
 # app commits about half a second after our reply.
 FOLLOW_UPS = (1.5, 4.0)
+
+
+def interval_for(sites: int) -> float:
+    """Seconds between two looks at each site of a daemon serving ``sites``."""
+    return min(MAX_POLL_SECS, max(POLL_SECS, sites / LOOKS_PER_SEC))
 
 
 class ChangeFeed(Service):
@@ -53,16 +76,37 @@ class ChangeFeed(Service):
         interval: float = POLL_SECS,
         overlap: timedelta = OVERLAP,
         follow_ups: Iterable[float] = FOLLOW_UPS,
+        *,
+        on_names_changed: Callable[[], object] | None = None,
+        stagger: float | None = None,
+        fallback: float = FALLBACK_SECS,
     ) -> None:
+        """``on_names_changed``: schedules were added or deleted (default:
+        ``on_zone_changed``, a full refresh); ``stagger``: when the second look
+        comes (default: at random within ``interval``, so a bench's sites do
+        not all look in the same second)."""
         self._clock = as_clock(clock)
         self._db = db
         self._fifo = fifo
         self._on_zone_changed = on_zone_changed
-        self._interval = interval
+        self._on_names_changed = on_names_changed or on_zone_changed
+        #: Seconds between looks; a daemon of many sites sets it before the start.
+        self.interval = interval
+        self._stagger = stagger
+        self._fallback = fallback
         self._overlap = overlap
         self._follow_ups = tuple(follow_ups)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
+        self._starting: DelayedCall | None = None
+        self._looking = False
+        self._times: TableTimes | None = None
+        self._digest: Digest | None = None
+        self._digest_at: float | None = None
+        self._recheck = False
+        #: Looks, and looks that read the changed rows (benchmarks, tests).
+        self.looks = 0
+        self.reads = 0
         self._marks: dict[str, datetime | None] = {"schedule": None, "task": None}
         self._seen: dict[tuple[str, str], datetime] = {}
         self._zone: tuple[str | None] | None = None  # None: not looked yet
@@ -71,12 +115,22 @@ class ChangeFeed(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
-        self._loop.start(self._interval, now=True)
+        self._tick()
+        stagger = (random.uniform(0.1, self.interval) if self._stagger is None
+                   else self._stagger)
+        self._starting = self._clock.callLater(stagger, self._start_loop)
+
+    def _start_loop(self) -> None:
+        self._starting = None
+        self._loop.start(self.interval, now=True)
 
     def stopService(self) -> None:
         super().stopService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
         if self._loop.running:
             self._loop.stop()
+        if self._starting is not None and self._starting.active():
+            self._starting.cancel()
+        self._starting = None
         for call in self._pending:
             if call.active():
                 call.cancel()
@@ -102,19 +156,64 @@ class ChangeFeed(Service):
         call = self._clock.callLater(delay, follow_up)
         self._pending.add(call)
 
-    def _tick(self) -> Deferred[int | None]:
+    def _tick(self) -> Deferred[int | None] | None:
         # Never fails, so the LoopingCall never stops; an outage is logged
-        # once by the Database's Dependency.
+        # once by the Database's Dependency.  A look still under way (a slow
+        # database) is not joined by another.
+        if self._looking:
+            return None
+        self._looking = True
         d: Deferred[int | None] = Deferred.fromCoroutine(self.look())
         d.addErrback(self._failed)
-        return d
+
+        def done(result: int | None) -> int | None:
+            self._looking = False
+            return result
+
+        return d.addBoth(done)
 
     def _failed(self, failure: Failure) -> None:
         if self._db.health.up:
             self.log.failure("reading changed schedules failed", failure)
 
     async def look(self) -> int:
-        """One look at MariaDB; returns how many schedules were queued."""
+        """One look at MariaDB; returns how many schedules were queued.
+
+        The digest is read when a table's UPDATE_TIME moved, at the next look
+        too when a time was of the second the look was made in (UPDATE_TIME
+        counts whole seconds: a write later in that second would not move
+        it), and every ``fallback`` seconds while a time is NULL.
+        """
+        now = self._clock.seconds()
+        blind = self._times is not None and None in self._times and (
+            self._digest_at is None or now - self._digest_at >= self._fallback)
+        previous_times = self._times
+        look = await self._db.table_times(
+            previous_times, self._digest is None or self._recheck or blind)
+        self.looks += 1
+        self._times = look.times
+        digest = look.digest
+        self._recheck = look.recent
+        if digest is None:
+            return 0
+        self._digest_at = now
+        previous = self._digest
+        if previous == digest:
+            return 0
+        try:
+            queued = await self._read_changes()
+        except Exception:
+            self._recheck = True  # the digest is kept as it was: the next look reads again
+            raise
+        self._digest = digest
+        if previous is not None and previous.names != digest.names:
+            self.log.info("schedules were added or deleted; reading every schedule again")
+            self._on_names_changed()
+        return queued
+
+    async def _read_changes(self) -> int:
+        """The rows whose ``modified`` moved, queued; the zone compared."""
+        self.reads += 1
         since = {
             kind: None if mark is None else mark - self._overlap
             for kind, mark in self._marks.items()

@@ -73,6 +73,7 @@ class NoChangeFeed(Service):
 
     name = "changes"
     changes_seen = 0
+    interval = 0.0  # nothing to look at
 
     def __init__(self, fifo: ScheduleFifo) -> None:
         self._fifo = fifo

@@ -1,4 +1,4 @@
-"""MariaDB access: an adbapi pool and the few parameterised queries we need.
+"""MariaDB access: one site's few parameterised queries, run on a DbPool (db_pool.py).
 
 Rows become ``ScheduleRow`` records inside the database thread.  Names are
 always bound parameters, never formatted into SQL (COMPAT.md 6.3: the Rust
@@ -13,18 +13,15 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import pymysql
-from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore
-from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 
 from btu_twisted.health import Dependency
 from btu_twisted.records import ScheduleRow, fingerprint
+from btu_twisted.sources.db_pool import DbPool, is_connection_error
+from btu_twisted.sources.table_times import Look, TableTimes, read_times
 
 _R = TypeVar("_R")
-
-_log = Logger()
 
 # One query reads a whole batch; MariaDB handles IN lists of this size easily.
 BATCH_SIZE = 500
@@ -142,44 +139,9 @@ def row_from(values: Sequence[Any]) -> ScheduleRow:
     )
 
 
-class _QuietPool(adbapi.ConnectionPool):
-    """adbapi's pool, without two tracebacks per dead connection.
-
-    After any error adbapi rolls back; on a connection that died (MariaDB
-    restarted, network cut) that rollback fails too and, with ``cp_reconnect``,
-    adbapi logs "Rollback failed" twice, with tracebacks, for every pooled
-    connection — an outage must be one log line (the ``Dependency``'s).  Our
-    queries are autocommit reads, so there is nothing to roll back: a
-    connection error just forgets this thread's connection (the next query
-    opens a new one) and goes to the caller.  Other errors keep adbapi's path.
-    """
-
-    def _runInteraction(self, interaction: Any, *args: Any, **kw: Any) -> Any:
-        conn = self.connectionFactory(self)  # type: ignore[no-untyped-call]  # adbapi is unannotated
-        trans = self.transactionFactory(self, conn)  # type: ignore[no-untyped-call]  # adbapi is unannotated
-        try:
-            result = interaction(trans, *args, **kw)
-            trans.close()  # type: ignore[no-untyped-call]  # adbapi is unannotated
-            conn.commit()
-            return result
-        except Exception as e:
-            if _is_connection_error(e):
-                dead = self.connections.pop(self.threadID(), None)  # type: ignore[no-untyped-call]  # adbapi is unannotated
-                if dead is not None:
-                    try:
-                        dead.close()
-                    except Exception:
-                        pass  # already closed by the driver
-            else:
-                try:
-                    conn.rollback()  # type: ignore[no-untyped-call]  # adbapi is unannotated
-                except Exception:
-                    _log.failure("Rollback failed")
-            raise
-
-
 class Database:
-    """The adbapi pool (its own small thread pool) and our queries."""
+    """One site's queries, run on a :class:`DbPool`: the bench's shared one, or
+    (one site) a small pool of its own."""
 
     def __init__(
         self,
@@ -192,7 +154,10 @@ class Database:
         database: str,
         timeout: float = 10.0,
         max_connections: int = 3,
+        pool: DbPool | None = None,
     ) -> None:
+        """``pool``: shared by every site of a bench (started and stopped by its
+        owner); None gives the site a pool of ``max_connections`` of its own."""
         self.health = Dependency("MariaDB", reactor)
         self._reactor = reactor
         self._connect = dict(
@@ -207,26 +172,24 @@ class Database:
             read_timeout=max(1, int(timeout)),
             write_timeout=max(1, int(timeout)),
         )
-        self._max = max_connections
-        self._pool: adbapi.ConnectionPool | None = None
+        self._owns_pool = pool is None
+        self.pool = DbPool(reactor, max_connections) if pool is None else pool
+        self._started = False
 
     def start(self) -> None:
-        """Start the thread pool; connections open on first use."""
-        self._pool = _QuietPool(  # type: ignore[no-untyped-call]  # adbapi is unannotated
-            "pymysql",
-            cp_reactor=self._reactor,
-            cp_min=1,
-            cp_max=self._max,
-            cp_reconnect=True,
-            cp_noisy=False,
-            **self._connect,
-        )
-        self._pool.start()  # type: ignore[no-untyped-call]  # adbapi is unannotated
+        """Start the pool (when the site owns it); connections open on first use."""
+        if self._owns_pool:
+            self.pool.start()
+        self._started = True
 
     def stop(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()  # type: ignore[no-untyped-call]  # adbapi is unannotated
+        if not self._started:
+            return
+        self._started = False
+        if self._owns_pool:
+            self.pool.stop()
+        else:
+            self.pool.forget(self._connect).addErrback(lambda _: None)  # closing never fails
 
     async def check(self) -> int:
         """Count DocTypes, as the Rust daemon did, to prove this is a Frappe database."""
@@ -237,12 +200,18 @@ class Database:
         """Whether BTU is installed on this site: its database has ``tabBTU Task Schedule``
         (``frappe_sites = ["*"]`` serves only such sites).
 
-        One connection of its own in the reactor's thread pool, without
-        :meth:`start`: a database that hangs holds a thread until its timeouts,
-        where stopping a pool would join that thread in the reactor.
+        Through the bench's shared pool (started before the sites are
+        chosen), without :meth:`start`: the probe of 500 sites stays within
+        the pool's bound, and a database that hangs holds one worker until its
+        timeouts, not the others.
         """
-        pool = self._reactor.getThreadPool()
-        return deferToThreadPool(self._reactor, pool, _probe_btu, dict(self._connect))
+        return self.pool.run(self._connect, _probe_btu)
+
+    async def table_times(self, previous: TableTimes | None, digest_anyway: bool) -> Look:
+        """The change feed's cheap look: InnoDB's UPDATE_TIME of the three tables
+        it watches, and the digest of their rows when a time moved (or went
+        NULL), or when ``digest_anyway`` — one connection, one or two statements."""
+        return await self._run(read_times, previous, digest_anyway)
 
     async def schedule_states(self, after: str, limit: int = STATES_CHUNK) -> list[ScheduleState]:
         """Up to ``limit`` schedules named after ``after`` (collation order):
@@ -281,29 +250,22 @@ class Database:
             await self._run(_write_job_ids, items[start:start + BATCH_SIZE])
 
     async def _run(self, func: Callable[..., _R], *args: Any) -> _R:
-        if self._pool is None:
+        if not self._started:
             raise RuntimeError("Database used before start()")
         started = self._reactor.seconds()
         try:
-            result: _R = await self._pool.runInteraction(func, *args)  # type: ignore[no-untyped-call]  # adbapi is unannotated
+            result: _R = await self.pool.run(self._connect, func, *args)
         except Exception as e:
-            if _is_connection_error(e):
+            if is_connection_error(e):
                 self.health.failed(e, started=started)
             raise
         self.health.succeeded()
         return result
 
 
-def _probe_btu(connect: dict[str, Any]) -> bool:
-    """Whether the database has BTU's tables; blocking, so it runs in a pool thread
-    (``has_btu_tables`` hands it to ``deferToThreadPool``), never on the reactor."""
-    connection = pymysql.connect(**connect)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(_HAS_BTU)
-            return int(cursor.fetchone()[0]) > 0
-    finally:
-        connection.close()
+def _probe_btu(cursor: Any) -> bool:
+    cursor.execute(_HAS_BTU)
+    return int(cursor.fetchone()[0]) > 0
 
 
 def _fetch(cursor: Any, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -325,12 +287,6 @@ def _read_states(cursor: Any, after: str, limit: int) -> list[ScheduleState]:
         (name, bool(enabled), fingerprint(cron, zone, None if task is None else int(status or 0)))
         for name, enabled, cron, task, status in cursor.fetchall()
     ]
-
-
-def _is_connection_error(error: Exception) -> bool:
-    if isinstance(error, pymysql.err.OperationalError):
-        return True
-    return isinstance(error, pymysql.err.InterfaceError | OSError | ConnectionError)
 
 
 def _read_changes(

@@ -57,7 +57,7 @@ GROUPS: tuple[KeyGroup, ...] = (
         "startup_without_database_connections",
     )),
     KeyGroup("MariaDB: the Frappe site's database", _MARIADB, (
-        "mysql_user", "mysql_password", "mysql_host", "mysql_port",
+        "mysql_user", "mysql_password", "mysql_host", "mysql_port", "mysql_max_connections",
     ), "Bench mode and ``frappe_sites`` read them from each site's ``site_config.json``; "
        "keys set in the TOML win. Leave every ``mysql_*`` key out to use only a schedules file."),
     KeyGroup("MariaDB: one site only", (ONE_SITE, BENCH), (
