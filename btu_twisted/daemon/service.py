@@ -332,7 +332,7 @@ class BtuService(Service):
             **({"site": site} if site is not None else {}),
         }
 
-    # -- SchedulerControl: the socket's requests, answered by self.control --------------
+    # -- what tests and the status page ask (the socket asks self.control itself) ------
     def request_planning(self, name: str) -> bool:
         return self.control.request_planning(name)
 
@@ -341,15 +341,6 @@ class BtuService(Service):
 
     def reload(self) -> Deferred[str]:
         return self.control.reload()
-
-    def pause(self, name: str) -> Deferred[str]:
-        return self.control.pause(name)
-
-    def resume(self, name: str) -> Deferred[str]:
-        return self.control.resume(name)
-
-    def cancel_note(self, name: str) -> str | None:
-        return self.control.cancel_note(name)
 
     def status(self) -> dict[str, object]:  # no Redis round trip (the socket's counts)
         return self.control.snapshot()
