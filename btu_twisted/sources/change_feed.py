@@ -45,9 +45,11 @@ from btu_twisted.sources.table_times import Digest, TableTimes
 
 POLL_SECS = 2.0
 #: However many sites, each looks at least this often (a plain SQL edit within a minute).
-MAX_POLL_SECS = 15.0
-#: About this many looks a second for the whole daemon, once a bench has many sites.
-LOOKS_PER_SEC = 33.0
+MAX_POLL_SECS = 45.0
+#: About this many looks a second for the whole daemon, once a bench has many sites:
+#: with a few connections for hundreds of sites each look opens one (about 1.5 ms of
+#: CPU in all), so 10 a second is the 2 % of a core a hosting bench allows at idle.
+LOOKS_PER_SEC = 10.0
 #: While UPDATE_TIME is NULL a move cannot be seen: read the digest at least this often.
 FALLBACK_SECS = 40.0
 # How far back each look reaches from the newest `modified` seen: longer than
