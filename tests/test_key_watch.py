@@ -29,7 +29,7 @@ class FakeRefresh:
     running: bool = True
     checks: int = 0
 
-    def _check_keys(self) -> None:
+    def check_keys(self) -> None:
         self.checks += 1
 
 

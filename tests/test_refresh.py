@@ -331,7 +331,7 @@ class ChangedOnlyTests(unittest.TestCase):
         self.store.hold.add("prune")
         prunes = self.store.calls["prune"]
         self.refresh._watch.stop()  # the check, by hand
-        lost = self.refresh._check_keys()
+        lost = self.refresh.check_keys()
         self.assertEqual(len(self.planner.memory), 0)
         self.assertEqual(self.fifo.take(10), ["A", "B", "C", "D", "a|b"])
         self.assertEqual(self.store.calls["prune"], prunes + 1)  # and held

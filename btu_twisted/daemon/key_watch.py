@@ -92,5 +92,5 @@ class KeyWatch:
             self.losses += 1
             for site in sites:
                 # The site's own check: skips a refresh in flight, logs, counts, re-plans.
-                site.refresh._check_keys()
+                site.refresh.check_keys()
         return gone

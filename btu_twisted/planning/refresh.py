@@ -66,7 +66,7 @@ class FullRefresh(Service):
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor_time(clock)
         self._watch_interval = watch_interval
-        self._watch = LoopingCall(self._check_keys)
+        self._watch = LoopingCall(self.check_keys)
         self._watch.clock = reactor_time(clock)
         self.keys_lost = 0
         self._retry: DelayedCall | None = None
@@ -114,7 +114,9 @@ class FullRefresh(Service):
         self._again.addBoth(_fire_then_pass, joined)
         return joined
 
-    def _check_keys(self) -> Deferred[None] | None:
+    def check_keys(self) -> Deferred[None] | None:
+        """Replan everything if Redis lost our keys; a bench's daemon calls this for a
+        site whose marker its one bench-wide look (key_watch) found gone."""
         if self._in_flight is not None:
             return None
         d = Deferred.fromCoroutine(self._keys_lost())
