@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.harness import RESULTS
+from bench.harness import RESULTS, ROOT
 from bench.hosting_sites import BENCH_ID, HostingBench
 from bench.idle import _twistd, proc_sample
 from bench.private_services import PrivateRedis, remove_tree
@@ -257,7 +257,9 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             t0 = time.time()
             proc = subprocess.Popen(_twistd() + ["-n", "--pidfile=", "btu", "--config",
                                                  str(config_path)],
-                                    stdout=log, stderr=subprocess.STDOUT, cwd=str(work))
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=str(work),
+                                    # This checkout's code, not what pip last installed.
+                                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
             answered = wait_sockets(paths, t0, proc, opts.start_limit)
             times = sorted(answered.values())
             out["start"] = {"answered": len(answered),

@@ -14,8 +14,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 
+from btu_twisted.clock import as_clock
 from btu_twisted.config import Config
 from btu_twisted.daemon.parts import Part
 from btu_twisted.seams import RowReader
@@ -32,35 +32,42 @@ __all__ = ["PausedNames", "ScheduleHealth", "thresholds_of"]
 
 
 class PausedNames:
-    """The paused schedules as the follower asks for them (synchronously): read
-    from Redis every ``interval`` seconds.  A failed read keeps the last names:
-    Redis being away is said once, by its Dependency."""
+    """The paused schedules as the follower asks for them (synchronously): read at
+    start, then again when asked and the last read is ``interval`` seconds old, the
+    answer serving the next ask.  Asked only when a schedule's state is worked
+    out, so a bench of idle sites reads nothing.  A failed read keeps the last
+    names: Redis being away is said once, by its Dependency."""
 
     def __init__(self, clock: IReactorTime, read: Callable[[], Awaitable[Paused]],
                  interval: float) -> None:
         self.current: frozenset[str] = frozenset()
+        self._clock = as_clock(clock)
         self._read = read
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = clock
         self._interval = interval
+        self._read_at: float | None = None
+        self._reading = False
 
     def names(self) -> frozenset[str]:
+        if self._read_at is not None and self._clock.seconds() - self._read_at >= self._interval:
+            self.start()
         return self.current
 
     def start(self) -> None:
-        self._loop.start(self._interval, now=True)
-
-    def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
-
-    def _tick(self) -> Deferred[None]:
+        if self._reading:
+            return
+        self._reading = True
+        self._read_at = self._clock.seconds()
         d = Deferred.fromCoroutine(self.refresh())
         d.addErrback(lambda _: None)
-        return d
+
+    def stop(self) -> None:
+        """Nothing runs between reads."""
 
     async def refresh(self) -> None:
-        self.current = frozenset((await self._read()).since)
+        try:
+            self.current = frozenset((await self._read()).since)
+        finally:
+            self._reading = False
 
 
 def _inactive_of(rows: RowReader) -> Callable[[Sequence[str]], Awaitable[dict[str, str | None]]]:

@@ -300,6 +300,8 @@ class JobFollower:
         """The states of the schedules that changed or have a job out; listeners told
         of each change."""
         names = self._dirty | set(self._pending.values())
+        if not names:
+            return
         paused = self._paused()
         for name in names:
             record = self.records.get(name)
