@@ -188,6 +188,24 @@ class FollowerTests(SynchronousTestCase):
         self.assertEqual(self.store.saved["bad"].run_secs, 2)
         self.assertIsNone(self.store.saved["bad"].job)
 
+    def test_an_idle_follower_makes_no_pass(self) -> None:
+        """Nothing out and nothing to save: no pass at all (500 idle sites made 167
+        passes a second, each a coroutine and a Deferred); a job out restarts them."""
+        passes: list[float] = []
+        follow_once = self.follower.follow_once
+
+        async def counted() -> None:
+            passes.append(self.clock.seconds())
+            await follow_once()
+
+        self.follower.follow_once = counted  # type: ignore[method-assign]
+        self.clock.advance(30)
+        self.assertEqual((passes, self.store.asked), ([], []))
+        self.follower.enqueued(claim("s", 1030, "j1"), 0.0)
+        self.clock.advance(3)
+        self.assertEqual(len(passes), 1)
+        self.assertEqual(self.store.asked, [["j1"]])
+
     def test_only_unfinished_jobs_are_asked_a_bounded_number_per_pass(self) -> None:
         for n in range(5):
             self.follower.enqueued(claim(f"s{n}", 1000, f"j{n}"), 0.0)

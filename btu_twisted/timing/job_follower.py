@@ -207,6 +207,8 @@ class JobFollower:
     def _tick(self) -> None:
         if self._pass is not None:
             return  # the previous pass is still out (Redis slow): skip this one
+        if not (self._pending or self._late or self._unplanned or self._dirty or self._gone):
+            return  # nothing out, nothing to save: a bench's idle sites cost no pass
         self._pass = Deferred.fromCoroutine(self.follow_once())
 
         def done(_: object) -> None:
