@@ -23,7 +23,12 @@ about the sites.  Measured:
   how long until the daemon had planned them all (the change feed's pace),
   then the lateness of the last of the N x schedules jobs on the bench's
   queue (its ``enqueued_at`` after S, and when the bench's poll first saw
-  them all), exactly once per (site, schedule), each carrying its own site.
+  them all), exactly once per (site, schedule), each carrying its own site;
+* ``sighup`` (``--no-sighup`` skips it): with every site's first schedule
+  running every ``--sighup-period`` seconds, ``--sighup-sites`` sites added and
+  as many dropped, then SIGHUP: every staying site's runs exactly once across
+  the reload and their lateness, the new sites answering and running, the
+  dropped ones gone (:mod:`bench.hosting_reload`).
 
 Result: a table on stdout, the details in ``bench/results/hosting.json``.
 """
@@ -46,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import RESULTS
+from bench.hosting_reload import failed, lines, sighup_phase
 from bench.hosting_sites import BENCH_ID, HostingBench
 from bench.idle import _twistd, proc_sample
 from bench.private_services import PrivateRedis, remove_tree
@@ -59,9 +65,11 @@ QUEUE_KEY = f"rq:queue:{BENCH_ID}:default"
 PING = b'{"request_type": "ping", "request_content": null}\n'
 
 
-def ping_all(paths: dict[str, str], wait: float = 1.0) -> dict[str, float]:
+def ping_all(paths: dict[str, str], wait: float = 1.0, request: bytes = PING,
+             answer: bytes = b"pong") -> dict[str, float]:
     """Ping every socket at once (a busy reactor answers each late: pinging one after
-    the other would add those waits up); when each answered ``pong``."""
+    the other would add those waits up); when each answered ``pong`` (or sent
+    ``answer`` to ``request``)."""
     selector = selectors.DefaultSelector()
     answered: dict[str, float] = {}
     for site, path in paths.items():
@@ -69,7 +77,7 @@ def ping_all(paths: dict[str, str], wait: float = 1.0) -> dict[str, float]:
         s.setblocking(False)
         try:
             s.connect(path)
-            s.send(PING)
+            s.send(request)
         except OSError:
             s.close()  # not there yet, or its backlog is full: the next sweep
             continue
@@ -80,7 +88,7 @@ def ping_all(paths: dict[str, str], wait: float = 1.0) -> dict[str, float]:
             s = key.fileobj
             assert isinstance(s, socket.socket)
             try:
-                if s.recv(64).startswith(b"pong"):
+                if s.recv(256).startswith(answer):
                     answered[key.data] = time.time()
             except OSError:
                 pass
@@ -273,6 +281,10 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             time.sleep(opts.quiet_secs)  # the burst's replans and job-id writes settle
             out["rss_mib_end"] = round(proc_sample(proc.pid)["rss_mib"], 1)
             out["connections_held_end"] = db_readings(users)["held"]
+            if opts.sighup:
+                out["sighup"] = sighup_phase(
+                    bench, redis, proc, work, log_path, QUEUE_KEY, opts.sighup_sites,
+                    opts.sighup_period, opts.sighup_after_secs, QUIET_CRON)
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -315,6 +327,7 @@ def table(r: dict[str, Any]) -> str:
         f" max {late.get('max_ms')} ms; all on the queue {b['last_seen_late_ms']} ms after S",
         f"log lines at error or above    {r['log_errors']} (while stopping:"
         f" {r['log_errors_while_stopping']})",
+        *(lines(r["sighup"]) if "sighup" in r else []),
     ])
 
 
@@ -332,13 +345,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-limit", type=float, default=90.0)
     parser.add_argument("--quiet-secs", type=float, default=10.0,
                         help="after the burst's check, before stopping the daemon")
+    parser.add_argument("--sighup", action=argparse.BooleanOptionalAction, default=True,
+                        help="then add and drop sites and send SIGHUP (bench/hosting_reload.py)")
+    parser.add_argument("--sighup-sites", type=int, default=10,
+                        help="sites added, and as many dropped, at the SIGHUP")
+    parser.add_argument("--sighup-period", type=int, default=1,
+                        help="seconds between the runs of each site's schedule meanwhile")
+    parser.add_argument("--sighup-after-secs", type=float, default=15.0,
+                        help="runs checked until this long after the reload")
     opts = parser.parse_args(argv)
     result = run(opts)
     (RESULTS / "hosting.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(table(result))
     b = result["burst"]
     ok = (result["start"]["answered"] == opts.sites and b["missing"] == 0 and b["twice"] == 0
-          and b["wrong_site"] == 0 and b["unexpected"] == 0)
+          and b["wrong_site"] == 0 and b["unexpected"] == 0
+          and not ("sighup" in result and failed(result["sighup"])))
     return 0 if ok else 1
 
 
