@@ -39,8 +39,6 @@ import argparse
 import contextlib
 import json
 import os
-import selectors
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,7 +50,8 @@ from typing import Any
 
 from bench.harness import RESULTS
 from bench.hosting_reload import failed, lines, sighup_phase
-from bench.hosting_sites import BENCH_ID, HostingBench
+from bench.hosting_sites import BENCH_ID, HostingBench, zset_key
+from bench.hosting_sockets import ping_all
 from bench.idle import _twistd, proc_sample
 from bench.private_services import PrivateRedis, remove_tree
 from bench.stats import summary
@@ -60,44 +59,6 @@ from tests.integration.support import admin_connection, write_config
 
 QUIET_CRON = "0 0 3 1 1 *"  # 03:00 on the first of January: never during a case
 QUEUE_KEY = f"rq:queue:{BENCH_ID}:default"
-
-
-PING = b'{"request_type": "ping", "request_content": null}\n'
-
-
-def ping_all(paths: dict[str, str], wait: float = 1.0, request: bytes = PING,
-             answer: bytes = b"pong") -> dict[str, float]:
-    """Ping every socket at once (a busy reactor answers each late: pinging one after
-    the other would add those waits up); when each answered ``pong`` (or sent
-    ``answer`` to ``request``)."""
-    selector = selectors.DefaultSelector()
-    answered: dict[str, float] = {}
-    for site, path in paths.items():
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.setblocking(False)
-        try:
-            s.connect(path)
-            s.send(request)
-        except OSError:
-            s.close()  # not there yet, or its backlog is full: the next sweep
-            continue
-        selector.register(s, selectors.EVENT_READ, site)
-    end = time.time() + wait
-    while selector.get_map() and time.time() < end:
-        for key, _ in selector.select(timeout=max(0.0, end - time.time())):
-            s = key.fileobj
-            assert isinstance(s, socket.socket)
-            try:
-                if s.recv(256).startswith(answer):
-                    answered[key.data] = time.time()
-            except OSError:
-                pass
-            selector.unregister(s)
-            s.close()
-    for key in list(selector.get_map().values()):
-        key.fileobj.close()  # type: ignore[union-attr]
-    selector.close()
-    return answered
 
 
 def wait_sockets(paths: dict[str, str], t0: float, proc: Any, limit: float) -> dict[str, float]:
@@ -111,10 +72,6 @@ def wait_sockets(paths: dict[str, str], t0: float, proc: Any, limit: float) -> d
             answered[site] = when - t0
         time.sleep(0.05)
     return answered
-
-
-def zset_key(site: str) -> str:
-    return f"btu_scheduler:{site}:task_execution_times"
 
 
 def planned(redis: Any, sites: list[str], when: int | None = None) -> int:

@@ -32,7 +32,8 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from bench.hosting_sites import HostingBench
+from bench.hosting_sites import HostingBench, zset_key
+from bench.hosting_sockets import ping_all
 from bench.stats import summary
 
 RELOADED = "sites reloaded:"
@@ -51,15 +52,13 @@ def create_request(schedule: str) -> bytes:
 def sighup_phase(bench: HostingBench, redis: Any, proc: Any, work: Path, log_path: Path,
                  queue_key: str, count: int, period: int, after: float,
                  quiet_cron: str) -> dict[str, Any]:
-    from bench.hosting import ping_all, zset_key
-
     fast = bench.schedules[0]
     cron = every(period)
     paths = {site: str(work / f"{site}.sock") for site in bench.names}
     t_edit = time.time()
     bench.set_cron(cron, schedule=fast)
     asked = ping_all(paths, wait=5.0, request=create_request(fast), answer=b"BTU")
-    soon_all = _wait_fast_planned(redis, bench.names, fast, period, limit=60.0, key=zset_key)
+    soon_all = _wait_fast_planned(redis, bench.names, fast, period, limit=60.0)
     out: dict[str, Any] = {"period_secs": period, "sites_added": count, "sites_dropped": count,
                            "create_requests_answered": len(asked),
                            "fast_planned_secs": None if soon_all is None
@@ -94,14 +93,14 @@ def sighup_phase(bench: HostingBench, redis: Any, proc: Any, work: Path, log_pat
     return out
 
 
-def _wait_fast_planned(redis: Any, sites: list[str], fast: str, period: int, limit: float,
-                       key: Any) -> float | None:
+def _wait_fast_planned(redis: Any, sites: list[str], fast: str, period: int,
+                       limit: float) -> float | None:
     """When every site's ``fast`` member was due within two periods of now."""
     end = time.time() + limit
     while time.time() < end:
         pipe = redis.pipeline(transaction=False)
         for site in sites:
-            pipe.zrange(key(site), 0, -1, withscores=True)
+            pipe.zrange(zset_key(site), 0, -1, withscores=True)
         soon = time.time() + 2 * period + 1
         done = sum(1 for members in pipe.execute()
                    if any(m.decode().startswith(f"{fast}|") and s <= soon for m, s in members))
@@ -115,8 +114,6 @@ def _watch_reload(work: Path, log_path: Path, offset: int, new: list[str],
                   dropped: list[str], t_hup: float, limit: float) -> dict[str, Any]:
     """From the signal: the ``sites reloaded`` line, the new sockets' first pong,
     the dropped sockets' disappearance (seconds, and when each went)."""
-    from bench.hosting import ping_all
-
     new_paths = {site: str(work / f"{site}.sock") for site in new}
     answered: dict[str, float] = {}
     gone_at: dict[str, float] = {}

@@ -21,9 +21,13 @@ from bench.fixtures import FUNCTION, TASK
 from tests.integration.support import MYSQL, TestDatabase, admin_connection
 from tests.test_frappe_bench import make_bench
 
-__all__ = ["BENCH_ID", "HostingBench"]
+__all__ = ["BENCH_ID", "HostingBench", "zset_key"]
 
 BENCH_ID = "hosting"
+
+
+def zset_key(site: str) -> str:
+    return f"btu_scheduler:{site}:task_execution_times"
 
 
 class HostingBench:
