@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.harness import RESULTS
+from bench.harness import RESULTS, ROOT
 from bench.hosting_reload import failed, lines, sighup_phase
 from bench.hosting_sites import BENCH_ID, HostingBench, zset_key
 from bench.hosting_sockets import ping_all
@@ -222,7 +222,8 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             t0 = time.time()
             proc = subprocess.Popen(_twistd() + ["-n", "--pidfile=", "btu", "--config",
                                                  str(config_path)],
-                                    stdout=log, stderr=subprocess.STDOUT, cwd=str(work))
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=str(work),
+                                    env=_env())
             answered = wait_sockets(paths, t0, proc, opts.start_limit)
             times = sorted(answered.values())
             out["start"] = {"answered": len(answered),
@@ -257,6 +258,15 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     out["log_errors_while_stopping"] = _errors(stopping)
     out["load_avg"] = os.getloadavg()
     return out
+
+
+def _env() -> dict[str, str]:
+    """The checkout's btu_twisted for the daemon, as every other case has it: run
+    from ``work``, twistd would import the copy installed in the venv, which
+    may be any older one (one pool per site: 500 connections and MariaDB's
+    "Too many connections" for everyone)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
 
 
 def _errors(text: str) -> int:
