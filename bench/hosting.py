@@ -23,7 +23,12 @@ about the sites.  Measured:
   how long until the daemon had planned them all (the change feed's pace),
   then the lateness of the last of the N x schedules jobs on the bench's
   queue (its ``enqueued_at`` after S, and when the bench's poll first saw
-  them all), exactly once per (site, schedule), each carrying its own site.
+  them all), exactly once per (site, schedule), each carrying its own site;
+* ``sighup`` (``--no-sighup`` skips it): with every site's first schedule
+  running every ``--sighup-period`` seconds, ``--sighup-sites`` sites added and
+  as many dropped, then SIGHUP: every staying site's runs exactly once across
+  the reload and their lateness, the new sites answering and running, the
+  dropped ones gone (:mod:`bench.hosting_reload`).
 
 Result: a table on stdout, the details in ``bench/results/hosting.json``.
 """
@@ -34,8 +39,6 @@ import argparse
 import contextlib
 import json
 import os
-import selectors
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import RESULTS, ROOT
-from bench.hosting_sites import BENCH_ID, HostingBench
+from bench.hosting_reload import failed, lines, sighup_phase
+from bench.hosting_sites import BENCH_ID, HostingBench, zset_key
+from bench.hosting_sockets import ping_all
 from bench.idle import _twistd, proc_sample
 from bench.private_services import PrivateRedis, remove_tree
 from bench.stats import summary
@@ -54,42 +59,6 @@ from tests.integration.support import admin_connection, write_config
 
 QUIET_CRON = "0 0 3 1 1 *"  # 03:00 on the first of January: never during a case
 QUEUE_KEY = f"rq:queue:{BENCH_ID}:default"
-
-
-PING = b'{"request_type": "ping", "request_content": null}\n'
-
-
-def ping_all(paths: dict[str, str], wait: float = 1.0) -> dict[str, float]:
-    """Ping every socket at once (a busy reactor answers each late: pinging one after
-    the other would add those waits up); when each answered ``pong``."""
-    selector = selectors.DefaultSelector()
-    answered: dict[str, float] = {}
-    for site, path in paths.items():
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.setblocking(False)
-        try:
-            s.connect(path)
-            s.send(PING)
-        except OSError:
-            s.close()  # not there yet, or its backlog is full: the next sweep
-            continue
-        selector.register(s, selectors.EVENT_READ, site)
-    end = time.time() + wait
-    while selector.get_map() and time.time() < end:
-        for key, _ in selector.select(timeout=max(0.0, end - time.time())):
-            s = key.fileobj
-            assert isinstance(s, socket.socket)
-            try:
-                if s.recv(64).startswith(b"pong"):
-                    answered[key.data] = time.time()
-            except OSError:
-                pass
-            selector.unregister(s)
-            s.close()
-    for key in list(selector.get_map().values()):
-        key.fileobj.close()  # type: ignore[union-attr]
-    selector.close()
-    return answered
 
 
 def wait_sockets(paths: dict[str, str], t0: float, proc: Any, limit: float) -> dict[str, float]:
@@ -103,10 +72,6 @@ def wait_sockets(paths: dict[str, str], t0: float, proc: Any, limit: float) -> d
             answered[site] = when - t0
         time.sleep(0.05)
     return answered
-
-
-def zset_key(site: str) -> str:
-    return f"btu_scheduler:{site}:task_execution_times"
 
 
 def planned(redis: Any, sites: list[str], when: int | None = None) -> int:
@@ -258,8 +223,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             proc = subprocess.Popen(_twistd() + ["-n", "--pidfile=", "btu", "--config",
                                                  str(config_path)],
                                     stdout=log, stderr=subprocess.STDOUT, cwd=str(work),
-                                    # This checkout's code, not what pip last installed.
-                                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                    env=_env())
             answered = wait_sockets(paths, t0, proc, opts.start_limit)
             times = sorted(answered.values())
             out["start"] = {"answered": len(answered),
@@ -275,6 +239,10 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             time.sleep(opts.quiet_secs)  # the burst's replans and job-id writes settle
             out["rss_mib_end"] = round(proc_sample(proc.pid)["rss_mib"], 1)
             out["connections_held_end"] = db_readings(users)["held"]
+            if opts.sighup:
+                out["sighup"] = sighup_phase(
+                    bench, redis, proc, work, log_path, QUEUE_KEY, opts.sighup_sites,
+                    opts.sighup_period, opts.sighup_after_secs, QUIET_CRON)
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -290,6 +258,15 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     out["log_errors_while_stopping"] = _errors(stopping)
     out["load_avg"] = os.getloadavg()
     return out
+
+
+def _env() -> dict[str, str]:
+    """The checkout's btu_twisted for the daemon, as every other case has it: run
+    from ``work``, twistd would import the copy installed in the venv, which
+    may be any older one (one pool per site: 500 connections and MariaDB's
+    "Too many connections" for everyone)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
 
 
 def _errors(text: str) -> int:
@@ -317,6 +294,7 @@ def table(r: dict[str, Any]) -> str:
         f" max {late.get('max_ms')} ms; all on the queue {b['last_seen_late_ms']} ms after S",
         f"log lines at error or above    {r['log_errors']} (while stopping:"
         f" {r['log_errors_while_stopping']})",
+        *(lines(r["sighup"]) if "sighup" in r else []),
     ])
 
 
@@ -334,13 +312,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-limit", type=float, default=90.0)
     parser.add_argument("--quiet-secs", type=float, default=10.0,
                         help="after the burst's check, before stopping the daemon")
+    parser.add_argument("--sighup", action=argparse.BooleanOptionalAction, default=True,
+                        help="then add and drop sites and send SIGHUP (bench/hosting_reload.py)")
+    parser.add_argument("--sighup-sites", type=int, default=10,
+                        help="sites added, and as many dropped, at the SIGHUP")
+    parser.add_argument("--sighup-period", type=int, default=1,
+                        help="seconds between the runs of each site's schedule meanwhile")
+    parser.add_argument("--sighup-after-secs", type=float, default=15.0,
+                        help="runs checked until this long after the reload")
     opts = parser.parse_args(argv)
     result = run(opts)
     (RESULTS / "hosting.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(table(result))
     b = result["burst"]
     ok = (result["start"]["answered"] == opts.sites and b["missing"] == 0 and b["twice"] == 0
-          and b["wrong_site"] == 0 and b["unexpected"] == 0)
+          and b["wrong_site"] == 0 and b["unexpected"] == 0
+          and not ("sighup" in result and failed(result["sighup"])))
     return 0 if ok else 1
 
 

@@ -55,7 +55,8 @@ MODULES = (
     ("soak", ("bench.soak", "--minutes", "1")),
     ("scale", ("bench.scale", "--n", "300", "--cancels", "5")),
     ("hosting", ("bench.hosting", "--sites", "20", "--settle-secs", "1", "--idle-secs", "3",
-                 "--lead-secs", "10", "--quiet-secs", "1")),
+                 "--lead-secs", "10", "--quiet-secs", "1", "--sighup-sites", "3",
+                 "--sighup-after-secs", "5")),
     ("micro", ("bench.micro",)),
     ("cli_speed", ("bench.cli_speed", "--runs", "1", "--starts", "1", "--schedules", "5")),
 )

@@ -408,6 +408,42 @@ class ReloadTests(_Bench):
         self.assertEqual(len(skipped), 1)
         self.assertEqual(fatal, [])
 
+    def test_gone_sites_stop_all_at_once(self) -> None:
+        """A stop waits for its site's work in flight (seconds under load, on the
+        shared pool): the sites dropped together stop together, one that fails
+        to stop is logged, and the new site starts once they are done."""
+        bench = self.bench()
+        service, fatal, _ = self.started(bench)
+        pending: dict[str, Deferred[None]] = {}
+
+        def stop(site: BtuService) -> Deferred[None]:
+            site.running = 0
+            name = site.config.frappe_site_name or ""
+            self.stops.append(name)
+            pending[name] = Deferred()
+            return pending[name]
+
+        self.patch(BtuService, "stopService", stop)
+        (bench / "sites" / "d.local").mkdir()
+        (bench / "sites" / "d.local" / "site_config.json").write_text(
+            json.dumps({"db_name": "_dddd", "db_password": "pw-d"}))
+        for name in ("a.local", "b.local"):
+            (bench / "sites" / name / "site_config.json").unlink()
+        with capturedLogs() as events:
+            reloading = service.reload()
+            self.assertEqual(sorted(self.stops), ["a.local", "b.local"])
+            self.assertNoResult(reloading)
+            pending["a.local"].errback(RuntimeError("a.local's planner would not stop"))
+            self.assertEqual(self.starts, [])
+            pending["b.local"].callback(None)
+            summary = self.successResultOf(reloading)
+        self.assertIn("1 (d.local) started, 2 (a.local, b.local) stopped", summary)
+        self.assertEqual(self.starts, ["d.local"])
+        failures = [e for e in events if e.get("log_failure") is not None]
+        self.assertEqual([e["site"] for e in failures], ["a.local"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(fatal, [])
+
     def test_a_failed_site_is_tried_again(self) -> None:
         """A site stopped by its own failure gets a new service at the next reload."""
         service, fatal, _ = self.started(self.bench())
