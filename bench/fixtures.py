@@ -128,7 +128,8 @@ def drop_leftover_databases() -> list[str]:
 def sync_redis(db: int) -> redis.Redis:
     if db not in (REDIS_DB_OURS, REDIS_DB_ANCHOR, REDIS_DB_SPARE):
         raise ValueError(f"benchmarks only use Redis databases 10-12, not {db}")
-    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+    # Its FLUSHDB refuses any Redis but the one started for the tests/benches.
+    return support.OwnRedis(host=REDIS_HOST, port=REDIS_PORT, db=db)
 
 
 @contextlib.contextmanager

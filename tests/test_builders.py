@@ -54,7 +54,7 @@ from btu_twisted.jobs.builders import (
 )
 from btu_twisted.records import ScheduleRow
 from tests import jobfuncs
-from tests.integration.support import REDIS_HOST, REDIS_PORT
+from tests.integration.support import REDIS_HOST, REDIS_PORT, OwnRedis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAKE_FRAPPE = Path(__file__).resolve().parent / "fixtures" / "builders_fake_frappe"
@@ -503,7 +503,7 @@ class SiteUrlTests(SynchronousTestCase):
 
 def redis_db15() -> redis.Redis:
     """A client for the test database 15, flushed; SkipTest when Redis is not running."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    client = OwnRedis(host=REDIS_HOST, port=REDIS_PORT, db=15, socket_connect_timeout=2)
     try:
         client.ping()
     except redis.RedisError as exc:

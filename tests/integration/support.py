@@ -125,7 +125,31 @@ def _redis_port() -> int:
 
 
 REDIS_PORT = _redis_port()
-REDIS_HOST = os.environ.get("BTU_TEST_REDIS_HOST", "127.0.0.1")
+# Another host only beside a port named for the tests (BTU_TEST_REDIS_MAY_FLUSH):
+# the server started here listens on loopback, and that host may be anyone's.
+REDIS_HOST = (os.environ.get("BTU_TEST_REDIS_HOST", "127.0.0.1")
+              if os.environ.get("BTU_TEST_REDIS_PORT") else "127.0.0.1")
+
+
+class OwnRedis(redis.Redis):
+    """A client of the tests' Redis whose FLUSHDB/FLUSHALL refuse any other server:
+    every flush in the tests and benchmarks goes through :func:`sync_redis`, so a
+    client pointed elsewhere (by a patch, a URL, a changed global) flushes nothing."""
+
+    def _ours(self) -> None:
+        kwargs = self.connection_pool.connection_kwargs
+        where = (kwargs.get("host"), int(kwargs.get("port") or 0))
+        if where != (REDIS_HOST, REDIS_PORT) or os.environ.get(MAY_FLUSH) != "1":
+            raise RuntimeError(f"refusing to flush the Redis at {where[0]}:{where[1]}: "
+                               "not one started for the tests")
+
+    def flushdb(self, *args: Any, **kwargs: Any) -> Any:
+        self._ours()
+        return super().flushdb(*args, **kwargs)
+
+    def flushall(self, *args: Any, **kwargs: Any) -> Any:
+        self._ours()
+        return super().flushall(*args, **kwargs)
 # ``twistd`` of this interpreter, as a command line that works without the script.
 TWISTD = [
     sys.executable, "-c",
@@ -234,8 +258,8 @@ def parse_rq_time(value: bytes | None) -> float | None:
     return None
 
 
-def sync_redis(db: int = REDIS_DB_DAEMON) -> redis.Redis:
-    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+def sync_redis(db: int = REDIS_DB_DAEMON) -> OwnRedis:
+    return OwnRedis(host=REDIS_HOST, port=REDIS_PORT, db=db)
 
 
 def open_redis_db_lock(db: int) -> IO[str]:
