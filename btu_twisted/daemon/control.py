@@ -176,7 +176,7 @@ class SiteControl:
         d = Deferred.fromCoroutine(self._exists(name))
         d.addErrback(lambda failure: self.log.warn(
             "could not look for cancelled schedule {schedule}: {error}",
-            schedule=name[:200], error=failure.getErrorMessage()))
+            schedule=shorten(name), error=failure.getErrorMessage()))
 
     async def _exists(self, name: str) -> bool:
         """Whether ``name`` has a row; when not, its history and pause end."""
@@ -185,7 +185,7 @@ class SiteControl:
             return True
         if await self._parts.store.close_lives([name]):
             self.log.info("deleted schedule {schedule}: its run history and pause are cleared",
-                          schedule=name[:200])
+                          schedule=shorten(name))
         return False
 
     def pause(self, name: str) -> Deferred[str]:
@@ -202,7 +202,7 @@ class SiteControl:
         if not await store.pause(name, self._reactor.seconds()):
             return f"Task Schedule {name} was already paused; 'btu resume {name}' resumes it."
         await store.fold_history()
-        self.log.info("paused {schedule}", schedule=name[:200])
+        self.log.info("paused {schedule}", schedule=shorten(name))
         return f"Paused Task Schedule {name}: no run is planned until 'btu resume {name}'."
 
     def resume(self, name: str) -> Deferred[str]:
@@ -218,7 +218,7 @@ class SiteControl:
         await store.fold_history()
         # From now: the runs missed while paused are not fired.
         self._parts.fifo.add(name)
-        self.log.info("resumed {schedule}", schedule=name[:200])
+        self.log.info("resumed {schedule}", schedule=shorten(name))
         return (f"Resumed Task Schedule {name}: its next run is planned from now "
                 "(runs missed while it was paused are not fired).")
 
