@@ -7,6 +7,7 @@ crosses back to the reactor thread holds a cursor or a connection.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 #: Characters of a text from outside (a schedule name, a job id, a cron string)
 #: that a log line or an error message repeats: names of up to 64 KiB once
@@ -85,3 +86,10 @@ def echo(value: str) -> str:
     if len(value) > ECHO_CHARS:
         return f"{value[:ECHO_CHARS]!r}...[{len(value) - ECHO_CHARS} more characters]"
     return repr(value)
+
+
+def iso_utc(unix: float | None) -> str | None:
+    """Unix seconds as the ISO 8601 UTC second every reply and table shows (None: None)."""
+    if unix is None:
+        return None
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

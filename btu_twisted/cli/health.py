@@ -14,10 +14,10 @@ import argparse
 import dataclasses
 import time
 from collections.abc import Container, Sequence
-from datetime import UTC, datetime
 
 from btu_twisted.cli.common import Context
 from btu_twisted.config import Config
+from btu_twisted.records import iso_utc
 from btu_twisted.store.health_record import (
     LEVELS,
     NEVER_RUN,
@@ -59,12 +59,6 @@ def _thresholds(config: Config) -> Thresholds:
                       config.health_late_secs, config.health_stuck_grace_secs)
 
 
-def _iso(unix: float | None) -> str | None:
-    if unix is None:
-        return None
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _row(site: str | None, name: str, record: HealthRecord | None,
          health: Health) -> dict[str, object]:
     r = record or HealthRecord()
@@ -75,11 +69,11 @@ def _row(site: str | None, name: str, record: HealthRecord | None,
         "level": LEVELS[health.level],
         "reason": health.reason,
         "consecutive_failures": r.consecutive_failures,
-        "last_success": _iso(r.last_success),
-        "last_failure": _iso(r.last_failure),
+        "last_success": iso_utc(r.last_success),
+        "last_failure": iso_utc(r.last_failure),
         "last_error": r.last_error,
-        "last_enqueued": _iso(r.last_enqueued),
-        "last_started": _iso(r.last_started),
+        "last_enqueued": iso_utc(r.last_enqueued),
+        "last_started": iso_utc(r.last_started),
         "queue_secs": r.queue_secs,
         "run_secs": r.run_secs,
         "missed": r.missed,

@@ -15,7 +15,6 @@ schedule it is about to delete, before its transaction commits).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +30,7 @@ from btu_twisted.health import Dependency
 from btu_twisted.ops.stats import lateness_summary
 from btu_twisted.planning.planner import Planner
 from btu_twisted.planning.refresh import FullRefresh
+from btu_twisted.records import iso_utc
 from btu_twisted.seams import ControlStore, UnknownSchedule, as_deferred
 from btu_twisted.sources.combined import NameConflict, ScheduleSources
 from btu_twisted.sources.job_ids import JobIdRecorder
@@ -258,7 +258,7 @@ class SiteControl:
             "path": file.path,
             "schedules": len(file.rows),
             "enabled": sum(1 for row in file.rows.values() if row.enabled),
-            "last_reload_at": _iso(at) if isinstance(at, int | float) else None,
+            "last_reload_at": iso_utc(at) if isinstance(at, int | float) else None,
             "last_reload_error": self._file_state["last_reload_error"],
         }
 
@@ -279,7 +279,7 @@ class SiteControl:
         due = window.near[0] if window.near else window.beyond
         status["members"] = window.count
         status["members_counted_at"] = status["now"]
-        status["next_due"] = None if due is None else {"member": due[0], "at": _iso(due[1])}
+        status["next_due"] = None if due is None else {"member": due[0], "at": iso_utc(due[1])}
         return status
 
     def snapshot(self) -> dict[str, object]:
@@ -296,21 +296,21 @@ class SiteControl:
             "name": self._parts.config.name,
             "environment": self._parts.config.environment_name,
             **({"site": self._site} if self._site is not None else {}),
-            "started_at": _iso(started_at),
+            "started_at": iso_utc(started_at),
             "uptime_secs": None if started_at is None else round(now - started_at, 3),
             "fifo_length": len(self._parts.fifo),
             "members": stats.members_seen,
-            "members_counted_at": _iso(stats.seen_at),
+            "members_counted_at": iso_utc(stats.seen_at),
             # Due within the timer's lookahead at that look: the runs it prepares.
             "members_near": stats.near_seen,
             "next_due": None if stats.next_due is None else {
-                "member": stats.next_due[0], "at": _iso(stats.next_due[1]),
+                "member": stats.next_due[0], "at": iso_utc(stats.next_due[1]),
             },
             "enqueued": stats.enqueued,
             "skipped": stats.skipped,
             "lost_to_other_daemons": stats.lost,
             "cancelled_while_claiming": stats.withdrawn,
-            "last_enqueue": _iso(stats.last_enqueue),
+            "last_enqueue": iso_utc(stats.last_enqueue),
             "last_enqueued_schedule": stats.last_schedule,
             "lateness": lateness_summary(stats.lateness),
             "planned": self._parts.planner.planned_total,
@@ -318,23 +318,17 @@ class SiteControl:
             "redis_keys_lost": self._parts.refresh.keys_lost,
             "redis_job_ids_written": self._parts.job_ids.written,
             "last_run_ahead": {
-                name: _iso(when) for name, when in sorted(self._parts.planner.ahead.items())
+                name: iso_utc(when) for name, when in sorted(self._parts.planner.ahead.items())
             },
             "last_full_refresh": self._parts.refresh.last,
             "schedules_file": self._file_status(),
             "services": {name: dep.snapshot() for name, dep in self._dependencies().items()},
-            "now": _iso(now),
+            "now": iso_utc(now),
         }
         # Replaced here, not in the literal (which keeps the key's place in the JSON):
         # refresh.py's record holds raw unix seconds.
         status["last_full_refresh"] = _refresh_times(self._parts.refresh.last)
         return status
-
-
-def _iso(when: float | None) -> str | None:
-    if when is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def _refresh_times(last: dict[str, object]) -> dict[str, object] | None:
@@ -343,7 +337,7 @@ def _refresh_times(last: dict[str, object]) -> dict[str, object] | None:
         return None
     at, duration = last.get("at"), last.get("duration")
     return {
-        "at": _iso(at) if isinstance(at, int | float) else None,
+        "at": iso_utc(at) if isinstance(at, int | float) else None,
         "duration_secs": round(duration, 3) if isinstance(duration, int | float) else None,
         **{key: value for key, value in last.items() if key not in ("at", "duration")},
     }
