@@ -14,12 +14,11 @@ when the service accepts requests again.
 
 from __future__ import annotations
 
-import time
-
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from btu_twisted.clock import as_clock
+from btu_twisted.records import iso_utc
 
 #: How often a refusal that goes on is reported again.
 REFUSAL_REPEAT_SECS = 3600.0
@@ -158,13 +157,6 @@ class Dependency:
             "outages": self.outages,
             "refusals": self.refusals,
         }
-
-
-def iso_utc(when: float | None) -> str | None:
-    """Unix seconds as ISO 8601 UTC (``2026-11-28T18:47:51Z``), as ``status`` shows times."""
-    if when is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
 
 
 def _one_line(reason: object) -> str:

@@ -89,7 +89,9 @@ def echo(value: str) -> str:
 
 
 def iso_utc(unix: float | None) -> str | None:
-    """Unix seconds as the ISO 8601 UTC second every reply and table shows (None: None)."""
+    """Unix seconds as ISO 8601 UTC (``2026-11-28T18:47:51Z``), as ``status`` and the
+    CLI's tables show times (None: None).  Here, not in health.py: the CLI imports
+    no Twisted."""
     if unix is None:
         return None
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -8,7 +8,8 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial import unittest
 
-from btu_twisted.health import Dependency, iso_utc
+from btu_twisted.health import Dependency
+from btu_twisted.records import iso_utc
 from btu_twisted.ops.metrics import Metrics
 from tests.fakes import EPOCH
 

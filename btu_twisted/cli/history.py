@@ -14,10 +14,9 @@ job rq has since removed (its result or failure TTL ran out) shows as ``-``
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 
 from btu_twisted.cli.common import FAILED, OK, CliError, Context
-from btu_twisted.records import echo
+from btu_twisted.records import echo, iso_utc
 from btu_twisted.store.health_store import parse_time
 from btu_twisted.store.history import FOLD_HISTORY, FOLD_TEXTS, PAUSED, RESUMED, Run, parse_run
 from btu_twisted.store.keys import JOB_PREFIX, Keys
@@ -90,7 +89,7 @@ def cmd_history(ctx: Context, args: argparse.Namespace) -> int:
     ctx.table(
         ("SCHEDULED", "OUTCOME", "DECIDED AT", "JOB", "STATUS", "QUEUED S", "RAN S"),
         # A pause or resume is no run: its time is DECIDED AT's.
-        [("-" if run.outcome in (PAUSED, RESUMED) else _iso(run.scheduled), run.outcome,
+        [("-" if run.outcome in (PAUSED, RESUMED) else iso_utc(run.scheduled), run.outcome,
           run.decided_at, run.job_id or "-",
           end["status"] or "-", _shown(end["queue_secs"]), _shown(end["run_secs"]))
          for run, end in zip(runs, ends, strict=False)],
@@ -103,5 +102,3 @@ def _shown(secs: object) -> str:
     return "-" if secs is None else f"{secs:.3f}"
 
 
-def _iso(unix: int) -> str:
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -29,7 +29,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from btu_twisted.health import DOWN, OK, iso_utc
+from btu_twisted.health import DOWN, OK
+from btu_twisted.records import iso_utc
 from btu_twisted.seams import ScriptRunner
 from btu_twisted.store.history import Run, parse_run
 from btu_twisted.store.pauses import Paused, parse_paused
