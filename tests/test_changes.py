@@ -230,6 +230,19 @@ class PaceTests(unittest.TestCase):
         self.assertEqual(interval_for(5000), 45.0)
 
 
+class RunningPaceTests(ChangeFeedCase):
+    def test_a_running_feed_takes_a_new_interval_from_its_next_look(self) -> None:
+        """A SIGHUP that grows a bench re-paces the sites already running, not only
+        the new ones."""
+        self.feed.startService()
+        run_until(self.clock, self.clock.seconds() + 10)
+        before = self.feed.looks
+        self.feed.interval = 45.0
+        run_until(self.clock, self.clock.seconds() + 90)
+        self.assertLessEqual(self.feed.looks - before, 3)  # one at the old pace, then 45 s
+        self.assertEqual(self.feed.interval, 45.0)
+
+
 class FollowUpTests(ChangeFeedCase):
     def test_request_is_planned_now_and_twice_after_the_commit(self) -> None:
         """A socket request queues the name now, 1.5 s and 4 s later."""

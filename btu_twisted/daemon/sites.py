@@ -195,8 +195,7 @@ class SitesService(Service):
             site.changes.interval = interval
 
     async def _stop_sites(self) -> None:
-        await DeferredList([Deferred.fromCoroutine(_stop_site(site))
-                            for site in reversed(list(self.served.values()))])
+        await _stop_all(dict(reversed(self.served.items())), self.log)
 
     async def _discover(self, names: list[str]) -> list[str]:
         """The sites among ``names`` whose database has ``tabBTU Task Schedule``,
@@ -322,7 +321,7 @@ class SitesService(Service):
         for name in started:
             self.served[name] = self.sites[name]
         self._show_served()
-        self._pace_changes()  # the sites already running keep their pace until restarted
+        self._pace_changes()  # the running feeds too, from their next look
         await DeferredList([self.served[name].startService() for name in started])
         summary = (f"sites reloaded: {_listed(started)} started, {_listed(gone)} stopped; "
                    f"serving {_listed(list(self.served))}; {change.describe()}")

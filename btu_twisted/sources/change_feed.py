@@ -92,8 +92,7 @@ class ChangeFeed(Service):
         self._fifo = fifo
         self._on_zone_changed = on_zone_changed
         self._on_names_changed = on_names_changed or on_zone_changed
-        #: Seconds between looks; a daemon of many sites sets it before the start.
-        self.interval = interval
+        self._interval = interval
         self._stagger = stagger
         self._fallback = fallback
         self._overlap = overlap
@@ -114,6 +113,18 @@ class ChangeFeed(Service):
         self._zone: tuple[str | None] | None = None  # None: not looked yet
         self._pending: set[DelayedCall] = set()
         self.changes_seen = 0
+
+    @property
+    def interval(self) -> float:
+        """Seconds between looks: a daemon of many sites sets it as their number
+        changes, and a running loop takes it from its next look on."""
+        return self._interval
+
+    @interval.setter
+    def interval(self, seconds: float) -> None:
+        self._interval = seconds
+        if self._loop.running:
+            self._loop.interval = seconds
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # unannotated in Twisted
