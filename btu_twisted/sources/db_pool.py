@@ -156,8 +156,10 @@ class DbPool:
             while site.waiting:
                 site.waiting.popleft()[3].errback(RuntimeError("MariaDB pool stopped"))
         if threads is not None:
-            threads.callInThread(self._close_idle, None)
+            # After the join: a worker still in a query hands its connection back
+            # first, so no connection is left open behind the close.
             threads.stop()
+            self._close_idle(None)
 
     def run(self, connect: Mapping[str, Any], work: Work, *args: Any) -> Deferred[Any]:
         """``work(cursor, *args)`` on a connection made with ``connect`` (pymysql's
@@ -180,9 +182,11 @@ class DbPool:
 
     def forget(self, connect: Mapping[str, Any]) -> Deferred[None]:
         """Close the idle connections of a site no longer served."""
+        key = _key_of(connect)
+        self._failing.discard(key)
         if self._threads is None:
             return succeed(None)
-        return deferToThreadPool(self._reactor, self._threads, self._close_idle, _key_of(connect))
+        return deferToThreadPool(self._reactor, self._threads, self._close_idle, key)
 
     # -- reactor thread -------------------------------------------------------
     def _next(self, key: Key, site: _Site) -> None:
