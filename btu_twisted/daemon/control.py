@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from btu_twisted import __version__
 from btu_twisted.clock import DelayedCall
 from btu_twisted.config import Config
+from btu_twisted.daemon import replies
 from btu_twisted.daemon.framing import Declined, echo, shorten
 from btu_twisted.fifo import ScheduleFifo
 from btu_twisted.health import Dependency
@@ -148,7 +149,7 @@ class SiteControl:
             raise Declined(
                 f"the planning queue is full; Task Schedule {shorten(name)} was not queued")
         self.log.info("{schedule} re-planned on request", schedule=shorten(name))
-        line = f"BTU Scheduler now re-processing Task Schedule {name} in Python RQ."
+        line = replies.created(name)
         if await as_deferred(self._parts.store.is_paused(name)):
             line += f" It is paused: nothing is planned until 'btu resume {name}'."
         elif not row.enabled:

@@ -228,7 +228,7 @@ class FullRefresh(Service):
         removed = await self._store.prune(enabled, disabled, seen=seen)
         queued += len(unchanged)
         refused += self._fifo.extend(sorted(unchanged), bulk=True)
-        await _close_paused(self._store, (enabled, disabled), started)
+        await _close_paused(self._store, enabled, disabled, started)
         # A name removed here may have been enabled (and planned) just after
         # our SELECT; planning it again costs one read and settles it.
         self._fifo.extend(removed, bulk=True)
@@ -257,19 +257,18 @@ class FullRefresh(Service):
 
 
 async def _close_paused(
-    store: RefreshStore, existing: tuple[set[str], set[str]], started: float
-) -> list[str]:
+    store: RefreshStore, enabled: set[str], disabled: set[str], started: float
+) -> None:
     """Pauses of schedules deleted unseen (by SQL, no cancel, no request): their lives end,
     as the planner ends them when it reads a row gone.  A pause taken since this
     refresh's read began may be a new row's: it stays."""
     paused = await store.paused()
     gone = sorted(name for name, since in paused.since.items()
-                  if not any(name in names for names in existing) and since < started)
+                  if name not in enabled and name not in disabled and since < started)
     if gone:
         await store.close_lives(gone)
         FullRefresh.log.info("pauses of deleted schedules cleared: {schedules}",
                              schedules=", ".join(gone[:20]) + (" ..." if len(gone) > 20 else ""))
-    return gone
 
 
 def _fire_then_pass(result: object, joined: Deferred[None]) -> object:
