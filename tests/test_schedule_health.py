@@ -63,6 +63,17 @@ class StateTests(SynchronousTestCase):
         untimed = replace_job(record, timeout=None)
         self.assertEqual(classify(untimed, 101 + 200, T).state, OK)
         self.assertEqual(classify(untimed, 101 + 211, T).state, STUCK)
+        # rq's -1: no timeout at all, so never stuck.
+        endless = replace_job(record, timeout=-1)
+        self.assertEqual(classify(endless, 101 + 86_400, T).state, OK)
+
+    def test_rq_times_are_utc_with_or_without_a_zone(self) -> None:
+        from btu_twisted.store.health_store import parse_time
+
+        for text in ("2026-12-07T15:00:00.5Z", "2026-12-07T15:00:00.5",
+                     b"2026-12-07T15:00:00.500000+00:00"):
+            self.assertEqual(parse_time(text), 1796655600.5)
+        self.assertIsNone(parse_time("yesterday"))
 
     def test_late_while_queued_or_after_a_long_wait(self) -> None:
         queued = HealthRecord(last_enqueued=100, job=PendingJob("j", 100, 100))
@@ -367,7 +378,7 @@ class SlowLoadTests(SynchronousTestCase):
 class ConfigTests(SynchronousTestCase):
     def test_thresholds_in_order(self) -> None:
         from btu_twisted.config import ConfigError, parse_config
-        from btu_twisted.daemon.schedule_health import thresholds_of
+        from btu_twisted.store.health_record import thresholds_of
 
         base = {"full_refresh_internal_secs": 60, "scheduler_polling_interval": 5,
                 "time_zone_string": "UTC", "rq_host": "h", "rq_port": 6379, "socket_path": "/s",

@@ -119,6 +119,22 @@ class WebhookTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors()), 0)
 
 
+class WebhookStopTests(SynchronousTestCase):
+    def test_stopped_while_a_post_is_out(self) -> None:
+        """The POST's answer after stop() neither pops the emptied queue nor retries."""
+        for answer in (200, 500):
+            clock = Clock()
+            pending: Deferred[Any] = Deferred()
+            http = FakeHttp([])
+            http.post = lambda url, data, **kw: pending  # type: ignore[method-assign]
+            hook = HealthWebhook(clock, "http://hook", None, http=http)
+            hook.changed("a", Health(OK, 0), Health(FAILING, WARNING), BAD)
+            hook.stop()
+            pending.callback(FakeResponse(answer))
+            self.assertEqual((hook.sent, clock.getDelayedCalls()), (0, []))
+            self.assertEqual(self.flushLoggedErrors(), [])
+
+
 class StatusPageTests(SynchronousTestCase):
     def test_unwell_first_with_their_error_escaped(self) -> None:
         status = {"name": "btu", "services": {}, "unwell_schedules": [

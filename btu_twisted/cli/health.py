@@ -16,16 +16,15 @@ import time
 from collections.abc import Container, Sequence
 
 from btu_twisted.cli.common import Context
-from btu_twisted.config import Config
 from btu_twisted.records import iso_utc
 from btu_twisted.store.health_record import (
     LEVELS,
     NEVER_RUN,
     Health,
     HealthRecord,
-    Thresholds,
     classify,
     decode,
+    thresholds_of,
 )
 from btu_twisted.store.keys import Keys
 from btu_twisted.store.pauses import read_paused
@@ -52,11 +51,6 @@ def read_records(connection: object, keys: Keys, names: Sequence[str]) -> dict[s
 def paused_names(connection: object, keys: Keys) -> Container[str]:
     """The schedules paused with ``btu pause``: shown as paused, never alarming."""
     return frozenset(read_paused(connection, keys).since)
-
-
-def _thresholds(config: Config) -> Thresholds:
-    return Thresholds(config.health_failing_warning, config.health_failing_critical,
-                      config.health_late_secs, config.health_stuck_grace_secs)
 
 
 def _row(site: str | None, name: str, record: HealthRecord | None,
@@ -90,7 +84,7 @@ def _site_rows(ctx: Context, site: str | None, names: Sequence[str],
     connection = ctx.redis()
     records = read_records(connection, keys, names)
     paused = paused_names(connection, keys)
-    thresholds = _thresholds(config)
+    thresholds = thresholds_of(config)
     rows = []
     for name, record in records.items():
         health = classify(record, now, thresholds, name in paused)

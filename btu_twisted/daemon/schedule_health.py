@@ -21,14 +21,14 @@ from btu_twisted.daemon.parts import Part
 from btu_twisted.seams import RowReader
 from btu_twisted.store.claims import Claim
 from btu_twisted.store.gateway import RedisCommands
-from btu_twisted.store.health_record import LEVELS, Thresholds
+from btu_twisted.store.health_record import LEVELS, thresholds_of
 from btu_twisted.store.health_store import HealthStore
 from btu_twisted.store.keys import Keys
 from btu_twisted.store.pauses import Paused
 from btu_twisted.timing.coalesced import CoalescedRuns
 from btu_twisted.timing.job_follower import JobFollower
 
-__all__ = ["PausedNames", "ScheduleHealth", "thresholds_of"]
+__all__ = ["PausedNames", "ScheduleHealth"]
 
 
 class PausedNames:
@@ -86,15 +86,6 @@ def _inactive_of(rows: RowReader) -> Callable[[Sequence[str]], Awaitable[dict[st
         return why
 
     return inactive
-
-
-def thresholds_of(config: Config) -> Thresholds:
-    return Thresholds(
-        failing_warning=config.health_failing_warning,
-        failing_critical=config.health_failing_critical,
-        late_secs=config.health_late_secs,
-        stuck_grace_secs=config.health_stuck_grace_secs,
-    )
 
 
 class ScheduleHealth:

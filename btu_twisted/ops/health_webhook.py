@@ -65,6 +65,7 @@ class HealthWebhook:
         self._http = http if http is not None else treq
         self._queue: deque[dict[str, Any]] = deque()
         self._busy = False  # a POST is out
+        self._stopped = False
         self._backoff = Backoff(first=1.0, limit=60.0)
         self._tries = 0
         self._later: Any = None
@@ -99,6 +100,8 @@ class HealthWebhook:
         except Exception as e:
             problem = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         self._busy = False
+        if self._stopped:
+            return  # stopped while this POST was out: its queue is gone
         if problem is None:
             self._queue.popleft()
             self.sent += 1
@@ -127,6 +130,7 @@ class HealthWebhook:
 
     def stop(self) -> None:
         """Changes not yet sent are dropped (the records in Redis keep the states)."""
+        self._stopped = True
         if self._later is not None and self._later.active():
             self._later.cancel()
         self._later = None

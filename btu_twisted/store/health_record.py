@@ -16,7 +16,10 @@ from __future__ import annotations
 import json
 from collections.abc import Container
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from btu_twisted.config_fields import Config
 
 __all__ = [
     "CRITICAL", "FAILING", "INACTIVE", "LATE", "LEVELS", "MISSED", "MISSED_KEPT", "NEVER_RUN", "OK",
@@ -148,8 +151,9 @@ def classify(record: HealthRecord | None, now: float, thresholds: Thresholds,
     if record.inactive is not None:
         return Health(INACTIVE, 0, record.inactive)
     job, t = record.job, thresholds
-    if job is not None and job.started is not None:
-        limit = (job.timeout if job.timeout and job.timeout > 0 else RQ_DEFAULT_TIMEOUT)
+    # rq's timeout -1 is "never": such a job is never stuck, however long it runs.
+    if job is not None and job.started is not None and not (job.timeout or 0) < 0:
+        limit = job.timeout or RQ_DEFAULT_TIMEOUT
         if now - job.started > limit + t.stuck_grace_secs:
             return Health(STUCK, CRITICAL, f"job {job.job_id} started {now - job.started:.0f} s"
                           f" ago, past its timeout of {limit:g} s: its worker may have died")
@@ -176,3 +180,12 @@ def states_of(records: dict[str, HealthRecord | None], now: float, thresholds: T
     return {name: classify(record, now, thresholds, name in paused)
             for name, record in records.items()}
 
+
+def thresholds_of(config: Config) -> Thresholds:
+    """The config's thresholds, as the daemon and ``btu health`` both read them."""
+    return Thresholds(
+        failing_warning=config.health_failing_warning,
+        failing_critical=config.health_failing_critical,
+        late_secs=config.health_late_secs,
+        stuck_grace_secs=config.health_stuck_grace_secs,
+    )

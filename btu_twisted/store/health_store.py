@@ -14,7 +14,7 @@ import json
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from btu_twisted.store.health_record import HealthRecord, decode, encode, error_line
@@ -57,9 +57,11 @@ def parse_time(text: str | bytes | None) -> float | None:
     if isinstance(text, bytes):
         text = text.decode("ascii", "replace")
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        when = datetime.fromisoformat(text)
     except ValueError:
         return None
+    # rq writes UTC; a time without a zone read as local would be off by the offset.
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _text(value: Any) -> str:

@@ -37,6 +37,7 @@ from btu_twisted.store.health_record import (
     classify,
 )
 from btu_twisted.store.health_store import JobState
+from btu_twisted.timing.coalesced import LATE_SECS
 
 __all__ = ["MAX_PENDING", "PASS_LIMIT", "FollowerStore", "JobFollower", "StateListener"]
 
@@ -57,8 +58,6 @@ Inactive = Callable[[Sequence[str]], Awaitable[dict[str, str | None]]]
 #: Late runs looked at per pass, and waiting at most.
 LATE_PER_PASS = 500
 MAX_LATE = 10_000
-#: A run this late may have covered others (coalesced.py).
-LATE_SECS = 1.0
 
 
 class FollowerStore(Protocol):
