@@ -226,7 +226,9 @@ class WholeBenchTests(TestCase):
         (skipped,) = [line for line in lines if "skipped" in line]
         self.assertIn("site b.test skipped: its database", skipped)
         self.assertIn("cannot be used", skipped)
-        self.assertIn("no answer within 10 s", skipped)
+        # The check's 10 s deadline and the connection's own 10 s read timeout race:
+        # either says the database hung.
+        self.assertRegex(skipped, r"no answer within 10 s|\(2013, .*timed out")
         gaps = [b - a for a, b in itertools.pairwise(turns)]
         self.assertLess(max(gaps), 1.0, "the reactor was blocked while a database hung")
         await wait_for(lambda: setup.redis.llen(f"rq:queue:{QUEUE}") >= 1, timeout=20)
