@@ -223,7 +223,8 @@ class SlowSiteTests(PoolCase):
         others = await DeferredList(
             [pool.run(site(f"fast{i}"), which_site) for i in range(20)], fireOnOneErrback=True)
         self.assertEqual(len(others), 20)
-        self.assertEqual(started, [0])  # one in flight, four waiting their turn
+        # At most one in flight (its thread may not have begun yet), four waiting their turn.
+        self.assertIn(started, ([], [0]))
         self.assertFalse(any(d.called for d in slow))
         gate.set()
         results = await DeferredList(slow, fireOnOneErrback=True)
