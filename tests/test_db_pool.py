@@ -15,6 +15,7 @@ from typing import Any
 import pymysql
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
+from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from btu_twisted.sources.db_pool import DbPool, site_limit
@@ -261,13 +262,20 @@ class SlowSiteTests(PoolCase):
         self.addCleanup(gate.set)
         running: list[int] = []
 
+        began = threading.Event()
+
         def slow_fail(cursor: FakeCursor, i: int) -> None:
             running.append(i)
+            began.set()
             gate.wait(10)
             raise pymysql.err.OperationalError(2013, "Lost connection")
 
         self.server.refuse.clear()
         calls = [pool.run(site("down"), slow_fail, i) for i in range(3)]
+        self.assertEqual(await pool.run(site("other"), which_site), "other")
+        # The first one's thread may not have begun when "other" answered: wait for it,
+        # then let "other" pass once more, so a second "down" query had time to start.
+        self.assertTrue(await deferToThread(began.wait, 10))
         self.assertEqual(await pool.run(site("other"), which_site), "other")
         self.assertEqual(running, [0])
         gate.set()

@@ -301,10 +301,13 @@ class DbPool:
                 (key is None or entry[0] == key) and (before is None or entry[2] <= before))]
             closing = [entry[1] for entry in self._idle if entry not in keep]
             self._idle = keep
-            self.open -= len(closing)
-            self._lock.notify_all()
+        # Counted as open until closed, so no worker opens a new one while these still are.
         for conn in closing:
             _close(conn)
+        if closing:
+            with self._lock:
+                self.open -= len(closing)
+                self._lock.notify_all()
 
 
 def _close(conn: Any) -> None:
