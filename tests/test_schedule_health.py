@@ -212,10 +212,24 @@ class FollowerTests(SynchronousTestCase):
         self.follower.follow_once = counted  # type: ignore[method-assign]
         self.clock.advance(30)
         self.assertEqual((passes, self.store.asked), ([], []))
+        # Not even a timer: each idle site's wake-ups added up to 167 a second.
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         self.follower.enqueued(claim("s", 1030, "j1"), 0.0)
+        self.job("j1", "started", started=1031)
         self.clock.advance(3)
         self.assertEqual(len(passes), 1)
         self.assertEqual(self.store.asked, [["j1"]])
+        self.job("j1", "finished", started=1031, ended=1032)
+        self.clock.advance(3)
+        self.assertEqual(len(passes), 2)
+        self.assertEqual(self.store.saved["s"].run_secs, 1)
+        # Followed to its end and saved: the timer goes again, until the next run.
+        self.clock.advance(3)
+        self.assertEqual((len(passes), self.clock.getDelayedCalls()), (2, []))
+        self.follower.skipped("s", [1040])
+        self.clock.advance(3)
+        self.assertEqual(len(passes), 3)
+        self.assertEqual(self.store.saved["s"].missed, 1)
 
     def test_only_unfinished_jobs_are_asked_a_bounded_number_per_pass(self) -> None:
         for n in range(5):

@@ -136,6 +136,7 @@ class JobFollower:
             self._seen.pop(dropped, None)
             self.log.warn("following more than {count:,} unfinished jobs: job {job} no longer "
                           "followed", count=MAX_PENDING, job=dropped)
+        self._wake()
 
     def unplanned(self, names: Sequence[str]) -> None:
         """The planner found these disabled, deleted or their task cancelled: a
@@ -148,6 +149,7 @@ class JobFollower:
             for name in names:
                 if name in self.records and len(self._unplanned) < MAX_LATE:
                     self._unplanned[name] = None
+            self._wake()
 
     def skipped(self, schedule: str, times: list[int]) -> None:
         """Runs that will not run: skipped (overlap, misfire) or coalesced into one."""
@@ -157,6 +159,7 @@ class JobFollower:
         record = self.records.get(schedule, HealthRecord())
         self.records[schedule] = record.with_missed(times)
         self._dirty.add(schedule)
+        self._wake()
 
     # -- start, stop ----------------------------------------------------------------
     def start(self) -> Deferred[None]:
@@ -187,13 +190,23 @@ class JobFollower:
             self.states[name] = classify(record, now, self.thresholds, name in paused)
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor_time(self._clock)
-        self._loop.start(self._interval, now=False)
+        self._wake()
+
+    def _idle(self) -> bool:
+        return not (self._pending or self._late or self._unplanned or self._dirty or self._gone)
+
+    def _wake(self) -> None:
+        # Passes only while something is out or unsaved: 500 idle sites' timers woke
+        # the reactor 167 times a second for nothing.
+        if self._loop is not None and not self._loop.running and not self._idle():
+            self._loop.start(self._interval, now=False)
 
     async def stop(self) -> None:
         if self._loading is not None:
             await self._loading
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        self._loop = None  # never started again
         if self._pass is not None:
             await self._pass
         try:
@@ -206,8 +219,10 @@ class JobFollower:
     def _tick(self) -> None:
         if self._pass is not None:
             return  # the previous pass is still out (Redis slow): skip this one
-        if not (self._pending or self._late or self._unplanned or self._dirty or self._gone):
-            return  # nothing out, nothing to save: a bench's idle sites cost no pass
+        if self._idle():
+            if self._loop is not None:
+                self._loop.stop()  # nothing out, nothing to save: _wake starts it again
+            return
         self._pass = Deferred.fromCoroutine(self.follow_once())
 
         def done(_: object) -> None:
