@@ -29,7 +29,7 @@ from btu_twisted.store.history import (
 from btu_twisted.store.keys import Keys
 from btu_twisted.store.pauses import PAUSED_RUN, Paused, rq_time
 from btu_twisted.store.schedule_store import PLAN_CHUNK, Window
-from btu_twisted.store.scripts import RELEASE, TAKE
+from btu_twisted.store.scripts import RELEASE, TAKE, TAKE_MANY
 
 if TYPE_CHECKING:
     from tests.fakes import FakeStore
@@ -38,6 +38,7 @@ KEYS = Keys()
 ZSET, INDEX, LAST, LAST_JOB = (KEYS.schedule_set, KEYS.member_index, KEYS.last_enqueued,
                                KEYS.last_job)
 OWNER = KEYS.owner
+OTHER_OWNER = Keys("btu_scheduler:other.example.com:").owner
 PAUSED_KEY = KEYS.paused
 QUEUE, OTHER_QUEUE = "rq:queue:default", "rq:queue:other"
 AT = "2027-01-15T08:00:00.000000Z"  # the claims' enqueued_at
@@ -305,6 +306,14 @@ LEASE_CASES = [
          State(), fake=False),
     Case("release_not_another_sites", State(strings={OWNER: "db2 site2"}),
          ("release", "db1"), 0, fake=False),
+    # A bench's one renewal: each lease as take.lua would, another site's left alone.
+    Case("take_many_renews_ours_and_names_another_sites",
+         State(strings={OWNER: "db1 site1", OTHER_OWNER: "db9 site9"}),
+         ("take_many", "db1", "site1", 30000, "db2", "site2", 30000), ["", "db9 site9"],
+         State(strings={OWNER: "db1 site1", OTHER_OWNER: "db9 site9"}), fake=False),
+    Case("take_many_takes_free_leases", State(),
+         ("take_many", "db1", "site1", 30000, "db2", "site2", 30000), ["", ""],
+         State(strings={OWNER: "db1 site1", OTHER_OWNER: "db2 site2"}), fake=False),
 ]
 
 CASES = (PLAN_CASES + CLAIM_CASES + PRUNE_CASES + CANCEL_CASES + PAUSE_CASES + READ_CASES
@@ -317,6 +326,9 @@ async def run(store: Any, call: tuple[Any, ...]) -> Any:
     if method == "claim":
         results = await store.claim(args[0], AT)
         return [(r, r.reason) if r == BLOCKED else int(r) for r in results]
+    if method == "take_many":
+        reply = await store.evaluate(TAKE_MANY, [OWNER, OTHER_OWNER], args)
+        return [r.decode() if isinstance(r, bytes) else r for r in reply]
     if method in ("take", "release"):
         reply = await store.evaluate(TAKE if method == "take" else RELEASE, [OWNER], args)
         return reply.decode() if isinstance(reply, bytes) else reply

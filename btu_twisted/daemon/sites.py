@@ -44,7 +44,7 @@ from twisted.logger import Logger, LogLevel
 from btu_twisted.config import Config, ConfigError
 from btu_twisted.daemon.key_watch import KeyWatch
 from btu_twisted.daemon.parts import Part, Parts, service_part
-from btu_twisted.daemon.service import BtuService
+from btu_twisted.daemon.service import BENCH_LEASE_SECS, BtuService
 from btu_twisted.daemon.startup import (
     STARTUP_CHECK_TIMEOUT,
     StartupError,
@@ -61,6 +61,7 @@ from btu_twisted.redis_target import target_of
 from btu_twisted.sources.change_feed import interval_for
 from btu_twisted.sources.db_pool import DbPool, site_limit
 from btu_twisted.store.gateway import RedisGateway
+from btu_twisted.store.lease_renewal import LeaseRenewal
 from btu_twisted.timing.alarm import Alarm
 
 if TYPE_CHECKING:
@@ -98,6 +99,8 @@ class SitesService(Service):
         self.db_pool = DbPool(reactor, bound, per_site=site_limit(bound))
         #: One EXISTS for every site's "keys still there" marker, in place of one per site.
         self.key_watch = KeyWatch(reactor, self.redis, lambda: self.served.values())
+        #: One EVAL renewing every site's key prefix lease, in place of one per site.
+        self.leases = LeaseRenewal(reactor, self.redis, BENCH_LEASE_SECS / 3)
         self.metrics: Metrics | None = None
         self.metrics_service: MetricsService | None = None
         if config.metrics_port:
@@ -137,8 +140,9 @@ class SitesService(Service):
             db_pool=self.db_pool,
             watch_keys=False,
         )
+        site.guard.renewal = self.leases
         _name_site_in_logs(site, name, shared=(self.redis, self.redis.health, self.alarm,
-                                               self.db_pool, self.key_watch))
+                                               self.db_pool, self.key_watch, self.leases))
         return site
 
     # -- start and stop ------------------------------------------------------

@@ -28,6 +28,7 @@ from btu_twisted.store.scripts import RELEASE, TAKE
 
 if TYPE_CHECKING:
     from btu_twisted.store.gateway import RedisCommands
+    from btu_twisted.store.lease_renewal import LeaseRenewal
 
 __all__ = ["LEASE_SECS", "PrefixGuard", "PrefixRefused", "PrefixTaken"]
 
@@ -75,6 +76,9 @@ class PrefixGuard:
         self._on_lost = on_lost
         self._lease = lease_secs
         self._loop: LoopingCall | None = None
+        self._held = False
+        #: A bench's one renewal for every site's lease (None: this guard renews its own).
+        self.renewal: LeaseRenewal | None = None
 
     async def acquire(self) -> None:
         """Take the lease now, or raise :class:`PrefixTaken`; then keep renewing it."""
@@ -92,13 +96,20 @@ class PrefixGuard:
             ) from None
         if other:
             raise PrefixTaken(self._taken_by(other))
+        self._held = True
+        if self.renewal is not None:
+            self.renewal.add(self)
+            return
         self._loop = LoopingCall(self._renew)
         self._loop.clock = self._clock
         self._loop.start(self._lease / 3, now=False)
 
+    def take_args(self) -> list[Any]:
+        """ARGV of take.lua for this lease (and its part of take_many.lua's)."""
+        return [self._owner_id, self._site, int(self._lease * 1000)]
+
     async def _take(self) -> str:
-        args = [self._owner_id, self._site, int(self._lease * 1000)]
-        owner = await self._redis.eval(TAKE, [self.key], args)
+        owner = await self._redis.eval(TAKE, [self.key], self.take_args())
         return owner.decode() if isinstance(owner, bytes) else str(owner or "")
 
     async def _renew(self) -> None:
@@ -109,7 +120,11 @@ class PrefixGuard:
             # and whoever holds it when Redis is back decides.
             self.log.debug("could not renew the lease on {key}: {error}", key=self.key, error=e)
             return
-        if other:
+        self.renewed(other)
+
+    def renewed(self, other: str) -> None:
+        """A renewal's answer: '' renewed, else the other site's lease found there."""
+        if other and self._held:
             self.stop()
             self._on_lost(self._taken_by(other))
 
@@ -126,10 +141,13 @@ class PrefixGuard:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        if self.renewal is not None:
+            self.renewal.remove(self)
+        self._held = False
 
     async def release(self) -> None:
         """Stop renewing and free the prefix for the next daemon, if it is still ours."""
-        held = self._loop is not None
+        held = self._held
         self.stop()
         if not held:
             return

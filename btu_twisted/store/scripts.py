@@ -14,8 +14,8 @@ from importlib.resources import files
 __all__ = [
     "CANCEL", "CLAIM", "CLEAR_LAST_RUN", "CLOSE_LIVES", "FOLD_HISTORY", "FOLLOW_JOBS",
     "FORGET_LAST_RUNS", "LAST_RUN_NAMES", "LATEST_RUNS", "NAMES", "PAUSE", "PAUSED_LIST", "PLAN",
-    "PRUNE_INDEX", "PRUNE_MEMBERS", "RELEASE", "RESUME", "SOONEST", "TAKE", "UNPLAN_IF_OWNED",
-    "WINDOW", "load",
+    "PRUNE_INDEX", "PRUNE_MEMBERS", "RELEASE", "RESUME", "SOONEST", "TAKE", "TAKE_MANY",
+    "UNPLAN_IF_OWNED", "WINDOW", "load",
 ]
 
 
@@ -30,7 +30,7 @@ NAMES = (
     "plan", "claim", "prune_index", "prune_members", "unplan_if_owned", "forget_last_runs",
     "last_run_names", "cancel", "window", "fold_history", "take", "release", "soonest",
     "latest_runs", "clear_last_run", "pause", "resume", "paused_list", "close_lives",
-    "follow_jobs",
+    "follow_jobs", "take_many",
 )
 
 PLAN = load("plan")
@@ -44,6 +44,7 @@ CANCEL = load("cancel")
 WINDOW = load("window")
 FOLD_HISTORY = load("fold_history")
 TAKE = load("take")
+TAKE_MANY = load("take_many")
 RELEASE = load("release")
 SOONEST = load("soonest")
 LATEST_RUNS = load("latest_runs")

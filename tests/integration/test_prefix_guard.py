@@ -10,8 +10,9 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from btu_twisted.store.prefix_guard import PrefixGuard, PrefixTaken
 from btu_twisted.store.gateway import RedisGateway
+from btu_twisted.store.lease_renewal import LeaseRenewal
+from btu_twisted.store.prefix_guard import PrefixGuard, PrefixTaken
 from tests.integration.daemon import wait_for
 from tests.integration.redis_servers import server_directory, start_server
 
@@ -110,3 +111,41 @@ class PrefixGuardTests(TestCase):
         await deferLater(reactor, LEASE, lambda: None)  # renewals would have come by now
         self.assertEqual(len(self.lost), 1, self.lost)
         self.assertIn("site 'b.example.com'", self.lost[0])
+
+    # -- a bench's sites: one EVAL renews every site's lease (store/lease_renewal.py) --
+    def shared(self, site: str, renewal: LeaseRenewal) -> PrefixGuard:
+        guard = self.guard(site, f"btu_scheduler:{site}:")
+        guard.renewal = renewal
+        return guard
+
+    def evals(self) -> int:
+        stats = self.sync.info("commandstats")
+        return int(stats.get("cmdstat_eval", {}).get("calls", 0))
+
+    async def test_one_eval_renews_every_lease_and_a_taken_one_stops_its_site_only(self) -> None:
+        renewal = LeaseRenewal(reactor, self.gateway, LEASE / 3)
+        guards = [self.shared(f"s{i}.example.com", renewal) for i in range(20)]
+        for guard in guards:
+            await guard.acquire()
+        before = self.evals()
+        await deferLater(reactor, LEASE * 2, lambda: None)
+        # Every lease outlived its 1 s life, renewed together: about 6 renewals, not 120.
+        self.assertEqual([self.sync.get(g.key) is not None for g in guards], [True] * 20)
+        self.assertLessEqual(self.evals() - before, 8)
+        self.assertEqual(self.lost, [])
+
+        self.sync.set(guards[3].key, "db9 other.example.com")
+        await wait_for(lambda: self.lost, timeout=10)
+        await deferLater(reactor, LEASE, lambda: None)
+        self.assertEqual(len(self.lost), 1, self.lost)
+        self.assertIn("site 'other.example.com'", self.lost[0])
+        self.assertIn("serves 's3.example.com'", self.lost[0])
+        self.assertEqual(self.sync.get(guards[3].key), b"db9 other.example.com")
+        self.assertIsNotNone(self.sync.get(guards[4].key))
+
+        # Released ones are no longer renewed; the last one stops the renewal.
+        for guard in guards:
+            await guard.release()
+        self.assertEqual([self.sync.get(g.key) for g in guards if g is not guards[3]],
+                         [None] * 19)
+        self.assertFalse(renewal._loop.running)
