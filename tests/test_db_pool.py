@@ -284,3 +284,63 @@ class SlowSiteTests(PoolCase):
                 await d
         self.assertEqual(sorted(running), [0, 1, 2])
 
+
+
+class SwitchingConnection(FakeConnection):
+    """A connection that can become another site's (COM_CHANGE_USER)."""
+
+    def change_user(self, user: str, password: str, database: str) -> None:
+        if database in self.server.refuse:
+            raise pymysql.err.OperationalError(1045, f"Access denied ({database})")
+        self.site = database
+        self.server.switches.append(database)
+
+
+class SwitchingServer(FakeServer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.switches: list[str] = []
+
+    def connect(self, **kwargs: Any) -> FakeConnection:
+        conn = super().connect(**kwargs)
+        conn.__class__ = SwitchingConnection
+        return conn
+
+
+class SwitchTests(PoolCase):
+    """At the bound, another site's idle connection is switched to the site asking
+    rather than closed and a new one opened (a bench's looks, nearly all)."""
+
+    def switching(self, bound: int) -> DbPool:
+        self.server = SwitchingServer()
+        pool = DbPool(reactor, bound, connect=self.server.connect)
+        pool.start()
+        self.addCleanup(pool.stop)
+        return pool
+
+    async def test_another_sites_idle_connection_is_switched(self) -> None:
+        pool = self.switching(1)
+        for name in ("a", "b", "c", "a"):
+            self.assertEqual(await pool.run(site(name), which_site), name)
+        self.assertEqual((len(self.server.made), self.server.switches), (1, ["b", "c", "a"]))
+        self.assertEqual((pool.open, self.server.open), (1, 1))
+
+    async def test_a_refused_switch_closes_it_and_connects_anew(self) -> None:
+        pool = self.switching(1)
+        await pool.run(site("a"), which_site)
+        self.server.refuse.add("b")
+        with self.assertRaises(pymysql.err.OperationalError):
+            await pool.run(site("b"), which_site)
+        (a,) = self.server.made
+        self.assertTrue(a.closed)
+        self.assertEqual((pool.open, self.server.open), (0, 0))
+        self.server.refuse.clear()
+        self.assertEqual(await pool.run(site("b"), which_site), "b")
+
+    async def test_only_the_credentials_may_differ(self) -> None:
+        pool = self.switching(1)
+        await pool.run(site("a"), which_site)
+        elsewhere = {**site("b"), "host": "db2"}
+        self.assertEqual(await pool.run(elsewhere, which_site), "b")
+        self.assertEqual(self.server.switches, [])
+        self.assertEqual([c.closed for c in self.server.made], [True, False])

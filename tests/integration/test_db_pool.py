@@ -13,6 +13,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
+import pymysql
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.task import deferLater
@@ -187,3 +188,42 @@ class BoundOnRealMariaDBTests(unittest.TestCase):
         # Unused, they are closed (the pool's reaper, every idle_secs / 2).
         await wait_for(lambda: pool.open == 0, timeout=10)
         await wait_for(lambda: held_by(users) == 0, timeout=10)
+
+
+class SwitchOnRealMariaDBTests(unittest.TestCase):
+    """COM_CHANGE_USER on a real MariaDB: one connection serves site after site, each
+    with its own user's rights and a fresh session; a wrong password never leaves the
+    connection to the site before."""
+
+    timeout = 60
+
+    async def test_one_connection_becomes_each_site_in_turn(self) -> None:
+        pool = DbPool(reactor, 1, idle_secs=30)
+        pool.start()
+        self.addCleanup(pool.stop)
+        values = [site_database(self)[1] for _ in range(3)]
+        connects = [dict(host=MYSQL["host"], port=MYSQL["port"], user=v["db_user"],
+                         password=v["db_password"], database=v["db_name"],
+                         charset="utf8mb4", autocommit=True) for v in values]
+
+        def who(cursor: Any) -> tuple[Any, ...]:
+            cursor.execute("SELECT CONNECTION_ID(), CURRENT_USER(), DATABASE(), @left, "
+                           "@@autocommit")
+            row = tuple(cursor.fetchone())
+            cursor.execute("SET @left = 'by the site before'")
+            cursor.execute("SHOW DATABASES LIKE 'btu_test_%'")
+            return row + (sorted(r[0] for r in cursor.fetchall()),)
+
+        seen = [await pool.run(c, who) for c in connects + connects[:1]]
+        self.assertEqual(len({row[0] for row in seen}), 1, seen)  # one connection
+        for row, v in zip(seen, values + values[:1], strict=True):
+            self.assertEqual(row[1:], (f"{v['db_user']}@%", v["db_name"], None, 1,
+                                       [v["db_name"]]))
+        self.assertEqual(pool.peak, 1)
+
+        wrong = {**connects[1], "password": "not it"}
+        with self.assertRaises(pymysql.err.OperationalError) as caught:
+            await pool.run(wrong, who)
+        self.assertEqual(caught.exception.args[0], 1045)  # access denied, from a new connect
+        self.assertEqual(pool.open, 0)
+        self.assertEqual((await pool.run(connects[2], who))[2], values[2]["db_name"])
