@@ -107,8 +107,12 @@ class Alarm:
         self._call = None
         self._target = None
         self._firing = True
+        # Only the due ones are sorted: a bench's 500 timers made sorting them all,
+        # at every wake-up, the alarm's main cost.
+        due = sorted(((when, w) for w, when in self._waiting.items() if when <= now),
+                     key=lambda item: (item[0], item[1]._order))
         try:
-            for when, waker in self.pending():
+            for when, waker in due:
                 # A waker an earlier callback cancelled or moved is no longer due.
                 if waker.when != when or when > now:
                     continue
