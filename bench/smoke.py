@@ -56,7 +56,7 @@ MODULES = (
     ("scale", ("bench.scale", "--n", "300", "--cancels", "5")),
     ("hosting", ("bench.hosting", "--sites", "20", "--settle-secs", "1", "--idle-secs", "3",
                  "--lead-secs", "10", "--quiet-secs", "1", "--sighup-sites", "3",
-                 "--sighup-after-secs", "5")),
+                 "--sighup-period", "1", "--sighup-after-secs", "5")),
     ("micro", ("bench.micro",)),
     ("cli_speed", ("bench.cli_speed", "--runs", "1", "--starts", "1", "--schedules", "5")),
 )
