@@ -54,6 +54,14 @@ class PrivateRedis:
         return redis.Redis(host="127.0.0.1", port=self.port,
                            socket_timeout=timeout, socket_connect_timeout=timeout)
 
+    def run_id(self) -> str:
+        """This server's ``run_id``: what a flush checks it is talking to (OwnRedis)."""
+        client = self.client()
+        try:
+            return str(client.info("server")["run_id"])
+        finally:
+            client.close()
+
     def start(self, wait: float = 20.0) -> None:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",

@@ -11,7 +11,7 @@ exits 1 if any step failed.
 Nothing shared is touched destructively.  Each step runs in a child process
 with a ``redis-server`` of its own on a free loopback port
 (:class:`bench.private_services.PrivateRedis`, no persistence), named to it by
-``BTU_TEST_REDIS_HOST`` / ``BTU_TEST_REDIS_PORT`` and
+``BTU_TEST_REDIS_PORT`` (with the server's ``run_id``, which every flush checks) and
 ``BTU_BENCH_PRIVATE_REDIS_PORT`` (then no machine-wide lock is taken: nobody
 else uses that server); ``bench.run --smoke`` refuses to run its cases
 without that.  MariaDB is the one the integration tests use; the steps only
@@ -95,9 +95,9 @@ class Running:
         self.redis.start()
         env = dict(os.environ)
         env.update({
-            "BTU_TEST_REDIS_HOST": "127.0.0.1",
             "BTU_TEST_REDIS_PORT": str(self.redis.port),
-            "BTU_TEST_REDIS_MAY_FLUSH": "1",  # the smoke's own server
+            # The smoke's own server, as it answers (tests/integration/support.py, RUN_ID).
+            "BTU_TEST_REDIS_RUN_ID": self.redis.run_id(),
             "BTU_BENCH_PRIVATE_REDIS_PORT": str(self.redis.port),
             "BTU_BENCH_RESULTS": str(self.results),
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),

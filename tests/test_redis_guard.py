@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from twisted.trial import unittest
 
-from tests.integration.support import REDIS_HOST, REDIS_PORT, OwnRedis, sync_redis
+from tests.integration.support import REDIS_HOST, REDIS_PORT, RUN_ID, OwnRedis, sync_redis
 
 
 class FlushGuardTests(unittest.SynchronousTestCase):
@@ -26,3 +28,17 @@ class FlushGuardTests(unittest.SynchronousTestCase):
         client.set("btu_guard_probe", "1")
         client.flushdb()
         self.assertEqual(client.dbsize(), 0)
+
+    def test_a_server_without_the_recorded_run_id_is_refused(self) -> None:
+        """The right port is not enough: the server must answer with the run_id its
+        starter recorded (another server may have taken a port the tests let go)."""
+        client = sync_redis(9)
+        self.addCleanup(client.close)
+        client.set("btu_guard_probe", "1")
+        self.patch(os, "environ", {**os.environ, RUN_ID: "0" * 40})
+        with self.assertRaisesRegex(RuntimeError, "not one started for the tests"):
+            client.flushdb()
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != RUN_ID})
+        with self.assertRaisesRegex(RuntimeError, "not one started for the tests"):
+            client.flushall()
+        self.assertEqual(client.get("btu_guard_probe"), b"1")

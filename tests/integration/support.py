@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,9 +41,10 @@ def _own_redis_server() -> int:
     The tests flush and fill Redis databases: on the machine's Redis (6379)
     that would destroy somebody's data.  So every run gets a throw-away
     server, stopped when the run ends (and, through PR_SET_PDEATHSIG, when the
-    run is killed).  The port goes into the environment, with
-    ``BTU_TEST_REDIS_MAY_FLUSH=1``, so the processes the tests start (and
-    benchmarks' children) use the same server; see :func:`_redis_port`.
+    run is killed).  The port goes into the environment, with the server's
+    ``run_id`` (``BTU_TEST_REDIS_RUN_ID``), so the processes the tests start (and
+    benchmarks' children) use the same server and can tell it is the one
+    started for them; see :func:`_redis_port` and :class:`OwnRedis`.
     """
     import atexit
     import ctypes
@@ -54,9 +55,8 @@ def _own_redis_server() -> int:
 
     server = shutil.which("redis-server")
     if server is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server), "
-                           f"or set BTU_TEST_REDIS_PORT and {MAY_FLUSH}=1 for a Redis the "
-                           "tests may flush")
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server): "
+                           "the tests start one of their own, the only Redis they flush")
     directory = tempfile.mkdtemp(prefix="btu-test-redis-")
 
     def die_with_parent() -> None:
@@ -95,51 +95,62 @@ def _own_redis_server() -> int:
             shutil.rmtree(directory, ignore_errors=True)
 
         atexit.register(stop)
-        os.environ["BTU_TEST_REDIS_HOST"] = "127.0.0.1"
         os.environ["BTU_TEST_REDIS_PORT"] = str(port)
-        os.environ[MAY_FLUSH] = "1"
+        os.environ[RUN_ID] = run_id_of(port)
         return port
     raise RuntimeError(f"could not start a redis-server for the tests (see {directory})")
 
 
-#: Set beside BTU_TEST_REDIS_PORT by whoever started that server for the tests.
-MAY_FLUSH = "BTU_TEST_REDIS_MAY_FLUSH"
+#: The ``run_id`` of the server named by BTU_TEST_REDIS_PORT, set beside it by
+#: whoever started that server for the tests (this module, the bench smoke): a
+#: server that does not answer with it was not started for them.
+RUN_ID = "BTU_TEST_REDIS_RUN_ID"
+
+
+def run_id_of(port: int) -> str:
+    """The ``run_id`` of the redis-server on ``port`` of loopback (one per process start)."""
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=5)
+    try:
+        return str(client.info("server")["run_id"])
+    finally:
+        client.close()
 
 
 def _redis_port() -> int:
     """The port of a Redis the tests may flush: one started for them, never another.
 
-    ``BTU_TEST_REDIS_PORT`` is taken only beside ``BTU_TEST_REDIS_MAY_FLUSH=1``,
-    which this module and the bench smoke set for the servers they start; a port
-    named without it is refused rather than flushed.
+    ``BTU_TEST_REDIS_PORT`` is taken only beside ``BTU_TEST_REDIS_RUN_ID``, which
+    this module and the bench smoke set for the servers they start; a port named
+    without it is refused rather than flushed.
     """
     port = os.environ.get("BTU_TEST_REDIS_PORT")
     if not port:
         return _own_redis_server()
-    if os.environ.get(MAY_FLUSH) != "1":
+    if not os.environ.get(RUN_ID):
         raise RuntimeError(
             f"BTU_TEST_REDIS_PORT={port} names a Redis the tests did not start, and they "
-            f"flush its databases: unset it (the tests start their own), or set {MAY_FLUSH}=1 "
-            "if that Redis holds nothing of anyone's")
+            "flush its databases: unset it (the tests start their own)")
     return int(port)
 
 
 REDIS_PORT = _redis_port()
-# Another host only beside a port named for the tests (BTU_TEST_REDIS_MAY_FLUSH):
-# the server started here listens on loopback, and that host may be anyone's.
-REDIS_HOST = (os.environ.get("BTU_TEST_REDIS_HOST", "127.0.0.1")
-              if os.environ.get("BTU_TEST_REDIS_PORT") else "127.0.0.1")
+# Every server started for the tests listens on loopback.
+REDIS_HOST = "127.0.0.1"
 
 
 class OwnRedis(redis.Redis):
     """A client of the tests' Redis whose FLUSHDB/FLUSHALL refuse any other server:
     every flush in the tests and benchmarks goes through :func:`sync_redis`, so a
-    client pointed elsewhere (by a patch, a URL, a changed global) flushes nothing."""
+    client pointed elsewhere (by a patch, a URL, a changed global) flushes nothing.
+    The server must also answer with the ``run_id`` its starter recorded: a
+    server on that port that the tests did not start (theirs stopped, another
+    took the port) is refused too."""
 
     def _ours(self) -> None:
         kwargs = self.connection_pool.connection_kwargs
         where = (kwargs.get("host"), int(kwargs.get("port") or 0))
-        if where != (REDIS_HOST, REDIS_PORT) or os.environ.get(MAY_FLUSH) != "1":
+        if where != (REDIS_HOST, REDIS_PORT) or not os.environ.get(RUN_ID) \
+                or str(self.info("server").get("run_id")) != os.environ[RUN_ID]:
             raise RuntimeError(f"refusing to flush the Redis at {where[0]}:{where[1]}: "
                                "not one started for the tests")
 
@@ -252,7 +263,7 @@ def parse_rq_time(value: bytes | None) -> float | None:
     text = value.decode().rstrip("Z")
     for fmt in ("%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S"):
         try:
-            return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
+            return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
         except ValueError:
             continue
     return None
