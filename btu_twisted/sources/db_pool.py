@@ -75,7 +75,6 @@ class _Connection(pymysql.connections.Connection):
             return
         super().set_character_set(charset, collation)
 
-
     def change_user(self, user: str, password: str, database: str) -> None:
         """Become another site's connection (MariaDB's COM_CHANGE_USER, which pymysql
         has no call for): the same checks as a connect, without a new TCP connection
@@ -141,9 +140,8 @@ def _switch(conn: Any, key: Key, connect: Mapping[str, Any]) -> bool:
     """Switch another site's idle connection to ``connect``'s site, when only the
     credentials differ; False if it cannot (then it is closed and a new one made)."""
     change = getattr(conn, "change_user", None)
-    was = dict(key)
-    if change is None or any(was.get(k) != v for k, v in connect.items() if k not in _WHO) \
-            or any(k not in connect for k in was if k not in _WHO):
+    if change is None or [kv for kv in key if kv[0] not in _WHO] != [
+            kv for kv in _key_of(connect) if kv[0] not in _WHO]:
         return False
     try:
         change(*(str(connect.get(k, "")) for k in _WHO))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -45,9 +44,9 @@ class LeaseRenewal:
         self._redis = redis
         self._interval = interval
         self._guards: dict[Lease, None] = {}  # in the order taken
-        self._loop = LoopingCall(self._tick)
+        # LoopingCall waits for each renewal's Deferred: never two out at once.
+        self._loop = LoopingCall(self.renew)
         self._loop.clock = clock
-        self._renewing = False
 
     def add(self, guard: Lease) -> None:
         """Renew ``guard``'s lease from now on (it has just taken it)."""
@@ -59,18 +58,6 @@ class LeaseRenewal:
         self._guards.pop(guard, None)
         if not self._guards and self._loop.running:
             self._loop.stop()
-
-    def _tick(self) -> Deferred[None] | None:
-        if self._renewing:
-            return None  # the last renewal is still out (Redis slow)
-        self._renewing = True
-        d = Deferred.fromCoroutine(self.renew())
-
-        def done(result: Any) -> Any:
-            self._renewing = False
-            return result
-
-        return d.addBoth(done)
 
     async def renew(self) -> None:
         guards = list(self._guards)

@@ -72,9 +72,10 @@ class Alarm:
         """A waker running ``callback`` (which must not raise) at the times asked for."""
         return Waker(self, next(self._numbers), callback)
 
-    def pending(self) -> list[tuple[float, Waker]]:
-        """The wakers waiting, earliest first (what tests look at)."""
-        return sorted(((when, w) for w, when in self._waiting.items()),
+    def pending(self, until: float | None = None) -> list[tuple[float, Waker]]:
+        """The wakers waiting (due by ``until``, if given), earliest first."""
+        return sorted(((when, w) for w, when in self._waiting.items()
+                       if until is None or when <= until),
                       key=lambda item: (item[0], item[1]._order))
 
     # -- the one DelayedCall -----------------------------------------------------
@@ -107,12 +108,10 @@ class Alarm:
         self._call = None
         self._target = None
         self._firing = True
-        # Only the due ones are sorted: a bench's 500 timers made sorting them all,
-        # at every wake-up, the alarm's main cost.
-        due = sorted(((when, w) for w, when in self._waiting.items() if when <= now),
-                     key=lambda item: (item[0], item[1]._order))
         try:
-            for when, waker in due:
+            # Only the due ones: sorting a bench's 500 timers at every wake-up was
+            # the alarm's main cost.
+            for when, waker in self.pending(now):
                 # A waker an earlier callback cancelled or moved is no longer due.
                 if waker.when != when or when > now:
                     continue
