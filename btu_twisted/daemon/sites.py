@@ -241,7 +241,7 @@ class SitesService(Service):
 
         assert self.metrics_service is not None
         self.metrics_service.page = SitesPage(
-            self._reactor, self._sections(), title=self.config.name or "btu")
+            self._reactor, _sections(self.served), title=self.config.name or "btu")
         try:
             await self.metrics_service.start()
         except Exception as e:
@@ -345,13 +345,7 @@ class SitesService(Service):
 
         page = self.metrics_service.page if self.metrics_service is not None else None
         if isinstance(page, SitesPage):
-            page.show(self._sections())
-
-    def _sections(self) -> dict[str, Any]:
-        from btu_twisted.ops.status_page import ScheduleReader
-
-        return {name: (site.health.with_unwell(site.status), ScheduleReader(site.store))
-                for name, site in self.served.items()}
+            page.show(_sections(self.served))
 
     def _start_failed(self, failure: Any) -> None:
         self._on_fatal(startup_failure(failure, self.log))
@@ -368,6 +362,13 @@ class SitesService(Service):
     def site(self, name: str) -> BtuService:
         """A served site's service (KeyError for another name)."""
         return self.served[name]
+
+
+def _sections(served: dict[str, BtuService]) -> dict[str, Any]:
+    from btu_twisted.ops.status_page import ScheduleReader
+
+    return {name: (site.health.with_unwell(site.status), ScheduleReader(site.store))
+            for name, site in served.items()}
 
 
 def _name_site_in_logs(site: BtuService, name: str, shared: tuple[object, ...]) -> None:
