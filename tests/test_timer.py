@@ -774,3 +774,45 @@ class StopTests(TimerCase):
         self.successResultOf(stopped)
         self.assertEqual(self.job_count("TS-1"), 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class SeenSoonestTests(TimerCase):
+    """A bench's timers poll once a day; one look for all of them
+    (daemon/due_watch.py) tells each its earliest member instead."""
+
+    polling = 86400.0
+
+    def test_a_member_added_behind_the_timers_back_is_claimed_once_told(self) -> None:
+        self.timer.startService()
+        self.settle()
+        self.db.put(row_of("TS-1"))
+        self.store.add("TS-1", T)  # planned by another daemon of the site
+        self.advance_to(S + 10)
+        self.assertEqual(self.store.calls["window"], 1)  # its own poll is a day away
+        self.assertTrue(self.timer.seen_soonest(T))
+        self.advance_to(T - 0.001)
+        self.assertEqual(self.job_count(), 0)
+        self.advance_to(T)
+        self.assertEqual([job.when for job in self.store.enqueued("TS-1")], [T])
+
+    def test_a_member_the_timer_knows_of_wakes_nothing(self) -> None:
+        self.schedule("TS-1", T)
+        self.timer.startService()
+        self.settle()
+        windows = self.store.calls["window"]
+        self.assertFalse(self.timer.seen_soonest(T))
+        self.settle()
+        self.assertEqual(self.store.calls["window"], windows)
+        self.advance_to(T)
+        self.assertEqual(self.job_count("TS-1"), 1)
+
+    def test_an_earlier_member_than_the_timer_knows_of_is_claimed_on_time(self) -> None:
+        self.schedule("TS-2", T + 600)
+        self.timer.startService()
+        self.settle()
+        self.db.put(row_of("TS-1"))
+        self.store.add("TS-1", T)
+        self.assertTrue(self.timer.seen_soonest(T))
+        self.advance_to(T)
+        self.assertEqual([job.when for job in self.store.enqueued("TS-1")], [T])
+        self.assertEqual(self.job_count("TS-2"), 0)

@@ -26,6 +26,7 @@ from btu_twisted.config import Config, ConfigError
 from btu_twisted.daemon.checks import check_services
 from btu_twisted.daemon.control import SiteControl
 from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseError
+from btu_twisted.daemon.due_watch import TIMER_POLL_OFF
 from btu_twisted.daemon.key_watch import SITE_WATCH_OFF
 from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.prefix import PrefixHold
@@ -113,13 +114,14 @@ class BtuService(Service):
         alarm: Alarm | None = None,
         load_config: Callable[[], tuple[Config, list[str]]] | None = None,
         db_pool: DbPool | None = None,
-        watch_keys: bool = True,
+        own_watches: bool = True,
     ) -> None:
         """``redis``, ``metrics``, ``site``, ``alarm`` and ``db_pool``: given by a daemon
         serving several sites (sites.py), which owns the shared gateway, metrics port,
-        timer wake-up and MariaDB connections, and watches for lost Redis keys for all
-        its sites (``watch_keys`` False: then the prefix lease is renewed less often
-        too); the service then neither starts nor stops them, and
+        timer wake-up and MariaDB connections, and watches for lost Redis keys and
+        for runs its timers were not told of for all its sites (``own_watches``
+        False: then the prefix lease is renewed less often too); the service then
+        neither starts nor stops them, and
         ``status`` names its site.  ``load_config`` reads the config file again
         for :meth:`sighup` (None: the config is not re-read)."""
         self.config = config
@@ -166,7 +168,7 @@ class BtuService(Service):
             # Daemons of one database are one site (high availability): they share it.
             owner_id=owner_of(config),
             # A bench's daemon renews hundreds of leases: every 30 s, not every 10.
-            lease_secs=LEASE_SECS if watch_keys else BENCH_LEASE_SECS,
+            lease_secs=LEASE_SECS if own_watches else BENCH_LEASE_SECS,
         )
         self.builder = make_builders(config, reactor)
         self.job_ids = JobIdRecorder(reactor, self.sources)
@@ -176,7 +178,8 @@ class BtuService(Service):
             self.sources,
             self.builder,
             self.fifo,
-            polling_interval=config.scheduler_polling_interval,
+            polling_interval=(config.scheduler_polling_interval if own_watches
+                              else TIMER_POLL_OFF),
             misfire_grace=config.misfire_grace_secs,
             on_enqueued=self.health.and_enqueued(
                 lambda claim, lateness: self.metrics.job_enqueued(claim.origin, lateness)),
@@ -203,7 +206,7 @@ class BtuService(Service):
         self.refresh = FullRefresh(
             reactor, config.full_refresh_internal_secs, self.fifo, self.sources, self.store,
             on_refreshed=self.metrics.refreshed, memory=self.planner.memory,
-            **({} if watch_keys else {"watch_interval": SITE_WATCH_OFF}),
+            **({} if own_watches else {"watch_interval": SITE_WATCH_OFF}),
         )
         self.changes = self.sources.change_feed(reactor, self.fifo, self.refresh.trigger)
         self.metrics.watch(lambda: len(self.fifo), self._dependencies())

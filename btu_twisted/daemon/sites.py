@@ -13,7 +13,9 @@ the process: a bench's sites share its ``redis_queue``), one
 has a section per site, and one timer wake-up: an
 :class:`~btu_twisted.timing.alarm.Alarm` holding a single ``callLater`` at the
 earliest time any site's timer wants, which wakes only the timers whose time
-has come.  Each timer still reads and claims in its own key prefix.
+has come, and one look at every site's next due run in place of each timer's
+safety-net poll (``due_watch``).  Each timer still reads and claims in its own
+key prefix.
 
 A site must not hold the others back.  With ``["*"]`` the sites whose
 database has no BTU tables are skipped at start, one log line each; a site
@@ -42,6 +44,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, LogLevel
 
 from btu_twisted.config import Config, ConfigError
+from btu_twisted.daemon.due_watch import DueWatch
 from btu_twisted.daemon.key_watch import KeyWatch
 from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.service import BENCH_LEASE_SECS, BtuService
@@ -99,6 +102,9 @@ class SitesService(Service):
         self.db_pool = DbPool(reactor, bound, per_site=site_limit(bound))
         #: One EXISTS for every site's "keys still there" marker, in place of one per site.
         self.key_watch = KeyWatch(reactor, self.redis, lambda: self.served.values())
+        #: One EVAL reading every site's next due run, in place of each timer's own poll.
+        self.due_watch = DueWatch(reactor, self.redis, lambda: self.served.values(),
+                                  config.scheduler_polling_interval)
         #: One EVAL renewing every site's key prefix lease, in place of one per site.
         self.leases = LeaseRenewal(reactor, self.redis, BENCH_LEASE_SECS / 3)
         self.metrics: Metrics | None = None
@@ -127,6 +133,7 @@ class SitesService(Service):
             if metrics_service is not None else None,
             Part("sites", self._start_sites, self._stop_sites),
             Part("key watch", self.key_watch.start, self.key_watch.stop),
+            Part("due watch", self.due_watch.start, self.due_watch.stop),
         )
 
     def _site(self, name: str, config: Config) -> BtuService:
@@ -138,11 +145,12 @@ class SitesService(Service):
             site=name,
             alarm=self.alarm,
             db_pool=self.db_pool,
-            watch_keys=False,
+            own_watches=False,
         )
         site.guard.renewal = self.leases
         _name_site_in_logs(site, name, shared=(self.redis, self.redis.health, self.alarm,
-                                               self.db_pool, self.key_watch, self.leases))
+                                               self.db_pool, self.key_watch, self.leases,
+                                               self.due_watch))
         return site
 
     # -- start and stop ------------------------------------------------------

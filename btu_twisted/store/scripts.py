@@ -14,8 +14,8 @@ from importlib.resources import files
 __all__ = [
     "CANCEL", "CLAIM", "CLEAR_LAST_RUN", "CLOSE_LIVES", "FOLD_HISTORY", "FOLLOW_JOBS",
     "FORGET_LAST_RUNS", "LAST_RUN_NAMES", "LATEST_RUNS", "NAMES", "PAUSE", "PAUSED_LIST", "PLAN",
-    "PRUNE_INDEX", "PRUNE_MEMBERS", "RELEASE", "RESUME", "SOONEST", "TAKE", "TAKE_MANY",
-    "UNPLAN_IF_OWNED", "WINDOW", "load",
+    "PRUNE_INDEX", "PRUNE_MEMBERS", "RELEASE", "RESUME", "SOONEST", "SOONEST_MANY", "TAKE",
+    "TAKE_MANY", "UNPLAN_IF_OWNED", "WINDOW", "load",
 ]
 
 
@@ -30,7 +30,7 @@ NAMES = (
     "plan", "claim", "prune_index", "prune_members", "unplan_if_owned", "forget_last_runs",
     "last_run_names", "cancel", "window", "fold_history", "take", "release", "soonest",
     "latest_runs", "clear_last_run", "pause", "resume", "paused_list", "close_lives",
-    "follow_jobs", "take_many",
+    "follow_jobs", "take_many", "soonest_many",
 )
 
 PLAN = load("plan")
@@ -47,6 +47,7 @@ TAKE = load("take")
 TAKE_MANY = load("take_many")
 RELEASE = load("release")
 SOONEST = load("soonest")
+SOONEST_MANY = load("soonest_many")
 LATEST_RUNS = load("latest_runs")
 CLEAR_LAST_RUN = load("clear_last_run")
 PAUSE = load("pause")

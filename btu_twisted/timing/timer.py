@@ -172,6 +172,18 @@ class Timer(Service):
         """The planner added a member at ``when``: wake earlier if needed."""
         self._arm(when - self._lookahead - self._clock.seconds())
 
+    def seen_soonest(self, when: float) -> bool:
+        """A bench-wide look found this timer's earliest member due at ``when``
+        (daemon/due_watch.py): wake for it, as the timer's own poll would have,
+        unless the timer's own last look knew of a member that early — it is
+        then already armed for it, or waiting on purpose (a retry, a claim at
+        the due instant).  True when woken."""
+        known = self.stats.next_due
+        if known is not None and when >= known[1]:
+            return False
+        self.planned(when)
+        return True
+
     # -- wake-ups --------------------------------------------------------
     def _arm(self, delay: float) -> None:
         if not self.running:

@@ -292,6 +292,29 @@ class WholeBenchTests(TestCase):
         self.assertEqual(fatal, [])
         await service.stopService()
 
+    async def test_a_run_the_timer_was_not_told_of_is_found_by_the_bench_wide_look(self) -> None:
+        """A bench's timers poll once a day; a run planned without the timer being
+        told (as by another daemon of the site) is found by the one look at every
+        site's next due run, at ``scheduler_polling_interval``."""
+        setup = await self.bench(scheduler_polling_interval=2)
+        setup.databases["a.test"].execute(
+            "UPDATE `tabBTU Task Schedule` SET enabled = 0 WHERE name = 'TS-000001'")
+        config, _ = load_config(setup.config_path)
+        fatal: list[str] = []
+        service = SitesService(config, reactor, on_fatal=fatal.append)
+        await service.startService()
+        self.addCleanup(lambda: service.running and service.stopService())
+        a = service.site("a.test")
+        self.assertEqual(a.timer._polling, 86400.0)
+        a.planner._on_planned = lambda when: None  # the timer hears of no plan
+        setup.databases["a.test"].execute(
+            "UPDATE `tabBTU Task Schedule` SET enabled = 1, modified = NOW(6)"
+            " WHERE name = 'TS-000001'")
+        await wait_for(lambda: a.timer.stats.enqueued >= 1, timeout=20)
+        self.assertGreaterEqual(service.due_watch.woken, 1)
+        self.assertEqual(fatal, [])
+        await service.stopService()
+
 
 @dataclass
 class Bench:

@@ -1,0 +1,108 @@
+"""The bench-wide look at every site's next due run (daemon/due_watch.py): one
+EVAL for all the sites, a timer woken only for what it did not know of."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from btu_twisted.daemon.due_watch import CHUNK, DueWatch
+from btu_twisted.store.scripts import SOONEST_MANY
+
+
+class FakeRedis:
+    def __init__(self) -> None:
+        self.soonest: dict[str, bytes] = {}
+        self.calls: list[list[str]] = []
+        self.down = False
+
+    def eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        assert script == SOONEST_MANY and args == []
+        self.calls.append(keys)
+        if self.down:
+            return fail(ConnectionError("Redis went away"))
+        return succeed([self.soonest.get(key, b"") for key in keys])
+
+
+@dataclass
+class FakeTimer:
+    running: int = 1
+    knows: float | None = None  # the earliest member its own last look saw
+    told: list[float] = field(default_factory=list)
+
+    def seen_soonest(self, when: float) -> bool:
+        self.told.append(when)
+        return self.knows is None or when < self.knows
+
+
+@dataclass
+class FakeKeys:
+    schedule_set: str
+
+
+@dataclass
+class FakeStore:
+    keys: FakeKeys
+
+
+@dataclass
+class FakeSite:
+    name: str
+    running: int = 1
+    timer: FakeTimer = field(default_factory=FakeTimer)
+
+    @property
+    def store(self) -> FakeStore:
+        return FakeStore(FakeKeys(f"btu_scheduler:{self.name}:schedules"))
+
+
+class DueWatchTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.redis = FakeRedis()
+        self.sites = [FakeSite(f"s{i}.test") for i in range(CHUNK + 500)]
+        self.watch = DueWatch(self.clock, self.redis, lambda: self.sites,  # type: ignore[arg-type]
+                              interval=60.0)
+        self.watch.start()
+        self.addCleanup(self.watch.stop)
+
+    def key(self, index: int) -> str:
+        return self.sites[index].store.keys.schedule_set
+
+    def test_one_eval_per_chunk_at_the_polling_interval(self) -> None:
+        self.clock.advance(59.9)
+        self.assertEqual(self.redis.calls, [])
+        self.clock.advance(0.1)
+        self.assertEqual([len(keys) for keys in self.redis.calls], [CHUNK, 500])
+        self.clock.advance(60)
+        self.assertEqual(len(self.redis.calls), 4)
+
+    def test_only_sites_with_a_member_are_told_and_only_the_unknown_wake(self) -> None:
+        self.redis.soonest = {self.key(3): b"1700000060", self.key(1200): b"1700000120"}
+        self.sites[3].timer.knows = 1700000060.0  # its own look saw it
+        self.clock.advance(60)
+        told = {site.name: site.timer.told for site in self.sites if site.timer.told}
+        self.assertEqual(told, {"s3.test": [1700000060.0], "s1200.test": [1700000120.0]})
+        self.assertEqual(self.watch.woken, 1)
+
+    def test_stopped_sites_and_timers_are_not_looked_at(self) -> None:
+        self.sites[0].running = 0
+        self.sites[1].timer.running = 0
+        self.clock.advance(60)
+        looked = {key for keys in self.redis.calls for key in keys}
+        self.assertNotIn(self.key(0), looked)
+        self.assertNotIn(self.key(1), looked)
+        self.assertEqual(len(looked), len(self.sites) - 2)
+
+    def test_redis_away_is_one_skipped_look_and_the_next_one_works(self) -> None:
+        self.redis.down = True
+        self.clock.advance(60)
+        self.assertEqual(len(self.redis.calls), 1)  # the rest of that look is skipped
+        self.redis.down = False
+        self.redis.soonest = {self.key(5): b"1700000000"}
+        self.clock.advance(60)
+        self.assertEqual(self.sites[5].timer.told, [1700000000.0])
