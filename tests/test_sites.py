@@ -27,6 +27,7 @@ from btu_twisted.daemon.service import BtuService
 from btu_twisted.daemon.sites import SitesService
 from btu_twisted.records import ScheduleRow
 from btu_twisted.tap import Options, makeService
+from btu_twisted.timing import tuning
 from tests.test_frappe_bench import COMMON, make_bench
 
 SITES = {
@@ -407,6 +408,20 @@ class ReloadTests(_Bench):
         skipped = [e for e in events if "skipped" in str(e.get("log_format"))]
         self.assertEqual(len(skipped), 1)
         self.assertEqual(fatal, [])
+
+    def test_the_timers_lookahead_follows_the_number_of_sites(self) -> None:
+        """A bench's timers build a burst's jobs further ahead the more sites share
+        the reactor (tuning.lookahead_for), set again when a reload adds sites."""
+        self.patch(tuning, "LOOKAHEAD_PER_SITE", 1.5)  # 2 sites: 3 s, 3 sites: 4.5 s
+        bench = self.bench()
+        service, _, _ = self.started(bench)
+        self.assertEqual({site.timer.lookahead for site in service.served.values()}, {3.0})
+        (bench / "sites" / "d.local").mkdir()
+        (bench / "sites" / "d.local" / "site_config.json").write_text(
+            json.dumps({"db_name": "_dddd", "db_password": "pw-d"}))
+        self.successResultOf(service.reload())
+        self.assertEqual({site.timer.lookahead for site in service.served.values()}, {4.5})
+        self.assertEqual(tuning.lookahead_for(1), tuning.LOOKAHEAD)
 
     def test_gone_sites_stop_all_at_once(self) -> None:
         """A stop waits for its site's work in flight (seconds under load, on the

@@ -153,6 +153,19 @@ class OnTimeTests(TimerCase):
         self.assertEqual(len(self.builder.builds), 1)
         self.assertEqual(self.db.calls["read_schedules"], 1)
 
+    def test_a_longer_lookahead_builds_earlier_and_keeps_the_row_fresh(self) -> None:
+        """A bench's timers build further ahead (tuning.lookahead_for): the row read
+        then is still fresh at the claim, not read and built a second time."""
+        self.timer.lookahead = 4.0
+        self.schedule("TS-1", T)
+        self.timer.startService()
+        self.advance_to(T - 3.5)
+        self.assertEqual([b.at for b in self.builder.builds], [T - 4.0])
+        self.advance_to(T)
+        self.assertEqual([job.when for job in self.store.enqueued("TS-1")], [T])
+        self.assertEqual(self.db.calls["read_schedules"], 1)
+        self.assertEqual(len(self.builder.builds), 1)
+
     def test_rearms_earlier_when_planner_reports_earlier_member(self) -> None:
         """With only a far member the timer sleeps until just before it (the
         polling interval being longer); planned() for an earlier member moves

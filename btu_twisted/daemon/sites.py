@@ -66,6 +66,7 @@ from btu_twisted.sources.db_pool import DbPool, site_limit
 from btu_twisted.store.gateway import RedisGateway
 from btu_twisted.store.lease_renewal import LeaseRenewal
 from btu_twisted.timing.alarm import Alarm
+from btu_twisted.timing.tuning import lookahead_for
 
 if TYPE_CHECKING:
     from btu_twisted.ops.metrics import Metrics, MetricsService
@@ -197,14 +198,16 @@ class SitesService(Service):
 
     async def _start_sites(self) -> None:
         # At once: a slow or failing site does not delay the others' start.
-        self._pace_changes()
+        self._pace_sites()
         await DeferredList([site.startService() for site in self.served.values()])
 
-    def _pace_changes(self) -> None:
-        """Each site's change feed looks as often as the number of sites allows."""
-        interval = interval_for(len(self.served))
+    def _pace_sites(self) -> None:
+        """Each site's change feed looks as often as the number of sites allows, and
+        each timer starts a burst's builds early enough for them all."""
+        interval, lookahead = interval_for(len(self.served)), lookahead_for(len(self.served))
         for site in self.served.values():
             site.changes.interval = interval
+            site.timer.lookahead = lookahead
 
     async def _stop_sites(self) -> None:
         await _stop_all(dict(reversed(self.served.items())), self.log)
@@ -333,7 +336,7 @@ class SitesService(Service):
         for name in started:
             self.served[name] = self.sites[name]
         self._show_served()
-        self._pace_changes()  # the running feeds too, from their next look
+        self._pace_sites()  # the running feeds too, from their next look
         await DeferredList([self.served[name].startService() for name in started])
         summary = (f"sites reloaded: {_listed(started)} started, {_listed(gone)} stopped; "
                    f"serving {_listed(list(self.served))}; {change.describe()}")

@@ -71,6 +71,9 @@ class ClaimRound:
         self._clock = clock
         self._store = store
         self._fifo = fifo
+        #: How old a prepared job's row may be at its claim (the timer's lookahead
+        #: and ROW_SLACK; set again when the lookahead changes).
+        self.freshness = ROW_FRESHNESS
         self._prepared = prepared
         self._retries = retries
         self._misfires = misfires
@@ -170,7 +173,7 @@ class ClaimRound:
         batch: list[Claim] = []
         prepared = self._prepared
         for claim in prepared.take(now, size):
-            if claim.job_id and now - prepared.read_at(claim.member, now) > ROW_FRESHNESS:
+            if claim.job_id and now - prepared.read_at(claim.member, now) > self.freshness:
                 prepared.drop(claim.member)
                 self._fifo.extend([claim.schedule])
                 continue

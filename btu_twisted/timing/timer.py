@@ -53,6 +53,7 @@ from btu_twisted.timing.tuning import (
     FIRST_BATCH,
     HOLD_SECS,
     LOOKAHEAD,
+    ROW_SLACK,
 )
 
 # Imported from here by the tests and the benchmarks.
@@ -96,7 +97,6 @@ class Timer(Service):
         self._store = store
         self._polling = polling_interval
         self._on_failure = on_failure
-        self._lookahead = lookahead
         self._prepared = PreparedClaims()
         self._retries = Retries(clock)
         self._runs = RunLog(misfire_grace)
@@ -125,6 +125,7 @@ class Timer(Service):
         )
         if on_skipped is not None:
             self._claims.on_skipped = on_skipped
+        self.lookahead = lookahead
         self._backoff = Backoff()
         self._step_report = StepReport(store)
         self._wake = (alarm or Alarm(clock)).waker(self._tick)
@@ -137,6 +138,19 @@ class Timer(Service):
         """Asked by the parts before each step of a burst: a stopping timer
         leaves the rest in Redis for the next start."""
         return bool(self.running)
+
+    @property
+    def lookahead(self) -> float:
+        """Seconds before a run is due that its row is read and its job built: a
+        bench sets it by its number of sites (:func:`~btu_twisted.timing.tuning.lookahead_for`),
+        and a new value applies from the next wake-up on."""
+        return self._lookahead
+
+    @lookahead.setter
+    def lookahead(self, seconds: float) -> None:
+        self._lookahead = seconds
+        # A row read that far ahead is still fresh at the claim.
+        self._claims.freshness = seconds + ROW_SLACK
 
     # What the timer remembers of a schedule (tests look at these too).
     @property
