@@ -292,7 +292,7 @@ READ_CASES = [
     Case("window_limited", State(members={"A|1000": 1000, "B|2000": 2000, "C|3000": 3000}),
          ("window", 2500.5, 1), Window(3, [("A|1000", 1000)], ("C|3000", 3000))),
     Case("window_empty", State(), ("window", 2000, 10), Window(0, [], None)),
-    # A bench's one look at every site's next due run (daemon/due_watch.py); the
+    # A bench's one look at every site's next due run (daemon/bench_looks.py); the
     # second set (another site's) is missing.
     Case("soonest_many_reads_each_sets_earliest_score",
          State(members={"B|2000": 2000, "A|1000": 1000}), ("soonest_many",), ["1000", ""],

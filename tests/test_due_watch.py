@@ -1,4 +1,4 @@
-"""The bench-wide look at every site's next due run (daemon/due_watch.py): one
+"""The bench-wide look at every site's next due run (daemon/bench_looks.py): one
 EVAL for all the sites, a timer woken only for what it did not know of."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from btu_twisted.daemon.due_watch import CHUNK, DueWatch
+from btu_twisted.daemon.bench_looks import CHUNK, DueWatch
 from btu_twisted.store.scripts import SOONEST_MANY
 
 

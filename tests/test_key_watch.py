@@ -1,4 +1,4 @@
-"""The bench-wide lost-keys watch (daemon/key_watch.py): one EXISTS for every site,
+"""The bench-wide lost-keys watch (daemon/bench_looks.py): one EXISTS for every site,
 each site's own check only when a marker is gone."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from btu_twisted.daemon.key_watch import CHUNK, KeyWatch
+from btu_twisted.daemon.bench_looks import CHUNK, KeyWatch
 
 
 class FakeRedis:

@@ -791,7 +791,7 @@ class StopTests(TimerCase):
 
 class SeenSoonestTests(TimerCase):
     """A bench's timers poll once a day; one look for all of them
-    (daemon/due_watch.py) tells each its earliest member instead."""
+    (daemon/bench_looks.py) tells each its earliest member instead."""
 
     polling = 86400.0
 

@@ -23,11 +23,10 @@ from twisted.logger import Logger, LogLevel
 
 from btu_twisted import __version__
 from btu_twisted.config import Config, ConfigError
+from btu_twisted.daemon.bench_looks import SITE_WATCH_OFF, TIMER_POLL_OFF
 from btu_twisted.daemon.checks import check_services
 from btu_twisted.daemon.control import SiteControl
 from btu_twisted.daemon.control_socket import ControlSocketService, SocketInUseError
-from btu_twisted.daemon.due_watch import TIMER_POLL_OFF
-from btu_twisted.daemon.key_watch import SITE_WATCH_OFF
 from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.prefix import PrefixHold
 from btu_twisted.daemon.protocol import ControlFactory

@@ -44,8 +44,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger, LogLevel
 
 from btu_twisted.config import Config, ConfigError
-from btu_twisted.daemon.due_watch import DueWatch
-from btu_twisted.daemon.key_watch import KeyWatch
+from btu_twisted.daemon.bench_looks import DueWatch, KeyWatch
 from btu_twisted.daemon.parts import Part, Parts, service_part
 from btu_twisted.daemon.service import BENCH_LEASE_SECS, BtuService
 from btu_twisted.daemon.startup import (

@@ -188,7 +188,7 @@ class Timer(Service):
 
     def seen_soonest(self, when: float) -> bool:
         """A bench-wide look found this timer's earliest member due at ``when``
-        (daemon/due_watch.py): wake for it, as the timer's own poll would have,
+        (daemon/bench_looks.py): wake for it, as the timer's own poll would have,
         unless the timer's own last look knew of a member that early — it is
         then already armed for it, or waiting on purpose (a retry, a claim at
         the due instant).  True when woken."""
