@@ -30,7 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from btu_twisted.planning.refresh import WATCH_SECS, FullRefresh
-from btu_twisted.store.gateway import RedisCommands, RedisGateway
+from btu_twisted.store.gateway import RedisCommands
 from btu_twisted.store.schedule_store import ScheduleStore
 from btu_twisted.store.scripts import SOONEST_MANY
 from btu_twisted.timing.timer import Timer
@@ -39,12 +39,14 @@ __all__ = ["SITE_WATCH_OFF", "TIMER_POLL_OFF", "DueWatch", "KeyWatch"]
 
 #: A site's own watch while a KeyWatch looks for it: once a day, as a backstop.
 SITE_WATCH_OFF = 86400.0
-#: Keys per EXISTS.
+#: A site's own timer poll while a DueWatch looks for it: once a day, as a backstop.
+TIMER_POLL_OFF = 86400.0
+#: Keys per command: a bench's thousand sites in one round trip, a bigger one in a few.
 CHUNK = 1000
 
 
 class Site(Protocol):
-    """A site's service, as far as its keys go."""
+    """A site's service, as far as the looks go."""
 
     @property
     def running(self) -> int: ...
@@ -53,23 +55,25 @@ class Site(Protocol):
     def refresh(self) -> FullRefresh: ...
 
     @property
+    def timer(self) -> Timer: ...
+
+    @property
     def store(self) -> ScheduleStore: ...
 
 
-class KeyWatch:
+class _BenchLook:
+    """A look every ``interval`` at the sites served; LoopingCall waits for each
+    look's Deferred, so never two are out at once."""
+
     log = Logger()
 
-    def __init__(self, clock: Any, redis: RedisGateway,
-                 sites: Callable[[], Iterable[Site]],
-                 interval: float = WATCH_SECS) -> None:
+    def __init__(self, clock: Any, redis: RedisCommands,
+                 sites: Callable[[], Iterable[Site]], interval: float) -> None:
         self._redis = redis
         self._sites = sites
         self._interval = interval
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
-        self._looking = False
-        #: Looks that found a marker gone (tests, status).
-        self.losses = 0
 
     def start(self) -> None:
         if not self._loop.running:
@@ -79,19 +83,22 @@ class KeyWatch:
         if self._loop.running:
             self._loop.stop()
 
-    def _tick(self) -> Deferred[int] | None:
-        if self._looking:
-            return None
-        self._looking = True
-        d = Deferred.fromCoroutine(self.look())
-
-        def done(result: Any) -> Any:
-            self._looking = False
-            return result
-
+    def _tick(self) -> Deferred[Any]:
         # Redis away: its Dependency has logged the outage; the next look finds out.
-        d.addErrback(lambda failure: self.log.debug("key check failed: {f}", f=failure.value))
-        return d.addBoth(done)
+        return Deferred.fromCoroutine(self.look()).addErrback(
+            lambda failure: self.log.debug("{look} failed: {f}", look=type(self).__name__,
+                                           f=failure.value))
+
+    async def look(self) -> Any:
+        raise NotImplementedError
+
+
+class KeyWatch(_BenchLook):
+    def __init__(self, clock: Any, redis: RedisCommands,
+                 sites: Callable[[], Iterable[Site]], interval: float = WATCH_SECS) -> None:
+        super().__init__(clock, redis, sites, interval)
+        #: Looks that found a marker gone (tests, status).
+        self.losses = 0
 
     async def look(self) -> int:
         """How many markers are gone; each site's refresh then checks its own."""
@@ -109,60 +116,21 @@ class KeyWatch:
         return gone
 
 
-#: A site's own timer poll while a DueWatch looks for it: once a day, as a backstop.
-TIMER_POLL_OFF = 86400.0
-#: Sets per EVAL: a bench's thousand sites in one round trip, a bigger one in a few.
-CHUNK = 1000
-
-
-class TimedSite(Protocol):
-    """A site's service, as far as its next due run goes."""
-
-    @property
-    def running(self) -> int: ...
-
-    @property
-    def timer(self) -> Timer: ...
-
-    @property
-    def store(self) -> ScheduleStore: ...
-
-
-class DueWatch:
-    log = Logger()
-
+class DueWatch(_BenchLook):
     def __init__(self, clock: Any, redis: RedisCommands,
-                 sites: Callable[[], Iterable[TimedSite]], interval: float) -> None:
-        self._redis = redis
-        self._sites = sites
-        # LoopingCall waits for each look's Deferred: never two out at once.
-        self._loop = LoopingCall(self.look)
-        self._loop.clock = clock
-        self._interval = interval
+                 sites: Callable[[], Iterable[Site]], interval: float) -> None:
+        super().__init__(clock, redis, sites, interval)
         #: Timers woken by a look (tests, benchmarks).
         self.woken = 0
 
-    def start(self) -> None:
-        if not self._loop.running:
-            self._loop.start(self._interval, now=False)
-
-    def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
-
     async def look(self) -> None:
+        """Each timer told of its site's earliest member; a chunk Redis did not
+        answer ends the look (each timer finds out at its own next step)."""
         sites = [site for site in self._sites() if site.running and site.timer.running]
         for start in range(0, len(sites), CHUNK):
             chunk = sites[start:start + CHUNK]
-            try:
-                scores = await self._redis.eval(
-                    SOONEST_MANY, [site.store.keys.schedule_set for site in chunk], [])
-            except Exception as e:
-                # Redis away: its Dependency has logged the outage, and each timer
-                # finds out at its own next step; the next look tries again.
-                self.log.debug("could not read when {count} sites are due: {error}",
-                               count=len(chunk), error=e)
-                return
+            scores = await self._redis.eval(
+                SOONEST_MANY, [site.store.keys.schedule_set for site in chunk], [])
             for site, score in zip(chunk, scores, strict=False):
                 if score not in ("", b"", None) and site.timer.seen_soonest(float(score)):
                     self.woken += 1
