@@ -335,7 +335,7 @@ class SitesService(Service):
         for name in started:
             self.served[name] = self.sites[name]
         self._show_served()
-        self._pace_sites()  # the running feeds too, from their next look
+        self._pace_sites()  # the running feeds and timers too, from their next look
         await DeferredList([self.served[name].startService() for name in started])
         summary = (f"sites reloaded: {_listed(started)} started, {_listed(gone)} stopped; "
                    f"serving {_listed(list(self.served))}; {change.describe()}")

@@ -113,7 +113,7 @@ class Alarm:
             # the alarm's main cost.
             for when, waker in self.pending(now):
                 # A waker an earlier callback cancelled or moved is no longer due.
-                if waker.when != when or when > now:
+                if waker.when != when:
                     continue
                 waker.when = None
                 self._waiting.pop(waker, None)

@@ -38,7 +38,8 @@ from btu_twisted.timing.tuning import (
     CLAIMS_IN_FLIGHT,
     FIRST_BATCH,
     HOLD_SECS,
-    ROW_FRESHNESS,
+    LOOKAHEAD,
+    ROW_SLACK,
 )
 
 
@@ -71,9 +72,9 @@ class ClaimRound:
         self._clock = clock
         self._store = store
         self._fifo = fifo
-        #: How old a prepared job's row may be at its claim (the timer's lookahead
-        #: and ROW_SLACK; set again when the lookahead changes).
-        self.freshness = ROW_FRESHNESS
+        #: The timer's lookahead: a prepared job's row read longer ago than it and
+        #: ROW_SLACK is read again before the claim.
+        self.lookahead = LOOKAHEAD
         self._prepared = prepared
         self._retries = retries
         self._misfires = misfires
@@ -173,7 +174,7 @@ class ClaimRound:
         batch: list[Claim] = []
         prepared = self._prepared
         for claim in prepared.take(now, size):
-            if claim.job_id and now - prepared.read_at(claim.member, now) > self.freshness:
+            if claim.job_id and now - prepared.read_at(claim.member, now) > self.lookahead + ROW_SLACK:
                 prepared.drop(claim.member)
                 self._fifo.extend([claim.schedule])
                 continue

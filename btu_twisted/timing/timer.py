@@ -53,7 +53,6 @@ from btu_twisted.timing.tuning import (
     FIRST_BATCH,
     HOLD_SECS,
     LOOKAHEAD,
-    ROW_SLACK,
 )
 
 # Imported from here by the tests and the benchmarks.
@@ -144,13 +143,12 @@ class Timer(Service):
         """Seconds before a run is due that its row is read and its job built: a
         bench sets it by its number of sites (:func:`~btu_twisted.timing.tuning.lookahead_for`),
         and a new value applies from the next wake-up on."""
-        return self._lookahead
+        return self._claims.lookahead
 
     @lookahead.setter
     def lookahead(self, seconds: float) -> None:
-        self._lookahead = seconds
-        # A row read that far ahead is still fresh at the claim.
-        self._claims.freshness = seconds + ROW_SLACK
+        # Kept by the claims, which take a row read that far ahead as still fresh.
+        self._claims.lookahead = seconds
 
     # What the timer remembers of a schedule (tests look at these too).
     @property
@@ -184,7 +182,7 @@ class Timer(Service):
 
     def planned(self, when: float) -> None:
         """The planner added a member at ``when``: wake earlier if needed."""
-        self._arm(when - self._lookahead - self._clock.seconds())
+        self._arm(when - self.lookahead - self._clock.seconds())
 
     def seen_soonest(self, when: float) -> bool:
         """A bench-wide look found this timer's earliest member due at ``when``
@@ -239,7 +237,7 @@ class Timer(Service):
     async def _step(self) -> float:
         """Claim what is due, prepare what is close; returns seconds until the next step."""
         await self._claims.claim_due()
-        window = await self._store.window(self._clock.seconds() + self._lookahead, FETCH_LIMIT)
+        window = await self._store.window(self._clock.seconds() + self.lookahead, FETCH_LIMIT)
         # Read the clock after the round trip: a wake-up computed from before
         # it would be late by however long Redis took.
         now = self._clock.seconds()
@@ -251,7 +249,7 @@ class Timer(Service):
         self._forget_vanished(window.near, truncated)
         next_at = now + float(self._polling)
         if window.beyond is not None:
-            next_at = min(next_at, window.beyond[1] - self._lookahead)
+            next_at = min(next_at, window.beyond[1] - self.lookahead)
         todo: list[tuple[str, int]] = []
         for member, when in window.near:
             if member in self._prepared:

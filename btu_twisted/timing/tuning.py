@@ -16,11 +16,10 @@ BUILD_WAIT = 0.25
 # Replans, job ids and log lines of a burst wait at most this long for its
 # last claims (a schedule every second must be planned again in time).
 HOLD_SECS = 0.5
-# A prepared job whose row was read longer ago than this beyond the lookahead is
+# A prepared job whose row was read longer ago than the lookahead and this is
 # built again from a fresh read before it is claimed (its claim was held up,
 # e.g. Redis away).
 ROW_SLACK = 1.0
-ROW_FRESHNESS = LOOKAHEAD + ROW_SLACK
 # A bench's timers share one reactor: a burst of runs due on every site at one
 # second means a window read, a row read and a claim per site, about 2.5 ms of
 # the reactor each on this 2-core host (1,000 sites: 0.4 s to wake them all,
